@@ -1,0 +1,141 @@
+"""The aiohttp application: `create_app(settings)` builds it with its resources and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_log import AccessLogger
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from notifier import capture
+from notifier.problems import MAX_BODY, Handler, problem_middleware
+from notifier.resources import POOL, REDIS, SETTINGS, open_pool, open_redis
+from notifier.settings import Settings
+
+log = logging.getLogger("notifier.web")
+
+REQUESTS = Counter("notifier_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram("notifier_http_request_seconds", "HTTP request latency", ["route"])
+
+# Path segments after these prefixes are bearer secrets (signed tokens): never log them.
+_SECRET_PATH = re.compile(r"^(/(?:u|preferences|confirm)/)[^/?]+")
+
+
+def redact_path(path: str) -> str:
+    """The request path with signed tokens replaced and the query string dropped."""
+    path = path.split("?", 1)[0]
+    return _SECRET_PATH.sub(r"\1[token]", path)
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """Access log without secrets: tokens in paths are masked, query strings and headers omitted."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        remote = request.remote or "-"
+        self.logger.info(
+            '%s "%s %s" %s %s %.1fms',
+            remote,
+            request.method,
+            redact_path(request.path_qs),
+            response.status,
+            response.body_length,
+            time * 1000,
+        )
+
+
+assert issubclass(AccessLogger, AbstractAccessLogger)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        REQUESTS.labels(request.method, route, str(status)).inc()
+        LATENCY.labels(route).observe(loop.time() - start)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: PostgreSQL and Redis both answer within two seconds."""
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(2):
+            await request.app[POOL].fetchval("SELECT 1")
+        checks["postgres"] = "ok"
+    except Exception as exc:
+        checks["postgres"] = f"error: {type(exc).__name__}"
+    try:
+        async with asyncio.timeout(2):
+            await request.app[REDIS].ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics of this process."""
+    resp = web.Response(body=generate_latest())
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[POOL] = await open_pool(settings)
+    try:
+        app[REDIS] = await open_redis(settings)
+        try:
+            yield
+        finally:
+            await app[REDIS].aclose()
+    finally:
+        await app[POOL].close()
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if response.content_type == "text/html":
+        response.headers.setdefault("X-Frame-Options", "DENY")
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the web application. Resources open on start-up and close on clean-up."""
+    settings.require_secret()
+    app = web.Application(
+        middlewares=[metrics_middleware, problem_middleware],
+        client_max_size=max(settings.max_body_bytes, settings.max_batch_body_bytes),
+    )
+    app[SETTINGS] = settings
+    app[MAX_BODY] = settings.max_body_bytes
+    app.cleanup_ctx.append(_resources)
+    app.on_response_prepare.append(_security_headers)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    if settings.capture_mail:
+        capture.setup_routes(app)
+    return app

@@ -1,0 +1,162 @@
+"""The `notifier` command: the Procfile's processes, `dev`, and operators' tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from notifier import queues
+from notifier.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("notifier")
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int | None] | int | None]
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiosmtpd").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    settings = load_settings()
+    _setup_logging(settings)
+    return settings
+
+
+# --- web, worker, migrate --------------------------------------------------------------------
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from notifier.app import RedactingAccessLogger, create_app
+
+    settings = settings_for(args)
+    settings.require_services()
+    app = create_app(settings)
+    port = args.port or settings.port
+    web.run_app(
+        app,
+        host=settings.host,
+        port=port,
+        access_log_class=RedactingAccessLogger,
+        print=lambda _: log.info("web listening on http://%s:%s", settings.host, port),
+    )
+    return 0
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    from workers import run_workers
+
+    settings = settings_for(args)
+    settings.require_secret()
+    settings.require_services()
+    await run_workers(settings, args.queues, burst=args.burst)
+    return 0
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    from notifier.db import migrate
+    from notifier.resources import open_pool
+
+    settings = settings_for(args)
+    settings.require_services()
+    pool = await open_pool(settings)
+    try:
+        async with pool.acquire() as conn:
+            applied = await migrate(conn)
+    finally:
+        await pool.close()
+    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(map(str, applied))}" if applied else ""))
+    return 0
+
+
+async def cmd_dev(args: argparse.Namespace) -> int:
+    from notifier.dev import run_dev
+
+    return await run_dev(port=args.port, selftest=not args.no_selftest)
+
+
+# --- the parser ------------------------------------------------------------------------------
+
+
+def _queue_list(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in queues.ALL]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"queues are {', '.join(queues.ALL)}; got {value!r}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="notifier",
+        description="Inboxes, digests, service mail and newsletters. Configure with NOTIFIER_* variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("web", help="run the HTTP API and pages", description="Run the HTTP API and pages.")
+    p.add_argument("--port", type=int, help="port (default: NOTIFIER_PORT, else $PORT, else 8000)")
+    p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser(
+        "worker", help="run background workers", description="Run arq workers that render and send."
+    )
+    p.add_argument(
+        "--queues",
+        type=_queue_list,
+        default=list(queues.ALL),
+        help="comma-separated queues to serve: service,digest,bulk (default: all)",
+    )
+    p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "migrate",
+        help="apply database migrations",
+        description="Apply pending migrations (safe to run concurrently).",
+    )
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "dev",
+        help="run everything locally with no set-up",
+        description=(
+            "Run web and workers on one machine. Without NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL it "
+            "starts embedded PostgreSQL and Redis under NOTIFIER_DATA_DIR (default .notifier); "
+            "without NOTIFIER_SMTP_HOST mail is captured to .eml files shown at /dev/mailbox."
+        ),
+    )
+    p.add_argument("--port", type=int, help="web port (default 8000)")
+    p.add_argument("--no-selftest", action="store_true", help="do not send the start-up self-test e-mail")
+    p.set_defaults(func=cmd_dev)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except ConfigError as exc:
+        print(f"notifier: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""PostgreSQL: the connection pool, named SQL queries and the migration runner."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger("notifier.db")
+
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS_DIR = ROOT / "migrations"
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+
+# Any constant works; it only has to be the same in every process that migrates.
+MIGRATION_LOCK_ID = 0x6E6F7469  # "noti"
+
+Pool = asyncpg.Pool
+Connection = asyncpg.Connection
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections encode and decode json/jsonb as Python objects."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+    )
+    assert pool is not None
+    return pool
+
+
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """Split a file of `-- name: x` blocks into {name: sql}; a repeated name is an error."""
+    queries: dict[str, str] = {}
+    parts = _NAME.split(text)
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} defined twice")
+        queries[name] = body.strip()
+    return queries
+
+
+class Queries(Mapping[str, str]):
+    """All named queries of `notifier/sql/*.sql`, parsed once. `Q.insert_message` or `Q["..."]`."""
+
+    def __init__(self, directory: Path = SQL_DIR) -> None:
+        self._queries: dict[str, str] = {}
+        for path in sorted(directory.glob("*.sql")):
+            for name, sql in parse_queries(path.read_text()).items():
+                if name in self._queries:
+                    raise ValueError(f"query {name!r} defined twice ({path.name})")
+                self._queries[name] = sql
+
+    def __getitem__(self, name: str) -> str:
+        return self._queries[name]
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self._queries[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __iter__(self) -> Any:
+        return iter(self._queries)
+
+    def __len__(self) -> int:
+        return len(self._queries)
+
+
+Q = Queries()
+
+
+def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Path]]:
+    """(version, name, path) of every `NNNN_name.sql`, in order; duplicate versions are an error."""
+    found: list[tuple[int, str, Path]] = []
+    for path in sorted(directory.glob("*.sql")):
+        match = re.fullmatch(r"(\d+)_(\w+)\.sql", path.name)
+        if not match:
+            raise ValueError(f"migration file {path.name} is not named NNNN_name.sql")
+        found.append((int(match[1]), match[2], path))
+    versions = [v for v, _, _ in found]
+    if len(versions) != len(set(versions)):
+        raise ValueError("two migration files share a version number")
+    return found
+
+
+async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[int]:
+    """Apply pending migrations in order, each in its own transaction, under an advisory lock.
+
+    Safe to run from several processes at once: the second waits for the lock, then finds
+    nothing left to do. Returns the versions this call applied.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version    integer PRIMARY KEY,
+                name       text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )
+            """
+        )
+        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        done: list[int] = []
+        for version, name, path in migration_files(directory):
+            if version in applied:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            log.info("applied migration %04d_%s", version, name)
+            done.append(version)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+
+
+async def migrate_dsn(dsn: str) -> list[int]:
+    """Connect, migrate, disconnect."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()

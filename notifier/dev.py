@@ -1,0 +1,138 @@
+"""`notifier dev`: the whole engine on one machine with nothing set up.
+
+Embedded PostgreSQL and Redis when no URL is configured (data kept under NOTIFIER_DATA_DIR, so a
+restart keeps it), migrations, web and all workers in one process, and mail captured to `.eml`
+files listed at /dev/mailbox unless NOTIFIER_SMTP_HOST is set. Ctrl-C stops all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+import asyncpg
+from aiohttp import web
+
+from notifier import queues
+from notifier.app import RedactingAccessLogger, create_app
+from notifier.capture import mailbox_dir, start_capture_server
+from notifier.db import migrate_dsn
+from notifier.embedded import EmbeddedPostgres, EmbeddedRedis
+from notifier.settings import Settings, load_settings
+
+log = logging.getLogger("notifier.dev")
+
+
+async def _ensure_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def dev_settings() -> Settings:
+    """Settings for development: NOTIFIER_* from the environment, env=development unless set."""
+    env_set = "NOTIFIER_ENV" in os.environ
+    settings = load_settings() if env_set else load_settings(env="development")
+    return settings
+
+
+async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
+    """Run until Ctrl-C; returns the exit code."""
+    from workers import run_workers
+
+    settings = dev_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    settings.require_secret()
+    data = settings.data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    stoppers = []
+    lines: list[str] = []
+    try:
+        if not settings.database_url:
+            pg = await asyncio.to_thread(EmbeddedPostgres.start, data / "postgres")
+            stoppers.append(pg.stop)
+            await _ensure_database(pg.url(), "notifier")
+            settings.database_url = pg.url("notifier")
+            lines.append(f"PostgreSQL  embedded, data in {data / 'postgres'}  ({settings.database_url})")
+        else:
+            lines.append("PostgreSQL  NOTIFIER_DATABASE_URL")
+        if not settings.redis_url:
+            rd = await asyncio.to_thread(EmbeddedRedis.start, data / "redis")
+            stoppers.append(rd.stop)
+            settings.redis_url = rd.url()
+            lines.append(f"Redis       embedded, data in {data / 'redis'}  ({settings.redis_url})")
+        else:
+            lines.append("Redis       NOTIFIER_REDIS_URL")
+        if "smtp_host" not in settings.model_fields_set or settings.capture_mail:
+            controller = start_capture_server(mailbox_dir(data))
+            stoppers.append(controller.stop)
+            settings.smtp_host, settings.smtp_port, settings.smtp_tls = "127.0.0.1", controller.port, "none"
+            settings.smtp_username = settings.smtp_password = None
+            settings.capture_mail = True
+            lines.append(f"Mail        captured to {mailbox_dir(data)} (SMTP on 127.0.0.1:{controller.port})")
+        else:
+            lines.append(f"Mail        sent through {settings.smtp_host}:{settings.smtp_port}")
+
+        applied = await migrate_dsn(settings.database_url)
+        port = port or (settings.port if "port" in settings.model_fields_set else 8000)
+        settings.port = port
+        if "public_url" not in settings.model_fields_set:
+            settings.public_url = f"http://localhost:{port}"
+
+        app = create_app(settings)
+        runner = web.AppRunner(app, access_log_class=RedactingAccessLogger)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1" if settings.host == "0.0.0.0" else settings.host, port)  # noqa: S104
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        worker_task = asyncio.create_task(run_workers(settings, list(queues.ALL), handle_signals=False))
+        print(
+            "\nnotifier dev is running\n"
+            f"  Web         {settings.public_url}  (/healthz, /readyz, /metrics)\n"
+            f"  Mailbox     {settings.public_url}/dev/mailbox\n"
+            + "".join(f"  {line}\n" for line in lines)
+            + f"  Migrations  {len(applied)} applied now\n"
+            f"  Data        {data}\n"
+            "  Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        if selftest:
+            await _enqueue_selftest(settings)
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait([waiter, worker_task], return_when=asyncio.FIRST_COMPLETED)
+        print("\nstopping…", flush=True)
+        waiter.cancel()
+        worker_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker_task
+        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        return 0
+    finally:
+        for stopper in reversed(stoppers):
+            await asyncio.to_thread(stopper)
+        print("stopped.", flush=True)
+
+
+async def _enqueue_selftest(settings: Settings) -> None:
+    from notifier.resources import open_redis
+
+    redis = await open_redis(settings)
+    try:
+        await redis.enqueue_job("selftest", "dev@example.com", _queue_name=queues.SERVICE)
+    finally:
+        await redis.aclose()

@@ -1,0 +1,83 @@
+"""Shared resources (settings, pool, Redis, queries) and how web and worker open and close them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+from arq import ArqRedis
+from arq import create_pool as create_redis_pool
+from arq.connections import RedisSettings
+
+from notifier.db import create_pool
+from notifier.settings import ConfigError, Settings
+
+log = logging.getLogger("notifier")
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", ArqRedis)
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    """arq's RedisSettings from NOTIFIER_REDIS_URL, with a short connect retry for start-up."""
+    _, redis_url = settings.require_services()
+    rs = RedisSettings.from_dsn(redis_url)
+    rs.conn_timeout = 5
+    rs.conn_retries = 2
+    rs.conn_retry_delay = 1
+    return rs
+
+
+async def open_pool(settings: Settings) -> asyncpg.Pool:
+    """The asyncpg pool, or a ConfigError with one clear line when the database cannot be reached."""
+    dsn, _ = settings.require_services()
+    try:
+        return await asyncio.wait_for(
+            create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max), 15
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        raise ConfigError(f"cannot connect to PostgreSQL at NOTIFIER_DATABASE_URL: {_reason(exc)}") from None
+
+
+async def open_redis(settings: Settings) -> ArqRedis:
+    """An arq Redis connection, or a ConfigError with one clear line."""
+    try:
+        return await create_redis_pool(redis_settings(settings))
+    except (OSError, TimeoutError, ConnectionError, ValueError) as exc:
+        raise ConfigError(f"cannot connect to Redis at NOTIFIER_REDIS_URL: {_reason(exc)}") from None
+    except Exception as exc:  # redis-py raises its own ConnectionError hierarchy
+        if type(exc).__module__.startswith("redis"):
+            raise ConfigError(f"cannot connect to Redis at NOTIFIER_REDIS_URL: {_reason(exc)}") from None
+        raise
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: ArqRedis
+
+
+@asynccontextmanager
+async def opened(settings: Settings) -> AsyncIterator[Resources]:
+    """Open pool and Redis for a CLI command and close both afterwards."""
+    pool = await open_pool(settings)
+    try:
+        redis = await open_redis(settings)
+        try:
+            yield Resources(settings, pool, redis)
+        finally:
+            await redis.aclose()
+    finally:
+        await pool.close()

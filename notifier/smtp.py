@@ -1,0 +1,157 @@
+"""Delivery behind a small interface: an SMTP sender over a pool of reused aiosmtplib connections.
+
+Callers hand over finished message bytes and get back the server's reply or one of two errors:
+`TemporaryFailure` (retry later) or `PermanentFailure` (stop; `unknown_mailbox` says whether
+to suppress the address).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiosmtplib
+
+from notifier.settings import Settings
+
+log = logging.getLogger("notifier.smtp")
+
+
+class DeliveryError(Exception):
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TemporaryFailure(DeliveryError):
+    """Connection trouble, timeouts and 4xx replies: try again later."""
+
+
+class PermanentFailure(DeliveryError):
+    """5xx replies: do not try again."""
+
+    @property
+    def unknown_mailbox(self) -> bool:
+        """550/551/553 about the recipient (5.1.x): the address does not exist."""
+        text = str(self).lower()
+        return self.code in (550, 551, 553) and (
+            "5.1." in text
+            or "unknown" in text
+            or "no such" in text
+            or "does not exist" in text
+            or "user" in text
+            or "mailbox" in text
+        )
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str
+    recipients: tuple[str, ...]
+    message: bytes
+
+
+class Sender(Protocol):
+    """What the outbox needs of a mail transport."""
+
+    async def send(self, envelope: Envelope) -> str:
+        """Deliver one message; returns the server's reply. Raises Temporary/PermanentFailure."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SMTPSender:
+    """A small pool of SMTP connections, opened lazily, reused, replaced when they fail."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
+        self._slots = asyncio.Semaphore(settings.smtp_pool_size)
+        self._closed = False
+
+    def _client(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        tls_context = ssl.create_default_context() if s.smtp_tls != "none" else None
+        return aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            username=s.smtp_username,
+            password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+            use_tls=s.smtp_tls == "tls",
+            start_tls=s.smtp_tls == "starttls",
+            tls_context=tls_context,
+            timeout=s.smtp_timeout,
+        )
+
+    async def _connection(self) -> aiosmtplib.SMTP:
+        while not self._idle.empty():
+            client = self._idle.get_nowait()
+            if client.is_connected:
+                return client
+        client = self._client()
+        await client.connect()
+        return client
+
+    async def send(self, envelope: Envelope) -> str:
+        async with self._slots:
+            try:
+                client = await self._connection()
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                raise TemporaryFailure(
+                    f"cannot connect to {self.settings.smtp_host}:{self.settings.smtp_port}: {exc}"
+                ) from None
+            try:
+                _, reply = await client.sendmail(envelope.sender, list(envelope.recipients), envelope.message)
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                self._release(client)
+                refused = exc.recipients[0]
+                raise _classify(refused.code, refused.message) from None
+            except aiosmtplib.SMTPResponseException as exc:
+                # The transaction failed but the connection may be fine; RSET before reuse.
+                await self._reset_or_drop(client)
+                raise _classify(exc.code, exc.message) from None
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                await _quietly_close(client)
+                raise TemporaryFailure(f"connection lost: {exc or type(exc).__name__}") from None
+            self._release(client)
+            return reply
+
+    def _release(self, client: aiosmtplib.SMTP) -> None:
+        if self._closed or not client.is_connected:
+            client.close()
+        else:
+            self._idle.put_nowait(client)
+
+    async def _reset_or_drop(self, client: aiosmtplib.SMTP) -> None:
+        try:
+            await client.rset()
+            self._release(client)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            await _quietly_close(client)
+
+    async def close(self) -> None:
+        self._closed = True
+        while not self._idle.empty():
+            client = self._idle.get_nowait()
+            try:
+                await asyncio.wait_for(client.quit(), 2)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                client.close()
+
+
+def _classify(code: int, message: str) -> DeliveryError:
+    text = f"{code} {message}"
+    if 500 <= code < 600:
+        return PermanentFailure(text, code)
+    return TemporaryFailure(text, code)
+
+
+async def _quietly_close(client: aiosmtplib.SMTP) -> None:
+    # Closing a broken socket may raise anything; it is gone either way.
+    with contextlib.suppress(Exception):
+        client.close()

@@ -1,0 +1,52 @@
+"""Test data through one small factory instead of copy-pasted inserts."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import asyncpg
+
+_seq = itertools.count(1)
+
+
+class Factory:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def account(self, **fields: Any) -> asyncpg.Record:
+        """Insert an account; any column may be overridden."""
+        n = next(_seq)
+        row: dict[str, Any] = {
+            "external_id": f"member-{n}",
+            "email": f"member{n}@example.com",
+            "name": f"Member {n}",
+            "timezone": "UTC",
+            "locale": "en",
+        }
+        row.update(fields)
+        columns = ", ".join(row)
+        params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+        record = await self.pool.fetchrow(
+            f"INSERT INTO accounts ({columns}) VALUES ({params}) RETURNING *", *row.values()
+        )
+        assert record is not None
+        return record
+
+    async def message(self, account: asyncpg.Record, **fields: Any) -> asyncpg.Record:
+        """Insert an inbox message for `account`."""
+        n = next(_seq)
+        row: dict[str, Any] = {
+            "account_id": account["id"],
+            "category": "news",
+            "subject": f"Subject {n}",
+            "body": f"Body {n}",
+        }
+        row.update(fields)
+        columns = ", ".join(row)
+        params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+        record = await self.pool.fetchrow(
+            f"INSERT INTO messages ({columns}) VALUES ({params}) RETURNING *", *row.values()
+        )
+        assert record is not None
+        return record

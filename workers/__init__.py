@@ -1,0 +1,171 @@
+"""arq workers: which job runs on which queue, with its timeout and tries, and the resources
+each worker process opens once (pool, Redis, SMTP sender).
+
+Job bodies are thin: they call a named function of a domain module. `notifier worker` runs one
+arq `Worker` per queue in one process; the Procfile runs service/digest and bulk apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from arq import cron
+from arq.connections import ArqRedis
+from arq.cron import CronJob
+from arq.worker import Function, Worker, func
+
+from notifier import heartbeat, queues
+from notifier.resources import open_pool, open_redis, redis_settings
+from notifier.settings import Settings
+from notifier.smtp import Sender, SMTPSender
+
+log = logging.getLogger("notifier.worker")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def heartbeat_job(ctx: dict[str, Any]) -> int:
+    """Record that this worker process is alive (cron, every minute)."""
+    return await heartbeat.beat(ctx["pool"], worker_name())
+
+
+async def selftest_job(ctx: dict[str, Any], to: str) -> str:
+    """Send a short e-mail proving the worker can reach the mail server (used by `notifier dev`)."""
+    from notifier.selftest import send_selftest
+
+    return await send_selftest(ctx["settings"], ctx["sender"], to)
+
+
+# What runs where. Each entry: the queue and its arq functions, with explicit timeouts and tries.
+FUNCTIONS: dict[str, list[Function]] = {
+    queues.SERVICE: [
+        func(selftest_job, name="selftest", timeout=60, max_tries=3),
+    ],
+    queues.DIGEST: [],
+    queues.BULK: [],
+}
+
+CRON_JOBS: dict[str, list[CronJob]] = {
+    queues.SERVICE: [
+        cron(heartbeat_job, name="heartbeat", second=0, run_at_startup=True, timeout=30, max_tries=1),
+    ],
+    queues.DIGEST: [],
+    queues.BULK: [],
+}
+
+
+async def open_context(settings: Settings, sender: Sender | None = None) -> dict[str, Any]:
+    """Resources shared by all of a process's workers; close with `close_context`."""
+    pool = await open_pool(settings)
+    return {
+        "settings": settings,
+        "pool": pool,
+        "sender": sender or SMTPSender(settings),
+        "owns_sender": sender is None,
+    }
+
+
+async def close_context(ctx: dict[str, Any]) -> None:
+    if ctx.get("owns_sender"):
+        await ctx["sender"].close()
+    await ctx["pool"].close()
+
+
+def build_worker(
+    settings: Settings,
+    queue: str,
+    ctx: dict[str, Any],
+    redis: ArqRedis,
+    *,
+    burst: bool = False,
+    crons: bool = True,
+) -> Worker:
+    """One arq Worker for `queue`, sharing `ctx` (pool, sender) and the Redis connection."""
+    ctx = {**ctx, "queue": queue}
+    functions: list[Function] = list(FUNCTIONS[queue])
+    cron_jobs = CRON_JOBS[queue] if crons else []
+    if not crons:
+        # Without the schedule, cron jobs stay callable by name (tests, `notifier ... run`).
+        functions += [
+            func(cj.coroutine, name=cj.name, timeout=cj.timeout_s, max_tries=cj.max_tries)
+            for cj in CRON_JOBS[queue]
+        ]
+    if not functions and not cron_jobs:
+        # arq refuses a worker with nothing to do; keep the queue served with the heartbeat.
+        functions = [func(heartbeat_job, name=f"heartbeat:{queue}", timeout=30, max_tries=1)]
+    return Worker(
+        functions=list(functions),
+        cron_jobs=list(cron_jobs),
+        queue_name=queue,
+        redis_pool=redis,
+        redis_settings=redis_settings(settings),
+        burst=burst,
+        handle_signals=False,
+        max_jobs=settings.worker_max_jobs,
+        keep_result=60,
+        poll_delay=0.1,
+        ctx=ctx,
+    )
+
+
+async def run_workers(
+    settings: Settings, queue_names: Sequence[str], *, burst: bool = False, handle_signals: bool = True
+) -> None:
+    """Run one worker per queue in this process until SIGINT/SIGTERM or cancellation (in burst
+    mode, until the queues are empty). Closes everything it opened."""
+    ctx = await open_context(settings)
+    redis = await open_redis(settings)
+    workers = [build_worker(settings, queues.ALL[name], ctx, redis, burst=burst) for name in queue_names]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if handle_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(w.async_run()) for w in workers]
+    log.info("worker %s serving %s", worker_name(), ", ".join(queue_names))
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        if burst:  # every worker runs until its queue is empty
+            await asyncio.gather(*tasks)
+        else:  # until a signal, or until one worker stops (an error), which ends all
+            await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        # arq's Worker.close() uses a Redis call deprecated in redis-py 5; closing the shared
+        # connection ourselves does the same work.
+        await close_context(ctx)
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+
+
+class WorkerSettings:
+    """For `arq workers.WorkerSettings`: the service queue with its crons, settings from the environment."""
+
+    functions = FUNCTIONS[queues.SERVICE]
+    cron_jobs = CRON_JOBS[queues.SERVICE]
+    queue_name = queues.SERVICE
+
+    @staticmethod
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        settings = Settings()
+        settings.require_secret()
+        ctx.update(await open_context(settings))
+
+    @staticmethod
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        await close_context(ctx)
