@@ -12,7 +12,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_log import AccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from notifier import capture
+from notifier import auth, capture
 from notifier.problems import MAX_BODY, Handler, problem_middleware
 from notifier.resources import POOL, REDIS, SETTINGS, open_pool, open_redis
 from notifier.settings import Settings
@@ -126,7 +126,7 @@ def create_app(settings: Settings) -> web.Application:
     """Build the web application. Resources open on start-up and close on clean-up."""
     settings.require_secret()
     app = web.Application(
-        middlewares=[metrics_middleware, problem_middleware],
+        middlewares=[metrics_middleware, problem_middleware, auth.auth_middleware],
         client_max_size=max(settings.max_body_bytes, settings.max_batch_body_bytes),
     )
     app[SETTINGS] = settings
@@ -136,6 +136,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    auth.setup(app)
+    # Each feature module adds its routes here.
     if settings.capture_mail:
         capture.setup_routes(app)
     return app

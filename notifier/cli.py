@@ -87,6 +87,39 @@ async def cmd_dev(args: argparse.Namespace) -> int:
     return await run_dev(port=args.port, selftest=not args.no_selftest)
 
 
+async def cmd_api_key(args: argparse.Namespace) -> int:
+    from notifier import auth
+    from notifier.resources import open_pool
+
+    settings = settings_for(args)
+    settings.require_services()
+    pool = await open_pool(settings)
+    try:
+        if args.action == "create":
+            try:
+                key_id, key = await auth.create_key(pool, args.name, args.scope)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            print(f"created API key {key_id} ({args.name}; scopes: {', '.join(sorted(set(args.scope)))})")
+            print("store it now, it is not shown again:")
+            print(key)
+        elif args.action == "list":
+            for row in await auth.list_keys(pool):
+                state = f"revoked {row['revoked_at']:%Y-%m-%d}" if row["revoked_at"] else "active"
+                used = f"{row['last_used_at']:%Y-%m-%d %H:%M}" if row["last_used_at"] else "never"
+                print(
+                    f"{row['id']:>4}  {row['prefix']}…  {row['name']:<24} {','.join(row['scopes']):<32} "
+                    f"last used {used:<16} {state}"
+                )
+        elif args.action == "revoke":
+            if not await auth.revoke_key(pool, args.id):
+                raise ConfigError(f"no active API key with id {args.id}")
+            print(f"revoked API key {args.id}")
+    finally:
+        await pool.close()
+    return 0
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -140,6 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="web port (default 8000)")
     p.add_argument("--no-selftest", action="store_true", help="do not send the start-up self-test e-mail")
     p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("api-key", help="create, list and revoke API keys", description="Manage API keys.")
+    keys = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    k = keys.add_parser("create", help="create a key and print it once")
+    k.add_argument("--name", required=True, help="who uses the key (shown in the audit trail)")
+    k.add_argument(
+        "--scope",
+        required=True,
+        nargs="+",
+        choices=["accounts", "messages", "service", "newsletters", "admin"],
+        help="one or more scopes",
+    )
+    keys.add_parser("list", help="list keys (never the keys themselves)")
+    k = keys.add_parser("revoke", help="revoke a key by id")
+    k.add_argument("id", type=int)
+    p.set_defaults(func=cmd_api_key)
 
     return parser
 

@@ -1,0 +1,49 @@
+"""The audit trail: who changed what on an account, when. Rows are only ever inserted."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+
+ActorType = Literal["api_key", "member", "system", "operator"]
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acted: an API key (by name), the member through a signed page, the system, an operator."""
+
+    type: ActorType
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.name}"
+
+
+SYSTEM = Actor("system", "notifier")
+MEMBER = Actor("member", "signed link")
+
+
+def diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """`{field: {"before": old, "after": new}}` for the fields of `after` whose value changed."""
+    return {k: {"before": before.get(k), "after": v} for k, v in after.items() if before.get(k) != v}
+
+
+async def record(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    account_id: int | None,
+    actor: Actor,
+    action: str,
+    changes: Mapping[str, Any] | None = None,
+) -> None:
+    """Append one audit row. Call inside the transaction that makes the change."""
+    await conn.execute(
+        "INSERT INTO audit_log (account_id, actor_type, actor, action, changes) VALUES ($1, $2, $3, $4, $5)",
+        account_id,
+        actor.type,
+        actor.name,
+        action,
+        dict(changes or {}),
+    )
