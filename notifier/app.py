@@ -136,7 +136,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    auth.setup(app)
+    auth.setup(app, settings)
     # Each feature module adds its routes here.
     if settings.capture_mail:
         capture.setup_routes(app)

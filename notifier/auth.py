@@ -7,6 +7,7 @@ do everything. No key or an unknown/revoked key: 401. A key without the scope: 4
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from aiohttp import web
 from notifier.audit import Actor
 from notifier.problems import Handler, Problem
 from notifier.resources import POOL
+from notifier.settings import Settings
 
 Scope = Literal["accounts", "messages", "service", "newsletters", "admin"]
 SCOPES: tuple[Scope, ...] = ("accounts", "messages", "service", "newsletters", "admin")
@@ -121,6 +123,35 @@ class KeyCache:
 
 KEY_CACHE = web.AppKey("key_cache", KeyCache)
 
+
+class RateLimiter:
+    """Token buckets per API key in this process: `rate` requests/s sustained, `burst` at once.
+
+    Per process on purpose: it costs no round trip to Redis on every request. With N web
+    processes a key may make up to N times the rate; size the setting accordingly.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._buckets: dict[int, tuple[float, float]] = {}
+
+    def take(self, key_id: int, now: float | None = None) -> float:
+        """0.0 when the request may go ahead, else the seconds until it may."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(key_id, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key_id] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+        self._buckets[key_id] = (tokens - 1.0, now)
+        return 0.0
+
+
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+
 H = TypeVar("H", bound=Callable[..., Any])
 
 
@@ -153,6 +184,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise _unauthorized("the API key is not valid (unknown or revoked)")
     if not api_key.allows(scope):
         raise Problem(403, f"this API key lacks the `{scope}` scope")
+    wait = request.app[RATE_LIMITER].take(api_key.id)
+    if wait > 0:
+        raise Problem(
+            429,
+            "too many requests for this API key; slow down",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
     request[API_KEY] = api_key
     return await handler(request)
 
@@ -162,5 +200,6 @@ def api_key_of(request: web.Request) -> ApiKey:
     return key
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application, settings: Settings) -> None:
     app[KEY_CACHE] = KeyCache()
+    app[RATE_LIMITER] = RateLimiter(settings.api_rate_limit, settings.api_rate_burst)

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_batch_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
 
+    # Per API key and web process: sustained requests/s and burst; 0 turns the limit off.
+    api_rate_limit: float = Field(default=500.0, ge=0)
+    api_rate_burst: int = Field(default=1000, ge=1)
+
     # Secrets
     secret_key: SecretStr | None = None
 

@@ -100,3 +100,30 @@ async def test_revoked_key_is_refused(scoped_client, pool: asyncpg.Pool, monkeyp
     assert await auth.revoke_key(pool, key_id)
     assert not await auth.revoke_key(pool, key_id)
     assert (await scoped_client.get("/v1/protected", headers=headers)).status == 401
+
+
+def test_rate_limiter_refills() -> None:
+    limiter = auth.RateLimiter(rate=2.0, burst=3)
+    assert [limiter.take(1, now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.take(1, now=0.0) == pytest.approx(0.5)
+    assert limiter.take(2, now=0.0) == 0.0  # buckets are per key
+    assert limiter.take(1, now=0.5) == 0.0  # one token back after 1/rate seconds
+    assert auth.RateLimiter(rate=0, burst=1).take(1) == 0.0  # 0 turns it off
+
+
+async def test_rate_limit_answers_429(settings: Settings, pool: asyncpg.Pool, redis) -> None:
+    @requires("messages")
+    async def protected(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    settings.api_rate_limit, settings.api_rate_burst = 0.5, 2
+    app = create_app(settings)
+    app.router.add_get("/v1/protected", protected)
+    _, key = await auth.create_key(pool, "blog", ["messages"])
+    headers = {"Authorization": f"Bearer {key}"}
+    async with TestClient(TestServer(app)) as c:
+        assert [(await c.get("/v1/protected", headers=headers)).status for _ in range(2)] == [200, 200]
+        resp = await c.get("/v1/protected", headers=headers)
+        assert resp.status == 429
+        assert resp.content_type == "application/problem+json"
+        assert int(resp.headers["Retry-After"]) >= 1
