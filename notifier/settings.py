@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(default=20, ge=1)
     retention_days: int = Field(default=365, ge=1)
 
+    # Newsletters
+    newsletter_double_opt_in: bool = Field(
+        default=False, description="opt-ins count only after the member confirms by e-mail"
+    )
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
