@@ -1,0 +1,218 @@
+"""A member's digest and newsletter preferences: the API (`GET` / `PUT
+/v1/accounts/{external_id}/preferences`, scope `accounts`) and `apply_preferences`, the one
+function every writer of preferences uses (the API, the preference centre, unsubscribe links).
+
+Defaults (for a new account): a daily digest at 08:00 local time, Monday for weekly, time zone
+UTC, no newsletter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+
+from notifier import audit, schedule
+from notifier.audit import Actor
+from notifier.auth import api_key_of, requires
+from notifier.db import Q
+from notifier.problems import Problem, read_json, validation_errors
+from notifier.resources import POOL
+
+FIELDS = ("digest_frequency", "digest_hour", "digest_weekday", "timezone", "newsletter")
+# Shown by GET; a PUT may send them back (GET, edit, PUT) and they are ignored.
+READ_ONLY = frozenset({"next_digest_at", "digest_window_start"})
+_SCHEDULE_FIELDS = frozenset({"digest_frequency", "digest_hour", "digest_weekday", "timezone"})
+
+
+class Preferences(BaseModel):
+    """The five preferences, validated together. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    digest_frequency: Literal["off", "immediate", "hourly", "daily", "weekly"] = "daily"
+    digest_hour: int = Field(default=8, ge=0, le=23, description="local hour for daily and weekly")
+    digest_weekday: int = Field(default=1, ge=1, le=7, description="ISO weekday for weekly, 1 = Monday")
+    timezone: str = "UTC"
+    newsletter: StrictBool = False
+
+    @field_validator("digest_hour", "digest_weekday", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a whole number")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana(cls, value: str) -> str:
+        value = value.strip()
+        if not schedule.is_valid_timezone(value):
+            raise ValueError(f"unknown time zone {value[:64]!r}; use an IANA name such as Europe/Berlin")
+        return value
+
+
+class InvalidPreferences(Problem):
+    """422 naming every invalid field (`errors: [{field, message}]`)."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(422, "the preferences are not valid", errors=errors)
+
+
+class AccountNotFound(Exception):
+    """No account with that id."""
+
+
+def current(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The preferences of an account row as a plain dict."""
+    return {name: row[name] for name in FIELDS}
+
+
+def validate(before: Mapping[str, Any], changes: Mapping[str, Any]) -> Preferences:
+    """`before` with `changes` applied, validated as a whole. Raises InvalidPreferences."""
+    if not isinstance(changes, Mapping):
+        raise InvalidPreferences([{"field": "body", "message": "must be a JSON object"}])
+    merged = {**current(before), **{k: v for k, v in changes.items() if k not in READ_ONLY}}
+    try:
+        return Preferences.model_validate(merged)
+    except ValidationError as exc:
+        raise InvalidPreferences(validation_errors(exc)) from None
+
+
+def _next_window(
+    before: Mapping[str, Any], after: Preferences, has_pending: bool, now: datetime
+) -> tuple[datetime, datetime | None]:
+    """(window start, window end) after a change of schedule."""
+    start: datetime = before["digest_window_start"]
+    freq = after.digest_frequency
+    if freq == "off":
+        return start, None
+    if freq == "immediate":
+        # Waiting messages go out with the next pass; later ones are coalesced as they arrive.
+        return start, (now if has_pending else None)
+    if before["digest_frequency"] not in schedule.SCHEDULED:
+        # Off or immediate until now: a clock starts now.
+        start = now
+    end = schedule.reschedule(freq, after.digest_hour, after.digest_weekday, after.timezone, start, now)
+    return start, end
+
+
+async def apply_preferences(
+    conn: asyncpg.Connection,
+    account_id: int,
+    changes: Mapping[str, Any],
+    actor: Actor,
+    source: str,
+    *,
+    now: datetime | None = None,
+    wording: str | None = None,
+    wording_version: str | None = None,
+) -> dict[str, Any]:
+    """Validate and save a change of preferences for one account, atomically, and return the
+    preferences now in force (the five fields plus `next_digest_at`).
+
+    `changes` holds any subset of digest_frequency, digest_hour, digest_weekday, timezone and
+    newsletter (read-only fields from GET are ignored). In one transaction (a savepoint if the
+    caller has one open) it locks the account, writes the new values, writes an audit row
+    (`preferences.update`, before/after of each changed field, by `actor`), reschedules the open
+    digest window, and, when `newsletter` changes, records a consent row with `source` (e.g.
+    "api", "preference-centre", "one-click") and the `wording` / `wording_version` shown.
+
+    Rescheduling applies to the open window: the new end is the first scheduled time after the
+    window's start under the new preferences (daily → weekly: no daily digest tonight); if that
+    has passed, the next one after now. "off" sets no due time; "immediate" is due at once when
+    messages are waiting. Unchanged values write nothing. Idempotent.
+
+    Raises InvalidPreferences (a 422 Problem naming the fields) or AccountNotFound.
+    """
+    now = now or datetime.now(UTC)
+    async with conn.transaction():
+        row = await conn.fetchrow(Q.preferences_for_update, account_id)
+        if row is None:
+            raise AccountNotFound(account_id)
+        after = validate(row, changes)
+        changed = audit.diff(current(row), after.model_dump())
+        if not changed:
+            return {**current(row), "next_digest_at": row["next_digest_at"]}
+        start, end = row["digest_window_start"], row["next_digest_at"]
+        if _SCHEDULE_FIELDS & changed.keys():
+            pending = after.digest_frequency == "immediate" and bool(
+                await conn.fetchval(Q.has_pending_messages, account_id)
+            )
+            start, end = _next_window(row, after, pending, now)
+        await conn.execute(
+            Q.update_preferences,
+            account_id,
+            after.digest_frequency,
+            after.digest_hour,
+            after.digest_weekday,
+            after.timezone,
+            after.newsletter,
+            start,
+            end,
+        )
+        await audit.record(conn, account_id, actor, "preferences.update", {**changed, "source": source})
+        if "newsletter" in changed:
+            await conn.execute(
+                Q.insert_consent, account_id, after.newsletter, source, wording, wording_version
+            )
+        return {**after.model_dump(), "next_digest_at": end}
+
+
+async def start_schedule(conn: asyncpg.Connection, account: Mapping[str, Any], now: datetime) -> None:
+    """Open a newly registered account's first digest window at `now`: the accounts module calls
+    this right after inserting the account (same transaction). `account` is the inserted row."""
+    end = schedule.next_due(
+        account["digest_frequency"],
+        account["digest_hour"],
+        account["digest_weekday"],
+        account["timezone"],
+        now,
+    )
+    await conn.execute(Q.start_schedule, account["id"], now, end)
+
+
+# --- the API ---------------------------------------------------------------------------------
+
+
+def _body(prefs: Mapping[str, Any]) -> dict[str, Any]:
+    due = prefs.get("next_digest_at")
+    return {
+        **{name: prefs[name] for name in FIELDS},
+        "next_digest_at": due.astimezone(UTC).isoformat() if due else None,
+    }
+
+
+@requires("accounts")
+async def get_preferences(request: web.Request) -> web.Response:
+    """The account's preferences and when its next digest is due (null: none scheduled)."""
+    row = await request.app[POOL].fetchrow(Q.preferences_by_external_id, request.match_info["external_id"])
+    if row is None:
+        raise Problem(404, "no account with that external_id")
+    return web.json_response(_body(row))
+
+
+@requires("accounts")
+async def put_preferences(request: web.Request) -> web.Response:
+    """Change any of the preferences (fields left out keep their value); 422 names bad fields."""
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidPreferences([{"field": "body", "message": "must be a JSON object"}])
+    async with request.app[POOL].acquire() as conn:
+        account_id = await conn.fetchval(Q.account_id_by_external_id, request.match_info["external_id"])
+        if account_id is None:
+            raise Problem(404, "no account with that external_id")
+        try:
+            prefs = await apply_preferences(conn, account_id, body, api_key_of(request).actor, "api")
+        except AccountNotFound:
+            raise Problem(404, "no account with that external_id") from None
+    return web.json_response(_body(prefs))
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/accounts/{external_id}/preferences", get_preferences)
+    app.router.add_put("/v1/accounts/{external_id}/preferences", put_preferences)

@@ -1,0 +1,137 @@
+"""When a member's next digest is due: pure functions over a frequency, a local hour, an ISO
+weekday and an IANA time zone. Everything returned is an aware UTC datetime.
+
+Local times that do not exist (the gap of a spring-forward change) resolve to the first valid
+instant after the gap, so the digest still goes out that day, once. Local times that happen twice
+(the repeated hour of a fall-back change) resolve to their first occurrence, so it goes out once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
+from typing import Literal
+from zoneinfo import ZoneInfo, available_timezones
+
+Frequency = Literal["off", "immediate", "hourly", "daily", "weekly"]
+FREQUENCIES: tuple[Frequency, ...] = ("off", "immediate", "hourly", "daily", "weekly")
+# Frequencies that run on a clock; "immediate" is driven by arriving messages, "off" by nothing.
+SCHEDULED: frozenset[str] = frozenset({"hourly", "daily", "weekly"})
+
+_QUARTER = timedelta(minutes=15)
+
+
+@lru_cache(maxsize=1024)
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone `name`; raises ValueError for anything that is not one."""
+    if not is_valid_timezone(name):
+        raise ValueError(f"{name!r} is not an IANA time zone name")
+    return ZoneInfo(name)
+
+
+@lru_cache(maxsize=1)
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def is_valid_timezone(name: str) -> bool:
+    """True for IANA names known to the tz database (e.g. `Europe/Berlin`, `UTC`)."""
+    return name in _known_zones()
+
+
+def local_instant(day: date, at: time, tz: ZoneInfo) -> datetime:
+    """The UTC instant of wall-clock `at` on `day` in `tz`.
+
+    In a spring-forward gap: the first valid instant after the gap. In a fall-back repeat: the
+    first of the two instants.
+    """
+    naive = datetime.combine(day, at)
+    first = naive.replace(tzinfo=tz, fold=0)
+    utc = first.astimezone(UTC)
+    if utc.astimezone(tz).replace(tzinfo=None) == naive:
+        return utc  # exists (and, if repeated, fold=0 is the earlier one)
+    # In the gap: fold=1 uses the offset after the change and lands before the transition,
+    # fold=0 the offset before it and lands after. Find the transition between them.
+    lo = naive.replace(tzinfo=tz, fold=1).astimezone(UTC)
+    hi = utc
+    after_offset = hi.astimezone(tz).utcoffset()
+    while hi - lo > timedelta(seconds=1):
+        mid = lo + (hi - lo) / 2
+        mid = mid.replace(microsecond=0)
+        if mid <= lo:
+            break
+        if mid.astimezone(tz).utcoffset() == after_offset:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _next_hourly(after: datetime, tz: ZoneInfo) -> datetime:
+    # The next instant at minute 0 of a local hour. Offsets are whole quarter-hours in the tz
+    # database, so stepping through UTC quarter-hours finds it in at most four steps (eight
+    # around a change); a repeated local hour on fall-back is two hours, each with its digest.
+    epoch = datetime(2000, 1, 1, tzinfo=UTC)
+    t = epoch + ((after - epoch) // _QUARTER + 1) * _QUARTER
+    while t.astimezone(tz).minute != 0:
+        t += _QUARTER
+    return t
+
+
+def next_due(
+    frequency: str,
+    hour: int,
+    weekday: int,
+    timezone: str,
+    after: datetime,
+) -> datetime | None:
+    """The first scheduled digest time strictly after `after` (aware), or None when the frequency
+    does not run on a clock ("off", "immediate"). `hour` is the local hour (daily, weekly),
+    `weekday` the ISO weekday 1 = Monday … 7 = Sunday (weekly). Raises ValueError on bad input.
+    """
+    if after.tzinfo is None:
+        raise ValueError("`after` must be timezone-aware")
+    if frequency not in FREQUENCIES:
+        raise ValueError(f"unknown digest frequency {frequency!r}")
+    if frequency not in SCHEDULED:
+        return None
+    tz = zone(timezone)
+    after = after.astimezone(UTC)
+    if frequency == "hourly":
+        return _next_hourly(after, tz)
+    if not 0 <= hour <= 23:
+        raise ValueError(f"digest hour must be 0-23, got {hour}")
+    at = time(hour)
+    day = after.astimezone(tz).date()
+    if frequency == "daily":
+        step = timedelta(days=1)
+    else:
+        if not 1 <= weekday <= 7:
+            raise ValueError(f"digest weekday must be 1-7, got {weekday}")
+        day += timedelta(days=(weekday - day.isoweekday()) % 7)
+        step = timedelta(days=7)
+    # The local day of `after` may already be past the hour; at most one more step is needed,
+    # a second only guards a change of offset between the two.
+    candidate = local_instant(day, at, tz)
+    while candidate <= after:
+        day += step
+        candidate = local_instant(day, at, tz)
+    return candidate
+
+
+def reschedule(
+    frequency: str,
+    hour: int,
+    weekday: int,
+    timezone: str,
+    window_start: datetime,
+    now: datetime,
+) -> datetime | None:
+    """The end of the open window under (possibly new) preferences: the first scheduled time
+    after the window's start, so lowering daily to weekly skips tonight's daily digest; if that
+    time has already passed (raising weekly to hourly late in a window), the next one after
+    `now` instead, so a change never triggers a burst of catch-up digests."""
+    due = next_due(frequency, hour, weekday, timezone, window_start)
+    if due is not None and due <= now:
+        due = next_due(frequency, hour, weekday, timezone, now)
+    return due
