@@ -138,6 +138,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics)
     auth.setup(app, settings)
     # Each feature module adds its routes here.
+    from notifier import preferences
+
+    preferences.setup_routes(app)
     if settings.capture_mail:
         capture.setup_routes(app)
     return app
