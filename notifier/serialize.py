@@ -1,0 +1,20 @@
+"""Rows to JSON-ready values: timestamps as ISO 8601 strings, bytes as hex."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+
+
+def jsonable_value(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row (asyncpg Record or dict) as a dict whose values `json.dumps` accepts."""
+    return {key: jsonable_value(value) for key, value in row.items()}
