@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiosmtplib
+from redis.asyncio import Redis
 
 from notifier.settings import Settings
 
@@ -88,38 +89,51 @@ class SMTPSender:
             timeout=s.smtp_timeout,
         )
 
-    async def _connection(self) -> aiosmtplib.SMTP:
+    async def _connection(self) -> tuple[aiosmtplib.SMTP, bool]:
+        """A connected client and whether it was reused from the pool."""
         while not self._idle.empty():
             client = self._idle.get_nowait()
             if client.is_connected:
-                return client
+                return client, True
         client = self._client()
         await client.connect()
-        return client
+        return client, False
 
     async def send(self, envelope: Envelope) -> str:
         async with self._slots:
-            try:
-                client = await self._connection()
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                raise TemporaryFailure(
-                    f"cannot connect to {self.settings.smtp_host}:{self.settings.smtp_port}: {exc}"
-                ) from None
-            try:
-                _, reply = await client.sendmail(envelope.sender, list(envelope.recipients), envelope.message)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
+            # A pooled connection the server closed while idle fails on first use: reconnect
+            # once, then report the failure as temporary.
+            for attempt in (1, 2):
+                try:
+                    client, reused = await self._connection()
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    raise TemporaryFailure(
+                        f"cannot connect to {self.settings.smtp_host}:{self.settings.smtp_port}: "
+                        f"{exc or type(exc).__name__}"
+                    ) from None
+                try:
+                    _, reply = await client.sendmail(
+                        envelope.sender, list(envelope.recipients), envelope.message
+                    )
+                except aiosmtplib.SMTPRecipientsRefused as exc:
+                    await self._reset_or_drop(client)
+                    refused = exc.recipients[0]
+                    raise _classify(refused.code, refused.message) from None
+                except aiosmtplib.SMTPServerDisconnected as exc:
+                    await _quietly_close(client)
+                    if reused and attempt == 1:
+                        continue
+                    raise TemporaryFailure(f"connection lost: {exc or type(exc).__name__}") from None
+                except aiosmtplib.SMTPResponseException as exc:
+                    # The transaction failed but the connection may be fine; RSET before reuse.
+                    await self._reset_or_drop(client)
+                    raise _classify(exc.code, exc.message) from None
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    await _quietly_close(client)
+                    raise TemporaryFailure(f"connection lost: {exc or type(exc).__name__}") from None
                 self._release(client)
-                refused = exc.recipients[0]
-                raise _classify(refused.code, refused.message) from None
-            except aiosmtplib.SMTPResponseException as exc:
-                # The transaction failed but the connection may be fine; RSET before reuse.
-                await self._reset_or_drop(client)
-                raise _classify(exc.code, exc.message) from None
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                await _quietly_close(client)
-                raise TemporaryFailure(f"connection lost: {exc or type(exc).__name__}") from None
-            self._release(client)
-            return reply
+                return reply
+            raise AssertionError("unreachable")
 
     def _release(self, client: aiosmtplib.SMTP) -> None:
         if self._closed or not client.is_connected:
@@ -145,10 +159,44 @@ class SMTPSender:
 
 
 def _classify(code: int, message: str) -> DeliveryError:
+    """5xx is permanent; 4xx and anything unexpected (aiosmtplib uses -1 for a garbled reply)
+    is temporary."""
     text = f"{code} {message}"
     if 500 <= code < 600:
         return PermanentFailure(text, code)
     return TemporaryFailure(text, code)
+
+
+# GCRA over Redis: one key holds the time at which the next message may go. Reserving n slots
+# moves it by n intervals and answers how long until the first; the caller spaces the rest.
+_RESERVE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < t then tat = t end
+local interval = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], string.format('%.6f', tat + interval * n), 'EX', math.ceil(interval * n) + 60)
+return string.format('%.6f', tat - t)
+"""
+
+
+class RateLimiter:
+    """The global send rate (NOTIFIER_SEND_RATE messages/s) shared by every worker process through
+    one Redis key. Callers reserve a whole batch in one round trip, then pace its sends."""
+
+    def __init__(self, redis: Redis, rate: float, key: str = "notifier:send-rate") -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.redis = redis
+        self.rate = rate
+        self.key = key
+
+    async def reserve(self, n: int) -> float:
+        """Reserve `n` consecutive send slots; returns seconds until the first. Slot i starts
+        `i / rate` seconds after it."""
+        answer = await self.redis.eval(_RESERVE, 1, self.key, repr(1.0 / self.rate), str(n))  # type: ignore[misc]
+        return max(0.0, float(answer))
 
 
 async def _quietly_close(client: aiosmtplib.SMTP) -> None:

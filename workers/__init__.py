@@ -21,7 +21,7 @@ from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Function, Worker, func
 
-from notifier import heartbeat, queues
+from notifier import digest, heartbeat, outbox, queues
 from notifier.resources import open_pool, open_redis, redis_settings
 from notifier.settings import Settings
 from notifier.smtp import Sender, SMTPSender
@@ -49,16 +49,24 @@ async def selftest_job(ctx: dict[str, Any], to: str) -> str:
 FUNCTIONS: dict[str, list[Function]] = {
     queues.SERVICE: [
         func(selftest_job, name="selftest", timeout=60, max_tries=3),
+        func(outbox.deliver_job, name=outbox.JOB_NAME, timeout=600, max_tries=1),
     ],
-    queues.DIGEST: [],
-    queues.BULK: [],
+    queues.DIGEST: [
+        func(outbox.deliver_job, name=outbox.JOB_NAME, timeout=600, max_tries=1),
+    ],
+    queues.BULK: [
+        func(outbox.deliver_job, name=outbox.JOB_NAME, timeout=3600, max_tries=1),
+    ],
 }
 
 CRON_JOBS: dict[str, list[CronJob]] = {
     queues.SERVICE: [
         cron(heartbeat_job, name="heartbeat", second=0, run_at_startup=True, timeout=30, max_tries=1),
+        cron(outbox.sweep_job, name="outbox-sweep", second={15, 45}, timeout=30, max_tries=1),
     ],
-    queues.DIGEST: [],
+    queues.DIGEST: [
+        cron(digest.pass_job, name="digest-pass", second=0, timeout=300, max_tries=1),
+    ],
     queues.BULK: [],
 }
 
@@ -71,6 +79,7 @@ async def open_context(settings: Settings, sender: Sender | None = None) -> dict
         "pool": pool,
         "sender": sender or SMTPSender(settings),
         "owns_sender": sender is None,
+        "deliveries": {},  # notifier.outbox: one Delivery per queue, kept for the process
     }
 
 

@@ -1,0 +1,241 @@
+"""Building message bytes fast, and DKIM signing.
+
+Python's `email` package costs about a millisecond per message, which alone would cap a sender
+near 1,000 messages/s; these functions write RFC 5322 bytes directly: CRLF line ends, headers
+folded at 78 characters, RFC 2047 encoded-words for non-ASCII text, quoted-printable UTF-8 bodies
+in a multipart/alternative (text, then HTML). Tests parse the output back with `email`.
+
+Header injection is impossible by construction: free text (subjects, display names) has every run
+of whitespace — CR and LF included — collapsed to one space, and addresses or other header values
+containing CR, LF or anything outside their grammar raise `HeaderError`.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+from email.utils import format_datetime, parseaddr
+
+import dkim
+
+from notifier.settings import ConfigError, Settings
+
+CRLF = "\r\n"
+MAX_LINE = 78
+
+# DKIM covers these (absent ones are signed as absent, so they cannot be added later).
+DKIM_HEADERS = (
+    b"from",
+    b"to",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
+    b"list-id",
+    b"mime-version",
+    b"content-type",
+)
+
+
+class HeaderError(ValueError):
+    """A header value that would break the message (CR/LF, a malformed address)."""
+
+
+# An ASCII addr-spec (dot-atom local part, hostname domain). Internationalised domains must be
+# given in their IDNA (xn--) form; SMTPUTF8 local parts are not sent.
+_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
+_ATOM_TEXT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
+
+
+def check_address(address: str) -> str:
+    """`address` if it is a plain addr-spec; HeaderError otherwise (CR/LF, spaces, `<>`, ...)."""
+    if len(address) > 254 or not _ADDRESS.fullmatch(address):
+        raise HeaderError(f"not a valid e-mail address: {address!r}")
+    return address
+
+
+def one_line(text: str) -> str:
+    """Free text as one header-safe line: every whitespace run (CR, LF, tabs) becomes one space."""
+    return " ".join(text.split())
+
+
+def _encoded_words(text: str) -> list[str]:
+    """RFC 2047 B-encoded words of at most 75 characters, never splitting a character."""
+    words: list[str] = []
+    chunk = bytearray()
+    for char in text:
+        encoded = char.encode("utf-8")
+        if len(chunk) + len(encoded) > 45:  # 45 bytes -> 60 base64 characters + 12 of wrapping
+            words.append(_b_word(bytes(chunk)))
+            chunk.clear()
+        chunk += encoded
+    if chunk or not words:
+        words.append(_b_word(bytes(chunk)))
+    return words
+
+
+def _b_word(data: bytes) -> str:
+    return "=?utf-8?b?" + binascii.b2a_base64(data, newline=False).decode("ascii") + "?="
+
+
+def _fold(name: str, value: str) -> str:
+    """`Name: value` folded at spaces into lines of at most 78 characters where possible."""
+    line = f"{name}: {value}"
+    if len(line) <= MAX_LINE:
+        return line
+    lines: list[str] = []
+    current = f"{name}:"
+    for word in value.split(" "):
+        if len(current) + 1 + len(word) > MAX_LINE and current.strip() and current != f"{name}:":
+            lines.append(current)
+            current = " " + word
+        else:
+            current += " " + word
+    lines.append(current)
+    return CRLF.join(lines)
+
+
+def text_header(name: str, text: str) -> str:
+    """An unstructured header (Subject) from free text: one line, encoded when not ASCII."""
+    value = one_line(text)
+    if not value.isascii():
+        value = " ".join(_encoded_words(value))
+    return _fold(name, value)
+
+
+def mailbox(name: str | None, address: str) -> str:
+    """`Display Name <address>` for From/To: the name quoted or encoded as needed."""
+    check_address(address)
+    display = one_line(name or "")
+    if not display:
+        return address
+    if not display.isascii():
+        display = " ".join(_encoded_words(display))
+    elif not _ATOM_TEXT.fullmatch(display):
+        display = '"' + display.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{display} <{address}>"
+
+
+def parse_mailbox(value: str) -> tuple[str, str]:
+    """(name, address) of a configured sender such as `Example <no-reply@example.org>`."""
+    name, address = parseaddr(value)
+    check_address(address)
+    return name, address
+
+
+def raw_header(name: str, value: str) -> str:
+    """A header whose value the caller built (List-Id, List-Unsubscribe); refuses CR/LF and
+    non-ASCII rather than altering it."""
+    if not _HEADER_NAME.fullmatch(name):
+        raise HeaderError(f"not a header name: {name!r}")
+    if "\r" in value or "\n" in value or not value.isascii() or "\x00" in value:
+        raise HeaderError(f"header {name} must be one ASCII line")
+    return _fold(name, value)
+
+
+def _qp(text: str) -> bytes:
+    data = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).replace(b"\n", b"\r\n")
+
+
+def message_id(email_id: int, domain: str) -> str:
+    """A globally unique Message-ID naming the outbox row."""
+    return f"<{email_id}.{secrets.token_hex(8)}@{domain}>"
+
+
+def format_date(when: datetime) -> str:
+    """An RFC 5322 date (`Wed, 25 Nov 2026 16:47:59 +0000`)."""
+    return format_datetime(when)
+
+
+def build(
+    *,
+    from_: str,
+    to: str,
+    subject: str,
+    date: str,
+    message_id: str,
+    text: str,
+    html: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    """The whole message as bytes. `from_` and `to` are `mailbox()` results; `headers` are extra
+    (name, value) pairs checked by `raw_header`. Without `html`, a single text/plain part."""
+    lines = [
+        _fold("From", from_),
+        _fold("To", to),
+        text_header("Subject", subject),
+        f"Date: {date}",
+        raw_header("Message-ID", message_id),
+    ]
+    lines.extend(raw_header(name, value) for name, value in headers)
+    lines.append("MIME-Version: 1.0")
+    if html is None:
+        lines.append('Content-Type: text/plain; charset="utf-8"')
+        lines.append("Content-Transfer-Encoding: quoted-printable")
+        return (CRLF.join(lines) + CRLF + CRLF).encode("ascii") + _qp(text)
+    # "=_" never occurs in quoted-printable output, so the boundary cannot collide with a body.
+    boundary = "=_" + secrets.token_hex(12)
+    lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+    part_head = (
+        f'--{boundary}{CRLF}Content-Type: text/%s; charset="utf-8"{CRLF}'
+        f"Content-Transfer-Encoding: quoted-printable{CRLF}{CRLF}"
+    )
+    return b"".join(
+        (
+            (CRLF.join(lines) + CRLF + CRLF).encode("ascii"),
+            (part_head % "plain").encode("ascii"),
+            _qp(text),
+            (part_head % "html").encode("ascii"),
+            _qp(html),
+            f"--{boundary}--{CRLF}".encode("ascii"),
+        )
+    )
+
+
+class Signer:
+    """DKIM signing with the key from NOTIFIER_DKIM_*; `Signer.from_settings` is None when
+    no key is configured."""
+
+    def __init__(self, domain: str, selector: str, private_key: bytes) -> None:
+        self.domain = domain.encode("ascii")
+        self.selector = selector.encode("ascii")
+        self.private_key = private_key
+        self.algorithm = b"ed25519-sha256" if b"BEGIN" not in private_key else b"rsa-sha256"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Signer | None:
+        if not (settings.dkim_domain and settings.dkim_selector):
+            return None
+        if settings.dkim_private_key is not None:
+            key = settings.dkim_private_key.get_secret_value().encode()
+        elif settings.dkim_private_key_path is not None:
+            try:
+                key = settings.dkim_private_key_path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"cannot read NOTIFIER_DKIM_PRIVATE_KEY_PATH: {exc.strerror}") from None
+        else:
+            raise ConfigError("NOTIFIER_DKIM_DOMAIN is set but no NOTIFIER_DKIM_PRIVATE_KEY(_PATH)")
+        return cls(settings.dkim_domain, settings.dkim_selector, key)
+
+    def sign(self, message: bytes) -> bytes:
+        """The message with a DKIM-Signature header in front (relaxed/simple canonicalisation)."""
+        signature: bytes = dkim.sign(
+            message,
+            self.selector,
+            self.domain,
+            self.private_key,
+            include_headers=list(DKIM_HEADERS),
+            signature_algorithm=self.algorithm,
+        )
+        return signature + message

@@ -1,0 +1,187 @@
+"""Rendering e-mails from templates, and the registry of renderers by kind of e-mail.
+
+Templates live in `templates/`. An e-mail template `NAME` (e.g. `service/welcome`) is three files:
+`NAME.subject.txt` (one line), `NAME.html` and `NAME.txt`; the HTML and text files extend the one
+shared layout (`base.html`, `base.txt`). HTML is autoescaped, text is not; both use
+`StrictUndefined`, so a missing variable is an error that names it, never an empty string. CSS in
+the HTML is inlined (`css-inline`) because many mail clients ignore `<style>`.
+
+The worker renders at send time. Which renderer an e-mail uses depends on its kind: the default
+(`TemplateRenderer`) renders the row's `template` with its `context`; a feature may register its
+own with `register(kind, factory)` — e.g. newsletters render the shared body once per newsletter
+and only the personal parts per recipient (see docs/delivery.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+import css_inline
+import jinja2
+
+from notifier.settings import Settings
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+
+class TemplateError(Exception):
+    """An unknown template or a variable the template needs that the context lacks."""
+
+    def __init__(self, message: str, *, template: str, variable: str | None = None) -> None:
+        super().__init__(message)
+        self.template = template
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """A claimed outbox row, as a renderer sees it."""
+
+    id: int
+    kind: str
+    account_id: int | None
+    to_address: str
+    template: str | None
+    subject: str | None
+    context: Mapping[str, Any]
+    digest_id: int | None = None
+    newsletter_id: int | None = None
+
+
+_UNDEFINED = re.compile(r"^'([^']+)' is undefined$")
+_NO_ATTRIBUTE = re.compile(r"has no attribute '([^']+)'$")
+
+
+def _missing_name(exc: jinja2.UndefinedError) -> str:
+    message = str(exc.message or exc)
+    match = _UNDEFINED.match(message) or _NO_ATTRIBUTE.search(message)
+    return match[1] if match else message
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class Templates:
+    """The Jinja environment over `templates/` and the CSS inliner; build one per process."""
+
+    def __init__(self, directory: Path = TEMPLATES_DIR) -> None:
+        self.directory = directory
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(directory),
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+            auto_reload=False,
+            cache_size=-1,
+        )
+        self.inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
+
+    def exists(self, name: str) -> bool:
+        """Whether e-mail template `name` has its three files."""
+        if ".." in name or name.startswith("/"):
+            return False
+        return all(
+            (self.directory / f"{name}{suffix}").is_file() for suffix in (".subject.txt", ".html", ".txt")
+        )
+
+    def names(self, folder: str) -> list[str]:
+        """The e-mail templates in a folder, e.g. `names("service")` -> ["service/welcome", ...]."""
+        base = self.directory / folder
+        return sorted(f"{folder}/{p.name.removesuffix('.subject.txt')}" for p in base.glob("*.subject.txt"))
+
+    def render(self, name: str, context: Mapping[str, Any]) -> Rendered:
+        """Subject, text and HTML (CSS inlined) of template `name`. Raises TemplateError for an
+        unknown template or a missing variable."""
+        if not self.exists(name):
+            raise TemplateError(f"unknown template {name!r}", template=name)
+        try:
+            subject = self.env.get_template(f"{name}.subject.txt").render(context)
+            text = self.env.get_template(f"{name}.txt").render(context)
+            html = self.env.get_template(f"{name}.html").render(context)
+        except jinja2.UndefinedError as exc:
+            variable = _missing_name(exc)
+            raise TemplateError(
+                f"template {name!r} needs {variable!r}, which was not given", template=name, variable=variable
+            ) from None
+        return Rendered(_one_line(subject), text, self.inline(html))
+
+    def inline(self, html: str) -> str:
+        """Move `<style>` rules into `style` attributes."""
+        return self.inliner.inline(html)
+
+
+class Renderer(Protocol):
+    """Turns claimed outbox rows into subject, text and HTML.
+
+    `prepare` runs once per claimed batch (load what the batch shares, e.g. a newsletter's body,
+    in one query); `render` runs per e-mail and must be cheap and synchronous. `context` is the
+    row's context merged with what delivery adds (`unsubscribe_url`, `preferences_url`,
+    `public_url`, `postal_address`, `to_address`). Raise TemplateError to fail that e-mail
+    permanently.
+    """
+
+    async def prepare(self, pool: asyncpg.Pool, emails: Sequence[OutgoingEmail]) -> None: ...
+
+    def render(self, email: OutgoingEmail, context: Mapping[str, Any]) -> Rendered: ...
+
+
+@dataclass
+class TemplateRenderer:
+    """The default renderer: the row's `template` with its context; the row's `subject`, when
+    set, replaces the template's subject line."""
+
+    templates: Templates
+
+    async def prepare(self, pool: asyncpg.Pool, emails: Sequence[OutgoingEmail]) -> None:
+        return None
+
+    def render(self, email: OutgoingEmail, context: Mapping[str, Any]) -> Rendered:
+        if not email.template:
+            raise TemplateError("the e-mail names no template", template="")
+        rendered = self.templates.render(email.template, context)
+        if email.subject:
+            return Rendered(_one_line(email.subject), rendered.text, rendered.html)
+        return rendered
+
+
+RendererFactory = Callable[[Settings, Templates], Renderer]
+
+_FACTORIES: dict[str, RendererFactory] = {}
+
+
+def register(kind: str, factory: RendererFactory) -> None:
+    """Use `factory(settings, templates)` to build the renderer for e-mails of `kind` in each
+    worker process (call at import time of the feature module; workers import it)."""
+    _FACTORIES[kind] = factory
+
+
+@dataclass
+class Renderers:
+    """The renderers of one worker process, by kind; kinds without one use TemplateRenderer."""
+
+    settings: Settings
+    templates: Templates = field(default_factory=Templates)
+    _built: dict[str, Renderer] = field(default_factory=dict)
+
+    def for_kind(self, kind: str) -> Renderer:
+        renderer = self._built.get(kind)
+        if renderer is None:
+            factory = _FACTORIES.get(kind)
+            renderer = factory(self.settings, self.templates) if factory else TemplateRenderer(self.templates)
+            self._built[kind] = renderer
+        return renderer

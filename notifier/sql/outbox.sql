@@ -1,0 +1,106 @@
+-- The outbox (emails), its events and the suppression list. See notifier/outbox.py.
+
+-- name: add_email
+INSERT INTO emails (kind, queue, account_id, to_address, template, subject, context,
+                    digest_id, newsletter_id, idempotency_key, next_attempt_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($11, now()))
+ON CONFLICT DO NOTHING
+RETURNING id
+
+-- name: add_emails
+INSERT INTO emails (kind, queue, account_id, to_address, template, subject, context,
+                    digest_id, newsletter_id, next_attempt_at)
+SELECT r.kind, r.queue, r.account_id, r.to_address, r.template, r.subject, r.context,
+       r.digest_id, r.newsletter_id, coalesce(r.next_attempt_at, now())
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
+            $8::bigint[], $9::bigint[], $10::timestamptz[])
+     AS r(kind, queue, account_id, to_address, template, subject, context,
+          digest_id, newsletter_id, next_attempt_at)
+ON CONFLICT DO NOTHING
+RETURNING id
+
+-- name: claim_emails
+-- Due rows of one queue: queued and due, or being sent by someone whose lease ran out.
+WITH due AS (
+    SELECT id FROM emails
+    WHERE queue = $1
+      AND status IN ('queued', 'sending')
+      AND next_attempt_at <= $2
+      AND (locked_until IS NULL OR locked_until <= $2)
+    ORDER BY next_attempt_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE emails e
+SET status = 'sending', locked_until = $4, attempts = e.attempts + 1
+FROM due
+WHERE e.id = due.id
+RETURNING e.id, e.kind, e.account_id, e.to_address, e.template, e.subject, e.context,
+          e.digest_id, e.newsletter_id, e.attempts, e.message_id
+
+-- name: record_results
+-- One statement per batch: new states (only for rows still held under this lease) and their events.
+WITH r AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                         $6::text[], $7::jsonb[])
+        AS r(id, status, message_id, error, next_attempt_at, event, detail)
+), done AS (
+    UPDATE emails e
+    SET status = r.status,
+        message_id = coalesce(r.message_id, e.message_id),
+        last_error = r.error,
+        next_attempt_at = coalesce(r.next_attempt_at, e.next_attempt_at),
+        locked_until = NULL,
+        sent_at = CASE WHEN r.status = 'sent' THEN $8 ELSE e.sent_at END,
+        failed_at = CASE WHEN r.status = 'failed' THEN $8::timestamptz END
+    FROM r
+    WHERE e.id = r.id AND e.status = 'sending' AND e.locked_until = $9
+    RETURNING e.id, e.account_id, e.newsletter_id
+)
+INSERT INTO events (kind, account_id, email_id, newsletter_id, detail, dedupe_key, created_at)
+SELECT r.event, done.account_id, done.id, done.newsletter_id, r.detail,
+       r.event || ':' || done.id || ':' || $10::text, $8
+FROM done JOIN r ON r.id = done.id
+ON CONFLICT (dedupe_key) DO NOTHING
+
+-- name: due_by_queue
+SELECT queue, count(*) AS due
+FROM emails
+WHERE status IN ('queued', 'sending')
+  AND next_attempt_at <= $1
+  AND (locked_until IS NULL OR locked_until <= $1)
+GROUP BY queue
+
+-- name: retry_failed_ids
+UPDATE emails
+SET status = 'queued', attempts = 0, next_attempt_at = $2, last_error = NULL, failed_at = NULL,
+    locked_until = NULL
+WHERE id = ANY($1::bigint[]) AND status = 'failed'
+RETURNING id, queue
+
+-- name: retry_failed_since
+UPDATE emails
+SET status = 'queued', attempts = 0, next_attempt_at = $2, last_error = NULL, failed_at = NULL,
+    locked_until = NULL
+WHERE status = 'failed' AND failed_at >= $1
+RETURNING id, queue
+
+-- name: email_status
+SELECT id, kind, queue, status, attempts, next_attempt_at, last_error, message_id, sent_at, failed_at
+FROM emails WHERE id = $1
+
+-- name: add_suppression
+INSERT INTO suppressions (address_hash, list, reason, detail)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING
+
+-- name: add_suppressions
+INSERT INTO suppressions (address_hash, list, reason, detail)
+SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[])
+ON CONFLICT DO NOTHING
+
+-- name: remove_suppression
+DELETE FROM suppressions WHERE address_hash = $1 AND list = $2
+
+-- name: lookup_suppressions
+SELECT address_hash, list, reason FROM suppressions WHERE address_hash = ANY($1::bytea[])
