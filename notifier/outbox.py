@@ -263,6 +263,34 @@ class Counts:
         setattr(self, attribute, getattr(self, attribute) + 1)
 
 
+def context_for(settings: Settings, email: OutgoingEmail) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The render context of an e-mail (its own context plus `public_url`, `postal_address`,
+    `to_address` and, for kinds a member may leave, `unsubscribe_url` and `preferences_url`)
+    and the list headers it gets (List-Id; List-Unsubscribe and List-Unsubscribe-Post)."""
+    s = settings
+    policy = POLICIES[email.kind]
+    context: dict[str, Any] = {
+        **email.context,
+        "public_url": s.public_url,
+        "postal_address": s.postal_address,
+        "to_address": email.to_address,
+    }
+    headers = [("List-Id", f"<{email.kind}.{s.list_id_domain}>")]
+    if policy.list_name is not None and email.account_id is not None:
+        unsubscribe = tokens.sign(s.secret, "unsubscribe", email.account_id, policy.list_name)
+        preferences = tokens.sign(s.secret, "preferences", email.account_id, policy.list_name)
+        context["unsubscribe_url"] = f"{s.public_url}/u/{unsubscribe}"
+        context["preferences_url"] = f"{s.public_url}/preferences/{preferences}"
+        value = f"<{context['unsubscribe_url']}>"
+        if s.unsubscribe_mailto:
+            value += f", <mailto:{s.unsubscribe_mailto}?subject=unsubscribe-{unsubscribe}>"
+        headers.append(("List-Unsubscribe", value))
+        headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    elif policy.list_name is None:
+        headers.append(("Auto-Submitted", "auto-generated"))
+    return context, headers
+
+
 class Delivery:
     """Claims, renders, sends and records. One per worker process and queue (`ctx["delivery"]`)."""
 
@@ -398,33 +426,8 @@ class Delivery:
                 return list_name, reason
         return None
 
-    def context_for(self, email: OutgoingEmail) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-        """The render context (the row's plus links) and the list headers of an e-mail."""
-        s = self.settings
-        policy = POLICIES[email.kind]
-        context: dict[str, Any] = {
-            **email.context,
-            "public_url": s.public_url,
-            "postal_address": s.postal_address,
-            "to_address": email.to_address,
-        }
-        headers = [("List-Id", f"<{email.kind}.{s.list_id_domain}>")]
-        if policy.list_name is not None and email.account_id is not None:
-            unsubscribe = tokens.sign(s.secret, "unsubscribe", email.account_id, policy.list_name)
-            preferences = tokens.sign(s.secret, "preferences", email.account_id, policy.list_name)
-            context["unsubscribe_url"] = f"{s.public_url}/u/{unsubscribe}"
-            context["preferences_url"] = f"{s.public_url}/preferences/{preferences}"
-            value = f"<{context['unsubscribe_url']}>"
-            if s.unsubscribe_mailto:
-                value += f", <mailto:{s.unsubscribe_mailto}?subject=unsubscribe-{unsubscribe}>"
-            headers.append(("List-Unsubscribe", value))
-            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-        elif policy.list_name is None:
-            headers.append(("Auto-Submitted", "auto-generated"))
-        return context, headers
-
     def _build(self, email: OutgoingEmail, date: str, known_id: str | None) -> tuple[str, Envelope]:
-        context, headers = self.context_for(email)
+        context, headers = context_for(self.settings, email)
         rendered = self.renderers.for_kind(email.kind).render(email, context)
         sender_kind = POLICIES[email.kind].sender
         _, from_address = self._from[sender_kind]

@@ -104,3 +104,10 @@ DELETE FROM suppressions WHERE address_hash = $1 AND list = $2
 
 -- name: lookup_suppressions
 SELECT address_hash, list, reason FROM suppressions WHERE address_hash = ANY($1::bytea[])
+
+-- name: service_account
+SELECT id, external_id, email, name, locale FROM accounts WHERE external_id = $1
+
+-- name: service_email
+SELECT id, status, template, attempts, next_attempt_at, last_error, message_id, created_at, sent_at
+FROM emails WHERE id = $1 AND kind = 'service'
