@@ -144,6 +144,12 @@ def create_app(settings: Settings) -> web.Application:
     from notifier import preferences
 
     preferences.setup_routes(app)
+    from notifier import accounts
+
+    accounts.setup_routes(app)
+    from notifier import inbox
+
+    inbox.setup_routes(app)
     if settings.capture_mail:
         capture.setup_routes(app)
     return app

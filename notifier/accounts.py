@@ -1,0 +1,303 @@
+"""Accounts: register, read, correct, erase, export and the audit trail (`/v1/accounts...`).
+
+Registering an account creates its inbox (the account's messages) with the default preferences
+of the schema: daily digest at 08:00 local time, weekday Monday, no newsletter.
+
+Hooks for other features (module-level lists; register with the decorators, which ignore repeats):
+- `@on_account_created` `async def f(conn, account)`: runs right after the INSERT of a new account,
+  inside the registering transaction (the digest scheduler initialises `next_digest_at` here).
+  The response shows the account as it is after all hooks.
+- `@on_account_changed` `async def f(conn, before, after)`: runs inside the PATCH transaction
+  after the UPDATE, when something changed (e.g. the time zone, which moves the digest schedule).
+- `EXPORT_SECTIONS[name] = async def f(conn, account) -> JSON`: extra sections of the export.
+Hooks raising `Problem` abort the request (the transaction rolls back, nothing is written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from notifier import audit
+from notifier.auth import api_key_of, requires
+from notifier.db import Q
+from notifier.idempotency import idempotent, json_response
+from notifier.pagination import decode_cursor, encode_cursor, page_limit
+from notifier.problems import Problem, read_json
+from notifier.resources import POOL
+from notifier.serialize import jsonable
+from notifier.suppression import address_hash
+from notifier.validation import Email, ExternalId, Locale, Name, TimeZone, parse
+
+AccountCreatedHook = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[None]]
+AccountChangedHook = Callable[[asyncpg.Connection, asyncpg.Record, asyncpg.Record], Awaitable[None]]
+ExportSection = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[Any]]
+
+ACCOUNT_CREATED_HOOKS: list[AccountCreatedHook] = []
+ACCOUNT_CHANGED_HOOKS: list[AccountChangedHook] = []
+EXPORT_SECTIONS: dict[str, ExportSection] = {}
+
+# Why an account was erased; recorded in `erasures` without any personal data.
+ERASURE_REASONS = ("request", "child", "retention", "other")
+# Fields a producer may correct with PATCH.
+CORRECTABLE = ("email", "name", "timezone", "locale")
+PREFERENCE_FIELDS = ("digest_frequency", "digest_hour", "digest_weekday", "timezone", "newsletter")
+
+
+def on_account_created(hook: AccountCreatedHook) -> AccountCreatedHook:
+    """Register `hook(conn, account)` to run inside the registration transaction."""
+    if hook not in ACCOUNT_CREATED_HOOKS:
+        ACCOUNT_CREATED_HOOKS.append(hook)
+    return hook
+
+
+def on_account_changed(hook: AccountChangedHook) -> AccountChangedHook:
+    """Register `hook(conn, before, after)` to run inside the correction (PATCH) transaction."""
+    if hook not in ACCOUNT_CHANGED_HOOKS:
+        ACCOUNT_CHANGED_HOOKS.append(hook)
+    return hook
+
+
+class NewAccount(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    external_id: ExternalId
+    email: Email
+    name: Name
+    timezone: TimeZone = "UTC"
+    locale: Locale = "en"
+
+
+class AccountPatch(BaseModel):
+    """JSON merge patch of the correctable fields; absent fields stay, `null` is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: Email | None = None
+    name: Name | None = None
+    timezone: TimeZone | None = None
+    locale: Locale | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must not be null (these fields cannot be removed)")
+        return value
+
+
+def account_json(row: asyncpg.Record) -> dict[str, Any]:
+    """The public view of an account (its internal id stays internal)."""
+    return {
+        "external_id": row["external_id"],
+        "email": row["email"],
+        "name": row["name"],
+        "timezone": row["timezone"],
+        "locale": row["locale"],
+        "preferences": {name: row[name] for name in PREFERENCE_FIELDS},
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+def account_location(external_id: str) -> str:
+    return f"/v1/accounts/{quote(external_id, safe='')}"
+
+
+async def find_account(
+    conn: asyncpg.Connection | asyncpg.Pool, external_id: str, *, lock: bool = False
+) -> asyncpg.Record:
+    """The account row, or a 404 problem."""
+    row = await conn.fetchrow(Q.lock_account if lock else Q.get_account, external_id)
+    if row is None:
+        raise Problem(404, f"no account with external_id {external_id!r}")
+    return row
+
+
+async def account_id_of(conn: asyncpg.Connection | asyncpg.Pool, external_id: str) -> int:
+    """The internal id of an account, or a 404 problem."""
+    account_id: int | None = await conn.fetchval(Q.get_account_id, external_id)
+    if account_id is None:
+        raise Problem(404, f"no account with external_id {external_id!r}")
+    return account_id
+
+
+async def create_account(conn: asyncpg.Connection, new: NewAccount, actor: audit.Actor) -> asyncpg.Record:
+    """Insert the account, run the created-hooks and audit it; call inside a transaction.
+
+    Raises Problem 409 when the external_id is taken.
+    """
+    row = await conn.fetchrow(
+        Q.insert_account, new.external_id, new.email, new.name, new.timezone, new.locale
+    )
+    if row is None:
+        raise Problem(409, f"an account with external_id {new.external_id!r} already exists")
+    # Other features initialise their state of a new account here (e.g. the digest schedule).
+    for hook in ACCOUNT_CREATED_HOOKS:
+        await hook(conn, row)
+    if ACCOUNT_CREATED_HOOKS:
+        row = await conn.fetchrow(Q.get_account_by_id, row["id"])
+    created = {k: {"before": None, "after": v} for k, v in new.model_dump().items()}
+    await audit.record(conn, row["id"], actor, "account.created", created)
+    return row
+
+
+@requires("accounts")
+async def register(request: web.Request) -> web.Response:
+    """POST /v1/accounts: 201 with the account and its Location; 409 when the id is taken."""
+    payload = await read_json(request)
+    new = parse(NewAccount, payload)
+    async with idempotent(request, payload) as idem:
+        if idem.replayed:
+            return idem.response
+        row = await create_account(idem.conn, new, api_key_of(request).actor)
+        idem.respond(
+            201,
+            account_json(row),
+            headers={"Location": account_location(row["external_id"])},
+            account_id=row["id"],
+        )
+    return idem.response
+
+
+@requires("accounts")
+async def read_account(request: web.Request) -> web.Response:
+    """GET /v1/accounts/{external_id}."""
+    row = await find_account(request.app[POOL], request.match_info["external_id"])
+    return json_response(200, account_json(row))
+
+
+@requires("accounts")
+async def correct_account(request: web.Request) -> web.Response:
+    """PATCH /v1/accounts/{external_id}: correct e-mail, name, time zone or locale; audited."""
+    patch = parse(AccountPatch, await read_json(request))
+    fields = patch.model_dump(exclude_unset=True)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        before = await find_account(conn, request.match_info["external_id"], lock=True)
+        changes = audit.diff(dict(before), fields)
+        if not changes:
+            return json_response(200, account_json(before))
+        values = {name: fields.get(name, before[name]) for name in CORRECTABLE}
+        after = await conn.fetchrow(
+            Q.update_account,
+            before["id"],
+            values["email"],
+            values["name"],
+            values["timezone"],
+            values["locale"],
+        )
+        for hook in ACCOUNT_CHANGED_HOOKS:
+            await hook(conn, before, after)
+        if ACCOUNT_CHANGED_HOOKS:
+            after = await conn.fetchrow(Q.get_account_by_id, before["id"])
+        await audit.record(conn, before["id"], api_key_of(request).actor, "account.updated", changes)
+    return json_response(200, account_json(after))
+
+
+async def erase_account(
+    conn: asyncpg.Connection, account: asyncpg.Record, reason: str, actor: audit.Actor
+) -> asyncpg.Record:
+    """Delete everything held on `account` and record the erasure; call inside a transaction.
+
+    The account row cascades to its messages, digests, consents, e-mails, events, audit rows and
+    idempotency records. Outbox rows without an account that were addressed to it go too.
+    Suppressions stay, being keyed by `address_hash` only; their free-text detail is cleared.
+    Returns the `erasures` row, which holds the reason and the actor and no personal data.
+    """
+    if reason not in ERASURE_REASONS:
+        raise ValueError(reason)
+    await conn.execute(Q.delete_unowned_emails_to, account["email"])
+    await conn.execute(Q.scrub_suppression_detail, address_hash(account["email"]))
+    await conn.execute(Q.delete_account, account["id"])
+    erasure: asyncpg.Record = await conn.fetchrow(Q.insert_erasure, reason, actor.type, actor.name)
+    return erasure
+
+
+@requires("accounts")
+async def delete_account(request: web.Request) -> web.Response:
+    """DELETE /v1/accounts/{external_id}?reason=request|child|retention|other: erase at once."""
+    reason = request.query.get("reason", "request")
+    if reason not in ERASURE_REASONS:
+        raise Problem(
+            422,
+            f"reason must be one of {', '.join(ERASURE_REASONS)}",
+            errors=[{"field": "reason", "message": f"must be one of {', '.join(ERASURE_REASONS)}"}],
+        )
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        account = await find_account(conn, request.match_info["external_id"], lock=True)
+        erasure = await erase_account(conn, account, reason, api_key_of(request).actor)
+    return json_response(
+        200,
+        {
+            "erased": True,
+            "erasure": {
+                "id": erasure["id"],
+                "reason": erasure["reason"],
+                "created_at": erasure["created_at"].isoformat(),
+            },
+        },
+    )
+
+
+async def export_account(conn: asyncpg.Connection, account: asyncpg.Record) -> dict[str, Any]:
+    """Everything held on the account, as one JSON-ready document (read in one snapshot)."""
+    account_id = account["id"]
+    suppressions = [
+        jsonable(r) for r in await conn.fetch(Q.export_suppressions, address_hash(account["email"]))
+    ]
+    document: dict[str, Any] = {
+        "exported_at": datetime.now(UTC).isoformat(),
+        "account": account_json(account),
+        "preferences": account_json(account)["preferences"],
+        "consents": [jsonable(r) for r in await conn.fetch(Q.export_consents, account_id)],
+        "messages": [jsonable(r) for r in await conn.fetch(Q.export_messages, account_id)],
+        "digests": [jsonable(r) for r in await conn.fetch(Q.export_digests, account_id)],
+        "emails": [jsonable(r) for r in await conn.fetch(Q.export_emails, account_id)],
+        "events": [jsonable(r) for r in await conn.fetch(Q.export_events, account_id)],
+        "audit": [jsonable(r) for r in await conn.fetch(Q.export_audit, account_id)],
+        "suppressed": bool(suppressions),
+        "suppressions": suppressions,
+    }
+    for name, section in EXPORT_SECTIONS.items():
+        document[name] = await section(conn, account)
+    return document
+
+
+@requires("accounts")
+async def export(request: web.Request) -> web.Response:
+    """GET /v1/accounts/{external_id}/export: everything held on the account."""
+    async with (
+        request.app[POOL].acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        account = await find_account(conn, request.match_info["external_id"])
+        document = await export_account(conn, account)
+    return json_response(200, document)
+
+
+@requires("accounts")
+async def audit_trail(request: web.Request) -> web.Response:
+    """GET /v1/accounts/{external_id}/audit: newest first, `?limit=`, `?cursor=`."""
+    limit = page_limit(request)
+    before = decode_cursor("audit", request.query.get("cursor"))
+    pool = request.app[POOL]
+    account_id = await account_id_of(pool, request.match_info["external_id"])
+    rows = await pool.fetch(Q.account_audit_page, account_id, before, limit + 1)
+    entries = [jsonable(r) for r in rows[:limit]]
+    next_cursor = encode_cursor("audit", rows[limit - 1]["id"]) if len(rows) > limit else None
+    return json_response(200, {"entries": entries, "next_cursor": next_cursor})
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/accounts", register)
+    app.router.add_get("/v1/accounts/{external_id}", read_account)
+    app.router.add_patch("/v1/accounts/{external_id}", correct_account)
+    app.router.add_delete("/v1/accounts/{external_id}", delete_account)
+    app.router.add_get("/v1/accounts/{external_id}/export", export)
+    app.router.add_get("/v1/accounts/{external_id}/audit", audit_trail)

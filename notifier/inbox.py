@@ -1,0 +1,390 @@
+"""The inbox: intake of messages (one or a batch) and the member's view of them.
+
+Routes (all need an API key with the `messages` scope):
+- `POST /v1/accounts/{external_id}/messages` one message; 201. Honours `Idempotency-Key`.
+- `POST /v1/messages` up to `MAX_BATCH` messages for many accounts; answers per item: 201 when all
+  were accepted, 207 when any was not (each result has `index`, `status` 201/404/422 and `id` or
+  `errors`). Valid items are inserted in one statement. Honours `Idempotency-Key`.
+- `GET /v1/accounts/{external_id}/messages` newest first, keyset-paginated (`?cursor=`, `?limit=`),
+  `?unread=true`, `?category=`, `?archived=exclude|include|only` (default exclude).
+- `GET /v1/accounts/{external_id}/messages/unread-counts` unread counts per category.
+- `GET /v1/accounts/{external_id}/messages/{id}`, `POST .../{id}/read`, `.../{id}/unread`,
+  `.../{id}/archive`, `POST .../messages/read-all` (`?category=`, `?up_to=` id).
+
+Hook for other features: `@on_messages_created async def f(app, created)` runs after new messages
+are committed, with one `CreatedMessage(id, account_id, digest_frequency)` per message (the digest
+scheduler uses it for members on `immediate`). A failing hook is logged, never turned into an
+error answer: the messages exist, and a retry by the producer would duplicate them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from notifier.accounts import account_id_of
+from notifier.auth import requires
+from notifier.db import Q
+from notifier.idempotency import HEADER, idempotent, json_response
+from notifier.pagination import decode_cursor, encode_cursor, page_limit
+from notifier.problems import Problem, read_json
+from notifier.resources import POOL, SETTINGS
+from notifier.validation import Body, Category, Data, ExternalId, Subject, Url, errors_of, parse
+
+log = logging.getLogger("notifier.inbox")
+
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class CreatedMessage:
+    id: int
+    account_id: int
+    digest_frequency: str
+
+
+MessagesCreatedHook = Callable[[web.Application, Sequence[CreatedMessage]], Awaitable[None]]
+MESSAGES_CREATED_HOOKS: list[MessagesCreatedHook] = []
+
+
+def on_messages_created(hook: MessagesCreatedHook) -> MessagesCreatedHook:
+    """Register `hook(app, created)` to run after new messages are committed (see module doc)."""
+    if hook not in MESSAGES_CREATED_HOOKS:
+        MESSAGES_CREATED_HOOKS.append(hook)
+    return hook
+
+
+async def _messages_created(app: web.Application, created: Sequence[CreatedMessage]) -> None:
+    for hook in MESSAGES_CREATED_HOOKS:
+        try:
+            await hook(app, created)
+        except Exception:
+            log.exception("messages-created hook %s failed", getattr(hook, "__qualname__", hook))
+
+
+class NewMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    category: Category
+    subject: Subject
+    body: Body
+    url: Url | None = None
+    data: Data | None = None
+
+
+class BatchMessage(NewMessage):
+    account: ExternalId
+
+
+def message_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """The public view of an inbox message."""
+    return {
+        "id": row["id"],
+        "category": row["category"],
+        "subject": row["subject"],
+        "body": row["body"],
+        "url": row["url"],
+        "data": row["data"],
+        "created_at": row["created_at"].isoformat(),
+        "read_at": row["read_at"].isoformat() if row["read_at"] else None,
+        "archived_at": row["archived_at"].isoformat() if row["archived_at"] else None,
+    }
+
+
+def _new_message_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "category": row["category"],
+        "subject": row["subject"],
+        "body": row["body"],
+        "url": row["url"],
+        "data": row["data"],
+        "created_at": row["created_at"].isoformat(),
+        "read_at": None,
+        "archived_at": None,
+    }
+
+
+def _message_location(external_id: str, message_id: int) -> str:
+    return f"/v1/accounts/{quote(external_id, safe='')}/messages/{message_id}"
+
+
+def _no_account(external_id: str) -> Problem:
+    return Problem(404, f"no account with external_id {external_id!r}")
+
+
+# --- intake -----------------------------------------------------------------------------------
+
+
+@requires("messages")
+async def post_message(request: web.Request) -> web.Response:
+    """POST /v1/accounts/{external_id}/messages: 201 with the message; 404 for an unknown account."""
+    external_id = request.match_info["external_id"]
+    payload = await read_json(request)
+    new = parse(NewMessage, payload)
+    args = (external_id, new.category, new.subject, new.body, new.url, new.data)
+    if HEADER not in request.headers:
+        # The common case costs one statement: resolve the account and insert together.
+        row = await request.app[POOL].fetchrow(Q.insert_message, *args)
+        if row is None:
+            raise _no_account(external_id)
+        response = json_response(
+            201, _new_message_json(row), {"Location": _message_location(external_id, row["id"])}
+        )
+    else:
+        async with idempotent(request, payload) as idem:
+            if idem.replayed:
+                return idem.response
+            row = await idem.conn.fetchrow(Q.insert_message, *args)
+            if row is None:
+                raise _no_account(external_id)
+            response = idem.respond(
+                201,
+                _new_message_json(row),
+                headers={"Location": _message_location(external_id, row["id"])},
+                account_id=row["account_id"],
+            )
+    if MESSAGES_CREATED_HOOKS:
+        await _messages_created(
+            request.app, [CreatedMessage(row["id"], row["account_id"], row["digest_frequency"])]
+        )
+    return response
+
+
+def _batch_items(payload: Any) -> list[Any]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
+        raise Problem(
+            422,
+            'send {"messages": [...]}',
+            errors=[{"field": "messages", "message": "must be a list of messages"}],
+        )
+    unknown = sorted(set(payload) - {"messages"})
+    if unknown:
+        raise Problem(
+            422,
+            "the request body is not valid",
+            errors=[{"field": name, "message": "Extra inputs are not permitted"} for name in unknown],
+        )
+    items: list[Any] = payload["messages"]
+    if not items:
+        raise Problem(
+            422, "the batch is empty", errors=[{"field": "messages", "message": "must hold at least one"}]
+        )
+    if len(items) > MAX_BATCH:
+        raise Problem(
+            413,
+            f"a batch holds at most {MAX_BATCH} messages; this one has {len(items)}: split it",
+            errors=[{"field": "messages", "message": f"at most {MAX_BATCH} items"}],
+        )
+    return items
+
+
+async def _insert_batch(
+    conn: asyncpg.Connection | asyncpg.Pool, valid: list[tuple[int, BatchMessage]]
+) -> list[asyncpg.Record]:
+    if not valid:
+        return []
+    rows: list[asyncpg.Record] = await conn.fetch(
+        Q.insert_messages_batch,
+        [i for i, _ in valid],
+        [m.account for _, m in valid],
+        [m.category for _, m in valid],
+        [m.subject for _, m in valid],
+        [m.body for _, m in valid],
+        [m.url for _, m in valid],
+        [None if m.data is None else json.dumps(m.data, separators=(",", ":")) for _, m in valid],
+    )
+    return rows
+
+
+def _batch_answer(
+    items: list[Any],
+    valid: list[tuple[int, BatchMessage]],
+    results: list[dict[str, Any] | None],
+    rows: list[asyncpg.Record],
+) -> tuple[int, dict[str, Any]]:
+    for row in rows:
+        results[row["idx"]] = {"index": row["idx"], "status": 201, "id": row["id"]}
+    for i, message in valid:
+        if results[i] is None:
+            results[i] = {
+                "index": i,
+                "status": 404,
+                "errors": [
+                    {"field": "account", "message": f"no account with external_id {message.account!r}"}
+                ],
+            }
+    accepted = len(rows)
+    body = {"accepted": accepted, "rejected": len(items) - accepted, "results": results}
+    return (201 if accepted == len(items) else 207), body
+
+
+@requires("messages")
+async def post_batch(request: web.Request) -> web.Response:
+    """POST /v1/messages: up to MAX_BATCH messages; 201 all accepted, 207 some not (per item)."""
+    payload = await read_json(request, max_bytes=request.app[SETTINGS].max_batch_body_bytes)
+    items = _batch_items(payload)
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    valid: list[tuple[int, BatchMessage]] = []
+    for i, item in enumerate(items):
+        try:
+            valid.append((i, BatchMessage.model_validate(item)))
+        except ValidationError as exc:
+            results[i] = {"index": i, "status": 422, "errors": errors_of(exc)}
+    if HEADER not in request.headers:
+        rows = await _insert_batch(request.app[POOL], valid)
+        status, body = _batch_answer(items, valid, results, rows)
+        response = json_response(status, body)
+    else:
+        async with idempotent(request, payload) as idem:
+            if idem.replayed:
+                return idem.response
+            rows = await _insert_batch(idem.conn, valid)
+            status, body = _batch_answer(items, valid, results, rows)
+            response = idem.respond(status, body)
+    if rows and MESSAGES_CREATED_HOOKS:
+        created = [CreatedMessage(r["id"], r["account_id"], r["digest_frequency"]) for r in rows]
+        await _messages_created(request.app, created)
+    return response
+
+
+# --- the inbox --------------------------------------------------------------------------------
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise Problem(
+            422, f"{name} must be true or false", errors=[{"field": name, "message": "must be true or false"}]
+        )
+    return raw in ("true", "1")
+
+
+def _category(request: web.Request) -> str | None:
+    category = request.query.get("category")
+    if category is None:
+        return None
+    try:
+        return parse(_CategoryQuery, {"category": category}).category
+    except Problem as exc:
+        raise Problem(422, "category is not valid", errors=exc.errors) from None
+
+
+class _CategoryQuery(BaseModel):
+    category: Category
+
+
+Archived = Literal["exclude", "include", "only"]
+
+
+def _archived(request: web.Request) -> Archived:
+    raw = request.query.get("archived", "exclude")
+    if raw not in ("exclude", "include", "only"):
+        raise Problem(
+            422,
+            "archived must be exclude, include or only",
+            errors=[{"field": "archived", "message": "must be exclude, include or only"}],
+        )
+    return raw  # type: ignore[return-value]
+
+
+def _message_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if len(raw) > 18:
+        raise Problem(404, "no such message")
+    return int(raw)
+
+
+@requires("messages")
+async def list_inbox(request: web.Request) -> web.Response:
+    """GET /v1/accounts/{external_id}/messages: a page of the inbox, newest first."""
+    limit = page_limit(request)
+    before = decode_cursor("inbox", request.query.get("cursor"))
+    unread, category, archived = _flag(request, "unread"), _category(request), _archived(request)
+    pool = request.app[POOL]
+    account_id = await account_id_of(pool, request.match_info["external_id"])
+    rows = await pool.fetch(Q.inbox_page, account_id, before, unread, category, archived, limit + 1)
+    next_cursor = encode_cursor("inbox", rows[limit - 1]["id"]) if len(rows) > limit else None
+    return json_response(
+        200, {"messages": [message_json(r) for r in rows[:limit]], "next_cursor": next_cursor}
+    )
+
+
+@requires("messages")
+async def unread_counts(request: web.Request) -> web.Response:
+    """GET /v1/accounts/{external_id}/messages/unread-counts: `{total, categories: {name: n}}`."""
+    pool = request.app[POOL]
+    account_id = await account_id_of(pool, request.match_info["external_id"])
+    rows = await pool.fetch(Q.unread_counts, account_id)
+    categories = {r["category"]: r["unread"] for r in rows}
+    return json_response(200, {"total": sum(categories.values()), "categories": categories})
+
+
+async def _one(request: web.Request, query: str) -> web.Response:
+    external_id = request.match_info["external_id"]
+    message_id = _message_id(request)
+    row = await request.app[POOL].fetchrow(query, external_id, message_id)
+    if row is None:
+        await account_id_of(request.app[POOL], external_id)  # 404 naming the account if it is that
+        raise Problem(404, f"no message {message_id} in the inbox of {external_id!r}")
+    return json_response(200, message_json(row))
+
+
+@requires("messages")
+async def get_message(request: web.Request) -> web.Response:
+    """GET /v1/accounts/{external_id}/messages/{id}."""
+    return await _one(request, Q.get_inbox_message)
+
+
+@requires("messages")
+async def mark_read(request: web.Request) -> web.Response:
+    """POST .../messages/{id}/read: idempotent, keeps the first read time."""
+    return await _one(request, Q.mark_message_read)
+
+
+@requires("messages")
+async def mark_unread(request: web.Request) -> web.Response:
+    """POST .../messages/{id}/unread."""
+    return await _one(request, Q.mark_message_unread)
+
+
+@requires("messages")
+async def archive(request: web.Request) -> web.Response:
+    """POST .../messages/{id}/archive: idempotent; archived messages leave listings and digests."""
+    return await _one(request, Q.archive_message)
+
+
+@requires("messages")
+async def mark_all_read(request: web.Request) -> web.Response:
+    """POST .../messages/read-all: every unread message (`?category=`, up to `?up_to=` id)."""
+    category = _category(request)
+    raw_up_to = request.query.get("up_to")
+    if raw_up_to is not None and (not raw_up_to.isdigit() or len(raw_up_to) > 18):
+        raise Problem(
+            422, "up_to must be a message id", errors=[{"field": "up_to", "message": "must be a message id"}]
+        )
+    up_to = int(raw_up_to) if raw_up_to is not None else None
+    pool = request.app[POOL]
+    account_id = await account_id_of(pool, request.match_info["external_id"])
+    result = await pool.execute(Q.mark_all_read, account_id, category, up_to)
+    return json_response(200, {"marked_read": int(result.split()[-1])})
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/messages", post_batch)
+    app.router.add_post("/v1/accounts/{external_id}/messages", post_message)
+    app.router.add_get("/v1/accounts/{external_id}/messages", list_inbox)
+    app.router.add_get("/v1/accounts/{external_id}/messages/unread-counts", unread_counts)
+    app.router.add_post("/v1/accounts/{external_id}/messages/read-all", mark_all_read)
+    app.router.add_get(r"/v1/accounts/{external_id}/messages/{id:\d+}", get_message)
+    app.router.add_post(r"/v1/accounts/{external_id}/messages/{id:\d+}/read", mark_read)
+    app.router.add_post(r"/v1/accounts/{external_id}/messages/{id:\d+}/unread", mark_unread)
+    app.router.add_post(r"/v1/accounts/{external_id}/messages/{id:\d+}/archive", archive)

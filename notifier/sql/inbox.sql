@@ -1,0 +1,81 @@
+-- name: insert_message
+-- One round trip: resolve the account and insert; no row means no such account.
+WITH account AS (
+    SELECT id, digest_frequency FROM accounts WHERE external_id = $1
+), inserted AS (
+    INSERT INTO messages (account_id, category, subject, body, url, data)
+    SELECT id, $2, $3, $4, $5, $6 FROM account
+    RETURNING id, account_id, category, subject, body, url, data, created_at
+)
+SELECT inserted.*, account.digest_frequency FROM inserted, account;
+
+-- name: insert_messages_batch
+-- Many messages in one statement. Ids are drawn before the insert, in input order, so that
+-- each input index ($1) maps to its new id; items whose account does not exist are absent.
+WITH items AS (
+    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+        AS i (idx, external_id, category, subject, body, url, data)
+), resolved AS MATERIALIZED (
+    SELECT nextval('messages_id_seq') AS id, i.idx, a.id AS account_id, a.digest_frequency,
+           i.category, i.subject, i.body, i.url, i.data::jsonb AS data
+    FROM items i JOIN accounts a ON a.external_id = i.external_id
+    ORDER BY i.idx  -- ids follow the input order (nextval runs after the sort)
+), inserted AS (
+    INSERT INTO messages (id, account_id, category, subject, body, url, data)
+    SELECT id, account_id, category, subject, body, url, data FROM resolved
+)
+SELECT idx, id, account_id, digest_frequency FROM resolved ORDER BY idx;
+
+-- name: inbox_page
+-- Newest first below the cursor id ($2). $3: only unread; $4: one category; $5: 'exclude',
+-- 'include' or 'only' archived messages.
+SELECT id, category, subject, body, url, data, created_at, read_at, archived_at
+FROM messages
+WHERE account_id = $1
+  AND ($2::bigint IS NULL OR id < $2)
+  AND (NOT $3::boolean OR read_at IS NULL)
+  AND ($4::text IS NULL OR category = $4)
+  AND CASE $5::text WHEN 'include' THEN true
+                    WHEN 'only' THEN archived_at IS NOT NULL
+                    ELSE archived_at IS NULL END
+ORDER BY id DESC
+LIMIT $6;
+
+-- name: get_inbox_message
+SELECT m.id, m.category, m.subject, m.body, m.url, m.data, m.created_at, m.read_at, m.archived_at
+FROM messages m JOIN accounts a ON a.id = m.account_id
+WHERE a.external_id = $1 AND m.id = $2;
+
+-- name: mark_message_read
+-- Idempotent: the first read time is kept.
+UPDATE messages m SET read_at = coalesce(m.read_at, now())
+FROM accounts a
+WHERE a.id = m.account_id AND a.external_id = $1 AND m.id = $2
+RETURNING m.id, m.category, m.subject, m.body, m.url, m.data, m.created_at, m.read_at, m.archived_at;
+
+-- name: mark_message_unread
+UPDATE messages m SET read_at = NULL
+FROM accounts a
+WHERE a.id = m.account_id AND a.external_id = $1 AND m.id = $2
+RETURNING m.id, m.category, m.subject, m.body, m.url, m.data, m.created_at, m.read_at, m.archived_at;
+
+-- name: archive_message
+-- Idempotent: the first archive time is kept. Archived messages leave digests and unread counts.
+UPDATE messages m SET archived_at = coalesce(m.archived_at, now())
+FROM accounts a
+WHERE a.id = m.account_id AND a.external_id = $1 AND m.id = $2
+RETURNING m.id, m.category, m.subject, m.body, m.url, m.data, m.created_at, m.read_at, m.archived_at;
+
+-- name: mark_all_read
+-- Unread, unarchived messages of the account (of one category when $2 is set) up to id $3.
+UPDATE messages SET read_at = now()
+WHERE account_id = $1 AND read_at IS NULL AND archived_at IS NULL
+  AND ($2::text IS NULL OR category = $2)
+  AND ($3::bigint IS NULL OR id <= $3);
+
+-- name: unread_counts
+SELECT category, count(*) AS unread
+FROM messages
+WHERE account_id = $1 AND read_at IS NULL AND archived_at IS NULL
+GROUP BY category
+ORDER BY category;

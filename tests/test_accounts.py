@@ -1,0 +1,256 @@
+"""Accounts: register, read, correct, erase, export, audit; idempotent registration."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+
+from notifier import accounts
+from tests.api_helpers import bearer, new_account
+
+
+@pytest.fixture
+async def headers(pool: asyncpg.Pool) -> dict[str, str]:
+    return await bearer(pool, "accounts", "messages")
+
+
+async def test_register_creates_account_with_default_preferences(client, headers, pool) -> None:
+    resp = await client.post(
+        "/v1/accounts",
+        json={
+            "external_id": "u-1",
+            "email": "Ann.Example@Example.COM",
+            "name": " Ann ",
+            "timezone": "Europe/Berlin",
+        },
+        headers=headers,
+    )
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    assert resp.headers["Location"] == "/v1/accounts/u-1"
+    assert body["email"] == "Ann.Example@example.com"  # domain normalised, local part kept
+    assert body["name"] == "Ann"
+    assert body["timezone"] == "Europe/Berlin" and body["locale"] == "en"
+    assert body["preferences"] == {
+        "digest_frequency": "daily",
+        "digest_hour": 8,
+        "digest_weekday": 1,
+        "timezone": "Europe/Berlin",
+        "newsletter": False,
+    }
+    resp = await client.get("/v1/accounts/u-1", headers=headers)
+    assert resp.status == 200 and (await resp.json()) == body
+    audit_rows = await pool.fetch("SELECT * FROM audit_log")
+    assert [(r["action"], r["actor_type"], r["actor"]) for r in audit_rows] == [
+        ("account.created", "api_key", "registry")
+    ]
+    assert audit_rows[0]["changes"]["email"] == {"before": None, "after": "Ann.Example@example.com"}
+
+
+async def test_duplicate_external_id_is_409(client, headers, pool) -> None:
+    assert (await client.post("/v1/accounts", json=new_account(1), headers=headers)).status == 201
+    resp = await client.post("/v1/accounts", json=new_account(1, email="other@example.com"), headers=headers)
+    assert resp.status == 409
+    assert resp.content_type == "application/problem+json"
+    assert await pool.fetchval("SELECT count(*) FROM accounts") == 1
+    assert await pool.fetchval("SELECT count(*) FROM audit_log") == 1
+
+
+async def test_registration_lists_every_invalid_field(client, headers, pool) -> None:
+    resp = await client.post(
+        "/v1/accounts",
+        json={
+            "external_id": "has space",
+            "email": "not-an-address",
+            "name": "x" * 201,
+            "timezone": "Mars/Olympus",
+            "locale": "!!",
+            "role": "admin",
+        },
+        headers=headers,
+    )
+    assert resp.status == 422
+    problem = await resp.json()
+    fields = sorted(e["field"] for e in problem["errors"])
+    assert fields == ["email", "external_id", "locale", "name", "role", "timezone"]
+    assert await pool.fetchval("SELECT count(*) FROM accounts") == 0
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"email": "a@example.com", "name": "A"}, "external_id"),
+        ({"external_id": "x" * 129, "email": "a@example.com", "name": "A"}, "external_id"),
+        ({"external_id": "a", "email": "a@example.com", "name": "line\nbreak"}, "name"),
+        ({"external_id": "a", "email": "a@example.com", "name": ""}, "name"),
+        ({"external_id": "a", "email": 5, "name": "A"}, "email"),
+        ({"external_id": "a", "email": "a@@example.com", "name": "A"}, "email"),
+    ],
+)
+async def test_registration_field_rules(client, headers, body, field) -> None:
+    resp = await client.post("/v1/accounts", json=body, headers=headers)
+    assert resp.status == 422
+    assert [e["field"] for e in (await resp.json())["errors"]] == [field]
+
+
+async def test_body_that_is_not_json_or_not_an_object(client, headers) -> None:
+    resp = await client.post(
+        "/v1/accounts", data=b"{nope", headers={**headers, "Content-Type": "application/json"}
+    )
+    assert resp.status == 400
+    resp = await client.post("/v1/accounts", data=b"x", headers={**headers, "Content-Type": "text/plain"})
+    assert resp.status == 415
+    resp = await client.post("/v1/accounts", json=[1, 2], headers=headers)
+    assert resp.status == 422
+
+
+async def test_accounts_routes_need_the_accounts_scope(client, pool) -> None:
+    messages_only = await bearer(pool, "messages", name="blog")
+    for method, path in [
+        ("POST", "/v1/accounts"),
+        ("GET", "/v1/accounts/x"),
+        ("PATCH", "/v1/accounts/x"),
+        ("DELETE", "/v1/accounts/x"),
+        ("GET", "/v1/accounts/x/export"),
+        ("GET", "/v1/accounts/x/audit"),
+    ]:
+        resp = await client.request(method, path, json={})
+        assert resp.status == 401, (method, path)
+        resp = await client.request(method, path, json={}, headers=messages_only)
+        assert resp.status == 403, (method, path)
+
+
+async def test_unknown_account_is_404(client, headers) -> None:
+    for method, path in [
+        ("GET", "/v1/accounts/nobody"),
+        ("PATCH", "/v1/accounts/nobody"),
+        ("DELETE", "/v1/accounts/nobody"),
+        ("GET", "/v1/accounts/nobody/export"),
+        ("GET", "/v1/accounts/nobody/audit"),
+    ]:
+        resp = await client.request(method, path, json={"name": "X"}, headers=headers)
+        assert resp.status == 404, (method, path)
+        assert resp.content_type == "application/problem+json"
+
+
+# --- correction and audit ---------------------------------------------------------------------
+
+
+async def test_patch_corrects_and_audits_before_and_after(client, headers, pool) -> None:
+    await client.post("/v1/accounts", json=new_account(1), headers=headers)
+    resp = await client.patch(
+        "/v1/accounts/m-1", json={"email": "New@Example.org", "name": "Renamed"}, headers=headers
+    )
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["email"] == "New@example.org" and body["name"] == "Renamed"
+    row = await pool.fetchrow("SELECT * FROM audit_log WHERE action = 'account.updated'")
+    assert row["actor"] == "registry"
+    assert row["changes"] == {
+        "email": {"before": "member1@example.com", "after": "New@example.org"},
+        "name": {"before": "Member 1", "after": "Renamed"},
+    }
+    # A patch that changes nothing writes nothing.
+    resp = await client.patch("/v1/accounts/m-1", json={"name": "Renamed"}, headers=headers)
+    assert resp.status == 200
+    assert await pool.fetchval("SELECT count(*) FROM audit_log") == 2
+
+
+async def test_patch_revalidates_and_refuses_null_and_unknown_fields(client, headers, pool) -> None:
+    await client.post("/v1/accounts", json=new_account(1), headers=headers)
+    resp = await client.patch(
+        "/v1/accounts/m-1",
+        json={"email": "broken", "name": None, "timezone": "Nowhere/Land", "external_id": "other"},
+        headers=headers,
+    )
+    assert resp.status == 422
+    fields = sorted(e["field"] for e in (await resp.json())["errors"])
+    assert fields == ["email", "external_id", "name", "timezone"]
+    assert (await pool.fetchrow("SELECT email, name FROM accounts"))["email"] == "member1@example.com"
+
+
+async def test_audit_trail_is_newest_first_and_paginated(client, headers) -> None:
+    await client.post("/v1/accounts", json=new_account(1), headers=headers)
+    for i in range(4):
+        resp = await client.patch("/v1/accounts/m-1", json={"name": f"Name {i}"}, headers=headers)
+        assert resp.status == 200
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+        resp = await client.get("/v1/accounts/m-1/audit", params=params, headers=headers)
+        assert resp.status == 200
+        page = await resp.json()
+        seen.extend(page["entries"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [e["action"] for e in seen] == ["account.updated"] * 4 + ["account.created"]
+    assert [e["changes"]["name"]["after"] for e in seen[:4]] == ["Name 3", "Name 2", "Name 1", "Name 0"]
+    assert all(e["actor_type"] == "api_key" and e["actor"] == "registry" for e in seen)
+    ids = [e["id"] for e in seen]
+    assert ids == sorted(ids, reverse=True)
+    resp = await client.get("/v1/accounts/m-1/audit", params={"cursor": "garbage"}, headers=headers)
+    assert resp.status == 422
+    resp = await client.get("/v1/accounts/m-1/audit", params={"limit": "1000"}, headers=headers)
+    assert resp.status == 422
+
+
+# --- hooks ------------------------------------------------------------------------------------
+
+
+async def test_created_hook_runs_inside_the_transaction(client, headers, pool) -> None:
+    seen = []
+
+    async def schedule(conn: asyncpg.Connection, account: asyncpg.Record) -> None:
+        seen.append(account["external_id"])
+        await conn.execute("UPDATE accounts SET next_digest_at = now() WHERE id = $1", account["id"])
+        if account["external_id"] == "m-2":
+            from notifier.problems import Problem
+
+            raise Problem(422, "refused by hook")
+
+    accounts.on_account_created(schedule)
+    try:
+        resp = await client.post("/v1/accounts", json=new_account(1), headers=headers)
+        assert resp.status == 201
+        resp = await client.post("/v1/accounts", json=new_account(2), headers=headers)
+        assert resp.status == 422
+    finally:
+        accounts.ACCOUNT_CREATED_HOOKS.remove(schedule)
+    assert seen == ["m-1", "m-2"]
+    rows = await pool.fetch("SELECT external_id, next_digest_at FROM accounts")
+    assert [r["external_id"] for r in rows] == ["m-1"] and rows[0]["next_digest_at"] is not None
+    assert await pool.fetchval("SELECT count(*) FROM audit_log") == 1
+
+
+# --- idempotent registration ------------------------------------------------------------------
+
+
+async def test_registration_replays_with_idempotency_key(client, headers, pool) -> None:
+    h = {**headers, "Idempotency-Key": "reg-1"}
+    first = await client.post("/v1/accounts", json=new_account(1), headers=h)
+    assert first.status == 201 and "Idempotent-Replayed" not in first.headers
+    again = await client.post("/v1/accounts", json=new_account(1), headers=h)
+    assert again.status == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["Location"] == first.headers["Location"]
+    assert await again.json() == await first.json()
+    other = await client.post("/v1/accounts", json=new_account(2), headers=h)
+    assert other.status == 422
+    assert "reg-1" in (await other.json())["detail"]
+    assert await pool.fetchval("SELECT count(*) FROM accounts") == 1
+
+
+async def test_concurrent_registrations_with_one_key_create_one_account(client, headers, pool) -> None:
+    h = {**headers, "Idempotency-Key": "same"}
+    responses = await asyncio.gather(
+        *(client.post("/v1/accounts", json=new_account(7), headers=h) for _ in range(8))
+    )
+    assert sorted(r.status for r in responses) == [201] * 8
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 7
+    assert await pool.fetchval("SELECT count(*) FROM accounts") == 1
+    assert await pool.fetchval("SELECT count(*) FROM audit_log") == 1

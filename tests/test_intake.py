@@ -1,0 +1,303 @@
+"""Intake: one message, a batch, idempotency under concurrency, limits and scopes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import asyncpg
+import pytest
+
+from notifier import inbox
+from notifier.validation import MAX_BODY, MAX_DATA_BYTES
+from tests.api_helpers import bearer
+from tests.factory import Factory
+
+MESSAGE = {"category": "blog.comments", "subject": "New comment", "body": "Someone replied.\nRead it."}
+
+
+@pytest.fixture
+async def headers(pool: asyncpg.Pool) -> dict[str, str]:
+    return await bearer(pool, "messages", name="blog")
+
+
+async def test_post_one_message(client, headers, factory: Factory, pool) -> None:
+    await factory.account(external_id="ann")
+    body = {**MESSAGE, "url": "https://blog.example.org/p/1#c2", "data": {"post": 1, "tags": ["a"]}}
+    resp = await client.post("/v1/accounts/ann/messages", json=body, headers=headers)
+    assert resp.status == 201, await resp.text()
+    message = await resp.json()
+    assert message["category"] == "blog.comments" and message["subject"] == "New comment"
+    assert message["url"] == body["url"] and message["data"] == body["data"]
+    assert message["read_at"] is None and message["archived_at"] is None
+    assert resp.headers["Location"] == f"/v1/accounts/ann/messages/{message['id']}"
+    row = await pool.fetchrow("SELECT * FROM messages")
+    assert row["id"] == message["id"] and row["data"] == body["data"] and row["body"] == MESSAGE["body"]
+
+
+async def test_unknown_account_is_404_and_writes_nothing(client, headers, pool) -> None:
+    resp = await client.post("/v1/accounts/ghost/messages", json=MESSAGE, headers=headers)
+    assert resp.status == 404
+    assert "ghost" in (await resp.json())["detail"]
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 0
+
+
+@pytest.mark.parametrize(
+    "change, fields",
+    [
+        ({"category": "Has Spaces"}, ["category"]),
+        ({"category": "x" * 65}, ["category"]),
+        ({"subject": "x" * 301}, ["subject"]),
+        ({"subject": "two\nlines"}, ["subject"]),
+        ({"body": "x" * (MAX_BODY + 1)}, ["body"]),
+        ({"body": "bell\x07"}, ["body"]),
+        ({"url": "javascript:alert(1)"}, ["url"]),
+        ({"url": "ftp://example.org/x"}, ["url"]),
+        ({"data": {"blob": "x" * MAX_DATA_BYTES}}, ["data"]),
+        ({"data": [1, 2]}, ["data"]),
+        ({"priority": "high"}, ["priority"]),
+        ({"subject": None, "body": ""}, ["body", "subject"]),
+    ],
+)
+async def test_invalid_message_is_422_naming_fields(client, headers, factory, pool, change, fields) -> None:
+    await factory.account(external_id="ann")
+    resp = await client.post("/v1/accounts/ann/messages", json={**MESSAGE, **change}, headers=headers)
+    assert resp.status == 422
+    problem = await resp.json()
+    assert sorted(e["field"] for e in problem["errors"]) == fields
+    assert all("pattern" not in e["message"] for e in problem["errors"])
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_too_large_body_is_413(client, headers, factory, settings) -> None:
+    await factory.account(external_id="ann")
+    big = io.BytesIO(json.dumps({**MESSAGE, "body": "x" * (settings.max_body_bytes + 10)}).encode())
+    resp = await client.post(
+        "/v1/accounts/ann/messages", data=big, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert resp.status == 413
+    assert resp.content_type == "application/problem+json"
+
+
+async def test_messages_routes_need_the_messages_scope(client, pool, factory) -> None:
+    await factory.account(external_id="ann")
+    accounts_only = await bearer(pool, "accounts", name="registry")
+    for path in ("/v1/accounts/ann/messages", "/v1/messages"):
+        assert (await client.post(path, json=MESSAGE)).status == 401
+        assert (await client.post(path, json=MESSAGE, headers=accounts_only)).status == 403
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 0
+
+
+# --- idempotency ------------------------------------------------------------------------------
+
+
+async def test_repeat_with_same_key_replays(client, headers, factory, pool) -> None:
+    await factory.account(external_id="ann")
+    h = {**headers, "Idempotency-Key": "evt-1"}
+    first = await client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=h)
+    assert first.status == 201 and "Idempotent-Replayed" not in first.headers
+    # Same JSON, different formatting and key order: still the same request.
+    reordered = json.dumps(dict(reversed(list(MESSAGE.items()))), indent=2)
+    again = await client.post(
+        "/v1/accounts/ann/messages", data=reordered, headers={**h, "Content-Type": "application/json"}
+    )
+    assert again.status == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert await again.json() == await first.json()
+    assert again.headers["Location"] == first.headers["Location"]
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 1
+
+
+async def test_same_key_with_another_body_is_422(client, headers, factory, pool) -> None:
+    await factory.account(external_id="ann")
+    await factory.account(external_id="bob")
+    h = {**headers, "Idempotency-Key": "evt-1"}
+    assert (await client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=h)).status == 201
+    resp = await client.post("/v1/accounts/ann/messages", json={**MESSAGE, "subject": "Other"}, headers=h)
+    assert resp.status == 422
+    assert "evt-1" in (await resp.json())["detail"]
+    # The key belongs to the route: the same key for another account is another request too.
+    resp = await client.post("/v1/accounts/bob/messages", json=MESSAGE, headers=h)
+    assert resp.status == 422
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 1
+
+
+async def test_keys_are_scoped_to_the_api_key(client, headers, factory, pool) -> None:
+    await factory.account(external_id="ann")
+    other = await bearer(pool, "messages", name="registry")
+    for h in (headers, other):
+        resp = await client.post(
+            "/v1/accounts/ann/messages", json=MESSAGE, headers={**h, "Idempotency-Key": "k"}
+        )
+        assert resp.status == 201 and "Idempotent-Replayed" not in resp.headers
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 2
+
+
+async def test_failed_request_does_not_burn_the_key(client, headers, factory, pool) -> None:
+    h = {**headers, "Idempotency-Key": "early"}
+    assert (await client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=h)).status == 404
+    await factory.account(external_id="ann")
+    resp = await client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=h)
+    assert resp.status == 201 and "Idempotent-Replayed" not in resp.headers
+
+
+async def test_malformed_key_is_400(client, headers, factory) -> None:
+    await factory.account(external_id="ann")
+    for key in ("", "x" * 256, "naïve"):
+        resp = await client.post(
+            "/v1/accounts/ann/messages", json=MESSAGE, headers={**headers, "Idempotency-Key": key}
+        )
+        assert resp.status == 400, key
+
+
+async def test_concurrent_repeats_create_one_message(client, headers, factory, pool) -> None:
+    await factory.account(external_id="ann")
+    h = {**headers, "Idempotency-Key": "burst"}
+    responses = await asyncio.gather(
+        *(client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=h) for _ in range(12))
+    )
+    assert [r.status for r in responses] == [201] * 12
+    bodies = [await r.json() for r in responses]
+    assert len({b["id"] for b in bodies}) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 11
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 1
+
+
+async def test_record_in_flight_is_409_with_retry_after(client, headers, factory, pool) -> None:
+    """A claim committed without its answer (a caller that claims before the effect) is in flight."""
+    await factory.account(external_id="ann")
+    h = {**headers, "Idempotency-Key": "slow"}
+    assert (await client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=h)).status == 201
+    await pool.execute("UPDATE idempotency_keys SET status = NULL, response = NULL")
+    resp = await client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=h)
+    assert resp.status == 409 and resp.headers["Retry-After"] == "1"
+
+
+async def test_expired_key_is_reclaimed(client, headers, factory, pool) -> None:
+    await factory.account(external_id="ann")
+    h = {**headers, "Idempotency-Key": "old"}
+    assert (await client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=h)).status == 201
+    await pool.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+    resp = await client.post("/v1/accounts/ann/messages", json={**MESSAGE, "subject": "New"}, headers=h)
+    assert resp.status == 201 and "Idempotent-Replayed" not in resp.headers
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 2
+    await pool.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+    from notifier.idempotency import purge_expired
+
+    assert await purge_expired(pool) == 1
+    assert await pool.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+
+
+# --- batch ------------------------------------------------------------------------------------
+
+
+async def test_batch_answers_per_item(client, headers, factory, pool) -> None:
+    await factory.account(external_id="ann")
+    await factory.account(external_id="bob")
+    items = [
+        {"account": "ann", **MESSAGE},
+        {"account": "ghost", **MESSAGE},
+        {"account": "bob", **MESSAGE, "subject": "For Bob", "data": {"n": 1}},
+        {"account": "bob", **MESSAGE, "category": "BAD"},
+        "not an object",
+    ]
+    resp = await client.post("/v1/messages", json={"messages": items}, headers=headers)
+    assert resp.status == 207, await resp.text()
+    body = await resp.json()
+    assert body["accepted"] == 2 and body["rejected"] == 3
+    statuses = [(r["index"], r["status"]) for r in body["results"]]
+    assert statuses == [(0, 201), (1, 404), (2, 201), (3, 422), (4, 422)]
+    assert body["results"][1]["errors"][0]["field"] == "account"
+    assert body["results"][3]["errors"][0]["field"] == "category"
+    rows = await pool.fetch(
+        "SELECT m.id, a.external_id, m.subject, m.data FROM messages m JOIN accounts a ON a.id = m.account_id"
+        " ORDER BY m.id"
+    )
+    assert [(r["id"], r["external_id"], r["subject"], r["data"]) for r in rows] == [
+        (body["results"][0]["id"], "ann", "New comment", None),
+        (body["results"][2]["id"], "bob", "For Bob", {"n": 1}),
+    ]
+
+
+async def test_batch_all_accepted_is_201(client, headers, factory, pool) -> None:
+    accounts = [await factory.account() for _ in range(5)]
+    items = [
+        {"account": a["external_id"], **MESSAGE, "subject": f"S{i}"} for i, a in enumerate(accounts * 20)
+    ]
+    resp = await client.post("/v1/messages", json={"messages": items}, headers=headers)
+    assert resp.status == 201
+    body = await resp.json()
+    assert body["accepted"] == 100 and body["rejected"] == 0
+    ids = {r["index"]: r["id"] for r in body["results"]}
+    rows = {r["id"]: r["subject"] for r in await pool.fetch("SELECT id, subject FROM messages")}
+    assert all(rows[ids[i]] == f"S{i}" for i in range(100))
+
+
+async def test_batch_limits(client, headers, factory, pool, settings) -> None:
+    await factory.account(external_id="ann")
+    too_many = [{"account": "ann", **MESSAGE}] * 1001
+    resp = await client.post("/v1/messages", json={"messages": too_many}, headers=headers)
+    assert resp.status == 413
+    assert "1000" in (await resp.json())["detail"]
+    for body in ({"messages": []}, {"messages": "x"}, {}, [], {"messages": [], "extra": 1}):
+        resp = await client.post("/v1/messages", json=body, headers=headers)
+        assert resp.status == 422, body
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_batch_body_limit_is_413(client, headers, settings) -> None:
+    payload = io.BytesIO(b'{"messages": ["' + b"x" * settings.max_batch_body_bytes + b'"]}')
+    resp = await client.post(
+        "/v1/messages", data=payload, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert resp.status == 413
+
+
+async def test_batch_with_idempotency_key_replays(client, headers, factory, pool) -> None:
+    await factory.account(external_id="ann")
+    h = {**headers, "Idempotency-Key": "batch-1"}
+    payload = {"messages": [{"account": "ann", **MESSAGE}, {"account": "nobody", **MESSAGE}]}
+    first, second = await asyncio.gather(
+        client.post("/v1/messages", json=payload, headers=h),
+        client.post("/v1/messages", json=payload, headers=h),
+    )
+    assert first.status == second.status == 207
+    assert await first.json() == await second.json()
+    assert {first.headers.get("Idempotent-Replayed"), second.headers.get("Idempotent-Replayed")} == {
+        None,
+        "true",
+    }
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 1
+
+
+# --- hook -------------------------------------------------------------------------------------
+
+
+async def test_messages_created_hook_sees_each_new_message(client, headers, factory, pool) -> None:
+    await factory.account(external_id="ann", digest_frequency="immediate")
+    seen: list[inbox.CreatedMessage] = []
+
+    async def ring(app, created) -> None:
+        seen.extend(created)
+        raise RuntimeError("a failing hook must not fail the request")
+
+    inbox.on_messages_created(ring)
+    try:
+        one = await client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=headers)
+        many = await client.post(
+            "/v1/messages", json={"messages": [{"account": "ann", **MESSAGE}] * 2}, headers=headers
+        )
+    finally:
+        inbox.MESSAGES_CREATED_HOOKS.remove(ring)
+    assert one.status == 201 and many.status == 201
+    ids = [(await one.json())["id"]] + [r["id"] for r in (await many.json())["results"]]
+    assert [m.id for m in seen] == ids
+    assert {m.digest_frequency for m in seen} == {"immediate"}
+
+
+async def test_batch_ids_follow_input_order(client, headers, factory) -> None:
+    accounts = [await factory.account() for _ in range(3)]
+    items = [{"account": accounts[i % 3]["external_id"], **MESSAGE} for i in range(30)]
+    resp = await client.post("/v1/messages", json={"messages": items}, headers=headers)
+    ids = [r["id"] for r in (await resp.json())["results"]]
+    assert ids == sorted(ids) and len(set(ids)) == 30
