@@ -150,6 +150,12 @@ def create_app(settings: Settings) -> web.Application:
     from notifier import inbox
 
     inbox.setup_routes(app)
+    from notifier import consent, newsletter_api, preference_centre, unsubscribe
+
+    newsletter_api.setup_routes(app)
+    unsubscribe.setup_routes(app)
+    preference_centre.setup_routes(app)
+    consent.setup_routes(app)
     if settings.capture_mail:
         capture.setup_routes(app)
     return app

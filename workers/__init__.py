@@ -21,7 +21,7 @@ from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Function, Worker, func
 
-from notifier import digest, heartbeat, outbox, queues
+from notifier import digest, heartbeat, newsletter, outbox, queues
 from notifier.resources import open_pool, open_redis, redis_settings
 from notifier.settings import Settings
 from notifier.smtp import Sender, SMTPSender
@@ -56,6 +56,7 @@ FUNCTIONS: dict[str, list[Function]] = {
     ],
     queues.BULK: [
         func(outbox.deliver_job, name=outbox.JOB_NAME, timeout=3600, max_tries=1),
+        func(newsletter.start_job, name="newsletter_start", timeout=600, max_tries=3),
     ],
 }
 
@@ -67,7 +68,9 @@ CRON_JOBS: dict[str, list[CronJob]] = {
     queues.DIGEST: [
         cron(digest.pass_job, name="digest-pass", second=0, timeout=300, max_tries=1),
     ],
-    queues.BULK: [],
+    queues.BULK: [
+        cron(newsletter.tick_job, name="newsletter-tick", second=set(range(0, 60, 10)), timeout=120, max_tries=1),
+    ],
 }
 
 

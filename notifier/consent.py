@@ -1,0 +1,98 @@
+"""Newsletter consent: the wording members agree to, and double opt-in.
+
+Every opt-in and opt-out is a `consents` row written by `preferences.apply_preferences` with its
+source and the wording (and its version) shown. With NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN an opt-in
+counts only once confirmed: `send_confirmations` (run by the bulk queue's tick) writes one
+confirmation e-mail per unconfirmed opt-in, whatever its source (API, preference centre,
+resubscribe link); `GET /confirm/{token}` shows a button (link scanners change nothing) and
+`POST /confirm/{token}` stamps the opt-in confirmed. Only confirmed members are in the audience.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+from aiohttp import web
+
+from notifier import pages, queues, tokens
+from notifier.db import Q
+from notifier.resources import POOL, SETTINGS
+from notifier.settings import Settings
+
+log = logging.getLogger("notifier.consent")
+
+WORDING = (
+    "Send me the newsletter: news and information about the organisation, about once a month. "
+    "I can unsubscribe at any time with the link in every issue."
+)
+WORDING_VERSION = "newsletter-2026-11"
+CONFIRM_TEMPLATE = "newsletter/confirm"
+
+
+async def send_confirmations(pool: asyncpg.Pool, settings: Settings, limit: int = 500) -> int:
+    """With double opt-in on: queue a confirmation e-mail for each opt-in that is neither
+    confirmed nor already asked about. Idempotent; returns how many e-mails it queued."""
+    if not settings.newsletter_double_opt_in:
+        return 0
+    rows = await pool.fetch(Q.unconfirmed_opt_ins, limit)
+    for row in rows:
+        token = tokens.sign(settings.secret, "confirm", row["account_id"], "newsletter")
+        context = {"name": row["name"], "confirm_url": f"{settings.public_url}/confirm/{token}"}
+        await pool.execute(
+            Q.insert_confirmation_email,
+            row["account_id"],
+            queues.SERVICE,
+            row["email"],
+            CONFIRM_TEMPLATE,
+            context,
+            f"confirm:{row['consent_id']}",
+        )
+    return len(rows)
+
+
+async def confirm(conn: asyncpg.Connection, account_id: int) -> bool:
+    """Confirm the member's latest opt-in; False when there is none to confirm."""
+    return await conn.fetchval(Q.confirm_opt_in, account_id) is not None
+
+
+async def get_confirm(request: web.Request) -> web.Response:
+    """A page with a button; GET changes nothing (mail scanners follow links)."""
+    found = tokens.verify(request.app[SETTINGS].secret, request.match_info["token"], "confirm")
+    if found is None:
+        return pages.not_found(request)
+    return pages.render(
+        request,
+        "confirm.html",
+        title="Confirm your newsletter subscription",
+        done=False,
+        nonce=pages.form_nonce(request.app[SETTINGS].secret, request.match_info["token"]),
+    )
+
+
+async def post_confirm(request: web.Request) -> web.Response:
+    """Confirm the opt-in named by the token (the form's nonce and origin are checked)."""
+    token = request.match_info["token"]
+    settings = request.app[SETTINGS]
+    found = tokens.verify(settings.secret, token, "confirm")
+    if found is None:
+        return pages.not_found(request)
+    form = await request.post()
+    if not pages.same_origin(request) or not pages.nonce_valid(
+        settings.secret, token, str(form.get("nonce", ""))
+    ):
+        return pages.render(request, "expired.html", status=403, title="Please try again", again=request.path)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        done = await confirm(conn, found.account_id)
+        if done:
+            await pages.record_event(
+                conn, "confirmed", found.account_id, pages.EmailRef(), "confirm-link", {}
+            )
+    return pages.render(
+        request, "confirm.html", title="Subscription confirmed", done=True, confirmed=done, nonce=""
+    )
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/confirm/{token}", get_confirm)
+    app.router.add_post("/confirm/{token}", post_confirm)

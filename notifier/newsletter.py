@@ -1,0 +1,210 @@
+"""Newsletters: drafts, preview, test-send, scheduling, the fan-out and the status machine.
+
+    draft → scheduled → sending → sent
+      └──────┴───────────┴──→ cancelled
+
+Sending "now" is scheduling for now: the request records the intent and enqueues `start`; a
+bulk-queue job (or the `newsletter_tick` cron, should the job be lost) moves the newsletter to
+`sending` with one conditional UPDATE and, in the same transaction, freezes the audience into one
+outbox row per member with one INSERT … SELECT. The outbox (notifier.outbox) then delivers the rows
+through the bulk queue; the tick marks the newsletter `sent` once no row is queued or sending.
+Every recipient is a row, so figures come from rows and events, and a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from notifier import consent, outbox, queues, render
+from notifier.db import Q
+from notifier.newsletter_render import Draft, PreparedCache, TemplateProblem
+from notifier.settings import Settings
+
+log = logging.getLogger("notifier.newsletter")
+
+STATUSES = ("draft", "scheduled", "sending", "sent", "cancelled")
+
+
+class StateConflict(Exception):
+    """The newsletter is not in a state that allows the operation."""
+
+
+def draft_of(row: Mapping[str, Any]) -> Draft:
+    return Draft(
+        id=row["id"],
+        subject=row["subject"],
+        preheader=row["preheader"],
+        body=row["body"],
+        body_format=row["body_format"],
+        version=row["updated_at"],
+    )
+
+
+async def figures(conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int) -> dict[str, int]:
+    """Recipients, sent, failed, suppressed, pending, cancelled (outbox rows) and bounced,
+    complained, unsubscribed, resubscribed (distinct members with such an event)."""
+    delivery = await conn.fetchrow(Q.newsletter_delivery_figures, newsletter_id)
+    events = await conn.fetchrow(Q.newsletter_event_figures, newsletter_id)
+    assert delivery is not None and events is not None
+    return {**dict(delivery), **dict(events)}
+
+
+async def schedule(
+    conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int, at: datetime, actor: str
+) -> asyncpg.Record:
+    """Schedule a draft (or move a schedule). Raises StateConflict if it is past that."""
+    row = await conn.fetchrow(Q.schedule_newsletter, newsletter_id, at, actor)
+    if row is None:
+        raise StateConflict("only a draft or scheduled newsletter can be scheduled")
+    return row
+
+
+async def start(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> int | None:
+    """Move a draft or scheduled newsletter to `sending` and freeze its audience, atomically.
+
+    Idempotent and safe under concurrency: of any number of callers one does the work; the others
+    (and calls on a newsletter already started, sent or cancelled) return None. Returns the number
+    of recipients otherwise.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        started = await conn.fetchrow(Q.start_newsletter, newsletter_id)
+        if started is None:
+            return None
+        await conn.execute(
+            Q.fan_out_newsletter, newsletter_id, queues.BULK, settings.newsletter_double_opt_in
+        )
+        recipients: int = await conn.fetchval(Q.set_newsletter_recipients, newsletter_id)
+    log.info("newsletter %s sending to %s recipients", newsletter_id, recipients)
+    return recipients
+
+
+async def start_due(pool: asyncpg.Pool, settings: Settings, now: datetime | None = None) -> list[int]:
+    """Start every scheduled newsletter whose time has come; returns the ids this call started."""
+    now = now or datetime.now(UTC)
+    started = []
+    for row in await pool.fetch(Q.due_newsletters, now, 20):
+        if await start(pool, settings, row["id"]) is not None:
+            started.append(row["id"])
+    return started
+
+
+async def finish_done(pool: asyncpg.Pool) -> list[int]:
+    """Mark `sent` every sending newsletter with no queued or sending row; returns their ids."""
+    finished = []
+    for row in await pool.fetch(Q.sending_newsletters):
+        if await pool.fetchrow(Q.finish_newsletter, row["id"]) is not None:
+            finished.append(row["id"])
+            log.info("newsletter %s sent", row["id"])
+    return finished
+
+
+async def cancel(pool: asyncpg.Pool, newsletter_id: int, actor: str) -> asyncpg.Record:
+    """Cancel a draft, scheduled or sending newsletter: rows not yet handed to a worker are
+    cancelled, a message being sent right now still goes. Raises StateConflict when sent."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(Q.cancel_newsletter, newsletter_id, actor)
+        if row is None:
+            raise StateConflict("a sent or cancelled newsletter cannot be cancelled")
+        await conn.execute(Q.cancel_newsletter_emails, newsletter_id)
+    return row
+
+
+# --- rendering in the worker -----------------------------------------------------------------
+
+
+class NewsletterRenderer:
+    """The outbox renderer for `newsletter` and `test` e-mails: each newsletter version is
+    prepared once per worker process (Markdown, layout, CSS inlining, compiled templates); each
+    e-mail only fills in the name and the member's links."""
+
+    def __init__(self, settings: Settings, templates: render.Templates) -> None:
+        self.settings = settings
+        self.cache = PreparedCache()
+        self.drafts: dict[int, Draft] = {}
+        self.fallback = render.TemplateRenderer(templates)
+
+    async def prepare(self, pool: asyncpg.Pool, emails: Sequence[render.OutgoingEmail]) -> None:
+        ids = sorted({e.newsletter_id for e in emails if e.newsletter_id is not None})
+        if not ids:
+            return
+        rows = await pool.fetch(Q.newsletter_versions, ids)
+        for row in rows:
+            draft = draft_of(row)
+            self.drafts[draft.id] = draft
+            self.cache.get(self.settings, draft)
+
+    def render(self, email: render.OutgoingEmail, context: Mapping[str, Any]) -> render.Rendered:
+        if email.newsletter_id is None:
+            return self.fallback.render(email, context)
+        draft = self.drafts.get(email.newsletter_id)
+        if draft is None:
+            raise render.TemplateError("the newsletter no longer exists", template="newsletter")
+        public = self.settings.public_url
+        name = str(context.get("name") or "")
+        personal = {
+            "name": name,
+            "first_name": name.split(" ", 1)[0] if name else "",
+            "email": email.to_address,
+            "unsubscribe_url": _tagged(context.get("unsubscribe_url"), email.id) or f"{public}/u/test",
+            "preferences_url": _tagged(context.get("preferences_url"), email.id)
+            or f"{public}/preferences/test",
+        }
+        try:
+            out = self.cache.get(self.settings, draft).render(personal)
+        except TemplateProblem as exc:
+            raise render.TemplateError(exc.message, template="newsletter") from None
+        subject = out.subject if email.kind == "newsletter" else f"[TEST] {out.subject}"
+        return render.Rendered(subject=subject, text=out.text, html=out.html)
+
+
+def _tagged(url: Any, email_id: int) -> str | None:
+    """A member's link naming the e-mail it came from (`?e=ID`; not a secret, checked against
+    the account), so unsubscribes and preference changes are attributed to this newsletter."""
+    if not url:
+        return None
+    return f"{url}&e={email_id}" if "?" in str(url) else f"{url}?e={email_id}"
+
+
+def _renderer(settings: Settings, templates: render.Templates) -> render.Renderer:
+    return NewsletterRenderer(settings, templates)
+
+
+render.register("newsletter", _renderer)
+render.register("test", _renderer)
+
+
+# --- jobs (bulk queue) -----------------------------------------------------------------------
+
+
+async def start_job(ctx: dict[str, Any], newsletter_id: int) -> int | None:
+    """arq job: start one newsletter now (enqueued by `POST /v1/newsletters/{id}/send`)."""
+    recipients = await start(ctx["pool"], ctx["settings"], newsletter_id)
+    if recipients:
+        await outbox.ring(ctx["redis"], queues.BULK, recipients)
+    return recipients
+
+
+async def tick(
+    pool: asyncpg.Pool, redis: Any, settings: Settings, now: datetime | None = None
+) -> dict[str, Any]:
+    """One pass of the newsletter clock: start due scheduled newsletters (and ring the bulk queue),
+    mark finished ones `sent`, queue double opt-in confirmations. Idempotent; any worker may run it."""
+    started = await start_due(pool, settings, now)
+    for newsletter_id in started:
+        await outbox.ring(redis, queues.BULK, 1000)
+        log.info("newsletter %s started on schedule", newsletter_id)
+    finished = await finish_done(pool)
+    confirmations = await consent.send_confirmations(pool, settings)
+    if confirmations:
+        await outbox.ring(redis, queues.SERVICE, confirmations)
+    return {"started": started, "finished": finished, "confirmations": confirmations}
+
+
+async def tick_job(ctx: dict[str, Any]) -> dict[str, Any]:
+    """arq cron on the bulk queue, every 10 seconds: see `tick`."""
+    return await tick(ctx["pool"], ctx["redis"], ctx["settings"])

@@ -1,0 +1,240 @@
+"""Newsletter rendering: marketing's Markdown or HTML with Jinja personalisation, in a sandbox.
+
+What all recipients share (Markdown conversion, the layout with its footer, CSS inlining, the
+compiled templates) is prepared ONCE per newsletter version by `prepare()`; `Prepared.render()`
+then only fills the personal parts (name, unsubscribe and preference links) per recipient.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import css_inline
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+
+from notifier.settings import Settings
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+# What marketing's templates may use. Anything else is an error caught when the draft is saved.
+PERSONAL_FIELDS = ("name", "first_name", "email", "unsubscribe_url", "preferences_url")
+
+_BODY_START, _BODY_END = "<!--notifier:body-->", "<!--notifier:end-->"
+_UNSUBSCRIBE, _PREFERENCES = "@@notifier-unsubscribe-url@@", "@@notifier-preferences-url@@"
+_SUBJECT = "@@notifier-subject@@"
+_BODY_SLOT = Markup("<!--notifier:body--><!--notifier:end-->")
+_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+_SANDBOX_HTML = SandboxedEnvironment(autoescape=True, undefined=jinja2.StrictUndefined)
+_SANDBOX_TEXT = SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined)
+_MARKDOWN = MarkdownIt("commonmark", {"html": True, "linkify": False}).enable("table")
+_LAYOUT = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+    autoescape=jinja2.select_autoescape(["html"]),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
+
+
+class TemplateProblem(ValueError):
+    """Marketing's template does not compile or uses something it may not; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Draft:
+    """The parts of a newsletter that rendering needs."""
+
+    id: int
+    subject: str
+    preheader: str
+    body: str
+    body_format: str
+    version: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    html: str
+    text: str
+
+
+def _protect(source: str) -> tuple[str, list[str]]:
+    """Replace Jinja tags by inert placeholders so Markdown cannot escape their quotes."""
+    found: list[str] = []
+
+    def swap(match: re.Match[str]) -> str:
+        found.append(match.group(0))
+        return f"NOTIFIERJINJA{len(found) - 1}X"
+
+    return _JINJA.sub(swap, source), found
+
+
+def _restore(text: str, found: list[str]) -> str:
+    for i, tag in enumerate(found):
+        text = text.replace(f"NOTIFIERJINJA{i}X", tag)
+    return text
+
+
+def markdown_to_html(source: str) -> str:
+    """Markdown (with Jinja tags left intact) to an HTML fragment."""
+    protected, found = _protect(source)
+    return _restore(_MARKDOWN.render(protected), found)
+
+
+_BLOCK_END = re.compile(r"</(p|h[1-6]|li|tr|div|table|blockquote|pre)>|<br\s*/?>", re.IGNORECASE)
+_TAG = re.compile(r"<[^>]+>")
+_HREF = re.compile(r"<a\s[^>]*href=\"([^\"]+)\"[^>]*>(.*?)</a>", re.IGNORECASE | re.DOTALL)
+
+
+def html_to_text(fragment: str) -> str:
+    """A readable plain-text version of an HTML fragment: links as `text (url)`, blocks as lines."""
+    text = _HREF.sub(lambda m: f"{m.group(2)} ({m.group(1)})", fragment)
+    text = _BLOCK_END.sub("\n", text)
+    text = _TAG.sub("", text)
+    lines = [" ".join(html.unescape(line).split()) for line in text.splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip() + "\n"
+
+
+def _compile(env: SandboxedEnvironment, field: str, source: str) -> jinja2.Template:
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateProblem(field, f"template error on line {exc.lineno}: {exc.message}") from None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One newsletter, ready to personalise: compiled templates and pre-rendered shells."""
+
+    subject: jinja2.Template
+    body_html: jinja2.Template
+    body_text: jinja2.Template
+    html_before: str
+    html_after: str
+    text_before: str
+    text_after: str
+
+    def render(self, personal: Mapping[str, Any]) -> Rendered:
+        """The e-mail for one recipient. `personal` holds PERSONAL_FIELDS. Raises TemplateProblem."""
+        unsubscribe = html.escape(str(personal["unsubscribe_url"]))
+        preferences = html.escape(str(personal["preferences_url"]))
+        try:
+            subject = " ".join(self.subject.render(personal).split())
+        except jinja2.TemplateError as exc:
+            raise TemplateProblem("subject", str(exc)) from None
+        try:
+            body_html = self.body_html.render(personal)
+            body_text = self.body_text.render(personal)
+        except jinja2.TemplateError as exc:
+            raise TemplateProblem("body", str(exc)) from None
+        page = (
+            _links(self.html_before, unsubscribe, preferences).replace(_SUBJECT, html.escape(subject))
+            + body_html
+            + _links(self.html_after, unsubscribe, preferences)
+        )
+        text = (
+            _links(self.text_before, str(personal["unsubscribe_url"]), str(personal["preferences_url"]))
+            + body_text
+            + _links(self.text_after, str(personal["unsubscribe_url"]), str(personal["preferences_url"]))
+        )
+        return Rendered(subject, page, text)
+
+
+def _links(part: str, unsubscribe: str, preferences: str) -> str:
+    return part.replace(_UNSUBSCRIBE, unsubscribe).replace(_PREFERENCES, preferences)
+
+
+def prepare(settings: Settings, draft: Draft) -> Prepared:
+    """Compile marketing's templates and render the shared layout once. Raises TemplateProblem."""
+    subject = _compile(_SANDBOX_TEXT, "subject", draft.subject)
+    if draft.body_format == "markdown":
+        body_source = markdown_to_html(draft.body)
+        text_source = draft.body.strip() + "\n"
+    else:
+        body_source = draft.body
+        text_source = html_to_text(draft.body)
+    layout = {
+        "subject": _SUBJECT,
+        "preheader": draft.preheader,
+        "postal_address": settings.postal_address,
+        "unsubscribe_url": _UNSUBSCRIBE,
+        "preferences_url": _PREFERENCES,
+    }
+    shell = _LAYOUT.get_template("newsletter.html").render(**layout, body=_BODY_SLOT)
+    document = shell.replace(_BODY_START + _BODY_END, _BODY_START + body_source + _BODY_END)
+    inlined = css_inline.inline(document)
+    start, end = inlined.find(_BODY_START), inlined.find(_BODY_END)
+    inlined_body = inlined[start + len(_BODY_START) : end]
+    if start < 0 or end < 0 or _JINJA.findall(inlined_body) != _JINJA.findall(body_source):
+        # The HTML parser moved or escaped a Jinja tag (e.g. `>` in a condition): keep the
+        # body as written and inline only the layout.
+        inlined = css_inline.inline(shell)
+        start, end = inlined.find(_BODY_START), inlined.find(_BODY_END)
+        inlined_body = body_source
+    text_shell = _LAYOUT.get_template("newsletter.txt").render(**layout, body="@@notifier-body@@")
+    text_before, _, text_after = text_shell.partition("@@notifier-body@@")
+    return Prepared(
+        subject=subject,
+        body_html=_compile(_SANDBOX_HTML, "body", inlined_body),
+        body_text=_compile(_SANDBOX_TEXT, "body", text_source),
+        html_before=inlined[:start],
+        html_after=inlined[end + len(_BODY_END) :],
+        text_before=text_before,
+        text_after=text_after,
+    )
+
+
+def sample_personal(settings: Settings) -> dict[str, str]:
+    """Personal fields for checking a draft when no account is at hand."""
+    return {
+        "name": "Ada Lovelace",
+        "first_name": "Ada",
+        "email": "ada@example.org",
+        "unsubscribe_url": f"{settings.public_url}/u/example",
+        "preferences_url": f"{settings.public_url}/preferences/example",
+    }
+
+
+def check(settings: Settings, draft: Draft) -> None:
+    """Raise TemplateProblem when the draft would not render for a recipient."""
+    prepare(settings, draft).render(sample_personal(settings))
+
+
+class PreparedCache:
+    """Per-process memory of prepared newsletters, keyed by id and version (`updated_at`)."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._items: OrderedDict[tuple[int, datetime | None], Prepared] = OrderedDict()
+        self._size = size
+        self.misses = 0
+
+    def get(self, settings: Settings, draft: Draft) -> Prepared:
+        key = (draft.id, draft.version)
+        found = self._items.get(key)
+        if found is None:
+            self.misses += 1
+            found = prepare(settings, draft)
+            self._items[key] = found
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        self._items.move_to_end(key)
+        return found

@@ -1,0 +1,154 @@
+"""What the member-facing pages share: templates, strict headers, CSRF nonces, the Origin check
+and the e-mail a link came from.
+
+The pages are reached through signed links in e-mails and set no cookie. Forms are protected
+against cross-site requests by a per-token nonce (an HMAC of the token and the time the form was
+shown, checked on POST and valid for NONCE_SECONDS) and, when the browser sends one, an `Origin`
+(or `Referer`) that must be this site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import jinja2
+from aiohttp import web
+
+from notifier.db import Q
+from notifier.resources import SETTINGS
+from notifier.settings import Settings
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates" / "pages"
+NONCE_SECONDS = 4 * 3600
+
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+# No script runs on these pages; styles are inline in the shared layout; forms post only here.
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
+    """An HTML page from `templates/pages/`, never cached, with a strict Content-Security-Policy."""
+    settings: Settings = request.app[SETTINGS]
+    html = _ENV.get_template(template).render(postal_address=settings.postal_address, **context)
+    return web.Response(
+        text=html,
+        status=status,
+        content_type="text/html",
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": CSP,
+            "X-Robots-Tag": "noindex, nofollow",
+        },
+    )
+
+
+def not_found(request: web.Request) -> web.Response:
+    """The page for a forged, altered or outdated link: 404, says what to do, never a 500."""
+    return render(request, "invalid.html", status=404, title="This link is not valid")
+
+
+# --- CSRF ------------------------------------------------------------------------------------
+
+
+def _nonce_mac(secret: bytes, token: str, issued: int) -> str:
+    message = f"form-nonce:{token}:{issued}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
+
+
+def form_nonce(secret: bytes, token: str, now: float | None = None) -> str:
+    """A nonce for a form shown for `token` now: `ISSUED.MAC`."""
+    issued = int(now if now is not None else time.time())
+    return f"{issued}.{_nonce_mac(secret, token, issued)}"
+
+
+def nonce_valid(secret: bytes, token: str, nonce: str, now: float | None = None) -> bool:
+    """Whether `nonce` was made for `token` by this server within NONCE_SECONDS."""
+    issued_text, _, mac = nonce.partition(".")
+    if not issued_text.isdigit() or len(issued_text) > 12:
+        return False
+    issued = int(issued_text)
+    current = now if now is not None else time.time()
+    if not -60 <= current - issued <= NONCE_SECONDS:
+        return False
+    return hmac.compare_digest(mac, _nonce_mac(secret, token, issued))
+
+
+def same_origin(request: web.Request) -> bool:
+    """False when the browser says the form was posted from another site (Origin, else Referer).
+    Requests without either (mail providers' one-click POSTs, old browsers) pass: the nonce and
+    the signed token protect those."""
+    settings: Settings = request.app[SETTINGS]
+    allowed = {_origin(settings.public_url), _origin(str(request.url))}
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return origin in allowed
+    referer = request.headers.get("Referer")
+    if referer:
+        return _origin(referer) in allowed
+    return True
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+# --- the e-mail a link came from ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmailRef:
+    email_id: int | None = None
+    newsletter_id: int | None = None
+
+    def query(self) -> str:
+        return f"?e={self.email_id}" if self.email_id else ""
+
+
+async def email_ref(conn: asyncpg.Connection | asyncpg.Pool, account_id: int, raw: str | None) -> EmailRef:
+    """The `?e=EMAIL_ID` of a link, if it names an e-mail sent to this account; otherwise empty.
+    The id is not a secret: the signed token is what authorises, the id only says where from."""
+    if not raw or not raw.isdigit() or len(raw) > 18:
+        return EmailRef()
+    row = await conn.fetchrow(Q.email_of_account, int(raw), account_id)
+    if row is None:
+        return EmailRef()
+    return EmailRef(row["id"], row["newsletter_id"])
+
+
+async def record_event(
+    conn: asyncpg.Connection,
+    kind: str,
+    account_id: int,
+    ref: EmailRef,
+    method: str,
+    detail: Mapping[str, Any],
+) -> None:
+    """Append an unsubscribe/resubscribe/preferences event naming the e-mail and newsletter."""
+    await conn.execute(
+        Q.insert_member_event,
+        kind,
+        account_id,
+        ref.email_id,
+        ref.newsletter_id,
+        method,
+        dict(detail),
+    )

@@ -1,0 +1,176 @@
+-- Newsletters: drafts, the status machine, the frozen audience (fan-out) and the figures.
+
+-- name: insert_newsletter
+INSERT INTO newsletters (subject, preheader, body, body_format, created_by, updated_by)
+VALUES ($1, $2, $3, $4, $5, $5)
+RETURNING *;
+
+-- name: update_newsletter_draft
+-- Only a draft can be edited; a scheduled one goes back to draft by cancelling its schedule.
+UPDATE newsletters
+SET subject = $2, preheader = $3, body = $4, body_format = $5, updated_by = $6, updated_at = now()
+WHERE id = $1 AND status = 'draft'
+RETURNING *;
+
+-- name: get_newsletter
+SELECT * FROM newsletters WHERE id = $1;
+
+-- name: list_newsletters
+-- Newest first, keyset-paginated by id; $2 NULL means all statuses.
+SELECT * FROM newsletters
+WHERE ($1::bigint IS NULL OR id < $1) AND ($2::text IS NULL OR status = $2)
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: schedule_newsletter
+UPDATE newsletters
+SET status = 'scheduled', scheduled_at = $2, updated_by = $3, updated_at = now()
+WHERE id = $1 AND status IN ('draft', 'scheduled')
+RETURNING *;
+
+-- name: unschedule_newsletter
+UPDATE newsletters
+SET status = 'draft', scheduled_at = NULL, updated_by = $2, updated_at = now()
+WHERE id = $1 AND status = 'scheduled'
+RETURNING *;
+
+-- name: start_newsletter
+-- The one conditional update that moves a newsletter to `sending`: of any number of workers
+-- or requests, exactly one gets the row back and performs the fan-out.
+UPDATE newsletters
+SET status = 'sending', started_at = now(), updated_at = now()
+WHERE id = $1 AND status IN ('draft', 'scheduled')
+RETURNING *;
+
+-- name: due_newsletters
+SELECT id FROM newsletters
+WHERE status = 'scheduled' AND scheduled_at <= $1
+ORDER BY scheduled_at, id
+LIMIT $2;
+
+-- name: fan_out_newsletter
+-- Freeze the audience into one outbox row per member, in one statement. Audience: opted in;
+-- when $3 (double opt-in) their latest newsletter consent is granted and confirmed; address not
+-- suppressed for everything or for newsletters. Re-running adds nobody twice.
+INSERT INTO emails (kind, queue, account_id, to_address, template, subject, context, newsletter_id)
+SELECT 'newsletter', $2, a.id, a.email, 'newsletter', n.subject,
+       jsonb_build_object('name', a.name), n.id
+FROM newsletters n
+JOIN accounts a ON a.newsletter
+WHERE n.id = $1
+  AND (NOT $3::boolean OR (
+        SELECT c.granted AND c.confirmed_at IS NOT NULL
+        FROM consents c
+        WHERE c.account_id = a.id AND c.topic = 'newsletter'
+        ORDER BY c.id DESC
+        LIMIT 1) IS TRUE)
+  AND NOT EXISTS (
+        SELECT 1 FROM suppressions s
+        WHERE s.address_hash = sha256(convert_to(lower(btrim(a.email)), 'UTF8'))
+          AND s.list IN ('all', 'newsletter'))
+ORDER BY a.id
+ON CONFLICT (newsletter_id, account_id) WHERE newsletter_id IS NOT NULL AND kind = 'newsletter'
+DO NOTHING;
+
+-- name: set_newsletter_recipients
+UPDATE newsletters
+SET recipients = (SELECT count(*) FROM emails WHERE newsletter_id = $1 AND kind = 'newsletter')
+WHERE id = $1
+RETURNING recipients;
+
+-- name: sending_newsletters
+SELECT id FROM newsletters WHERE status = 'sending' ORDER BY id;
+
+-- name: finish_newsletter
+-- `sent` only when no recipient row is still queued or sending.
+UPDATE newsletters
+SET status = 'sent', finished_at = now(), updated_at = now()
+WHERE id = $1 AND status = 'sending'
+  AND NOT EXISTS (
+        SELECT 1 FROM emails
+        WHERE newsletter_id = $1 AND kind = 'newsletter' AND status IN ('queued', 'sending'))
+RETURNING *;
+
+-- name: cancel_newsletter
+UPDATE newsletters
+SET status = 'cancelled', cancelled_at = now(), updated_by = $2, updated_at = now()
+WHERE id = $1 AND status IN ('draft', 'scheduled', 'sending')
+RETURNING *;
+
+-- name: cancel_newsletter_emails
+-- Rows not yet handed to a worker are cancelled; a row being sent right now finishes.
+UPDATE emails SET status = 'cancelled'
+WHERE newsletter_id = $1 AND kind = 'newsletter' AND status = 'queued';
+
+-- name: newsletter_delivery_figures
+SELECT count(*) AS recipients,
+       count(*) FILTER (WHERE status = 'sent') AS sent,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'suppressed') AS suppressed,
+       count(*) FILTER (WHERE status IN ('queued', 'sending')) AS pending,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+FROM emails
+WHERE newsletter_id = $1 AND kind = 'newsletter';
+
+-- name: newsletter_event_figures
+SELECT count(DISTINCT account_id) FILTER (WHERE kind IN ('bounced', 'hard_bounce')) AS bounced,
+       count(DISTINCT account_id) FILTER (WHERE kind = 'complained') AS complained,
+       count(DISTINCT account_id) FILTER (WHERE kind = 'unsubscribed') AS unsubscribed,
+       count(DISTINCT account_id) FILTER (WHERE kind = 'resubscribed') AS resubscribed
+FROM events
+WHERE newsletter_id = $1;
+
+-- name: newsletter_account
+SELECT id, external_id, email, name, newsletter FROM accounts WHERE external_id = $1;
+
+-- name: newsletter_versions
+-- What a renderer needs of the newsletters of a claimed batch.
+SELECT id, subject, preheader, body, body_format, updated_at FROM newsletters WHERE id = ANY($1::bigint[]);
+
+-- name: email_of_account
+-- The e-mail a member's link came from (`?e=`), only if it was sent to that member.
+SELECT id, newsletter_id FROM emails WHERE id = $1 AND account_id = $2;
+
+-- name: insert_member_event
+INSERT INTO events (kind, account_id, email_id, newsletter_id, method, detail)
+VALUES ($1, $2, $3, $4, $5, $6);
+
+-- name: member_for_update
+SELECT id, email, name, digest_frequency, digest_hour, digest_weekday, timezone, newsletter
+FROM accounts WHERE id = $1 FOR UPDATE;
+
+-- name: member
+SELECT id, email, name, digest_frequency, digest_hour, digest_weekday, timezone, newsletter
+FROM accounts WHERE id = $1;
+
+-- name: last_digest_frequency
+-- What the member had before digests were turned off through an unsubscribe link.
+SELECT detail->>'previous_frequency' FROM events
+WHERE account_id = $1 AND kind = 'unsubscribed' AND detail->>'list' IN ('digest', 'all')
+ORDER BY id DESC LIMIT 1;
+
+-- name: unconfirmed_opt_ins
+-- Opted-in members whose latest newsletter consent is unconfirmed and not yet asked about.
+SELECT a.id AS account_id, a.email, a.name, c.id AS consent_id
+FROM accounts a
+CROSS JOIN LATERAL (
+    SELECT id, granted, confirmed_at FROM consents
+    WHERE account_id = a.id AND topic = 'newsletter'
+    ORDER BY id DESC LIMIT 1) c
+WHERE a.newsletter AND c.granted AND c.confirmed_at IS NULL
+  AND NOT EXISTS (
+        SELECT 1 FROM emails e
+        WHERE e.account_id = a.id AND e.kind = 'confirmation' AND e.idempotency_key = 'confirm:' || c.id)
+LIMIT $1;
+
+-- name: insert_confirmation_email
+INSERT INTO emails (kind, queue, account_id, to_address, template, context, idempotency_key)
+SELECT 'confirmation', $2, $1, $3, $4, $5, $6
+WHERE NOT EXISTS (
+    SELECT 1 FROM emails WHERE account_id = $1 AND kind = 'confirmation' AND idempotency_key = $6);
+
+-- name: confirm_opt_in
+UPDATE consents SET confirmed_at = now()
+WHERE id = (SELECT id FROM consents WHERE account_id = $1 AND topic = 'newsletter' ORDER BY id DESC LIMIT 1)
+  AND granted AND confirmed_at IS NULL
+RETURNING id;

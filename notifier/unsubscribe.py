@@ -1,0 +1,222 @@
+"""Unsubscribe: `GET /u/{token}` shows a page and changes nothing; `POST /u/{token}` acts.
+
+The POST is RFC 8058 one-click: a mailbox provider posts `List-Unsubscribe=One-Click` as
+`application/x-www-form-urlencoded` or `multipart/form-data`, with no cookie, and gets 200 with
+no redirect. The page's own button posts the same field. The token names the member and the list:
+`digest` turns digests off, `newsletter` opts out of the newsletter (a consent withdrawal row),
+`all` does both. Every change is an `unsubscribed` / `resubscribed` event naming the method and,
+when the link carries `?e=EMAIL_ID` (as List-Unsubscribe URLs do), the e-mail and newsletter.
+All changes go through `preferences.apply_preferences` (audit actor: the member).
+
+`POST /v1/inbound/unsubscribe` (scope admin) is the mailto path: a mail provider's inbound webhook
+(or an operator's script in front of an MTA) posts the message's recipient address, and the token
+in its local part (`unsubscribe+TOKEN@…`) or the subject unsubscribes the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from notifier import audit, consent, pages, preferences, tokens
+from notifier.auth import requires
+from notifier.db import Q
+from notifier.problems import Problem, read_model
+from notifier.resources import POOL, SETTINGS
+
+LIST_LABELS = {
+    "digest": "inbox summary e-mails (digests)",
+    "newsletter": "the newsletter",
+    "all": "digests and the newsletter",
+}
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def unsubscribe(
+    conn: asyncpg.Connection, account_id: int, list_name: str, ref: pages.EmailRef, method: str
+) -> bool:
+    """Take the member off `list_name`. Idempotent: True when something changed (then one
+    `unsubscribed` event is written), False when already off. Raises preferences.AccountNotFound."""
+    async with conn.transaction():
+        before = await conn.fetchrow(Q.member_for_update, account_id)
+        if before is None:
+            raise preferences.AccountNotFound(account_id)
+        changes: dict[str, Any] = {}
+        if list_name in ("digest", "all") and before["digest_frequency"] != "off":
+            changes["digest_frequency"] = "off"
+        if list_name in ("newsletter", "all") and before["newsletter"]:
+            changes["newsletter"] = False
+        if not changes:
+            return False
+        await preferences.apply_preferences(conn, account_id, changes, audit.MEMBER, method)
+        detail: dict[str, Any] = {"list": list_name, "changes": sorted(changes)}
+        if "digest_frequency" in changes:
+            detail["previous_frequency"] = before["digest_frequency"]
+        await pages.record_event(conn, "unsubscribed", account_id, ref, method, detail)
+    return True
+
+
+async def resubscribe(
+    conn: asyncpg.Connection, account_id: int, list_name: str, ref: pages.EmailRef, method: str
+) -> bool:
+    """Undo an unsubscribe: the newsletter opt-in again (with the consent wording), digests back
+    at the frequency they had (daily if unknown). Idempotent like `unsubscribe`."""
+    async with conn.transaction():
+        before = await conn.fetchrow(Q.member_for_update, account_id)
+        if before is None:
+            raise preferences.AccountNotFound(account_id)
+        changes: dict[str, Any] = {}
+        if list_name in ("digest", "all") and before["digest_frequency"] == "off":
+            previous = await conn.fetchval(Q.last_digest_frequency, account_id)
+            changes["digest_frequency"] = previous if previous and previous != "off" else "daily"
+        if list_name in ("newsletter", "all") and not before["newsletter"]:
+            changes["newsletter"] = True
+        if not changes:
+            return False
+        await preferences.apply_preferences(
+            conn,
+            account_id,
+            changes,
+            audit.MEMBER,
+            method,
+            wording=consent.WORDING if "newsletter" in changes else None,
+            wording_version=consent.WORDING_VERSION if "newsletter" in changes else None,
+        )
+        await pages.record_event(
+            conn, "resubscribed", account_id, ref, method, {"list": list_name, "changes": sorted(changes)}
+        )
+    return True
+
+
+def _context(
+    request: web.Request, token: str, found: tokens.Token, member: Any, ref: pages.EmailRef
+) -> dict[str, Any]:
+    settings = request.app[SETTINGS]
+    prefs_token = tokens.sign(settings.secret, "preferences", found.account_id, "all")
+    subscribed = {
+        "digest": member["digest_frequency"] != "off",
+        "newsletter": member["newsletter"],
+        "all": member["digest_frequency"] != "off" or member["newsletter"],
+    }[found.list]
+    return {
+        "list_label": LIST_LABELS[found.list],
+        "list_name": found.list,
+        "subscribed": subscribed,
+        "action": f"/u/{token}{ref.query()}",
+        "preferences_url": f"/preferences/{prefs_token}{ref.query()}",
+        "nonce": pages.form_nonce(settings.secret, token),
+    }
+
+
+async def get_unsubscribe(request: web.Request) -> web.Response:
+    """The confirmation page. Changes nothing, whatever follows the link."""
+    token = request.match_info["token"]
+    found = tokens.verify(request.app[SETTINGS].secret, token, "unsubscribe")
+    if found is None:
+        return pages.not_found(request)
+    pool = request.app[POOL]
+    member = await pool.fetchrow(Q.member, found.account_id)
+    if member is None:
+        return pages.not_found(request)
+    ref = await pages.email_ref(pool, found.account_id, request.query.get("e"))
+    return pages.render(
+        request,
+        "unsubscribe.html",
+        title="Unsubscribe",
+        state="confirm",
+        **_context(request, token, found, member, ref),
+    )
+
+
+async def post_unsubscribe(request: web.Request) -> web.Response:
+    """One-click unsubscribe (RFC 8058), or the page's resubscribe button. 200, no redirect."""
+    token = request.match_info["token"]
+    settings = request.app[SETTINGS]
+    found = tokens.verify(settings.secret, token, "unsubscribe")
+    if found is None:
+        return pages.not_found(request)
+    if request.content_type not in FORM_TYPES:
+        return pages.render(request, "invalid.html", status=415, title="Send the form as a web form")
+    form = await request.post()
+    pool = request.app[POOL]
+    async with pool.acquire() as conn:
+        ref = await pages.email_ref(conn, found.account_id, request.query.get("e"))
+        try:
+            if form.get("action") == "resubscribe":
+                nonce = str(form.get("nonce", ""))
+                if not pages.same_origin(request) or not pages.nonce_valid(settings.secret, token, nonce):
+                    return pages.render(
+                        request, "expired.html", status=403, title="Please try again", again=request.path_qs
+                    )
+                await resubscribe(conn, found.account_id, found.list, ref, "unsubscribe-page")
+                state = "resubscribed"
+            elif form.get("List-Unsubscribe") == "One-Click":
+                method = "unsubscribe-page" if form.get("via") == "page" else "one-click"
+                await unsubscribe(conn, found.account_id, found.list, ref, method)
+                state = "done"
+            else:
+                return pages.render(
+                    request, "invalid.html", status=400, title="This request is not an unsubscribe"
+                )
+        except preferences.AccountNotFound:
+            return pages.not_found(request)
+        member = await conn.fetchrow(Q.member, found.account_id)
+    return pages.render(
+        request,
+        "unsubscribe.html",
+        title="Unsubscribed" if state == "done" else "Subscribed again",
+        state=state,
+        **_context(request, token, found, member, ref),
+    )
+
+
+# --- mailto ----------------------------------------------------------------------------------
+
+_TOKEN_IN_ADDRESS = re.compile(r"^[^+@\s]+\+([A-Za-z0-9_-]{20,64})@", re.ASCII)
+
+
+class InboundMail(BaseModel):
+    """What an inbound-mail webhook tells us: the address the message was sent to, its subject."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    recipient: str = Field(min_length=3, max_length=320)
+    subject: str = Field(default="", max_length=2000)
+
+
+@requires("admin")
+async def inbound_unsubscribe(request: web.Request) -> web.Response:
+    """A mailto unsubscribe delivered by a mail provider's webhook. 200 `{unsubscribed: bool}`;
+    422 when no valid token is found (the message is then ignored)."""
+    body = await read_model(request, InboundMail)
+    secret = request.app[SETTINGS].secret
+    candidates = []
+    match = _TOKEN_IN_ADDRESS.match(body.recipient.strip())
+    if match:
+        candidates.append(match[1])
+    # The List-Unsubscribe mailto puts `unsubscribe-TOKEN` in the subject; replies add "Re:".
+    for word in body.subject.split()[:20]:
+        candidates.append(word.removeprefix("unsubscribe-").removeprefix("UNSUBSCRIBE-"))
+    found = next((t for c in candidates if (t := tokens.verify(secret, c, "unsubscribe")) is not None), None)
+    if found is None:
+        raise Problem(
+            422,
+            "no valid unsubscribe token in the recipient address or subject",
+            errors=[{"field": "recipient", "message": "expected unsubscribe+TOKEN@…"}],
+        )
+    async with request.app[POOL].acquire() as conn:
+        try:
+            changed = await unsubscribe(conn, found.account_id, found.list, pages.EmailRef(), "mailto")
+        except preferences.AccountNotFound:
+            raise Problem(404, "the member no longer exists") from None
+    return web.json_response({"unsubscribed": True, "changed": changed, "list": found.list})
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/u/{token}", get_unsubscribe)
+    app.router.add_post("/u/{token}", post_unsubscribe)
+    app.router.add_post("/v1/inbound/unsubscribe", inbound_unsubscribe)

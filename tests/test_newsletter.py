@@ -1,0 +1,366 @@
+"""Newsletters: the API, the sandbox, the frozen audience, delivery through the outbox, the status
+machine, scheduling, cancelling, double opt-in and exactly-once under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from arq import ArqRedis
+
+from notifier import auth, newsletter, queues, suppression
+from notifier.newsletter_render import Draft, PreparedCache, TemplateProblem, check, markdown_to_html
+from notifier.settings import Settings
+from tests.conftest import BurstWorker, MailSink
+from tests.factory import Factory
+
+BODY = "# Hello {{ first_name }}\n\nNews for **{{ name }}**: [read more](https://example.org/news?a=1&b=2)."
+
+
+@pytest.fixture
+async def headers(pool: asyncpg.Pool) -> dict[str, str]:
+    _, key = await auth.create_key(pool, "marketing", ["newsletters"])
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def create(client: TestClient[Any, Any], headers: dict[str, str], **fields: Any) -> dict[str, Any]:
+    body = {"subject": "News for {{ first_name }}", "preheader": "This month", "body": BODY, **fields}
+    resp = await client.post("/v1/newsletters", json=body, headers=headers)
+    assert resp.status == 201, await resp.text()
+    result: dict[str, Any] = await resp.json()
+    return result
+
+
+async def send_and_deliver(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    run_worker: BurstWorker,
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+    newsletter_id: int,
+) -> dict[str, Any]:
+    resp = await client.post(f"/v1/newsletters/{newsletter_id}/send", headers=headers)
+    assert resp.status == 202, await resp.text()
+    await run_worker(queues.BULK)
+    await newsletter.tick(pool, redis, settings)
+    resp = await client.get(f"/v1/newsletters/{newsletter_id}", headers=headers)
+    result: dict[str, Any] = await resp.json()
+    return result
+
+
+async def test_scope_is_required(client: TestClient[Any, Any], pool: asyncpg.Pool) -> None:
+    _, key = await auth.create_key(pool, "other", ["messages"])
+    resp = await client.post(
+        "/v1/newsletters", json={"subject": "x", "body": "y"}, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert resp.status == 403
+    assert (await client.get("/v1/newsletters")).status == 401
+
+
+async def test_create_edit_list_and_get(client: TestClient[Any, Any], headers: dict[str, str]) -> None:
+    first = await create(client, headers)
+    assert first["status"] == "draft" and first["body_format"] == "markdown"
+    assert first["created_by"] == "api_key:marketing"
+    second = await create(client, headers, body="<p>Hi {{ name }}</p>", body_format="html")
+
+    resp = await client.patch(f"/v1/newsletters/{first['id']}", json={"subject": "Changed"}, headers=headers)
+    assert resp.status == 200
+    assert (await resp.json())["subject"] == "Changed"
+
+    resp = await client.get("/v1/newsletters?limit=1", headers=headers)
+    page = await resp.json()
+    assert [n["id"] for n in page["items"]] == [second["id"]]
+    resp = await client.get(f"/v1/newsletters?limit=1&cursor={page['next_cursor']}", headers=headers)
+    assert [n["id"] for n in (await resp.json())["items"]] == [first["id"]]
+
+    resp = await client.get(f"/v1/newsletters/{first['id']}", headers=headers)
+    got = await resp.json()
+    assert got["subject"] == "Changed"
+    assert got["figures"] == {
+        "recipients": 0, "sent": 0, "failed": 0, "suppressed": 0, "pending": 0, "cancelled": 0,
+        "bounced": 0, "complained": 0, "unsubscribed": 0, "resubscribed": 0,
+    }  # fmt: skip
+    assert (await client.get("/v1/newsletters/999999", headers=headers)).status == 404
+    assert (await client.get("/v1/newsletters/abc", headers=headers)).status == 404
+    assert (await client.get("/v1/newsletters?status=bogus", headers=headers)).status == 422
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"subject": "", "body": "x"}, "subject"),
+        ({"subject": "a\r\nBcc: x@example.org", "body": "x"}, "subject"),
+        ({"subject": "ok", "body": "x", "body_format": "pdf"}, "body_format"),
+        ({"subject": "ok", "body": "{% if %}"}, "body"),
+        ({"subject": "Hi {{ nickname }}", "body": "x"}, "subject"),
+        ({"subject": "ok", "body": "Hi {{ nickname }}"}, "body"),
+        ({"subject": "{{ ''.__class__.__mro__ }}", "body": "x"}, "subject"),
+        ({"subject": "ok", "body": "x", "extra": 1}, "extra"),
+    ],
+)
+async def test_invalid_drafts_are_422_naming_the_field(
+    client: TestClient[Any, Any], headers: dict[str, str], body: dict[str, Any], field: str
+) -> None:
+    resp = await client.post("/v1/newsletters", json=body, headers=headers)
+    assert resp.status == 422, await resp.text()
+    problem = await resp.json()
+    assert resp.content_type == "application/problem+json"
+    assert [e["field"] for e in problem["errors"]] == [field], problem
+
+
+def test_sandbox_refuses_unsafe_attribute_access(settings: Settings) -> None:
+    draft = Draft(1, "x", "", "{{ name.__class__.__mro__[1].__subclasses__() }}", "markdown")
+    with pytest.raises(TemplateProblem):
+        check(settings, draft)
+
+
+def test_markdown_keeps_jinja_tags_intact() -> None:
+    html = markdown_to_html('{% if name %}Dear "{{ name|default("you") }}"{% endif %}')
+    assert '{{ name|default("you") }}' in html
+    assert "{% if name %}" in html
+
+
+def test_shared_parts_are_prepared_once_per_version(settings: Settings) -> None:
+    cache = PreparedCache()
+    draft = Draft(7, "Hi {{ name }}", "pre", BODY, "markdown", datetime(2026, 1, 1, tzinfo=UTC))
+    personal = {
+        "name": "<Ann>", "first_name": "Ann", "email": "a@example.org",
+        "unsubscribe_url": "https://x/u/T?e=1", "preferences_url": "https://x/preferences/P",
+    }  # fmt: skip
+    outs = [cache.get(settings, draft).render(personal) for _ in range(50)]
+    assert cache.misses == 1
+    html = outs[0].html
+    assert "&lt;Ann&gt;" in html and "<Ann>" not in html  # autoescaped in HTML
+    assert "style=" in html  # CSS inlined
+    assert 'href="https://x/u/T?e=1"' in html and "1 Example Street" in html
+    assert outs[0].subject == "Hi <Ann>"
+    assert "https://x/u/T?e=1" in outs[0].text and "<Ann>" in outs[0].text
+    edited = Draft(7, "Hi {{ name }}", "pre", "changed", "markdown", datetime(2026, 1, 2, tzinfo=UTC))
+    assert "changed" in cache.get(settings, edited).render(personal).html
+    assert cache.misses == 2
+
+
+async def test_preview_for_an_account(
+    client: TestClient[Any, Any], headers: dict[str, str], factory: Factory
+) -> None:
+    await factory.account(external_id="ann", name="Ann Lee", newsletter=True)
+    created = await create(client, headers)
+    resp = await client.get(f"/v1/newsletters/{created['id']}/preview?account=ann", headers=headers)
+    assert resp.status == 200
+    preview = await resp.json()
+    assert preview["subject"] == "News for Ann"
+    assert "Hello Ann" in preview["html"] and "<strong>Ann Lee</strong>" in preview["html"]
+    assert "https://notifier.test/u/" in preview["html"] and "/preferences/" in preview["html"]
+    assert "1 Example Street, Exampletown" in preview["text"]
+    resp = await client.get(f"/v1/newsletters/{created['id']}/preview?format=html", headers=headers)
+    assert resp.content_type == "text/html" and "Ada" in await resp.text()
+    resp = await client.get(f"/v1/newsletters/{created['id']}/preview?account=nobody", headers=headers)
+    assert resp.status == 404
+
+
+async def test_test_send_goes_to_the_given_addresses(
+    client: TestClient[Any, Any], headers: dict[str, str], run_worker: BurstWorker, smtp: MailSink
+) -> None:
+    created = await create(client, headers)
+    resp = await client.post(
+        f"/v1/newsletters/{created['id']}/test",
+        json={"to": ["proof@example.org", "boss@example.org"]},
+        headers=headers,
+    )
+    assert resp.status == 202
+    await run_worker(queues.SERVICE)
+    assert sorted(r.recipients[0] for r in smtp.received) == ["boss@example.org", "proof@example.org"]
+    message = smtp.received[0].message
+    assert str(message["Subject"]).startswith("[TEST] News for")
+    assert message["From"] == "Example News <news@example.org>"
+    resp = await client.post(f"/v1/newsletters/{created['id']}/test", json={"to": ["nope"]}, headers=headers)
+    assert resp.status == 422
+    resp = await client.get(f"/v1/newsletters/{created['id']}", headers=headers)
+    assert (await resp.json())["status"] == "draft"
+
+
+async def test_audience_is_frozen_and_each_member_gets_one_message(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    factory: Factory,
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+    run_worker: BurstWorker,
+    smtp: MailSink,
+) -> None:
+    fans = [await factory.account(newsletter=True) for _ in range(5)]
+    await factory.account(newsletter=False)
+    bounced = await factory.account(newsletter=True, email="Gone@Example.com")
+    await suppression.add(pool, "gone@example.com", "hard_bounce", "all")
+    left = await factory.account(newsletter=True)
+    await suppression.add(pool, left["email"], "unsubscribed", "newsletter")
+    created = await create(client, headers)
+
+    got = await send_and_deliver(client, headers, run_worker, pool, redis, settings, created["id"])
+
+    assert got["status"] == "sent" and got["recipients"] == 5
+    assert got["figures"]["sent"] == 5 and got["figures"]["pending"] == 0
+    received = sorted(r.recipients[0] for r in smtp.received)
+    assert received == sorted(a["email"] for a in fans)
+    assert bounced["email"] not in received
+    # The audience was frozen: a member joining later is not added, sending again is refused.
+    await factory.account(newsletter=True)
+    resp = await client.post(f"/v1/newsletters/{created['id']}/send", headers=headers)
+    assert resp.status == 409
+    assert await newsletter.start(pool, settings, created["id"]) is None
+    assert await pool.fetchval("SELECT count(*) FROM emails WHERE newsletter_id = $1", created["id"]) == 5
+    resp = await client.patch(f"/v1/newsletters/{created['id']}", json={"subject": "late"}, headers=headers)
+    assert resp.status == 409
+
+
+async def test_parallel_starts_fan_out_once(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    factory: Factory,
+    pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    for _ in range(30):
+        await factory.account(newsletter=True)
+    created = await create(client, headers)
+    results = await asyncio.gather(*(newsletter.start(pool, settings, created["id"]) for _ in range(4)))
+    assert sorted(results, key=lambda r: r or 0) == [None, None, None, 30]
+    assert await pool.fetchval("SELECT count(*) FROM emails WHERE newsletter_id = $1", created["id"]) == 30
+
+
+async def test_resumes_after_a_crash_and_sends_each_once(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    factory: Factory,
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+    run_worker: BurstWorker,
+    smtp: MailSink,
+) -> None:
+    for _ in range(6):
+        await factory.account(newsletter=True)
+    created = await create(client, headers)
+    await newsletter.start(pool, settings, created["id"])
+    # A worker claimed two rows and died (its lease ran out); two others were already sent.
+    await pool.execute(
+        """UPDATE emails SET status = 'sending', locked_until = now() - interval '1 minute', attempts = 1
+           WHERE id IN (SELECT id FROM emails WHERE newsletter_id = $1 ORDER BY id LIMIT 2)""",
+        created["id"],
+    )
+    await pool.execute(
+        """UPDATE emails SET status = 'sent', sent_at = now()
+           WHERE id IN (SELECT id FROM emails WHERE newsletter_id = $1 AND status = 'queued' ORDER BY id LIMIT 2)""",
+        created["id"],
+    )
+    assert await newsletter.finish_done(pool) == []  # rows still queued or sending: not sent
+    await redis.flushdb()  # the doorbells are lost too
+    await newsletter.tick(pool, redis, settings)
+    from notifier import outbox
+
+    await outbox.sweep(pool, redis)
+    await run_worker(queues.BULK)
+    assert len(smtp.received) == 4  # the two crashed ones and the two never claimed
+    assert len({r.recipients[0] for r in smtp.received}) == 4
+    await newsletter.tick(pool, redis, settings)
+    assert await pool.fetchval("SELECT status FROM newsletters WHERE id = $1", created["id"]) == "sent"
+
+
+async def test_schedule_then_the_tick_starts_it(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    factory: Factory,
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+) -> None:
+    await factory.account(newsletter=True)
+    created = await create(client, headers)
+    at = datetime.now(UTC) + timedelta(hours=2)
+    resp = await client.post(
+        f"/v1/newsletters/{created['id']}/send", json={"at": at.isoformat()}, headers=headers
+    )
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "scheduled"
+    assert (await newsletter.tick(pool, redis, settings, now=at - timedelta(minutes=1)))["started"] == []
+    assert (await newsletter.tick(pool, redis, settings, now=at + timedelta(seconds=1)))["started"] == [
+        created["id"]
+    ]
+    row = await pool.fetchrow("SELECT status, recipients FROM newsletters WHERE id = $1", created["id"])
+    assert (row["status"], row["recipients"]) == ("sending", 1)
+    resp = await client.post(
+        f"/v1/newsletters/{created['id']}/send", json={"at": "2026-01-01T10:00:00"}, headers=headers
+    )
+    assert resp.status == 422  # no time zone
+
+
+async def test_unschedule_and_cancel(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    factory: Factory,
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+    run_worker: BurstWorker,
+    smtp: MailSink,
+) -> None:
+    for _ in range(3):
+        await factory.account(newsletter=True)
+    created = await create(client, headers)
+    at = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    await client.post(f"/v1/newsletters/{created['id']}/send", json={"at": at}, headers=headers)
+    resp = await client.post(f"/v1/newsletters/{created['id']}/unschedule", headers=headers)
+    assert (await resp.json())["status"] == "draft"
+    await newsletter.start(pool, settings, created["id"])
+    resp = await client.post(f"/v1/newsletters/{created['id']}/cancel", headers=headers)
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["status"] == "cancelled" and body["figures"]["cancelled"] == 3
+    await run_worker(queues.BULK)
+    assert smtp.received == []
+    assert (await client.post(f"/v1/newsletters/{created['id']}/cancel", headers=headers)).status == 409
+
+
+async def test_double_opt_in_only_confirmed_members_receive(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    factory: Factory,
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+    run_worker: BurstWorker,
+    smtp: MailSink,
+) -> None:
+    from notifier.audit import MEMBER
+    from notifier.preferences import apply_preferences
+
+    settings.newsletter_double_opt_in = True
+    ann = await factory.account()
+    bob = await factory.account()
+    async with pool.acquire() as conn:
+        for member in (ann, bob):
+            await apply_preferences(conn, member["id"], {"newsletter": True}, MEMBER, "api")
+    ticked = await newsletter.tick(pool, redis, settings)
+    assert ticked["confirmations"] == 2
+    assert (await newsletter.tick(pool, redis, settings))["confirmations"] == 0  # asked once
+    await run_worker(queues.SERVICE)
+    links = {r.recipients[0]: r.message.get_body(("plain",)).get_content() for r in smtp.received}  # type: ignore[union-attr]
+    confirm_url = next(line for line in links[ann["email"]].splitlines() if "/confirm/" in line).strip()
+    path = confirm_url[confirm_url.index("/confirm/") :]
+    page = await client.get(path)
+    assert page.status == 200
+    assert await pool.fetchval("SELECT confirmed_at FROM consents WHERE account_id = $1", ann["id"]) is None
+    nonce = (await page.text()).split('name="nonce" value="')[1].split('"')[0]
+    resp = await client.post(path, data={"nonce": nonce})
+    assert resp.status == 200 and "Thank you" in await resp.text()
+    smtp.clear()
+    created = await create(client, headers)
+    got = await send_and_deliver(client, headers, run_worker, pool, redis, settings, created["id"])
+    assert got["recipients"] == 1
+    assert [r.recipients[0] for r in smtp.received] == [ann["email"]]
