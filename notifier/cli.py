@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 from notifier import queues
@@ -120,6 +121,24 @@ async def cmd_api_key(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_digests(args: argparse.Namespace) -> int:
+    from notifier.digest import cli_preview, cli_run
+
+    settings = settings_for(args)
+    settings.require_secret()
+    if args.action == "run":
+        return await cli_run(settings, args.at)
+    return await cli_preview(settings, args.external_id, html=args.html)
+
+
+def _instant(value: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -189,6 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys.add_parser("revoke", help="revoke a key by id")
     k.add_argument("id", type=int)
     p.set_defaults(func=cmd_api_key)
+
+    p = sub.add_parser("digests", help="run the digest scheduler, preview a digest", description="Digests.")
+    digests = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    d = digests.add_parser("run", help="one scheduler pass: build and queue every digest due")
+    d.add_argument(
+        "--at", type=_instant, help="as of this ISO 8601 time (default: now; no zone means UTC)"
+    )
+    d = digests.add_parser("preview", help="render an account's next digest without sending it")
+    d.add_argument("external_id")
+    d.add_argument("--html", action="store_true", help="print the HTML part instead of the text")
+    p.set_defaults(func=cmd_digests)
 
     return parser
 

@@ -6,7 +6,7 @@ SELECT id, digest_frequency, digest_hour, digest_weekday, timezone, newsletter,
        digest_window_start, next_digest_at
 FROM accounts
 WHERE id = $1
-FOR UPDATE;
+FOR NO KEY UPDATE;
 
 -- name: preferences_by_external_id
 SELECT id, digest_frequency, digest_hour, digest_weekday, timezone, newsletter,
@@ -38,29 +38,31 @@ SELECT EXISTS (
 UPDATE accounts SET digest_window_start = $2, next_digest_at = $3 WHERE id = $1;
 
 -- name: schedule_immediate
--- Messages arrived for these accounts: members on "immediate" get an e-mail one coalescing
--- window ($2) after the first message that is not yet due. Locks in id order (no deadlock between
--- two batches), and only rows whose due time actually moves earlier.
+-- Messages arrived for these accounts at $3 (default: the transaction's time): members on
+-- "immediate" get an e-mail one coalescing window ($2) after the first message that is not yet
+-- due. Locks in id order (no deadlock between two batches), and only rows whose due time
+-- actually moves earlier.
 WITH due AS (
     SELECT id FROM accounts
     WHERE id = ANY($1::bigint[]) AND digest_frequency = 'immediate'
-      AND (next_digest_at IS NULL OR next_digest_at > now() + $2::interval)
+      AND (next_digest_at IS NULL OR next_digest_at > coalesce($3::timestamptz, now()) + $2::interval)
     ORDER BY id
-    FOR UPDATE
+    FOR NO KEY UPDATE
 )
-UPDATE accounts a SET next_digest_at = now() + $2::interval
+UPDATE accounts a SET next_digest_at = coalesce($3::timestamptz, now()) + $2::interval
 FROM due WHERE a.id = due.id;
 
 -- name: claim_due_accounts
 -- One batch of accounts whose digest is due, locked for this transaction; a concurrent pass skips
--- them and takes the next ones.
+-- them and takes the next ones. NO KEY UPDATE: intake inserting messages (a foreign-key share
+-- lock on the account) neither blocks nor is blocked by the pass.
 SELECT id, external_id, email, name, locale, digest_frequency, digest_hour, digest_weekday, timezone,
        digest_window_start, next_digest_at
 FROM accounts
 WHERE next_digest_at <= $1
 ORDER BY next_digest_at, id
 LIMIT $2
-FOR UPDATE SKIP LOCKED;
+FOR NO KEY UPDATE SKIP LOCKED;
 
 -- name: build_digests
 -- For the claimed batch (account, window start, window end, frequency): record a digest for every

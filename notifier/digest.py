@@ -1,0 +1,358 @@
+"""Digests: each member's unread inbox summarised at the frequency they chose, exactly once.
+
+`run_pass(pool, redis, settings, now)` is the scheduler pass (an arq cron runs it every minute;
+`notifier digests run` runs one by hand). It claims due accounts (`next_digest_at <= now`) a batch
+at a time with `FOR UPDATE SKIP LOCKED` and, in one transaction per batch and with a handful of
+set-based statements for the whole batch:
+
+1. records a digest per account that has something to say (unique (account_id, window_end)),
+   and marks its messages (unread, not archived, not yet digested, created before the window's
+   end) with the digest's id, in the same statement;
+2. writes one outbox row per digest (`emails`, kind digest, template `digest`, the content as
+   its context; unique per digest);
+3. advances each account's window: the next starts at the old end and ends at the next scheduled
+   time after now (missed windows are not replayed one by one: one digest covers them).
+
+Then it rings the delivery doorbell. Any number of passes may run at once: a locked account is
+skipped by the others, and the account row is only released with its window advanced, so no
+window gets two digests, no message gets into two digests (the UPDATE re-checks `digest_id IS
+NULL` under its row lock) and no message is lost (messages are selected by "not yet digested and
+created before the window's end", with no lower bound, so a late one goes in the next digest).
+
+Immediate members have no clock: the intake hook `messages_arrived` makes them due one
+coalescing window (`NOTIFIER_IMMEDIATE_COALESCE_SECONDS`) after the first waiting message, so
+whatever arrives in that window goes out as one e-mail with the same pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from arq import ArqRedis
+
+from notifier import mail, outbox, queues, schedule, tokens
+from notifier.db import Q
+from notifier.render import Rendered, Templates
+from notifier.settings import Settings
+
+log = logging.getLogger("notifier.digest")
+
+BATCH_SIZE = 500  # accounts per claim and transaction
+TEMPLATE = "digest"
+SNIPPET_CHARS = 160
+
+
+@dataclass
+class PassResult:
+    """What one scheduler pass did."""
+
+    accounts: int = 0  # due accounts whose window was closed
+    digests: int = 0  # digests recorded (accounts with something to say)
+    messages: int = 0  # messages put into those digests
+    emails: int = 0  # outbox rows written
+    skipped: list[int] = field(default_factory=list)  # accounts whose address cannot be mailed
+
+    def add(self, other: PassResult) -> None:
+        self.accounts += other.accounts
+        self.digests += other.digests
+        self.messages += other.messages
+        self.emails += other.emails
+        self.skipped += other.skipped
+
+
+# --- content -----------------------------------------------------------------------------------
+
+
+def _snippet(body: str) -> str:
+    text = " ".join(body.split())
+    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rstrip() + "…"
+
+
+def _when(at: datetime, tz: str) -> str:
+    local = at.astimezone(schedule.zone(tz))
+    return f"{local:%a} {local.day} {local:%b}, {local:%H:%M}"
+
+
+def build_context(
+    account: Mapping[str, Any],
+    messages: Sequence[Mapping[str, Any]],
+    settings: Settings,
+    window_start: datetime,
+    window_end: datetime,
+) -> dict[str, Any]:
+    """The template context of one digest (JSON-able; stored in the outbox row).
+
+    `messages` newest first. Categories are ordered by their newest message; each shows at most
+    `settings.digest_max_per_category` messages, newest first, and how many more there are.
+    """
+    limit = settings.digest_max_per_category
+    tz = account["timezone"]
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for m in messages:
+        groups.setdefault(m["category"], []).append(m)
+    categories = []
+    for name, items in groups.items():
+        shown = [
+            {
+                "subject": m["subject"],
+                "snippet": _snippet(m["body"]),
+                "url": m["url"],
+                "when": _when(m["created_at"], tz),
+            }
+            for m in items[:limit]
+        ]
+        categories.append(
+            {"name": name, "count": len(items), "messages": shown, "more": len(items) - len(shown)}
+        )
+    return {
+        "name": account["name"],
+        "frequency": account["digest_frequency"],
+        "total": len(messages),
+        "categories": categories,
+        "inbox_url": f"{settings.public_url}/inbox",
+        "window_start": window_start.astimezone(UTC).isoformat(),
+        "window_end": window_end.astimezone(UTC).isoformat(),
+    }
+
+
+# --- the scheduler pass --------------------------------------------------------------------------
+
+
+def _next_after(account: Mapping[str, Any], window_end: datetime, now: datetime) -> datetime | None:
+    return schedule.next_due(
+        account["digest_frequency"],
+        account["digest_hour"],
+        account["digest_weekday"],
+        account["timezone"],
+        max(window_end, now),
+    )
+
+
+async def _run_batch(
+    conn: asyncpg.Connection, settings: Settings, now: datetime, batch_size: int
+) -> PassResult:
+    result = PassResult()
+    accounts = await conn.fetch(Q.claim_due_accounts, now, batch_size)
+    if not accounts:
+        return result
+    result.accounts = len(accounts)
+    ids = [a["id"] for a in accounts]
+    ends = [a["next_digest_at"] for a in accounts]
+    rows = await conn.fetch(
+        Q.build_digests,
+        ids,
+        [a["digest_window_start"] for a in accounts],
+        ends,
+        [a["digest_frequency"] for a in accounts],
+    )
+    by_account: dict[int, list[asyncpg.Record]] = defaultdict(list)
+    for row in rows:
+        by_account[row["account_id"]].append(row)
+    if by_account:
+        digest_ids = [msgs[0]["digest_id"] for msgs in by_account.values()]
+        counts = [len(msgs) for msgs in by_account.values()]
+        await conn.execute(Q.fix_digest_counts, digest_ids, counts)
+    new_emails = []
+    for account in accounts:
+        msgs = by_account.get(account["id"])
+        if not msgs:
+            continue
+        result.digests += 1
+        result.messages += len(msgs)
+        try:
+            mail.check_address(account["email"])
+        except mail.HeaderError:
+            # Recorded as digested (the window is closed) but not mailable; never block the batch.
+            result.skipped.append(account["id"])
+            continue
+        context = build_context(
+            account, msgs, settings, account["digest_window_start"], account["next_digest_at"]
+        )
+        new_emails.append(
+            outbox.NewEmail(
+                kind="digest",
+                to_address=account["email"],
+                template=TEMPLATE,
+                context=context,
+                account_id=account["id"],
+                digest_id=msgs[0]["digest_id"],
+                queue=queues.DIGEST,
+            )
+        )
+    result.emails = len(await outbox.add_many(conn, new_emails))
+    await conn.execute(
+        Q.advance_windows,
+        ids,
+        ends,
+        [_next_after(a, end, now) for a, end in zip(accounts, ends, strict=True)],
+        timedelta(seconds=settings.immediate_coalesce_seconds),
+    )
+    return result
+
+
+async def run_pass(
+    pool: asyncpg.Pool,
+    redis: ArqRedis | None,
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    batch_size: int = BATCH_SIZE,
+) -> PassResult:
+    """Build every digest due at `now` (default: the clock), batch by batch until none is due,
+    and ring delivery after each batch commits (skipped when `redis` is None; the outbox sweep
+    rings within a minute then). Safe to run any number of times and in parallel: each window
+    gets at most one digest and each message at most one digest. Returns what it did."""
+    now = now or datetime.now(UTC)
+    total = PassResult()
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            batch = await _run_batch(conn, settings, now, batch_size)
+        total.add(batch)
+        if batch.emails and redis is not None:
+            await outbox.ring(redis, queues.DIGEST, batch.emails)
+        if batch.accounts < batch_size:
+            break
+    if total.accounts:
+        log.info(
+            "digest pass as of %s: %d due, %d digests, %d messages, %d e-mails",
+            now.isoformat(),
+            total.accounts,
+            total.digests,
+            total.messages,
+            total.emails,
+        )
+    for account_id in total.skipped:
+        log.warning("account %d has an address that cannot be mailed; its digest was not sent", account_id)
+    return total
+
+
+# --- immediate mode ------------------------------------------------------------------------------
+
+
+async def messages_arrived(
+    conn: asyncpg.Connection,
+    account_ids: Sequence[int],
+    settings: Settings,
+    at: datetime | None = None,
+) -> None:
+    """Intake calls this in the transaction that inserted messages for these accounts: members on
+    "immediate" become due one coalescing window after `at` (default: the transaction's time, as
+    the messages' `created_at`) unless already due sooner, so every message arriving in that
+    window goes out in one e-mail. Others are untouched: no row of theirs is locked or written."""
+    if not account_ids:
+        return
+    await conn.execute(
+        Q.schedule_immediate,
+        sorted(set(account_ids)),
+        timedelta(seconds=settings.immediate_coalesce_seconds),
+        at,
+    )
+
+
+# --- preview ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The next digest of an account as it would be sent now (None when there is nothing to say)."""
+
+    account_id: int
+    due: datetime | None
+    context: dict[str, Any] | None
+    rendered: Rendered | None
+
+
+class UnknownAccount(LookupError):
+    """No account with that external id."""
+
+
+def delivery_context(settings: Settings, account_id: int, to_address: str) -> dict[str, Any]:
+    """What delivery adds to a digest's context at send time (for previews)."""
+    unsubscribe = tokens.sign(settings.secret, "unsubscribe", account_id, "digest")
+    prefs = tokens.sign(settings.secret, "preferences", account_id, "all")
+    return {
+        "unsubscribe_url": f"{settings.public_url}/u/{unsubscribe}",
+        "preferences_url": f"{settings.public_url}/preferences/{prefs}",
+        "public_url": settings.public_url,
+        "postal_address": settings.postal_address,
+        "to_address": to_address,
+    }
+
+
+async def preview(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    external_id: str,
+    now: datetime | None = None,
+    templates: Templates | None = None,
+) -> Preview:
+    """Render the account's next digest without recording, marking or sending anything: the
+    messages it would hold if the window closed now (or at its due time, if that is earlier).
+    Raises UnknownAccount."""
+    now = now or datetime.now(UTC)
+    account = await pool.fetchrow(Q.preview_account, external_id)
+    if account is None:
+        raise UnknownAccount(external_id)
+    due: datetime | None = account["next_digest_at"]
+    end = min(due, now) if due is not None else now
+    messages = await pool.fetch(Q.preview_messages, account["id"], end)
+    if not messages:
+        return Preview(account["id"], due, None, None)
+    context = build_context(account, messages, settings, account["digest_window_start"], end)
+    full = {**context, **delivery_context(settings, account["id"], account["email"])}
+    rendered = (templates or Templates()).render(TEMPLATE, full)
+    return Preview(account["id"], due, context, rendered)
+
+
+# --- the arq job -------------------------------------------------------------------------------
+
+
+async def pass_job(ctx: dict[str, Any]) -> int:
+    """The cron job (digest queue, every minute): one pass as of now; returns e-mails written."""
+    result = await run_pass(ctx["pool"], ctx["redis"], ctx["settings"])
+    return result.emails
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+async def cli_run(settings: Settings, at: datetime | None) -> int:
+    """`notifier digests run [--at TIME]`: one pass, then print what it did."""
+    from notifier.resources import opened
+
+    async with opened(settings) as res:
+        result = await run_pass(res.pool, res.redis, settings, at)
+    print(
+        f"due accounts: {result.accounts}  digests: {result.digests}  "
+        f"messages: {result.messages}  e-mails queued: {result.emails}"
+        + (f"  not mailable: {len(result.skipped)}" if result.skipped else "")
+    )
+    return 0
+
+
+async def cli_preview(settings: Settings, external_id: str, *, html: bool = False) -> int:
+    """`notifier digests preview EXTERNAL_ID`: print the next digest; sends and marks nothing."""
+    from notifier.resources import open_pool
+    from notifier.settings import ConfigError
+
+    pool = await open_pool(settings)
+    try:
+        result = await preview(pool, settings, external_id)
+    except UnknownAccount:
+        raise ConfigError(f"no account with external_id {external_id!r}") from None
+    finally:
+        await pool.close()
+    due = result.due.isoformat() if result.due else "not scheduled"
+    if result.rendered is None:
+        print(f"nothing to say: no unread, undigested messages (next digest due: {due})")
+        return 0
+    print(f"Next digest due: {due}")
+    print(f"Subject: {result.rendered.subject}\n")
+    print(result.rendered.html if html else result.rendered.text)
+    return 0

@@ -1,0 +1,471 @@
+"""The digest pass: windows, content, exactly-once under parallel passes, immediate coalescing,
+preview and delivery to a real SMTP server. Time is always passed in, never waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from arq import ArqRedis
+
+from notifier import queues
+from notifier.audit import MEMBER
+from notifier.db import create_pool
+from notifier.digest import messages_arrived, preview, run_pass
+from notifier.preferences import apply_preferences
+from notifier.settings import Settings
+from tests.factory import Factory
+
+T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)  # a Monday, 08:00 UTC
+DAY = timedelta(days=1)
+
+
+async def daily(factory: Factory, start: datetime = T0, **fields: Any) -> asyncpg.Record:
+    """A daily (08:00 UTC) member whose window opened at `start`."""
+    return await factory.account(
+        digest_frequency="daily", digest_window_start=start, next_digest_at=start + DAY, **fields
+    )
+
+
+async def account(pool: asyncpg.Pool, account_id: int) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
+    assert row is not None
+    return row
+
+
+async def digest_emails(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await pool.fetch("SELECT * FROM emails WHERE kind = 'digest' ORDER BY id")
+    return rows
+
+
+async def test_daily_digest_content_and_window_advance(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    acc = await daily(factory, name="Ann Example")
+    for i in range(7):
+        await factory.message(
+            acc, category="events", subject=f"Event {i}", created_at=T0 + timedelta(hours=i + 1)
+        )
+    for i in range(2):
+        await factory.message(
+            acc,
+            category="news",
+            subject=f"News {i}",
+            url=f"https://example.org/n/{i}",
+            created_at=T0 + timedelta(hours=10 + i),
+        )
+    read = await factory.message(acc, subject="Read already", created_at=T0 + timedelta(hours=2), read_at=T0)
+    archived = await factory.message(acc, subject="Archived", archived_at=T0 + timedelta(hours=3))
+    late = await factory.message(acc, subject="After the window", created_at=T0 + DAY + timedelta(minutes=1))
+
+    assert (await run_pass(pool, redis, settings, T0 + DAY - timedelta(seconds=1))).accounts == 0
+    result = await run_pass(pool, redis, settings, T0 + DAY + timedelta(minutes=5))
+    assert (result.accounts, result.digests, result.messages, result.emails) == (1, 1, 9, 1)
+
+    digest = await pool.fetchrow("SELECT * FROM digests WHERE account_id = $1", acc["id"])
+    assert (digest["window_start"], digest["window_end"], digest["message_count"]) == (T0, T0 + DAY, 9)
+    assert digest["frequency"] == "daily"
+    in_digest = await pool.fetch("SELECT subject FROM messages WHERE digest_id = $1", digest["id"])
+    assert {r["subject"] for r in in_digest} == {*(f"Event {i}" for i in range(7)), "News 0", "News 1"}
+    for left in (read, archived, late):
+        assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", left["id"]) is None
+
+    [email] = await digest_emails(pool)
+    assert (email["queue"], email["template"], email["to_address"]) == (queues.DIGEST, "digest", acc["email"])
+    assert email["digest_id"] == digest["id"] and email["status"] == "queued"
+    ctx = email["context"]
+    assert ctx["name"] == "Ann Example" and ctx["total"] == 9 and ctx["frequency"] == "daily"
+    assert ctx["inbox_url"] == "https://notifier.test/inbox"
+    # Categories by their newest message; newest first inside; at most 5 with "and N more".
+    assert [c["name"] for c in ctx["categories"]] == ["news", "events"]
+    news, events = ctx["categories"]
+    assert [m["subject"] for m in news["messages"]] == ["News 1", "News 0"]
+    assert news["messages"][0]["url"] == "https://example.org/n/1"
+    assert (news["count"], news["more"]) == (2, 0)
+    assert [m["subject"] for m in events["messages"]] == [f"Event {i}" for i in (6, 5, 4, 3, 2)]
+    assert (events["count"], events["more"]) == (7, 2)
+    assert events["messages"][0]["when"] == "Mon 1 Jun, 15:00"
+
+    after = await account(pool, acc["id"])
+    assert after["digest_window_start"] == T0 + DAY
+    assert after["next_digest_at"] == T0 + 2 * DAY
+    # The doorbell rang on the digest queue.
+    assert await redis.zcard(queues.DIGEST) >= 1
+
+    # Run again at the same time: nothing is due, nothing doubles.
+    again = await run_pass(pool, redis, settings, T0 + DAY + timedelta(minutes=5))
+    assert again.accounts == 0
+    # The next window picks up the late message.
+    nxt = await run_pass(pool, redis, settings, T0 + 2 * DAY)
+    assert (nxt.digests, nxt.messages) == (1, 1)
+    assert len(await digest_emails(pool)) == 2
+
+
+async def test_empty_window_sends_nothing_and_advances(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    acc = await daily(factory)
+    await factory.message(acc, read_at=T0 + timedelta(hours=1))  # read: nothing to say
+    result = await run_pass(pool, redis, settings, T0 + DAY)
+    assert (result.accounts, result.digests, result.emails) == (1, 0, 0)
+    assert await pool.fetchval("SELECT count(*) FROM digests") == 0
+    assert await digest_emails(pool) == []
+    assert (await account(pool, acc["id"]))["next_digest_at"] == T0 + 2 * DAY
+
+
+async def test_off_members_are_never_due(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    acc = await factory.account(digest_frequency="off", next_digest_at=None)
+    await factory.message(acc)
+    assert (await run_pass(pool, redis, settings, T0 + 30 * DAY)).accounts == 0
+
+
+async def test_late_pass_sends_one_digest_not_a_backlog(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    acc = await factory.account(
+        digest_frequency="hourly", digest_window_start=T0, next_digest_at=T0 + timedelta(hours=1)
+    )
+    for h in range(5):
+        await factory.message(acc, created_at=T0 + timedelta(hours=h, minutes=30))
+    # The scheduler was down for five hours: one pass, one digest of the first window's messages,
+    # then the next window ends at the next hour after now and takes the rest.
+    now = T0 + timedelta(hours=5, minutes=10)
+    first = await run_pass(pool, redis, settings, now)
+    assert (first.digests, first.messages) == (1, 1)
+    assert (await account(pool, acc["id"]))["next_digest_at"] == T0 + timedelta(hours=6)
+    assert (await run_pass(pool, redis, settings, now)).accounts == 0
+    second = await run_pass(pool, redis, settings, T0 + timedelta(hours=6))
+    assert (second.digests, second.messages) == (1, 4)
+
+
+async def test_frequency_change_mid_window(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    acc = await daily(factory)
+    await factory.message(acc, created_at=T0 + timedelta(hours=1))
+    async with pool.acquire() as conn:
+        await apply_preferences(
+            conn,
+            acc["id"],
+            {"digest_frequency": "weekly"},
+            MEMBER,
+            "preference-centre",
+            now=T0 + timedelta(hours=12),
+        )
+    # Tonight's daily digest does not go out...
+    assert (await run_pass(pool, redis, settings, T0 + DAY + timedelta(hours=1))).accounts == 0
+    # ...the weekly one does, a week after the window opened, with the message.
+    result = await run_pass(pool, redis, settings, T0 + 7 * DAY)
+    assert (result.digests, result.messages, result.emails) == (1, 1, 1)
+    digest = await pool.fetchrow("SELECT * FROM digests")
+    assert (digest["frequency"], digest["window_start"], digest["window_end"]) == ("weekly", T0, T0 + 7 * DAY)
+    assert (await account(pool, acc["id"]))["next_digest_at"] == T0 + 14 * DAY
+
+    # Turning digests off: never due, messages stay in the inbox undigested.
+    await factory.message(acc, created_at=T0 + 8 * DAY)
+    async with pool.acquire() as conn:
+        await apply_preferences(
+            conn, acc["id"], {"digest_frequency": "off"}, MEMBER, "one-click", now=T0 + 8 * DAY
+        )
+    assert (await run_pass(pool, redis, settings, T0 + 60 * DAY)).accounts == 0
+
+
+async def test_daily_across_dst_in_berlin(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    # Daily at 02:00 Berlin; 2026-03-29 has no 02:00 (02:00 -> 03:00).
+    start = datetime(2026, 3, 27, 12, tzinfo=UTC)
+    acc = await factory.account(
+        digest_frequency="daily",
+        digest_hour=2,
+        timezone="Europe/Berlin",
+        digest_window_start=start,
+        next_digest_at=datetime(2026, 3, 28, 1, tzinfo=UTC),
+    )
+    sent: list[datetime] = []
+    clock = start
+    while clock < datetime(2026, 3, 31, 12, tzinfo=UTC):
+        await factory.message(acc, created_at=clock)
+        clock += timedelta(minutes=30)
+        # A pass every half hour, like a cron that runs often.
+        if (await run_pass(pool, redis, settings, clock)).digests:
+            sent.append(clock)
+    ends = [r["window_end"] for r in await pool.fetch("SELECT window_end FROM digests ORDER BY id")]
+    assert ends == [
+        datetime(2026, 3, 28, 1, tzinfo=UTC),  # 02:00 CET
+        datetime(2026, 3, 29, 1, tzinfo=UTC),  # 03:00 CEST: the first instant after the gap, once
+        datetime(2026, 3, 30, 0, tzinfo=UTC),  # 02:00 CEST
+        datetime(2026, 3, 31, 0, tzinfo=UTC),
+    ]
+    assert len(sent) == 4
+    # Every message created before the last window's end is in exactly one digest.
+    missing = await pool.fetchval(
+        "SELECT count(*) FROM messages WHERE digest_id IS NULL AND created_at < $1", ends[-1]
+    )
+    assert missing == 0
+
+
+async def test_read_between_pass_and_send_is_not_rechecked_but_before_the_pass_is_left_out(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    acc = await daily(factory)
+    a = await factory.message(acc, subject="A", created_at=T0 + timedelta(hours=1))
+    b = await factory.message(acc, subject="B", created_at=T0 + timedelta(hours=2))
+    await pool.execute("UPDATE messages SET read_at = $2 WHERE id = $1", b["id"], T0 + timedelta(hours=20))
+    await run_pass(pool, redis, settings, T0 + DAY)
+    [email] = await digest_emails(pool)
+    assert [m["subject"] for c in email["context"]["categories"] for m in c["messages"]] == ["A"]
+    assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", a["id"]) is not None
+
+
+# --- exactly once under concurrency ---------------------------------------------------------------
+
+
+async def _seed(pool: asyncpg.Pool, accounts: int, per_account: int) -> None:
+    """Many due accounts with unread messages, inserted set-based."""
+    await pool.execute(
+        """
+        INSERT INTO accounts (external_id, email, name, digest_frequency, digest_window_start, next_digest_at)
+        SELECT 'bulk-' || g, 'bulk' || g || '@example.com', 'Bulk ' || g, 'daily', $1, $2
+        FROM generate_series(1, $3) g
+        """,
+        T0,
+        T0 + DAY,
+        accounts,
+    )
+    await pool.execute(
+        """
+        INSERT INTO messages (account_id, category, subject, body, created_at)
+        SELECT a.id, 'cat' || (i % 3), 'Subject ' || i, 'Body', $1::timestamptz + i * interval '1 minute'
+        FROM accounts a, generate_series(1, $2) i
+        """,
+        T0,
+        per_account,
+    )
+
+
+async def _check_exactly_once(pool: asyncpg.Pool, accounts: int, per_account: int) -> None:
+    assert await pool.fetchval("SELECT count(*) FROM digests") == accounts
+    assert await pool.fetchval("SELECT count(DISTINCT account_id) FROM digests") == accounts
+    assert await pool.fetchval("SELECT count(*) FROM emails WHERE kind = 'digest'") == accounts
+    assert await pool.fetchval("SELECT count(*) FROM messages WHERE digest_id IS NULL") == 0
+    assert await pool.fetchval("SELECT sum(message_count) FROM digests") == accounts * per_account
+    # Each e-mail's context lists exactly its digest's messages.
+    totals = await pool.fetch(
+        "SELECT (e.context->>'total')::int AS total, d.message_count FROM emails e JOIN digests d ON d.id = e.digest_id"
+    )
+    assert all(r["total"] == r["message_count"] == per_account for r in totals)
+    assert await pool.fetchval("SELECT count(*) FROM accounts WHERE next_digest_at <> $1", T0 + 2 * DAY) == 0
+
+
+async def test_parallel_passes_on_separate_connections_build_each_digest_once(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, database: str
+) -> None:
+    n, per = 240, 4
+    await _seed(pool, n, per)
+    pools = [await create_pool(database, min_size=1, max_size=1) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(run_pass(p, redis, settings, T0 + DAY, batch_size=7) for p in pools))
+    finally:
+        for p in pools:
+            await p.close()
+    assert sum(r.digests for r in results) == n
+    assert sum(r.emails for r in results) == n
+    assert sum(1 for r in results if r.digests) >= 2  # the work really was shared
+    await _check_exactly_once(pool, n, per)
+
+
+async def test_parallel_passes_in_separate_processes_with_the_cli(
+    pool: asyncpg.Pool, settings: Settings, redis: ArqRedis
+) -> None:
+    n, per = 300, 3
+    await _seed(pool, n, per)
+    env = {
+        **os.environ,
+        "NOTIFIER_DATABASE_URL": settings.database_url or "",
+        "NOTIFIER_REDIS_URL": settings.redis_url or "",
+        "NOTIFIER_SECRET_KEY": "test-secret-key-not-for-production",
+        "NOTIFIER_PUBLIC_URL": settings.public_url,
+        "NOTIFIER_LOG_LEVEL": "WARNING",
+    }
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "notifier.cli",
+            "digests",
+            "run",
+            "--at",
+            (T0 + DAY).isoformat(),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    outputs = [await p.communicate() for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()
+        assert out.decode().startswith("due accounts: ")
+    printed = sum(int(out.decode().split("digests: ")[1].split()[0]) for out, _ in outputs)
+    assert printed == n
+    await _check_exactly_once(pool, n, per)
+
+
+async def test_message_arriving_during_a_pass_is_not_lost(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory, database: str
+) -> None:
+    # A message created inside the window but committed only after the pass took its snapshot
+    # goes into the next digest.
+    acc = await daily(factory)
+    await factory.message(acc, subject="On time", created_at=T0 + timedelta(hours=1))
+    other = await asyncpg.connect(database)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute(
+            "INSERT INTO messages (account_id, category, subject, body, created_at) VALUES ($1, 'news', 'Slow', 'b', $2)",
+            acc["id"],
+            T0 + timedelta(hours=23),
+        )
+        first = await run_pass(pool, redis, settings, T0 + DAY)
+        await tx.commit()
+    finally:
+        await other.close()
+    assert first.messages == 1
+    second = await run_pass(pool, redis, settings, T0 + 2 * DAY)
+    assert second.messages == 1
+    subjects = await pool.fetch("SELECT subject, digest_id FROM messages ORDER BY id")
+    assert len({r["digest_id"] for r in subjects}) == 2
+
+
+# --- immediate mode -----------------------------------------------------------------------------
+
+
+async def test_immediate_coalesces_messages_within_the_window(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    assert settings.immediate_coalesce_seconds == 120
+    acc = await factory.account(digest_frequency="immediate", next_digest_at=None, digest_window_start=T0)
+    other = await daily(factory)  # not immediate: untouched by the intake hook
+
+    async def arrive(at: datetime, subject: str) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await factory.message(acc, subject=subject, created_at=at)
+            await messages_arrived(conn, [acc["id"], other["id"]], settings, at)
+
+    t = T0 + timedelta(hours=3)
+    await arrive(t, "first")
+    await arrive(t + timedelta(seconds=60), "second")
+    assert (await account(pool, acc["id"]))["next_digest_at"] == t + timedelta(seconds=120)
+    assert (await account(pool, other["id"]))["next_digest_at"] == other["next_digest_at"]
+    assert (await run_pass(pool, redis, settings, t + timedelta(seconds=119))).accounts == 0
+
+    await arrive(t + timedelta(seconds=130), "third")  # after the window's end, before the pass ran
+    one = await run_pass(pool, redis, settings, t + timedelta(seconds=135))
+    assert (one.digests, one.messages, one.emails) == (1, 2, 1)
+    [email] = await digest_emails(pool)
+    assert email["context"]["frequency"] == "immediate"
+    assert [m["subject"] for m in email["context"]["categories"][0]["messages"]] == ["second", "first"]
+    # The third message keeps the account due, one window after it arrived.
+    assert (await account(pool, acc["id"]))["next_digest_at"] == t + timedelta(seconds=250)
+    two = await run_pass(pool, redis, settings, t + timedelta(seconds=250))
+    assert (two.digests, two.messages) == (1, 1)
+    assert (await account(pool, acc["id"]))["next_digest_at"] is None
+    assert len(await digest_emails(pool)) == 2
+
+
+async def test_immediate_with_read_message_sends_nothing(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    acc = await factory.account(digest_frequency="immediate", next_digest_at=None)
+    async with pool.acquire() as conn:
+        msg = await factory.message(acc, created_at=T0)
+        await messages_arrived(conn, [acc["id"]], settings, T0)
+    await pool.execute(
+        "UPDATE messages SET read_at = $2 WHERE id = $1", msg["id"], T0 + timedelta(seconds=10)
+    )
+    result = await run_pass(pool, redis, settings, T0 + timedelta(minutes=5))
+    assert (result.accounts, result.emails) == (1, 0)
+    assert (await account(pool, acc["id"]))["next_digest_at"] is None
+
+
+# --- preview and delivery ----------------------------------------------------------------------
+
+
+async def test_preview_renders_without_marking(
+    pool: asyncpg.Pool, settings: Settings, factory: Factory
+) -> None:
+    acc = await daily(factory, external_id="pre-1", name="Pia")
+    await factory.message(acc, category="news", subject="Hello <world>", created_at=T0 + timedelta(hours=1))
+    result = await preview(pool, settings, "pre-1", now=T0 + timedelta(hours=2))
+    assert result.rendered is not None
+    assert result.rendered.subject == "1 new message in your inbox: news"
+    assert "Hello <world>" in result.rendered.text
+    assert "Hello &lt;world&gt;" in result.rendered.html
+    assert "https://notifier.test/u/" in result.rendered.html
+    assert await pool.fetchval("SELECT count(*) FROM digests") == 0
+    assert await pool.fetchval("SELECT count(*) FROM messages WHERE digest_id IS NOT NULL") == 0
+    empty = await daily(factory, external_id="pre-2")
+    assert (await preview(pool, settings, empty["external_id"], now=T0)).rendered is None
+
+
+async def test_digest_is_delivered_with_its_content(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory, smtp: Any, run_worker: Any
+) -> None:
+    acc = await daily(factory, name="Dora", email="dora@example.com")
+    for i in range(7):
+        await factory.message(
+            acc, category="events", subject=f"Event {i}", created_at=T0 + timedelta(hours=1, minutes=i)
+        )
+    await factory.message(
+        acc,
+        category="news",
+        subject="Big news",
+        url="https://example.org/big",
+        created_at=T0 + timedelta(hours=5),
+    )
+    result = await run_pass(pool, redis, settings, T0 + DAY)
+    assert result.emails == 1
+    await run_worker(queues.DIGEST)
+    assert len(smtp.received) == 1
+    got = smtp.received[0]
+    assert got.recipients == ["dora@example.com"]
+    msg = got.message
+    assert msg["Subject"] == "8 new messages in your inbox"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "https://notifier.test/u/" in msg["List-Unsubscribe"]
+    text = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    assert "Hello Dora," in text
+    assert text.index("Big news") < text.index("Event 6") < text.index("Event 2")
+    assert "Event 1" not in text and "...and 2 more in events" in text
+    assert "https://notifier.test/inbox" in text
+    assert "https://notifier.test/preferences/" in text and "https://notifier.test/u/" in text
+    assert 'href="https://example.org/big"' in html and "and 2 more in events" in html
+    assert 'style="' in html  # CSS inlined for mail clients
+    assert await pool.fetchval("SELECT status FROM emails WHERE kind = 'digest'") == "sent"
+    # Sending again delivers nothing more.
+    await run_pass(pool, redis, settings, T0 + DAY)
+    await run_worker(queues.DIGEST)
+    assert len(smtp.received) == 1
+
+
+@pytest.mark.parametrize("bad", ["not an address", "x@y\r\nBcc: evil@example.com"])
+async def test_unmailable_address_does_not_block_the_batch(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory, bad: str
+) -> None:
+    broken = await daily(factory, email=bad)
+    fine = await daily(factory)
+    for a in (broken, fine):
+        await factory.message(a, created_at=T0 + timedelta(hours=1))
+    result = await run_pass(pool, redis, settings, T0 + DAY)
+    assert (result.accounts, result.digests, result.emails, result.skipped) == (2, 2, 1, [broken["id"]])
+    assert [e["account_id"] for e in await digest_emails(pool)] == [fine["id"]]
