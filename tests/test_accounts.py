@@ -254,3 +254,185 @@ async def test_concurrent_registrations_with_one_key_create_one_account(client, 
     assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 7
     assert await pool.fetchval("SELECT count(*) FROM accounts") == 1
     assert await pool.fetchval("SELECT count(*) FROM audit_log") == 1
+
+
+# --- erasure and export -----------------------------------------------------------------------
+
+PERSON = {"external_id": "ext-zq-77", "email": "Zelda.Private@Example.net", "name": "Zelda Quixote"}
+
+
+async def _populate_everything(client, headers, pool) -> asyncpg.Record:
+    """An account with a row in every table that can hold something about it."""
+    resp = await client.post("/v1/accounts", json=PERSON, headers={**headers, "Idempotency-Key": "reg"})
+    assert resp.status == 201
+    await client.patch("/v1/accounts/ext-zq-77", json={"name": "Zelda Q. Quixote"}, headers=headers)
+    await client.patch("/v1/accounts/ext-zq-77", json={"name": PERSON["name"]}, headers=headers)
+    account = await pool.fetchrow("SELECT * FROM accounts WHERE external_id = 'ext-zq-77'")
+    resp = await client.post(
+        "/v1/accounts/ext-zq-77/messages",
+        json={
+            "category": "news",
+            "subject": "Hello Zelda Quixote",
+            "body": "For Zelda.Private@Example.net",
+            "data": {"who": "ext-zq-77"},
+        },
+        headers={**headers, "Idempotency-Key": "msg"},
+    )
+    assert resp.status == 201
+    aid = account["id"]
+    await pool.execute(
+        "INSERT INTO consents (account_id, granted, source, wording) VALUES ($1, true, 'api', 'Yes please')",
+        aid,
+    )
+    digest_id = await pool.fetchval(
+        "INSERT INTO digests (account_id, frequency, window_start, window_end) "
+        "VALUES ($1, 'daily', now() - interval '1 day', now()) RETURNING id",
+        aid,
+    )
+    email_id = await pool.fetchval(
+        "INSERT INTO emails (kind, queue, account_id, to_address, subject, context, digest_id) "
+        "VALUES ('digest', 'q', $1, $2, 'Your digest, Zelda Quixote', $3, $4) RETURNING id",
+        aid,
+        account["email"],
+        {"name": PERSON["name"]},
+        digest_id,
+    )
+    # A test send without an account, to the same address.
+    await pool.execute(
+        "INSERT INTO emails (kind, queue, to_address, subject) VALUES ('test', 'q', $1, 'Preview')",
+        "zelda.private@example.net",
+    )
+    await pool.execute(
+        "INSERT INTO events (kind, account_id, email_id, detail) VALUES ('bounced', $1, $2, $3)",
+        aid,
+        email_id,
+        {"reply": "550 5.1.1 <Zelda.Private@Example.net> unknown"},
+    )
+    from notifier.suppression import address_hash
+
+    await pool.execute(
+        "INSERT INTO suppressions (address_hash, list, reason, detail) VALUES ($1, 'all', 'hard_bounce', $2)",
+        address_hash(account["email"]),
+        "550 5.1.1 <Zelda.Private@Example.net> unknown",
+    )
+    return account
+
+
+async def _tables_mentioning(pool: asyncpg.Pool, needles: list[str]) -> list[str]:
+    """Every (table.column) of every table whose text, json or bytea holds any of `needles`."""
+    columns = await pool.fetch(
+        """
+        SELECT c.table_name, c.column_name, c.data_type
+        FROM information_schema.columns c
+        JOIN pg_tables t ON t.tablename = c.table_name AND t.schemaname = c.table_schema
+        WHERE c.table_schema = 'public'
+          AND c.data_type IN ('text', 'character varying', 'character', 'json', 'jsonb', 'bytea', 'ARRAY')
+        """
+    )
+    assert len({c["table_name"] for c in columns}) >= 10
+    found = []
+    for col in columns:
+        expr = f'"{col["column_name"]}"::text'
+        if col["data_type"] == "bytea":
+            expr = f"encode(\"{col['column_name']}\", 'escape')"
+        for needle in needles:
+            hits = await pool.fetchval(
+                f'SELECT count(*) FROM "{col["table_name"]}" WHERE {expr} ILIKE $1', f"%{needle}%"
+            )
+            if hits:
+                found.append(f"{col['table_name']}.{col['column_name']} ~ {needle}")
+    return found
+
+
+async def test_erasure_leaves_no_personal_data_behind(client, headers, pool) -> None:
+    account = await _populate_everything(client, headers, pool)
+    needles = [PERSON["external_id"], "Zelda.Private@Example.net", PERSON["name"], "Zelda Q. Quixote"]
+    before = await _tables_mentioning(pool, needles)
+    for table in (
+        "accounts",
+        "messages",
+        "emails",
+        "events",
+        "audit_log",
+        "idempotency_keys",
+        "suppressions",
+    ):
+        assert any(hit.startswith(f"{table}.") for hit in before), (table, before)
+
+    resp = await client.delete("/v1/accounts/ext-zq-77", params={"reason": "child"}, headers=headers)
+    assert resp.status == 200, await resp.text()
+    receipt = await resp.json()
+    assert receipt["erased"] is True and receipt["erasure"]["reason"] == "child"
+
+    assert await _tables_mentioning(pool, needles) == []
+    for table in (
+        "accounts",
+        "messages",
+        "consents",
+        "digests",
+        "emails",
+        "events",
+        "audit_log",
+        "idempotency_keys",
+    ):
+        assert await pool.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+    erasure = await pool.fetchrow("SELECT * FROM erasures")
+    assert (erasure["reason"], erasure["actor_type"], erasure["actor"]) == ("child", "api_key", "registry")
+    # The hard bounce is honoured still, as a hash only.
+    from notifier.suppression import address_hash
+
+    kept = await pool.fetchrow("SELECT * FROM suppressions")
+    assert kept["address_hash"] == address_hash(account["email"]) and kept["reason"] == "hard_bounce"
+    assert (await client.get("/v1/accounts/ext-zq-77", headers=headers)).status == 404
+    # The external id is free again.
+    assert (await client.post("/v1/accounts", json=PERSON, headers=headers)).status == 201
+
+
+async def test_erasure_reason_is_checked_and_defaults_to_request(client, headers, pool) -> None:
+    await client.post("/v1/accounts", json=new_account(1), headers=headers)
+    resp = await client.delete("/v1/accounts/m-1", params={"reason": "bored"}, headers=headers)
+    assert resp.status == 422
+    assert (await resp.json())["errors"][0]["field"] == "reason"
+    assert await pool.fetchval("SELECT count(*) FROM accounts") == 1
+    resp = await client.delete("/v1/accounts/m-1", headers=headers)
+    assert resp.status == 200
+    assert await pool.fetchval("SELECT reason FROM erasures") == "request"
+    assert (await client.delete("/v1/accounts/m-1", headers=headers)).status == 404
+    assert await pool.fetchval("SELECT count(*) FROM erasures") == 1
+
+
+async def test_export_holds_everything(client, headers, pool) -> None:
+    await _populate_everything(client, headers, pool)
+    other = await client.post("/v1/accounts", json=new_account(2), headers=headers)
+    assert other.status == 201
+    resp = await client.get("/v1/accounts/ext-zq-77/export", headers=headers)
+    assert resp.status == 200
+    doc = await resp.json()
+    assert doc["account"]["email"] == "Zelda.Private@example.net"
+    assert doc["account"]["name"] == PERSON["name"]
+    assert doc["preferences"]["digest_frequency"] == "daily"
+    assert [c["wording"] for c in doc["consents"]] == ["Yes please"]
+    assert [m["subject"] for m in doc["messages"]] == ["Hello Zelda Quixote"]
+    assert doc["messages"][0]["data"] == {"who": "ext-zq-77"}
+    assert [d["frequency"] for d in doc["digests"]] == ["daily"]
+    assert [e["subject"] for e in doc["emails"]] == ["Your digest, Zelda Quixote"]
+    assert [e["kind"] for e in doc["events"]] == ["bounced"]
+    assert [a["action"] for a in doc["audit"]] == ["account.created", "account.updated", "account.updated"]
+    assert doc["suppressed"] is True
+    assert [(s["list"], s["reason"]) for s in doc["suppressions"]] == [("all", "hard_bounce")]
+    assert "Member 2" not in await resp.text()
+
+
+async def test_export_sections_can_be_added(client, headers, pool) -> None:
+    await client.post("/v1/accounts", json=new_account(1), headers=headers)
+
+    async def extra(conn: asyncpg.Connection, account: asyncpg.Record) -> dict[str, Any]:
+        return {"account_id_seen": account["external_id"]}
+
+    accounts.EXPORT_SECTIONS["extra"] = extra
+    try:
+        doc = await (await client.get("/v1/accounts/m-1/export", headers=headers)).json()
+    finally:
+        del accounts.EXPORT_SECTIONS["extra"]
+    assert doc["extra"] == {"account_id_seen": "m-1"}
+    assert doc["suppressed"] is False and doc["messages"] == []
