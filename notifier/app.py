@@ -138,6 +138,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics)
     auth.setup(app, settings)
     # Each feature module adds its routes here.
+    from notifier import console
+
+    console.setup(app)
     from notifier import service
 
     service.setup_routes(app)

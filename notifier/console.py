@@ -1,0 +1,209 @@
+"""The web console for marketing and operators, mounted at `/console` (see docs/console.md).
+
+This module mounts the sub-application and holds sign-in, sign-out, the home page, static files
+and the development mailbox; the pages live in `console_newsletters`, `console_members` and
+`console_deliverability`, the shared machinery in `console_ui`, sessions in `console_auth`.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import secrets
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from notifier import capture, console_auth
+from notifier.console_ui import (
+    STATIC_DIR,
+    console_middleware,
+    form_of,
+    page,
+    pool_of,
+    redirect,
+    render,
+    session_of,
+    settings_of,
+)
+from notifier.db import Q
+
+_STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+
+
+def _cookie_options(request: web.Request, max_age: int | None) -> dict[str, Any]:
+    secure = settings_of(request).public_url.startswith("https://")
+    options: dict[str, Any] = {"path": "/console", "httponly": True, "samesite": "Strict", "secure": secure}
+    if max_age is not None:
+        options["max_age"] = max_age
+    return options
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a console path may be the target after sign-in (no open redirect)."""
+    if value and value.startswith("/console") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/console/"
+
+
+async def _sign_in_form(request: web.Request, *, error: str | None = None, status: int = 200) -> web.Response:
+    token = secrets.token_urlsafe(24)
+    response = render(
+        request,
+        "sign_in.html",
+        status=status,
+        error=error,
+        signin_token=token,
+        next=_safe_next(request.query.get("next")),
+    )
+    response.set_cookie(console_auth.SIGN_IN_COOKIE, token, **_cookie_options(request, 600))
+    return response
+
+
+async def sign_in_page(request: web.Request) -> web.Response:
+    """GET /console/sign-in: the key form (or straight home when already signed in)."""
+    session = await console_auth.load(pool_of(request), request.cookies.get(console_auth.SESSION_COOKIE))
+    if session is not None:
+        raise web.HTTPSeeOther(_safe_next(request.query.get("next")))
+    return await _sign_in_form(request)
+
+
+async def sign_in(request: web.Request) -> web.Response:
+    """POST /console/sign-in: exchange a pasted key for a session cookie."""
+    form = await form_of(request)
+    expected = request.cookies.get(console_auth.SIGN_IN_COOKIE, "")
+    if not console_auth.same_token(expected, form.get("signin_token")):
+        return await _sign_in_form(
+            request, error="The sign-in form expired. Paste the key again.", status=403
+        )
+    try:
+        session_id, _ = await console_auth.sign_in(pool_of(request), form.get("key", ""))
+    except console_auth.SignInRefused as exc:
+        return await _sign_in_form(request, error=str(exc), status=401)
+    response = web.HTTPSeeOther(_safe_next(form.get("next")))
+    response.set_cookie(
+        console_auth.SESSION_COOKIE, session_id, **_cookie_options(request, console_auth.SESSION_SECONDS)
+    )
+    response.del_cookie(console_auth.SIGN_IN_COOKIE, path="/console")
+    raise response
+
+
+@page("newsletters")
+async def sign_out(request: web.Request) -> web.Response:
+    """POST /console/sign-out: end the session here and in the database."""
+    await console_auth.sign_out(pool_of(request), session_of(request))
+    response = redirect("/console/sign-in", "signed-out")
+    response.del_cookie(console_auth.SESSION_COOKIE, path="/console")
+    raise response
+
+
+@page("newsletters")
+async def home(request: web.Request) -> web.Response:
+    """GET /console: an overview; operators see delivery figures, marketing its newsletters."""
+    pool = pool_of(request)
+    newsletters = await pool.fetch(Q.console_newsletters, 5)
+    context: dict[str, Any] = {"newsletters": newsletters}
+    if session_of(request).allows("admin"):
+        context["rate"] = await pool.fetchrow(Q.console_send_rate)
+        context["failures"] = await pool.fetchrow(Q.console_failure_rate)
+        context["failed_total"] = await pool.fetchval(Q.console_failed_count)
+    return render(request, "home.html", **context)
+
+
+async def static(request: web.Request) -> web.StreamResponse:
+    """GET /console/static/{name}: the console's CSS and JavaScript."""
+    name = request.match_info["name"]
+    path = STATIC_DIR / name
+    kind = _STATIC_TYPES.get(Path(name).suffix)
+    if "/" in name or name.startswith(".") or kind is None or not path.is_file():
+        raise web.HTTPNotFound(text="no such file")
+    return web.Response(
+        body=path.read_bytes(),
+        content_type=kind,
+        charset="utf-8",
+        headers={"Cache-Control": "public, max-age=300"},
+    )
+
+
+# --- development mailbox -----------------------------------------------------------------------
+
+
+def _captured(directory: Path, name: str) -> EmailMessage:
+    message: EmailMessage = email.message_from_bytes(
+        (directory / name).read_bytes(), policy=email.policy.default
+    )
+    return message
+
+
+@page("admin")
+async def mailbox(request: web.Request) -> web.Response:
+    """GET /console/mailbox: e-mails captured by `notifier dev`, newest first."""
+    settings = settings_of(request)
+    items = []
+    if settings.capture_mail:
+        directory = capture.mailbox_dir(settings.data_dir)
+        files = sorted(directory.glob("*.eml"), reverse=True)[:200] if directory.exists() else []
+        for path in files:
+            msg = _captured(directory, path.name)
+            items.append(
+                {
+                    "file": path.name,
+                    "subject": str(msg.get("Subject", "")),
+                    "to": str(msg.get("To", "")),
+                    "from": str(msg.get("From", "")),
+                    "date": str(msg.get("Date", "")),
+                }
+            )
+    return render(request, "mailbox.html", items=items)
+
+
+@page("admin")
+async def mailbox_message(request: web.Request) -> web.Response:
+    """GET /console/mailbox/{name}: one captured e-mail with its headers, HTML and text parts."""
+    settings = settings_of(request)
+    name = request.match_info["name"]
+    directory = capture.mailbox_dir(settings.data_dir)
+    if (
+        not settings.capture_mail
+        or "/" in name
+        or not name.endswith(".eml")
+        or not (directory / name).is_file()
+    ):
+        raise web.HTTPNotFound(text="There is no such captured e-mail.")
+    msg = _captured(directory, name)
+    html_part = msg.get_body(preferencelist=("html",))
+    text_part = msg.get_body(preferencelist=("plain",))
+    return render(
+        request,
+        "mailbox_message.html",
+        name=name,
+        subject=str(msg.get("Subject", "")),
+        headers=[(k, str(v)) for k, v in msg.items()],
+        html=html_part.get_content() if html_part is not None else None,
+        text=text_part.get_content() if text_part is not None else None,
+    )
+
+
+def setup(app: web.Application) -> None:
+    """Mount the console at /console on `app`."""
+    from notifier import console_deliverability, console_members, console_newsletters
+
+    console = web.Application(middlewares=[console_middleware])
+    console.router.add_get("/", home)
+    console.router.add_get("/sign-in", sign_in_page)
+    console.router.add_post("/sign-in", sign_in)
+    console.router.add_post("/sign-out", sign_out)
+    console.router.add_get("/static/{name}", static)
+    console.router.add_get("/mailbox", mailbox)
+    console.router.add_get("/mailbox/{name}", mailbox_message)
+    console_newsletters.setup_routes(console)
+    console_members.setup_routes(console)
+    console_deliverability.setup_routes(console)
+    app.router.add_get("/console", _to_home)
+    app.add_subapp("/console", console)
+
+
+async def _to_home(request: web.Request) -> web.Response:
+    raise web.HTTPMovedPermanently("/console/")

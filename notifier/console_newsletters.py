@@ -1,0 +1,285 @@
+"""Console pages for newsletters: the list, compose with a live preview, test-send, send or
+schedule, progress while sending, and figures over time afterwards.
+
+Validation, rendering and the status machine are the newsletter feature's (`newsletter_api`'s
+models, `newsletter_render`, `newsletter`); this module only turns forms into those calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from pydantic import ValidationError
+
+from notifier import console_chart, newsletter, outbox, queues
+from notifier.console_ui import form_of, page, pool_of, redirect, redis_of, render, session_of, settings_of
+from notifier.db import Q
+from notifier.newsletter_api import NewsletterIn, TestSendIn
+from notifier.newsletter_render import Draft, TemplateProblem, prepare, sample_personal
+from notifier.problems import validation_errors
+
+LIST_LIMIT = 200
+# While sending, the page reloads itself this often (seconds).
+REFRESH_SECONDS = 5
+
+
+def _preview(request: web.Request, draft: Draft) -> tuple[str | None, str | None, dict[str, str]]:
+    """(subject, HTML) of the draft for a sample member, or the template errors by field."""
+    try:
+        out = prepare(settings_of(request), draft).render(sample_personal(settings_of(request)))
+    except TemplateProblem as exc:
+        return None, None, {exc.field: exc.message}
+    return out.subject, out.html, {}
+
+
+def _read_draft(form: Mapping[str, str]) -> tuple[NewsletterIn | None, dict[str, str]]:
+    """The compose form as the API's model, or the errors by field."""
+    data = {
+        "subject": form.get("subject", "").strip(),
+        "preheader": form.get("preheader", "").strip(),
+        "body": form.get("body", ""),
+        "body_format": form.get("body_format", "markdown"),
+    }
+    try:
+        return NewsletterIn.model_validate(data), {}
+    except ValidationError as exc:
+        return None, {e["field"]: e["message"] for e in validation_errors(exc)}
+
+
+def _draft_of(body: NewsletterIn, newsletter_id: int = 0) -> Draft:
+    return Draft(newsletter_id, body.subject, body.preheader, body.body, body.body_format)
+
+
+async def _newsletter(request: web.Request) -> asyncpg.Record:
+    raw = request.match_info["id"]
+    row = (
+        await pool_of(request).fetchrow(Q.get_newsletter, int(raw))
+        if raw.isdigit() and len(raw) < 19
+        else None
+    )
+    if row is None:
+        raise web.HTTPNotFound(text="There is no newsletter with that number.")
+    return row
+
+
+@page("newsletters")
+async def index(request: web.Request) -> web.Response:
+    """GET /console/newsletters: every newsletter, newest first, with status and figures."""
+    rows = await pool_of(request).fetch(Q.console_newsletters, LIST_LIMIT)
+    return render(request, "newsletters.html", newsletters=rows, limit=LIST_LIMIT)
+
+
+def _compose(
+    request: web.Request,
+    *,
+    row: asyncpg.Record | None,
+    form: Mapping[str, Any],
+    errors: dict[str, str],
+    status: int = 200,
+) -> web.Response:
+    body, _ = _read_draft(form)
+    subject = html = None
+    if body is not None:
+        subject, html, render_errors = _preview(request, _draft_of(body, row["id"] if row else 0))
+        errors = {**render_errors, **errors}
+    return render(
+        request,
+        "newsletter_compose.html",
+        status=status,
+        row=row,
+        form=form,
+        errors=errors,
+        preview_subject=subject,
+        preview_html=html,
+    )
+
+
+@page("newsletters")
+async def new(request: web.Request) -> web.Response:
+    """GET /console/newsletters/new: an empty compose form."""
+    form = {"subject": "", "preheader": "", "body": "Hello {{ first_name }},\n\n", "body_format": "markdown"}
+    return _compose(request, row=None, form=form, errors={})
+
+
+@page("newsletters")
+async def create(request: web.Request) -> web.Response:
+    """POST /console/newsletters/new: preview (action=preview) or save a new draft."""
+    form = await form_of(request)
+    body, errors = _read_draft(form)
+    if form.get("action") == "preview" or body is None:
+        return _compose(request, row=None, form=form, errors=errors, status=200 if body else 422)
+    _, _, render_errors = _preview(request, _draft_of(body))
+    if render_errors:
+        return _compose(request, row=None, form=form, errors=render_errors, status=422)
+    row = await pool_of(request).fetchrow(
+        Q.insert_newsletter,
+        body.subject,
+        body.preheader,
+        body.body,
+        body.body_format,
+        str(session_of(request).actor),
+    )
+    assert row is not None
+    raise redirect(f"/console/newsletters/{row['id']}", "created")
+
+
+@page("newsletters")
+async def show(request: web.Request) -> web.Response:
+    """GET /console/newsletters/{id}: edit a draft, or follow and read the figures of the rest."""
+    row = await _newsletter(request)
+    if row["status"] == "draft":
+        return _compose(request, row=row, form=dict(row), errors={})
+    pool = pool_of(request)
+    figures = await newsletter.figures(pool, row["id"])
+    chart = await console_chart.timeline(pool, row["id"])
+    _, html, _ = _preview(request, newsletter.draft_of(row))
+    done = figures["sent"] + figures["failed"] + figures["suppressed"] + figures["cancelled"]
+    return render(
+        request,
+        "newsletter.html",
+        row=row,
+        figures=figures,
+        done=done,
+        percent=round(100 * done / figures["recipients"]) if figures["recipients"] else 0,
+        refresh=REFRESH_SECONDS if row["status"] == "sending" or row["status"] == "scheduled" else None,
+        chart_svg=None if chart.empty else console_chart.svg(chart, f"Newsletter {row['id']} over time"),
+        chart=chart,
+        legend=console_chart.legend(),
+        preview_html=html,
+    )
+
+
+@page("newsletters")
+async def save(request: web.Request) -> web.Response:
+    """POST /console/newsletters/{id}: preview (action=preview) or save the draft."""
+    row = await _newsletter(request)
+    form = await form_of(request)
+    body, errors = _read_draft(form)
+    if form.get("action") == "preview" or body is None:
+        return _compose(request, row=row, form=form, errors=errors, status=200 if body else 422)
+    _, _, render_errors = _preview(request, _draft_of(body, row["id"]))
+    if render_errors:
+        return _compose(request, row=row, form=form, errors=render_errors, status=422)
+    updated = await pool_of(request).fetchrow(
+        Q.update_newsletter_draft,
+        row["id"],
+        body.subject,
+        body.preheader,
+        body.body,
+        body.body_format,
+        str(session_of(request).actor),
+    )
+    if updated is None:
+        raise web.HTTPConflict(text=f"The newsletter is {row['status']}; only a draft can be edited.")
+    raise redirect(f"/console/newsletters/{row['id']}", "saved")
+
+
+@page("newsletters")
+async def live_preview(request: web.Request) -> web.Response:
+    """POST /console/newsletters/preview: the rendered form as JSON, for the live preview script."""
+    body, errors = _read_draft(await form_of(request))
+    if body is None:
+        return web.json_response({"errors": errors}, status=422)
+    subject, html, errors = _preview(request, _draft_of(body))
+    if errors:
+        return web.json_response({"errors": errors}, status=422)
+    return web.json_response({"subject": subject, "html": html})
+
+
+@page("newsletters")
+async def test_send(request: web.Request) -> web.Response:
+    """POST /console/newsletters/{id}/test: the newsletter as it stands to up to 10 addresses."""
+    row = await _newsletter(request)
+    form = await form_of(request)
+    addresses = [a for a in form.get("to", "").replace(",", " ").split() if a]
+    try:
+        body = TestSendIn.model_validate({"to": addresses})
+    except ValidationError:
+        raise web.HTTPUnprocessableEntity(
+            text="Give one to ten valid e-mail addresses, separated by commas or spaces."
+        ) from None
+    _, _, render_errors = _preview(request, newsletter.draft_of(row))
+    if render_errors:
+        raise web.HTTPUnprocessableEntity(
+            text="The newsletter does not render: " + "; ".join(render_errors.values())
+        )
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        for address in dict.fromkeys(str(a) for a in body.to):
+            await conn.execute(Q.insert_test_email, row["id"], queues.SERVICE, address, row["subject"], "")
+    await outbox.ring(redis_of(request), queues.SERVICE)
+    raise redirect(f"/console/newsletters/{row['id']}", "test-sent")
+
+
+def _when(form: Mapping[str, str]) -> datetime | None:
+    """The schedule time of the send form (UTC, `datetime-local`), None for now; ValueError."""
+    if form.get("when", "now") == "now":
+        return None
+    value = datetime.fromisoformat(form.get("at", ""))
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+@page("newsletters")
+async def send(request: web.Request) -> web.Response:
+    """POST /console/newsletters/{id}/send: send now, or schedule (`when=later`, `at` in UTC)."""
+    row = await _newsletter(request)
+    form = await form_of(request)
+    try:
+        at = _when(form)
+    except ValueError:
+        raise web.HTTPUnprocessableEntity(text="Give the date and time to send at (UTC).") from None
+    _, _, render_errors = _preview(request, newsletter.draft_of(row))
+    if render_errors:
+        raise web.HTTPUnprocessableEntity(
+            text="The newsletter does not render: " + "; ".join(render_errors.values())
+        )
+    now = datetime.now(UTC)
+    try:
+        await newsletter.schedule(pool_of(request), row["id"], at or now, str(session_of(request).actor))
+    except newsletter.StateConflict:
+        raise web.HTTPConflict(text=f"The newsletter is {row['status']}; it cannot be sent again.") from None
+    if at is None or at <= now:
+        await redis_of(request).enqueue_job("newsletter_start", row["id"], _queue_name=queues.BULK)
+        raise redirect(f"/console/newsletters/{row['id']}", "sending")
+    raise redirect(f"/console/newsletters/{row['id']}", "scheduled")
+
+
+@page("newsletters")
+async def unschedule(request: web.Request) -> web.Response:
+    """POST /console/newsletters/{id}/unschedule: back to draft."""
+    row = await _newsletter(request)
+    updated = await pool_of(request).fetchrow(
+        Q.unschedule_newsletter, row["id"], str(session_of(request).actor)
+    )
+    if updated is None:
+        raise web.HTTPConflict(
+            text=f"The newsletter is {row['status']}; only a scheduled one can be unscheduled."
+        )
+    raise redirect(f"/console/newsletters/{row['id']}", "unscheduled")
+
+
+@page("newsletters")
+async def cancel(request: web.Request) -> web.Response:
+    """POST /console/newsletters/{id}/cancel: nobody not yet sent to gets it."""
+    row = await _newsletter(request)
+    try:
+        await newsletter.cancel(pool_of(request), row["id"], str(session_of(request).actor))
+    except newsletter.StateConflict:
+        raise web.HTTPConflict(text=f"The newsletter is {row['status']}; it cannot be cancelled.") from None
+    raise redirect(f"/console/newsletters/{row['id']}", "cancelled")
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/newsletters", index)
+    app.router.add_get("/newsletters/new", new)
+    app.router.add_post("/newsletters/new", create)
+    app.router.add_post("/newsletters/preview", live_preview)
+    app.router.add_get("/newsletters/{id}", show)
+    app.router.add_post("/newsletters/{id}", save)
+    app.router.add_post("/newsletters/{id}/test", test_send)
+    app.router.add_post("/newsletters/{id}/send", send)
+    app.router.add_post("/newsletters/{id}/unschedule", unschedule)
+    app.router.add_post("/newsletters/{id}/cancel", cancel)

@@ -1,0 +1,200 @@
+"""What every console page shares: the template environment, the session and CSRF middleware,
+the `@page(scope)` marker, rendering, redirects and error pages.
+
+The console is an aiohttp sub-application mounted at `/console`; resources of the main app are
+read through `request.config_dict` (POOL, REDIS, SETTINGS).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
+
+import asyncpg
+import jinja2
+from aiohttp import web
+from arq import ArqRedis
+
+from notifier import console_auth
+from notifier.console_auth import ConsoleScope, ConsoleSession
+from notifier.problems import Handler, Problem
+from notifier.resources import POOL, REDIS, SETTINGS
+from notifier.settings import Settings
+
+log = logging.getLogger("notifier.console")
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+STATIC_DIR = TEMPLATES_DIR / "console" / "static"
+
+SESSION = web.RequestKey("console_session", ConsoleSession)
+
+# Pages may be framed by nothing; scripts and styles only from the app; images in newsletters may
+# come from anywhere over http(s). The preview iframe is sandboxed without scripts.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: https: http:; frame-src 'self'; frame-ancestors 'none'; "
+    "form-action 'self'; base-uri 'none'; object-src 'none'"
+)
+
+# Short notices shown after a redirect (`?notice=code`), so no free text is reflected from a URL.
+NOTICES = {
+    "signed-out": "You are signed out.",
+    "saved": "Saved.",
+    "created": "Draft created.",
+    "test-sent": "Test e-mail queued.",
+    "scheduled": "Newsletter scheduled.",
+    "sending": "Sending has started.",
+    "cancelled": "Newsletter cancelled.",
+    "unscheduled": "Schedule removed; the newsletter is a draft again.",
+    "erased": "The member was erased. Only a hash of the address remains on the suppression list.",
+    "suppressed": "Address added to the suppression list.",
+    "already-suppressed": "That address was already on that list.",
+    "unsuppressed": "Suppression removed.",
+    "not-suppressed": "That entry was already gone.",
+    "redriven": "Failed e-mails queued again.",
+    "nothing-redriven": "Nothing to re-drive: those e-mails are no longer failed.",
+}
+
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+    autoescape=jinja2.select_autoescape(enabled_extensions=("html",)),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    auto_reload=False,
+)
+
+
+def _when(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    if value is None:
+        return "—"
+    return value.astimezone(UTC).strftime(fmt) + " UTC"
+
+
+def _number(value: int | float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,}"
+
+
+_ENV.filters["when"] = _when
+_ENV.filters["number"] = _number
+_ENV.filters["hexhash"] = lambda value: bytes(value).hex()
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def page(scope: ConsoleScope) -> Callable[[H], H]:
+    """Mark a console handler as needing a session with `scope` (admin sees everything).
+    Handlers without the mark are public (sign-in, static files)."""
+
+    def mark(handler: H) -> H:
+        handler.console_scope = scope  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def session_of(request: web.Request) -> ConsoleSession:
+    return request[SESSION]
+
+
+def pool_of(request: web.Request) -> asyncpg.Pool:
+    return request.config_dict[POOL]
+
+
+def redis_of(request: web.Request) -> ArqRedis:
+    return request.config_dict[REDIS]
+
+
+def settings_of(request: web.Request) -> Settings:
+    return request.config_dict[SETTINGS]
+
+
+def render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
+    """Render `templates/console/<template>` inside the console layout."""
+    session = request.get(SESSION)
+    settings = settings_of(request)
+    notice = NOTICES.get(request.query.get("notice", ""))
+    text = _ENV.get_template(f"console/{template}").render(
+        session=session,
+        csrf=session.csrf_token if session else "",
+        capture_mail=settings.capture_mail,
+        path=request.path,
+        notice=notice,
+        **context,
+    )
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+def redirect(location: str, notice: str | None = None, **query: str) -> web.HTTPSeeOther:
+    """A 303 to a console page after a POST, optionally with a notice code."""
+    params = dict(query)
+    if notice:
+        params["notice"] = notice
+    return web.HTTPSeeOther(location + ("?" + urlencode(params) if params else ""))
+
+
+def error_page(request: web.Request, status: int, detail: str) -> web.Response:
+    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    return render(request, "error.html", status=status, title=title, detail=detail, status_code=status)
+
+
+async def form_of(request: web.Request) -> Mapping[str, str]:
+    """The submitted form's text fields (files are ignored)."""
+    data = await request.post()
+    return {k: v for k, v in data.items() if isinstance(v, str)}
+
+
+def _secure_headers(response: web.StreamResponse) -> None:
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers.setdefault("Cache-Control", "no-store")
+
+
+@web.middleware
+async def console_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Session, scope and CSRF checks for every marked page; errors as HTML pages."""
+    scope: ConsoleScope | None = getattr(request.match_info.handler, "console_scope", None)
+    try:
+        if scope is not None:
+            session = await console_auth.load(
+                pool_of(request), request.cookies.get(console_auth.SESSION_COOKIE)
+            )
+            if session is None:
+                target = request.path_qs if request.method == "GET" else "/console"
+                raise web.HTTPSeeOther("/console/sign-in?" + urlencode({"next": target}))
+            request[SESSION] = session
+            if request.method == "POST":
+                form = await form_of(request)
+                if not console_auth.same_token(session.csrf_token, form.get("csrf")):
+                    raise web.HTTPForbidden(
+                        text="The form's security token is missing or out of date. "
+                        "Go back, reload the page and submit it again."
+                    )
+            if not session.allows(scope):
+                raise web.HTTPForbidden(text="Your key's scope does not give access to this page.")
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        response = error_page(request, exc.status, detail)
+    except Problem as exc:
+        response = error_page(request, exc.status, exc.detail)
+    except Exception:
+        log.exception("console error on %s %s", request.method, request.path)
+        response = error_page(request, 500, "Something went wrong on our side; it has been logged.")
+    _secure_headers(response)
+    return response
+
+
+def member_url(external_id: str) -> str:
+    return "/console/members/" + quote(external_id, safe="")
+
+
+_ENV.globals["member_url"] = member_url

@@ -1,0 +1,135 @@
+-- The web console: sessions, and what its pages read. See notifier/console*.py.
+
+-- name: console_key_by_hash
+SELECT id, name, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL;
+
+-- name: console_purge_sessions
+DELETE FROM console_sessions WHERE expires_at < now();
+
+-- name: console_insert_session
+INSERT INTO console_sessions (id_hash, api_key_id, scope, csrf_token, expires_at)
+VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+RETURNING expires_at;
+
+-- name: console_touch_session
+-- A live session of a key that is still valid; a revoked key ends its sessions here.
+UPDATE console_sessions s
+SET last_seen_at = now()
+FROM api_keys k
+WHERE s.id_hash = $1 AND k.id = s.api_key_id AND k.revoked_at IS NULL AND s.expires_at > now()
+RETURNING s.id_hash, s.api_key_id, k.name, s.scope, s.csrf_token, s.expires_at;
+
+-- name: console_delete_session
+DELETE FROM console_sessions WHERE id_hash = $1;
+
+-- name: console_find_members
+-- Exact external id or e-mail address, else e-mail addresses starting with $2 (a LIKE pattern).
+SELECT id, external_id, email, name, newsletter, digest_frequency, created_at
+FROM accounts
+WHERE external_id = $1 OR lower(email) = lower($1) OR lower(email) LIKE $2
+ORDER BY (external_id = $1 OR lower(email) = lower($1)) DESC, lower(email), id
+LIMIT $3;
+
+-- name: console_account
+SELECT * FROM accounts WHERE external_id = $1;
+
+-- name: console_account_consents
+SELECT topic, granted, source, wording, wording_version, confirmed_at, created_at
+FROM consents WHERE account_id = $1 ORDER BY id DESC LIMIT $2;
+
+-- name: console_account_inbox_counts
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE read_at IS NULL AND archived_at IS NULL) AS unread,
+       count(*) FILTER (WHERE digest_id IS NULL AND read_at IS NULL AND archived_at IS NULL) AS pending
+FROM messages WHERE account_id = $1;
+
+-- name: console_account_inbox
+SELECT id, category, subject, url, created_at, read_at, archived_at, digest_id
+FROM messages WHERE account_id = $1 ORDER BY id DESC LIMIT $2;
+
+-- name: console_account_emails
+SELECT id, kind, queue, to_address, template, subject, status, attempts, last_error, created_at, sent_at,
+       newsletter_id
+FROM emails WHERE account_id = $1 ORDER BY id DESC LIMIT $2;
+
+-- name: console_account_events
+SELECT id, kind, method, email_id, newsletter_id, detail, created_at
+FROM events WHERE account_id = $1 ORDER BY id DESC LIMIT $2;
+
+-- name: console_account_audit
+SELECT id, actor_type, actor, action, changes, created_at
+FROM audit_log WHERE account_id = $1 ORDER BY id DESC LIMIT $2;
+
+-- name: console_suppressions_for
+SELECT address_hash, list, reason, detail, created_at FROM suppressions WHERE address_hash = $1 ORDER BY list;
+
+-- name: console_recent_suppressions
+SELECT address_hash, list, reason, detail, created_at FROM suppressions ORDER BY created_at DESC LIMIT $1;
+
+-- name: console_suppression_counts
+SELECT reason, count(*) AS n FROM suppressions GROUP BY reason ORDER BY reason;
+
+-- name: console_remove_suppression
+DELETE FROM suppressions WHERE address_hash = $1 AND list = $2 RETURNING reason;
+
+-- name: console_accounts_with_hash
+-- Accounts with this normalised address (see notifier.suppression.normalise).
+SELECT id FROM accounts WHERE lower(email) = $1 ORDER BY id;
+
+-- name: console_insert_event
+INSERT INTO events (kind, account_id, method, detail) VALUES ($1, $2, 'console', $3);
+
+-- name: console_failed_emails
+SELECT id, kind, queue, account_id, to_address, template, subject, attempts, last_error, created_at, failed_at,
+       newsletter_id
+FROM emails WHERE status = 'failed'
+ORDER BY failed_at DESC NULLS LAST, id DESC
+LIMIT $1;
+
+-- name: console_failed_count
+SELECT count(*) FROM emails WHERE status = 'failed';
+
+-- name: console_send_rate
+SELECT count(*) FILTER (WHERE sent_at > now() - interval '1 minute') AS last_minute,
+       count(*) FILTER (WHERE sent_at > now() - interval '1 hour') AS last_hour,
+       count(*) AS last_day
+FROM emails WHERE status = 'sent' AND sent_at > now() - interval '1 day';
+
+-- name: console_failure_rate
+SELECT count(*) FILTER (WHERE failed_at > now() - interval '1 hour') AS last_hour,
+       count(*) AS last_day
+FROM emails WHERE status = 'failed' AND failed_at > now() - interval '1 day';
+
+-- name: console_queue_depths
+SELECT queue,
+       count(*) FILTER (WHERE status = 'queued') AS queued,
+       count(*) FILTER (WHERE status = 'queued' AND next_attempt_at <= now()) AS due,
+       count(*) FILTER (WHERE status = 'sending') AS sending,
+       min(next_attempt_at) FILTER (WHERE status = 'queued') AS oldest_due
+FROM emails WHERE status IN ('queued', 'sending')
+GROUP BY queue ORDER BY queue;
+
+-- name: console_newsletters
+-- Newest first, with delivery figures from the outbox rows.
+SELECT n.id, n.subject, n.status, n.scheduled_at, n.started_at, n.finished_at, n.recipients, n.created_by,
+       n.created_at, n.updated_at,
+       coalesce(f.sent, 0) AS sent, coalesce(f.failed, 0) AS failed, coalesce(f.pending, 0) AS pending
+FROM newsletters n
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE e.status = 'sent') AS sent,
+           count(*) FILTER (WHERE e.status = 'failed') AS failed,
+           count(*) FILTER (WHERE e.status IN ('queued', 'sending')) AS pending
+    FROM emails e WHERE e.newsletter_id = n.id AND e.kind = 'newsletter'
+) f ON n.status IN ('sending', 'sent', 'cancelled')
+ORDER BY n.id DESC
+LIMIT $1;
+
+-- name: console_newsletter_timeline
+-- Events of a newsletter per time bucket ($2 wide, from $3) and kind.
+SELECT date_bin($2::interval, created_at, $3::timestamptz) AS bucket, kind, count(*) AS n
+FROM events
+WHERE newsletter_id = $1 AND kind = ANY($4::text[])
+GROUP BY 1, 2 ORDER BY 1, 2;
+
+-- name: console_newsletter_event_span
+SELECT min(created_at) AS first, max(created_at) AS last FROM events WHERE newsletter_id = $1;
