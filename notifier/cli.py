@@ -139,6 +139,28 @@ def _instant(value: str) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
+async def cmd_outbox(args: argparse.Namespace) -> int:
+    from notifier import outbox
+    from notifier.resources import opened
+
+    settings = settings_for(args)
+    settings.require_services()
+    if not args.ids and args.since is None:
+        raise ConfigError("give the ids of failed e-mails, or --since TIME")
+    async with opened(settings) as resources:
+        ids = await outbox.retry_failed(resources.pool, resources.redis, ids=args.ids, since=args.since)
+    print(f"re-queued {len(ids)} failed e-mail(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
+    return 0
+
+
+def _since(value: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -219,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("external_id")
     d.add_argument("--html", action="store_true", help="print the HTML part instead of the text")
     p.set_defaults(func=cmd_digests)
+
+    p = sub.add_parser("outbox", help="operate the outbox of e-mails", description="The outbox of e-mails.")
+    ob = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    o = ob.add_parser("retry", help="re-queue failed e-mails (by id, or all failed since a time)")
+    o.add_argument("ids", nargs="*", type=int, help="ids of failed e-mails")
+    o.add_argument(
+        "--since", type=_since, help="all that failed at or after this ISO 8601 time (UTC if no zone)"
+    )
+    p.set_defaults(func=cmd_outbox)
 
     return parser
 

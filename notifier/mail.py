@@ -68,12 +68,13 @@ def one_line(text: str) -> str:
 
 
 def _encoded_words(text: str) -> list[str]:
-    """RFC 2047 B-encoded words of at most 75 characters, never splitting a character."""
+    """RFC 2047 B-encoded words of 64 characters at most (so `Subject: ` and one word fit in 78),
+    never splitting a character."""
     words: list[str] = []
     chunk = bytearray()
     for char in text:
         encoded = char.encode("utf-8")
-        if len(chunk) + len(encoded) > 45:  # 45 bytes -> 60 base64 characters + 12 of wrapping
+        if len(chunk) + len(encoded) > 39:  # 39 bytes -> 52 base64 characters + 12 of wrapping
             words.append(_b_word(bytes(chunk)))
             chunk.clear()
         chunk += encoded
@@ -196,9 +197,10 @@ def build(
             (CRLF.join(lines) + CRLF + CRLF).encode("ascii"),
             (part_head % "plain").encode("ascii"),
             _qp(text),
-            (part_head % "html").encode("ascii"),
+            # The CRLF before a delimiter belongs to the delimiter (RFC 2046), not to the body.
+            (CRLF + part_head % "html").encode("ascii"),
             _qp(html),
-            f"--{boundary}--{CRLF}".encode("ascii"),
+            f"{CRLF}--{boundary}--{CRLF}".encode("ascii"),
         )
     )
 

@@ -9,7 +9,8 @@ import asyncpg
 import pytest
 from arq import ArqRedis
 
-from notifier import outbox, queues, suppression
+from notifier import mail, outbox, queues, suppression, tokens
+from notifier.db import Q
 from notifier.outbox import Delivery
 from notifier.settings import Settings
 from notifier.smtp import SMTPSender
@@ -59,3 +60,332 @@ async def test_ring_then_worker_sends_once(
     assert row["status"] == "sent"
     assert row["message_id"] == message["Message-ID"]
     assert await events_of(pool, email_id) == ["sent"]
+
+
+def delivery_for(settings: Settings, pool: asyncpg.Pool, redis: ArqRedis | None = None) -> Delivery:
+    return Delivery(settings, pool, SMTPSender(settings), redis=redis)
+
+
+def later(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+async def test_digest_headers_links_and_parts(
+    settings: Settings, pool: asyncpg.Pool, smtp: MailSink, factory: Factory
+) -> None:
+    settings.unsubscribe_mailto = "unsubscribe@example.org"
+    account = await factory.account(name="Zoë", email="zoe@example.com")
+    async with pool.acquire() as conn:
+        email_id = await outbox.add(
+            conn,
+            kind="digest",
+            account_id=account["id"],
+            to_address=account["email"],
+            template="service/welcome",
+            subject="Your digest: 3 new messages",
+            context={"account": {"name": "Zoë"}},
+        )
+    assert email_id is not None
+    counts = await delivery_for(settings, pool).run(queues.DIGEST)
+    assert counts.sent == 1
+    received = smtp.received[0]
+    assert (received.sender, received.recipients) == ("service@example.org", ["zoe@example.com"])
+    message = received.message
+    assert message["Subject"] == "Your digest: 3 new messages"
+    assert message["List-Id"] == "<digest.notifier.localhost>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    https, mailto = (part.strip(" <>") for part in message["List-Unsubscribe"].split(","))
+    assert https.startswith("https://notifier.test/u/")
+    token = https.rsplit("/", 1)[1]
+    assert mailto == f"mailto:unsubscribe@example.org?subject=unsubscribe-{token}"
+    parsed = tokens.verify(settings.secret, token, "unsubscribe")
+    assert parsed == tokens.Token("unsubscribe", "digest", account["id"])
+    html = message.get_body(("html",))
+    assert html is not None
+    body = html.get_content()
+    assert f'href="{https}"' in body  # unsubscribe_url reached the template
+    assert "/preferences/" in body
+    assert 'style="' in body and "<style" not in body  # CSS inlined
+    text = message.get_body(("plain",))
+    assert text is not None and "Welcome, Zoë" in text.get_content()
+
+
+async def test_451_then_250_delivers_after_the_retry_delay(
+    settings: Settings, pool: asyncpg.Pool, smtp: MailSink
+) -> None:
+    email_id = await add_service(pool)
+    smtp.replies.append("451 4.3.0 try again later")
+    delivery = delivery_for(settings, pool)
+    now = datetime.now(UTC)
+    counts = await delivery.run(queues.SERVICE, now=now)
+    assert counts.deferred == 1 and not smtp.received
+    row = await status_of(pool, email_id)
+    assert row["status"] == "queued" and row["attempts"] == 1
+    assert row["next_attempt_at"] == now + timedelta(seconds=outbox.RETRY_DELAYS[0])
+    assert "451" in row["last_error"]
+
+    # Not due yet: nothing happens a second before the retry time.
+    assert (await delivery.run(queues.SERVICE, now=row["next_attempt_at"] - timedelta(seconds=1))).sent == 0
+    counts = await delivery.run(queues.SERVICE, now=row["next_attempt_at"])
+    assert counts.sent == 1 and len(smtp.received) == 1
+    row = await status_of(pool, email_id)
+    assert (row["status"], row["attempts"]) == ("sent", 2)
+    assert await events_of(pool, email_id) == ["deferred", "sent"]
+
+
+async def test_temporary_failures_give_up_after_the_last_delay(
+    settings: Settings, pool: asyncpg.Pool, smtp: MailSink
+) -> None:
+    email_id = await add_service(pool)
+    delivery = delivery_for(settings, pool)
+    now = datetime.now(UTC)
+    for _ in range(len(outbox.RETRY_DELAYS) + 1):
+        smtp.replies.append("421 4.7.0 busy")
+        await delivery.run(queues.SERVICE, now=now)
+        now = (await status_of(pool, email_id))["next_attempt_at"]
+    row = await status_of(pool, email_id)
+    assert row["status"] == "failed" and row["failed_at"] is not None
+    assert row["attempts"] == len(outbox.RETRY_DELAYS) + 1
+    assert "gave up" in row["last_error"]
+    assert (await events_of(pool, email_id)).count("deferred") == len(outbox.RETRY_DELAYS)
+
+
+async def test_550_unknown_user_fails_at_once_and_suppresses(
+    settings: Settings, pool: asyncpg.Pool, smtp: MailSink
+) -> None:
+    smtp.rcpt_replies["gone@example.com"] = (
+        "550 5.1.1 <gone@example.com>: Recipient address rejected: User unknown"
+    )
+    email_id = await add_service(pool, to_address="Gone@Example.com ".strip())
+    # The address in the outbox is as given; suppression matches it case-insensitively.
+    await pool.execute("UPDATE emails SET to_address = 'gone@example.com' WHERE id = $1", email_id)
+    counts = await delivery_for(settings, pool).run(queues.SERVICE)
+    assert counts.bounced == 1
+    row = await status_of(pool, email_id)
+    assert row["status"] == "failed" and "550" in row["last_error"]
+    assert await events_of(pool, email_id) == ["bounced"]
+    assert await suppression.check(pool, "GONE@example.com", ["all"]) == "hard_bounce"
+
+    # The next e-mail to that address is skipped at send time, with the reason recorded.
+    second = await add_service(pool, to_address="gone@example.com")
+    counts = await delivery_for(settings, pool).run(queues.SERVICE)
+    assert counts.suppressed == 1
+    row = await status_of(pool, second)
+    assert row["status"] == "suppressed" and "hard_bounce" in row["last_error"]
+    detail = await pool.fetchval("SELECT detail FROM events WHERE email_id = $1", second)
+    assert detail == {"reason": "hard_bounce", "list": "all"}
+
+
+async def test_other_5xx_fails_without_suppressing(
+    settings: Settings, pool: asyncpg.Pool, smtp: MailSink
+) -> None:
+    smtp.replies.append("554 5.7.1 message rejected as spam")
+    email_id = await add_service(pool)
+    await delivery_for(settings, pool).run(queues.SERVICE)
+    assert (await status_of(pool, email_id))["status"] == "failed"
+    assert await events_of(pool, email_id) == ["failed"]
+    assert await pool.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
+async def test_unsubscribe_suppresses_digests_but_not_service_mail(
+    settings: Settings, pool: asyncpg.Pool, smtp: MailSink, factory: Factory
+) -> None:
+    account = await factory.account()
+    await suppression.add(pool, account["email"], "unsubscribed", "digest")
+    await suppression.add(pool, account["email"], "unsubscribed", "all")
+    digest = await add_service(pool, account, kind="digest")
+    service = await add_service(pool, account)
+    await delivery_for(settings, pool).run(queues.DIGEST)
+    await delivery_for(settings, pool).run(queues.SERVICE)
+    assert (await status_of(pool, digest))["status"] == "suppressed"
+    assert (await status_of(pool, service))["status"] == "sent"
+    assert [r.recipients for r in smtp.received] == [[account["email"]]]
+
+
+async def test_refused_connection_schedules_a_retry(
+    settings: Settings, pool: asyncpg.Pool, redis: ArqRedis, smtp: MailSink
+) -> None:
+    from notifier.embedded import free_port
+
+    email_id = await add_service(pool)
+    refused = settings.model_copy(update={"smtp_port": free_port()})
+    now = datetime.now(UTC)
+    counts = await delivery_for(refused, pool, redis).run(queues.SERVICE, now=now)
+    assert counts.deferred == 1
+    row = await status_of(pool, email_id)
+    assert row["status"] == "queued" and "cannot connect" in row["last_error"]
+    assert row["next_attempt_at"] == now + timedelta(seconds=outbox.RETRY_DELAYS[0])
+    # A doorbell is set for the retry time (so it does not wait for the sweep).
+    jobs = [j.decode() for j in await redis.zrange(queues.SERVICE, 0, -1)]
+    assert any(j.startswith(f"deliver:{queues.SERVICE}:") for j in jobs)
+    # With the server back, the retry goes out.
+    assert (await delivery_for(settings, pool).run(queues.SERVICE, now=row["next_attempt_at"])).sent == 1
+
+
+async def test_lost_job_is_rung_again_by_the_sweep_and_sent_once(
+    pool: asyncpg.Pool, redis: ArqRedis, smtp: MailSink, run_worker: Any
+) -> None:
+    email_id = await add_service(pool)
+    await outbox.ring(redis, queues.SERVICE)
+    await redis.flushdb()  # Redis lost the job
+    assert await run_worker(queues.SERVICE) == 0
+    assert not smtp.received
+
+    assert await outbox.sweep(pool, redis) == {queues.SERVICE: 1}
+    assert await outbox.sweep(pool, redis) == {}  # a bell is already waiting: no second one
+    await run_worker(queues.SERVICE)
+    assert len(smtp.received) == 1
+    assert await outbox.sweep(pool, redis) == {}
+    await run_worker(queues.SERVICE)
+    assert len(smtp.received) == 1
+    assert (await status_of(pool, email_id))["status"] == "sent"
+
+
+async def test_abandoned_claim_becomes_due_when_its_lease_ends(
+    settings: Settings, pool: asyncpg.Pool, smtp: MailSink
+) -> None:
+    email_id = await add_service(pool)
+    now = datetime.now(UTC)
+    lease = now + timedelta(seconds=60)
+    # A worker claims the row and dies before sending.
+    claimed = await pool.fetch(Q.claim_emails, queues.SERVICE, now, 10, lease)
+    assert [r["id"] for r in claimed] == [email_id]
+    delivery = delivery_for(settings, pool)
+    assert (await delivery.run(queues.SERVICE, now=now + timedelta(seconds=30))).sent == 0
+    assert (await delivery.run(queues.SERVICE, now=lease)).sent == 1
+    # The dead worker's late result cannot overwrite the new one.
+    await pool.execute(
+        Q.record_results,
+        [email_id],
+        ["failed"],
+        [None],
+        ["late"],
+        [None],
+        ["failed"],
+        [None],
+        now,
+        lease,
+        "x",
+    )
+    row = await status_of(pool, email_id)
+    assert row["status"] == "sent" and row["attempts"] == 2
+    assert await events_of(pool, email_id) == ["sent"]
+    assert len(smtp.received) == 1
+
+
+async def test_concurrent_jobs_send_each_email_once(
+    pool: asyncpg.Pool, redis: ArqRedis, smtp: MailSink, run_worker: Any
+) -> None:
+    async with pool.acquire() as conn:
+        ids = await outbox.add_many(
+            conn,
+            [
+                outbox.NewEmail(kind="service", to_address=f"m{i}@example.com", template="service/selftest")
+                for i in range(350)
+            ],
+        )
+    assert len(ids) == 350
+    await outbox.ring(redis, queues.SERVICE, count=len(ids))  # four jobs racing for the rows
+    await outbox.ring(redis, queues.SERVICE, count=len(ids))
+    await run_worker(queues.SERVICE)
+    recipients = [r.recipients[0] for r in smtp.received]
+    assert len(recipients) == 350 and len(set(recipients)) == 350
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE kind = 'sent'") == 350
+
+
+async def test_add_many_skips_existing_newsletter_recipients(pool: asyncpg.Pool, factory: Factory) -> None:
+    account = await factory.account()
+    newsletter_id = await pool.fetchval(
+        "INSERT INTO newsletters (subject, body) VALUES ('Hi', 'Body') RETURNING id"
+    )
+    row = outbox.NewEmail(
+        kind="newsletter",
+        to_address=account["email"],
+        account_id=account["id"],
+        template=None,
+        newsletter_id=newsletter_id,
+    )
+    async with pool.acquire() as conn:
+        assert len(await outbox.add_many(conn, [row])) == 1
+        assert await outbox.add_many(conn, [row]) == []
+    assert await pool.fetchval("SELECT queue FROM emails") == queues.BULK
+
+
+async def test_header_injection_through_the_outbox_is_impossible(
+    settings: Settings, pool: asyncpg.Pool, smtp: MailSink
+) -> None:
+    async with pool.acquire() as conn:
+        with pytest.raises(mail.HeaderError):
+            await outbox.add(
+                conn,
+                kind="service",
+                to_address="a@example.com\r\nBcc: victim@example.net",
+                template="service/selftest",
+            )
+    email_id = await add_service(pool, subject="Hi\r\nBcc: victim@example.net\r\n\r\nforged body")
+    await add_service(pool, context={"account": {"name": "Eve\r\nBcc: victim@example.net"}})
+    await delivery_for(settings, pool).run(queues.SERVICE)
+    assert len(smtp.received) == 2
+    for received in smtp.received:
+        assert received.recipients == ["someone@example.com"]
+        assert received.message["Bcc"] is None
+    assert (await status_of(pool, email_id))["status"] == "sent"
+    assert smtp.received[0].message["Subject"] == "Hi Bcc: victim@example.net forged body"
+
+
+async def test_a_template_error_fails_the_email_not_the_batch(
+    settings: Settings, pool: asyncpg.Pool, smtp: MailSink
+) -> None:
+    broken = await add_service(
+        pool, template="service/email_address_changed", context={"account": {"name": "Ada"}}
+    )
+    fine = await add_service(pool)
+    await delivery_for(settings, pool).run(queues.SERVICE)
+    row = await status_of(pool, broken)
+    assert row["status"] == "failed" and "old_email" in row["last_error"]
+    assert (await status_of(pool, fine))["status"] == "sent"
+
+
+async def test_retry_failed_by_id_and_since(
+    settings: Settings, pool: asyncpg.Pool, redis: ArqRedis, smtp: MailSink, run_worker: Any
+) -> None:
+    first = await add_service(pool)
+    second = await add_service(pool)
+    smtp.replies.extend(["554 5.0.0 no", "554 5.0.0 no"])
+    await delivery_for(settings, pool).run(queues.SERVICE)
+    assert {(await status_of(pool, i))["status"] for i in (first, second)} == {"failed"}
+
+    assert await outbox.retry_failed(pool, redis, ids=[first, 999]) == [first]
+    await run_worker(queues.SERVICE)
+    assert (await status_of(pool, first))["status"] == "sent"
+    assert (await status_of(pool, second))["status"] == "failed"
+
+    failed_at = (await status_of(pool, second))["failed_at"]
+    assert await outbox.retry_failed(pool, redis, since=failed_at + timedelta(seconds=1)) == []
+    assert await outbox.retry_failed(pool, redis, since=failed_at) == [second]
+    await run_worker(queues.SERVICE)
+    assert (await status_of(pool, second))["status"] == "sent"
+    assert len(smtp.received) == 2
+
+
+def test_cli_outbox_retry(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from notifier import cli
+
+    monkeypatch.setenv("NOTIFIER_DATABASE_URL", settings.database_url or "")
+    monkeypatch.setenv("NOTIFIER_REDIS_URL", settings.redis_url or "")
+    assert cli.main(["outbox", "retry"]) == 2
+    assert "give the ids" in capsys.readouterr().err
+    assert cli.main(["outbox", "retry", "--since", "2000-01-01T00:00"]) == 0
+    assert "re-queued" in capsys.readouterr().out
+
+
+async def test_rate_limiter_spaces_batches_across_workers(redis: ArqRedis) -> None:
+    from notifier.smtp import RateLimiter
+
+    one = RateLimiter(redis, rate=100, key="test:rate")
+    two = RateLimiter(redis, rate=100, key="test:rate")
+    assert await one.reserve(50) < 0.05
+    wait = await two.reserve(50)  # the second worker waits for the first one's 50 slots
+    assert 0.4 < wait <= 0.5

@@ -56,7 +56,9 @@ async def test_service_message_is_queued_then_sent(
     assert (await status.json())["status"] == "sent"
 
 
-async def test_unknown_template_is_422_naming_it(client: Client, pool: asyncpg.Pool, factory: Factory) -> None:
+async def test_unknown_template_is_422_naming_it(
+    client: Client, pool: asyncpg.Pool, factory: Factory
+) -> None:
     await factory.account(external_id="m-1")
     resp = await client.post(
         "/v1/service-messages",
@@ -70,7 +72,9 @@ async def test_unknown_template_is_422_naming_it(client: Client, pool: asyncpg.P
     assert await pool.fetchval("SELECT count(*) FROM emails") == 0
 
 
-async def test_missing_variable_is_422_naming_it(client: Client, pool: asyncpg.Pool, factory: Factory) -> None:
+async def test_missing_variable_is_422_naming_it(
+    client: Client, pool: asyncpg.Pool, factory: Factory
+) -> None:
     await factory.account(external_id="m-1")
     resp = await client.post(
         "/v1/service-messages",
