@@ -50,3 +50,34 @@ class Factory:
         )
         assert record is not None
         return record
+
+    async def email(self, account: asyncpg.Record | None = None, **fields: Any) -> asyncpg.Record:
+        """Insert an outbox row (queued unless `status` is given) for `account` or any address."""
+        n = next(_seq)
+        row: dict[str, Any] = {
+            "kind": "service",
+            "queue": "notifier:service",
+            "account_id": account["id"] if account else None,
+            "to_address": account["email"] if account else f"someone{n}@example.com",
+            "template": "service/welcome",
+            "subject": f"E-mail {n}",
+        }
+        row.update(fields)
+        columns = ", ".join(row)
+        params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+        record = await self.pool.fetchrow(
+            f"INSERT INTO emails ({columns}) VALUES ({params}) RETURNING *", *row.values()
+        )
+        assert record is not None
+        return record
+
+    async def event(self, kind: str, **fields: Any) -> asyncpg.Record:
+        """Insert an event of `kind`; any column may be given."""
+        row: dict[str, Any] = {"kind": kind, **fields}
+        columns = ", ".join(row)
+        params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+        record = await self.pool.fetchrow(
+            f"INSERT INTO events ({columns}) VALUES ({params}) RETURNING *", *row.values()
+        )
+        assert record is not None
+        return record
