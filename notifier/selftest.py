@@ -1,26 +1,19 @@
-"""A self-test e-mail: proves that a worker can render and hand a message to the mail server."""
+"""A self-test e-mail: proves that a worker can render and hand a message to the mail server,
+through the same outbox as every other e-mail."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+import asyncpg
+from arq import ArqRedis
 
-from notifier.settings import Settings
-from notifier.smtp import Envelope, Sender
+from notifier import outbox, queues
 
 
-async def send_selftest(settings: Settings, sender: Sender, to: str) -> str:
-    """Send one plain e-mail to `to` from SERVICE_FROM; returns the server's reply."""
-    from_addr = parseaddr(settings.service_from)[1]
-    msg = EmailMessage()
-    msg["From"] = settings.service_from
-    msg["To"] = to
-    msg["Subject"] = "notifier is running"
-    msg["Date"] = format_datetime(datetime.now(UTC))
-    msg["Message-ID"] = make_msgid(domain=from_addr.rpartition("@")[2] or "localhost")
-    msg.set_content(
-        "This message was sent by a notifier worker to show that delivery works.\n\n"
-        f"Web: {settings.public_url}\n"
-    )
-    return await sender.send(Envelope(from_addr, (to,), msg.as_bytes()))
+async def send_selftest(pool: asyncpg.Pool, redis: ArqRedis, to: str) -> int:
+    """Queue the self-test e-mail (template `service/selftest`) to `to` and ring the service
+    queue; returns the outbox id. The e-mail is sent by the `deliver` job like any other."""
+    async with pool.acquire() as conn:
+        email_id = await outbox.add(conn, kind="service", to_address=to, template="service/selftest")
+    assert email_id is not None  # no unique key applies to service mail
+    await outbox.ring(redis, queues.SERVICE)
+    return email_id

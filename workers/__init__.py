@@ -38,11 +38,11 @@ async def heartbeat_job(ctx: dict[str, Any]) -> int:
     return await heartbeat.beat(ctx["pool"], worker_name())
 
 
-async def selftest_job(ctx: dict[str, Any], to: str) -> str:
-    """Send a short e-mail proving the worker can reach the mail server (used by `notifier dev`)."""
+async def selftest_job(ctx: dict[str, Any], to: str) -> int:
+    """Queue a short e-mail proving the worker can reach the mail server (used by `notifier dev`)."""
     from notifier.selftest import send_selftest
 
-    return await send_selftest(ctx["settings"], ctx["sender"], to)
+    return await send_selftest(ctx["pool"], ctx["redis"], to)
 
 
 # What runs where. Each entry: the queue and its arq functions, with explicit timeouts and tries.
