@@ -210,6 +210,7 @@ async def run_pass(
     gets at most one digest and each message at most one digest. Returns what it did."""
     now = now or datetime.now(UTC)
     total = PassResult()
+    await pool.execute(Q.repair_immediate, timedelta(seconds=settings.immediate_coalesce_seconds))
     while True:
         async with pool.acquire() as conn, conn.transaction():
             batch = await _run_batch(conn, settings, now, batch_size)

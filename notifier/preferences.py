@@ -4,11 +4,15 @@ function every writer of preferences uses (the API, the preference centre, unsub
 
 Defaults (for a new account): a daily digest at 08:00 local time, Monday for weekly, time zone
 UTC, no newsletter.
+
+Hooks registered here keep the digest schedule in step with the account: registration opens the
+first window, a corrected time zone moves the open window's end, and new inbox messages make
+members on "immediate" due (see notifier/digest.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -16,12 +20,14 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
-from notifier import audit, schedule
+from notifier import audit, digest, schedule
+from notifier.accounts import on_account_changed, on_account_created
 from notifier.audit import Actor
 from notifier.auth import api_key_of, requires
 from notifier.db import Q
+from notifier.inbox import CreatedMessage, on_messages_created
 from notifier.problems import Problem, read_json, validation_errors
-from notifier.resources import POOL
+from notifier.resources import POOL, SETTINGS
 
 FIELDS = ("digest_frequency", "digest_hour", "digest_weekday", "timezone", "newsletter")
 # Shown by GET; a PUT may send them back (GET, edit, PUT) and they are ignored.
@@ -216,3 +222,37 @@ async def put_preferences(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/accounts/{external_id}/preferences", get_preferences)
     app.router.add_put("/v1/accounts/{external_id}/preferences", put_preferences)
+
+
+# --- hooks: the schedule follows the account -------------------------------------------------------
+
+
+@on_account_created
+async def _open_first_window(conn: asyncpg.Connection, account: asyncpg.Record) -> None:
+    # The registering transaction's time (the row's default window start) opens the first window.
+    await start_schedule(conn, account, account["digest_window_start"])
+
+
+@on_account_changed
+async def _follow_timezone(conn: asyncpg.Connection, before: asyncpg.Record, after: asyncpg.Record) -> None:
+    """A corrected time zone moves the open window's end to the member's hour in the new zone."""
+    if before["timezone"] == after["timezone"] or after["digest_frequency"] not in schedule.SCHEDULED:
+        return
+    end = schedule.reschedule(
+        after["digest_frequency"],
+        after["digest_hour"],
+        after["digest_weekday"],
+        after["timezone"],
+        after["digest_window_start"],
+        datetime.now(UTC),
+    )
+    await conn.execute(Q.start_schedule, after["id"], after["digest_window_start"], end)
+
+
+@on_messages_created
+async def _immediate_members(app: web.Application, created: Sequence[CreatedMessage]) -> None:
+    """New messages for members on "immediate": due one coalescing window from now."""
+    ids = [m.account_id for m in created if m.digest_frequency == "immediate"]
+    if ids:
+        async with app[POOL].acquire() as conn:
+            await digest.messages_arrived(conn, ids, app[SETTINGS])

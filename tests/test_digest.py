@@ -8,6 +8,7 @@ import os
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -469,3 +470,62 @@ async def test_unmailable_address_does_not_block_the_batch(
     result = await run_pass(pool, redis, settings, T0 + DAY)
     assert (result.accounts, result.digests, result.emails, result.skipped) == (2, 2, 1, [broken["id"]])
     assert [e["account_id"] for e in await digest_emails(pool)] == [fine["id"]]
+
+
+# --- hooks: registration, intake and corrections drive the schedule ---------------------------------
+
+
+async def test_api_registration_intake_and_correction_drive_the_schedule(
+    client: Any, pool: asyncpg.Pool, redis: ArqRedis, settings: Settings
+) -> None:
+    from notifier import auth
+
+    _, key = await auth.create_key(pool, "hooks", ["accounts", "messages"])
+    headers = {"Authorization": f"Bearer {key}"}
+    resp = await client.post(
+        "/v1/accounts",
+        json={"external_id": "hook-1", "email": "hook@example.com", "name": "Hook"},
+        headers=headers,
+    )
+    assert resp.status == 201, await resp.text()
+    row = await pool.fetchrow("SELECT * FROM accounts WHERE external_id = 'hook-1'")
+    # Registration opened the first window: daily at 08:00 UTC by default.
+    due = row["next_digest_at"]
+    assert due is not None and (due.hour, due.minute) == (8, 0)
+    assert timedelta(0) < due - row["digest_window_start"] <= DAY
+
+    # Correcting the time zone moves the open window's end to 08:00 in the new zone.
+    resp = await client.patch("/v1/accounts/hook-1", json={"timezone": "Asia/Tokyo"}, headers=headers)
+    assert resp.status == 200, await resp.text()
+    moved = (await account(pool, row["id"]))["next_digest_at"]
+    assert moved.astimezone(ZoneInfo("Asia/Tokyo")).hour == 8
+
+    # On "immediate", a posted message makes the member due one coalescing window later.
+    resp = await client.put(
+        "/v1/accounts/hook-1/preferences", json={"digest_frequency": "immediate"}, headers=headers
+    )
+    assert resp.status == 200 and (await resp.json())["next_digest_at"] is None
+    before = datetime.now(UTC)
+    resp = await client.post(
+        "/v1/accounts/hook-1/messages",
+        json={"category": "news", "subject": "Now", "body": "b"},
+        headers=headers,
+    )
+    assert resp.status == 201, await resp.text()
+    due = (await account(pool, row["id"]))["next_digest_at"]
+    window = timedelta(seconds=settings.immediate_coalesce_seconds)
+    assert before + window - timedelta(seconds=5) <= due <= datetime.now(UTC) + window
+    result = await run_pass(pool, redis, settings, due)
+    assert (result.digests, result.emails) == (1, 1)
+
+
+async def test_pass_repairs_immediate_members_the_hook_missed(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    acc = await factory.account(digest_frequency="immediate", next_digest_at=None)
+    await factory.message(acc, created_at=T0)  # no hook ran (e.g. it failed after commit)
+    early = await run_pass(pool, redis, settings, T0 + timedelta(seconds=30))
+    assert early.accounts == 0
+    assert (await account(pool, acc["id"]))["next_digest_at"] == T0 + timedelta(seconds=120)
+    late = await run_pass(pool, redis, settings, T0 + timedelta(seconds=120))
+    assert (late.digests, late.emails) == (1, 1)

@@ -52,6 +52,21 @@ WITH due AS (
 UPDATE accounts a SET next_digest_at = coalesce($3::timestamptz, now()) + $2::interval
 FROM due WHERE a.id = due.id;
 
+-- name: repair_immediate
+-- The safety net behind the intake hook (which runs after commit and may fail): members on
+-- "immediate" with waiting messages but no due time become due one coalescing window ($1) after
+-- their oldest waiting message.
+UPDATE accounts a SET next_digest_at = p.first + $1::interval
+FROM (
+    SELECT m.account_id, min(m.created_at) AS first
+    FROM accounts i
+    JOIN messages m ON m.account_id = i.id
+    WHERE i.digest_frequency = 'immediate' AND i.next_digest_at IS NULL
+      AND m.digest_id IS NULL AND m.read_at IS NULL AND m.archived_at IS NULL
+    GROUP BY m.account_id
+) p
+WHERE a.id = p.account_id AND a.digest_frequency = 'immediate' AND a.next_digest_at IS NULL;
+
 -- name: claim_due_accounts
 -- One batch of accounts whose digest is due, locked for this transaction; a concurrent pass skips
 -- them and takes the next ones. NO KEY UPDATE: intake inserting messages (a foreign-key share
