@@ -153,6 +153,9 @@ def create_app(settings: Settings) -> web.Application:
     from notifier import inbox
 
     inbox.setup_routes(app)
+    from notifier import openapi
+
+    openapi.setup_routes(app)
     from notifier import consent, newsletter_api, preference_centre, unsubscribe
 
     newsletter_api.setup_routes(app)
