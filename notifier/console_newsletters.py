@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier import console_chart, newsletter, outbox, queues
+from notifier import console_chart, mail, newsletter, outbox, queues
 from notifier.console_ui import form_of, page, pool_of, redirect, redis_of, render, session_of, settings_of
 from notifier.db import Q
 from notifier.newsletter_api import NewsletterIn, TestSendIn
@@ -135,7 +135,9 @@ async def show(request: web.Request) -> web.Response:
         return _compose(request, row=row, form=dict(row), errors={})
     pool = pool_of(request)
     figures = await newsletter.figures(pool, row["id"])
-    chart = await console_chart.timeline(pool, row["id"])
+    chart = await console_chart.timeline(
+        pool, row["id"], datetime.now(UTC) if row["status"] == "sending" else None
+    )
     _, html, _ = _preview(request, newsletter.draft_of(row))
     done = figures["sent"] + figures["failed"] + figures["suppressed"] + figures["cancelled"]
     return render(
@@ -207,10 +209,24 @@ async def test_send(request: web.Request) -> web.Response:
         raise web.HTTPUnprocessableEntity(
             text="The newsletter does not render: " + "; ".join(render_errors.values())
         )
+    addresses = list(dict.fromkeys(str(a) for a in body.to))
+    for address in addresses:
+        try:
+            mail.check_address(address)
+        except mail.HeaderError as exc:
+            raise web.HTTPUnprocessableEntity(text=f"{address} cannot be used: {exc}") from None
     async with pool_of(request).acquire() as conn, conn.transaction():
-        for address in dict.fromkeys(str(a) for a in body.to):
-            await conn.execute(Q.insert_test_email, row["id"], queues.SERVICE, address, row["subject"], "")
-    await outbox.ring(redis_of(request), queues.SERVICE)
+        for address in addresses:
+            await outbox.add(
+                conn,
+                kind="test",
+                to_address=address,
+                template=None,
+                newsletter_id=row["id"],
+                context={"name": ""},
+                queue=queues.SERVICE,
+            )
+    await outbox.ring(redis_of(request), queues.SERVICE, len(addresses))
     raise redirect(f"/console/newsletters/{row['id']}", "test-sent")
 
 

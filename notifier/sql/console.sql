@@ -125,11 +125,13 @@ ORDER BY n.id DESC
 LIMIT $1;
 
 -- name: console_newsletter_timeline
--- Events of a newsletter per time bucket ($2 wide, from $3) and kind.
+-- Events of a newsletter's members per time bucket ($2 wide, from $3) and kind; test-sends have
+-- no account and do not count.
 SELECT date_bin($2::interval, created_at, $3::timestamptz) AS bucket, kind, count(*) AS n
 FROM events
-WHERE newsletter_id = $1 AND kind = ANY($4::text[])
+WHERE newsletter_id = $1 AND kind = ANY($4::text[]) AND account_id IS NOT NULL
 GROUP BY 1, 2 ORDER BY 1, 2;
 
 -- name: console_newsletter_event_span
-SELECT min(created_at) AS first, max(created_at) AS last FROM events WHERE newsletter_id = $1;
+SELECT min(created_at) AS first, max(created_at) AS last
+FROM events WHERE newsletter_id = $1 AND account_id IS NOT NULL;
