@@ -161,6 +161,15 @@ def _since(value: str) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
+async def cmd_newsletter(args: argparse.Namespace) -> int:
+    from notifier.newsletter import cli_send
+
+    settings = settings_for(args)
+    settings.require_secret()
+    settings.require_services()
+    return await cli_send(settings, args.id, wait=not args.no_wait)
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -250,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=_since, help="all that failed at or after this ISO 8601 time (UTC if no zone)"
     )
     p.set_defaults(func=cmd_outbox)
+
+    p = sub.add_parser("newsletter", help="send a newsletter and follow it", description="Newsletters.")
+    nl = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    n = nl.add_parser("send", help="start sending now and show a progress bar until it is sent")
+    n.add_argument("id", type=int, help="the newsletter's id")
+    n.add_argument("--no-wait", action="store_true", help="start it and print its figures once")
+    p.set_defaults(func=cmd_newsletter)
 
     return parser
 

@@ -13,6 +13,7 @@ Every recipient is a row, so figures come from rows and events, and a crash lose
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -208,3 +209,58 @@ async def tick(
 async def tick_job(ctx: dict[str, Any]) -> dict[str, Any]:
     """arq cron on the bulk queue, every 10 seconds: see `tick`."""
     return await tick(ctx["pool"], ctx["redis"], ctx["settings"])
+
+
+# --- `notifier newsletter send ID` -------------------------------------------------------------
+
+
+def progress_line(status: str, figures: Mapping[str, int], width: int = 30) -> str:
+    """One line: a bar of handled recipients (sent, failed or suppressed) and the counts."""
+    total = figures["recipients"]
+    handled = figures["sent"] + figures["failed"] + figures["suppressed"] + figures["cancelled"]
+    filled = width if total == 0 else min(width, handled * width // total)
+    percent = 100 if total == 0 else handled * 100 // total
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {percent:3d}% {handled}/{total} {status}: "
+        f"sent {figures['sent']}, failed {figures['failed']}, suppressed {figures['suppressed']}, "
+        f"unsubscribed {figures['unsubscribed']}"
+    )
+
+
+async def cli_send(settings: Settings, newsletter_id: int, *, wait: bool = True, poll: float = 0.5) -> int:
+    """Start the newsletter now (unless it already is sending) and show a progress bar until it
+    is sent. The bulk workers deliver; this only starts, follows and marks it done. Exit codes:
+    0 sent, 1 cancelled or missing, 2 refused. Ctrl-C stops following, not sending."""
+    import sys
+    import time
+
+    from notifier.resources import opened
+
+    tty = sys.stdout.isatty()
+    async with opened(settings) as res:
+        row = await res.pool.fetchrow(Q.get_newsletter, newsletter_id)
+        if row is None:
+            print(f"no newsletter with id {newsletter_id}", file=sys.stderr)
+            return 1
+        if row["status"] in ("draft", "scheduled"):
+            recipients = await start(res.pool, settings, newsletter_id)
+            if recipients:
+                await outbox.ring(res.redis, queues.BULK, recipients)
+            print(f"newsletter {newsletter_id}: sending to {recipients or 0} recipients")
+        last_print = 0.0
+        while True:
+            await finish_done(res.pool)
+            current = await res.pool.fetchrow(Q.get_newsletter, newsletter_id)
+            status = current["status"] if current else "cancelled"
+            line = progress_line(status, await figures(res.pool, newsletter_id))
+            now = time.monotonic()
+            if tty:
+                print("\r" + line, end="", flush=True)
+            elif now - last_print >= 5 or status != "sending":
+                print(line, flush=True)
+                last_print = now
+            if status != "sending" or not wait:
+                if tty:
+                    print()
+                return 0 if status in ("sent", "sending") else 1
+            await asyncio.sleep(poll)

@@ -364,3 +364,35 @@ async def test_double_opt_in_only_confirmed_members_receive(
     got = await send_and_deliver(client, headers, run_worker, pool, redis, settings, created["id"])
     assert got["recipients"] == 1
     assert [r.recipients[0] for r in smtp.received] == [ann["email"]]
+
+
+async def test_cli_send_shows_progress_until_sent(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    factory: Factory,
+    settings: Settings,
+    run_worker: BurstWorker,
+    smtp: MailSink,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for _ in range(4):
+        await factory.account(newsletter=True)
+    created = await create(client, headers)
+    assert await newsletter.cli_send(settings, created["id"], wait=False) == 0
+    out = capsys.readouterr().out
+    assert "sending to 4 recipients" in out and "0/4 sending" in out
+    await run_worker(queues.BULK)
+    assert await newsletter.cli_send(settings, created["id"], poll=0.01) == 0
+    out = capsys.readouterr().out
+    assert "[##############################] 100% 4/4 sent: sent 4, failed 0" in out
+    assert len(smtp.received) == 4
+    assert await newsletter.cli_send(settings, 999999) == 1
+
+
+def test_progress_line() -> None:
+    figures = dict.fromkeys(
+        ("recipients", "sent", "failed", "suppressed", "cancelled", "unsubscribed"), 0
+    ) | {"recipients": 10, "sent": 4, "failed": 1}
+    assert newsletter.progress_line("sending", figures, width=10) == (
+        "[#####.....]  50% 5/10 sending: sent 4, failed 1, suppressed 0, unsubscribed 0"
+    )
