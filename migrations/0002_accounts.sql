@@ -3,7 +3,3 @@
 ALTER TABLE idempotency_keys
     ADD COLUMN account_id bigint REFERENCES accounts (id) ON DELETE CASCADE;
 CREATE INDEX idempotency_account_idx ON idempotency_keys (account_id) WHERE account_id IS NOT NULL;
-
--- The inbox's filtered listings (unread / by category) walk this instead of the whole inbox.
-CREATE INDEX messages_unread_idx ON messages (account_id, id DESC)
-    WHERE read_at IS NULL AND archived_at IS NULL;
