@@ -26,19 +26,22 @@ whatever arrives in that window goes out as one e-mail with the same pass.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
+import jinja2
 from arq import ArqRedis
 
-from notifier import mail, outbox, queues, schedule, tokens
+from notifier import mail, outbox, queues, render, schedule
 from notifier.db import Q
-from notifier.render import Rendered, Templates
+from notifier.render import OutgoingEmail, Rendered, TemplateError, Templates
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.digest")
@@ -74,9 +77,14 @@ def _snippet(body: str) -> str:
     return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rstrip() + "…"
 
 
-def _when(at: datetime, tz: str) -> str:
-    local = at.astimezone(schedule.zone(tz))
-    return f"{local:%a} {local.day} {local:%b}, {local:%H:%M}"
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _when(at: datetime, tz: ZoneInfo) -> str:
+    # By hand rather than strftime: this runs for every message of every digest of a pass.
+    t = at.astimezone(tz)
+    return f"{_DAYS[t.weekday()]} {t.day} {_MONTHS[t.month - 1]}, {t.hour:02d}:{t.minute:02d}"
 
 
 def build_context(
@@ -92,7 +100,7 @@ def build_context(
     `settings.digest_max_per_category` messages, newest first, and how many more there are.
     """
     limit = settings.digest_max_per_category
-    tz = account["timezone"]
+    tz = schedule.zone(account["timezone"])
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for m in messages:
         groups.setdefault(m["category"], []).append(m)
@@ -100,6 +108,7 @@ def build_context(
     for name, items in groups.items():
         shown = [
             {
+                "id": m["id"],
                 "subject": m["subject"],
                 "snippet": _snippet(m["body"]),
                 "url": m["url"],
@@ -119,6 +128,63 @@ def build_context(
         "window_start": window_start.astimezone(UTC).isoformat(),
         "window_end": window_end.astimezone(UTC).isoformat(),
     }
+
+
+# --- rendering at send time ---------------------------------------------------------------------
+
+
+def leave_out(context: Mapping[str, Any], gone: Mapping[str, set[int]]) -> dict[str, Any]:
+    """The context without messages read or archived since the digest was built (`gone`: ids by
+    category), counts and "and N more" adjusted. If nothing would be left, the context as built:
+    the e-mail is already on its way, and an empty digest says less than the original."""
+    categories = []
+    total = 0
+    for category in context["categories"]:
+        ids = gone.get(category["name"], set())
+        count = category["count"] - len(ids)
+        if count <= 0:
+            continue
+        shown = [m for m in category["messages"] if m.get("id") not in ids]
+        categories.append({**category, "count": count, "messages": shown, "more": count - len(shown)})
+        total += count
+    if total == 0:
+        return dict(context)
+    return {**context, "categories": categories, "total": total}
+
+
+def render_digest(templates: Templates, context: Mapping[str, Any]) -> Rendered:
+    """Subject, text and HTML of a digest. The HTML template carries its styles inline already,
+    so no CSS inliner runs (it would cost more than rendering). Raises TemplateError."""
+    try:
+        subject = templates.env.get_template(f"{TEMPLATE}.subject.txt").render(context)
+        text = templates.env.get_template(f"{TEMPLATE}.txt").render(context)
+        html = templates.env.get_template(f"{TEMPLATE}.html").render(context)
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"template {TEMPLATE!r}: {exc.message}", template=TEMPLATE) from None
+    return Rendered(" ".join(subject.split()), text, html)
+
+
+class DigestRenderer:
+    """Delivery's renderer for kind "digest": before each batch, one query finds messages read or
+    archived since their digest was built, and those are left out of the e-mail."""
+
+    def __init__(self, settings: Settings, templates: Templates) -> None:
+        self.templates = templates
+        self._gone: dict[int, dict[str, set[int]]] = {}
+
+    async def prepare(self, pool: asyncpg.Pool, emails: Sequence[OutgoingEmail]) -> None:
+        digest_ids = [e.digest_id for e in emails if e.digest_id is not None]
+        if not digest_ids:
+            return
+        for row in await pool.fetch(Q.digest_messages_gone, digest_ids):
+            self._gone.setdefault(row["digest_id"], {})[row["category"]] = set(row["ids"])
+
+    def render(self, email: OutgoingEmail, context: Mapping[str, Any]) -> Rendered:
+        gone = self._gone.pop(email.digest_id, None) if email.digest_id is not None else None
+        return render_digest(self.templates, leave_out(context, gone) if gone else context)
+
+
+render.register("digest", DigestRenderer)
 
 
 # --- the scheduler pass --------------------------------------------------------------------------
@@ -196,21 +262,10 @@ async def _run_batch(
     return result
 
 
-async def run_pass(
-    pool: asyncpg.Pool,
-    redis: ArqRedis | None,
-    settings: Settings,
-    now: datetime | None = None,
-    *,
-    batch_size: int = BATCH_SIZE,
+async def _drain(
+    pool: asyncpg.Pool, redis: ArqRedis | None, settings: Settings, now: datetime, batch_size: int
 ) -> PassResult:
-    """Build every digest due at `now` (default: the clock), batch by batch until none is due,
-    and ring delivery after each batch commits (skipped when `redis` is None; the outbox sweep
-    rings within a minute then). Safe to run any number of times and in parallel: each window
-    gets at most one digest and each message at most one digest. Returns what it did."""
-    now = now or datetime.now(UTC)
     total = PassResult()
-    await pool.execute(Q.repair_immediate, timedelta(seconds=settings.immediate_coalesce_seconds))
     while True:
         async with pool.acquire() as conn, conn.transaction():
             batch = await _run_batch(conn, settings, now, batch_size)
@@ -218,7 +273,33 @@ async def run_pass(
         if batch.emails and redis is not None:
             await outbox.ring(redis, queues.DIGEST, batch.emails)
         if batch.accounts < batch_size:
-            break
+            return total
+
+
+async def run_pass(
+    pool: asyncpg.Pool,
+    redis: ArqRedis | None,
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    batch_size: int = BATCH_SIZE,
+    concurrency: int = 2,
+) -> PassResult:
+    """Build every digest due at `now` (default: the clock), batch by batch until none is due,
+    and ring delivery after each batch commits (skipped when `redis` is None; the outbox sweep
+    rings within a minute then). `concurrency` batches are built at once on separate connections
+    (the database works on one while Python builds the contents of another).
+
+    Safe to run any number of times and in parallel: each window gets at most one digest and each
+    message at most one digest. Accounts locked by someone else (another pass, a preference change
+    in progress) are left to the next pass. Returns what it did."""
+    now = now or datetime.now(UTC)
+    await pool.execute(Q.repair_immediate, timedelta(seconds=settings.immediate_coalesce_seconds))
+    total = PassResult()
+    for part in await asyncio.gather(
+        *(_drain(pool, redis, settings, now, batch_size) for _ in range(max(1, concurrency)))
+    ):
+        total.add(part)
     if total.accounts:
         log.info(
             "digest pass as of %s: %d due, %d digests, %d messages, %d e-mails",
@@ -273,19 +354,6 @@ class UnknownAccount(LookupError):
     """No account with that external id."""
 
 
-def delivery_context(settings: Settings, account_id: int, to_address: str) -> dict[str, Any]:
-    """What delivery adds to a digest's context at send time (for previews)."""
-    unsubscribe = tokens.sign(settings.secret, "unsubscribe", account_id, "digest")
-    prefs = tokens.sign(settings.secret, "preferences", account_id, "all")
-    return {
-        "unsubscribe_url": f"{settings.public_url}/u/{unsubscribe}",
-        "preferences_url": f"{settings.public_url}/preferences/{prefs}",
-        "public_url": settings.public_url,
-        "postal_address": settings.postal_address,
-        "to_address": to_address,
-    }
-
-
 async def preview(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -306,8 +374,10 @@ async def preview(
     if not messages:
         return Preview(account["id"], due, None, None)
     context = build_context(account, messages, settings, account["digest_window_start"], end)
-    full = {**context, **delivery_context(settings, account["id"], account["email"])}
-    rendered = (templates or Templates()).render(TEMPLATE, full)
+    # The context delivery would add at send time (links with signed tokens, postal address).
+    email = OutgoingEmail(0, "digest", account["id"], account["email"], TEMPLATE, None, context)
+    full, _ = outbox.context_for(settings, email)
+    rendered = render_digest(templates or Templates(), full)
     return Preview(account["id"], due, context, rendered)
 
 

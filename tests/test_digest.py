@@ -213,17 +213,54 @@ async def test_daily_across_dst_in_berlin(
     assert missing == 0
 
 
-async def test_read_between_pass_and_send_is_not_rechecked_but_before_the_pass_is_left_out(
-    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+async def test_read_before_the_pass_is_left_out_and_read_before_sending_too(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory, smtp: Any, run_worker: Any
 ) -> None:
     acc = await daily(factory)
-    a = await factory.message(acc, subject="A", created_at=T0 + timedelta(hours=1))
-    b = await factory.message(acc, subject="B", created_at=T0 + timedelta(hours=2))
-    await pool.execute("UPDATE messages SET read_at = $2 WHERE id = $1", b["id"], T0 + timedelta(hours=20))
+    keep = await factory.message(acc, category="news", subject="Keep me", created_at=T0 + timedelta(hours=1))
+    early = await factory.message(
+        acc, category="news", subject="Read early", created_at=T0 + timedelta(hours=2)
+    )
+    later = await factory.message(
+        acc, category="news", subject="Read later", created_at=T0 + timedelta(hours=3)
+    )
+    for i in range(7):
+        await factory.message(
+            acc, category="events", subject=f"Event {i}", created_at=T0 + timedelta(hours=4, minutes=i)
+        )
+    await pool.execute(
+        "UPDATE messages SET read_at = $2 WHERE id = $1", early["id"], T0 + timedelta(hours=20)
+    )
     await run_pass(pool, redis, settings, T0 + DAY)
     [email] = await digest_emails(pool)
-    assert [m["subject"] for c in email["context"]["categories"] for m in c["messages"]] == ["A"]
-    assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", a["id"]) is not None
+    assert email["context"]["total"] == 9  # the early read one was never in the digest
+    assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", keep["id"]) is not None
+
+    # Read after the pass but before the e-mail is built: left out at send time, counts adjusted,
+    # including a message hidden behind "and N more".
+    hidden = await pool.fetchval("SELECT id FROM messages WHERE subject = 'Event 0'")
+    await pool.execute(
+        "UPDATE messages SET read_at = now() WHERE id = ANY($1::bigint[])", [later["id"], hidden]
+    )
+    await run_worker(queues.DIGEST)
+    [got] = smtp.received
+    text = got.message.get_body(("plain",)).get_content()
+    assert "Keep me" in text and "Read later" not in text and "Read early" not in text
+    assert "== NEWS (1) ==" in text and "== EVENTS (6) ==" in text
+    assert "...and 1 more in events" in text
+    assert got.message["Subject"] == "7 new messages in your inbox"
+
+
+async def test_everything_read_before_sending_sends_the_digest_as_built(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory, smtp: Any, run_worker: Any
+) -> None:
+    acc = await daily(factory)
+    await factory.message(acc, subject="Only one", created_at=T0 + timedelta(hours=1))
+    await run_pass(pool, redis, settings, T0 + DAY)
+    await pool.execute("UPDATE messages SET read_at = now()")
+    await run_worker(queues.DIGEST)
+    [got] = smtp.received
+    assert "Only one" in got.message.get_body(("plain",)).get_content()
 
 
 # --- exactly once under concurrency ---------------------------------------------------------------

@@ -160,3 +160,11 @@ FROM messages
 WHERE account_id = $1 AND digest_id IS NULL AND read_at IS NULL AND archived_at IS NULL
   AND created_at < $2
 ORDER BY created_at DESC, id DESC;
+
+-- name: digest_messages_gone
+-- At send time: messages of these digests read or archived since the digest was built, by
+-- digest and category (almost always none).
+SELECT digest_id, category, array_agg(id) AS ids
+FROM messages
+WHERE digest_id = ANY($1::bigint[]) AND (read_at IS NOT NULL OR archived_at IS NOT NULL)
+GROUP BY digest_id, category;

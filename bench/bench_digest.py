@@ -1,0 +1,249 @@
+"""Digests: N accounts with 20 unread messages each, all due; one scheduler pass, a digest worker
+delivering to Postfix's smtp-sink. Time from the pass's start to the last digest accepted.
+
+Baseline, measured in the same run: aiosmtplib sending the same number of pre-built messages (a
+rendered digest's bytes) over the same number of SMTP connections, with no database.
+
+Also the pass alone (building every digest and its outbox row, no sending) at 1,000, 10,000 and
+50,000 accounts: digests/s at each size, beside the 1,000-account rate (linear growth = ratio 1).
+
+`python -m bench digest [--scale 0.1]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiosmtplib
+import asyncpg
+from arq import create_pool as create_redis_pool
+from arq.connections import RedisSettings
+from pydantic import SecretStr
+
+from bench.common import BenchEnv, Figure, smtp_sink
+from notifier import mail, queues
+from notifier.db import create_pool, migrate
+from notifier.digest import run_pass
+from notifier.settings import Settings
+
+MESSAGES_PER_ACCOUNT = 20
+DUE = datetime(2026, 6, 2, 8, 0, tzinfo=UTC)
+NAME = "digest"
+
+
+def _with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(admin_url: str) -> Any:
+    """A migrated database of its own, dropped afterwards."""
+    name = f"notifier_bench_digest_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = _with_database(admin_url, name)
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield dsn
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def seed(pool: asyncpg.Pool, accounts: int) -> None:
+    """`accounts` daily members due at DUE, each with 20 unread messages in 4 categories."""
+    await pool.execute("TRUNCATE accounts, messages, digests, emails, events RESTART IDENTITY CASCADE")
+    await pool.execute(
+        """
+        INSERT INTO accounts (external_id, email, name, digest_frequency, digest_window_start, next_digest_at)
+        SELECT 'member-' || g, 'member' || g || '@example.com', 'Member ' || g, 'daily', $1, $2
+        FROM generate_series(1, $3) g
+        """,
+        DUE - timedelta(days=1),
+        DUE,
+        accounts,
+    )
+    await pool.execute(
+        """
+        INSERT INTO messages (account_id, category, subject, body, url, created_at)
+        SELECT a.id, (ARRAY['news', 'events', 'comments', 'groups'])[1 + i % 4],
+               'Something happened, number ' || i,
+               'A few sentences about what happened, long enough to need a snippet in the digest. ' ||
+               'More detail follows here for the member who wants to read it in the inbox.',
+               'https://example.org/items/' || a.id || '/' || i,
+               $1::timestamptz + i * interval '1 minute'
+        FROM accounts a, generate_series(1, $2) i
+        """,
+        DUE - timedelta(hours=20),
+        MESSAGES_PER_ACCOUNT,
+    )
+    await pool.execute("ANALYZE accounts; ANALYZE messages")
+
+
+def bench_settings(dsn: str, redis_url: str, smtp_port: int) -> Settings:
+    return Settings(
+        env="test",
+        database_url=dsn,
+        redis_url=redis_url,
+        secret_key=SecretStr("bench-secret-key"),
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_port,
+        public_url="https://notifier.example",
+        service_from="Example <service@example.org>",
+        postal_address="1 Example Street",
+        db_pool_min=2,
+        db_pool_max=8,
+    )
+
+
+async def sample_message(pool: asyncpg.Pool, settings: Settings) -> bytes:
+    """The bytes of one real digest e-mail (rendered the way delivery does) for the baseline."""
+    from notifier.outbox import Delivery
+    from notifier.render import OutgoingEmail
+    from notifier.smtp import SMTPSender
+
+    row = await pool.fetchrow("SELECT * FROM emails WHERE kind = 'digest' ORDER BY id LIMIT 1")
+    assert row is not None
+    delivery = Delivery(settings, pool, SMTPSender(settings))
+    email = OutgoingEmail(
+        id=row["id"],
+        kind=row["kind"],
+        account_id=row["account_id"],
+        to_address=row["to_address"],
+        template=row["template"],
+        subject=row["subject"],
+        context=row["context"],
+        digest_id=row["digest_id"],
+    )
+    _, envelope = delivery.build_message(email, mail.format_date(DUE), None)
+    return envelope.message
+
+
+async def baseline(port: int, message: bytes, count: int, connections: int) -> float:
+    """Messages/s: aiosmtplib sending pre-built bytes over `connections` connections, no DB."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30)
+        await client.connect()
+        try:
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                await client.sendmail("service@example.org", [f"member{i}@example.com"], message)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.quit()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return count / (time.perf_counter() - start)
+
+
+async def end_to_end(settings: Settings, pool: asyncpg.Pool, accounts: int) -> tuple[float, float]:
+    """(seconds from the pass's start to the last digest accepted, seconds of the pass alone),
+    with one worker process's digest queue running alongside, as in production."""
+    from workers import build_worker, close_context, open_context
+
+    redis = await create_redis_pool(RedisSettings.from_dsn(settings.redis_url or ""))
+    await redis.delete(queues.DIGEST)
+    ctx = await open_context(settings)
+    worker = build_worker(settings, queues.DIGEST, ctx, redis, crons=False)
+    task = asyncio.create_task(worker.main())
+    try:
+        start = time.perf_counter()
+        result = await run_pass(pool, redis, settings, DUE)
+        pass_seconds = time.perf_counter() - start
+        assert result.emails == accounts, result
+        while True:
+            sent = await pool.fetchval("SELECT count(*) FROM emails WHERE status = 'sent'")
+            if sent >= accounts:
+                break
+            failed = await pool.fetchval("SELECT count(*) FROM emails WHERE status = 'failed'")
+            if failed:
+                why = await pool.fetchval("SELECT last_error FROM emails WHERE status = 'failed' LIMIT 1")
+                raise RuntimeError(f"{failed} digests failed to send: {why}")
+            await asyncio.sleep(0.05)
+        total = time.perf_counter() - start
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await close_context(ctx)
+        await redis.aclose()
+    return total, pass_seconds
+
+
+async def pass_only(settings: Settings, pool: asyncpg.Pool, accounts: int) -> float:
+    """Seconds for one pass over `accounts` due accounts (no delivery running)."""
+    await seed(pool, accounts)
+    start = time.perf_counter()
+    result = await run_pass(pool, None, settings, DUE)
+    seconds = time.perf_counter() - start
+    assert result.digests == accounts and result.messages == accounts * MESSAGES_PER_ACCOUNT, result
+    return seconds
+
+
+async def run(env: BenchEnv) -> list[Figure]:
+    figures: list[Figure] = []
+    n = max(100, int(10_000 * env.scale))
+    async with fresh_database(env.database_url) as dsn:
+        pool = await create_pool(dsn, min_size=2, max_size=8)
+        try:
+            with smtp_sink() as port:
+                settings = bench_settings(dsn, env.redis_url, port)
+                await seed(pool, n)
+                total, pass_seconds = await end_to_end(settings, pool, n)
+                message = await sample_message(pool, settings)
+                base = await baseline(port, message, n, settings.smtp_pool_size)
+                rate = n / total
+                figures.append(
+                    Figure(
+                        NAME,
+                        f"{n:,} accounts x 20 messages: pass start to last digest accepted, digests/s",
+                        rate,
+                        "msg/s",
+                        base,
+                        f"aiosmtplib pre-built bytes, {settings.smtp_pool_size} connections, no DB",
+                        ">= 0.5",
+                    )
+                )
+                figures.append(Figure(NAME, f"{n:,} accounts: time to last digest accepted", total, "s"))
+                figures.append(
+                    Figure(NAME, f"{n:,} accounts: the pass alone (digests + outbox rows)", pass_seconds, "s")
+                )
+                env.notes.append(f"digest: sample e-mail {len(message):,} bytes")
+
+            sizes = [max(100, int(s * env.scale)) for s in (1_000, 10_000, 50_000)]
+            rates: list[float] = []
+            for size in sizes:
+                seconds = await pass_only(settings, pool, size)
+                rates.append(size / seconds)
+                figures.append(
+                    Figure(
+                        NAME,
+                        f"pass alone, {size:,} accounts: digests/s ({seconds:.2f} s)",
+                        rates[-1],
+                        "digests/s",
+                        rates[0],
+                        f"{sizes[0]:,} accounts",
+                        "ratio ~1 (linear)",
+                    )
+                )
+        finally:
+            await pool.close()
+    return figures
