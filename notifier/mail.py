@@ -70,17 +70,16 @@ def one_line(text: str) -> str:
 def _encoded_words(text: str) -> list[str]:
     """RFC 2047 B-encoded words of 64 characters at most (so `Subject: ` and one word fit in 78),
     never splitting a character."""
+    data = text.encode("utf-8")
     words: list[str] = []
-    chunk = bytearray()
-    for char in text:
-        encoded = char.encode("utf-8")
-        if len(chunk) + len(encoded) > 39:  # 39 bytes -> 52 base64 characters + 12 of wrapping
-            words.append(_b_word(bytes(chunk)))
-            chunk.clear()
-        chunk += encoded
-    if chunk or not words:
-        words.append(_b_word(bytes(chunk)))
-    return words
+    start = 0
+    while start < len(data):
+        end = min(start + 39, len(data))  # 39 bytes -> 52 base64 characters + 12 of wrapping
+        while end < len(data) and (data[end] & 0xC0) == 0x80:  # not inside a UTF-8 sequence
+            end -= 1
+        words.append(_b_word(data[start:end]))
+        start = end
+    return words or [_b_word(b"")]
 
 
 def _b_word(data: bytes) -> str:

@@ -393,7 +393,7 @@ class Delivery:
         envelopes: list[tuple[OutgoingEmail, str, Envelope]] = []
         for email in to_send:
             try:
-                mid, envelope = self._build(email, date, known_ids[email.id])
+                mid, envelope = self.build_message(email, date, known_ids[email.id])
             except (TemplateError, mail.HeaderError) as exc:
                 results[email.id] = Result(
                     email.id,
@@ -426,7 +426,9 @@ class Delivery:
                 return list_name, reason
         return None
 
-    def _build(self, email: OutgoingEmail, date: str, known_id: str | None) -> tuple[str, Envelope]:
+    def build_message(self, email: OutgoingEmail, date: str, known_id: str | None) -> tuple[str, Envelope]:
+        """Render and build one e-mail (DKIM-signed when configured): its Message-ID and envelope.
+        Raises TemplateError or HeaderError."""
         context, headers = context_for(self.settings, email)
         rendered = self.renderers.for_kind(email.kind).render(email, context)
         sender_kind = POLICIES[email.kind].sender

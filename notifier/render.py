@@ -90,14 +90,23 @@ class Templates:
             cache_size=-1,
         )
         self.inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
+        self._exists: dict[str, bool] = {}
+        self._compiled: dict[str, tuple[jinja2.Template, jinja2.Template, jinja2.Template]] = {}
 
     def exists(self, name: str) -> bool:
-        """Whether e-mail template `name` has its three files."""
-        if ".." in name or name.startswith("/"):
-            return False
-        return all(
-            (self.directory / f"{name}{suffix}").is_file() for suffix in (".subject.txt", ".html", ".txt")
-        )
+        """Whether e-mail template `name` has its three files (looked up once per process)."""
+        known = self._exists.get(name)
+        if known is None:
+            known = (
+                ".." not in name
+                and not name.startswith("/")
+                and all(
+                    (self.directory / f"{name}{suffix}").is_file()
+                    for suffix in (".subject.txt", ".html", ".txt")
+                )
+            )
+            self._exists[name] = known
+        return known
 
     def names(self, folder: str) -> list[str]:
         """The e-mail templates in a folder, e.g. `names("service")` -> ["service/welcome", ...]."""
@@ -109,10 +118,16 @@ class Templates:
         unknown template or a missing variable."""
         if not self.exists(name):
             raise TemplateError(f"unknown template {name!r}", template=name)
+        compiled = self._compiled.get(name)
+        if compiled is None:
+            get = self.env.get_template
+            compiled = (get(f"{name}.subject.txt"), get(f"{name}.txt"), get(f"{name}.html"))
+            self._compiled[name] = compiled
+        subject_template, text_template, html_template = compiled
         try:
-            subject = self.env.get_template(f"{name}.subject.txt").render(context)
-            text = self.env.get_template(f"{name}.txt").render(context)
-            html = self.env.get_template(f"{name}.html").render(context)
+            subject = subject_template.render(context)
+            text = text_template.render(context)
+            html = html_template.render(context)
         except jinja2.UndefinedError as exc:
             variable = _missing_name(exc)
             raise TemplateError(
@@ -177,6 +192,10 @@ class Renderers:
     settings: Settings
     templates: Templates = field(default_factory=Templates)
     _built: dict[str, Renderer] = field(default_factory=dict)
+
+    def use(self, kind: str, renderer: Renderer) -> None:
+        """Use `renderer` for `kind` in this process, whatever is registered (tests, previews)."""
+        self._built[kind] = renderer
 
     def for_kind(self, kind: str) -> Renderer:
         renderer = self._built.get(kind)

@@ -112,9 +112,7 @@ class SMTPSender:
                         f"{exc or type(exc).__name__}"
                     ) from None
                 try:
-                    _, reply = await client.sendmail(
-                        envelope.sender, list(envelope.recipients), envelope.message
-                    )
+                    reply = await _transaction(client, envelope)
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     await self._reset_or_drop(client)
                     refused = exc.recipients[0]
@@ -156,6 +154,36 @@ class SMTPSender:
                 await asyncio.wait_for(client.quit(), 2)
             except (aiosmtplib.SMTPException, OSError, TimeoutError):
                 client.close()
+
+
+def _address(address: str) -> bytes:
+    # The outbox only holds addresses `mail.check_address` accepted; refuse anything that could
+    # still break the command line rather than trusting every caller.
+    if not address.isascii() or any(c in address for c in "\r\n<> "):
+        raise PermanentFailure(f"refusing to send to a malformed address {address!r}")
+    return b"<" + address.encode("ascii") + b">"
+
+
+async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope) -> str:
+    """MAIL, RCPT..., DATA on an open connection; the DATA reply. Like aiosmtplib's `sendmail`
+    without its per-message address parsing (a third of its CPU), since the addresses were
+    validated when the e-mail was queued."""
+    if client.is_ehlo_or_helo_needed:
+        try:
+            await client.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            await client.helo()
+    response = await client.execute_command(b"MAIL", b"FROM:" + _address(envelope.sender))
+    if response.code != 250:
+        raise aiosmtplib.SMTPResponseException(response.code, response.message)
+    for recipient in envelope.recipients:
+        response = await client.execute_command(b"RCPT", b"TO:" + _address(recipient))
+        if response.code not in (250, 251):
+            raise aiosmtplib.SMTPRecipientsRefused(
+                [aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)]
+            )
+    response = await client.data(envelope.message)
+    return response.message
 
 
 def _classify(code: int, message: str) -> DeliveryError:
