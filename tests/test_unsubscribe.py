@@ -13,7 +13,7 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 from arq import ArqRedis
 
-from notifier import auth, newsletter, queues, tokens
+from notifier import auth, newsletter, outbox, queues, tokens
 from notifier.settings import Settings
 from tests.conftest import BurstWorker, MailSink
 from tests.factory import Factory
@@ -274,3 +274,27 @@ async def test_mailto_unsubscribe_through_the_inbound_webhook(
         headers={"Authorization": f"Bearer {weak}"},
     )
     assert resp.status == 403
+
+
+async def test_opting_out_while_a_newsletter_sends_cancels_the_queued_row(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    factory: Factory,
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+    run_worker: BurstWorker,
+    smtp: MailSink,
+) -> None:
+    ann = await factory.account(newsletter=True)
+    bob = await factory.account(newsletter=True)
+    resp = await client.post("/v1/newsletters", json={"subject": "S", "body": "B"}, headers=headers)
+    newsletter_id = (await resp.json())["id"]
+    assert await newsletter.start(pool, settings, newsletter_id) == 2
+    token = tokens.sign(settings.secret, "unsubscribe", ann["id"], "newsletter")
+    await client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+    await outbox.ring(redis, queues.BULK)
+    await run_worker(queues.BULK)
+    assert [r.recipients[0] for r in smtp.received] == [bob["email"]]
+    figures = await newsletter.figures(pool, newsletter_id)
+    assert (figures["sent"], figures["cancelled"], figures["pending"]) == (1, 1, 0)

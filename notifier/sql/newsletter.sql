@@ -174,3 +174,8 @@ UPDATE consents SET confirmed_at = now()
 WHERE id = (SELECT id FROM consents WHERE account_id = $1 AND topic = 'newsletter' ORDER BY id DESC LIMIT 1)
   AND granted AND confirmed_at IS NULL
 RETURNING id;
+
+-- name: cancel_queued_newsletters_of_account
+-- A member who opts out while a newsletter is sending gets nothing more that is still queued.
+UPDATE emails SET status = 'cancelled', last_error = 'the member opted out'
+WHERE account_id = $1 AND kind = 'newsletter' AND status = 'queued';
