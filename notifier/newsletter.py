@@ -23,7 +23,7 @@ import asyncpg
 
 from notifier import consent, outbox, queues, render
 from notifier.db import Q
-from notifier.newsletter_render import Draft, PreparedCache, TemplateProblem
+from notifier.newsletter_render import Draft, PreparedCache, TemplateProblem, sample_personal
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.newsletter")
@@ -145,15 +145,14 @@ class NewsletterRenderer:
         draft = self.drafts.get(email.newsletter_id)
         if draft is None:
             raise render.TemplateError("the newsletter no longer exists", template="newsletter")
-        public = self.settings.public_url
+        sample = sample_personal(self.settings)  # test e-mails go to addresses, not members
         name = str(context.get("name") or "")
         personal = {
             "name": name,
             "first_name": name.split(" ", 1)[0] if name else "",
             "email": email.to_address,
-            "unsubscribe_url": _tagged(context.get("unsubscribe_url"), email.id) or f"{public}/u/test",
-            "preferences_url": _tagged(context.get("preferences_url"), email.id)
-            or f"{public}/preferences/test",
+            "unsubscribe_url": _tagged(context.get("unsubscribe_url"), email.id) or sample["unsubscribe_url"],
+            "preferences_url": _tagged(context.get("preferences_url"), email.id) or sample["preferences_url"],
         }
         try:
             out = self.cache.get(self.settings, draft).render(personal)

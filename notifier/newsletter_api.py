@@ -17,7 +17,6 @@ from notifier.newsletter_render import Draft, TemplateProblem, check, prepare, s
 from notifier.pagination import decode_cursor, encode_cursor, page_limit
 from notifier.problems import Problem, read_model
 from notifier.resources import POOL, REDIS, SETTINGS
-from notifier.tokens import sign
 
 MAX_BODY_CHARS = 512 * 1024
 MAX_TEST_RECIPIENTS = 10
@@ -202,14 +201,13 @@ async def preview_newsletter(request: web.Request) -> web.Response:
         if account is None:
             raise Problem(404, "no account with that external_id")
         name = account["name"]
+        # The member's name and address, but not their signed links: a preview is shown to
+        # marketing, and a working unsubscribe token is the member's to use.
         personal = {
+            **personal,
             "name": name,
             "first_name": name.split(" ", 1)[0],
             "email": account["email"],
-            "unsubscribe_url": f"{settings.public_url}/u/"
-            + sign(settings.secret, "unsubscribe", account["id"], "newsletter"),
-            "preferences_url": f"{settings.public_url}/preferences/"
-            + sign(settings.secret, "preferences", account["id"], "all"),
         }
     try:
         out = prepare(settings, newsletter.draft_of(row)).render(personal)
@@ -218,7 +216,14 @@ async def preview_newsletter(request: web.Request) -> web.Response:
             422, "the newsletter does not render", errors=[{"field": exc.field, "message": exc.message}]
         ) from None
     if request.query.get("format") == "html":
-        return web.Response(text=out.html, content_type="text/html")
+        # Marketing's HTML may hold anything: shown as an inert document (no script, no forms).
+        return web.Response(
+            text=out.html,
+            content_type="text/html",
+            headers={
+                "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src * data:"
+            },
+        )
     return web.json_response({"subject": out.subject, "html": out.html, "text": out.text})
 
 

@@ -396,3 +396,24 @@ def test_progress_line() -> None:
     assert newsletter.progress_line("sending", figures, width=10) == (
         "[#####.....]  50% 5/10 sending: sent 4, failed 1, suppressed 0, unsubscribed 0"
     )
+
+
+def test_html_body_gets_a_readable_text_part(settings: Settings) -> None:
+    body = '<h1>Hi {{ name }}</h1><p>Read <a href="https://example.org/x">the report</a> &amp; more.</p>'
+    prepared = PreparedCache().get(settings, Draft(3, "S", "", body, "html"))
+    out = prepared.render(
+        {"name": "Ann & Bob", "first_name": "Ann", "email": "a@example.org",
+         "unsubscribe_url": "https://x/u/T", "preferences_url": "https://x/preferences/P"}
+    )  # fmt: skip
+    assert "Hi Ann &amp; Bob" in out.html
+    assert out.text.startswith("Hi Ann & Bob\nRead the report (https://example.org/x) & more.\n")
+    assert "Unsubscribe: https://x/u/T" in out.text
+
+
+async def test_html_preview_is_an_inert_document(
+    client: TestClient[Any, Any], headers: dict[str, str]
+) -> None:
+    created = await create(client, headers, body="<p>x</p><script>alert(1)</script>", body_format="html")
+    resp = await client.get(f"/v1/newsletters/{created['id']}/preview?format=html", headers=headers)
+    assert resp.status == 200
+    assert resp.headers["Content-Security-Policy"].startswith("sandbox; default-src 'none'")
