@@ -417,3 +417,29 @@ async def test_html_preview_is_an_inert_document(
     resp = await client.get(f"/v1/newsletters/{created['id']}/preview?format=html", headers=headers)
     assert resp.status == 200
     assert resp.headers["Content-Security-Policy"].startswith("sandbox; default-src 'none'")
+
+
+async def test_two_workers_send_each_recipient_once_and_bounces_are_counted(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    factory: Factory,
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+    run_worker: BurstWorker,
+    smtp: MailSink,
+) -> None:
+    from notifier import outbox
+
+    members = [await factory.account(newsletter=True) for _ in range(60)]
+    smtp.rcpt_replies[members[0]["email"]] = "550 5.1.1 no such user"
+    created = await create(client, headers)
+    assert await newsletter.start(pool, settings, created["id"]) == 60
+    await outbox.ring(redis, queues.BULK, 400)  # several doorbells, taken by two workers at once
+    await asyncio.gather(run_worker(queues.BULK), run_worker(queues.BULK))
+    received = [r.recipients[0] for r in smtp.received]
+    assert len(received) == len(set(received)) == 59
+    await newsletter.tick(pool, redis, settings)
+    figures = await newsletter.figures(pool, created["id"])
+    assert (figures["sent"], figures["failed"], figures["bounced"], figures["pending"]) == (59, 1, 1, 0)
+    assert await pool.fetchval("SELECT status FROM newsletters WHERE id = $1", created["id"]) == "sent"
