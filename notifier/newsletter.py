@@ -29,6 +29,7 @@ from notifier.settings import Settings
 log = logging.getLogger("notifier.newsletter")
 
 STATUSES = ("draft", "scheduled", "sending", "sent", "cancelled")
+TICK_SECONDS = {0, 10, 20, 30, 40, 50}  # when the bulk queue's `newsletter-tick` cron runs
 
 
 class StateConflict(Exception):

@@ -69,7 +69,7 @@ CRON_JOBS: dict[str, list[CronJob]] = {
         cron(digest.pass_job, name="digest-pass", second=0, timeout=300, max_tries=1),
     ],
     queues.BULK: [
-        cron(newsletter.tick_job, name="newsletter-tick", second=set(range(0, 60, 10)), timeout=120, max_tries=1),
+        cron(newsletter.tick_job, name="newsletter-tick", second=newsletter.TICK_SECONDS, timeout=120),
     ],
 }
 
