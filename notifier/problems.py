@@ -84,9 +84,15 @@ async def read_json(request: web.Request, *, max_bytes: int | None = None) -> An
         raise Problem(413, f"request body is {request.content_length} bytes; the limit is {limit}")
     if request.content_type not in ("application/json", "application/merge-patch+json"):
         raise Problem(415, "send the body as application/json")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise Problem(413, f"request body is larger than the limit of {limit} bytes")
+    # StreamReader.read(n) returns what has arrived so far, not n bytes: read until the end.
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, f"request body is larger than the limit of {limit} bytes")
+    raw = b"".join(chunks)
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

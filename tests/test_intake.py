@@ -301,3 +301,18 @@ async def test_batch_ids_follow_input_order(client, headers, factory) -> None:
     resp = await client.post("/v1/messages", json={"messages": items}, headers=headers)
     ids = [r["id"] for r in (await resp.json())["results"]]
     assert ids == sorted(ids) and len(set(ids)) == 30
+
+
+async def test_large_batch_arriving_in_many_chunks_is_read_whole(client, headers, factory, pool) -> None:
+    """A body of several hundred KB reaches the server in pieces; all of it must be read."""
+    accounts = [await factory.account() for _ in range(10)]
+    text = "Ünïcödé “quoted” text " * 40
+    items = [{"account": accounts[i % 10]["external_id"], **MESSAGE, "body": text} for i in range(1000)]
+    payload = json.dumps({"messages": items}).encode()
+    assert len(payload) > 500_000
+    resp = await client.post(
+        "/v1/messages", data=io.BytesIO(payload), headers={**headers, "Content-Type": "application/json"}
+    )
+    assert resp.status == 201, (await resp.text())[:300]
+    assert (await resp.json())["accepted"] == 1000
+    assert await pool.fetchval("SELECT count(*) FROM messages WHERE body = $1", text) == 1000
