@@ -443,3 +443,32 @@ async def test_two_workers_send_each_recipient_once_and_bounces_are_counted(
     figures = await newsletter.figures(pool, created["id"])
     assert (figures["sent"], figures["failed"], figures["bounced"], figures["pending"]) == (59, 1, 1, 0)
     assert await pool.fetchval("SELECT status FROM newsletters WHERE id = $1", created["id"]) == "sent"
+
+
+async def test_answers_match_the_openapi_document(
+    client: TestClient[Any, Any], headers: dict[str, str], factory: Factory
+) -> None:
+    from tests.test_openapi import Checker
+
+    spec = await (await client.get("/openapi.json")).json()
+    check_answer = Checker(spec)
+    await factory.account(external_id="ann", newsletter=True)
+    resp = await client.post(
+        "/v1/newsletters", json={"subject": "S", "body": "Hi {{ name }}"}, headers=headers
+    )
+    created = await check_answer(resp, "POST", "/v1/newsletters")
+    nid = created["id"]
+    await check_answer(
+        await client.get(f"/v1/newsletters/{nid}", headers=headers), "GET", f"/v1/newsletters/{nid}"
+    )
+    await check_answer(await client.get("/v1/newsletters", headers=headers), "GET", "/v1/newsletters")
+    path = f"/v1/newsletters/{nid}/preview?account=ann"
+    await check_answer(await client.get(path, headers=headers), "GET", path)
+    resp = await client.post("/v1/newsletters", json={"subject": "{{ x }}", "body": "b"}, headers=headers)
+    await check_answer(resp, "POST", "/v1/newsletters")
+    resp = await client.post(f"/v1/newsletters/{nid}/send", headers=headers)
+    await check_answer(resp, "POST", f"/v1/newsletters/{nid}/send")
+    resp = await client.patch(f"/v1/newsletters/{nid}", json={"subject": "x"}, headers=headers)
+    await check_answer(resp, "PATCH", f"/v1/newsletters/{nid}")
+    resp = await client.post(f"/v1/newsletters/{nid}/cancel", headers=headers)
+    await check_answer(resp, "POST", f"/v1/newsletters/{nid}/cancel")
