@@ -15,7 +15,7 @@ import logging
 import asyncpg
 from aiohttp import web
 
-from notifier import pages, queues, tokens
+from notifier import audit, pages, queues, tokens
 from notifier.db import Q
 from notifier.resources import POOL, SETTINGS
 from notifier.settings import Settings
@@ -87,6 +87,9 @@ async def post_confirm(request: web.Request) -> web.Response:
         if done:
             await pages.record_event(
                 conn, "confirmed", found.account_id, pages.EmailRef(), "confirm-link", {}
+            )
+            await audit.record(
+                conn, found.account_id, audit.MEMBER, "consent.confirm", {"topic": "newsletter"}
             )
     return pages.render(
         request, "confirm.html", title="Subscription confirmed", done=True, confirmed=done, nonce=""

@@ -166,6 +166,8 @@ async def post_preferences(request: web.Request) -> web.Response:
             values = {**dict(before), **changes} if before is not None else changes
             return _page(request, token, ref, values, status=422, errors=errors)
     saved = [{"label": LABELS[k], "value": _describe(k, v["after"])} for k, v in changed.items()]
+    if settings.newsletter_double_opt_in and changed.get("newsletter", {}).get("after"):
+        saved.append({"label": "Next step", "value": "confirm with the link we are e-mailing you"})
     return _page(request, token, ref, {**dict(before), **after}, saved=saved)
 
 

@@ -359,6 +359,8 @@ async def test_double_opt_in_only_confirmed_members_receive(
     nonce = (await page.text()).split('name="nonce" value="')[1].split('"')[0]
     resp = await client.post(path, data={"nonce": nonce})
     assert resp.status == 200 and "Thank you" in await resp.text()
+    audit_row = await pool.fetchrow("SELECT * FROM audit_log WHERE action = 'consent.confirm'")
+    assert (audit_row["account_id"], audit_row["actor_type"]) == (ann["id"], "member")
     smtp.clear()
     created = await create(client, headers)
     got = await send_and_deliver(client, headers, run_worker, pool, redis, settings, created["id"])

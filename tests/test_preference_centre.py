@@ -195,3 +195,15 @@ async def test_forged_links_are_refused(
     for bad in (unsubscribe, genuine[:-2] + "xx", "abc", "A" * 70):
         assert (await client.get(f"/preferences/{bad}")).status == 404
         assert (await client.post(f"/preferences/{bad}", data={"nonce": "1.x"})).status == 404
+
+
+async def test_with_double_opt_in_the_page_says_to_confirm(
+    client: TestClient[Any, Any], factory: Factory, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    settings.newsletter_double_opt_in = True
+    ann = await factory.account(digest_frequency="daily")
+    token, nonce = await open_centre(client, settings, ann["id"])
+    resp = await client.post(f"/preferences/{token}", data=form_data(nonce, newsletter="yes"))
+    assert "confirm with the link we are e-mailing you" in await resp.text()
+    row = await pool.fetchrow("SELECT granted, confirmed_at FROM consents WHERE account_id = $1", ann["id"])
+    assert row["granted"] and row["confirmed_at"] is None

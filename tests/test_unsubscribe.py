@@ -13,7 +13,9 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 from arq import ArqRedis
 
-from notifier import auth, newsletter, outbox, queues, tokens
+from notifier import auth, consent, newsletter, outbox, queues, tokens
+from notifier.audit import MEMBER
+from notifier.preferences import apply_preferences
 from notifier.settings import Settings
 from tests.conftest import BurstWorker, MailSink
 from tests.factory import Factory
@@ -72,9 +74,16 @@ async def test_end_to_end_one_click_unsubscribe(
     run_worker: BurstWorker,
     smtp: MailSink,
 ) -> None:
-    ann = await factory.account(name="Ann Lee", newsletter=True)
-    bob = await factory.account(name="Bob Ray", newsletter=True)
-    cat = await factory.account(name="Cat Poe", newsletter=False)  # never consented
+    ann = await factory.account(name="Ann Lee")
+    bob = await factory.account(name="Bob Ray")
+    cat = await factory.account(name="Cat Poe")  # never consented
+    async with pool.acquire() as conn:
+        for member in (ann, bob):  # opt in as the preference centre does: consent with its wording
+            await apply_preferences(
+                conn, member["id"], {"newsletter": True}, MEMBER, "preference-centre",
+                wording=consent.WORDING, wording_version=consent.WORDING_VERSION,
+            )  # fmt: skip
+    assert await pool.fetchval("SELECT count(*) FROM consents WHERE granted AND wording IS NOT NULL") == 2
 
     first = await send_newsletter(client, headers, run_worker, pool, redis, settings, "Issue one")
 
@@ -100,10 +109,10 @@ async def test_end_to_end_one_click_unsubscribe(
     assert "Set-Cookie" not in resp.headers
     assert "You are unsubscribed" in await resp.text()
     assert await pool.fetchval("SELECT newsletter FROM accounts WHERE id = $1", ann["id"]) is False
-    consent = await pool.fetchrow(
+    withdrawal = await pool.fetchrow(
         "SELECT granted, source FROM consents WHERE account_id = $1 ORDER BY id DESC LIMIT 1", ann["id"]
     )
-    assert (consent["granted"], consent["source"]) == (False, "one-click")
+    assert (withdrawal["granted"], withdrawal["source"]) == (False, "one-click")
     event = await pool.fetchrow(
         "SELECT * FROM events WHERE kind = 'unsubscribed' AND account_id = $1", ann["id"]
     )
@@ -181,10 +190,10 @@ async def test_footer_link_names_the_email_and_counts_for_the_newsletter(
     resp = await client.post(path, data={"action": "resubscribe", "nonce": nonce})
     assert resp.status == 200 and "subscribed again" in await resp.text()
     assert await pool.fetchval("SELECT newsletter FROM accounts WHERE id = $1", ann["id"]) is True
-    consent = await pool.fetchrow(
+    granted = await pool.fetchrow(
         "SELECT * FROM consents WHERE account_id = $1 ORDER BY id DESC LIMIT 1", ann["id"]
     )
-    assert consent["granted"] and consent["wording"] and consent["wording_version"]
+    assert granted["granted"] and granted["wording"] and granted["wording_version"]
     assert (await newsletter.figures(pool, first))["resubscribed"] == 1
     resp = await client.post(path, data={"action": "resubscribe", "nonce": "1.forged"})
     assert resp.status == 403
