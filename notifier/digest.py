@@ -2,33 +2,37 @@
 
 `run_pass(pool, redis, settings, now)` is the scheduler pass (an arq cron runs it every minute;
 `notifier digests run` runs one by hand). It claims due accounts (`next_digest_at <= now`) a batch
-at a time with `FOR UPDATE SKIP LOCKED` and, in one transaction per batch and with a handful of
-set-based statements for the whole batch:
+at a time with `FOR NO KEY UPDATE SKIP LOCKED` and, in one transaction per batch, with three
+set-based statements for the whole batch (claim, build, advance):
 
-1. records a digest per account that has something to say (unique (account_id, window_end)),
-   and marks its messages (unread, not archived, not yet digested, created before the window's
-   end) with the digest's id, in the same statement;
-2. writes one outbox row per digest (`emails`, kind digest, template `digest`, the content as
-   its context; unique per digest);
-3. advances each account's window: the next starts at the old end and ends at the next scheduled
-   time after now (missed windows are not replayed one by one: one digest covers them).
+1. one statement (`build_digests` in sql/digest.sql) records a digest per account that has
+   something to say (unique (account_id, window_end)), marks its messages (unread, not archived,
+   not yet digested, created before the window's end) with the digest's id, builds each e-mail's
+   content and writes the outbox rows (`emails`, kind digest, template `digest`, the content as
+   its context; unique per digest) — the same rows `outbox.add_many` writes, built in SQL so that
+   no message row travels to Python;
+2. the windows advance: the next starts at the old end and ends at the next scheduled time after
+   now (missed windows are not replayed one by one: one digest covers them).
 
-Then it rings the delivery doorbell. Any number of passes may run at once: a locked account is
-skipped by the others, and the account row is only released with its window advanced, so no
-window gets two digests, no message gets into two digests (the UPDATE re-checks `digest_id IS
-NULL` under its row lock) and no message is lost (messages are selected by "not yet digested and
-created before the window's end", with no lower bound, so a late one goes in the next digest).
+Then it rings the delivery doorbell (`outbox.ring`). Any number of passes may run at once: a
+locked account is skipped by the others, and the account row is only released with its window
+advanced, so no window gets two digests, no message gets into two digests (the UPDATE re-checks
+`digest_id IS NULL` under its row lock) and no message is lost (messages are selected by "not yet
+digested and created before the window's end", with no lower bound, so a late one goes in the
+next digest).
 
 Immediate members have no clock: the intake hook `messages_arrived` makes them due one
 coalescing window (`NOTIFIER_IMMEDIATE_COALESCE_SECONDS`) after the first waiting message, so
 whatever arrives in that window goes out as one e-mail with the same pass.
+
+At send time `DigestRenderer` (registered with delivery for kind "digest") leaves out messages
+read since the pass and renders `templates/digest.*`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -72,8 +76,12 @@ class PassResult:
 # --- content -----------------------------------------------------------------------------------
 
 
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _snippet(body: str) -> str:
-    text = " ".join(body.split())
+    text = " ".join(body[:2000].split())
     return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rstrip() + "…"
 
 
@@ -94,7 +102,9 @@ def build_context(
     window_start: datetime,
     window_end: datetime,
 ) -> dict[str, Any]:
-    """The template context of one digest (JSON-able; stored in the outbox row).
+    """The template context of one digest, as the pass stores it in the outbox row (the pass
+    builds it in SQL, `build_digests`; this Python twin serves previews, and a test keeps the
+    two equal).
 
     `messages` newest first. Categories are ordered by their newest message; each shows at most
     `settings.digest_max_per_category` messages, newest first, and how many more there are.
@@ -125,8 +135,8 @@ def build_context(
         "total": len(messages),
         "categories": categories,
         "inbox_url": f"{settings.public_url}/inbox",
-        "window_start": window_start.astimezone(UTC).isoformat(),
-        "window_end": window_end.astimezone(UTC).isoformat(),
+        "window_start": _iso(window_start),
+        "window_end": _iso(window_end),
     }
 
 
@@ -200,6 +210,26 @@ def _next_after(account: Mapping[str, Any], window_end: datetime, now: datetime)
     )
 
 
+def _mailable(address: str) -> bool:
+    try:
+        mail.check_address(address)
+    except mail.HeaderError:
+        return False
+    return True
+
+
+async def _sql_timezones(conn: asyncpg.Connection) -> frozenset[str]:
+    """The zone names PostgreSQL knows, read once per process. A name Python's tz database knows
+    but the server's does not (a newer zone) is formatted as UTC rather than failing the batch."""
+    global _PG_ZONES
+    if _PG_ZONES is None:
+        _PG_ZONES = frozenset(r["name"] for r in await conn.fetch(Q.known_timezones))
+    return _PG_ZONES
+
+
+_PG_ZONES: frozenset[str] | None = None
+
+
 async def _run_batch(
     conn: asyncpg.Connection, settings: Settings, now: datetime, batch_size: int
 ) -> PassResult:
@@ -208,50 +238,37 @@ async def _run_batch(
     if not accounts:
         return result
     result.accounts = len(accounts)
+    zones = await _sql_timezones(conn)
     ids = [a["id"] for a in accounts]
     ends = [a["next_digest_at"] for a in accounts]
+    mailable = [_mailable(a["email"]) for a in accounts]
     rows = await conn.fetch(
         Q.build_digests,
         ids,
         [a["digest_window_start"] for a in accounts],
         ends,
         [a["digest_frequency"] for a in accounts],
+        [a["timezone"] if a["timezone"] in zones else "UTC" for a in accounts],
+        [a["name"] for a in accounts],
+        [a["email"] for a in accounts],
+        mailable,
+        queues.DIGEST,
+        TEMPLATE,
+        settings.digest_max_per_category,
+        f"{settings.public_url}/inbox",
     )
-    by_account: dict[int, list[asyncpg.Record]] = defaultdict(list)
+    changed = [(r["digest_id"], r["marked"]) for r in rows if r["marked"] != r["counted"]]
+    if changed:
+        await conn.execute(Q.fix_digest_counts, [c[0] for c in changed], [c[1] for c in changed])
+    unmailable = {a["id"] for a, ok in zip(accounts, mailable, strict=True) if not ok}
     for row in rows:
-        by_account[row["account_id"]].append(row)
-    if by_account:
-        digest_ids = [msgs[0]["digest_id"] for msgs in by_account.values()]
-        counts = [len(msgs) for msgs in by_account.values()]
-        await conn.execute(Q.fix_digest_counts, digest_ids, counts)
-    new_emails = []
-    for account in accounts:
-        msgs = by_account.get(account["id"])
-        if not msgs:
-            continue
-        result.digests += 1
-        result.messages += len(msgs)
-        try:
-            mail.check_address(account["email"])
-        except mail.HeaderError:
-            # Recorded as digested (the window is closed) but not mailable; never block the batch.
-            result.skipped.append(account["id"])
-            continue
-        context = build_context(
-            account, msgs, settings, account["digest_window_start"], account["next_digest_at"]
-        )
-        new_emails.append(
-            outbox.NewEmail(
-                kind="digest",
-                to_address=account["email"],
-                template=TEMPLATE,
-                context=context,
-                account_id=account["id"],
-                digest_id=msgs[0]["digest_id"],
-                queue=queues.DIGEST,
-            )
-        )
-    result.emails = len(await outbox.add_many(conn, new_emails))
+        if row["marked"]:
+            result.digests += 1
+            result.messages += row["marked"]
+        if row["email_id"] is not None:
+            result.emails += 1
+        elif row["account_id"] in unmailable:
+            result.skipped.append(row["account_id"])
     await conn.execute(
         Q.advance_windows,
         ids,

@@ -455,6 +455,42 @@ async def test_preview_renders_without_marking(
     assert (await preview(pool, settings, empty["external_id"], now=T0)).rendered is None
 
 
+async def test_content_built_in_sql_equals_the_python_preview(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    # The pass builds contents in SQL for speed; previews build them in Python. Same result.
+    acc = await factory.account(
+        external_id="same-1",
+        timezone="Asia/Kolkata",
+        digest_frequency="daily",
+        digest_window_start=T0,
+        next_digest_at=T0 + DAY,
+    )
+    bodies = [
+        "short",
+        "  leading and   inner\n\nwhitespace\ttabs  ",
+        "x" * 159,
+        "y" * 160,
+        "z" * 161,
+        ("word " * 60).strip(),
+        "Ünïcödé — “quotes” & <tags> " * 8,
+    ]
+    for i, body in enumerate(bodies * 2):
+        await factory.message(
+            acc,
+            category=("news", "events", "a-b.c_d")[i % 3],
+            subject=f"Subject {i} <&>",
+            body=body,
+            url=f"https://example.org/{i}" if i % 2 else None,
+            created_at=T0 + timedelta(hours=1, minutes=7 * i),
+        )
+    expected = await preview(pool, settings, "same-1", now=T0 + DAY + timedelta(hours=1))
+    await run_pass(pool, redis, settings, T0 + DAY + timedelta(hours=1))
+    [email] = await digest_emails(pool)
+    assert expected.context is not None
+    assert email["context"] == expected.context
+
+
 async def test_digest_is_delivered_with_its_content(
     pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory, smtp: Any, run_worker: Any
 ) -> None:

@@ -80,14 +80,22 @@ LIMIT $2
 FOR NO KEY UPDATE SKIP LOCKED;
 
 -- name: build_digests
--- For the claimed batch (account, window start, window end, frequency): record a digest for every
--- account with unread, unarchived, undigested messages created before its window end, and mark
--- those messages as in it; returns the messages, newest first per account. One statement, one
--- snapshot: the count and the marked messages agree. A digest that already exists for the window
--- (unique (account_id, window_end)) is left alone and its account gets nothing here.
+-- The whole batch in one statement, one snapshot. For each claimed account (id, window start and
+-- end, frequency, time zone, name, address, whether the address can be mailed):
+--   * record a digest if it has unread, unarchived, undigested messages created before the window's
+--     end (unique (account_id, window_end): an existing one is left alone and the account gets
+--     nothing here);
+--   * mark those messages as in it (re-checked under each message's row lock);
+--   * build the e-mail's content: categories ordered by their newest message, at most $11 messages
+--     each (newest first) with the count and how many more, a snippet of each body, its local time;
+--   * write the outbox row (kind digest, queue $9, template $10, unique per digest).
+-- Returns one row per digest: how many messages were counted and marked, and the e-mail's id
+-- (NULL when the address cannot be mailed or every message was read meanwhile).
+-- The same content in Python: notifier.digest.build_context (previews); a test keeps them equal.
 WITH batch AS (
-    SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::text[])
-        AS b (account_id, window_start, window_end, frequency)
+    SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::boolean[])
+        AS b (account_id, window_start, window_end, frequency, timezone, name, email, mailable)
 ),
 pending AS (
     SELECT m.id, m.account_id
@@ -104,15 +112,81 @@ digest AS (
     SELECT b.account_id, b.frequency, b.window_start, b.window_end, c.n
     FROM batch b JOIN counts c ON c.account_id = b.account_id
     ON CONFLICT (account_id, window_end) DO NOTHING
-    RETURNING id, account_id
+    RETURNING id, account_id, message_count
 ),
 marked AS (
     UPDATE messages m SET digest_id = d.id
     FROM pending p JOIN digest d ON d.account_id = p.account_id
     WHERE m.id = p.id AND m.digest_id IS NULL AND m.read_at IS NULL AND m.archived_at IS NULL
     RETURNING m.id, m.account_id, m.digest_id, m.category, m.subject, m.body, m.url, m.created_at
+),
+ranked AS (
+    SELECT mk.*,
+           row_number() OVER (PARTITION BY mk.digest_id, mk.category
+                              ORDER BY mk.created_at DESC, mk.id DESC) AS rn,
+           count(*) OVER (PARTITION BY mk.digest_id, mk.category) AS n,
+           max(mk.created_at) OVER (PARTITION BY mk.digest_id, mk.category) AS newest
+    FROM marked mk
+),
+shown AS (
+    SELECT r.digest_id, r.category, r.n, r.newest, r.rn,
+           jsonb_build_object(
+               'id', r.id,
+               'subject', r.subject,
+               'url', r.url,
+               'snippet', CASE WHEN length(f.flat) <= 160 THEN f.flat
+                               ELSE rtrim(left(f.flat, 159)) || '…' END,
+               'when', to_char(r.created_at AT TIME ZONE b.timezone, 'Dy FMDD Mon, HH24:MI')
+           ) AS item
+    FROM ranked r
+    JOIN batch b ON b.account_id = r.account_id
+    CROSS JOIN LATERAL (
+        -- Collapse whitespace runs; the cheap test first spares most bodies the slow replace.
+        SELECT btrim(CASE WHEN left(r.body, 2000) ~ '\s\s|[\t\n\r\f\v]'
+                          THEN regexp_replace(left(r.body, 2000), '\s+', ' ', 'g')
+                          ELSE left(r.body, 2000) END) AS flat
+    ) f
+    WHERE r.rn <= $11
+),
+categories AS (
+    SELECT s.digest_id, s.category, s.n, s.newest,
+           jsonb_agg(s.item ORDER BY s.rn) AS items
+    FROM shown s
+    GROUP BY s.digest_id, s.category, s.n, s.newest
+),
+contents AS (
+    SELECT c.digest_id, sum(c.n)::integer AS total,
+           jsonb_agg(jsonb_build_object('name', c.category, 'count', c.n, 'messages', c.items,
+                                        'more', c.n - jsonb_array_length(c.items))
+                     ORDER BY c.newest DESC, c.category) AS categories
+    FROM categories c
+    GROUP BY c.digest_id
+),
+outbox AS (
+    INSERT INTO emails (kind, queue, account_id, to_address, template, context, digest_id)
+    SELECT 'digest', $9, d.account_id, b.email, $10,
+           jsonb_build_object(
+               'name', b.name,
+               'frequency', b.frequency,
+               'total', x.total,
+               'categories', x.categories,
+               'inbox_url', $12::text,
+               'window_start', to_char(b.window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+               'window_end', to_char(b.window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+           ),
+           d.id
+    FROM contents x
+    JOIN digest d ON d.id = x.digest_id
+    JOIN batch b ON b.account_id = d.account_id
+    WHERE b.mailable
+    ON CONFLICT (digest_id) WHERE digest_id IS NOT NULL DO NOTHING
+    RETURNING id, digest_id
 )
-SELECT * FROM marked ORDER BY account_id, created_at DESC, id DESC;
+SELECT d.id AS digest_id, d.account_id, d.message_count AS counted,
+       coalesce(x.total, 0) AS marked, o.id AS email_id
+FROM digest d
+LEFT JOIN contents x ON x.digest_id = d.id
+LEFT JOIN outbox o ON o.digest_id = d.id;
 
 -- name: fix_digest_counts
 -- A message read between the snapshot and its row lock is left out of the digest; keep the
@@ -121,15 +195,9 @@ UPDATE digests d SET message_count = c.n
 FROM unnest($1::bigint[], $2::integer[]) AS c (id, n)
 WHERE d.id = c.id AND d.message_count <> c.n;
 
--- name: insert_digest_emails
--- The outbox rows of a batch's digests, one statement; `emails_digest_idx` (unique digest_id)
--- makes a second insert for the same digest impossible.
-INSERT INTO emails (kind, queue, account_id, to_address, template, context, digest_id)
-SELECT 'digest', $1, e.account_id, e.to_address, $2, e.context, e.digest_id
-FROM unnest($3::bigint[], $4::text[], $5::jsonb[], $6::bigint[])
-    AS e (account_id, to_address, context, digest_id)
-ON CONFLICT (digest_id) WHERE digest_id IS NOT NULL DO NOTHING
-RETURNING id;
+-- name: known_timezones
+-- The zone names PostgreSQL knows (read once per process: the view reads the zone files).
+SELECT name FROM pg_timezone_names;
 
 -- name: advance_windows
 -- Close the claimed windows: the next one starts at the old end and ends at the given time.
