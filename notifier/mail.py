@@ -2,8 +2,9 @@
 
 Python's `email` package costs about a millisecond per message, which alone would cap a sender
 near 1,000 messages/s; these functions write RFC 5322 bytes directly: CRLF line ends, headers
-folded at 78 characters, RFC 2047 encoded-words for non-ASCII text, quoted-printable UTF-8 bodies
-in a multipart/alternative (text, then HTML). Tests parse the output back with `email`.
+folded at 78 characters, RFC 2047 encoded-words for non-ASCII text, 7bit (plain ASCII) or
+quoted-printable UTF-8 bodies in a multipart/alternative (text, then HTML). Tests parse the
+output back with `email`.
 
 Header injection is impossible by construction: free text (subjects, display names) has every run
 of whitespace — CR and LF included — collapsed to one space, and addresses or other header values
@@ -141,11 +142,16 @@ def raw_header(name: str, value: str) -> str:
     return _fold(name, value)
 
 
-def _qp(text: str) -> bytes:
-    data = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
-    if not data.endswith(b"\n"):
-        data += b"\n"
-    return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).replace(b"\n", b"\r\n")
+def _body(text: str) -> tuple[str, bytes]:
+    """(Content-Transfer-Encoding, CRLF bytes) of a text part: 7bit when it is ASCII with lines
+    of at most 998 characters (no encoding work, readable as is), else quoted-printable UTF-8."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.endswith("\n"):
+        text += "\n"
+    if text.isascii() and "\x00" not in text and max(map(len, text.split("\n"))) <= 998:
+        return "7bit", text.replace("\n", CRLF).encode("ascii")
+    data = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True, header=False)
+    return "quoted-printable", data.replace(b"\n", b"\r\n")
 
 
 def message_id(email_id: int, domain: str) -> str:
@@ -181,24 +187,26 @@ def build(
     lines.extend(raw_header(name, value) for name, value in headers)
     lines.append("MIME-Version: 1.0")
     if html is None:
+        encoding, body = _body(text)
         lines.append('Content-Type: text/plain; charset="utf-8"')
-        lines.append("Content-Transfer-Encoding: quoted-printable")
-        return (CRLF.join(lines) + CRLF + CRLF).encode("ascii") + _qp(text)
-    # "=_" never occurs in quoted-printable output, so the boundary cannot collide with a body.
+        lines.append(f"Content-Transfer-Encoding: {encoding}")
+        return (CRLF.join(lines) + CRLF + CRLF).encode("ascii") + body
+    (text_encoding, text_body), (html_encoding, html_body) = _body(text), _body(html)
     boundary = "=_" + secrets.token_hex(12)
+    # "=_" never occurs in quoted-printable output; a 7bit body could only contain the random
+    # boundary by chance, and then another is drawn.
+    while boundary.encode("ascii") in text_body or boundary.encode("ascii") in html_body:
+        boundary = "=_" + secrets.token_hex(12)
     lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
-    part_head = (
-        f'--{boundary}{CRLF}Content-Type: text/%s; charset="utf-8"{CRLF}'
-        f"Content-Transfer-Encoding: quoted-printable{CRLF}{CRLF}"
-    )
+    part_head = f'--{boundary}{CRLF}Content-Type: text/%s; charset="utf-8"{CRLF}Content-Transfer-Encoding: %s{CRLF}{CRLF}'
     return b"".join(
         (
             (CRLF.join(lines) + CRLF + CRLF).encode("ascii"),
-            (part_head % "plain").encode("ascii"),
-            _qp(text),
+            (part_head % ("plain", text_encoding)).encode("ascii"),
+            text_body,
             # The CRLF before a delimiter belongs to the delimiter (RFC 2046), not to the body.
-            (CRLF + part_head % "html").encode("ascii"),
-            _qp(html),
+            (CRLF + part_head % ("html", html_encoding)).encode("ascii"),
+            html_body,
             f"{CRLF}--{boundary}--{CRLF}".encode("ascii"),
         )
     )

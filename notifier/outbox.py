@@ -41,7 +41,9 @@ Kind = Literal["service", "digest", "newsletter", "test", "confirmation"]
 RETRY_DELAYS: tuple[int, ...] = (30, 120, 600, 1800, 3600, 4 * 3600)
 
 BATCH_SIZE = 100  # rows per claim
-MAX_BELLS = 4  # deliver jobs one ring starts at most (each loops until nothing is due)
+# Deliver jobs one ring starts at most; each loops until nothing is due. Two overlap one batch's
+# database work with the other's sending; more only queue up on the same SMTP connections.
+MAX_BELLS = 2
 LEASE_SECONDS = 120.0  # a claimed row becomes due again if not recorded by then
 JOB_NAME = "deliver"
 
@@ -405,13 +407,7 @@ class Delivery:
                 continue
             envelopes.append((email, mid, envelope))
 
-        delays = await self._pace(len(envelopes))
-        outcomes = await asyncio.gather(
-            *(
-                self._send_one(envelope, delay)
-                for (_, _, envelope), delay in zip(envelopes, delays, strict=True)
-            )
-        )
+        outcomes = await self._send_all([envelope for _, _, envelope in envelopes])
         for (email, mid, _), outcome in zip(envelopes, outcomes, strict=True):
             results[email.id] = self._result(email.id, mid, attempts[email.id], outcome, now)
         return [results[e.id] for e in emails]
@@ -456,13 +452,29 @@ class Delivery:
         interval = 1.0 / self.settings.send_rate
         return [first + i * interval for i in range(n)]
 
-    async def _send_one(self, envelope: Envelope, delay: float) -> str | Exception:
-        if delay > 0:
-            await asyncio.sleep(delay)
-        try:
-            return await self.sender.send(envelope)
-        except (TemporaryFailure, PermanentFailure) as exc:
-            return exc
+    async def _send_all(self, envelopes: Sequence[Envelope]) -> list[str | Exception]:
+        """Send a batch over as many lanes as the SMTP pool has connections; each lane takes the
+        next message when its previous one is done (no task per message, no pile-up on the
+        pool). Under a send-rate limit each message waits for its reserved slot."""
+        outcomes: list[str | Exception] = [""] * len(envelopes)
+        delays = await self._pace(len(envelopes))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        order = iter(range(len(envelopes)))
+
+        async def lane() -> None:
+            for i in order:
+                wait = start + delays[i] - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                try:
+                    outcomes[i] = await self.sender.send(envelopes[i])
+                except (TemporaryFailure, PermanentFailure) as exc:
+                    outcomes[i] = exc
+
+        lanes = min(len(envelopes), self.settings.smtp_pool_size)
+        await asyncio.gather(*(lane() for _ in range(lanes)))
+        return outcomes
 
     def _result(
         self, email_id: int, mid: str, attempt: int, outcome: str | Exception, now: datetime

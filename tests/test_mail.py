@@ -179,3 +179,24 @@ def test_dkim_signature_verifies_and_covers_the_list_headers() -> None:
     )
     tampered = signed.replace(b"https://notifier.test/u/TOKEN", b"https://evil.test/u/TOKEN")
     assert not dkim.verify(tampered, dnsfunc=dnsfunc)
+
+
+def test_body_encoding_is_7bit_only_when_safe() -> None:
+    ascii_message = parse(build(text="Hello\n.leading dot\n", html="<p>" + "a" * 900 + "</p>"))
+    plain, html = (part for part in ascii_message.iter_parts())
+    assert plain["Content-Transfer-Encoding"] == "7bit"
+    assert content(plain) == "Hello\n.leading dot\n"
+    assert html["Content-Transfer-Encoding"] == "7bit"
+
+    long_line = "b" * 1200
+    encoded = parse(build(text="Grüße\n", html=f"<p>{long_line}</p>"))
+    plain, html = (part for part in encoded.iter_parts())
+    assert plain["Content-Transfer-Encoding"] == "quoted-printable"
+    assert html["Content-Transfer-Encoding"] == "quoted-printable"  # a line over 998 characters
+    assert long_line in content(html)
+
+
+def test_a_body_cannot_forge_a_part_boundary() -> None:
+    data = build(text="--=_fake\nContent-Type: text/html\n\n<script>x</script>\n")
+    message = parse(data)
+    assert len(list(message.iter_parts())) == 2
