@@ -394,3 +394,29 @@ async def test_rate_limiter_spaces_batches_across_workers(redis: ArqRedis) -> No
     assert await one.reserve(50) < 0.05
     wait = await two.reserve(50)  # the second worker waits for the first one's 50 slots
     assert 0.4 < wait <= 0.5
+
+
+async def test_dkim_signed_digest_verifies_after_delivery(
+    settings: Settings, pool: asyncpg.Pool, smtp: MailSink, factory: Factory
+) -> None:
+    import dkim
+    from pydantic import SecretStr
+
+    from tests.test_mail import rsa_key
+
+    pem, record = rsa_key()
+    settings.dkim_domain, settings.dkim_selector = "example.org", "mail"
+    settings.dkim_private_key = SecretStr(pem.decode())
+    account = await factory.account(name="Zoë")
+    await add_service(pool, account, kind="digest", subject="Grüße aus dem Verein")
+    delivery = delivery_for(settings, pool)
+    delivery.renderers.use("digest", TemplateRenderer(delivery.renderers.templates))
+    assert (await delivery.run(queues.DIGEST)).sent == 1
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        return record if name == b"mail._domainkey.example.org." else b""
+
+    data = smtp.received[0].data
+    assert dkim.verify(data, dnsfunc=dnsfunc)
+    signature = str(smtp.received[0].message["DKIM-Signature"]).replace(" ", "").replace("\n", "")
+    assert "h=from:to:subject:date:message-id:list-unsubscribe:list-unsubscribe-post" in signature.lower()
