@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from notifier import console_chart, mail, newsletter, outbox, queues
 from notifier.console_ui import form_of, page, pool_of, redirect, redis_of, render, session_of, settings_of
 from notifier.db import Q
-from notifier.newsletter_api import NewsletterIn, TestSendIn
+from notifier.newsletter_api import MAX_BODY_CHARS, NewsletterIn, TestSendIn
 from notifier.newsletter_render import Draft, TemplateProblem, prepare, sample_personal
 from notifier.problems import validation_errors
 
@@ -73,6 +73,18 @@ async def index(request: web.Request) -> web.Response:
     return render(request, "newsletters.html", newsletters=rows, limit=LIST_LIMIT)
 
 
+def _form_draft(form: Mapping[str, Any], newsletter_id: int = 0) -> Draft:
+    """The form as it stands, valid or not, for previewing while the draft is written."""
+    body_format = form.get("body_format", "markdown")
+    return Draft(
+        newsletter_id,
+        str(form.get("subject", "")),
+        str(form.get("preheader", "")),
+        str(form.get("body", "")),
+        body_format if body_format in ("markdown", "html") else "markdown",
+    )
+
+
 def _compose(
     request: web.Request,
     *,
@@ -81,10 +93,9 @@ def _compose(
     errors: dict[str, str],
     status: int = 200,
 ) -> web.Response:
-    body, _ = _read_draft(form)
     subject = html = None
-    if body is not None:
-        subject, html, render_errors = _preview(request, _draft_of(body, row["id"] if row else 0))
+    if len(str(form.get("body", ""))) <= MAX_BODY_CHARS:
+        subject, html, render_errors = _preview(request, _form_draft(form, row["id"] if row else 0))
         errors = {**render_errors, **errors}
     return render(
         request,
@@ -182,11 +193,12 @@ async def save(request: web.Request) -> web.Response:
 
 @page("newsletters")
 async def live_preview(request: web.Request) -> web.Response:
-    """POST /console/newsletters/preview: the rendered form as JSON, for the live preview script."""
-    body, errors = _read_draft(await form_of(request))
-    if body is None:
-        return web.json_response({"errors": errors}, status=422)
-    subject, html, errors = _preview(request, _draft_of(body))
+    """POST /console/newsletters/preview: the form as it stands, rendered, as JSON for the live
+    preview script (422 with the errors when the templates do not compile)."""
+    form = await form_of(request)
+    if len(form.get("body", "")) > MAX_BODY_CHARS:
+        return web.json_response({"errors": {"body": "The body is too long."}}, status=422)
+    subject, html, errors = _preview(request, _form_draft(form))
     if errors:
         return web.json_response({"errors": errors}, status=422)
     return web.json_response({"subject": subject, "html": html})
