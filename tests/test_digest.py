@@ -602,3 +602,65 @@ async def test_pass_repairs_immediate_members_the_hook_missed(
     assert (await account(pool, acc["id"]))["next_digest_at"] == T0 + timedelta(seconds=120)
     late = await run_pass(pool, redis, settings, T0 + timedelta(seconds=120))
     assert (late.digests, late.emails) == (1, 1)
+
+
+async def test_message_read_while_the_pass_waits_for_its_lock_is_left_out(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory, database: str
+) -> None:
+    acc = await daily(factory)
+    kept = await factory.message(acc, subject="Kept", created_at=T0 + timedelta(hours=1))
+    racing = await factory.message(acc, subject="Racing", created_at=T0 + timedelta(hours=2))
+    reader = await asyncpg.connect(database)
+    try:
+        tx = reader.transaction()
+        await tx.start()
+        # The member reads the message; the pass's snapshot still sees it unread and waits on its lock.
+        await reader.execute("UPDATE messages SET read_at = now() WHERE id = $1", racing["id"])
+        task = asyncio.create_task(run_pass(pool, redis, settings, T0 + DAY, concurrency=1))
+        while not await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ):
+            assert not task.done(), "the pass did not wait for the reader's row lock"
+            await asyncio.sleep(0.01)
+        await tx.commit()
+        result = await task
+    finally:
+        await reader.close()
+    assert (result.digests, result.messages, result.emails) == (1, 1, 1)
+    digest = await pool.fetchrow("SELECT * FROM digests")
+    assert digest["message_count"] == 1  # corrected from the snapshot's count of 2
+    assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", kept["id"]) == digest["id"]
+    assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", racing["id"]) is None
+    [email] = await digest_emails(pool)
+    assert email["context"]["total"] == 1
+    assert [m["subject"] for m in email["context"]["categories"][0]["messages"]] == ["Kept"]
+
+
+async def test_cli_preview_prints_the_next_digest_and_marks_nothing(
+    pool: asyncpg.Pool, settings: Settings, factory: Factory
+) -> None:
+    acc = await factory.account(external_id="cli-1", digest_frequency="daily", next_digest_at=T0)
+    await factory.message(acc, category="news", subject="Preview me", created_at=T0 - timedelta(hours=1))
+    env = {
+        **os.environ,
+        "NOTIFIER_DATABASE_URL": settings.database_url or "",
+        "NOTIFIER_REDIS_URL": settings.redis_url or "",
+        "NOTIFIER_SECRET_KEY": "test-secret-key-not-for-production",
+        "NOTIFIER_PUBLIC_URL": settings.public_url,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "notifier.cli", "digests", "preview", "cli-1",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    assert "Subject: 1 new message in your inbox: news" in text
+    assert "Preview me" in text and "https://notifier.test/u/" in text
+    assert await pool.fetchval("SELECT count(*) FROM digests") == 0
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "notifier.cli", "digests", "preview", "nobody",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 2 and "no account with external_id 'nobody'" in err.decode()
