@@ -328,7 +328,9 @@ class Delivery:
 
     async def run(self, queue: str, *, now: datetime | None = None) -> Counts:
         """Deliver every due row of `queue`, batch after batch, until none is due (rows other
-        workers hold are skipped). `now` fixes the clock (tests); otherwise the real time."""
+        workers hold are skipped). Stops early when a whole batch was deferred (the server is
+        down or refusing): the rest stay due, untouched, and the retry bell or the sweep brings
+        the worker back. `now` fixes the clock (tests); otherwise the real time."""
         counts = Counts()
         while True:
             batch_now = now or datetime.now(UTC)
@@ -337,6 +339,9 @@ class Delivery:
                 return counts
             for result in results:
                 counts.add(result)
+            if all(r.status == "queued" for r in results):
+                log.warning("%s: every e-mail of a batch was deferred; pausing this queue's job", queue)
+                return counts
 
     async def deliver_batch(self, queue: str, now: datetime) -> list[Result] | None:
         """Claim one batch, send it and record it; None when nothing was due."""

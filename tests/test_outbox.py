@@ -420,3 +420,25 @@ async def test_dkim_signed_digest_verifies_after_delivery(
     assert dkim.verify(data, dnsfunc=dnsfunc)
     signature = str(smtp.received[0].message["DKIM-Signature"]).replace(" ", "").replace("\n", "")
     assert "h=from:to:subject:date:message-id:list-unsubscribe:list-unsubscribe-post" in signature.lower()
+
+
+async def test_a_dead_server_does_not_burn_through_the_backlog(
+    settings: Settings, pool: asyncpg.Pool, redis: ArqRedis
+) -> None:
+    from notifier.embedded import free_port
+
+    async with pool.acquire() as conn:
+        await outbox.add_many(
+            conn,
+            [
+                outbox.NewEmail(kind="service", to_address=f"m{i}@example.com", template="service/selftest")
+                for i in range(250)
+            ],
+        )
+    refused = settings.model_copy(update={"smtp_port": free_port()})
+    delivery = Delivery(refused, pool, SMTPSender(refused), redis=redis, batch_size=100)
+    counts = await delivery.run(queues.SERVICE)
+    assert counts.deferred == 100  # one batch tried, then the job stops
+    statuses = dict(await pool.fetch("SELECT status, count(*) FROM emails GROUP BY status"))
+    assert statuses == {"queued": 250}
+    assert await pool.fetchval("SELECT count(*) FROM emails WHERE attempts = 0") == 150
