@@ -442,3 +442,22 @@ async def test_a_dead_server_does_not_burn_through_the_backlog(
     statuses = dict(await pool.fetch("SELECT status, count(*) FROM emails GROUP BY status"))
     assert statuses == {"queued": 250}
     assert await pool.fetchval("SELECT count(*) FROM emails WHERE attempts = 0") == 150
+
+
+async def test_a_broken_renderer_fails_its_email_only(
+    settings: Settings, pool: asyncpg.Pool, smtp: MailSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        async def prepare(self, pool: asyncpg.Pool, emails: Any) -> None:
+            return None
+
+        def render(self, email: Any, context: Any) -> Any:
+            raise KeyError("oops")
+
+    broken = await add_service(pool, kind="test")
+    fine = await add_service(pool)
+    delivery = delivery_for(settings, pool)
+    delivery.renderers.use("test", Broken())
+    await delivery.run(queues.SERVICE)
+    assert (await status_of(pool, broken))["status"] == "failed"
+    assert (await status_of(pool, fine))["status"] == "sent"
