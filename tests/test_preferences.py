@@ -274,3 +274,35 @@ async def test_start_schedule_opens_the_first_window(factory: Factory, pool: asy
     assert row["digest_window_start"] == T0
     # 07:00 in New York (EDT, UTC-4) on 2026-06-01 is 11:00 UTC, after T0.
     assert row["next_digest_at"] == datetime(2026, 6, 1, 11, 0, tzinfo=UTC)
+
+
+async def test_answers_match_the_openapi_document(
+    client: TestClient[Any, Any], factory: Factory, headers
+) -> None:
+    from tests.test_openapi import Checker
+
+    spec = await (await client.get("/openapi.json")).json()
+    check = Checker(spec)
+    path = "/v1/accounts/doc-1/preferences"
+    await daily_account(factory, external_id="doc-1")
+    await check(await client.get(path, headers=headers), "GET", path)
+    body = await check(await client.put(path, json={"digest_frequency": "off"}, headers=headers), "PUT", path)
+    assert body["next_digest_at"] is None
+    await check(await client.put(path, json={"digest_hour": 30}, headers=headers), "PUT", path)
+    await check(
+        await client.put(path, data=b"{", headers={**headers, "Content-Type": "application/json"}),
+        "PUT",
+        path,
+    )
+    await check(await client.get("/v1/accounts/nobody/preferences", headers=headers), "GET", path)
+    await check(await client.get(path), "GET", path)
+    request = spec["paths"]["/v1/accounts/{external_id}/preferences"]["put"]["requestBody"]
+    assert request["content"]["application/json"]["schema"]["additionalProperties"] is False
+    assert check.seen == {
+        ("GET", "/v1/accounts/{external_id}/preferences", "200"),
+        ("GET", "/v1/accounts/{external_id}/preferences", "404"),
+        ("GET", "/v1/accounts/{external_id}/preferences", "401"),
+        ("PUT", "/v1/accounts/{external_id}/preferences", "200"),
+        ("PUT", "/v1/accounts/{external_id}/preferences", "422"),
+        ("PUT", "/v1/accounts/{external_id}/preferences", "400"),
+    }
