@@ -84,14 +84,17 @@ async def timeline(pool: asyncpg.Pool, newsletter_id: int, now: datetime | None 
     return Timeline(size, starts, cumulative)
 
 
+_NICE = sorted(
+    {n for k in (4, 6, 8, 10, 12, 16, 20, 30, 40, 60, 80) for e in range(12) if (n := k * 10**e) % 4 == 0}
+)
+
+
 def _nice_max(value: int) -> int:
-    if value <= 5:
-        return 5
-    magnitude = int(10 ** (len(str(value)) - 1))
-    for step in (1, 2, 5, 10):
-        if value <= step * magnitude:
-            return step * magnitude
-    return value
+    """The smallest round number >= value that splits into four whole gridline steps."""
+    for candidate in _NICE:
+        if value <= candidate:
+            return candidate
+    return value + (-value % 4)
 
 
 def _label(when: datetime, bucket: timedelta) -> str:
@@ -102,7 +105,8 @@ def svg(line: Timeline, title: str) -> str:
     """The chart as an `<svg>` element (role=img, titled and described)."""
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     top = _nice_max(max((v[-1] for v in line.series.values() if v), default=0))
-    points = max(len(line.starts), 2)
+    # One point at the start (nothing yet) and one at the end of each bucket.
+    points = len(line.starts) + 1
 
     def x(i: int) -> float:
         return LEFT + plot_w * (i / (points - 1))
@@ -135,8 +139,7 @@ def svg(line: Timeline, title: str) -> str:
         values = line.series.get(label, [])
         if not values:
             continue
-        if len(values) == 1:
-            values = values * 2
+        values = [0, *values]
         coords = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
         dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
         parts.append(

@@ -661,7 +661,9 @@ async def test_timeline_cumulates_events_per_bucket(pool: asyncpg.Pool, factory:
     assert line.series["Failed"][-1] == 1 and line.series["Bounced"][3:5] == [0, 1]
     assert line.series["Unsubscribed"][-2:] == [0, 1]
     svg = console_chart.svg(line, "Chart")
-    assert svg.count("<polyline") == 4 and 'role="img"' in svg and "Delivered: 3" in svg
+    assert (
+        svg.count("<polyline") == 4 and "56.0,220.0 " in svg and 'role="img"' in svg and "Delivered: 3" in svg
+    )
     assert console_chart.bucket_for(timedelta(hours=10)) == timedelta(minutes=15)
 
 
