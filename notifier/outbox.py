@@ -40,6 +40,7 @@ Kind = Literal["service", "digest", "newsletter", "test", "confirmation"]
 # Seconds to wait after the 1st, 2nd, ... temporary failure. After the last, the e-mail fails.
 RETRY_DELAYS: tuple[int, ...] = (30, 120, 600, 1800, 3600, 4 * 3600)
 
+MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 BATCH_SIZE = 100  # rows per claim
 # Deliver jobs one ring starts at most; each loops until nothing is due. Two overlap one batch's
 # database work with the other's sending; more only queue up on the same SMTP connections.
@@ -378,7 +379,16 @@ class Delivery:
         to_send: list[OutgoingEmail] = []
         for email in emails:
             reason = self._suppressed(email, suppressed.get(suppression.normalise(email.to_address), []))
-            if reason:
+            if attempts[email.id] > MAX_ATTEMPTS:
+                # Claimed again and again without a result (a worker dies on it): give up.
+                results[email.id] = Result(
+                    email.id,
+                    "failed",
+                    "failed",
+                    error=f"abandoned after {attempts[email.id] - 1} claims without a result",
+                    detail={"attempts": attempts[email.id] - 1},
+                )
+            elif reason:
                 list_name, why = reason
                 results[email.id] = Result(
                     email.id,

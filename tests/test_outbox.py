@@ -461,3 +461,14 @@ async def test_a_broken_renderer_fails_its_email_only(
     await delivery.run(queues.SERVICE)
     assert (await status_of(pool, broken))["status"] == "failed"
     assert (await status_of(pool, fine))["status"] == "sent"
+
+
+async def test_a_row_claimed_too_often_without_a_result_fails(
+    settings: Settings, pool: asyncpg.Pool, smtp: MailSink
+) -> None:
+    email_id = await add_service(pool)
+    await pool.execute("UPDATE emails SET attempts = $2 WHERE id = $1", email_id, outbox.MAX_ATTEMPTS)
+    await delivery_for(settings, pool).run(queues.SERVICE)
+    row = await status_of(pool, email_id)
+    assert row["status"] == "failed" and "abandoned" in row["last_error"]
+    assert not smtp.received
