@@ -84,8 +84,13 @@ async def timeline(pool: asyncpg.Pool, newsletter_id: int, now: datetime | None 
     return Timeline(size, starts, cumulative)
 
 
-_NICE = sorted(
-    {n for k in (4, 6, 8, 10, 12, 16, 20, 30, 40, 60, 80) for e in range(12) if (n := k * 10**e) % 4 == 0}
+_NICE: list[int] = sorted(
+    {
+        n
+        for k in (4, 6, 8, 10, 12, 16, 20, 30, 40, 60, 80)
+        for e in range(12)
+        if (n := k * int(10**e)) % 4 == 0
+    }
 )
 
 
