@@ -135,6 +135,8 @@ class NewsletterRenderer:
         if not ids:
             return
         rows = await pool.fetch(Q.newsletter_versions, ids)
+        if len(self.drafts) > 64:  # only the newsletters being sent matter
+            self.drafts.clear()
         for row in rows:
             draft = draft_of(row)
             self.drafts[draft.id] = draft
