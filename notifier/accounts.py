@@ -206,7 +206,8 @@ async def erase_account(
     """Delete everything held on `account` and record the erasure; call inside a transaction.
 
     The account row cascades to its messages, digests, consents, e-mails, events, audit rows and
-    idempotency records. Outbox rows without an account that were addressed to it go too.
+    idempotency records. Outbox rows without an account that were addressed to it go too,
+    except a service e-mail still waiting to be sent (the notice of the erasure itself).
     Suppressions stay, being keyed by `address_hash` only; their free-text detail is cleared.
     Returns the `erasures` row, which holds the reason and the actor and no personal data.
     """

@@ -436,3 +436,19 @@ async def test_export_sections_can_be_added(client, headers, pool) -> None:
         del accounts.EXPORT_SECTIONS["extra"]
     assert doc["extra"] == {"account_id_seen": "m-1"}
     assert doc["suppressed"] is False and doc["messages"] == []
+
+
+async def test_erasure_keeps_a_pending_detached_notice(client, headers, pool) -> None:
+    """The erasure notice is a service e-mail without an account; erasing must not cancel it."""
+    await client.post("/v1/accounts", json=new_account(1), headers=headers)
+    await pool.execute(
+        "INSERT INTO emails (kind, queue, to_address, template) VALUES ('service', 'q', $1, 'service/account_erased')",
+        "member1@example.com",
+    )
+    await pool.execute(
+        "INSERT INTO emails (kind, queue, to_address, status) VALUES ('service', 'q', $1, 'sent')",
+        "member1@example.com",
+    )
+    assert (await client.delete("/v1/accounts/m-1", headers=headers)).status == 200
+    rows = await pool.fetch("SELECT template, status FROM emails")
+    assert [(r["template"], r["status"]) for r in rows] == [("service/account_erased", "queued")]

@@ -27,8 +27,12 @@ RETURNING *;
 DELETE FROM accounts WHERE id = $1;
 
 -- name: delete_unowned_emails_to
--- Outbox rows without an account (test sends) addressed to the erased address.
-DELETE FROM emails WHERE account_id IS NULL AND lower(to_address) = lower($1);
+-- Outbox rows without an account (test sends, sent notices) addressed to the erased address.
+-- A service e-mail still waiting to go stays: the notice that the account was erased is sent
+-- detached from the account, and erasing must not cancel it.
+DELETE FROM emails
+WHERE account_id IS NULL AND lower(to_address) = lower($1)
+  AND NOT (kind = 'service' AND status IN ('queued', 'sending'));
 
 -- name: scrub_suppression_detail
 -- A suppression stays (as a hash) but its free-text detail may quote the address.
