@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -127,7 +128,7 @@ class NewsletterRenderer:
     def __init__(self, settings: Settings, templates: render.Templates) -> None:
         self.settings = settings
         self.cache = PreparedCache()
-        self.drafts: dict[int, Draft] = {}
+        self.drafts: OrderedDict[int, Draft] = OrderedDict()
         self.fallback = render.TemplateRenderer(templates)
 
     async def prepare(self, pool: asyncpg.Pool, emails: Sequence[render.OutgoingEmail]) -> None:
@@ -135,12 +136,13 @@ class NewsletterRenderer:
         if not ids:
             return
         rows = await pool.fetch(Q.newsletter_versions, ids)
-        if len(self.drafts) > 64:  # only the newsletters being sent matter
-            self.drafts.clear()
         for row in rows:
             draft = draft_of(row)
             self.drafts[draft.id] = draft
+            self.drafts.move_to_end(draft.id)
             self.cache.get(self.settings, draft)
+        while len(self.drafts) > 64:  # the least recently sent go; those being sent stay
+            self.drafts.popitem(last=False)
 
     def render(self, email: render.OutgoingEmail, context: Mapping[str, Any]) -> render.Rendered:
         if email.newsletter_id is None:
