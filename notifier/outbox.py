@@ -46,6 +46,7 @@ BATCH_SIZE = 100  # rows per claim
 # database work with the other's sending; more only queue up on the same SMTP connections.
 MAX_BELLS = 2
 LEASE_SECONDS = 120.0  # a claimed row becomes due again if not recorded by then
+RUN_SECONDS = 240.0  # a deliver job hands over to a new one after this long (job timeouts: 600 s+)
 JOB_NAME = "deliver"
 
 
@@ -333,6 +334,7 @@ class Delivery:
         down or refusing): the rest stay due, untouched, and the retry bell or the sweep brings
         the worker back. `now` fixes the clock (tests); otherwise the real time."""
         counts = Counts()
+        started = time.monotonic()
         while True:
             batch_now = now or datetime.now(UTC)
             results = await self.deliver_batch(queue, batch_now)
@@ -342,6 +344,11 @@ class Delivery:
                 counts.add(result)
             if all(r.status == "queued" for r in results):
                 log.warning("%s: every e-mail of a batch was deferred; pausing this queue's job", queue)
+                return counts
+            if time.monotonic() - started > RUN_SECONDS and self.redis is not None:
+                # Hand over to a fresh job well before arq's timeout could cancel this one
+                # mid-batch (a cancelled batch is sent again when its lease runs out).
+                await ring(self.redis, queue)
                 return counts
 
     async def deliver_batch(self, queue: str, now: datetime) -> list[Result] | None:

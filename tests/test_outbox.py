@@ -472,3 +472,21 @@ async def test_a_row_claimed_too_often_without_a_result_fails(
     row = await status_of(pool, email_id)
     assert row["status"] == "failed" and "abandoned" in row["last_error"]
     assert not smtp.received
+
+
+async def test_a_long_run_hands_over_to_a_fresh_job(
+    settings: Settings, pool: asyncpg.Pool, redis: ArqRedis, smtp: MailSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with pool.acquire() as conn:
+        await outbox.add_many(
+            conn,
+            [
+                outbox.NewEmail(kind="service", to_address=f"m{i}@example.com", template="service/selftest")
+                for i in range(15)
+            ],
+        )
+    monkeypatch.setattr(outbox, "RUN_SECONDS", 0.0)
+    delivery = Delivery(settings, pool, SMTPSender(settings), redis=redis, batch_size=10)
+    assert (await delivery.run(queues.SERVICE)).sent == 10  # one batch, then hand over
+    assert await outbox._has_bell(redis, queues.SERVICE)
+    assert (await delivery.run(queues.SERVICE)).sent == 5
