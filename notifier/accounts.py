@@ -24,7 +24,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from notifier import audit
+from notifier import audit, suppression
 from notifier.auth import api_key_of, requires
 from notifier.db import Q
 from notifier.idempotency import idempotent, json_response
@@ -32,7 +32,7 @@ from notifier.pagination import decode_cursor, encode_cursor, page_limit
 from notifier.problems import Problem, read_json
 from notifier.resources import POOL
 from notifier.serialize import jsonable
-from notifier.suppression import address_hash
+from notifier.suppression import ListName, address_hash
 from notifier.validation import Email, ExternalId, Locale, Name, TimeZone, parse
 
 AccountCreatedHook = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[None]]
@@ -200,6 +200,25 @@ async def correct_account(request: web.Request) -> web.Response:
     return json_response(200, account_json(after))
 
 
+async def _unsubscribes_to_keep(conn: asyncpg.Connection, account: asyncpg.Record) -> list[ListName]:
+    """The suppression lists that keep an unsubscribe in force once the account is gone.
+
+    An unsubscribe lives in the account's preferences; erasure would forget it, and a producer
+    registering the address again must not start mailing it. Kept: the lists the member left
+    through an unsubscribe and is still off (`all` when that is both).
+    """
+    left = set(await conn.fetchval(Q.unsubscribed_lists, account["id"]))
+    digest_off = account["digest_frequency"] == "off" and bool(left & {"digest", "all"})
+    newsletter_off = not account["newsletter"] and bool(left & {"newsletter", "all"})
+    if digest_off and newsletter_off:
+        return ["all"]
+    if digest_off:
+        return ["digest"]
+    if newsletter_off:
+        return ["newsletter"]
+    return []
+
+
 async def erase_account(
     conn: asyncpg.Connection, account: asyncpg.Record, reason: str, actor: audit.Actor
 ) -> asyncpg.Record:
@@ -208,11 +227,14 @@ async def erase_account(
     The account row cascades to its messages, digests, consents, e-mails, events, audit rows and
     idempotency records. Outbox rows without an account that were addressed to it go too,
     except a service e-mail still waiting to be sent (the notice of the erasure itself).
-    Suppressions stay, being keyed by `address_hash` only; their free-text detail is cleared.
+    Suppressions stay, being keyed by `address_hash` only; their free-text detail is cleared. An
+    unsubscribe still in force becomes a suppression (`_unsubscribes_to_keep`), so it survives too.
     Returns the `erasures` row, which holds the reason and the actor and no personal data.
     """
     if reason not in ERASURE_REASONS:
         raise ValueError(reason)
+    for list_name in await _unsubscribes_to_keep(conn, account):
+        await suppression.add(conn, account["email"], "unsubscribed", list_name)
     await conn.execute(Q.delete_unowned_emails_to, account["email"])
     await conn.execute(Q.scrub_suppression_detail, address_hash(account["email"]))
     await conn.execute(Q.delete_account, account["id"])

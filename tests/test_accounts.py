@@ -452,3 +452,31 @@ async def test_erasure_keeps_a_pending_detached_notice(client, headers, pool) ->
     assert (await client.delete("/v1/accounts/m-1", headers=headers)).status == 200
     rows = await pool.fetch("SELECT template, status FROM emails")
     assert [(r["template"], r["status"]) for r in rows] == [("service/account_erased", "queued")]
+
+
+@pytest.mark.parametrize(
+    "frequency, newsletter, left, kept",
+    [
+        ("off", False, ["all"], [("all", "unsubscribed")]),
+        ("off", False, ["digest"], [("digest", "unsubscribed")]),
+        ("off", True, ["newsletter", "digest"], [("digest", "unsubscribed")]),  # opted in again
+        ("daily", False, ["newsletter"], [("newsletter", "unsubscribed")]),
+        ("off", False, [], []),  # never unsubscribed: nothing to honour
+    ],
+)
+async def test_erasure_keeps_an_unsubscribe_as_a_hash(
+    client, headers, pool, factory, frequency, newsletter, left, kept
+) -> None:
+    account = await factory.account(external_id="u-1", digest_frequency=frequency, newsletter=newsletter)
+    for list_name in left:
+        await pool.execute(
+            "INSERT INTO events (kind, account_id, detail) VALUES ('unsubscribed', $1, $2)",
+            account["id"],
+            {"list": list_name},
+        )
+    assert (await client.delete("/v1/accounts/u-1", headers=headers)).status == 200
+    rows = await pool.fetch("SELECT address_hash, list, reason, detail FROM suppressions ORDER BY list")
+    assert [(r["list"], r["reason"]) for r in rows] == kept
+    from notifier.suppression import address_hash
+
+    assert all(r["address_hash"] == address_hash(account["email"]) and r["detail"] is None for r in rows)

@@ -77,3 +77,9 @@ FROM audit_log WHERE account_id = $1 ORDER BY id;
 
 -- name: export_suppressions
 SELECT list, reason, created_at FROM suppressions WHERE address_hash = $1 ORDER BY list;
+
+-- name: unsubscribed_lists
+-- The lists the member ever left through an unsubscribe (`unsubscribed` events name them).
+SELECT coalesce(array_agg(DISTINCT detail->>'list'), '{}')::text[]
+FROM events
+WHERE account_id = $1 AND kind = 'unsubscribed' AND detail ? 'list';
