@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import pytest
 
@@ -14,8 +16,8 @@ async def headers(pool: asyncpg.Pool) -> dict[str, str]:
     return await bearer(pool, "messages", name="website")
 
 
-async def _all_pages(client, path: str, headers, **params: str) -> list[dict]:
-    seen: list[dict] = []
+async def _all_pages(client, path: str, headers, **params: str) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
     cursor = None
     while True:
         query = {**params, **({"cursor": cursor} if cursor else {})}

@@ -239,7 +239,8 @@ async def test_batch_limits(client, headers, factory, pool, settings) -> None:
     resp = await client.post("/v1/messages", json={"messages": too_many}, headers=headers)
     assert resp.status == 413
     assert "1000" in (await resp.json())["detail"]
-    for body in ({"messages": []}, {"messages": "x"}, {}, [], {"messages": [], "extra": 1}):
+    bodies: list[object] = [{"messages": []}, {"messages": "x"}, {}, [], {"messages": [], "extra": 1}]
+    for body in bodies:
         resp = await client.post("/v1/messages", json=body, headers=headers)
         assert resp.status == 422, body
     assert await pool.fetchval("SELECT count(*) FROM messages") == 0
