@@ -696,3 +696,36 @@ async def test_mailbox_says_how_to_turn_capture_on(client: Client, pool: asyncpg
     await sign_in(client, pool, ["admin"])
     page = await (await client.get("/console/mailbox")).text()
     assert "Mail capture is off" in page
+
+
+async def test_pages_escape_what_members_and_marketing_wrote(
+    client: Client, pool: asyncpg.Pool, factory: Factory
+) -> None:
+    csrf = await sign_in(client, pool, ["admin"])
+    await factory.account(external_id="x-1", name="<script>alert(1)</script>", email="x@example.com")
+    profile = await (await client.get("/console/members/x-1")).text()
+    assert "<script>alert(1)</script>" not in profile
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in profile
+    resp = await client.post(
+        "/console/newsletters/new",
+        data={
+            "csrf": csrf,
+            "subject": '"><img src=x onerror=alert(1)>',
+            "body": "<b>hi</b>",
+            "action": "save",
+        },
+    )
+    listing = await (await client.get("/console/newsletters")).text()
+    assert resp.status == 200 and "<img src=x" not in listing
+    # The newsletter's own HTML goes only into the sandboxed preview, escaped as an attribute.
+    page = await (await client.get("/console/newsletters/1")).text()
+    assert "<b>hi</b>" not in page and "&lt;b&gt;hi&lt;/b&gt;" in page
+    assert re.search(r"<iframe[^>]* sandbox srcdoc=", page)
+
+
+async def test_home_page_by_scope(client: Client, pool: asyncpg.Pool, factory: Factory) -> None:
+    await factory.email(status="sent", sent_at=datetime.now(UTC))
+    await sign_in(client, pool, ["admin", "newsletters"])
+    assert await pool.fetchval("SELECT scope FROM console_sessions") == "admin"
+    home = await (await client.get("/console")).text()
+    assert "Sent, last minute" in home and 'href="/console/deliverability"' in home

@@ -230,5 +230,7 @@ async def test_phone_width_pages_pass_axe(
     await journey.page.goto(journey.base + "/console/members?q=member")
     await journey.check("phone-members")
     await journey.page.goto(journey.base + "/console/newsletters/new")
+    frame = journey.page.frame_locator("iframe[title='Preview at phone width']")
+    assert "Hello Ada," in await frame.locator("body").inner_text()
     await journey.check("phone-compose")
     journey.assert_screenshots()
