@@ -77,7 +77,9 @@ async def post_confirm(request: web.Request) -> web.Response:
     found = tokens.verify(settings.secret, token, "confirm")
     if found is None:
         return pages.not_found(request)
-    form = await request.post()
+    form = await pages.read_form(request)
+    if form is None:
+        return pages.bad_form(request)
     if not pages.same_origin(request) or not pages.nonce_valid(
         settings.secret, token, str(form.get("nonce", ""))
     ):

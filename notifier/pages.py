@@ -68,6 +68,25 @@ def not_found(request: web.Request) -> web.Response:
     return render(request, "invalid.html", status=404, title="This link is not valid")
 
 
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def read_form(request: web.Request) -> Mapping[str, Any] | None:
+    """The posted form, or None when it is not a web form or cannot be parsed (a missing
+    multipart boundary, bytes that are not text): the caller answers with a 4xx page."""
+    if request.content_type not in FORM_TYPES:
+        return None
+    try:
+        return await request.post()
+    except (ValueError, UnicodeDecodeError, AssertionError, web.HTTPBadRequest):
+        return None
+
+
+def bad_form(request: web.Request) -> web.Response:
+    """400 page for a POST that is not a readable web form."""
+    return render(request, "invalid.html", status=400, title="This request is not a web form")
+
+
 # --- CSRF ------------------------------------------------------------------------------------
 
 
@@ -85,7 +104,7 @@ def form_nonce(secret: bytes, token: str, now: float | None = None) -> str:
 def nonce_valid(secret: bytes, token: str, nonce: str, now: float | None = None) -> bool:
     """Whether `nonce` was made for `token` by this server within NONCE_SECONDS."""
     issued_text, _, mac = nonce.partition(".")
-    if not issued_text.isdigit() or len(issued_text) > 12:
+    if not (issued_text.isascii() and issued_text.isdigit()) or len(issued_text) > 12:
         return False
     issued = int(issued_text)
     current = now if now is not None else time.time()
@@ -129,7 +148,7 @@ class EmailRef:
 async def email_ref(conn: asyncpg.Connection | asyncpg.Pool, account_id: int, raw: str | None) -> EmailRef:
     """The `?e=EMAIL_ID` of a link, if it names an e-mail sent to this account; otherwise empty.
     The id is not a secret: the signed token is what authorises, the id only says where from."""
-    if not raw or not raw.isdigit() or len(raw) > 18:
+    if not raw or not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         return EmailRef()
     row = await conn.fetchrow(Q.email_of_account, int(raw), account_id)
     if row is None:

@@ -106,7 +106,7 @@ def _changes(form: Any) -> dict[str, Any]:
     for field in ("digest_hour", "digest_weekday"):
         if field in form:
             raw = str(form[field]).strip()
-            changes[field] = int(raw) if raw.isdigit() and len(raw) < 4 else raw
+            changes[field] = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 4 else raw
     return changes
 
 
@@ -118,9 +118,11 @@ async def post_preferences(request: web.Request) -> web.Response:
     found = tokens.verify(settings.secret, token, "preferences")
     if found is None:
         return pages.not_found(request)
-    if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+    if request.content_type not in pages.FORM_TYPES:
         return pages.render(request, "invalid.html", status=415, title="Send the form as a web form")
-    form = await request.post()
+    form = await pages.read_form(request)
+    if form is None:
+        return pages.bad_form(request)
     if not pages.same_origin(request) or not pages.nonce_valid(
         settings.secret, token, str(form.get("nonce", ""))
     ):

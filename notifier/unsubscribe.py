@@ -33,7 +33,6 @@ LIST_LABELS = {
     "newsletter": "the newsletter",
     "all": "digests and the newsletter",
 }
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 async def unsubscribe(
@@ -141,9 +140,11 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
     found = tokens.verify(settings.secret, token, "unsubscribe")
     if found is None:
         return pages.not_found(request)
-    if request.content_type not in FORM_TYPES:
+    if request.content_type not in pages.FORM_TYPES:
         return pages.render(request, "invalid.html", status=415, title="Send the form as a web form")
-    form = await request.post()
+    form = await pages.read_form(request)
+    if form is None:
+        return pages.bad_form(request)
     pool = request.app[POOL]
     async with pool.acquire() as conn:
         ref = await pages.email_ref(conn, found.account_id, request.query.get("e"))

@@ -307,3 +307,26 @@ async def test_opting_out_while_a_newsletter_sends_cancels_the_queued_row(
     assert [r.recipients[0] for r in smtp.received] == [bob["email"]]
     figures = await newsletter.figures(pool, newsletter_id)
     assert (figures["sent"], figures["cancelled"], figures["pending"]) == (1, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data", b"List-Unsubscribe=One-Click"),  # no boundary
+        ("multipart/form-data; boundary=xx", b"garbage"),
+        ("application/x-www-form-urlencoded", b"\xff\xfe=%%%"),
+    ],
+)
+async def test_unreadable_forms_get_a_4xx_page_never_a_500(
+    client: TestClient[Any, Any], factory: Factory, settings: Settings, content_type: str, body: bytes
+) -> None:
+    ann = await factory.account(newsletter=True)
+    paths = [
+        f"/u/{tokens.sign(settings.secret, 'unsubscribe', ann['id'], 'newsletter')}",
+        f"/preferences/{tokens.sign(settings.secret, 'preferences', ann['id'], 'all')}",
+        f"/confirm/{tokens.sign(settings.secret, 'confirm', ann['id'], 'newsletter')}",
+    ]
+    for path in paths:
+        resp = await client.post(path, data=body, headers={"Content-Type": content_type})
+        assert 400 <= resp.status < 500, (path, resp.status)
+        assert resp.content_type == "text/html"
