@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from notifier import accounts, inbox
+from notifier import accounts, inbox, service
 from notifier.pagination import MAX_LIMIT
 
 SPEC = web.AppKey("openapi_spec", dict)
@@ -275,6 +275,54 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         "additionalProperties": False,
     },
+    "PreferencesChange": {
+        "type": "object",
+        "description": "Any of the five preferences; fields left out keep their value. "
+        "`next_digest_at` (from GET) may be sent back and is ignored.",
+        "properties": {
+            "digest_frequency": {"enum": ["off", "immediate", "hourly", "daily", "weekly"]},
+            "digest_hour": {"type": "integer", "minimum": 0, "maximum": 23},
+            "digest_weekday": {"type": "integer", "minimum": 1, "maximum": 7},
+            "timezone": {"type": "string", "description": "an IANA time-zone name"},
+            "newsletter": {"type": "boolean"},
+            "next_digest_at": {},
+        },
+        "additionalProperties": False,
+    },
+    "ServiceMessageQueued": {
+        "type": "object",
+        "required": ["id", "status", "template"],
+        "properties": {
+            "id": {"type": "integer"},
+            "status": {"const": "queued"},
+            "template": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
+    "ServiceMessage": {
+        "type": "object",
+        "required": [
+            "id",
+            "template",
+            "status",
+            "attempts",
+            "last_error",
+            "message_id",
+            "created_at",
+            "sent_at",
+        ],
+        "properties": {
+            "id": {"type": "integer"},
+            "template": {"type": "string"},
+            "status": {"enum": ["queued", "sending", "sent", "failed", "suppressed", "cancelled"]},
+            "attempts": {"type": "integer"},
+            "last_error": _nullable({"type": "string"}),
+            "message_id": _nullable({"type": "string"}),
+            "created_at": TIMESTAMP,
+            "sent_at": _nullable(TIMESTAMP),
+        },
+        "additionalProperties": False,
+    },
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -291,6 +339,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "AccountPatch": accounts.AccountPatch,
     "NewMessage": inbox.NewMessage,
     "BatchMessage": inbox.BatchMessage,
+    "ServiceMessageIn": service.ServiceMessageIn,
 }
 
 
@@ -614,6 +663,67 @@ def operations() -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", f"{acct}/messages/{{id}}/unread"): _message_op("Mark a message unread", ""),
         ("POST", f"{acct}/messages/{{id}}/archive"): _message_op(
             "Archive a message", "Idempotent. Archived messages leave the listing, unread counts and digests."
+        ),
+        ("GET", f"{acct}/preferences"): _secured(
+            "accounts",
+            {
+                "summary": "An account's digest and newsletter preferences",
+                "description": "With `next_digest_at`, when the next digest is due (null: none scheduled).",
+                "tags": ["accounts"],
+                "parameters": [EXTERNAL_ID],
+                "responses": {
+                    "200": _json(_ref("Preferences"), "the preferences"),
+                    "404": _problem("no such account"),
+                },
+            },
+        ),
+        ("PUT", f"{acct}/preferences"): _secured(
+            "accounts",
+            {
+                "summary": "Change preferences",
+                "description": "Validated together; audited; a change of newsletter is a consent record; "
+                "the open digest window is rescheduled.",
+                "tags": ["accounts"],
+                "parameters": [EXTERNAL_ID],
+                "requestBody": _body("PreferencesChange"),
+                "responses": {
+                    "200": _json(_ref("Preferences"), "the preferences now in force"),
+                    "400": _problem("the body is not JSON"),
+                    "404": _problem("no such account"),
+                    "422": _problem("invalid fields, all listed in `errors`"),
+                },
+            },
+        ),
+        ("POST", "/v1/service-messages"): _secured(
+            "service",
+            {
+                "summary": "Send a service e-mail from a named template",
+                "description": "Rendered once to validate (an unknown template or a missing variable is a "
+                "422 naming it), stored in the outbox and sent at once by the service queue.",
+                "tags": ["service"],
+                "parameters": [IDEMPOTENCY_KEY],
+                "requestBody": _body("ServiceMessageIn"),
+                "responses": _idempotency_problems(
+                    {
+                        "202": _json(_ref("ServiceMessageQueued"), "queued", {**_LOCATION, **_REPLAYED}),
+                        "404": _problem("no such account"),
+                        "413": _problem("body too large"),
+                        "415": _problem("body is not application/json"),
+                    }
+                ),
+            },
+        ),
+        ("GET", "/v1/service-messages/{id}"): _secured(
+            "service",
+            {
+                "summary": "Where a service e-mail is",
+                "tags": ["service"],
+                "parameters": [_param("id", "path", {"type": "integer"}, "the id from the POST")],
+                "responses": {
+                    "200": _json(_ref("ServiceMessage"), "its state"),
+                    "404": _problem("no such service message"),
+                },
+            },
         ),
         ("GET", "/healthz"): {
             "summary": "Liveness",

@@ -155,11 +155,33 @@ async def test_real_answers_match_the_document(client, spec, pool: asyncpg.Pool,
     await call("DELETE", "/v1/accounts/m-1", params={"reason": "child"})
     await call("DELETE", "/v1/accounts/m-1")
 
+    # preferences and service messages (documented here, built by other features)
+    await call("POST", "/v1/accounts", json=new_account(9))
+    await call("GET", "/v1/accounts/m-9/preferences")
+    await call("GET", "/v1/accounts/none/preferences")
+    await call("PUT", "/v1/accounts/m-9/preferences", json={"digest_frequency": "weekly", "newsletter": True})
+    await call("PUT", "/v1/accounts/m-9/preferences", json={"digest_hour": 25, "colour": "red"})
+    await call("PUT", "/v1/accounts/none/preferences", json={})
+    service = await bearer(pool, "service", name="account-service")
+    queued = await call(
+        "POST", "/v1/service-messages", headers=service, json={"account": "m-9", "template": "welcome"}
+    )
+    await call(
+        "POST", "/v1/service-messages", headers=service, json={"account": "none", "template": "welcome"}
+    )
+    await call("POST", "/v1/service-messages", headers=service, json={"account": "m-9", "template": "nope"})
+    await call(
+        "POST", "/v1/service-messages", headers=h, json={"account": "m-9", "template": "welcome"}
+    )  # 403
+    await call("GET", f"/v1/service-messages/{queued['id']}", headers=service)
+    await call("GET", "/v1/service-messages/999999", headers=service)
+
     # operations
     await call("GET", "/healthz", headers={})
     await call("GET", "/readyz", headers={})
 
     mine = {(m, p) for (m, p) in openapi.operations() if p.startswith("/v1/")}
+    assert len(mine) == 19
     exercised = {(m, p) for (m, p, s) in check.seen if s.startswith("2")}
     assert mine <= exercised, sorted(mine - exercised)
     failures = {(m, p) for (m, p, s) in check.seen if s.startswith("4")}
