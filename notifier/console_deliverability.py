@@ -215,10 +215,13 @@ async def failed(request: web.Request) -> web.Response:
 
 @page("admin")
 async def redrive(request: web.Request) -> web.Response:
-    """POST /console/failed/redrive: queue failed e-mails again (the ids ticked, or one `id`)."""
+    """POST /console/failed/redrive: queue failed e-mails again: the one of the row's button
+    (`only`), else the ids ticked."""
     data = await request.post()
+    only = data.get("only")
+    values = [only] if only is not None else data.getall("id", [])
     ids: list[int] = []
-    for value in data.getall("id", []):
+    for value in values:
         if isinstance(value, str) and value.isdigit() and len(value) < 19:
             ids.append(int(value))
     if not ids:

@@ -472,10 +472,15 @@ async def test_failed_emails_show_their_errors_and_can_be_redriven(
     assert "451 4.3.0 try later" in page and member["email"] in page
     assert f'value="{sent["id"]}"' not in page
 
+    other = await factory.email(status="failed", last_error="550 no")
+    # The row's button re-drives its row only, whatever else is ticked.
     resp = await client.post(
-        "/console/failed/redrive", data={"csrf": csrf, "id": str(failed["id"])}, allow_redirects=False
+        "/console/failed/redrive",
+        data={"csrf": csrf, "id": str(other["id"]), "only": str(failed["id"])},
+        allow_redirects=False,
     )
     assert resp.status == 303 and resp.headers["Location"] == "/console/failed?notice=redriven"
+    assert await pool.fetchval("SELECT status FROM emails WHERE id = $1", other["id"]) == "failed"
     row = await pool.fetchrow("SELECT status, attempts, last_error FROM emails WHERE id = $1", failed["id"])
     assert dict(row) == {"status": "queued", "attempts": 0, "last_error": None}
     assert await redis.zcard(queues.SERVICE) >= 1
@@ -490,6 +495,11 @@ async def test_failed_emails_show_their_errors_and_can_be_redriven(
         "/console/failed/redrive", data={"csrf": csrf, "id": str(failed["id"])}, allow_redirects=False
     )
     assert again.headers["Location"] == "/console/failed?notice=nothing-redriven"
+    ticked = await client.post(
+        "/console/failed/redrive", data=[("csrf", csrf), ("id", str(other["id"])), ("id", str(failed["id"]))]
+    )
+    assert ticked.status == 200
+    assert await pool.fetchval("SELECT status FROM emails WHERE id = $1", other["id"]) == "queued"
     assert (await client.post("/console/failed/redrive", data={"csrf": csrf})).status == 400
 
 
