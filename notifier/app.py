@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -14,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from notifier import auth, capture
 from notifier.problems import MAX_BODY, Handler, problem_middleware
+from notifier.problems import redact_path as redact_path  # re-exported: the access logger's helper
 from notifier.resources import POOL, REDIS, SETTINGS, open_pool, open_redis
 from notifier.settings import Settings
 
@@ -21,15 +21,6 @@ log = logging.getLogger("notifier.web")
 
 REQUESTS = Counter("notifier_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("notifier_http_request_seconds", "HTTP request latency", ["route"])
-
-# Path segments after these prefixes are bearer secrets (signed tokens): never log them.
-_SECRET_PATH = re.compile(r"^(/(?:u|preferences|confirm)/)[^/?]+")
-
-
-def redact_path(path: str) -> str:
-    """The request path with signed tokens replaced and the query string dropped."""
-    path = path.split("?", 1)[0]
-    return _SECRET_PATH.sub(r"\1[token]", path)
 
 
 class RedactingAccessLogger(AbstractAccessLogger):

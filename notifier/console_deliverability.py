@@ -222,7 +222,7 @@ async def redrive(request: web.Request) -> web.Response:
     values = [only] if only is not None else data.getall("id", [])
     ids: list[int] = []
     for value in values:
-        if isinstance(value, str) and value.isdigit() and len(value) < 19:
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
             ids.append(int(value))
     if not ids:
         raise web.HTTPBadRequest(text="Choose at least one failed e-mail to re-drive.")

@@ -58,7 +58,7 @@ async def _newsletter(request: web.Request) -> asyncpg.Record:
     raw = request.match_info["id"]
     row = (
         await pool_of(request).fetchrow(Q.get_newsletter, int(raw))
-        if raw.isdigit() and len(raw) < 19
+        if raw.isascii() and raw.isdigit() and len(raw) < 19
         else None
     )
     if row is None:

@@ -385,7 +385,7 @@ async def mark_all_read(request: web.Request) -> web.Response:
     """POST .../messages/read-all: every unread message (`?category=`, up to `?up_to=` id)."""
     category = _category(request)
     raw_up_to = request.query.get("up_to")
-    if raw_up_to is not None and (not raw_up_to.isdigit() or len(raw_up_to) > 18):
+    if raw_up_to is not None and (not (raw_up_to.isascii() and raw_up_to.isdigit()) or len(raw_up_to) > 18):
         raise Problem(
             422, "up_to must be a message id", errors=[{"field": "up_to", "message": "must be a message id"}]
         )

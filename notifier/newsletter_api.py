@@ -109,7 +109,7 @@ def _check(request: web.Request, draft: Draft) -> None:
 
 def _id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise Problem(404, "no newsletter with that id")
     return int(raw)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -112,6 +113,16 @@ def parse_model(model: type[M], data: Any, prefix: str = "") -> M:
         raise Problem(422, "the request body is not valid", errors=validation_errors(exc, prefix)) from None
 
 
+# Path segments after these prefixes are bearer secrets (signed tokens): never log them.
+_SECRET_PATH = re.compile(r"^(/(?:u|preferences|confirm)/)[^/?]+")
+
+
+def redact_path(path: str) -> str:
+    """The request path with signed tokens replaced and the query string dropped."""
+    path = path.split("?", 1)[0]
+    return _SECRET_PATH.sub(r"\1[token]", path)
+
+
 _MAX_BODY = web.AppKey("max_body_bytes", int)
 MAX_BODY = _MAX_BODY
 
@@ -147,19 +158,28 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             detail = "request body is too large"
         headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
         return problem_response(exc.status, detail or exc.reason, headers=headers)
+    except asyncpg.DataError:
+        # Raised by asyncpg before the query is sent: a value the column type cannot hold
+        # (an id beyond 64 bits); it would otherwise pass for InterfaceError, a 503.
+        log.warning("value out of range on %s %s", request.method, redact_path(request.path))
+        return problem_response(400, "a value in the request is out of range")
     except _DB_UNAVAILABLE as exc:
-        log.warning("service unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)
+        log.warning(
+            "service unavailable on %s %s: %s", request.method, redact_path(request.path), type(exc).__name__
+        )
         return problem_response(
             503, "a backing service is unavailable; retry shortly", headers={"Retry-After": "2"}
         )
     except asyncpg.PostgresError as exc:
+        if exc.sqlstate in ("22021", "22P05"):  # NUL or unencodable text in the request
+            return problem_response(400, "the request contains a character that cannot be stored (NUL)")
         if exc.sqlstate and exc.sqlstate.startswith(("08", "57P")):
             log.warning("database unavailable: %s", exc.sqlstate)
             return problem_response(
                 503, "the database is unavailable; retry shortly", headers={"Retry-After": "2"}
             )
-        log.exception("database error on %s %s", request.method, request.path)
+        log.exception("database error on %s %s", request.method, redact_path(request.path))
         return problem_response(500, "internal error")
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, redact_path(request.path))
         return problem_response(500, "internal error")

@@ -120,10 +120,10 @@ async def post_service_message(request: web.Request) -> web.StreamResponse:
 @requires("service")
 async def get_service_message(request: web.Request) -> web.StreamResponse:
     """Where a service e-mail is: queued, sending, sent, failed or suppressed."""
-    try:
-        email_id = int(request.match_info["id"])
-    except ValueError:
-        raise Problem(404, "no such service message") from None
+    raw = request.match_info["id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise Problem(404, "no such service message")
+    email_id = int(raw)
     pool = request.app[POOL]
     row = await pool.fetchrow(Q.service_email, email_id)
     if row is None:

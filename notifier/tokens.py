@@ -55,6 +55,10 @@ def verify(secret: bytes, token: str, purpose: Purpose) -> Token | None:
         return None
     if len(raw) != _LAYOUT.size + _MAC_BYTES:
         return None
+    # The decoder skips characters outside the alphabet, accepts `+/` and padding, and ignores
+    # the spare bits of the last character: only the one canonical spelling is the token.
+    if base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
+        return None
     payload, mac = raw[: _LAYOUT.size], raw[_LAYOUT.size :]
     if not hmac.compare_digest(mac, _mac(secret, payload)):
         return None
