@@ -87,6 +87,7 @@ async def test_create_edit_list_and_get(client: TestClient[Any, Any], headers: d
     }  # fmt: skip
     assert (await client.get("/v1/newsletters/999999", headers=headers)).status == 404
     assert (await client.get("/v1/newsletters/abc", headers=headers)).status == 404
+    assert (await client.get("/v1/newsletters/²", headers=headers)).status == 404
     assert (await client.get("/v1/newsletters?status=bogus", headers=headers)).status == 422
 
 

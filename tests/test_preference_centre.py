@@ -144,6 +144,7 @@ async def test_csrf_nonce_and_origin_are_checked(
     attempts = [
         ({}, form_data("")),  # no nonce
         ({}, form_data("123.abc")),  # forged
+        ({}, form_data("²³.abc")),  # not ASCII digits
         ({}, form_data(pages.form_nonce(settings.secret, other))),  # made for another token
         ({}, form_data(stale)),  # expired
         ({"Origin": "https://evil.example"}, form_data(nonce)),
@@ -172,7 +173,9 @@ async def test_invalid_values_are_shown_back_and_nothing_is_saved(
     token, nonce = await open_centre(client, settings, ann["id"])
     resp = await client.post(
         f"/preferences/{token}",
-        data=form_data(nonce, timezone="Mars/Olympus", digest_hour="25", newsletter="yes"),
+        data=form_data(
+            nonce, timezone="Mars/Olympus", digest_hour="25", digest_weekday="³", newsletter="yes"
+        ),
     )
     assert resp.status == 422
     html = await resp.text()
