@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 from urllib.parse import quote
 
@@ -394,6 +395,37 @@ async def mark_all_read(request: web.Request) -> web.Response:
     account_id = await account_id_of(pool, request.match_info["external_id"])
     result = await pool.execute(Q.mark_all_read, account_id, category, up_to)
     return json_response(200, {"marked_read": int(result.split()[-1])})
+
+
+# --- retention -------------------------------------------------------------------------------
+
+PURGE_SLICE = 5000
+
+
+async def purge_messages_before(pool: asyncpg.Pool, before: datetime) -> int:
+    """Delete inbox messages created before `before`, in slices of PURGE_SLICE; returns how many.
+
+    Idempotent and safe to run from several workers at once (each slice is its own statement).
+    """
+    total = 0
+    while True:
+        result: str = await pool.execute(Q.purge_messages_before, before, PURGE_SLICE)
+        deleted = int(result.split()[-1])
+        total += deleted
+        if deleted < PURGE_SLICE:
+            return total
+
+
+async def retention_job(ctx: dict[str, Any]) -> int:
+    """Cron: purge inbox messages older than NOTIFIER_RETENTION_DAYS (the privacy policy's purge)."""
+    settings = ctx["settings"]
+    before = datetime.now(UTC) - timedelta(days=settings.retention_days)
+    deleted = await purge_messages_before(ctx["pool"], before)
+    if deleted:
+        log.info(
+            "retention purge deleted %d inbox messages older than %d days", deleted, settings.retention_days
+        )
+    return deleted
 
 
 def setup_routes(app: web.Application) -> None:

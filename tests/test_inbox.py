@@ -198,3 +198,32 @@ async def test_inbox_routes_need_the_messages_scope(client, pool, factory) -> No
         assert (await client.request(method, path)).status == 401, path
         assert (await client.request(method, path, headers=accounts_only)).status == 403, path
     assert await pool.fetchval("SELECT read_at FROM messages") is None
+
+
+async def test_retention_purge_deletes_only_old_messages(factory, pool, monkeypatch) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from notifier import inbox
+
+    ann = await factory.account(external_id="ann")
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    old = [await factory.message(ann, created_at=now - timedelta(days=400 + i)) for i in range(5)]
+    young = await factory.message(ann, created_at=now - timedelta(days=10))
+    monkeypatch.setattr(inbox, "PURGE_SLICE", 2)  # several slices
+    assert await inbox.purge_messages_before(pool, now - timedelta(days=365)) == len(old)
+    assert [r["id"] for r in await pool.fetch("SELECT id FROM messages")] == [young["id"]]
+    assert await inbox.purge_messages_before(pool, now - timedelta(days=365)) == 0
+
+
+async def test_retention_job_uses_the_setting(factory, pool, settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from notifier import inbox
+
+    ann = await factory.account(external_id="ann")
+    await factory.message(ann, created_at=datetime.now(UTC) - timedelta(days=settings.retention_days + 1))
+    kept = await factory.message(
+        ann, created_at=datetime.now(UTC) - timedelta(days=settings.retention_days - 1)
+    )
+    assert await inbox.retention_job({"settings": settings, "pool": pool}) == 1
+    assert [r["id"] for r in await pool.fetch("SELECT id FROM messages")] == [kept["id"]]

@@ -317,3 +317,20 @@ async def test_large_batch_arriving_in_many_chunks_is_read_whole(client, headers
     assert resp.status == 201, (await resp.text())[:300]
     assert (await resp.json())["accepted"] == 1000
     assert await pool.fetchval("SELECT count(*) FROM messages WHERE body = $1", text) == 1000
+
+
+async def test_purge_job_runs_from_a_worker(
+    client, headers, factory, pool, settings, redis, run_worker
+) -> None:
+    from workers import CRON_JOBS
+
+    names = {job.name for jobs in CRON_JOBS.values() for job in jobs}
+    assert {"idempotency-purge", "inbox-retention"} <= names
+    from notifier.idempotency import purge_job
+
+    await factory.account(external_id="ann")
+    h = {**headers, "Idempotency-Key": "x"}
+    assert (await client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=h)).status == 201
+    assert await purge_job({"pool": pool}) == 0
+    await pool.execute("UPDATE idempotency_keys SET created_at = now() - interval '2 days'")
+    assert await purge_job({"pool": pool}) == 1

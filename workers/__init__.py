@@ -21,7 +21,7 @@ from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Function, Worker, func
 
-from notifier import digest, heartbeat, newsletter, outbox, queues
+from notifier import digest, heartbeat, idempotency, inbox, newsletter, outbox, queues
 from notifier.resources import open_pool, open_redis, redis_settings
 from notifier.settings import Settings
 from notifier.smtp import Sender, SMTPSender
@@ -64,6 +64,8 @@ CRON_JOBS: dict[str, list[CronJob]] = {
     queues.SERVICE: [
         cron(heartbeat_job, name="heartbeat", second=0, run_at_startup=True, timeout=30, max_tries=1),
         cron(outbox.sweep_job, name="outbox-sweep", second={15, 45}, timeout=30, max_tries=1),
+        cron(idempotency.purge_job, name="idempotency-purge", minute=17, second=0, timeout=300, max_tries=1),
+        cron(inbox.retention_job, name="inbox-retention", hour=3, minute=41, second=0, timeout=3600),
     ],
     queues.DIGEST: [
         cron(digest.pass_job, name="digest-pass", second=0, timeout=300, max_tries=1),

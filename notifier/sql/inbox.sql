@@ -79,3 +79,10 @@ FROM messages
 WHERE account_id = $1 AND read_at IS NULL AND archived_at IS NULL
 GROUP BY category
 ORDER BY category;
+
+-- name: purge_messages_before
+-- One bounded slice of the retention purge (oldest first), so no statement holds locks for long.
+WITH doomed AS (
+    SELECT id FROM messages WHERE created_at < $1 ORDER BY created_at LIMIT $2
+)
+DELETE FROM messages m USING doomed WHERE m.id = doomed.id;
