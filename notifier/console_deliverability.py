@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp import web
 
 from notifier import audit, outbox, queues, suppression
-from notifier.console_ui import form_of, page, pool_of, redirect, redis_of, render, session_of
+from notifier.console_ui import form_of, number, page, pool_of, posted, redirect, redis_of, render, session_of
 from notifier.db import Q
 
 RECENT_LIMIT = 100
@@ -217,13 +217,10 @@ async def failed(request: web.Request) -> web.Response:
 async def redrive(request: web.Request) -> web.Response:
     """POST /console/failed/redrive: queue failed e-mails again: the one of the row's button
     (`only`), else the ids ticked."""
-    data = await request.post()
+    data = await posted(request)
     only = data.get("only")
     values = [only] if only is not None else data.getall("id", [])
-    ids: list[int] = []
-    for value in values:
-        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
-            ids.append(int(value))
+    ids = [n for n in (number(v) for v in values if isinstance(v, str)) if n is not None]
     if not ids:
         raise web.HTTPBadRequest(text="Choose at least one failed e-mail to re-drive.")
     done = await outbox.retry_failed(pool_of(request), redis_of(request), ids=ids)

@@ -16,7 +16,17 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from notifier import console_chart, mail, newsletter, outbox, queues
-from notifier.console_ui import form_of, page, pool_of, redirect, redis_of, render, session_of, settings_of
+from notifier.console_ui import (
+    form_of,
+    number,
+    page,
+    pool_of,
+    redirect,
+    redis_of,
+    render,
+    session_of,
+    settings_of,
+)
 from notifier.db import Q
 from notifier.newsletter_api import MAX_BODY_CHARS, NewsletterIn, TestSendIn
 from notifier.newsletter_render import Draft, TemplateProblem, prepare, sample_personal
@@ -55,12 +65,8 @@ def _draft_of(body: NewsletterIn, newsletter_id: int = 0) -> Draft:
 
 
 async def _newsletter(request: web.Request) -> asyncpg.Record:
-    raw = request.match_info["id"]
-    row = (
-        await pool_of(request).fetchrow(Q.get_newsletter, int(raw))
-        if raw.isascii() and raw.isdigit() and len(raw) < 19
-        else None
-    )
+    newsletter_id = number(request.match_info["id"])
+    row = await pool_of(request).fetchrow(Q.get_newsletter, newsletter_id) if newsletter_id else None
     if row is None:
         raise web.HTTPNotFound(text="There is no newsletter with that number.")
     return row

@@ -18,7 +18,9 @@ from urllib.parse import quote, urlencode
 import asyncpg
 import jinja2
 from aiohttp import web
+from aiohttp.web_request import FileField
 from arq import ArqRedis
+from multidict import MultiDictProxy
 
 from notifier import console_auth
 from notifier.console_auth import ConsoleScope, ConsoleSession
@@ -145,10 +147,34 @@ def error_page(request: web.Request, status: int, detail: str) -> web.Response:
     return render(request, "error.html", status=status, title=title, detail=detail, status_code=status)
 
 
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def posted(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | FileField]:
+    """The posted form; 400 when it cannot be read (no multipart boundary, bytes that are not
+    text, a NUL character) so that bad input never reaches the database."""
+    if request.content_type not in FORM_TYPES:
+        raise web.HTTPBadRequest(text="Send the form as a web form.")
+    try:
+        data = await request.post()
+    except (ValueError, UnicodeDecodeError, AssertionError):
+        raise web.HTTPBadRequest(text="The form could not be read.") from None
+    if any(isinstance(v, str) and "\x00" in v for v in data.values()):
+        raise web.HTTPBadRequest(text="The form contains a NUL character.")
+    return data
+
+
 async def form_of(request: web.Request) -> Mapping[str, str]:
-    """The submitted form's text fields (files are ignored)."""
-    data = await request.post()
+    """The submitted form's text fields (files are ignored); 400 when unreadable."""
+    data = await posted(request)
     return {k: v for k, v in data.items() if isinstance(v, str)}
+
+
+def number(raw: str | None) -> int | None:
+    """An id from a URL or form: ASCII digits that fit in a bigint, else None."""
+    if raw and raw.isascii() and raw.isdigit() and len(raw) < 19:
+        return int(raw)
+    return None
 
 
 def _secure_headers(response: web.StreamResponse) -> None:
@@ -161,6 +187,8 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Session, scope and CSRF checks for every marked page; errors as HTML pages."""
     scope: ConsoleScope | None = getattr(request.match_info.handler, "console_scope", None)
     try:
+        if "\x00" in request.path or "\x00" in request.query_string or "%00" in request.raw_path:
+            raise web.HTTPBadRequest(text="The address contains a NUL character.")
         if scope is not None:
             session = await console_auth.load(
                 pool_of(request), request.cookies.get(console_auth.SESSION_COOKIE)

@@ -739,3 +739,35 @@ async def test_home_page_by_scope(client: Client, pool: asyncpg.Pool, factory: F
     assert await pool.fetchval("SELECT scope FROM console_sessions") == "admin"
     home = await (await client.get("/console")).text()
     assert "Sent, last minute" in home and 'href="/console/deliverability"' in home
+
+
+async def test_bad_input_gets_a_4xx_page_never_a_500(
+    client: Client, pool: asyncpg.Pool, factory: Factory
+) -> None:
+    csrf = await sign_in(client, pool, ["admin"])
+    await factory.email(status="failed")
+    for path in (
+        "/console/newsletters/²",
+        "/console/newsletters/١٢",
+        "/console/newsletters/99999999999999999999",
+    ):
+        assert (await client.get(path)).status == 404, path
+    assert (await client.get("/console/members/a%00b")).status == 400
+    assert (await client.get("/console/members?q=a%00")).status == 400
+    unreadable = await client.post(
+        "/console/suppressions", data=b"--x\r\n", headers={"Content-Type": "multipart/form-data"}
+    )
+    assert unreadable.status == 400 and unreadable.content_type == "text/html"
+    not_a_form = await client.post(
+        "/console/sign-in", data="{}", headers={"Content-Type": "application/json"}
+    )
+    assert not_a_form.status == 400
+    nul = await client.post(
+        "/console/suppressions",
+        data={"csrf": csrf, "address": "a@example.com", "list": "all", "reason": "manual", "note": "a\x00b"},
+    )
+    assert nul.status == 400
+    digits = await client.post("/console/failed/redrive", data={"csrf": csrf, "id": "١"})
+    assert digits.status == 400
+    assert await pool.fetchval("SELECT count(*) FROM suppressions") == 0
+    assert await pool.fetchval("SELECT count(*) FROM emails WHERE status = 'failed'") == 1
