@@ -102,7 +102,7 @@ def validate_batch(
         try:
             valid.append((i, BatchMessage.model_validate(item)))
         except ValidationError as exc:
-            invalid[i] = errors_of(exc)
+            invalid[i] = errors_of(exc, whole="item")
     return valid, invalid
 
 

@@ -109,12 +109,15 @@ Url = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_URL
 Data = Annotated[dict[str, Any], AfterValidator(check_data)]
 
 
-def errors_of(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
-    """`[{field, message}]` like `problems.validation_errors`, with readable pattern messages."""
+def errors_of(exc: ValidationError, prefix: str = "", *, whole: str = "body") -> list[dict[str, Any]]:
+    """`[{field, message}]` like `problems.validation_errors`, with readable pattern messages.
+
+    `whole` names an error about the value as a whole (e.g. not an object).
+    """
     out = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = ".".join(str(p) for p in err["loc"])
-        field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "body")
+        field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or whole)
         if err["type"] == "string_pattern_mismatch":
             message = PATTERN_MESSAGES.get(str((err.get("ctx") or {}).get("pattern")), err["msg"])
         else:

@@ -209,6 +209,7 @@ async def test_batch_answers_per_item(client, headers, factory, pool) -> None:
     assert statuses == [(0, 201), (1, 404), (2, 201), (3, 422), (4, 422)]
     assert body["results"][1]["errors"][0]["field"] == "account"
     assert body["results"][3]["errors"][0]["field"] == "category"
+    assert body["results"][4]["errors"][0]["field"] == "item"
     rows = await pool.fetch(
         "SELECT m.id, a.external_id, m.subject, m.data FROM messages m JOIN accounts a ON a.id = m.account_id"
         " ORDER BY m.id"
