@@ -16,8 +16,9 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from arq import ArqRedis
 
-from notifier import auth, newsletter, queues
+from notifier import auth, console_newsletters, newsletter, outbox, queues
 from notifier.settings import Settings
 from tests.browser_fixtures import BROWSER_MARKS, axe_violations, browser, require_axe
 from tests.conftest import BurstWorker, MailSink
@@ -89,7 +90,10 @@ async def open_journey(browser: Any, client: Client, shots: Path, *, width: int 
 
 
 async def test_marketing_composes_previews_test_sends_sends_and_watches_figures(
+    monkeypatch: pytest.MonkeyPatch,
     client: Client,
+    settings: Settings,
+    redis: ArqRedis,
     browser: Any,
     pool: asyncpg.Pool,
     factory: Factory,
@@ -97,6 +101,7 @@ async def test_marketing_composes_previews_test_sends_sends_and_watches_figures(
     smtp: MailSink,
     shots: Path,
 ) -> None:
+    monkeypatch.setattr(console_newsletters, "REFRESH_SECONDS", 1)  # watch without waiting 5 s
     for n in range(4):
         await factory.account(newsletter=True, name=f"Reader {n}")
     _, key = await auth.create_key(pool, "Marketing Max", ["newsletters"])
@@ -141,15 +146,21 @@ async def test_marketing_composes_previews_test_sends_sends_and_watches_figures(
 
     await journey.submit(page.get_by_role("button", name="Send newsletter"))
     assert await page.get_by_role("status").inner_text() == "Sending has started."
-    await run_worker(queues.BULK)  # starts the newsletter: the audience is frozen, rows queued
+    # What the newsletter_start job does: freeze the audience into queued rows (delivery comes later).
+    assert await newsletter.start(pool, settings, newsletter_id) == 4
     await page.goto(f"{journey.base}/console/newsletters/{newsletter_id}")
     assert await page.locator("[data-figure=recipients]").inner_text() == "4"
+    assert await page.locator("[data-figure=sent]").inner_text() == "0"
     await journey.check("sending")
 
+    # Watching: the figures update in place while it sends, then the page shows it sent.
+    await run_worker(queues.BULK)  # the start job finds the newsletter started and does nothing
+    await outbox.ring(redis, queues.BULK, 4)
     await run_worker(queues.BULK)  # delivers
+    await page.wait_for_function("() => document.querySelector('[data-figure=sent]').textContent === '4'")
     assert await newsletter.finish_done(pool) == [newsletter_id]
-    await page.goto(f"{journey.base}/console/newsletters/{newsletter_id}")
-    assert (await page.locator("h1 .badge").text_content()) == "sent"
+    await page.wait_for_function("() => document.querySelector('h1 .badge').textContent === 'sent'")
+    await page.wait_for_load_state()
     assert await page.locator("[data-figure=sent]").inner_text() == "4"
     chart = page.get_by_role("img", name="Newsletter")
     assert await chart.count() == 1

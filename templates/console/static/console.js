@@ -47,7 +47,10 @@
       .then(function (response) { return response.text(); })
       .then(function (text) {
         var fresh = new DOMParser().parseFromString(text, "text/html").getElementById(live.id);
-        if (!fresh || !fresh.hasAttribute("data-refresh")) { window.location.reload(); return; }
+        if (!fresh || fresh.getAttribute("data-status") !== live.getAttribute("data-status")) {
+          window.location.reload();
+          return;
+        }
         live.querySelector("[data-live-body]").innerHTML = fresh.querySelector("[data-live-body]").innerHTML;
         setTimeout(poll, every);
       })
