@@ -484,7 +484,12 @@ async def test_content_built_in_sql_equals_the_python_preview(
             url=f"https://example.org/{i}" if i % 2 else None,
             created_at=T0 + timedelta(hours=1, minutes=7 * i),
         )
+    # Two categories whose newest messages were created at the same instant: the later id first.
+    await factory.message(acc, category="tie-a", subject="Tie A", created_at=T0 + timedelta(hours=20))
+    await factory.message(acc, category="tie-b", subject="Tie B", created_at=T0 + timedelta(hours=20))
     expected = await preview(pool, settings, "same-1", now=T0 + DAY + timedelta(hours=1))
+    assert expected.context is not None
+    assert [c["name"] for c in expected.context["categories"]][:2] == ["tie-b", "tie-a"]
     await run_pass(pool, redis, settings, T0 + DAY + timedelta(hours=1))
     [email] = await digest_emails(pool)
     assert expected.context is not None

@@ -134,7 +134,7 @@ ranked AS (
     FROM marked mk
 ),
 shown AS (
-    SELECT r.digest_id, r.category, r.n, r.newest, r.rn,
+    SELECT r.digest_id, r.category, r.n, r.newest, r.rn, r.id,
            jsonb_build_object(
                'id', r.id,
                'subject', r.subject,
@@ -155,6 +155,7 @@ shown AS (
 ),
 categories AS (
     SELECT s.digest_id, s.category, s.n, s.newest,
+           max(s.id) FILTER (WHERE s.rn = 1) AS newest_id,
            jsonb_agg(s.item ORDER BY s.rn) AS items
     FROM shown s
     GROUP BY s.digest_id, s.category, s.n, s.newest
@@ -163,7 +164,7 @@ contents AS (
     SELECT c.digest_id, sum(c.n)::integer AS total,
            jsonb_agg(jsonb_build_object('name', c.category, 'count', c.n, 'messages', c.items,
                                         'more', c.n - jsonb_array_length(c.items))
-                     ORDER BY c.newest DESC, c.category) AS categories
+                     ORDER BY c.newest DESC, c.newest_id DESC) AS categories
     FROM categories c
     GROUP BY c.digest_id
 ),
