@@ -104,10 +104,16 @@ def _fold(name: str, value: str) -> str:
     return CRLF.join(lines)
 
 
+def _needs_encoding(value: str) -> bool:
+    """Non-ASCII, control characters (NUL...) or a word too long to fold under 998 characters:
+    such text goes out as encoded words, which are short, printable and fold at spaces."""
+    return not value.isascii() or not value.isprintable() or any(len(w) > 76 for w in value.split(" "))
+
+
 def text_header(name: str, text: str) -> str:
-    """An unstructured header (Subject) from free text: one line, encoded when not ASCII."""
+    """An unstructured header (Subject) from free text: one line, encoded when not plain ASCII."""
     value = one_line(text)
-    if not value.isascii():
+    if _needs_encoding(value):
         value = " ".join(_encoded_words(value))
     return _fold(name, value)
 
@@ -118,7 +124,7 @@ def mailbox(name: str | None, address: str) -> str:
     display = one_line(name or "")
     if not display:
         return address
-    if not display.isascii():
+    if _needs_encoding(display):
         display = " ".join(_encoded_words(display))
     elif not _ATOM_TEXT.fullmatch(display):
         display = '"' + display.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -18,6 +18,7 @@ from typing import Any
 
 import css_inline
 import jinja2
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 from markdown_it import MarkdownIt
 from markupsafe import Markup
@@ -34,8 +35,30 @@ _UNSUBSCRIBE, _PREFERENCES = "@@notifier-unsubscribe-url@@", "@@notifier-prefere
 _SUBJECT = "@@notifier-subject@@"
 _BODY_SLOT = Markup("<!--notifier:body--><!--notifier:end-->")
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
-_SANDBOX_HTML = SandboxedEnvironment(autoescape=True, undefined=jinja2.StrictUndefined)
-_SANDBOX_TEXT = SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined)
+# Longest string or list a template may build with `*` (powers stay under 4096 bits):
+# the sandbox limits range() but not `'a' * 10**9`, which would take the worker's memory.
+MAX_PRODUCT = 100_000
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox, with `*` and `**` bounded so a template cannot exhaust memory or CPU."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        ints = isinstance(left, int) and isinstance(right, int)
+        if operator == "**" and ints and (abs(right) > 64 or abs(left).bit_length() * abs(right) > 4096):
+            raise SecurityError("numbers this large are not allowed in newsletter templates")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                repeats = isinstance(seq, str | list | tuple) and isinstance(times, int)
+                if repeats and len(seq) * times > MAX_PRODUCT:
+                    raise SecurityError(f"a repeated text longer than {MAX_PRODUCT} is not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
+_SANDBOX_HTML = _Sandbox(autoescape=True, undefined=jinja2.StrictUndefined)
+_SANDBOX_TEXT = _Sandbox(autoescape=False, undefined=jinja2.StrictUndefined)
 _MARKDOWN = MarkdownIt("commonmark", {"html": True, "linkify": False}).enable("table")
 _LAYOUT = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
@@ -137,15 +160,17 @@ class Prepared:
         """The e-mail for one recipient. `personal` holds PERSONAL_FIELDS. Raises TemplateProblem."""
         unsubscribe = html.escape(str(personal["unsubscribe_url"]))
         preferences = html.escape(str(personal["preferences_url"]))
+        # Marketing's template is untrusted code: whatever it raises (a sandbox refusal, 1/0,
+        # `{% include %}` without a loader, a range too big) is a problem with the draft.
         try:
             subject = " ".join(self.subject.render(personal).split())
-        except jinja2.TemplateError as exc:
-            raise TemplateProblem("subject", str(exc)) from None
+        except Exception as exc:
+            raise TemplateProblem("subject", str(exc) or type(exc).__name__) from None
         try:
             body_html = self.body_html.render(personal)
             body_text = self.body_text.render(personal)
-        except jinja2.TemplateError as exc:
-            raise TemplateProblem("body", str(exc)) from None
+        except Exception as exc:
+            raise TemplateProblem("body", str(exc) or type(exc).__name__) from None
         page = (
             _links(self.html_before, unsubscribe, preferences).replace(_SUBJECT, html.escape(subject))
             + body_html
