@@ -169,6 +169,10 @@ async def test_expired_session_is_refused(client: Client, pool: asyncpg.Pool) ->
     await pool.execute("UPDATE console_sessions SET expires_at = now() - interval '1 second'")
     resp = await client.get("/console/", allow_redirects=False)
     assert resp.status == 303
+    # The next sign-in purges expired sessions.
+    await sign_in(client, pool, ["admin"])
+    assert await pool.fetchval("SELECT count(*) FROM console_sessions WHERE expires_at < now()") == 0
+    assert await pool.fetchval("SELECT count(*) FROM console_sessions") == 1
 
 
 async def test_sign_out_ends_the_session_and_needs_the_csrf_token(client: Client, pool: asyncpg.Pool) -> None:

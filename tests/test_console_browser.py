@@ -245,3 +245,26 @@ async def test_phone_width_pages_pass_axe(
     assert "Hello Ada," in await frame.locator("body").inner_text()
     await journey.check("phone-compose")
     journey.assert_screenshots()
+
+
+async def test_compose_and_preview_work_without_javascript(
+    client: Client, browser: Any, pool: asyncpg.Pool, shots: Path
+) -> None:
+    _, key = await auth.create_key(pool, "Marketing Max", ["newsletters"])
+    context = await browser.new_context(java_script_enabled=False)
+    page = await context.new_page()
+    journey = Journey(page, str(client.make_url("")).rstrip("/"), shots)
+    await page.goto(journey.base + "/console/newsletters/new")
+    await page.get_by_label("API key").fill(key)
+    async with page.expect_navigation():
+        await page.get_by_label("API key").press("Enter")
+    assert page.url == journey.base + "/console/newsletters/new"
+    await page.get_by_label("Subject", exact=True).fill("Plain")
+    await page.get_by_label("Body", exact=True).fill("No *script* needed, {{ first_name }}.")
+    await journey.submit(page.get_by_role("button", name="Refresh preview"))
+    frame = page.frame_locator("iframe[title='Preview at desktop width']")
+    assert "No script needed, Ada." in await frame.locator("body").inner_text()
+    assert await pool.fetchval("SELECT count(*) FROM newsletters") == 0
+    await journey.submit(page.get_by_role("button", name="Create draft"))
+    assert await page.get_by_role("status").inner_text() == "Draft created."
+    await context.close()
