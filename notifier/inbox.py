@@ -19,7 +19,6 @@ error answer: the messages exist, and a retry by the producer would duplicate th
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -214,16 +213,8 @@ async def _insert_batch(
 ) -> list[asyncpg.Record]:
     if not valid:
         return []
-    rows: list[asyncpg.Record] = await conn.fetch(
-        Q.insert_messages_batch,
-        [i for i, _ in valid],
-        [m.account for _, m in valid],
-        [m.category for _, m in valid],
-        [m.subject for _, m in valid],
-        [m.body for _, m in valid],
-        [m.url for _, m in valid],
-        [None if m.data is None else json.dumps(m.data, separators=(",", ":")) for _, m in valid],
-    )
+    document = _BATCH_ADAPTER.dump_json([m for _, m in valid], exclude_none=True).decode()
+    rows: list[asyncpg.Record] = await conn.fetch(Q.insert_messages_batch, document)
     return rows
 
 
@@ -234,7 +225,8 @@ def _batch_answer(
     rows: list[asyncpg.Record],
 ) -> tuple[int, dict[str, Any]]:
     for row in rows:
-        results[row["idx"]] = {"index": row["idx"], "status": 201, "id": row["id"]}
+        index = valid[row["ord"] - 1][0]
+        results[index] = {"index": index, "status": 201, "id": row["id"]}
     for i, message in valid:
         if results[i] is None:
             results[i] = {

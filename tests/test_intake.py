@@ -197,7 +197,7 @@ async def test_batch_answers_per_item(client, headers, factory, pool) -> None:
     items = [
         {"account": "ann", **MESSAGE},
         {"account": "ghost", **MESSAGE},
-        {"account": "bob", **MESSAGE, "subject": "For Bob", "data": {"n": 1}},
+        {"account": "bob", **MESSAGE, "subject": "For Bob", "data": {"n": 1, "none": None, "l": [None, "ü"]}},
         {"account": "bob", **MESSAGE, "category": "BAD"},
         "not an object",
     ]
@@ -216,7 +216,7 @@ async def test_batch_answers_per_item(client, headers, factory, pool) -> None:
     )
     assert [(r["id"], r["external_id"], r["subject"], r["data"]) for r in rows] == [
         (body["results"][0]["id"], "ann", "New comment", None),
-        (body["results"][2]["id"], "bob", "For Bob", {"n": 1}),
+        (body["results"][2]["id"], "bob", "For Bob", {"n": 1, "none": None, "l": [None, "ü"]}),
     ]
 
 

@@ -10,21 +10,26 @@ WITH account AS (
 SELECT inserted.*, account.digest_frequency FROM inserted, account;
 
 -- name: insert_messages_batch
--- Many messages in one statement. Ids are drawn before the insert, in input order, so that
--- each input index ($1) maps to its new id; items whose account does not exist are absent.
+-- Many messages in one statement, passed as one JSON array (text) of {account, category, subject,
+-- body, url?, data?}: one parameter is far cheaper to encode than an array per column. `ord` is
+-- the 1-based position in that array. Ids are drawn before the insert, in input order, so that
+-- each position maps to its new id; items whose account does not exist are absent.
 WITH items AS (
-    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-        AS i (idx, external_id, category, subject, body, url, data)
+    SELECT *
+    FROM ROWS FROM (
+        json_to_recordset($1::text::json)
+            AS (account text, category text, subject text, body text, url text, data jsonb)
+    ) WITH ORDINALITY AS i (account, category, subject, body, url, data, ord)
 ), resolved AS MATERIALIZED (
-    SELECT nextval('messages_id_seq') AS id, i.idx, a.id AS account_id, a.digest_frequency,
-           i.category, i.subject, i.body, i.url, i.data::jsonb AS data
-    FROM items i JOIN accounts a ON a.external_id = i.external_id
-    ORDER BY i.idx  -- ids follow the input order (nextval runs after the sort)
+    SELECT nextval('messages_id_seq') AS id, i.ord, a.id AS account_id, a.digest_frequency,
+           i.category, i.subject, i.body, i.url, i.data
+    FROM items i JOIN accounts a ON a.external_id = i.account
+    ORDER BY i.ord  -- ids follow the input order (nextval runs after the sort)
 ), inserted AS (
     INSERT INTO messages (id, account_id, category, subject, body, url, data)
     SELECT id, account_id, category, subject, body, url, data FROM resolved
 )
-SELECT idx, id, account_id, digest_frequency FROM resolved ORDER BY idx;
+SELECT ord, id, account_id, digest_frequency FROM resolved ORDER BY ord;
 
 -- name: inbox_page
 -- Newest first below the cursor id ($2). $3: only unread; $4: one category; $5: 'exclude',
