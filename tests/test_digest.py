@@ -669,3 +669,40 @@ async def test_cli_preview_prints_the_next_digest_and_marks_nothing(
     )  # fmt: skip
     out, err = await proc.communicate()
     assert proc.returncode == 2 and "no account with external_id 'nobody'" in err.decode()
+
+
+async def test_hourly_and_weekly_windows_in_other_zones_through_passes(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    from notifier.preferences import start_schedule
+
+    hourly = await factory.account(digest_frequency="hourly", timezone="Asia/Kolkata")
+    weekly = await factory.account(
+        digest_frequency="weekly", digest_weekday=5, digest_hour=17, timezone="America/New_York"
+    )
+    async with pool.acquire() as conn:
+        await start_schedule(conn, hourly, T0)
+        await start_schedule(conn, weekly, T0)
+    clock = T0
+    while clock < T0 + 14 * DAY:
+        for acc in (hourly, weekly):
+            await factory.message(acc, created_at=clock)
+        clock += timedelta(minutes=20) if clock < T0 + timedelta(hours=3) else timedelta(hours=6)
+        await run_pass(pool, redis, settings, clock)
+
+    async def ends(acc: asyncpg.Record) -> list[datetime]:
+        rows = await pool.fetch("SELECT window_end FROM digests WHERE account_id = $1 ORDER BY id", acc["id"])
+        return [r["window_end"] for r in rows]
+
+    # Kolkata is UTC+5:30: its hours begin at half past the UTC hour.
+    assert (await ends(hourly))[:3] == [T0 + timedelta(minutes=30 + 60 * h) for h in range(3)]
+    # Friday 17:00 in New York (EDT) is 21:00 UTC.
+    assert await ends(weekly) == [datetime(2026, 6, 5, 21, tzinfo=UTC), datetime(2026, 6, 12, 21, tzinfo=UTC)]
+    # Every message before the last window's end went into exactly one digest.
+    for acc in (hourly, weekly):
+        last = (await ends(acc))[-1]
+        assert not await pool.fetchval(
+            "SELECT count(*) FROM messages WHERE account_id = $1 AND digest_id IS NULL AND created_at < $2",
+            acc["id"],
+            last,
+        )
