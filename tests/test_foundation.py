@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +97,7 @@ async def test_every_named_query_prepares_against_the_schema(pool: asyncpg.Pool)
 
 async def test_concurrent_migrations_do_not_race(services: Services) -> None:
     admin = await asyncpg.connect(services.admin_url)
-    name = "notifier_migrate_race"
+    name = f"notifier_migrate_race_{secrets.token_hex(4)}"  # parallel runs must not collide
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.execute(f'CREATE DATABASE "{name}"')
     dsn = _with_database(services.admin_url, name)
