@@ -612,8 +612,14 @@ async def test_compose_preview_test_send_send_and_follow(
     assert (
         await client.post(f"/console/newsletters/{newsletter_id}/send", data={"csrf": csrf, "when": "now"})
     ).status == 409
+    reader = await pool.fetchrow("SELECT account_id, id FROM emails WHERE kind = 'newsletter' LIMIT 1")
+    await factory.event(
+        "unsubscribed", account_id=reader["account_id"], email_id=reader["id"], newsletter_id=newsletter_id
+    )
     listing = await (await client.get("/console/newsletters")).text()
     assert "Spring news" in listing and "badge-sent" in listing
+    cells = re.findall(r'<td class="num">([^<]*)</td>', listing)
+    assert cells == ["3", "3", "0", "0", "1"]  # recipients, sent, failed, pending, unsubscribed
 
 
 async def test_schedule_unschedule_and_cancel(client: Client, pool: asyncpg.Pool) -> None:

@@ -110,10 +110,11 @@ FROM emails WHERE status IN ('queued', 'sending')
 GROUP BY queue ORDER BY queue;
 
 -- name: console_newsletters
--- Newest first, with delivery figures from the outbox rows.
+-- Newest first, with delivery figures from the outbox rows and unsubscribes from the events.
 SELECT n.id, n.subject, n.status, n.scheduled_at, n.started_at, n.finished_at, n.recipients, n.created_by,
        n.created_at, n.updated_at,
-       coalesce(f.sent, 0) AS sent, coalesce(f.failed, 0) AS failed, coalesce(f.pending, 0) AS pending
+       coalesce(f.sent, 0) AS sent, coalesce(f.failed, 0) AS failed, coalesce(f.pending, 0) AS pending,
+       coalesce(u.unsubscribed, 0) AS unsubscribed
 FROM newsletters n
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE e.status = 'sent') AS sent,
@@ -121,6 +122,10 @@ LEFT JOIN LATERAL (
            count(*) FILTER (WHERE e.status IN ('queued', 'sending')) AS pending
     FROM emails e WHERE e.newsletter_id = n.id AND e.kind = 'newsletter'
 ) f ON n.status IN ('sending', 'sent', 'cancelled')
+LEFT JOIN LATERAL (
+    SELECT count(DISTINCT ev.account_id) AS unsubscribed
+    FROM events ev WHERE ev.newsletter_id = n.id AND ev.kind = 'unsubscribed'
+) u ON n.status IN ('sending', 'sent', 'cancelled')
 ORDER BY n.id DESC
 LIMIT $1;
 
