@@ -13,6 +13,7 @@ import secrets
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -65,8 +66,15 @@ async def _sign_in_form(request: web.Request, *, error: str | None = None, statu
 async def sign_in_page(request: web.Request) -> web.Response:
     """GET /console/sign-in: the key form (or straight home when already signed in)."""
     session = await console_auth.load(pool_of(request), request.cookies.get(console_auth.SESSION_COOKIE))
+    target = _safe_next(request.query.get("next"))
     if session is not None:
-        raise web.HTTPSeeOther(_safe_next(request.query.get("next")))
+        raise web.HTTPSeeOther(target)
+    if request.headers.get("Sec-Fetch-Site") == "cross-site" and "retry" not in request.query:
+        # A link from another site: the SameSite=Strict cookie was withheld. One same-site hop
+        # brings it along, so a signed-in operator lands on the page without signing in again.
+        return render(
+            request, "continue.html", target="/console/sign-in?" + urlencode({"next": target, "retry": "1"})
+        )
     return await _sign_in_form(request)
 
 

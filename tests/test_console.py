@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -781,3 +782,21 @@ async def test_bad_input_gets_a_4xx_page_never_a_500(
     assert digits.status == 400
     assert await pool.fetchval("SELECT count(*) FROM suppressions") == 0
     assert await pool.fetchval("SELECT count(*) FROM emails WHERE status = 'failed'") == 1
+
+
+async def test_a_link_from_another_site_reaches_the_page_after_one_same_site_hop(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    await sign_in(client, pool, ["admin"])
+    cross = {"Sec-Fetch-Site": "cross-site"}
+    # The browser withholds the SameSite=Strict cookie on a cross-site navigation.
+    async with aiohttp.ClientSession() as browser_without_cookie:
+        resp = await browser_without_cookie.get(
+            client.make_url("/console/sign-in?next=/console/failed"), headers=cross, allow_redirects=False
+        )
+        page = await resp.text()
+    hop = "/console/sign-in?next=%2Fconsole%2Ffailed&amp;retry=1"
+    assert resp.status == 200 and f'content="0; url={hop}"' in page
+    # The hop is same-site, so the cookie comes along and the session is found.
+    resp = await client.get(hop.replace("&amp;", "&"), allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/console/failed"
