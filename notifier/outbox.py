@@ -191,9 +191,10 @@ async def ring(redis: ArqRedis, queue: str, count: int = 1, *, at: datetime | No
 
 
 async def _has_bell(redis: ArqRedis, queue: str) -> bool:
-    """Whether a deliver job of `queue` is waiting (and due) or running."""
-    now_ms = int(time.time() * 1000)
-    members = await redis.zrangebyscore(queue, "-inf", now_ms, start=0, num=1000)
+    """Whether a deliver job of `queue` is waiting (due within a second) or running. Jobs
+    deferred further (a retry bell) do not count: rows due now need their own."""
+    soon_ms = int(time.time() * 1000) + 1000
+    members = await redis.zrangebyscore(queue, "-inf", soon_ms, start=0, num=1000)
     return any((m.decode() if isinstance(m, bytes) else m).startswith("deliver:") for m in members)
 
 
