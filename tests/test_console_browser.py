@@ -223,6 +223,22 @@ async def test_operator_finds_a_member_and_erases_them(
     assert await pool.fetchval("SELECT actor FROM erasures") == "Support Sam"
     await journey.check("erased")
 
+    # A link from another site (here a blank page) lands on its page, still signed in, though
+    # the browser withholds the SameSite=Strict cookie on the first, cross-site request.
+    await page.route(
+        "http://elsewhere.test/",
+        lambda route: route.fulfill(
+            content_type="text/html", body=f'<a href="{journey.base}/console/failed">failed e-mails</a>'
+        ),
+    )
+    await page.goto("http://elsewhere.test/")
+    seen: list[str] = []
+    page.on("request", lambda r: seen.append(r.url))
+    await page.get_by_role("link", name="failed e-mails").click()
+    await page.wait_for_url(journey.base + "/console/failed")
+    assert any("retry=1" in url for url in seen), seen
+    assert await page.get_by_role("heading", level=1).inner_text() == "Failed e-mails"
+
     async with page.expect_navigation():
         await page.get_by_role("button", name="Sign out").click()
     assert page.url.startswith(journey.base + "/console/sign-in")
