@@ -194,7 +194,7 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
                 pool_of(request), request.cookies.get(console_auth.SESSION_COOKIE)
             )
             if session is None:
-                target = request.path_qs if request.method == "GET" else "/console"
+                target = request.path_qs if request.method == "GET" else "/console/"
                 raise web.HTTPSeeOther("/console/sign-in?" + urlencode({"next": target}))
             request[SESSION] = session
             if request.method == "POST":
