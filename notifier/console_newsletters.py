@@ -35,6 +35,8 @@ from notifier.problems import validation_errors
 LIST_LIMIT = 200
 # While sending, the page reloads itself this often (seconds).
 REFRESH_SECONDS = 5
+# A scheduled newsletter's page looks for the start less often.
+SCHEDULED_REFRESH_SECONDS = 30
 
 
 def _preview(request: web.Request, draft: Draft) -> tuple[str | None, str | None, dict[str, str]]:
@@ -164,7 +166,7 @@ async def show(request: web.Request) -> web.Response:
         figures=figures,
         done=done,
         percent=round(100 * done / figures["recipients"]) if figures["recipients"] else 0,
-        refresh=REFRESH_SECONDS if row["status"] == "sending" or row["status"] == "scheduled" else None,
+        refresh={"sending": REFRESH_SECONDS, "scheduled": SCHEDULED_REFRESH_SECONDS}.get(row["status"]),
         chart_svg=None if chart.empty else console_chart.svg(chart, f"Newsletter {row['id']} over time"),
         chart=chart,
         legend=console_chart.legend(),
