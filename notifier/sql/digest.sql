@@ -219,7 +219,7 @@ SET digest_window_start = b.window_end,
         ELSE b.next_due
     END
 FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) AS b (id, window_end, next_due)
-WHERE a.id = b.id;
+WHERE a.id = b.id AND a.id = ANY($1::bigint[]);  -- the second test lets the planner use the key
 
 -- name: preview_account
 SELECT id, external_id, email, name, locale, digest_frequency, digest_hour, digest_weekday, timezone,
