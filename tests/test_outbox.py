@@ -490,3 +490,48 @@ async def test_a_long_run_hands_over_to_a_fresh_job(
     assert (await delivery.run(queues.SERVICE)).sent == 10  # one batch, then hand over
     assert await outbox._has_bell(redis, queues.SERVICE)
     assert (await delivery.run(queues.SERVICE)).sent == 5
+
+
+async def test_sender_reconnects_when_the_server_dropped_a_pooled_connection(settings: Settings) -> None:
+    """A server that drops a connection after one message, unnoticed until the next command (as
+    an idle timeout racing a send does): the send is retried once on a fresh connection."""
+    import asyncio
+
+    from notifier.smtp import Envelope
+
+    received: list[bytes] = []
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 test ESMTP\r\n")
+        transactions = 0
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                writer.write(b"250 test\r\n")
+            elif verb == b"MAIL":
+                transactions += 1
+                if transactions == 2:  # the second message on this connection: hang up
+                    writer.close()
+                    return
+                writer.write(b"250 ok\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 go on\r\n")
+                await writer.drain()
+                received.append(await reader.readuntil(b"\r\n.\r\n"))
+                writer.write(b"250 queued\r\n")
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+
+    server = await asyncio.start_server(session, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = SMTPSender(settings.model_copy(update={"smtp_port": port, "smtp_pool_size": 1}))
+    envelope = Envelope("service@example.org", ("a@example.com",), b"Subject: x\r\n\r\nbody\r\n")
+    try:
+        for _ in range(3):
+            assert await sender.send(envelope) == "queued"
+        assert len(received) == 3
+    finally:
+        await sender.close()
+        server.close()
+        await server.wait_closed()

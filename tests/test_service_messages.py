@@ -167,3 +167,27 @@ async def test_service_message_goes_first_while_a_bulk_backlog_waits(
     assert account["id"] > 0
     counts = dict(await pool.fetch("SELECT status, count(*) FROM emails GROUP BY status"))
     assert counts == {"sent": 1, "queued": 2000}
+
+
+async def test_data_may_not_override_delivery_names(
+    client: Client, pool: asyncpg.Pool, factory: Factory
+) -> None:
+    await factory.account(external_id="m-1")
+    resp = await client.post(
+        "/v1/service-messages",
+        json={"account": "m-1", "template": "welcome", "data": {"unsubscribe_url": "https://evil.test"}},
+        headers=await service_key(pool),
+    )
+    assert resp.status == 422
+    assert (await resp.json())["errors"] == [{"field": "data.unsubscribe_url", "message": "reserved name"}]
+
+
+async def test_malformed_bodies_are_4xx_not_500(client: Client, pool: asyncpg.Pool) -> None:
+    headers = await service_key(pool)
+    for body in ({"template": "welcome"}, {"account": "m-1", "template": "../etc/passwd"}, [1, 2]):
+        resp = await client.post("/v1/service-messages", json=body, headers=headers)
+        assert resp.status == 422, body
+    resp = await client.post(
+        "/v1/service-messages", data=b"{not json", headers={**headers, "Content-Type": "application/json"}
+    )
+    assert resp.status == 400
