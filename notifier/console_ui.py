@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.web_request import FileField
 from arq import ArqRedis
 from multidict import MultiDictProxy
+from redis import exceptions as redis_exceptions
 
 from notifier import console_auth
 from notifier.console_auth import ConsoleScope, ConsoleSession
@@ -177,6 +178,20 @@ def number(raw: str | None) -> int | None:
     return None
 
 
+# A backing service that is away: the page says so (503) instead of a 500.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    redis_exceptions.ConnectionError,
+    redis_exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
 def _secure_headers(response: web.StreamResponse) -> None:
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers.setdefault("Cache-Control", "no-store")
@@ -214,6 +229,12 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = error_page(request, exc.status, detail)
     except Problem as exc:
         response = error_page(request, exc.status, exc.detail)
+    except UNAVAILABLE as exc:
+        log.warning(
+            "console: service unavailable on %s %s: %s", request.method, request.path, type(exc).__name__
+        )
+        response = error_page(request, 503, "The database or Redis is not answering. Try again in a moment.")
+        response.headers["Retry-After"] = "5"
     except Exception:
         log.exception("console error on %s %s", request.method, request.path)
         response = error_page(request, 500, "Something went wrong on our side; it has been logged.")

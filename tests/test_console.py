@@ -17,6 +17,7 @@ from yarl import URL
 
 from notifier import auth, console_chart, newsletter, queues, suppression
 from notifier.app import create_app
+from notifier.resources import POOL
 from notifier.settings import Settings
 from tests.conftest import BurstWorker, MailSink
 from tests.factory import Factory
@@ -800,3 +801,14 @@ async def test_a_link_from_another_site_reaches_the_page_after_one_same_site_hop
     # The hop is same-site, so the cookie comes along and the session is found.
     resp = await client.get(hop.replace("&amp;", "&"), allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"] == "/console/failed"
+
+
+async def test_a_database_that_is_away_is_a_503_page(client: Client, pool: asyncpg.Pool) -> None:
+    await sign_in(client, pool, ["admin"])
+    app = client.app
+    assert app is not None
+    await app[POOL].close()
+    resp = await client.get("/console/members")
+    assert resp.status == 503 and resp.content_type == "text/html"
+    assert resp.headers["Retry-After"] == "5"
+    assert "not answering" in await resp.text()
