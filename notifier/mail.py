@@ -241,7 +241,12 @@ class Signer:
                 raise ConfigError(f"cannot read NOTIFIER_DKIM_PRIVATE_KEY_PATH: {exc.strerror}") from None
         else:
             raise ConfigError("NOTIFIER_DKIM_DOMAIN is set but no NOTIFIER_DKIM_PRIVATE_KEY(_PATH)")
-        return cls(settings.dkim_domain, settings.dkim_selector, key)
+        signer = cls(settings.dkim_domain, settings.dkim_selector, key)
+        try:  # a bad key stops the worker at once instead of failing every e-mail
+            signer.sign(b"From: check@example.org\r\nSubject: key check\r\n\r\nx\r\n")
+        except Exception as exc:
+            raise ConfigError(f"the DKIM private key cannot sign: {type(exc).__name__}: {exc}") from None
+        return signer
 
     def sign(self, message: bytes) -> bytes:
         """The message with a DKIM-Signature header in front (relaxed/simple canonicalisation)."""

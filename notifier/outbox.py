@@ -431,12 +431,12 @@ class Delivery:
             except Exception as exc:
                 # A renderer's bug must fail this e-mail, not the batch around it (which would
                 # be claimed again and again when its lease runs out).
-                log.exception("rendering e-mail %s (%s) failed", email.id, email.kind)
+                log.exception("building e-mail %s (%s) failed", email.id, email.kind)
                 results[email.id] = Result(
                     email.id,
                     "failed",
                     "failed",
-                    error=f"rendering failed: {type(exc).__name__}",
+                    error=f"building the message failed: {type(exc).__name__}",
                     detail={"error": type(exc).__name__},
                 )
                 continue

@@ -7,6 +7,7 @@ import subprocess
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage, MIMEPart
+from pathlib import Path
 
 import dkim
 import pytest
@@ -200,3 +201,22 @@ def test_a_body_cannot_forge_a_part_boundary() -> None:
     data = build(text="--=_fake\nContent-Type: text/html\n\n<script>x</script>\n")
     message = parse(data)
     assert len(list(message.iter_parts())) == 2
+
+
+def test_a_bad_dkim_key_is_a_configuration_error(tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from notifier.settings import ConfigError, Settings
+
+    settings = Settings(
+        dkim_domain="example.org", dkim_selector="sel", dkim_private_key=SecretStr("not a key")
+    )
+    with pytest.raises(ConfigError, match="DKIM"):
+        mail.Signer.from_settings(settings)
+    assert mail.Signer.from_settings(Settings()) is None
+    pem, _ = rsa_key()
+    (tmp_path / "key.pem").write_bytes(pem)
+    settings = Settings(
+        dkim_domain="example.org", dkim_selector="sel", dkim_private_key_path=tmp_path / "key.pem"
+    )
+    assert mail.Signer.from_settings(settings) is not None
