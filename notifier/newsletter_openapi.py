@@ -1,0 +1,244 @@
+"""The newsletters API in the OpenAPI document (`/openapi.json`): operations and schemas, the
+request bodies taken from the pydantic models that validate them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from notifier import newsletter, openapi
+from notifier.newsletter_api import NewsletterIn, NewsletterPatch, SendIn, TestSendIn
+
+
+def describe() -> None:
+    """Add the newsletter routes' operations and schemas to the OpenAPI document (idempotent)."""
+
+    def problem(description: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {openapi.PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+
+    def ok(schema: str, description: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {openapi.JSON: {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+
+    def op(
+        summary: str,
+        description: str,
+        responses: dict[str, Any],
+        body: str | None = None,
+        path_id: bool = True,
+        query: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "summary": summary,
+            "description": description,
+            "tags": ["newsletters"],
+            "security": [{"apiKey": ["newsletters"]}],
+            "x-scope": "newsletters",
+            "responses": {
+                **responses,
+                "401": problem("no API key, or an unknown or revoked one"),
+                "403": problem("the API key lacks the `newsletters` scope"),
+            },
+        }
+        params = (
+            [
+                {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "the newsletter's id",
+                }
+            ]
+            if path_id
+            else []
+        )
+        params += query or []
+        if params:
+            out["parameters"] = params
+        if body:
+            out["requestBody"] = {
+                "required": body != "SendNewsletter",
+                "content": {openapi.JSON: {"schema": {"$ref": f"#/components/schemas/{body}"}}},
+            }
+        return out
+
+    timestamp = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}
+    count = {"type": "integer", "minimum": 0}
+    figures = (
+        "recipients",
+        "sent",
+        "failed",
+        "suppressed",
+        "pending",
+        "cancelled",
+        "bounced",
+        "complained",
+        "unsubscribed",
+        "resubscribed",
+    )
+    openapi.SCHEMAS.update(
+        {
+            "NewNewsletter": NewsletterIn.model_json_schema(),
+            "NewsletterPatch": NewsletterPatch.model_json_schema(),
+            "SendNewsletter": SendIn.model_json_schema(),
+            "TestSend": TestSendIn.model_json_schema(),
+            "NewsletterFigures": {
+                "type": "object",
+                "required": list(figures),
+                "properties": dict.fromkeys(figures, count),
+            },
+            "Newsletter": {
+                "type": "object",
+                "required": ["id", "subject", "preheader", "body", "body_format", "status"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "subject": {"type": "string"},
+                    "preheader": {"type": "string"},
+                    "body": {"type": "string"},
+                    "body_format": {"enum": ["markdown", "html"]},
+                    "status": {"enum": list(newsletter.STATUSES)},
+                    "recipients": {
+                        "anyOf": [count, {"type": "null"}],
+                        "description": "audience frozen when sending started",
+                    },
+                    "scheduled_at": timestamp,
+                    "started_at": timestamp,
+                    "finished_at": timestamp,
+                    "cancelled_at": timestamp,
+                    "created_at": timestamp,
+                    "updated_at": timestamp,
+                    "created_by": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                    "figures": {"$ref": "#/components/schemas/NewsletterFigures"},
+                },
+            },
+            "NewsletterPage": {
+                "type": "object",
+                "required": ["items", "next_cursor"],
+                "properties": {
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Newsletter"}},
+                    "next_cursor": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                },
+            },
+            "NewsletterPreview": {
+                "type": "object",
+                "required": ["subject", "html", "text"],
+                "properties": {
+                    "subject": {"type": "string"},
+                    "html": {"type": "string"},
+                    "text": {"type": "string"},
+                },
+            },
+        }
+    )
+    invalid = problem("invalid fields, or a template that does not render (field `subject` or `body`)")
+    missing = problem("no newsletter with that id")
+    conflict = problem("the newsletter's status does not allow this")
+    base = "/v1/newsletters/{id}"
+    openapi.OPERATIONS.update(
+        {
+            ("POST", "/v1/newsletters"): op(
+                "Create a draft",
+                "Subject and body are Jinja templates rendered in a sandbox; see docs/newsletters.md.",
+                {"201": ok("Newsletter", "the draft"), "422": invalid},
+                "NewNewsletter",
+                path_id=False,
+            ),
+            ("GET", "/v1/newsletters"): op(
+                "List newsletters",
+                "Newest first, keyset-paginated.",
+                {"200": ok("NewsletterPage", "a page"), "422": problem("bad status, limit or cursor")},
+                path_id=False,
+                query=[
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"enum": list(newsletter.STATUSES)},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+            ),
+            ("GET", base): op(
+                "A newsletter and its figures",
+                "Figures come from the outbox rows and events, live while it sends.",
+                {"200": ok("Newsletter", "the newsletter"), "404": missing},
+            ),
+            ("PATCH", base): op(
+                "Edit a draft",
+                "Only drafts can be edited.",
+                {"200": ok("Newsletter", "the draft"), "404": missing, "409": conflict, "422": invalid},
+                "NewsletterPatch",
+            ),
+            ("GET", f"{base}/preview"): op(
+                "Preview",
+                "As the member `account` would get it (their name, sample links); sample data without it.",
+                {
+                    "200": ok("NewsletterPreview", "subject, HTML and text"),
+                    "404": problem("no such newsletter or account"),
+                    "422": invalid,
+                },
+                query=[
+                    {"name": "account", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"enum": ["json", "html"]},
+                    },
+                ],
+            ),
+            ("POST", f"{base}/test"): op(
+                "Test-send",
+                "To up to 10 addresses, subject prefixed [TEST].",
+                {
+                    "202": {
+                        "description": "queued",
+                        "content": {
+                            openapi.JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"emails": {"type": "array", "items": {"type": "integer"}}},
+                                }
+                            }
+                        },
+                    },
+                    "404": missing,
+                    "422": invalid,
+                },
+                "TestSend",
+            ),
+            ("POST", f"{base}/send"): op(
+                "Send now or schedule",
+                "No body or a past `at`: sending starts (202). A future `at`: scheduled (200).",
+                {
+                    "200": ok("Newsletter", "scheduled"),
+                    "202": ok("Newsletter", "sending starts"),
+                    "404": missing,
+                    "409": conflict,
+                    "422": invalid,
+                },
+                "SendNewsletter",
+            ),
+            ("POST", f"{base}/unschedule"): op(
+                "Back to draft",
+                "Only a scheduled newsletter.",
+                {"200": ok("Newsletter", "the draft"), "404": missing, "409": conflict},
+            ),
+            ("POST", f"{base}/cancel"): op(
+                "Cancel",
+                "Rows not yet claimed are cancelled.",
+                {"200": ok("Newsletter", "cancelled, with figures"), "404": missing, "409": conflict},
+            ),
+        }
+    )
