@@ -84,7 +84,13 @@ async def read_form(request: web.Request) -> Mapping[str, Any] | None:
 
 def bad_form(request: web.Request) -> web.Response:
     """400 page for a POST that is not a readable web form."""
-    return render(request, "invalid.html", status=400, title="This request is not a web form")
+    return render(
+        request,
+        "invalid.html",
+        status=400,
+        title="This request is not a web form",
+        message="Nothing was changed: the form could not be read. Open the page again and resubmit.",
+    )
 
 
 # --- CSRF ------------------------------------------------------------------------------------

@@ -119,7 +119,13 @@ async def post_preferences(request: web.Request) -> web.Response:
     if found is None:
         return pages.not_found(request)
     if request.content_type not in pages.FORM_TYPES:
-        return pages.render(request, "invalid.html", status=415, title="Send the form as a web form")
+        return pages.render(
+            request,
+            "invalid.html",
+            status=415,
+            title="Send the form as a web form",
+            message="Nothing was changed: submit the preference form from its page.",
+        )
     form = await pages.read_form(request)
     if form is None:
         return pages.bad_form(request)

@@ -141,7 +141,13 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
     if found is None:
         return pages.not_found(request)
     if request.content_type not in pages.FORM_TYPES:
-        return pages.render(request, "invalid.html", status=415, title="Send the form as a web form")
+        return pages.render(
+            request,
+            "invalid.html",
+            status=415,
+            title="Send the form as a web form",
+            message="Nothing was changed: post `List-Unsubscribe=One-Click` as a web form.",
+        )
     form = await pages.read_form(request)
     if form is None:
         return pages.bad_form(request)
@@ -163,7 +169,11 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
                 state = "done"
             else:
                 return pages.render(
-                    request, "invalid.html", status=400, title="This request is not an unsubscribe"
+                    request,
+                    "invalid.html",
+                    status=400,
+                    title="This request is not an unsubscribe",
+                    message="Nothing was changed: the form lacks `List-Unsubscribe=One-Click`.",
                 )
         except preferences.AccountNotFound:
             return pages.not_found(request)

@@ -242,6 +242,7 @@ async def test_bad_requests_get_clear_pages(
     assert resp.status == 415
     resp = await client.post(f"/u/{token}", data={"List-Unsubscribe": "Yes"})
     assert resp.status == 400
+    assert "the form lacks" in await resp.text()
     assert await pool.fetchval("SELECT newsletter FROM accounts WHERE id = $1", ann["id"]) is True
     await pool.execute("DELETE FROM accounts WHERE id = $1", ann["id"])
     assert (await client.get(f"/u/{token}")).status == 404
