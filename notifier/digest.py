@@ -80,9 +80,13 @@ def _iso(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _snippet(body: str) -> str:
+def _snippet(body: str) -> tuple[str, bool]:
+    """The body's start on one line, and whether it was cut (the template adds an ellipsis, so
+    that ASCII content stays ASCII and goes out as 7bit, without encoding work)."""
     text = " ".join(body[:2000].split())
-    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rstrip() + "…"
+    if len(text) <= SNIPPET_CHARS:
+        return text, False
+    return text[: SNIPPET_CHARS - 1].rstrip(), True
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -116,16 +120,19 @@ def build_context(
         groups.setdefault(m["category"], []).append(m)
     categories = []
     for name, items in groups.items():
-        shown = [
-            {
-                "id": m["id"],
-                "subject": m["subject"],
-                "snippet": _snippet(m["body"]),
-                "url": m["url"],
-                "when": _when(m["created_at"], tz),
-            }
-            for m in items[:limit]
-        ]
+        shown = []
+        for m in items[:limit]:
+            snippet, cut = _snippet(m["body"])
+            shown.append(
+                {
+                    "id": m["id"],
+                    "subject": m["subject"],
+                    "snippet": snippet,
+                    "cut": cut,
+                    "url": m["url"],
+                    "when": _when(m["created_at"], tz),
+                }
+            )
         categories.append(
             {"name": name, "count": len(items), "messages": shown, "more": len(items) - len(shown)}
         )

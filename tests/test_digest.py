@@ -508,6 +508,7 @@ async def test_digest_is_delivered_with_its_content(
         acc,
         category="news",
         subject="Big news",
+        body="word " * 60,
         url="https://example.org/big",
         created_at=T0 + timedelta(hours=5),
     )
@@ -530,6 +531,9 @@ async def test_digest_is_delivered_with_its_content(
     assert "https://notifier.test/preferences/" in text and "https://notifier.test/u/" in text
     assert 'href="https://example.org/big"' in html and "and 2 more in events" in html
     assert 'style="' in html  # CSS inlined for mail clients
+    # A long body is cut with an ellipsis that keeps ASCII content ASCII: both parts go as 7bit.
+    assert ("word " * 31).strip() + "..." in text and "word&hellip;" in html
+    assert [p["Content-Transfer-Encoding"] for p in msg.iter_parts()] == ["7bit", "7bit"]
     assert await pool.fetchval("SELECT status FROM emails WHERE kind = 'digest'") == "sent"
     # Sending again delivers nothing more.
     await run_pass(pool, redis, settings, T0 + DAY)

@@ -139,8 +139,8 @@ shown AS (
                'id', r.id,
                'subject', r.subject,
                'url', r.url,
-               'snippet', CASE WHEN length(f.flat) <= 160 THEN f.flat
-                               ELSE rtrim(left(f.flat, 159)) || '…' END,
+               'snippet', CASE WHEN length(f.flat) <= 160 THEN f.flat ELSE rtrim(left(f.flat, 159)) END,
+               'cut', length(f.flat) > 160,
                'when', to_char(r.created_at AT TIME ZONE b.timezone, 'Dy FMDD Mon, HH24:MI')
            ) AS item
     FROM ranked r
