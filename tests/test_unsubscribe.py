@@ -332,3 +332,30 @@ async def test_unreadable_forms_get_a_4xx_page_never_a_500(
         resp = await client.post(path, data=body, headers={"Content-Type": content_type})
         assert 400 <= resp.status < 500, (path, resp.status)
         assert resp.content_type == "text/html"
+
+
+async def test_confirmation_links_refuse_forgeries_and_cross_site_posts(
+    client: TestClient[Any, Any], factory: Factory, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    ann = await factory.account()
+    await pool.execute(
+        "INSERT INTO consents (account_id, granted, source) VALUES ($1, true, 'api')", ann["id"]
+    )
+    token = tokens.sign(settings.secret, "confirm", ann["id"], "newsletter")
+    assert (await client.get(f"/confirm/{alter(token)}")).status == 404
+    unsubscribe_token = tokens.sign(settings.secret, "unsubscribe", ann["id"], "newsletter")
+    assert (await client.get(f"/confirm/{unsubscribe_token}")).status == 404
+    page = await client.get(f"/confirm/{token}")
+    nonce = (await page.text()).split('name="nonce" value="')[1].split('"')[0]
+    resp = await client.post(
+        f"/confirm/{token}", data={"nonce": nonce}, headers={"Origin": "https://evil.example"}
+    )
+    assert resp.status == 403
+    assert (await client.post(f"/confirm/{token}", data={"nonce": "1.x"})).status == 403
+    assert await pool.fetchval("SELECT confirmed_at FROM consents WHERE account_id = $1", ann["id"]) is None
+    assert (await client.post(f"/confirm/{token}", data={"nonce": nonce})).status == 200
+    assert (
+        await pool.fetchval("SELECT confirmed_at FROM consents WHERE account_id = $1", ann["id"]) is not None
+    )
+    again = await client.post(f"/confirm/{token}", data={"nonce": nonce})
+    assert "nothing to confirm" in await again.text()
