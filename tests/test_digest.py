@@ -710,3 +710,27 @@ async def test_hourly_and_weekly_windows_in_other_zones_through_passes(
             acc["id"],
             last,
         )
+
+
+def test_contexts_queued_before_the_cut_flag_still_render() -> None:
+    # An e-mail queued by an older pass has no "cut" in its messages; it must still render.
+    from notifier.digest import render_digest
+    from notifier.render import Templates
+
+    message = {"id": 1, "subject": "Old", "snippet": "Old snippet…", "url": None, "when": "Mon 1 Jun, 09:00"}
+    context = {
+        "name": "Ann",
+        "frequency": "daily",
+        "total": 1,
+        "categories": [{"name": "news", "count": 1, "messages": [message], "more": 0}],
+        "inbox_url": "https://notifier.test/inbox",
+        "window_start": "2026-06-01T08:00:00Z",
+        "window_end": "2026-06-02T08:00:00Z",
+        "unsubscribe_url": "https://notifier.test/u/x",
+        "preferences_url": "https://notifier.test/preferences/x",
+        "public_url": "https://notifier.test",
+        "postal_address": "",
+        "to_address": "ann@example.com",
+    }
+    rendered = render_digest(Templates(), context)
+    assert "Old snippet…" in rendered.text and "Old snippet…" in rendered.html
