@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import asyncpg
 from arq import ArqRedis
+from arq.constants import in_progress_key_prefix
+from redis.exceptions import RedisError
 
 from notifier import mail, queues, suppression, tokens
 from notifier.db import Q
@@ -173,29 +175,50 @@ async def add_many(conn: asyncpg.Connection, emails: Sequence[NewEmail]) -> list
     return [r["id"] for r in rows]
 
 
-async def ring(redis: ArqRedis, queue: str, count: int = 1, *, at: datetime | None = None) -> None:
+async def ring(redis: ArqRedis, queue: str, count: int = 1, *, at: datetime | None = None) -> bool:
     """Ring the doorbell of `queue` after the rows are committed: enqueue enough `deliver` jobs for
     `count` e-mails (at most MAX_BELLS; each loops until nothing is due). With `at`, one job then
-    (rings for the same second are merged). Losing a ring loses nothing: the sweep rings again."""
-    if at is not None:
-        stamp = int(at.timestamp())
-        await redis.enqueue_job(
-            JOB_NAME,
-            _queue_name=queue,
-            _job_id=f"deliver:{queue}:{stamp}",
-            _defer_until=datetime.fromtimestamp(stamp + 1, UTC),
-        )
-        return
-    for _ in range(min(MAX_BELLS, max(1, math.ceil(count / BATCH_SIZE)))):
-        await redis.enqueue_job(JOB_NAME, _queue_name=queue, _job_id=f"deliver:{queue}:{uuid.uuid4().hex}")
+    (rings for the same second are merged).
+
+    Never raises for Redis trouble: the rows are committed, so a lost ring only delays them until
+    the sweep (within 30 s) — a producer's request must not fail after its e-mail was stored.
+    Returns False (and logs) when the ring did not get through."""
+    try:
+        if at is not None:
+            stamp = int(at.timestamp())
+            await redis.enqueue_job(
+                JOB_NAME,
+                _queue_name=queue,
+                _job_id=f"deliver:{queue}:{stamp}",
+                _defer_until=datetime.fromtimestamp(stamp + 1, UTC),
+            )
+            return True
+        for _ in range(min(MAX_BELLS, max(1, math.ceil(count / BATCH_SIZE)))):
+            await redis.enqueue_job(
+                JOB_NAME, _queue_name=queue, _job_id=f"deliver:{queue}:{uuid.uuid4().hex}"
+            )
+    except (RedisError, OSError) as exc:
+        log.warning("could not ring %s (%s); the sweep will deliver", queue, type(exc).__name__)
+        return False
+    return True
 
 
 async def _has_bell(redis: ArqRedis, queue: str) -> bool:
     """Whether a deliver job of `queue` is waiting (due within a second) or running. Jobs
-    deferred further (a retry bell) do not count: rows due now need their own."""
-    soon_ms = int(time.time() * 1000) + 1000
-    members = await redis.zrangebyscore(queue, "-inf", soon_ms, start=0, num=1000)
-    return any((m.decode() if isinstance(m, bytes) else m).startswith("deliver:") for m in members)
+    deferred further (a retry bell) do not count: rows due now need their own. Nor does a job
+    marked in progress for longer than a live one runs (RUN_SECONDS + a lease): its worker was
+    killed, and arq keeps such a job in the queue, marked in progress, until the job's timeout
+    (up to an hour for bulk) — it must not stop the sweep from ringing."""
+    now_ms = int(time.time() * 1000)
+    stale_ms = now_ms - int((RUN_SECONDS + LEASE_SECONDS) * 1000)
+    members = await redis.zrangebyscore(queue, "-inf", now_ms + 1000, start=0, num=1000, withscores=True)
+    for member, score in members:
+        job_id = member.decode() if isinstance(member, bytes) else member
+        if not job_id.startswith("deliver:"):
+            continue
+        if score >= stale_ms or not await redis.exists(in_progress_key_prefix + job_id):
+            return True
+    return False
 
 
 async def sweep(pool: asyncpg.Pool, redis: ArqRedis, now: datetime | None = None) -> dict[str, int]:
@@ -205,7 +228,9 @@ async def sweep(pool: asyncpg.Pool, redis: ArqRedis, now: datetime | None = None
     rang: dict[str, int] = {}
     for row in await pool.fetch(Q.due_by_queue, now):
         queue, due = row["queue"], row["due"]
-        if not await _has_bell(redis, queue):
+        # A lease that ran out means the worker holding those rows died: whatever arq says
+        # about its job, the queue needs a new one.
+        if row["expired"] or not await _has_bell(redis, queue):
             await ring(redis, queue, due)
             rang[queue] = due
     if rang:

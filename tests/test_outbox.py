@@ -502,6 +502,13 @@ async def test_sender_reconnects_when_the_server_dropped_a_pooled_connection(set
     received: list[bytes] = []
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await converse(reader, writer)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 test ESMTP\r\n")
         transactions = 0
         while line := await reader.readline():
@@ -511,7 +518,6 @@ async def test_sender_reconnects_when_the_server_dropped_a_pooled_connection(set
             elif verb == b"MAIL":
                 transactions += 1
                 if transactions == 2:  # the second message on this connection: hang up
-                    writer.close()
                     return
                 writer.write(b"250 ok\r\n")
             elif verb == b"DATA":
@@ -535,3 +541,17 @@ async def test_sender_reconnects_when_the_server_dropped_a_pooled_connection(set
         await sender.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_ring_that_cannot_reach_redis_does_not_raise(pool: asyncpg.Pool, redis: ArqRedis) -> None:
+    from notifier.embedded import free_port
+
+    email_id = await add_service(pool)
+    unreachable = ArqRedis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    try:
+        assert await outbox.ring(unreachable, queues.SERVICE) is False
+    finally:
+        await unreachable.aclose()
+    # The committed row is still due, and the sweep rings for it.
+    assert await outbox.sweep(pool, redis) == {queues.SERVICE: 1}
+    assert (await status_of(pool, email_id))["status"] == "queued"
