@@ -64,7 +64,8 @@ FROM done JOIN r ON r.id = done.id
 ON CONFLICT (dedupe_key) DO NOTHING
 
 -- name: due_by_queue
-SELECT queue, count(*) AS due
+-- Due rows per queue; `expired` counts rows whose lease ran out (their worker died).
+SELECT queue, count(*) AS due, count(*) FILTER (WHERE status = 'sending') AS expired
 FROM emails
 WHERE status IN ('queued', 'sending')
   AND next_attempt_at <= $1

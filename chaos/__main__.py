@@ -1,0 +1,502 @@
+"""`python -m chaos [SCENARIO...] [--members N] [--kills K]`: run the chaos scenarios and print
+one line of figures per scenario (runs, kills, messages, lost, duplicated, 5xx seen).
+
+Scenarios: kill (workers SIGKILLed while a newsletter and digests send), redis (Redis flushed,
+then restarted empty, mid-send), tempfail (421 then 451 for a while), reject (550 for some
+recipients), hang (a server that never answers), postgres (PostgreSQL restarted during intake),
+fuzz (schemathesis, thousands of cases). Default: all but fuzz.
+
+Each scenario gets a fresh database on NOTIFIER_DATABASE_URL's server (or an embedded pgserver
+for `postgres`), its own embedded Redis, and the counting sink of chaos/sink.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from arq import ArqRedis
+from arq import create_pool as create_redis_pool
+from arq.connections import RedisSettings
+from pydantic import SecretStr
+
+from chaos.sink import CountingSink
+from notifier import digest, newsletter, queues
+from notifier.db import Q, create_pool, migrate
+from notifier.embedded import EmbeddedRedis
+from notifier.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PROCFILE_LAYOUT = ("service,digest", "bulk")  # the worker processes, as the Procfile runs them
+
+
+def say(text: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {text}", flush=True)
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    messages: int = 0  # e-mails that should arrive
+    delivered: int = 0  # distinct recipients that got at least one
+    lost: int = 0
+    duplicated: int = 0  # extra copies beyond the first
+    kills: int = 0
+    restarts: int = 0
+    server_errors: int = 0  # 5xx answers seen by clients
+    seconds: float = 0.0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.duplicated == 0 and not self.notes.get("failed_checks")
+
+
+# --- environment ------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(admin_url: str) -> AsyncIterator[str]:
+    name = f"notifier_chaos_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    try:
+        yield dsn
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def chaos_settings(dsn: str, redis_url: str, smtp_port: int, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "env": "test",
+        "database_url": dsn,
+        "redis_url": redis_url,
+        "secret_key": SecretStr("chaos-secret-key-not-for-production"),
+        "smtp_host": "127.0.0.1",
+        "smtp_port": smtp_port,
+        "smtp_timeout": 5.0,
+        "public_url": "https://notifier.test",
+        "service_from": "Example Org <service@example.org>",
+        "newsletter_from": "Example News <news@example.org>",
+        "postal_address": "1 Example Street",
+        "db_pool_min": 1,
+        "db_pool_max": 4,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class Workers:
+    """Worker processes (`python -m chaos.worker`), killed and restarted on demand; a process that
+    exits by itself (e.g. Redis went away) is restarted by `supervise`, as a process manager would."""
+
+    def __init__(self, settings: Settings, layout: tuple[str, ...] = PROCFILE_LAYOUT) -> None:
+        self.settings = settings
+        self.layout = layout
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.kills = 0
+        self.restarts = 0
+        self.log = tempfile.NamedTemporaryFile(prefix="chaos-worker-", suffix=".log", delete=False)  # noqa: SIM115
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            **os.environ,
+            "NOTIFIER_ENV": "test",
+            "NOTIFIER_DATABASE_URL": s.database_url or "",
+            "NOTIFIER_REDIS_URL": s.redis_url or "",
+            "NOTIFIER_SECRET_KEY": s.secret.decode(),
+            "NOTIFIER_SMTP_HOST": s.smtp_host,
+            "NOTIFIER_SMTP_PORT": str(s.smtp_port),
+            "NOTIFIER_SMTP_TIMEOUT": str(s.smtp_timeout),
+            "NOTIFIER_PUBLIC_URL": s.public_url,
+            "NOTIFIER_SERVICE_FROM": s.service_from,
+            "NOTIFIER_NEWSLETTER_FROM": s.newsletter_from,
+            "NOTIFIER_POSTAL_ADDRESS": s.postal_address,
+            "NOTIFIER_DB_POOL_MAX": "4",
+            "NOTIFIER_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+        }
+
+    def start(self, queues_: str) -> None:
+        self.procs[queues_] = subprocess.Popen(  # noqa: S603  (our own interpreter and module)
+            [sys.executable, "-m", "chaos.worker", queues_],
+            env=self.env(),
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=self.log,
+        )
+
+    def start_all(self) -> None:
+        for queues_ in self.layout:
+            self.start(queues_)
+
+    def kill_one(self) -> str:
+        queues_ = random.choice(self.layout)
+        proc = self.procs[queues_]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            self.kills += 1
+        self.start(queues_)
+        return queues_
+
+    def supervise(self) -> None:
+        for queues_, proc in list(self.procs.items()):
+            if proc.poll() is not None:
+                self.restarts += 1
+                self.start(queues_)
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs.values())
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@dataclass
+class Stage:
+    """One scenario's services: database, Redis, sink, settings, pool, workers."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: ArqRedis
+    embedded_redis: EmbeddedRedis
+    sink: CountingSink
+    workers: Workers
+
+
+@contextlib.asynccontextmanager
+async def stage(admin_url: str, **overrides: Any) -> AsyncIterator[Stage]:
+    tmp = Path(tempfile.mkdtemp(prefix="notifier-chaos-"))
+    sink = CountingSink()
+    await sink.start()
+    embedded = EmbeddedRedis.start(tmp / "redis", persistent=False)
+    try:
+        async with fresh_database(admin_url) as dsn:
+            settings = chaos_settings(dsn, embedded.url(), sink.port, **overrides)
+            pool = await create_pool(dsn, min_size=1, max_size=4)
+            redis = await create_redis_pool(RedisSettings.from_dsn(embedded.url()))
+            workers = Workers(settings)
+            try:
+                yield Stage(settings, pool, redis, embedded, sink, workers)
+            finally:
+                workers.stop()
+                await redis.aclose()
+                await pool.close()
+    finally:
+        embedded.stop()
+        await sink.stop()
+
+
+# --- workload ---------------------------------------------------------------------------------
+
+NEWSLETTER_BODY = (
+    "# News for {{ first_name }}\n\nDear {{ name }}, this month's [report](https://example.org/r)."
+)
+
+
+async def add_members(pool: asyncpg.Pool, n: int, prefix: str = "reader") -> None:
+    """n members opted in to the newsletter, digests off."""
+    await pool.execute(
+        """INSERT INTO accounts (external_id, email, name, newsletter, digest_frequency, next_digest_at)
+           SELECT $2 || '-' || i, $2 || i || '@example.com', 'Reader ' || i, true, 'off', NULL
+           FROM generate_series(1, $1) AS i""",
+        n,
+        prefix,
+    )
+
+
+async def add_digest_members(pool: asyncpg.Pool, n: int) -> None:
+    """n members with a daily digest due now and three unread messages each; no newsletter."""
+    await pool.execute(
+        """INSERT INTO accounts (external_id, email, name, newsletter, digest_frequency,
+                                 digest_window_start, next_digest_at)
+           SELECT 'digest-' || i, 'digester' || i || '@example.com', 'Digester ' || i, false, 'daily',
+                  now() - interval '1 day', now() - interval '1 minute'
+           FROM generate_series(1, $1) AS i""",
+        n,
+    )
+    await pool.execute(
+        """INSERT INTO messages (account_id, category, subject, body, created_at)
+           SELECT a.id, 'news', 'Message ' || m, 'Body of message ' || m, now() - interval '1 hour'
+           FROM accounts a, generate_series(1, 3) AS m WHERE a.external_id LIKE 'digest-%'""",
+    )
+
+
+async def send_newsletter(s: Stage) -> int:
+    """Draft, schedule for now and ring `newsletter_start` on the bulk queue (as the API does)."""
+    row = await s.pool.fetchrow(
+        Q.insert_newsletter, "News for {{ first_name }}", "", NEWSLETTER_BODY, "markdown", "chaos"
+    )
+    assert row is not None
+    await newsletter.schedule(s.pool, row["id"], datetime.now(UTC), "chaos")
+    await s.redis.enqueue_job("newsletter_start", row["id"], _queue_name=queues.BULK)
+    return int(row["id"])
+
+
+async def build_digests(s: Stage) -> int:
+    result = await digest.run_pass(s.pool, s.redis, s.settings, datetime.now(UTC) + timedelta(seconds=1))
+    return int(result.emails)
+
+
+async def pending(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM emails WHERE status IN ('queued', 'sending')"))
+
+
+async def wait_drained(
+    s: Stage, expected: int, limit: float, during: Callable[[], Any] | None = None
+) -> None:
+    """Until `expected` outbox rows exist and none is queued or sending; `during` runs each tick."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if during is not None:
+            result = during()
+            if asyncio.iscoroutine(result):
+                await result
+        s.workers.supervise()
+        rows = await s.pool.fetchval("SELECT count(*) FROM emails")
+        if rows >= expected and await pending(s.pool) == 0:
+            return
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"not drained after {limit} s: {await pending(s.pool)} pending")
+
+
+async def tally(s: Stage, outcome: Outcome, *, refused: frozenset[str] = frozenset()) -> None:
+    """Compare the outbox with the sink: every row that should arrive arrived exactly once."""
+    rows = await s.pool.fetch("SELECT to_address, status FROM emails")
+    should = [r["to_address"] for r in rows if r["to_address"] not in refused]
+    outcome.messages = len(should)
+    outcome.delivered = sum(1 for a in should if s.sink.received[a] > 0)
+    outcome.lost = sum(1 for a in should if s.sink.received[a] == 0)
+    outcome.duplicated = sum(max(0, c - 1) for c in s.sink.received.values())
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    outcome.notes["statuses"] = statuses
+    outcome.notes["at_sink_not_in_outbox"] = len(set(s.sink.received) - {r["to_address"] for r in rows})
+    outcome.kills = s.workers.kills
+    outcome.restarts = s.workers.restarts
+
+
+async def wait_sent(s: Stage, at_least: int, limit: float = 120) -> None:
+    deadline = time.monotonic() + limit
+    while s.sink.total < at_least and time.monotonic() < deadline:
+        s.workers.supervise()
+        await asyncio.sleep(0.05)
+
+
+# --- scenarios --------------------------------------------------------------------------------
+
+
+async def scenario_kill(admin_url: str, members: int, kills: int) -> Outcome:
+    """Workers SIGKILLed at random moments while a newsletter and a batch of digests send."""
+    outcome = Outcome("kill")
+    started = time.monotonic()
+    async with stage(admin_url) as s:
+        await add_members(s.pool, members)
+        await add_digest_members(s.pool, members // 10)
+        s.workers.start_all()
+        await send_newsletter(s)
+        digests = await build_digests(s)
+        expected = members + digests
+        done = 0
+        while done < kills and s.sink.total < expected:
+            await asyncio.sleep(random.uniform(0.3, 3.0))
+            which = s.workers.kill_one()
+            done += 1
+            say(f"kill {done}/{kills}: worker {which} SIGKILLed and restarted; {s.sink.total} received")
+        await wait_drained(s, expected, limit=600)
+        await tally(s, outcome)
+        outcome.notes["digests"] = digests
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+async def scenario_redis(admin_url: str, members: int) -> Outcome:
+    """Redis FLUSHALL at a third of the send, Redis restarted empty at two thirds."""
+    outcome = Outcome("redis")
+    started = time.monotonic()
+    async with stage(admin_url) as s:
+        await add_members(s.pool, members)
+        await add_digest_members(s.pool, members // 10)
+        s.workers.start_all()
+        await send_newsletter(s)
+        digests = await build_digests(s)
+        expected = members + digests
+        await wait_sent(s, expected // 3)
+        await s.redis.flushall()
+        say(f"redis: FLUSHALL at {s.sink.total} received")
+        await wait_sent(s, 2 * expected // 3)
+        port, directory = s.embedded_redis.port, s.embedded_redis.directory
+        s.embedded_redis.stop()
+        await asyncio.sleep(2)
+        s.embedded_redis = EmbeddedRedis.start(directory, persistent=False, port=port)
+        say(f"redis: restarted empty at {s.sink.total} received")
+        await wait_drained(s, expected, limit=600)
+        await tally(s, outcome)
+        outcome.notes["digests"] = digests
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+async def scenario_tempfail(admin_url: str, members: int) -> Outcome:
+    """Every DATA answered 451 for 20 s, then the server recovers: all delivered after retries."""
+    outcome = Outcome("tempfail")
+    started = time.monotonic()
+    async with stage(admin_url) as s:
+        await add_members(s.pool, members)
+        s.sink.tempfail_until = time.monotonic() + 20
+        s.workers.start_all()
+        await send_newsletter(s)
+        await wait_drained(s, members, limit=600)
+        await tally(s, outcome)
+        outcome.notes["answered_451"] = s.sink.tempfailed
+        outcome.notes["deferred_events"] = await s.pool.fetchval(
+            "SELECT count(*) FROM events WHERE kind = 'deferred'"
+        )
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+async def scenario_reject(admin_url: str, members: int) -> Outcome:
+    """550 5.1.1 for every 20th recipient: those failed and suppressed, the rest delivered once."""
+    outcome = Outcome("reject")
+    started = time.monotonic()
+    async with stage(admin_url) as s:
+        await add_members(s.pool, members)
+        refused = frozenset(f"reader{i}@example.com" for i in range(20, members + 1, 20))
+        s.sink.reject = refused
+        s.workers.start_all()
+        newsletter_id = await send_newsletter(s)
+        await wait_drained(s, members, limit=600)
+        await tally(s, outcome, refused=refused)
+        figures = await newsletter.figures(s.pool, newsletter_id)
+        suppressed = await s.pool.fetchval("SELECT count(*) FROM suppressions")
+        failed = await s.pool.fetchval("SELECT count(*) FROM emails WHERE status = 'failed'")
+        got_refused = sum(s.sink.received[a] for a in refused)
+        outcome.notes.update(
+            refused=len(refused), figures=figures, suppressions=suppressed, failed_rows=failed
+        )
+        checks = {
+            "failed rows == refused": failed == len(refused),
+            "suppressions == refused": suppressed == len(refused),
+            "figures.sent == members - refused": figures["sent"] == members - len(refused),
+            "figures.bounced == refused": figures["bounced"] == len(refused),
+            "refused got nothing": got_refused == 0,
+        }
+        outcome.notes["failed_checks"] = [k for k, v in checks.items() if not v]
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+async def scenario_hang(admin_url: str, members: int) -> Outcome:
+    """A server that accepts connections and never answers for 20 s (SMTP timeout 3 s)."""
+    outcome = Outcome("hang")
+    started = time.monotonic()
+    async with stage(admin_url, smtp_timeout=3.0) as s:
+        await add_members(s.pool, members)
+        s.sink.hang = True
+        s.workers.start_all()
+        await send_newsletter(s)
+        await asyncio.sleep(20)
+        s.sink.hang = False
+        s.sink.drop_connections()
+        recovered = time.monotonic()
+        say(f"hang: server answers again ({s.sink.hung} connections were left hanging)")
+        await wait_drained(s, members, limit=600)
+        await tally(s, outcome)
+        outcome.notes["hung_connections"] = s.sink.hung
+        outcome.notes["drained_seconds_after_recovery"] = round(time.monotonic() - recovered, 1)
+        outcome.notes["workers_never_exited"] = s.workers.restarts == 0
+        if s.workers.restarts:
+            outcome.notes["failed_checks"] = ["a worker exited"]
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+SCENARIOS = ("kill", "redis", "tempfail", "reject", "hang")
+
+
+def report(outcomes: list[Outcome]) -> None:
+    print()
+    print("| scenario | runs | kills | restarts | messages | delivered | lost | duplicated | 5xx | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for o in outcomes:
+        print(
+            f"| {o.scenario} | 1 | {o.kills} | {o.restarts} | {o.messages} | {o.delivered} | {o.lost} "
+            f"| {o.duplicated} | {o.server_errors} | {o.seconds:.0f} |"
+        )
+    for o in outcomes:
+        print(f"{o.scenario}: {'OK' if o.ok else 'FAILED'} {json.dumps(o.notes, default=str)}")
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), help=", ".join(SCENARIOS))
+    parser.add_argument("--members", type=int, default=20_000, help="newsletter recipients (kill, redis)")
+    parser.add_argument("--small", type=int, default=3_000, help="recipients for the SMTP scenarios")
+    parser.add_argument("--kills", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    random.seed(seed)
+    admin_url = os.environ.get("NOTIFIER_DATABASE_URL")
+    if not admin_url:
+        parser.error("set NOTIFIER_DATABASE_URL to a PostgreSQL server where databases may be created")
+    say(f"chaos: scenarios {', '.join(args.scenarios)}; seed {seed}")
+    outcomes = []
+    for name in args.scenarios:
+        say(f"--- {name}")
+        if name == "kill":
+            outcome = await scenario_kill(admin_url, args.members, args.kills)
+        elif name == "redis":
+            outcome = await scenario_redis(admin_url, args.members)
+        elif name == "tempfail":
+            outcome = await scenario_tempfail(admin_url, args.small)
+        elif name == "reject":
+            outcome = await scenario_reject(admin_url, args.small)
+        elif name == "hang":
+            outcome = await scenario_hang(admin_url, args.small)
+        else:
+            parser.error(f"unknown scenario {name}")
+        say(f"{name}: lost {outcome.lost}, duplicated {outcome.duplicated}, {outcome.seconds:.0f} s")
+        outcomes.append(outcome)
+    report(outcomes)
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,67 @@
+"""Fast regression tests for what the chaos suite (chaos/, docs/reliability.md) found: a worker
+killed mid-send must not leave its queue without a deliver job."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from arq import ArqRedis
+from arq.constants import in_progress_key_prefix
+
+from notifier import outbox, queues
+from tests.factory import Factory
+
+
+async def _killed_job(redis: ArqRedis, queue: str, enqueued: datetime) -> str:
+    """What a SIGKILLed worker leaves in Redis: its deliver job still in the queue and marked in
+    progress (arq keeps the mark for the job's timeout plus 10 s)."""
+    job_id = f"deliver:{queue}:killed"
+    await redis.enqueue_job(outbox.JOB_NAME, _queue_name=queue, _job_id=job_id, _defer_until=enqueued)
+    await redis.psetex(in_progress_key_prefix + job_id, 3_610_000, b"1")
+    return job_id
+
+
+async def _bells(redis: ArqRedis, queue: str) -> list[str]:
+    members = await redis.zrange(queue, 0, -1)
+    return [m.decode() for m in members if m.decode().startswith("deliver:") and not m.endswith(b"killed")]
+
+
+async def test_sweep_rings_when_leases_of_a_killed_worker_ran_out(
+    pool: asyncpg.Pool, redis: ArqRedis, factory: Factory
+) -> None:
+    now = datetime.now(UTC)
+    email = await factory.email()
+    await pool.execute(
+        "UPDATE emails SET status = 'sending', attempts = 1, locked_until = $2 WHERE id = $1",
+        email["id"],
+        now - timedelta(seconds=1),
+    )
+    await _killed_job(redis, queues.SERVICE, now - timedelta(seconds=5))  # "in progress", recent
+    assert await outbox._has_bell(redis, queues.SERVICE)  # arq alone says a job is on it
+    rang = await outbox.sweep(pool, redis, now + timedelta(seconds=2))
+    assert rang == {queues.SERVICE: 1}
+    assert len(await _bells(redis, queues.SERVICE)) == 1
+
+
+async def test_sweep_rings_past_a_job_in_progress_longer_than_a_live_one_runs(
+    pool: asyncpg.Pool, redis: ArqRedis, factory: Factory
+) -> None:
+    now = datetime.now(UTC)
+    await factory.email()  # queued and due; the worker died between batches
+    old = now - timedelta(seconds=outbox.RUN_SECONDS + outbox.LEASE_SECONDS + 5)
+    await _killed_job(redis, queues.SERVICE, old)
+    assert not await outbox._has_bell(redis, queues.SERVICE)
+    assert await outbox.sweep(pool, redis, now + timedelta(seconds=2)) == {queues.SERVICE: 1}
+
+
+async def test_sweep_leaves_a_live_or_waiting_job_alone(
+    pool: asyncpg.Pool, redis: ArqRedis, factory: Factory
+) -> None:
+    now = datetime.now(UTC)
+    await factory.email()
+    await _killed_job(redis, queues.SERVICE, now - timedelta(seconds=5))  # running, recently
+    assert await outbox.sweep(pool, redis, now + timedelta(seconds=2)) == {}
+    await redis.flushdb()
+    await redis.enqueue_job(outbox.JOB_NAME, _queue_name=queues.SERVICE, _job_id="deliver:x:waiting")
+    assert await outbox.sweep(pool, redis, now + timedelta(seconds=2)) == {}
