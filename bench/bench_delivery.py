@@ -150,7 +150,7 @@ def bench_build(settings: Settings) -> list[Figure]:
             to=mail.mailbox(None, f"reader{i}@example.com"),
             subject=rendered.subject,
             date=date,
-            message_id=mail.message_id(i, "example.org"),
+            message_id=mail.message_id(i, "example.org", b"bench"),
             text=rendered.text,
             html=rendered.html,
             headers=headers,
@@ -164,7 +164,7 @@ def bench_build(settings: Settings) -> list[Figure]:
         msg["To"] = f"reader{i}@example.com"
         msg["Subject"] = rendered.subject
         msg["Date"] = date
-        msg["Message-ID"] = mail.message_id(i, "example.org")
+        msg["Message-ID"] = mail.message_id(i, "example.org", b"bench")
         for name, value in headers:
             msg[name] = value
         msg.set_content(rendered.text)

@@ -302,6 +302,10 @@ async def tally(s: Stage, outcome: Outcome, *, refused: frozenset[str] = frozens
     outcome.delivered = sum(1 for a in should if s.sink.received[a] > 0)
     outcome.lost = sum(1 for a in should if s.sink.received[a] == 0)
     outcome.duplicated = sum(max(0, c - 1) for c in s.sink.received.values())
+    # Copies that carry another Message-ID than the first: a receiver cannot tell them apart.
+    outcome.notes["duplicates_with_new_message_id"] = sum(
+        len(ids) - 1 for ids in s.sink.message_ids.values() if len(ids) > 1
+    )
     statuses: dict[str, int] = {}
     for r in rows:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1

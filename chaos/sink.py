@@ -17,6 +17,7 @@ from notifier.embedded import free_port
 class CountingSink:
     port: int = field(default_factory=free_port)
     received: Counter[str] = field(default_factory=Counter)
+    message_ids: dict[str, set[bytes]] = field(default_factory=dict)  # distinct Message-IDs per recipient
     # Misbehaviour, changed by scenarios while the sink runs.
     tempfail_until: float = 0.0  # monotonic time until which DATA answers 451
     reject: frozenset[str] = frozenset()  # recipients refused with 550 5.1.1
@@ -74,14 +75,17 @@ class CountingSink:
                 elif verb == b"DATA":
                     writer.write(b"354 go ahead\r\n")
                     await writer.drain()
-                    while await reader.readline() not in (b".\r\n", b""):
-                        pass
+                    message_id = b""
+                    while (data := await reader.readline()) not in (b".\r\n", b""):
+                        if not message_id and data[:11].lower() == b"message-id:":
+                            message_id = data[11:].strip()
                     if time.monotonic() < self.tempfail_until:
                         self.tempfailed += 1
                         writer.write(b"451 4.3.0 try again later\r\n")
                     else:
                         for address in rcpts:
                             self.received[address] += 1
+                            self.message_ids.setdefault(address, set()).add(message_id)
                         writer.write(b"250 OK queued\r\n")
                     rcpts = []
                 elif verb == b"RSET":

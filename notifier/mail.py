@@ -14,6 +14,8 @@ containing CR, LF or anything outside their grammar raise `HeaderError`.
 from __future__ import annotations
 
 import binascii
+import hashlib
+import hmac
 import re
 import secrets
 from collections.abc import Sequence
@@ -160,9 +162,13 @@ def _body(text: str) -> tuple[str, bytes]:
     return "quoted-printable", data.replace(b"\n", b"\r\n")
 
 
-def message_id(email_id: int, domain: str) -> str:
-    """A globally unique Message-ID naming the outbox row."""
-    return f"<{email_id}.{secrets.token_hex(8)}@{domain}>"
+def message_id(email_id: int, domain: str, key: bytes) -> str:
+    """The Message-ID of outbox row `email_id`: the id and a keyed hash of it, so it is unique per
+    installation and the SAME on every attempt — also when a worker was killed after the server
+    accepted the message but before the result was recorded, so the copy sent again carries the
+    same Message-ID and receivers that deduplicate (Gmail, sieve `duplicate`) drop it."""
+    tag = hmac.new(key, b"message-id:%d" % email_id, hashlib.sha256).hexdigest()[:16]
+    return f"<{email_id}.{tag}@{domain}>"
 
 
 def format_date(when: datetime) -> str:

@@ -489,7 +489,7 @@ class Delivery:
         rendered = self.renderers.for_kind(email.kind).render(email, context)
         sender_kind = POLICIES[email.kind].sender
         _, from_address = self._from[sender_kind]
-        mid = known_id or mail.message_id(email.id, from_address.rpartition("@")[2])
+        mid = known_id or mail.message_id(email.id, from_address.rpartition("@")[2], self.settings.secret)
         message = mail.build(
             from_=self._from_header[sender_kind],
             to=mail.mailbox(None, email.to_address),

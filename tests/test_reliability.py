@@ -10,6 +10,7 @@ from arq import ArqRedis
 from arq.constants import in_progress_key_prefix
 
 from notifier import outbox, queues
+from notifier.db import Q
 from tests.factory import Factory
 
 
@@ -65,3 +66,26 @@ async def test_sweep_leaves_a_live_or_waiting_job_alone(
     await redis.flushdb()
     await redis.enqueue_job(outbox.JOB_NAME, _queue_name=queues.SERVICE, _job_id="deliver:x:waiting")
     assert await outbox.sweep(pool, redis, now + timedelta(seconds=2)) == {}
+
+
+async def test_a_message_sent_again_after_a_killed_worker_keeps_its_message_id(
+    settings, pool: asyncpg.Pool, smtp, factory: Factory
+) -> None:
+    """The worker was SIGKILLed after the server accepted the message and before the result was
+    recorded: the lease runs out, the row is sent again, with the same Message-ID."""
+    from notifier.outbox import Delivery
+    from notifier.smtp import SMTPSender
+
+    email = await factory.email(template="service/selftest")
+    delivery = Delivery(settings, pool, SMTPSender(settings))
+    first = datetime.now(UTC) + timedelta(seconds=1)
+    rows = await pool.fetch(
+        Q.claim_emails, queues.SERVICE, first, 100, first + timedelta(seconds=outbox.LEASE_SECONDS)
+    )
+    await delivery._send_rows(rows, first)  # sent; the worker "dies" before _record
+    later = first + timedelta(seconds=outbox.LEASE_SECONDS + 1)
+    assert (await delivery.run(queues.SERVICE, now=later)).sent == 1
+    await delivery.sender.close()
+    ids = [r.message["Message-ID"] for r in smtp.received]
+    assert len(ids) == 2 and ids[0] == ids[1]
+    assert await pool.fetchval("SELECT message_id FROM emails WHERE id = $1", email["id"]) == ids[0]
