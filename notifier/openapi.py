@@ -384,6 +384,15 @@ _REPLAYED = {
 }
 
 
+# What any route with a JSON body may answer before its own rules apply (problems.read_json and
+# the problem middleware): not JSON or a character the database cannot store, too large, not JSON.
+_BODY_PROBLEMS = {
+    "400": _problem("the body is not valid JSON, or holds a character that cannot be stored (NUL)"),
+    "413": _problem("the body is larger than the limit"),
+    "415": _problem("the body is not application/json"),
+}
+
+
 def _secured(scope: str, op: dict[str, Any]) -> dict[str, Any]:
     op["security"] = [{"apiKey": [scope]}]
     op["x-scope"] = scope
@@ -807,6 +816,8 @@ def build(app: web.Application) -> dict[str, Any]:
             continue
         op = described.get((route.method, path)) or _from_handler(route.handler, path)
         op = {**op, "operationId": f"{route.method.lower()}_{getattr(route.handler, '__name__', 'handler')}"}
+        if "requestBody" in op:
+            op["responses"] = {**_BODY_PROBLEMS, **op["responses"]}
         paths.setdefault(path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -31,6 +31,8 @@ MAX_CATEGORY = 64
 MAX_URL = 2048
 MAX_DATA_BYTES = 16 * 1024
 
+# `\u0000` as JSON writes a NUL: a backslash-u not itself escaped by a backslash.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
 
 
@@ -69,7 +71,10 @@ def check_locale(value: str) -> str:
 
 def check_data(value: dict[str, Any]) -> dict[str, Any]:
     """A JSON object of at most MAX_DATA_BYTES when encoded."""
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if _NUL_ESCAPE.search(encoded):  # PostgreSQL's jsonb cannot hold NUL
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    size = len(encoded.encode())
     if size > MAX_DATA_BYTES:
         raise ValueError(f"is {size} bytes as JSON; the limit is {MAX_DATA_BYTES}")
     return value

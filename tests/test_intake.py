@@ -335,3 +335,19 @@ async def test_purge_job_runs_from_a_worker(
     assert await purge_job({"pool": pool}) == 0
     await pool.execute("UPDATE idempotency_keys SET created_at = now() - interval '2 days'")
     assert await purge_job({"pool": pool}) == 1
+
+
+async def test_nul_in_data_is_a_per_item_422(client, headers, factory, pool) -> None:
+    """jsonb cannot store NUL: caught by validation, so one bad item does not sink the batch."""
+    await factory.account(external_id="ann")
+    items = [{"account": "ann", **MESSAGE, "data": {"k": "a\x00b"}}, {"account": "ann", **MESSAGE}]
+    resp = await client.post("/v1/messages", json={"messages": items}, headers=headers)
+    assert resp.status == 207
+    results = (await resp.json())["results"]
+    assert [r["status"] for r in results] == [422, 201]
+    assert results[0]["errors"][0]["field"] == "data"
+    single = {**MESSAGE, "data": {"k": "a\x00b"}}
+    resp = await client.post("/v1/accounts/ann/messages", json=single, headers=headers)
+    assert resp.status == 422
+    assert [e["field"] for e in (await resp.json())["errors"]] == ["data"]
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 1
