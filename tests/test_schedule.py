@@ -6,6 +6,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from notifier.schedule import is_valid_timezone, local_instant, next_due, reschedule
 
@@ -176,3 +178,70 @@ def test_reschedule_uses_window_start_then_now() -> None:
     # Weekly -> daily on Wednesday: Tuesday's time has passed, so Thursday 08:00, not a burst.
     assert reschedule("daily", 8, 1, "UTC", start, utc(2026, 6, 3, 12)) == utc(2026, 6, 4, 8)
     assert reschedule("off", 8, 1, "UTC", start, utc(2026, 6, 3, 12)) is None
+
+
+# --- properties over many zones and instants ------------------------------------------------------
+
+ZONES = [
+    "UTC",
+    "Europe/Berlin",
+    "Europe/London",
+    "America/New_York",
+    "America/Sao_Paulo",
+    "America/St_Johns",  # UTC-3:30 / -2:30
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Australia/Lord_Howe",  # a 30-minute DST change
+    "Pacific/Chatham",  # UTC+12:45 / +13:45
+    "Pacific/Apia",  # skipped a whole day in 2011
+]
+instants = st.datetimes(
+    min_value=datetime(2010, 1, 1), max_value=datetime(2035, 12, 31), timezones=st.just(UTC)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(zone=st.sampled_from(ZONES), hour=st.integers(0, 23), after=instants)
+def test_daily_is_the_next_local_hour_once_a_day(zone: str, hour: int, after: datetime) -> None:
+    tz = ZoneInfo(zone)
+    first = next_due("daily", hour, 1, zone, after)
+    assert first is not None and first > after
+    second = next_due("daily", hour, 1, zone, first)
+    assert second is not None
+    # One digest per local day, on consecutive days (Apia's missing day aside).
+    days = (second.astimezone(tz).date() - first.astimezone(tz).date()).days
+    assert days == 1 or (zone == "Pacific/Apia" and days == 2)
+    for due in (first, second):
+        local = due.astimezone(tz)
+        if (local.hour, local.minute) != (hour, 0):
+            # Only when that local time does not exist that day: then the end of the gap.
+            naive = datetime.combine(local.date(), time(hour))
+            assert naive.replace(tzinfo=tz).astimezone(UTC).astimezone(tz).replace(tzinfo=None) != naive
+            assert (due - timedelta(seconds=1)).astimezone(tz).utcoffset() != local.utcoffset()
+    # Minimal: asking from any earlier instant of the window gives the same answer.
+    middle = after + (first - after) / 2
+    assert next_due("daily", hour, 1, zone, middle) == first
+
+
+@settings(max_examples=200, deadline=None)
+@given(zone=st.sampled_from(ZONES), hour=st.integers(0, 23), weekday=st.integers(1, 7), after=instants)
+def test_weekly_is_on_the_weekday_once_a_week(zone: str, hour: int, weekday: int, after: datetime) -> None:
+    tz = ZoneInfo(zone)
+    first = next_due("weekly", hour, weekday, zone, after)
+    assert first is not None and after < first
+    second = next_due("weekly", hour, weekday, zone, first)
+    assert second is not None
+    assert first.astimezone(tz).isoweekday() == weekday or zone == "Pacific/Apia"
+    assert (second.astimezone(tz).date() - first.astimezone(tz).date()).days in (7, 8)
+    assert first - after <= timedelta(days=7, hours=2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(zone=st.sampled_from(ZONES), after=instants)
+def test_hourly_is_at_every_local_hour_start(zone: str, after: datetime) -> None:
+    tz = ZoneInfo(zone)
+    due = next_due("hourly", 0, 1, zone, after)
+    assert due is not None and timedelta(0) < due - after <= timedelta(hours=1, minutes=30)
+    assert due.astimezone(tz).minute == 0 and due.second == 0
+    nxt = next_due("hourly", 0, 1, zone, due)
+    assert nxt is not None and timedelta(minutes=30) <= nxt - due <= timedelta(hours=1, minutes=30)
