@@ -40,7 +40,7 @@ from pydantic import SecretStr
 from chaos.sink import CountingSink
 from notifier import digest, newsletter, queues
 from notifier.db import Q, create_pool, migrate
-from notifier.embedded import EmbeddedRedis
+from notifier.embedded import EmbeddedRedis, free_port
 from notifier.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -451,7 +451,133 @@ async def scenario_hang(admin_url: str, members: int) -> Outcome:
     return outcome
 
 
-SCENARIOS = ("kill", "redis", "tempfail", "reject", "hang")
+async def scenario_postgres(clients: int, seconds: float, down: float) -> Outcome:
+    """Intake under load (`clients` concurrent producers posting inbox messages to a `notifier web`
+    process) while an embedded PostgreSQL is stopped for `down` seconds and started again:
+    answers are 2xx or 503 with Retry-After, never another 5xx, and every message that got a 2xx
+    is in the database afterwards."""
+    import aiohttp
+
+    from notifier import auth
+    from notifier.embedded import EmbeddedPostgres
+
+    outcome = Outcome("postgres")
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="notifier-chaos-pg-"))
+    pg = EmbeddedPostgres.start(tmp / "postgres", persistent=True)
+    embedded_redis = EmbeddedRedis.start(tmp / "redis", persistent=False)
+    port = free_port()
+    web: subprocess.Popen[bytes] | None = None
+    try:
+        conn = await asyncpg.connect(pg.url())
+        try:
+            await migrate(conn)
+            await conn.execute(
+                """INSERT INTO accounts (external_id, email, name)
+                   SELECT 'p-' || i, 'p' || i || '@example.com', 'P ' || i FROM generate_series(1, 50) i"""
+            )
+            _, key = await auth.create_key(conn, "chaos", ["messages"])
+        finally:
+            await conn.close()
+        env = {
+            **os.environ,
+            "NOTIFIER_ENV": "test",
+            "NOTIFIER_DATABASE_URL": pg.url(),
+            "NOTIFIER_REDIS_URL": embedded_redis.url(),
+            "NOTIFIER_SECRET_KEY": "chaos-secret-key-not-for-production",
+            "NOTIFIER_PORT": str(port),
+            "NOTIFIER_HOST": "127.0.0.1",
+            "NOTIFIER_API_RATE_LIMIT": "0",
+            "NOTIFIER_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+        }
+        log = tempfile.NamedTemporaryFile(prefix="chaos-web-", suffix=".log", delete=False)  # noqa: SIM115
+        web = subprocess.Popen(  # noqa: ASYNC220  (started once, before the load)
+            [sys.executable, "-m", "notifier.cli", "web"], env=env, cwd=ROOT, stdout=log, stderr=log
+        )
+        base = f"http://127.0.0.1:{port}"
+        statuses: dict[str, int] = {}
+        accepted: list[str] = []
+        no_retry_after = 0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            for _ in range(200):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{base}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+            headers = {"Authorization": f"Bearer {key}"}
+            stop_at = time.monotonic() + seconds
+            counter = 0
+
+            async def producer(n: int) -> None:
+                nonlocal counter, no_retry_after
+                while time.monotonic() < stop_at:
+                    counter += 1
+                    subject = f"chaos {n}-{counter}"
+                    body = {"category": "news", "subject": subject, "body": "x"}
+                    try:
+                        async with http.post(
+                            f"{base}/v1/accounts/p-{n % 50 + 1}/messages", json=body, headers=headers
+                        ) as resp:
+                            await resp.read()
+                            key_ = str(resp.status)
+                            if resp.status == 503 and "Retry-After" not in resp.headers:
+                                no_retry_after += 1
+                            if 200 <= resp.status < 300:
+                                accepted.append(subject)
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        key_ = type(exc).__name__
+                    statuses[key_] = statuses.get(key_, 0) + 1
+                    if key_ == "503":
+                        await asyncio.sleep(0.2)
+
+            tasks = [asyncio.create_task(producer(n)) for n in range(clients)]
+            await asyncio.sleep(seconds / 3)
+            say(f"postgres: stopping the server ({len(accepted)} accepted so far)")
+            pg.stop()
+            await asyncio.sleep(down)
+            pg = EmbeddedPostgres.start(tmp / "postgres", persistent=True)
+            say(f"postgres: started again ({len(accepted)} accepted so far)")
+            await asyncio.gather(*tasks)
+        conn = await asyncpg.connect(pg.url())
+        try:
+            stored = set(
+                await conn.fetchval("SELECT array_agg(subject) FROM messages WHERE subject LIKE 'chaos %'")
+                or []
+            )
+        finally:
+            await conn.close()
+        outcome.messages = len(accepted)
+        outcome.delivered = sum(1 for subject in accepted if subject in stored)
+        outcome.lost = outcome.messages - outcome.delivered
+        outcome.server_errors = sum(v for k, v in statuses.items() if k.startswith("5"))
+        outcome.notes.update(
+            answers=statuses,
+            stored=len(stored),
+            stored_without_2xx=len(stored - set(accepted)),
+            down_seconds=down,
+            clients=clients,
+        )
+        bad = [k for k in statuses if k.startswith("5") and k != "503"]
+        failed = [f"answered {k}" for k in bad]
+        if no_retry_after:
+            failed.append(f"{no_retry_after} answers 503 without Retry-After")
+        if "503" not in statuses:
+            failed.append("no 503 seen: the restart did not bite")
+        outcome.notes["failed_checks"] = failed
+    finally:
+        if web is not None:
+            web.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                web.wait(10)
+        pg.stop()
+        embedded_redis.stop()
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+SCENARIOS = ("kill", "redis", "tempfail", "reject", "hang", "postgres")
 
 
 def report(outcomes: list[Outcome]) -> None:
@@ -494,6 +620,8 @@ async def main(argv: list[str] | None = None) -> int:
             outcome = await scenario_reject(admin_url, args.small)
         elif name == "hang":
             outcome = await scenario_hang(admin_url, args.small)
+        elif name == "postgres":
+            outcome = await scenario_postgres(clients=20, seconds=30, down=5)
         else:
             parser.error(f"unknown scenario {name}")
         say(f"{name}: lost {outcome.lost}, duplicated {outcome.duplicated}, {outcome.seconds:.0f} s")
