@@ -306,3 +306,19 @@ async def test_answers_match_the_openapi_document(
         ("PUT", "/v1/accounts/{external_id}/preferences", "422"),
         ("PUT", "/v1/accounts/{external_id}/preferences", "400"),
     }
+
+
+async def test_time_zone_correction_leaves_unscheduled_accounts_alone(
+    client: TestClient[Any, Any], factory: Factory, pool: asyncpg.Pool
+) -> None:
+    _, key = await auth.create_key(pool, "tz", ["accounts"])
+    headers = {"Authorization": f"Bearer {key}"}
+    off = await factory.account(external_id="tz-off", digest_frequency="off", next_digest_at=None)
+    resp = await client.patch(
+        "/v1/accounts/tz-off",
+        json={"timezone": "Asia/Tokyo"},
+        headers=headers,
+    )
+    assert resp.status == 200, await resp.text()
+    row = await pool.fetchrow("SELECT timezone, next_digest_at FROM accounts WHERE id = $1", off["id"])
+    assert (row["timezone"], row["next_digest_at"]) == ("Asia/Tokyo", None)
