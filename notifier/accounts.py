@@ -15,6 +15,7 @@ Hooks raising `Problem` abort the request (the transaction rolls back, nothing i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +34,7 @@ from notifier.problems import Problem, read_json
 from notifier.resources import POOL
 from notifier.serialize import jsonable
 from notifier.suppression import ListName, address_hash
-from notifier.validation import Email, ExternalId, Locale, Name, TimeZone, parse
+from notifier.validation import EXTERNAL_ID, MAX_EXTERNAL_ID, Email, ExternalId, Locale, Name, TimeZone, parse
 
 AccountCreatedHook = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[None]]
 AccountChangedHook = Callable[[asyncpg.Connection, asyncpg.Record, asyncpg.Record], Awaitable[None]]
@@ -110,6 +111,18 @@ def account_location(external_id: str) -> str:
     return f"/v1/accounts/{quote(external_id, safe='')}"
 
 
+_EXTERNAL_ID = re.compile(EXTERNAL_ID)
+
+
+def external_id_of(request: web.Request) -> str:
+    """The `{external_id}` of the path; 404 when it could not name an account (bad characters,
+    too long), without asking the database."""
+    external_id = request.match_info["external_id"]
+    if len(external_id) > MAX_EXTERNAL_ID or not _EXTERNAL_ID.fullmatch(external_id):
+        raise Problem(404, "no account with that external_id")
+    return external_id
+
+
 async def find_account(
     conn: asyncpg.Connection | asyncpg.Pool, external_id: str, *, lock: bool = False
 ) -> asyncpg.Record:
@@ -169,7 +182,7 @@ async def register(request: web.Request) -> web.Response:
 @requires("accounts")
 async def read_account(request: web.Request) -> web.Response:
     """GET /v1/accounts/{external_id}."""
-    row = await find_account(request.app[POOL], request.match_info["external_id"])
+    row = await find_account(request.app[POOL], external_id_of(request))
     return json_response(200, account_json(row))
 
 
@@ -179,7 +192,7 @@ async def correct_account(request: web.Request) -> web.Response:
     patch = parse(AccountPatch, await read_json(request))
     fields = patch.model_dump(exclude_unset=True)
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        before = await find_account(conn, request.match_info["external_id"], lock=True)
+        before = await find_account(conn, external_id_of(request), lock=True)
         changes = audit.diff(dict(before), fields)
         if not changes:
             return json_response(200, account_json(before))
@@ -253,7 +266,7 @@ async def delete_account(request: web.Request) -> web.Response:
             errors=[{"field": "reason", "message": f"must be one of {', '.join(ERASURE_REASONS)}"}],
         )
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        account = await find_account(conn, request.match_info["external_id"], lock=True)
+        account = await find_account(conn, external_id_of(request), lock=True)
         erasure = await erase_account(conn, account, reason, api_key_of(request).actor)
     return json_response(
         200,
@@ -299,7 +312,7 @@ async def export(request: web.Request) -> web.Response:
         request.app[POOL].acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
-        account = await find_account(conn, request.match_info["external_id"])
+        account = await find_account(conn, external_id_of(request))
         document = await export_account(conn, account)
     return json_response(200, document)
 
@@ -310,7 +323,7 @@ async def audit_trail(request: web.Request) -> web.Response:
     limit = page_limit(request)
     before = decode_cursor("audit", request.query.get("cursor"))
     pool = request.app[POOL]
-    account_id = await account_id_of(pool, request.match_info["external_id"])
+    account_id = await account_id_of(pool, external_id_of(request))
     rows = await pool.fetch(Q.account_audit_page, account_id, before, limit + 1)
     entries = [jsonable(r) for r in rows[:limit]]
     next_cursor = encode_cursor("audit", rows[limit - 1]["id"]) if len(rows) > limit else None

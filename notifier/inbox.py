@@ -29,7 +29,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from notifier.accounts import account_id_of
+from notifier.accounts import account_id_of, external_id_of
 from notifier.auth import requires
 from notifier.db import Q
 from notifier.idempotency import HEADER, idempotent, json_response
@@ -148,7 +148,7 @@ def _no_account(external_id: str) -> Problem:
 @requires("messages")
 async def post_message(request: web.Request) -> web.Response:
     """POST /v1/accounts/{external_id}/messages: 201 with the message; 404 for an unknown account."""
-    external_id = request.match_info["external_id"]
+    external_id = external_id_of(request)
     payload = await read_json(request)
     new = parse(NewMessage, payload)
     args = (external_id, new.category, new.subject, new.body, new.url, new.data)
@@ -321,7 +321,7 @@ async def list_inbox(request: web.Request) -> web.Response:
     before = decode_cursor("inbox", request.query.get("cursor"))
     unread, category, archived = _flag(request, "unread"), _category(request), _archived(request)
     pool = request.app[POOL]
-    account_id = await account_id_of(pool, request.match_info["external_id"])
+    account_id = await account_id_of(pool, external_id_of(request))
     rows = await pool.fetch(Q.inbox_page, account_id, before, unread, category, archived, limit + 1)
     next_cursor = encode_cursor("inbox", rows[limit - 1]["id"]) if len(rows) > limit else None
     return json_response(
@@ -333,14 +333,14 @@ async def list_inbox(request: web.Request) -> web.Response:
 async def unread_counts(request: web.Request) -> web.Response:
     """GET /v1/accounts/{external_id}/messages/unread-counts: `{total, categories: {name: n}}`."""
     pool = request.app[POOL]
-    account_id = await account_id_of(pool, request.match_info["external_id"])
+    account_id = await account_id_of(pool, external_id_of(request))
     rows = await pool.fetch(Q.unread_counts, account_id)
     categories = {r["category"]: r["unread"] for r in rows}
     return json_response(200, {"total": sum(categories.values()), "categories": categories})
 
 
 async def _one(request: web.Request, query: str) -> web.Response:
-    external_id = request.match_info["external_id"]
+    external_id = external_id_of(request)
     message_id = _message_id(request)
     row = await request.app[POOL].fetchrow(query, external_id, message_id)
     if row is None:
@@ -384,7 +384,7 @@ async def mark_all_read(request: web.Request) -> web.Response:
         )
     up_to = int(raw_up_to) if raw_up_to is not None else None
     pool = request.app[POOL]
-    account_id = await account_id_of(pool, request.match_info["external_id"])
+    account_id = await account_id_of(pool, external_id_of(request))
     result = await pool.execute(Q.mark_all_read, account_id, category, up_to)
     return json_response(200, {"marked_read": int(result.split()[-1])})
 

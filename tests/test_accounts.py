@@ -125,6 +125,10 @@ async def test_accounts_routes_need_the_accounts_scope(client, pool) -> None:
 
 async def test_unknown_account_is_404(client, headers) -> None:
     for method, path in [
+        ("GET", "/v1/accounts/a%00b"),
+        ("GET", "/v1/accounts/bad%0A"),
+        ("DELETE", "/v1/accounts/" + "x" * 129),
+        ("GET", "/v1/accounts/%C2%B2/audit"),
         ("GET", "/v1/accounts/nobody"),
         ("PATCH", "/v1/accounts/nobody"),
         ("DELETE", "/v1/accounts/nobody"),

@@ -144,10 +144,11 @@ async def test_one_message_of_another_inbox_is_404(client, headers, factory) -> 
         )
         assert resp.status == 404, suffix
         assert "bob" in (await resp.json())["detail"]
-        resp = await client.request(
-            method, f"/v1/accounts/nobody/messages/{message['id']}{suffix}", headers=headers
-        )
-        assert resp.status == 404
+        for who in ("nobody", "a%00b"):
+            resp = await client.request(
+                method, f"/v1/accounts/{who}/messages/{message['id']}{suffix}", headers=headers
+            )
+            assert resp.status == 404
         resp = await client.request(
             method, f"/v1/accounts/ann/messages/99999999999999999999{suffix}", headers=headers
         )
