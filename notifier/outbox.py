@@ -383,14 +383,16 @@ class Delivery:
         rows = await self.pool.fetch(Q.claim_emails, queue, now, self.batch_size, lease)
         if not rows:
             return None
-        results = await self._send_rows(rows, now)
+        results = await self._send_rows(rows, now, lease)
         await self._record(results, rows, now, lease)
         retry_at = [r.next_attempt_at for r in results if r.next_attempt_at is not None]
         if retry_at and self.redis is not None:
             await ring(self.redis, queue, at=min(retry_at))
         return results
 
-    async def _send_rows(self, rows: Sequence[asyncpg.Record], now: datetime) -> list[Result]:
+    async def _send_rows(
+        self, rows: Sequence[asyncpg.Record], now: datetime, lease: datetime | None = None
+    ) -> list[Result]:
         emails = [
             OutgoingEmail(
                 id=r["id"],
@@ -467,7 +469,20 @@ class Delivery:
                 continue
             envelopes.append((email, mid, envelope))
 
-        outcomes = await self._send_all([envelope for _, _, envelope in envelopes])
+        progress: list[str | Exception | None] = [None] * len(envelopes)
+        try:
+            outcomes = await self._send_all([envelope for _, _, envelope in envelopes], progress)
+        except asyncio.CancelledError:
+            # Stopped mid-batch (SIGTERM on a deploy, Redis lost, a job timeout): record what the
+            # server already accepted, or it goes out again when the lease runs out.
+            accepted = [
+                self._result(email.id, mid, attempts[email.id], outcome, now)
+                for (email, mid, _), outcome in zip(envelopes, progress, strict=True)
+                if isinstance(outcome, str)
+            ]
+            if accepted and lease is not None:
+                await asyncio.shield(self._record(accepted, rows, now, lease))
+            raise
         for (email, mid, _), outcome in zip(envelopes, outcomes, strict=True):
             results[email.id] = self._result(email.id, mid, attempts[email.id], outcome, now)
         return [results[e.id] for e in emails]
@@ -512,11 +527,15 @@ class Delivery:
         interval = 1.0 / self.settings.send_rate
         return [first + i * interval for i in range(n)]
 
-    async def _send_all(self, envelopes: Sequence[Envelope]) -> list[str | Exception]:
+    async def _send_all(
+        self, envelopes: Sequence[Envelope], outcomes: list[str | Exception | None] | None = None
+    ) -> list[str | Exception]:
         """Send a batch over as many lanes as the SMTP pool has connections; each lane takes the
         next message when its previous one is done (no task per message, no pile-up on the
-        pool). Under a send-rate limit each message waits for its reserved slot."""
-        outcomes: list[str | Exception] = [""] * len(envelopes)
+        pool). Under a send-rate limit each message waits for its reserved slot. `outcomes`, when
+        given, is filled as answers arrive (what was sent before a cancellation)."""
+        if outcomes is None:
+            outcomes = [None] * len(envelopes)
         delays = await self._pace(len(envelopes))
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -534,7 +553,7 @@ class Delivery:
 
         lanes = min(len(envelopes), self.settings.smtp_pool_size)
         await asyncio.gather(*(lane() for _ in range(lanes)))
-        return outcomes
+        return [o if o is not None else TemporaryFailure("not sent") for o in outcomes]
 
     def _result(
         self, email_id: int, mid: str, attempt: int, outcome: str | Exception, now: datetime

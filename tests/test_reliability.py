@@ -89,3 +89,51 @@ async def test_a_message_sent_again_after_a_killed_worker_keeps_its_message_id(
     ids = [r.message["Message-ID"] for r in smtp.received]
     assert len(ids) == 2 and ids[0] == ids[1]
     assert await pool.fetchval("SELECT message_id FROM emails WHERE id = $1", email["id"]) == ids[0]
+
+
+async def test_a_worker_stopped_mid_batch_records_what_the_server_accepted(
+    settings, pool: asyncpg.Pool, smtp, factory: Factory
+) -> None:
+    """SIGTERM (a deploy) or a lost Redis cancels the deliver job mid-batch: the e-mails the server
+    already accepted are recorded as sent, so they are not sent again when the lease runs out."""
+    import asyncio
+
+    import pytest
+
+    from notifier.outbox import Delivery
+    from notifier.smtp import Envelope, SMTPSender
+
+    for i in range(6):
+        await factory.email(template="service/selftest", to_address=f"stop{i}@example.com")
+    real = SMTPSender(settings)
+    three_sent = asyncio.Event()
+
+    class StopsAfterThree:
+        """The real sender for three messages; the fourth waits until the job is cancelled."""
+
+        sent = 0
+
+        async def send(self, envelope: Envelope) -> str:
+            if self.sent == 3:
+                three_sent.set()
+                await asyncio.Event().wait()
+            self.sent += 1
+            return await real.send(envelope)
+
+        async def close(self) -> None:
+            await real.close()
+
+    single_lane = settings.model_copy(update={"smtp_pool_size": 1})
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    job = asyncio.create_task(Delivery(single_lane, pool, StopsAfterThree()).run(queues.SERVICE, now=now))
+    await three_sent.wait()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    statuses = await pool.fetch("SELECT status, count(*) FROM emails GROUP BY 1 ORDER BY 1")
+    assert [tuple(r) for r in statuses] == [("sending", 3), ("sent", 3)]
+    later = now + timedelta(seconds=outbox.LEASE_SECONDS + 1)
+    assert (await Delivery(settings, pool, real).run(queues.SERVICE, now=later)).sent == 3
+    await real.close()
+    recipients = sorted(r for m in smtp.received for r in m.recipients)
+    assert recipients == [f"stop{i}@example.com" for i in range(6)]
