@@ -98,6 +98,9 @@ def _next_window(
     if freq == "off":
         return start, None
     if freq == "immediate":
+        if before["digest_frequency"] == "immediate":
+            # Still immediate (e.g. a new time zone): a coalescing window in progress stays.
+            return start, before["next_digest_at"]
         # Waiting messages go out with the next pass; later ones are coalesced as they arrive.
         return start, (now if has_pending else None)
     if before["digest_frequency"] not in schedule.SCHEDULED:

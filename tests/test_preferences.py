@@ -223,6 +223,13 @@ async def test_immediate_is_due_now_only_when_messages_wait(factory: Factory, po
         )
     assert q["next_digest_at"] is None
     assert b["next_digest_at"] == T0
+    # Still immediate with a new time zone: a coalescing window in progress is kept.
+    await pool.execute(
+        "UPDATE accounts SET next_digest_at = $2 WHERE id = $1", busy["id"], T0 + timedelta(minutes=2)
+    )
+    async with pool.acquire() as conn:
+        tz = await apply_preferences(conn, busy["id"], {"timezone": "Europe/Paris"}, MEMBER, "api", now=T0)
+    assert tz["next_digest_at"] == T0 + timedelta(minutes=2)
 
 
 async def test_newsletter_change_records_consent_and_nothing_for_no_change(
