@@ -20,7 +20,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
-from notifier import audit, digest, openapi, schedule
+from notifier import audit, digest, schedule
 from notifier.accounts import on_account_changed, on_account_created
 from notifier.audit import Actor
 from notifier.auth import api_key_of, requires
@@ -259,67 +259,3 @@ async def _immediate_members(app: web.Application, created: Sequence[CreatedMess
     if ids:
         async with app[POOL].acquire() as conn:
             await digest.messages_arrived(conn, ids, app[SETTINGS])
-
-
-# --- the API described (OpenAPI) -------------------------------------------------------------------
-
-
-def _describe() -> None:
-    path = "/v1/accounts/{external_id}/preferences"
-    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-    preferences = {"application/json": {"schema": {"$ref": "#/components/schemas/Preferences"}}}
-    fields = Preferences.model_json_schema()["properties"]
-    change = {
-        "type": "object",
-        "description": "Any subset of the preferences; absent fields keep their value. The read-only "
-        "fields GET returns may be sent back and are ignored.",
-        "properties": {
-            **{name: {k: v for k, v in schema.items() if k != "default"} for name, schema in fields.items()},
-            **{name: {"description": "read-only, ignored"} for name in sorted(READ_ONLY)},
-        },
-        "additionalProperties": False,
-    }
-    common = {
-        "tags": ["accounts"],
-        "parameters": [
-            {
-                "name": "external_id",
-                "in": "path",
-                "required": True,
-                "schema": {"type": "string", "maxLength": 128},
-                "description": "the producer's id of the account",
-            }
-        ],
-        "security": [{"apiKey": ["accounts"]}],
-        "x-scope": "accounts",
-    }
-    denied = {
-        "401": {"description": "no API key, or an unknown or revoked one", "content": problem},
-        "403": {"description": "the API key lacks the `accounts` scope", "content": problem},
-        "404": {"description": "no such account", "content": problem},
-    }
-    openapi.OPERATIONS[("GET", path)] = {
-        **common,
-        "summary": "Read digest and newsletter preferences",
-        "description": "The five preferences and `next_digest_at`, when the next digest is due "
-        "(null: none scheduled, as for `off` or `immediate` with nothing waiting).",
-        "responses": {"200": {"description": "the preferences", "content": preferences}, **denied},
-    }
-    openapi.OPERATIONS[("PUT", path)] = {
-        **common,
-        "summary": "Change digest and newsletter preferences",
-        "description": "Validated as a whole; applies to the open digest window (lowering daily to "
-        "weekly sends no daily digest tonight; `off` unschedules). Audited; a newsletter change "
-        "records a consent row with source `api`.",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": change}}},
-        "responses": {
-            "200": {"description": "the preferences now in force", "content": preferences},
-            **denied,
-            "400": {"description": "the body is not JSON", "content": problem},
-            "415": {"description": "the body is not application/json", "content": problem},
-            "422": {"description": "invalid fields, each named in `errors`", "content": problem},
-        },
-    }
-
-
-_describe()

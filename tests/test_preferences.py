@@ -304,7 +304,17 @@ async def test_answers_match_the_openapi_document(
     await check(await client.get("/v1/accounts/nobody/preferences", headers=headers), "GET", path)
     await check(await client.get(path), "GET", path)
     request = spec["paths"]["/v1/accounts/{external_id}/preferences"]["put"]["requestBody"]
-    assert request["content"]["application/json"]["schema"]["additionalProperties"] is False
+    schema = request["content"]["application/json"]["schema"]
+    if "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) >= {
+        "digest_frequency",
+        "digest_hour",
+        "digest_weekday",
+        "timezone",
+        "newsletter",
+    }
     assert check.seen == {
         ("GET", "/v1/accounts/{external_id}/preferences", "200"),
         ("GET", "/v1/accounts/{external_id}/preferences", "404"),
