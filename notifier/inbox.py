@@ -154,7 +154,10 @@ async def post_message(request: web.Request) -> web.Response:
     args = (external_id, new.category, new.subject, new.body, new.url, new.data)
     if HEADER not in request.headers:
         # The common case costs one statement: resolve the account and insert together.
-        row = await request.app[POOL].fetchrow(Q.insert_message, *args)
+        try:
+            row = await request.app[POOL].fetchrow(Q.insert_message, *args)
+        except asyncpg.ForeignKeyViolationError:  # erased between the lookup and the insert
+            row = None
         if row is None:
             raise _no_account(external_id)
         response = json_response(
@@ -164,7 +167,10 @@ async def post_message(request: web.Request) -> web.Response:
         async with idempotent(request, payload) as idem:
             if idem.replayed:
                 return idem.response
-            row = await idem.conn.fetchrow(Q.insert_message, *args)
+            try:
+                row = await idem.conn.fetchrow(Q.insert_message, *args)
+            except asyncpg.ForeignKeyViolationError:
+                row = None
             if row is None:
                 raise _no_account(external_id)
             response = idem.respond(
@@ -209,12 +215,20 @@ def _batch_items(payload: Any) -> list[Any]:
 
 
 async def _insert_batch(
-    conn: asyncpg.Connection | asyncpg.Pool, valid: list[tuple[int, BatchMessage]]
+    conn: asyncpg.Connection | asyncpg.Pool, valid: list[tuple[int, BatchMessage]], *, in_transaction: bool
 ) -> list[asyncpg.Record]:
     if not valid:
         return []
     document = _BATCH_ADAPTER.dump_json([m for _, m in valid], exclude_none=True).decode()
-    rows: list[asyncpg.Record] = await conn.fetch(Q.insert_messages_batch, document)
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch(Q.insert_messages_batch, document)
+    except asyncpg.ForeignKeyViolationError:
+        # An account was erased between the lookup and the insert; nothing was written.
+        if in_transaction:  # the transaction is aborted: the client retries the whole request
+            raise Problem(
+                409, "an account of this batch was erased meanwhile; retry", headers={"Retry-After": "1"}
+            ) from None
+        rows = await conn.fetch(Q.insert_messages_batch, document)  # it is now an unknown account
     return rows
 
 
@@ -251,14 +265,14 @@ async def post_batch(request: web.Request) -> web.Response:
     for i, errors in invalid.items():
         results[i] = {"index": i, "status": 422, "errors": errors}
     if HEADER not in request.headers:
-        rows = await _insert_batch(request.app[POOL], valid)
+        rows = await _insert_batch(request.app[POOL], valid, in_transaction=False)
         status, body = _batch_answer(items, valid, results, rows)
         response = json_response(status, body)
     else:
         async with idempotent(request, payload) as idem:
             if idem.replayed:
                 return idem.response
-            rows = await _insert_batch(idem.conn, valid)
+            rows = await _insert_batch(idem.conn, valid, in_transaction=True)
             status, body = _batch_answer(items, valid, results, rows)
             response = idem.respond(status, body)
     if rows and MESSAGES_CREATED_HOOKS:

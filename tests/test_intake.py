@@ -351,3 +351,39 @@ async def test_nul_in_data_is_a_per_item_422(client, headers, factory, pool) -> 
     assert resp.status == 422
     assert [e["field"] for e in (await resp.json())["errors"]] == ["data"]
     assert await pool.fetchval("SELECT count(*) FROM messages") == 1
+
+
+async def _blocked_on_a_lock(pool: asyncpg.Pool) -> None:
+    """Wait until some backend waits for a lock (the request reached the locked account row)."""
+    for _ in range(500):
+        if await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the request never waited for the erasure's lock")
+
+
+@pytest.mark.parametrize("path", ["/v1/accounts/ann/messages", "/v1/messages"])
+async def test_account_erased_during_intake_is_404_not_500(client, headers, factory, pool, path) -> None:
+    """The insert saw the account, the erasure committed before its foreign-key check."""
+    await factory.account(external_id="ann")
+    body = (
+        MESSAGE
+        if path.endswith("/messages") and "accounts" in path
+        else {"messages": [{"account": "ann", **MESSAGE}]}
+    )
+    async with pool.acquire() as eraser:
+        tx = eraser.transaction()
+        await tx.start()
+        await eraser.execute("DELETE FROM accounts WHERE external_id = 'ann'")
+        request = asyncio.ensure_future(client.post(path, json=body, headers=headers))
+        await _blocked_on_a_lock(pool)
+        await tx.commit()
+        resp = await request
+    if "accounts" in path:
+        assert resp.status == 404
+    else:
+        assert resp.status == 207
+        assert (await resp.json())["results"][0]["status"] == 404
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 0
