@@ -4,7 +4,8 @@ one line of figures per scenario (runs, kills, messages, lost, duplicated, 5xx s
 Scenarios: kill (workers SIGKILLed while a newsletter and digests send), redis (Redis flushed,
 then restarted empty, mid-send), tempfail (421 then 451 for a while), reject (550 for some
 recipients), hang (a server that never answers), postgres (PostgreSQL restarted during intake),
-fuzz (schemathesis, thousands of cases). Default: all but fuzz.
+fuzz (schemathesis, `--fuzz-examples` per operation), soak (mixed load at 70% of measured intake
+capacity for `--soak-seconds`). Default: all but fuzz and soak.
 
 Each scenario gets a fresh database on NOTIFIER_DATABASE_URL's server (or an embedded pgserver
 for `postgres`), its own embedded Redis, and the counting sink of chaos/sink.py.
@@ -377,16 +378,19 @@ async def scenario_redis(admin_url: str, members: int) -> Outcome:
 
 
 async def scenario_tempfail(admin_url: str, members: int) -> Outcome:
-    """Every DATA answered 451 for 20 s, then the server recovers: all delivered after retries."""
+    """Connections refused with 421 for 10 s, then every DATA answered 451 for 10 s more, then
+    the server recovers: all delivered after retries."""
     outcome = Outcome("tempfail")
     started = time.monotonic()
     async with stage(admin_url) as s:
         await add_members(s.pool, members)
+        s.sink.busy_until = time.monotonic() + 10
         s.sink.tempfail_until = time.monotonic() + 20
         s.workers.start_all()
         await send_newsletter(s)
         await wait_drained(s, members, limit=600)
         await tally(s, outcome)
+        outcome.notes["answered_421"] = s.sink.busy
         outcome.notes["answered_451"] = s.sink.tempfailed
         outcome.notes["deferred_events"] = await s.pool.fetchval(
             "SELECT count(*) FROM events WHERE kind = 'deferred'"
@@ -577,6 +581,161 @@ async def scenario_postgres(clients: int, seconds: float, down: float) -> Outcom
     return outcome
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def scenario_soak(admin_url: str, seconds: float, members: int) -> Outcome:
+    """Mixed load for `seconds`: intake at 70% of the rate measured first (20 producers, members
+    on immediate digests, so the digest pass runs all along), and a newsletter to `members`.
+    Memory of web and workers sampled every 10 s must stay flat; no error answers; the queues
+    drain afterwards."""
+    import aiohttp
+
+    from notifier import auth
+
+    outcome = Outcome("soak")
+    started = time.monotonic()
+    async with stage(admin_url) as s:
+        await add_members(s.pool, members)
+        await s.pool.execute(
+            """INSERT INTO accounts (external_id, email, name, digest_frequency, next_digest_at)
+               SELECT 'soak-' || i, 'soak' || i || '@example.com', 'Soak ' || i, 'immediate', NULL
+               FROM generate_series(1, 500) AS i"""
+        )
+        _, key = await auth.create_key(s.pool, "soak", ["messages"])
+        port = free_port()
+        env = {**s.workers.env(), "NOTIFIER_PORT": str(port), "NOTIFIER_HOST": "127.0.0.1"}
+        env["NOTIFIER_API_RATE_LIMIT"] = "0"
+        web = subprocess.Popen(  # noqa: ASYNC220  (started once, before the load)
+            [sys.executable, "-m", "notifier.cli", "web"],
+            env=env,
+            cwd=ROOT,
+            stdout=s.workers.log,
+            stderr=s.workers.log,
+        )
+        s.workers.start_all()
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {key}"}
+        statuses: dict[str, int] = {}
+        counter = 0
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+                for _ in range(200):
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with http.get(f"{base}/healthz") as resp:
+                            if resp.status == 200:
+                                break
+                    await asyncio.sleep(0.1)
+
+                async def post_one() -> None:
+                    nonlocal counter
+                    counter += 1
+                    body = {"category": "news", "subject": f"soak {counter}", "body": "x"}
+                    try:
+                        path = f"{base}/v1/accounts/soak-{counter % 500 + 1}/messages"
+                        async with http.post(path, json=body, headers=headers) as resp:
+                            await resp.read()
+                            key_ = str(resp.status)
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        key_ = type(exc).__name__
+                    statuses[key_] = statuses.get(key_, 0) + 1
+
+                async def flat_out(until: float) -> None:
+                    while time.monotonic() < until:
+                        await post_one()
+
+                until = time.monotonic() + 10
+                await asyncio.gather(*(flat_out(until) for _ in range(20)))
+                capacity = sum(statuses.values()) / 10
+                rate = 0.7 * capacity
+                say(
+                    f"soak: intake capacity {capacity:.0f} requests/s; running at {rate:.0f}/s for {seconds:.0f} s"
+                )
+                statuses.clear()
+                await send_newsletter(s)
+                samples: list[tuple[float, float]] = []
+                soak_end = time.monotonic() + seconds
+                next_sample = time.monotonic()
+                interval = 20 / rate  # 20 producers, each paced
+
+                async def paced() -> None:
+                    while time.monotonic() < soak_end:
+                        t = time.monotonic()
+                        await post_one()
+                        await asyncio.sleep(max(0.0, interval - (time.monotonic() - t)))
+
+                producers = [asyncio.create_task(paced()) for _ in range(20)]
+                while time.monotonic() < soak_end:
+                    if time.monotonic() >= next_sample:
+                        web_mb = rss_mb(web.pid)
+                        worker_mb = sum(rss_mb(p.pid) for p in s.workers.procs.values() if p.poll() is None)
+                        samples.append((web_mb, worker_mb))
+                        next_sample += 10
+                    s.workers.supervise()
+                    await asyncio.sleep(0.5)
+                await asyncio.gather(*producers)
+            expected = await s.pool.fetchval("SELECT count(*) FROM emails")
+            drain_start = time.monotonic()
+            await wait_drained(s, expected, limit=300)
+            outcome.notes["drain_seconds"] = round(time.monotonic() - drain_start, 1)
+            await tally(s, outcome)
+            outcome.notes["digest_emails"] = await s.pool.fetchval(
+                "SELECT count(*) FROM emails WHERE kind = 'digest'"
+            )
+            outcome.notes["intake_stored"] = await s.pool.fetchval("SELECT count(*) FROM messages")
+        finally:
+            web.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                web.wait(10)
+        third = max(1, len(samples) // 3)
+        first = [sum(x) for x in samples[:third]]
+        last = [sum(x) for x in samples[-third:]]
+        growth = (sum(last) / len(last)) / (sum(first) / len(first)) if first and last else 0.0
+        outcome.server_errors = sum(v for k, v in statuses.items() if k.startswith("5"))
+        outcome.notes.update(
+            capacity_per_s=round(capacity),
+            rate_per_s=round(rate),
+            answers=statuses,
+            rss_mb_first_last=[[round(x, 1) for x in samples[0]], [round(x, 1) for x in samples[-1]]]
+            if samples
+            else [],
+            rss_growth_last_third_vs_first=round(growth, 3),
+        )
+        failed = [k for k in statuses if k != "201"]
+        if growth > 1.2:
+            failed.append(f"memory grew {growth:.2f}x")
+        outcome.notes["failed_checks"] = failed
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def scenario_fuzz(examples: int) -> Outcome:
+    """tests/test_schemathesis.py with `examples` generated requests per operation (the normal
+    suite runs 10), against its own embedded Redis."""
+    outcome = Outcome("fuzz")
+    started = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFIER_REDIS_URL"}
+    env["NOTIFIER_FUZZ_EXAMPLES"] = str(examples)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_schemathesis.py"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    outcome.notes["examples_per_operation"] = examples
+    outcome.notes["pytest"] = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    if result.returncode != 0:
+        outcome.notes["failed_checks"] = [result.stdout[-3000:]]
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
 SCENARIOS = ("kill", "redis", "tempfail", "reject", "hang", "postgres")
 
 
@@ -599,6 +758,8 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", type=int, default=20_000, help="newsletter recipients (kill, redis)")
     parser.add_argument("--small", type=int, default=3_000, help="recipients for the SMTP scenarios")
     parser.add_argument("--kills", type=int, default=8)
+    parser.add_argument("--fuzz-examples", type=int, default=100, help="schemathesis cases per operation")
+    parser.add_argument("--soak-seconds", type=float, default=600, help="duration of `soak` (default 10 min)")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
@@ -620,6 +781,10 @@ async def main(argv: list[str] | None = None) -> int:
             outcome = await scenario_reject(admin_url, args.small)
         elif name == "hang":
             outcome = await scenario_hang(admin_url, args.small)
+        elif name == "fuzz":
+            outcome = scenario_fuzz(args.fuzz_examples)
+        elif name == "soak":
+            outcome = await scenario_soak(admin_url, args.soak_seconds, args.small)
         elif name == "postgres":
             outcome = await scenario_postgres(clients=20, seconds=30, down=5)
         else:

@@ -19,7 +19,9 @@ class CountingSink:
     received: Counter[str] = field(default_factory=Counter)
     message_ids: dict[str, set[bytes]] = field(default_factory=dict)  # distinct Message-IDs per recipient
     # Misbehaviour, changed by scenarios while the sink runs.
+    busy_until: float = 0.0  # monotonic time until which connections get 421 and are closed
     tempfail_until: float = 0.0  # monotonic time until which DATA answers 451
+    busy: int = 0
     reject: frozenset[str] = frozenset()  # recipients refused with 550 5.1.1
     hang: bool = False  # accept connections and never answer
     tempfailed: int = 0
@@ -54,6 +56,11 @@ class CountingSink:
             if self.hang:
                 self.hung += 1
                 await reader.read()  # until the client gives up and closes
+                return
+            if time.monotonic() < self.busy_until:
+                self.busy += 1
+                writer.write(b"421 4.3.2 too busy, try again later\r\n")
+                await writer.drain()
                 return
             writer.write(b"220 chaos-sink ESMTP\r\n")
             rcpts: list[str] = []

@@ -137,3 +137,32 @@ async def test_a_worker_stopped_mid_batch_records_what_the_server_accepted(
     await real.close()
     recipients = sorted(r for m in smtp.received for r in m.recipients)
     assert recipients == [f"stop{i}@example.com" for i in range(6)]
+
+
+async def test_stopping_a_worker_process_cancels_its_jobs_while_the_pool_is_open(
+    settings, pool: asyncpg.Pool, redis: ArqRedis, monkeypatch
+) -> None:
+    """SIGTERM or a lost Redis stops `run_workers`: the jobs in flight are cancelled while the pool
+    is still open, so a delivery can record what it sent (see the test above)."""
+    import asyncio
+
+    from workers import run_workers
+
+    running = asyncio.Event()
+    seen: list[object] = []
+
+    async def stalls(self: outbox.Delivery, queue: str, *, now: object = None) -> outbox.Counts:
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            seen.append(await self.pool.fetchval("SELECT 1"))  # the pool still answers
+        return outbox.Counts()
+
+    monkeypatch.setattr(outbox.Delivery, "run", stalls)
+    await outbox.ring(redis, queues.SERVICE)
+    process = asyncio.create_task(run_workers(settings, ["service"], handle_signals=False))
+    await running.wait()
+    process.cancel()
+    await asyncio.gather(process, return_exceptions=True)
+    assert seen == [1]

@@ -157,6 +157,13 @@ async def run_workers(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Cancelling a Worker's main task leaves the jobs it runs to themselves (asyncio.run would
+        # cancel them later, after the pool is closed): cancel them now, so a delivery cut short
+        # records what the server already accepted instead of sending it again.
+        jobs = [job for w in workers for job in w.tasks.values() if not job.done()]
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
