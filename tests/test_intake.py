@@ -368,11 +368,7 @@ async def _blocked_on_a_lock(pool: asyncpg.Pool) -> None:
 async def test_account_erased_during_intake_is_404_not_500(client, headers, factory, pool, path) -> None:
     """The insert saw the account, the erasure committed before its foreign-key check."""
     await factory.account(external_id="ann")
-    body = (
-        MESSAGE
-        if path.endswith("/messages") and "accounts" in path
-        else {"messages": [{"account": "ann", **MESSAGE}]}
-    )
+    body = MESSAGE if "accounts" in path else {"messages": [{"account": "ann", **MESSAGE}]}
     async with pool.acquire() as eraser:
         tx = eraser.transaction()
         await tx.start()
