@@ -121,6 +121,7 @@ class Workers:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.kills = 0
         self.restarts = 0
+        self.extra_env: dict[str, str] = {}
         self.log = tempfile.NamedTemporaryFile(prefix="chaos-worker-", suffix=".log", delete=False)  # noqa: SIM115
 
     def env(self) -> dict[str, str]:
@@ -141,6 +142,7 @@ class Workers:
             "NOTIFIER_DB_POOL_MAX": "4",
             "NOTIFIER_LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
+            **self.extra_env,
         }
 
     def start(self, queues_: str) -> None:
@@ -607,6 +609,8 @@ async def scenario_soak(admin_url: str, seconds: float, members: int) -> Outcome
                FROM generate_series(1, 500) AS i"""
         )
         _, key = await auth.create_key(s.pool, "soak", ["messages"])
+        # Immediate digests coalesce 10 s instead of 120 s, so the digest pass has work every minute.
+        s.workers.extra_env["NOTIFIER_IMMEDIATE_COALESCE_SECONDS"] = "10"
         port = free_port()
         env = {**s.workers.env(), "NOTIFIER_PORT": str(port), "NOTIFIER_HOST": "127.0.0.1"}
         env["NOTIFIER_API_RATE_LIMIT"] = "0"
@@ -678,8 +682,13 @@ async def scenario_soak(admin_url: str, seconds: float, members: int) -> Outcome
                     s.workers.supervise()
                     await asyncio.sleep(0.5)
                 await asyncio.gather(*producers)
-            expected = await s.pool.fetchval("SELECT count(*) FROM emails")
             drain_start = time.monotonic()
+            # Drained: no digest due but unbuilt (the pass runs each minute), no e-mail pending.
+            while await s.pool.fetchval("SELECT count(*) FROM accounts WHERE next_digest_at <= now()"):
+                if time.monotonic() - drain_start > 300:
+                    raise TimeoutError("digests still due 300 s after the soak")
+                await asyncio.sleep(1)
+            expected = await s.pool.fetchval("SELECT count(*) FROM emails")
             await wait_drained(s, expected, limit=300)
             outcome.notes["drain_seconds"] = round(time.monotonic() - drain_start, 1)
             await tally(s, outcome)
@@ -721,7 +730,7 @@ def scenario_fuzz(examples: int) -> Outcome:
     env = {k: v for k, v in os.environ.items() if k != "NOTIFIER_REDIS_URL"}
     env["NOTIFIER_FUZZ_EXAMPLES"] = str(examples)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_schemathesis.py"],
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "tests/test_schemathesis.py"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -730,6 +739,9 @@ def scenario_fuzz(examples: int) -> Outcome:
     )
     outcome.notes["examples_per_operation"] = examples
     outcome.notes["pytest"] = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    outcome.notes["cases"] = next(
+        (line for line in result.stdout.splitlines() if line.startswith("schemathesis:")), "not reported"
+    )
     if result.returncode != 0:
         outcome.notes["failed_checks"] = [result.stdout[-3000:]]
     outcome.seconds = time.monotonic() - started

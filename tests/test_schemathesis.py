@@ -101,6 +101,7 @@ def test_no_5xx_and_answers_match_the_document(live: LiveApp) -> None:
     api = schemathesis.openapi.from_url(f"{live.url}/openapi.json")
     failures: list[str] = []
     operations = 0
+    cases = 0
     for result in api.get_all_operations():
         operation = result.ok()  # type: ignore[union-attr]  # an Err raises, as it should
         operations += 1
@@ -110,6 +111,8 @@ def test_no_5xx_and_answers_match_the_document(live: LiveApp) -> None:
             max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
         )
         def run(case: Any) -> None:
+            nonlocal cases
+            cases += 1
             case.call_and_validate(
                 base_url=live.url, headers=live.headers, excluded_checks=[positive_data_acceptance]
             )
@@ -118,5 +121,6 @@ def test_no_5xx_and_answers_match_the_document(live: LiveApp) -> None:
             run()
         except (Exception, BaseExceptionGroup) as exc:  # every operation runs; failures reported together
             failures.append(f"{operation.label}: {type(exc).__name__}: {str(exc)[:1500]}")
+    print(f"schemathesis: {cases} cases over {operations} operations")
     assert operations >= 30
     assert not failures, "\n\n".join(failures)
