@@ -134,6 +134,10 @@ async def test_erasure_notice_survives_the_account(
     await pool.execute("DELETE FROM accounts WHERE id = $1", account["id"])
     await run_worker(queues.SERVICE)
     assert [r.recipients for r in smtp.received] == [["gone@example.com"]]
+    # Once sent, the detached row keeps nothing that names the erased member.
+    row = await pool.fetchrow("SELECT status, to_address, subject, context FROM emails")
+    assert row is not None and row["status"] == "sent"
+    assert (row["to_address"], row["subject"], row["context"]) == ("[erased]", None, {})
 
 
 async def test_service_message_goes_first_while_a_bulk_backlog_waits(

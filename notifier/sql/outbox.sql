@@ -40,6 +40,9 @@ RETURNING e.id, e.kind, e.account_id, e.to_address, e.template, e.subject, e.con
 
 -- name: record_results
 -- One statement per batch: new states (only for rows still held under this lease) and their events.
+-- A service e-mail without an account (the notice that an account was erased) keeps no address,
+-- subject or data once sent (or suppressed): the member asked to be forgotten. A failed one keeps
+-- its address so that an operator can re-drive it.
 WITH r AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
                          $6::text[], $7::jsonb[])
@@ -52,7 +55,13 @@ WITH r AS (
         next_attempt_at = coalesce(r.next_attempt_at, e.next_attempt_at),
         locked_until = NULL,
         sent_at = CASE WHEN r.status = 'sent' THEN $8 ELSE e.sent_at END,
-        failed_at = CASE WHEN r.status = 'failed' THEN $8::timestamptz END
+        failed_at = CASE WHEN r.status = 'failed' THEN $8::timestamptz END,
+        to_address = CASE WHEN e.account_id IS NULL AND e.kind = 'service' AND r.status IN ('sent', 'suppressed')
+                          THEN '[erased]' ELSE e.to_address END,
+        subject = CASE WHEN e.account_id IS NULL AND e.kind = 'service' AND r.status IN ('sent', 'suppressed')
+                       THEN NULL ELSE e.subject END,
+        context = CASE WHEN e.account_id IS NULL AND e.kind = 'service' AND r.status IN ('sent', 'suppressed')
+                       THEN '{}'::jsonb ELSE e.context END
     FROM r
     WHERE e.id = r.id AND e.status = 'sending' AND e.locked_until = $9
     RETURNING e.id, e.account_id, e.newsletter_id
