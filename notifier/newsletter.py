@@ -156,8 +156,8 @@ class NewsletterRenderer:
             "name": name,
             "first_name": name.split(" ", 1)[0] if name else "",
             "email": email.to_address,
-            "unsubscribe_url": _tagged(context.get("unsubscribe_url"), email.id) or sample["unsubscribe_url"],
-            "preferences_url": _tagged(context.get("preferences_url"), email.id) or sample["preferences_url"],
+            "unsubscribe_url": context.get("unsubscribe_url") or sample["unsubscribe_url"],
+            "preferences_url": context.get("preferences_url") or sample["preferences_url"],
         }
         try:
             out = self.cache.get(self.settings, draft).render(personal)
@@ -165,14 +165,6 @@ class NewsletterRenderer:
             raise render.TemplateError(exc.message, template="newsletter") from None
         subject = out.subject if email.kind == "newsletter" else f"[TEST] {out.subject}"
         return render.Rendered(subject=subject, text=out.text, html=out.html)
-
-
-def _tagged(url: Any, email_id: int) -> str | None:
-    """A member's link naming the e-mail it came from (`?e=ID`; not a secret, checked against
-    the account), so unsubscribes and preference changes are attributed to this newsletter."""
-    if not url:
-        return None
-    return f"{url}&e={email_id}" if "?" in str(url) else f"{url}?e={email_id}"
 
 
 def _renderer(settings: Settings, templates: render.Templates) -> render.Renderer:

@@ -309,8 +309,11 @@ def context_for(settings: Settings, email: OutgoingEmail) -> tuple[dict[str, Any
     if policy.list_name is not None and email.account_id is not None:
         unsubscribe = tokens.sign(s.secret, "unsubscribe", email.account_id, policy.list_name)
         preferences = tokens.sign(s.secret, "preferences", email.account_id, policy.list_name)
-        context["unsubscribe_url"] = f"{s.public_url}/u/{unsubscribe}"
-        context["preferences_url"] = f"{s.public_url}/preferences/{preferences}"
+        # `?e=ID` names the e-mail the link came from (not a secret: it is checked against the
+        # token's account), so unsubscribes from the header and the footer alike are attributed
+        # to this e-mail and its newsletter.
+        context["unsubscribe_url"] = f"{s.public_url}/u/{unsubscribe}?e={email.id}"
+        context["preferences_url"] = f"{s.public_url}/preferences/{preferences}?e={email.id}"
         value = f"<{context['unsubscribe_url']}>"
         if s.unsubscribe_mailto:
             value += f", <mailto:{s.unsubscribe_mailto}?subject=unsubscribe-{unsubscribe}>"

@@ -100,7 +100,8 @@ async def test_digest_headers_links_and_parts(
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     https, mailto = (part.strip(" <>") for part in message["List-Unsubscribe"].split(","))
     assert https.startswith("https://notifier.test/u/")
-    token = https.rsplit("/", 1)[1]
+    assert https.endswith(f"?e={email_id}")  # names the e-mail, so the unsubscribe is attributed to it
+    token = https.rsplit("/", 1)[1].split("?", 1)[0]
     assert mailto == f"mailto:unsubscribe@example.org?subject=unsubscribe-{token}"
     parsed = tokens.verify(settings.secret, token, "unsubscribe")
     assert parsed == tokens.Token("unsubscribe", "digest", account["id"])
