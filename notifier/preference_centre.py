@@ -163,8 +163,6 @@ async def post_preferences(request: web.Request) -> web.Response:
                         {k: v["after"] for k, v in changed.items()},
                     )
                 if "newsletter" in changed:
-                    if not after["newsletter"]:
-                        await conn.execute(Q.cancel_queued_newsletters_of_account, found.account_id)
                     kind = "resubscribed" if after["newsletter"] else "unsubscribed"
                     await pages.record_event(
                         conn, kind, found.account_id, ref, "preference-centre", {"list": "newsletter"}

@@ -169,6 +169,9 @@ async def apply_preferences(
             await conn.execute(
                 Q.insert_consent, account_id, after.newsletter, source, wording, wording_version
             )
+            if not after.newsletter:
+                # However the member opts out (API, link, page), nothing still queued goes to them.
+                await conn.execute(Q.cancel_queued_newsletters_of_account, account_id)
         return {**after.model_dump(), "next_digest_at": end}
 
 

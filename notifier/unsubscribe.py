@@ -52,8 +52,6 @@ async def unsubscribe(
         if not changes:
             return False
         await preferences.apply_preferences(conn, account_id, changes, audit.MEMBER, method)
-        if "newsletter" in changes:
-            await conn.execute(Q.cancel_queued_newsletters_of_account, account_id)
         detail: dict[str, Any] = {"list": list_name, "changes": sorted(changes)}
         if "digest_frequency" in changes:
             detail["previous_frequency"] = before["digest_frequency"]

@@ -339,3 +339,15 @@ async def test_time_zone_correction_leaves_unscheduled_accounts_alone(
     assert resp.status == 200, await resp.text()
     row = await pool.fetchrow("SELECT timezone, next_digest_at FROM accounts WHERE id = $1", off["id"])
     assert (row["timezone"], row["next_digest_at"]) == ("Asia/Tokyo", None)
+
+
+async def test_opting_out_through_the_api_cancels_queued_newsletters(
+    client: TestClient[Any, Any], headers: dict[str, str], factory: Factory, pool: asyncpg.Pool
+) -> None:
+    acc = await factory.account(external_id="nina", newsletter=True)
+    queued = await factory.email(acc, kind="newsletter", queue="notifier:bulk")
+    sent = await factory.email(acc, kind="newsletter", queue="notifier:bulk", status="sent")
+    resp = await client.put("/v1/accounts/nina/preferences", json={"newsletter": False}, headers=headers)
+    assert resp.status == 200
+    states = dict(await pool.fetch("SELECT id, status FROM emails"))
+    assert states == {queued["id"]: "cancelled", sent["id"]: "sent"}
