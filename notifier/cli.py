@@ -248,9 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("digests", help="run the digest scheduler, preview a digest", description="Digests.")
     digests = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     d = digests.add_parser("run", help="one scheduler pass: build and queue every digest due")
-    d.add_argument(
-        "--at", type=_instant, help="as of this ISO 8601 time (default: now; no zone means UTC)"
-    )
+    d.add_argument("--at", type=_instant, help="as of this ISO 8601 time (default: now; no zone means UTC)")
     d = digests.add_parser("preview", help="render an account's next digest without sending it")
     d.add_argument("external_id")
     d.add_argument("--html", action="store_true", help="print the HTML part instead of the text")
