@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+from pathlib import Path
 
 import asyncpg
 from aiohttp import web
@@ -51,6 +52,7 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs initdb's whole output
     settings.require_secret()
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
@@ -83,6 +85,7 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
             lines.append(f"Mail        sent through {settings.smtp_host}:{settings.smtp_port}")
 
         applied = await migrate_dsn(settings.database_url)
+        key_file = await _dev_api_key(settings.database_url, data)
         port = port or (settings.port if "port" in settings.model_fields_set else 8000)
         settings.port = port
         if "public_url" not in settings.model_fields_set:
@@ -105,6 +108,9 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
             f"  Mailbox     {settings.public_url}/dev/mailbox\n"
             + "".join(f"  {line}\n" for line in lines)
             + f"  Migrations  {len(applied)} applied now\n"
+            f'  API key     in {key_file} (admin scope; try: curl -H "Authorization: Bearer $(cat {key_file})" '
+            f"{settings.public_url}/v1/accounts/nobody)\n"
+            f"  Console     {settings.public_url}/console/ (sign in with that key)\n"
             f"  Data        {data}\n"
             "  Press Ctrl-C to stop.\n",
             flush=True,
@@ -126,6 +132,29 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
         for stopper in reversed(stoppers):
             await asyncio.to_thread(stopper)
         print("stopped.", flush=True)
+
+
+async def _dev_api_key(database_url: str, data: Path) -> Path:
+    """An admin API key for trying the API, kept in the data folder (mode 0600) and reused while
+    it is valid. Development only: a production key is never written to disk."""
+    from notifier import auth
+
+    path = data / "dev_api_key"
+    conn = await asyncpg.connect(database_url)
+    try:
+        if path.exists():
+            known = await conn.fetchval(
+                "SELECT 1 FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                auth.hash_key(path.read_text().strip()),
+            )
+            if known:
+                return path
+        _, key = await auth.create_key(conn, "notifier dev", ["admin"])
+    finally:
+        await conn.close()
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return path
 
 
 async def _enqueue_selftest(settings: Settings) -> None:

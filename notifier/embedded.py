@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,15 @@ class EmbeddedPostgres:
     @classmethod
     def start(cls, directory: Path, *, persistent: bool = True) -> EmbeddedPostgres:
         """Start (or attach to) a PostgreSQL server whose data lives in `directory`."""
-        import pgserver
-
         directory.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(  # type: ignore[attr-defined]
-            directory, cleanup_mode="stop" if persistent else "delete"
-        )
+        with warnings.catch_warnings():
+            # platformdirs warns that XDG_RUNTIME_DIR is unset (usual in containers); harmless.
+            warnings.simplefilter("ignore")
+            import pgserver
+
+            server = pgserver.get_server(  # type: ignore[attr-defined]
+                directory, cleanup_mode="stop" if persistent else "delete"
+            )
         return cls(directory, server)
 
     def url(self, database: str = "postgres") -> str:
