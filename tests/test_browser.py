@@ -5,60 +5,20 @@ has installed it."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 from aiohttp.test_utils import TestClient
 
 from notifier import tokens
 from notifier.settings import Settings
+from tests.browser_fixtures import BROWSER_MARKS, axe_violations, browser
 from tests.factory import Factory
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-AXE = Path(__file__).parent / "browser" / "node_modules" / "axe-core" / "axe.min.js"
+__all__ = ["browser"]  # the fixture, imported for pytest
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM),
-        reason="needs headless Chromium: apt-get install -y chromium chromium-driver",
-    ),
-]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    playwright_api = pytest.importorskip(
-        "playwright.async_api", reason="needs Playwright: pip install -e '.[dev]'"
-    )
-    async with playwright_api.async_playwright() as p:
-        chromium = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
-async def axe_violations(page: Any) -> list[str]:
-    """Serious or critical axe-core violations on the page (empty when axe is not installed)."""
-    if not AXE.exists():
-        return []
-    await page.add_script_tag(path=str(AXE))
-    result = await page.evaluate("async () => (await axe.run(document)).violations")
-    return [f"{v['id']}: {v['help']}" for v in result if v["impact"] in ("serious", "critical")]
+pytestmark = BROWSER_MARKS
 
 
 async def test_preference_centre_by_keyboard_with_a_screenshot(
