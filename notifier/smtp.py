@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Protocol
@@ -182,7 +183,44 @@ async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope) -> str:
             raise aiosmtplib.SMTPRecipientsRefused(
                 [aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)]
             )
-    response = await client.data(envelope.message)
+    return await _data(client, envelope.message)
+
+
+_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
+
+
+def data_bytes(message: bytes) -> bytes:
+    """What goes on the wire after DATA: CRLF line ends (lone CR and LF converted), lines that
+    begin with "." doubled (RFC 5321 4.5.2), then the terminating ".". The same bytes aiosmtplib's
+    `data` writes, but its two regular expressions cost about 0.25 ms on a 22 KB digest, as much
+    as rendering and building it; our messages come with CRLF ends already (`mail.build`), which
+    a few byte counts confirm, and dot-stuffing is then one `replace`."""
+    lf = message.count(b"\n")
+    if lf != message.count(b"\r") or lf != message.count(b"\r\n"):
+        message = _LINE_ENDS.sub(b"\r\n", message)
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    if message.startswith(b"."):
+        message = b"." + message
+    return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+async def _data(client: aiosmtplib.SMTP, message: bytes) -> str:
+    """DATA, the message, the server's answer (the reply text). Like `client.data`, whose
+    per-message regular expressions `data_bytes` replaces; the connection is this transaction's
+    alone (the pool hands it to one sender at a time), so no other command can interleave."""
+    payload = data_bytes(message)
+    response = await client.execute_command(b"DATA")
+    if response.code != 354:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("connection lost")
+    protocol.write(payload)
+    # No await between the write and read_response: the answer cannot arrive unawaited.
+    response = await protocol.read_response(timeout=client.timeout)
+    if response.code != 250:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
     return response.message
 
 
