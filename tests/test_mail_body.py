@@ -1,0 +1,72 @@
+"""The fast checks of `mail._body`: a part is 7bit exactly when it is ASCII (no NUL) with every
+line at most 998 characters, wherever a long line sits relative to the spans the check scans."""
+
+from __future__ import annotations
+
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+import pytest
+
+from notifier import mail
+
+
+def _encoding(text: str) -> str:
+    return mail._body(text)[0]
+
+
+@pytest.mark.parametrize("offset", [0, 1, 250, 498, 499, 500, 997, 998, 1500])
+@pytest.mark.parametrize(("length", "expected"), [(998, "7bit"), (999, "quoted-printable")])
+def test_a_line_over_998_characters_anywhere_needs_quoted_printable(
+    offset: int, length: int, expected: str
+) -> None:
+    # Short lines before the long one move it across the 499-byte spans the check looks at.
+    before = ("x" * 9 + "\n") * (offset // 10) + "y" * (offset % 10) + "\n"
+    text = before + "a" * length + "\nend\n"
+    assert _encoding(text) == expected
+    assert _encoding("a" * length) == expected  # the only line, no line end
+    assert _encoding("short\n" + "a" * length) == expected  # the last line, no line end
+
+
+def test_many_lines_of_998_stay_7bit_and_round_trip() -> None:
+    text = "\n".join(chr(65 + i % 26) * 998 for i in range(40)) + "\n"
+    encoding, body = mail._body(text)
+    assert encoding == "7bit"
+    assert body == text.replace("\n", "\r\n").encode("ascii")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("plain\r\nwindows\rold mac\n", "7bit"),
+        ("caf\u00e9\n", "quoted-printable"),
+        ("nul\x00byte\n", "quoted-printable"),
+    ],
+)
+def test_line_ends_and_characters(text: str, expected: str) -> None:
+    encoding, body = mail._body(text)
+    assert encoding == expected
+    assert (
+        b"\r\n" in body
+        and b"\n" not in body.replace(b"\r\n", b"")
+        and b"\r" not in body.replace(b"\r\n", b"")
+    )
+
+
+def test_a_built_message_with_a_long_html_line_parses_back() -> None:
+    html = "<p>" + "word " * 400 + "</p>\n" + "<p>short</p>\n" * 50
+    data = mail.build(
+        from_=mail.mailbox("Example", "service@example.org"),
+        to="ada@example.com",
+        subject="Hi",
+        date="Wed, 25 Nov 2026 16:00:00 +0000",
+        message_id="<1.a@example.org>",
+        text="Hello\n",
+        html=html,
+    )
+    message = message_from_bytes(data, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    plain, rich = message.iter_parts()
+    assert plain["Content-Transfer-Encoding"] == "7bit"
+    assert rich["Content-Transfer-Encoding"] == "quoted-printable"
+    assert rich.get_content().replace("\r\n", "\n") == html
