@@ -3,11 +3,12 @@
 Producers (service messages, digests, newsletters) call `add` / `add_many` inside their own
 transaction, then `ring` after it commits. A `deliver` job on the row's queue claims due rows in
 batches (`FOR UPDATE SKIP LOCKED`, a lease in `locked_until`), renders them, sends them over
-several SMTP connections at once and records all results of a batch in one statement, with an
-append-only event per result. A job that runs twice sends once: a result is only recorded for a
-row still held under the lease that claimed it. `sweep` (cron) re-rings queues whose rows are due
-and have no job (Redis flushed, a worker killed mid-send: its lease runs out and the row is due
-again).
+several SMTP connections at once and records the results in small groups as they come in (one
+statement per group, with an append-only event per result), so a worker killed mid-batch sends
+again only what was in flight or not yet recorded, not the whole batch. A job that runs twice
+sends once: a result is only recorded for a row still held under the lease that claimed it.
+`sweep` (cron) re-rings queues whose rows are due and have no job (Redis flushed, a worker killed
+mid-send: its lease runs out and the row is due again).
 
 States: queued -> sending -> sent | failed | suppressed, and sending -> queued for a retry.
 """
@@ -15,11 +16,12 @@ States: queued -> sending -> sent | failed | suppressed, and sending -> queued f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -50,6 +52,10 @@ MAX_BELLS = 2
 LEASE_SECONDS = 120.0  # a claimed row becomes due again if not recorded by then
 RUN_SECONDS = 240.0  # a deliver job hands over to a new one after this long (job timeouts: 600 s+)
 JOB_NAME = "deliver"
+# A batch's results are recorded in groups while it is still sending: a group is written when this
+# many are waiting, or this long after the first of them came in, whichever is first.
+FLUSH_SIZE = 10
+FLUSH_SECONDS = 0.03
 
 
 @dataclass(frozen=True)
@@ -324,8 +330,84 @@ def context_for(settings: Settings, email: OutgoingEmail) -> tuple[dict[str, Any
     return context, headers
 
 
+class _Recorder:
+    """Records one batch's results in small groups as the SMTP answers come in, from a task of its
+    own so that no send waits for the database. A group is written (one `record_results`
+    statement) when `size` results wait or `delay` seconds after the first of them; `close` writes
+    the rest. A worker killed mid-batch then leaves unrecorded only what was in flight and the
+    results of one or two groups, not the whole batch."""
+
+    def __init__(self, write: Callable[[Sequence[Result]], Awaitable[None]], size: int, delay: float) -> None:
+        self._write = write
+        self._size = size
+        self._delay = delay
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[Result] = []
+        self._added: set[int] = set()
+        self._first_at = 0.0
+        self._arrived = asyncio.Event()  # a result waits
+        self._full = asyncio.Event()  # a group's worth waits
+        self._task: asyncio.Task[None] | None = None
+        self._writing = False
+        self._closing = False
+
+    def add(self, result: Result) -> None:
+        """Queue one result for the next group (never blocks)."""
+        self._added.add(result.id)
+        if not self._pending:
+            self._first_at = self._loop.time()
+            self._arrived.set()
+        self._pending.append(result)
+        if len(self._pending) >= self._size:
+            self._full.set()
+        if self._task is None and not self._closing:
+            self._task = asyncio.create_task(self._flush_groups())
+
+    async def _flush_groups(self) -> None:
+        while True:
+            await self._arrived.wait()
+            left = self._first_at + self._delay - self._loop.time()
+            if left > 0 and not self._full.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await self._full.wait()
+            group, self._pending = self._pending, []
+            self._arrived.clear()
+            self._full.clear()
+            self._writing = True
+            try:
+                await self._write(group)
+            except Exception:
+                # Keep them for `close`, which tries once more and raises if it fails too.
+                log.exception("recording %d delivery results failed; retrying at the batch's end", len(group))
+                self._pending[:0] = group
+                return
+            finally:
+                self._writing = False
+            if self._closing:
+                return
+
+    async def close(self, rest: Sequence[Result] = ()) -> None:
+        """Stop the group writer (letting a write in progress finish), then record what still
+        waits and those of `rest` never added, in one statement."""
+        self._closing = True
+        task = self._task
+        if task is not None:
+            if not self._writing:
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        group = self._pending + [r for r in rest if r.id not in self._added]
+        self._pending = []
+        if group:
+            await self._write(group)
+
+
 class Delivery:
     """Claims, renders, sends and records. One per worker process and queue (`ctx["delivery"]`)."""
+
+    # Results recorded together while a batch is sending (see `_Recorder`); tests change these.
+    flush_size = FLUSH_SIZE
+    flush_seconds = FLUSH_SECONDS
 
     def __init__(
         self,
@@ -386,16 +468,32 @@ class Delivery:
         rows = await self.pool.fetch(Q.claim_emails, queue, now, self.batch_size, lease)
         if not rows:
             return None
-        results = await self._send_rows(rows, now, lease)
-        await self._record(results, rows, now, lease)
+
+        async def write(results: Sequence[Result]) -> None:
+            await self._record(results, rows, now, lease)
+
+        recorder = _Recorder(write, self.flush_size, self.flush_seconds)
+        try:
+            results = await self._send_rows(rows, now, recorder)
+        except BaseException:
+            # Stopped mid-batch (SIGTERM on a deploy, Redis lost, a job timeout) or broken: record
+            # what the server already answered, or it goes out again when the lease runs out.
+            try:
+                await asyncio.shield(recorder.close())
+            except Exception:
+                log.exception("recording the answered part of a stopped batch failed")
+            raise
+        await asyncio.shield(recorder.close(results))
         retry_at = [r.next_attempt_at for r in results if r.next_attempt_at is not None]
         if retry_at and self.redis is not None:
             await ring(self.redis, queue, at=min(retry_at))
         return results
 
     async def _send_rows(
-        self, rows: Sequence[asyncpg.Record], now: datetime, lease: datetime | None = None
+        self, rows: Sequence[asyncpg.Record], now: datetime, recorder: _Recorder | None = None
     ) -> list[Result]:
+        """Send one claimed batch; each SMTP answer goes to `recorder` as it comes in. Returns
+        every row's result (those decided before sending included, which the caller records)."""
         emails = [
             OutgoingEmail(
                 id=r["id"],
@@ -472,22 +570,17 @@ class Delivery:
                 continue
             envelopes.append((email, mid, envelope))
 
-        progress: list[str | Exception | None] = [None] * len(envelopes)
-        try:
-            outcomes = await self._send_all([envelope for _, _, envelope in envelopes], progress)
-        except asyncio.CancelledError:
-            # Stopped mid-batch (SIGTERM on a deploy, Redis lost, a job timeout): record what the
-            # server already accepted, or it goes out again when the lease runs out.
-            accepted = [
-                self._result(email.id, mid, attempts[email.id], outcome, now)
-                for (email, mid, _), outcome in zip(envelopes, progress, strict=True)
-                if isinstance(outcome, str)
-            ]
-            if accepted and lease is not None:
-                await asyncio.shield(self._record(accepted, rows, now, lease))
-            raise
+        def answered(i: int, outcome: str | Exception) -> None:
+            email, mid, _ = envelopes[i]
+            result = self._result(email.id, mid, attempts[email.id], outcome, now)
+            results[email.id] = result
+            if recorder is not None:
+                recorder.add(result)
+
+        outcomes = await self._send_all([envelope for _, _, envelope in envelopes], answered)
         for (email, mid, _), outcome in zip(envelopes, outcomes, strict=True):
-            results[email.id] = self._result(email.id, mid, attempts[email.id], outcome, now)
+            if email.id not in results:
+                results[email.id] = self._result(email.id, mid, attempts[email.id], outcome, now)
         return [results[e.id] for e in emails]
 
     def _suppressed(self, email: OutgoingEmail, entries: list[tuple[str, str]]) -> tuple[str, str] | None:
@@ -531,14 +624,15 @@ class Delivery:
         return [first + i * interval for i in range(n)]
 
     async def _send_all(
-        self, envelopes: Sequence[Envelope], outcomes: list[str | Exception | None] | None = None
+        self,
+        envelopes: Sequence[Envelope],
+        answered: Callable[[int, str | Exception], None] | None = None,
     ) -> list[str | Exception]:
         """Send a batch over as many lanes as the SMTP pool has connections; each lane takes the
         next message when its previous one is done (no task per message, no pile-up on the
-        pool). Under a send-rate limit each message waits for its reserved slot. `outcomes`, when
-        given, is filled as answers arrive (what was sent before a cancellation)."""
-        if outcomes is None:
-            outcomes = [None] * len(envelopes)
+        pool). Under a send-rate limit each message waits for its reserved slot. `answered`, when
+        given, is called with each message's index and outcome as its answer arrives."""
+        outcomes: list[str | Exception | None] = [None] * len(envelopes)
         delays = await self._pace(len(envelopes))
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -549,10 +643,14 @@ class Delivery:
                 wait = start + delays[i] - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                outcome: str | Exception
                 try:
-                    outcomes[i] = await self.sender.send(envelopes[i])
+                    outcome = await self.sender.send(envelopes[i])
                 except (TemporaryFailure, PermanentFailure) as exc:
-                    outcomes[i] = exc
+                    outcome = exc
+                outcomes[i] = outcome
+                if answered is not None:
+                    answered(i, outcome)
 
         lanes = min(len(envelopes), self.settings.smtp_pool_size)
         await asyncio.gather(*(lane() for _ in range(lanes)))
@@ -590,7 +688,6 @@ class Delivery:
     async def _record(
         self, results: Sequence[Result], rows: Sequence[asyncpg.Record], now: datetime, lease: datetime
     ) -> None:
-        address = {r["id"]: r["to_address"] for r in rows}
         bounced = [r for r in results if r.event == "bounced"]
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
@@ -607,6 +704,7 @@ class Delivery:
                 str(int(lease.timestamp() * 1_000_000)),
             )
             if bounced:
+                address = {r["id"]: r["to_address"] for r in rows}
                 await conn.execute(
                     Q.add_suppressions,
                     [suppression.address_hash(address[r.id]) for r in bounced],
