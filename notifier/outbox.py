@@ -688,30 +688,34 @@ class Delivery:
     async def _record(
         self, results: Sequence[Result], rows: Sequence[asyncpg.Record], now: datetime, lease: datetime
     ) -> None:
+        args = (
+            Q.record_results,
+            [r.id for r in results],
+            [r.status for r in results],
+            [r.message_id for r in results],
+            [r.error for r in results],
+            [r.next_attempt_at for r in results],
+            [r.event for r in results],
+            [r.detail for r in results],
+            now,
+            lease,
+            str(int(lease.timestamp() * 1_000_000)),
+        )
         bounced = [r for r in results if r.event == "bounced"]
+        if not bounced:
+            # One statement is atomic on its own: no BEGIN/COMMIT round trips for each group.
+            await self.pool.execute(*args)
+            return
+        address = {r["id"]: r["to_address"] for r in rows}
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(*args)
             await conn.execute(
-                Q.record_results,
-                [r.id for r in results],
-                [r.status for r in results],
-                [r.message_id for r in results],
-                [r.error for r in results],
-                [r.next_attempt_at for r in results],
-                [r.event for r in results],
-                [r.detail for r in results],
-                now,
-                lease,
-                str(int(lease.timestamp() * 1_000_000)),
+                Q.add_suppressions,
+                [suppression.address_hash(address[r.id]) for r in bounced],
+                ["all"] * len(bounced),
+                ["hard_bounce"] * len(bounced),
+                [(r.error or "")[:200] for r in bounced],
             )
-            if bounced:
-                address = {r["id"]: r["to_address"] for r in rows}
-                await conn.execute(
-                    Q.add_suppressions,
-                    [suppression.address_hash(address[r.id]) for r in bounced],
-                    ["all"] * len(bounced),
-                    ["hard_bounce"] * len(bounced),
-                    [(r.error or "")[:200] for r in bounced],
-                )
 
 
 async def deliver_job(ctx: dict[str, Any]) -> dict[str, int]:
