@@ -39,7 +39,8 @@ RETURNING e.id, e.kind, e.account_id, e.to_address, e.template, e.subject, e.con
           e.digest_id, e.newsletter_id, e.attempts, e.message_id
 
 -- name: record_results
--- One statement per batch: new states (only for rows still held under this lease) and their events.
+-- One statement per group of results (a batch records several as its answers arrive): new states
+-- (only for rows still held under this lease) and their events.
 -- A service e-mail without an account (the notice that an account was erased) keeps no address,
 -- subject or data once sent (or suppressed): the member asked to be forgotten. A failed one keeps
 -- its address so that an operator can re-drive it.
