@@ -26,6 +26,12 @@ LATENCY = Histogram("notifier_http_request_seconds", "HTTP request latency", ["r
 class RedactingAccessLogger(AbstractAccessLogger):
     """Access log without secrets: tokens in paths are masked, query strings and headers omitted."""
 
+    @property
+    def enabled(self) -> bool:
+        # aiohttp skips log() (and its timing) on connections opened while this is False: the
+        # line is at INFO, so below that level there is nothing to format per request.
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         remote = request.remote or "-"
         self.logger.info(
@@ -42,9 +48,33 @@ class RedactingAccessLogger(AbstractAccessLogger):
 assert issubclass(AccessLogger, AbstractAccessLogger)
 
 
+# The labelled children, looked up once per (method, route, status) and route rather than per
+# request (`labels()` builds a tuple and takes a lock each time). Bounded: odd methods sent by
+# clients are counted the slow way once the cache is full.
+_COUNTERS: dict[tuple[str, str, int], Counter] = {}
+_HISTOGRAMS: dict[str, Histogram] = {}
+_MAX_CACHED = 1000
+
+
+def _count(method: str, route: str, status: int, seconds: float) -> None:
+    counter = _COUNTERS.get((method, route, status))
+    if counter is None:
+        counter = REQUESTS.labels(method, route, str(status))
+        if len(_COUNTERS) < _MAX_CACHED:
+            _COUNTERS[method, route, status] = counter
+    counter.inc()
+    histogram = _HISTOGRAMS.get(route)
+    if histogram is None:
+        histogram = LATENCY.labels(route)
+        if len(_HISTOGRAMS) < _MAX_CACHED:
+            _HISTOGRAMS[route] = histogram
+    histogram.observe(seconds)
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
     loop = asyncio.get_running_loop()
     start = loop.time()
     status = 500
@@ -56,8 +86,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     finally:
-        REQUESTS.labels(request.method, route, str(status)).inc()
-        LATENCY.labels(route).observe(loop.time() - start)
+        _count(request.method, route, status, loop.time() - start)
 
 
 async def healthz(request: web.Request) -> web.Response:
