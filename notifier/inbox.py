@@ -34,7 +34,7 @@ from notifier.auth import requires
 from notifier.db import Q
 from notifier.idempotency import HEADER, idempotent, json_response
 from notifier.pagination import decode_cursor, encode_cursor, page_limit
-from notifier.problems import Problem, read_json
+from notifier.problems import Problem, parse_json, read_body, read_json
 from notifier.resources import POOL, SETTINGS
 from notifier.validation import Body, Category, Data, ExternalId, Subject, Url, errors_of, parse
 
@@ -149,8 +149,11 @@ def _no_account(external_id: str) -> Problem:
 async def post_message(request: web.Request) -> web.Response:
     """POST /v1/accounts/{external_id}/messages: 201 with the message; 404 for an unknown account."""
     external_id = external_id_of(request)
-    payload = await read_json(request)
-    new = parse(NewMessage, payload)
+    raw = await read_body(request)
+    try:  # the common, valid case: pydantic parses the bytes itself, no json.loads dict between
+        new = NewMessage.model_validate_json(raw)
+    except ValidationError:  # not JSON, or invalid: the general path words the 400 / 422
+        new = parse(NewMessage, parse_json(raw))
     args = (external_id, new.category, new.subject, new.body, new.url, new.data)
     if HEADER not in request.headers:
         # The common case costs one statement: resolve the account and insert together.
@@ -164,7 +167,7 @@ async def post_message(request: web.Request) -> web.Response:
             201, _new_message_json(row), {"Location": _message_location(external_id, row["id"])}
         )
     else:
-        async with idempotent(request, payload) as idem:
+        async with idempotent(request, parse_json(raw)) as idem:
             if idem.replayed:
                 return idem.response
             try:

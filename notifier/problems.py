@@ -80,6 +80,11 @@ def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, 
 
 async def read_json(request: web.Request, *, max_bytes: int | None = None) -> Any:
     """The request body as JSON; 413 when too large, 415/400 when it is not JSON."""
+    return parse_json(await read_body(request, max_bytes=max_bytes))
+
+
+async def read_body(request: web.Request, *, max_bytes: int | None = None) -> bytes:
+    """The raw body of a JSON request; 413 when too large, 415 when not sent as JSON."""
     limit = max_bytes or request.app[_MAX_BODY]
     if request.content_length is not None and request.content_length > limit:
         raise Problem(413, f"request body is {request.content_length} bytes; the limit is {limit}")
@@ -93,7 +98,11 @@ async def read_json(request: web.Request, *, max_bytes: int | None = None) -> An
         size += len(chunk)
         if size > limit:
             raise Problem(413, f"request body is larger than the limit of {limit} bytes")
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> Any:
+    """`raw` as JSON; 400 when it is not."""
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
