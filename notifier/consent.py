@@ -74,12 +74,10 @@ async def post_confirm(request: web.Request) -> web.Response:
     """Confirm the opt-in named by the token (the form's nonce and origin are checked)."""
     token = request.match_info["token"]
     settings = request.app[SETTINGS]
-    found = tokens.verify(settings.secret, token, "confirm")
-    if found is None:
-        return pages.not_found(request)
-    form = await pages.read_form(request)
-    if form is None:
-        return pages.bad_form(request)
+    posted = await pages.signed_form(request, "confirm", "press the button on the confirmation page")
+    if isinstance(posted, web.Response):
+        return posted
+    found, form = posted
     if not pages.same_origin(request) or not pages.nonce_valid(
         settings.secret, token, str(form.get("nonce", ""))
     ):

@@ -22,6 +22,7 @@ import asyncpg
 import jinja2
 from aiohttp import web
 
+from notifier import tokens
 from notifier.db import Q
 from notifier.resources import SETTINGS
 from notifier.settings import Settings
@@ -80,6 +81,29 @@ async def read_form(request: web.Request) -> Mapping[str, Any] | None:
         return await request.post()
     except (ValueError, UnicodeDecodeError, AssertionError, web.HTTPBadRequest):
         return None
+
+
+async def signed_form(
+    request: web.Request, purpose: tokens.Purpose, how: str
+) -> tuple[tokens.Token, Mapping[str, Any]] | web.Response:
+    """The genuine token of the path and the posted web form, or the page to answer with: 404 for
+    a forged or altered token, 415 when the body is not a web form (`how` says how to send it),
+    400 when the form cannot be read. Nothing is changed in any of those cases."""
+    found = tokens.verify(request.app[SETTINGS].secret, request.match_info["token"], purpose)
+    if found is None:
+        return not_found(request)
+    if request.content_type not in FORM_TYPES:
+        return render(
+            request,
+            "invalid.html",
+            status=415,
+            title="Send the form as a web form",
+            message=f"Nothing was changed: {how}.",
+        )
+    form = await read_form(request)
+    if form is None:
+        return bad_form(request)
+    return found, form
 
 
 def bad_form(request: web.Request) -> web.Response:

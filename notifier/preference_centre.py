@@ -115,20 +115,10 @@ async def post_preferences(request: web.Request) -> web.Response:
     for invalid values, 200 with the saved values otherwise."""
     token = request.match_info["token"]
     settings = request.app[SETTINGS]
-    found = tokens.verify(settings.secret, token, "preferences")
-    if found is None:
-        return pages.not_found(request)
-    if request.content_type not in pages.FORM_TYPES:
-        return pages.render(
-            request,
-            "invalid.html",
-            status=415,
-            title="Send the form as a web form",
-            message="Nothing was changed: submit the preference form from its page.",
-        )
-    form = await pages.read_form(request)
-    if form is None:
-        return pages.bad_form(request)
+    posted = await pages.signed_form(request, "preferences", "submit the preference form from its page")
+    if isinstance(posted, web.Response):
+        return posted
+    found, form = posted
     if not pages.same_origin(request) or not pages.nonce_valid(
         settings.secret, token, str(form.get("nonce", ""))
     ):

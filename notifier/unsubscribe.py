@@ -135,20 +135,12 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
     """One-click unsubscribe (RFC 8058), or the page's resubscribe button. 200, no redirect."""
     token = request.match_info["token"]
     settings = request.app[SETTINGS]
-    found = tokens.verify(settings.secret, token, "unsubscribe")
-    if found is None:
-        return pages.not_found(request)
-    if request.content_type not in pages.FORM_TYPES:
-        return pages.render(
-            request,
-            "invalid.html",
-            status=415,
-            title="Send the form as a web form",
-            message="Nothing was changed: post `List-Unsubscribe=One-Click` as a web form.",
-        )
-    form = await pages.read_form(request)
-    if form is None:
-        return pages.bad_form(request)
+    posted = await pages.signed_form(
+        request, "unsubscribe", "post `List-Unsubscribe=One-Click` as a web form"
+    )
+    if isinstance(posted, web.Response):
+        return posted
+    found, form = posted
     pool = request.app[POOL]
     async with pool.acquire() as conn:
         ref = await pages.email_ref(conn, found.account_id, request.query.get("e"))
