@@ -16,16 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiosmtplib
 import asyncpg
@@ -37,7 +35,7 @@ from pydantic import SecretStr
 from bench.common import BenchEnv, Figure, smtp_sink
 from notifier import auth, mail, outbox, queues
 from notifier.app import create_app
-from notifier.db import create_pool, migrate
+from notifier.db import create_pool, scratch_database
 from notifier.render import OutgoingEmail, Renderers
 from notifier.settings import Settings
 from notifier.smtp import Envelope, SMTPSender, _transaction
@@ -46,26 +44,9 @@ CONNECTIONS = 4
 NAME = "delivery"
 
 
-def _with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(admin_url: str) -> AsyncIterator[str]:
-    name = f"notifier_bench_delivery_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _with_database(admin_url, name)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    try:
-        yield dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+def fresh_database(admin_url: str) -> contextlib.AbstractAsyncContextManager[str]:
+    """A migrated database of its own, dropped afterwards."""
+    return scratch_database(admin_url, "notifier_bench_delivery")
 
 
 def bench_settings(dsn: str, redis_url: str, smtp_port: int) -> Settings:

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiosmtplib
 import asyncpg
@@ -28,7 +25,7 @@ from pydantic import SecretStr
 
 from bench.common import BenchEnv, Figure, smtp_sink
 from notifier import mail, queues
-from notifier.db import create_pool, migrate
+from notifier.db import create_pool, scratch_database
 from notifier.digest import run_pass
 from notifier.settings import Settings
 
@@ -37,27 +34,9 @@ DUE = datetime(2026, 6, 2, 8, 0, tzinfo=UTC)
 NAME = "digest"
 
 
-def _with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(admin_url: str) -> Any:
+def fresh_database(admin_url: str) -> contextlib.AbstractAsyncContextManager[str]:
     """A migrated database of its own, dropped afterwards."""
-    name = f"notifier_bench_digest_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _with_database(admin_url, name)
-    try:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-        yield dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    return scratch_database(admin_url, "notifier_bench_digest")
 
 
 async def seed(pool: asyncpg.Pool, accounts: int) -> None:

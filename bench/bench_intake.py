@@ -33,7 +33,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -149,10 +148,6 @@ def baseline_app(dsn: str, *, reset: bool = True) -> Any:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
 @contextlib.contextmanager
 def _server(argv: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[int]:
     with log.open("wb") as out:
@@ -227,7 +222,7 @@ def _wrk(port: int, script: Path, connections: int, seconds: float) -> dict[str,
 async def _prepare_database(admin_url: str) -> tuple[str, str, str]:
     """A fresh migrated database with accounts acct-1..N (ids 1..N) and an API key."""
     from notifier import auth
-    from notifier.db import migrate
+    from notifier.db import migrate, with_database
 
     name = f"notifier_bench_intake_{secrets.token_hex(3)}"
     admin = await asyncpg.connect(admin_url)
@@ -235,7 +230,7 @@ async def _prepare_database(admin_url: str) -> tuple[str, str, str]:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    dsn = _with_database(admin_url, name)
+    dsn = with_database(admin_url, name)
     conn = await asyncpg.connect(dsn)
     try:
         await migrate(conn)

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import random
-import secrets
 import signal
 import subprocess
 import sys
@@ -30,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from arq import ArqRedis
@@ -40,7 +38,7 @@ from pydantic import SecretStr
 
 from chaos.sink import CountingSink
 from notifier import digest, newsletter, queues
-from notifier.db import Q, create_pool, migrate
+from notifier.db import Q, create_pool, migrate, scratch_database
 from notifier.embedded import EmbeddedRedis, free_port
 from notifier.settings import Settings
 
@@ -73,22 +71,9 @@ class Outcome:
 # --- environment ------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def fresh_database(admin_url: str) -> AsyncIterator[str]:
-    name = f"notifier_chaos_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    try:
-        yield dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+def fresh_database(admin_url: str) -> contextlib.AbstractAsyncContextManager[str]:
+    """A migrated database of its own, dropped afterwards."""
+    return scratch_database(admin_url, "notifier_chaos")
 
 
 def chaos_settings(dsn: str, redis_url: str, smtp_port: int, **overrides: Any) -> Settings:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -142,6 +145,32 @@ async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) ->
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` naming database `name` instead (a postgresql:// URL; query options such as a
+    socket `host` are kept)."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+@asynccontextmanager
+async def scratch_database(admin_url: str, prefix: str, *, migrated: bool = True) -> AsyncIterator[str]:
+    """A database of its own on the server of `admin_url` (`<prefix>_<random>`), migrated unless
+    told otherwise, dropped on exit even if connections are left open. For tests, benchmarks and
+    the chaos suite, which must never share or touch anyone else's database."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        dsn = with_database(admin_url, name)
+        try:
+            if migrated:
+                await migrate_dsn(dsn)
+            yield dsn
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 async def migrate_dsn(dsn: str) -> list[int]:

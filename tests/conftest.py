@@ -9,7 +9,6 @@ empty Redis database.
 from __future__ import annotations
 
 import os
-import secrets
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +17,6 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -33,7 +31,7 @@ from pydantic import SecretStr
 
 from notifier import queues
 from notifier.app import create_app
-from notifier.db import migrate
+from notifier.db import scratch_database
 from notifier.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from notifier.settings import Settings
 from tests.factory import Factory
@@ -64,26 +62,11 @@ def services() -> Iterator[Services]:
         stop()
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
 @pytest.fixture(scope="session")
 async def database(services: Services) -> AsyncIterator[str]:
     """A freshly migrated database for this test session; dropped at the end."""
-    name = f"notifier_test_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(services.admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _with_database(services.admin_url, name)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    yield dsn
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    async with scratch_database(services.admin_url, "notifier_test") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

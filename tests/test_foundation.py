@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +13,10 @@ import pytest
 from pydantic import SecretStr
 
 from notifier.app import redact_path
-from notifier.db import MIGRATIONS_DIR, Q, migrate, migration_files, parse_queries
+from notifier.db import MIGRATIONS_DIR, Q, migrate, migration_files, parse_queries, scratch_database
 from notifier.settings import ConfigError, Settings, load_settings
 from notifier.smtp import Envelope, PermanentFailure, SMTPSender, TemporaryFailure
-from tests.conftest import MailSink, Services, _with_database
+from tests.conftest import MailSink, Services
 
 # --- settings ---------------------------------------------------------------------------------
 
@@ -96,12 +95,7 @@ async def test_every_named_query_prepares_against_the_schema(pool: asyncpg.Pool)
 
 
 async def test_concurrent_migrations_do_not_race(services: Services) -> None:
-    admin = await asyncpg.connect(services.admin_url)
-    name = f"notifier_migrate_race_{secrets.token_hex(4)}"  # parallel runs must not collide
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _with_database(services.admin_url, name)
-    try:
+    async with scratch_database(services.admin_url, "notifier_migrate_race", migrated=False) as dsn:
         conns = [await asyncpg.connect(dsn) for _ in range(4)]
         results = await asyncio.gather(*(migrate(c) for c in conns))
         for c in conns:
@@ -114,9 +108,6 @@ async def test_concurrent_migrations_do_not_race(services: Services) -> None:
         assert [r["version"] for r in rows] == expected
         assert await migrate(check) == []  # idempotent
         await check.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 # --- web ----------------------------------------------------------------------------------------
