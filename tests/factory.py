@@ -14,6 +14,16 @@ class Factory:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    async def _insert(self, table: str, row: dict[str, Any]) -> asyncpg.Record:
+        """INSERT one row of `row`'s columns into `table` and return it."""
+        columns = ", ".join(row)
+        params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+        record = await self.pool.fetchrow(
+            f"INSERT INTO {table} ({columns}) VALUES ({params}) RETURNING *", *row.values()
+        )
+        assert record is not None
+        return record
+
     async def account(self, **fields: Any) -> asyncpg.Record:
         """Insert an account; any column may be overridden."""
         n = next(_seq)
@@ -25,13 +35,7 @@ class Factory:
             "locale": "en",
         }
         row.update(fields)
-        columns = ", ".join(row)
-        params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
-        record = await self.pool.fetchrow(
-            f"INSERT INTO accounts ({columns}) VALUES ({params}) RETURNING *", *row.values()
-        )
-        assert record is not None
-        return record
+        return await self._insert("accounts", row)
 
     async def message(self, account: asyncpg.Record, **fields: Any) -> asyncpg.Record:
         """Insert an inbox message for `account`."""
@@ -43,13 +47,7 @@ class Factory:
             "body": f"Body {n}",
         }
         row.update(fields)
-        columns = ", ".join(row)
-        params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
-        record = await self.pool.fetchrow(
-            f"INSERT INTO messages ({columns}) VALUES ({params}) RETURNING *", *row.values()
-        )
-        assert record is not None
-        return record
+        return await self._insert("messages", row)
 
     async def email(self, account: asyncpg.Record | None = None, **fields: Any) -> asyncpg.Record:
         """Insert an outbox row (queued unless `status` is given) for `account` or any address."""
@@ -63,21 +61,8 @@ class Factory:
             "subject": f"E-mail {n}",
         }
         row.update(fields)
-        columns = ", ".join(row)
-        params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
-        record = await self.pool.fetchrow(
-            f"INSERT INTO emails ({columns}) VALUES ({params}) RETURNING *", *row.values()
-        )
-        assert record is not None
-        return record
+        return await self._insert("emails", row)
 
     async def event(self, kind: str, **fields: Any) -> asyncpg.Record:
         """Insert an event of `kind`; any column may be given."""
-        row: dict[str, Any] = {"kind": kind, **fields}
-        columns = ", ".join(row)
-        params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
-        record = await self.pool.fetchrow(
-            f"INSERT INTO events ({columns}) VALUES ({params}) RETURNING *", *row.values()
-        )
-        assert record is not None
-        return record
+        return await self._insert("events", {"kind": kind, **fields})
