@@ -18,6 +18,10 @@ class CountingSink:
     port: int = field(default_factory=free_port)
     received: Counter[str] = field(default_factory=Counter)
     message_ids: dict[str, set[bytes]] = field(default_factory=dict)  # distinct Message-IDs per recipient
+    accepted_at: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # monotonic time of each 250 per recipient
+    cut_short: int = 0  # DATA whose connection closed before the final "." (not delivered)
     # Misbehaviour, changed by scenarios while the sink runs.
     busy_until: float = 0.0  # monotonic time until which connections get 421 and are closed
     tempfail_until: float = 0.0  # monotonic time until which DATA answers 451
@@ -86,13 +90,20 @@ class CountingSink:
                     while (data := await reader.readline()) not in (b".\r\n", b""):
                         if not message_id and data[:11].lower() == b"message-id:":
                             message_id = data[11:].strip()
+                    if not data:
+                        # The client went away before the final ".": like any real server, the
+                        # sink drops the unterminated message (a worker killed mid-DATA).
+                        self.cut_short += 1
+                        return
                     if time.monotonic() < self.tempfail_until:
                         self.tempfailed += 1
                         writer.write(b"451 4.3.0 try again later\r\n")
                     else:
+                        now = time.monotonic()
                         for address in rcpts:
                             self.received[address] += 1
                             self.message_ids.setdefault(address, set()).add(message_id)
+                            self.accepted_at.setdefault(address, []).append(now)
                         writer.write(b"250 OK queued\r\n")
                     rcpts = []
                 elif verb == b"RSET":

@@ -3,9 +3,10 @@
 Producers (service messages, digests, newsletters) call `add` / `add_many` inside their own
 transaction, then `ring` after it commits. A `deliver` job on the row's queue claims due rows in
 batches (`FOR UPDATE SKIP LOCKED`, a lease in `locked_until`), renders them, sends them over
-several SMTP connections at once and records the results in small groups as they come in (one
-statement per group, with an append-only event per result), so a worker killed mid-batch sends
-again only what was in flight or not yet recorded, not the whole batch. A job that runs twice
+several SMTP connections at once and records each result as it comes in (group commit: one
+statement per write, with an append-only event per result; answers that arrive during a write
+go in the next), so a worker killed mid-batch sends again only what was in flight or answered in
+the last millisecond or two, not the whole batch. A job that runs twice
 sends once: a result is only recorded for a row still held under the lease that claimed it.
 `sweep` (cron) re-rings queues whose rows are due and have no job (Redis flushed, a worker killed
 mid-send: its lease runs out and the row is due again).
@@ -16,7 +17,6 @@ States: queued -> sending -> sent | failed | suppressed, and sending -> queued f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -52,10 +52,7 @@ MAX_BELLS = 2
 LEASE_SECONDS = 120.0  # a claimed row becomes due again if not recorded by then
 RUN_SECONDS = 240.0  # a deliver job hands over to a new one after this long (job timeouts: 600 s+)
 JOB_NAME = "deliver"
-# A batch's results are recorded in groups while it is still sending: a group is written when this
-# many are waiting, or this long after the first of them came in, whichever is first.
-FLUSH_SIZE = 10
-FLUSH_SECONDS = 0.03
+BUILD_TURN_SECONDS = 0.002  # building a batch lets other tasks of the loop run this often
 
 
 @dataclass(frozen=True)
@@ -331,52 +328,39 @@ def context_for(settings: Settings, email: OutgoingEmail) -> tuple[dict[str, Any
 
 
 class _Recorder:
-    """Records one batch's results in small groups as the SMTP answers come in, from a task of its
-    own so that no send waits for the database. A group is written (one `record_results`
-    statement) when `size` results wait or `delay` seconds after the first of them; `close` writes
-    the rest. A worker killed mid-batch then leaves unrecorded only what was in flight and the
-    results of one or two groups, not the whole batch."""
+    """Records one batch's results as the SMTP answers come in, from a task of its own so that no
+    send waits for the database (group commit): a result is written at once when no write is in
+    progress; results that arrive during a write go together in the next one. A worker killed
+    mid-batch then leaves unrecorded only the answers of about one write (a millisecond or two)
+    and what was in flight, not a group or a batch. `close` writes the rest."""
 
-    def __init__(self, write: Callable[[Sequence[Result]], Awaitable[None]], size: int, delay: float) -> None:
+    def __init__(self, write: Callable[[Sequence[Result]], Awaitable[None]]) -> None:
         self._write = write
-        self._size = size
-        self._delay = delay
-        self._loop = asyncio.get_running_loop()
         self._pending: list[Result] = []
         self._added: set[int] = set()
-        self._first_at = 0.0
         self._arrived = asyncio.Event()  # a result waits
-        self._full = asyncio.Event()  # a group's worth waits
         self._task: asyncio.Task[None] | None = None
         self._writing = False
         self._closing = False
+        self.writes = 0  # statements written so far (figures and tests)
 
     def add(self, result: Result) -> None:
-        """Queue one result for the next group (never blocks)."""
+        """Queue one result for the next write (never blocks)."""
         self._added.add(result.id)
-        if not self._pending:
-            self._first_at = self._loop.time()
-            self._arrived.set()
         self._pending.append(result)
-        if len(self._pending) >= self._size:
-            self._full.set()
+        self._arrived.set()
         if self._task is None and not self._closing:
-            self._task = asyncio.create_task(self._flush_groups())
+            self._task = asyncio.create_task(self._write_as_they_come())
 
-    async def _flush_groups(self) -> None:
+    async def _write_as_they_come(self) -> None:
         while True:
             await self._arrived.wait()
-            left = self._first_at + self._delay - self._loop.time()
-            if left > 0 and not self._full.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(left):
-                        await self._full.wait()
-            group, self._pending = self._pending, []
             self._arrived.clear()
-            self._full.clear()
+            group, self._pending = self._pending, []
             self._writing = True
             try:
                 await self._write(group)
+                self.writes += 1
             except Exception:
                 # Keep them for `close`, which tries once more and raises if it fails too.
                 log.exception("recording %d delivery results failed; retrying at the batch's end", len(group))
@@ -388,8 +372,8 @@ class _Recorder:
                 return
 
     async def close(self, rest: Sequence[Result] = ()) -> None:
-        """Stop the group writer (letting a write in progress finish), then record what still
-        waits and those of `rest` never added, in one statement."""
+        """Stop the writer (letting a write in progress finish), then record what still waits and
+        those of `rest` never added, in one statement."""
         self._closing = True
         task = self._task
         if task is not None:
@@ -400,14 +384,11 @@ class _Recorder:
         self._pending = []
         if group:
             await self._write(group)
+            self.writes += 1
 
 
 class Delivery:
     """Claims, renders, sends and records. One per worker process and queue (`ctx["delivery"]`)."""
-
-    # Results recorded together while a batch is sending (see `_Recorder`); tests change these.
-    flush_size = FLUSH_SIZE
-    flush_seconds = FLUSH_SECONDS
 
     def __init__(
         self,
@@ -472,7 +453,7 @@ class Delivery:
         async def write(results: Sequence[Result]) -> None:
             await self._record(results, rows, now, lease)
 
-        recorder = _Recorder(write, self.flush_size, self.flush_seconds)
+        recorder = _Recorder(write)
         try:
             results = await self._send_rows(rows, now, recorder)
         except BaseException:
@@ -544,7 +525,15 @@ class Delivery:
 
         date = mail.format_date(now)
         envelopes: list[tuple[OutgoingEmail, str, Envelope]] = []
+        loop = asyncio.get_running_loop()
+        turn = loop.time()
         for email in to_send:
+            if loop.time() - turn > BUILD_TURN_SECONDS:
+                # Building is CPU work (tens of ms for a batch of digests): give the loop a turn so
+                # the other batch in this process reads its answers and records them as they come,
+                # instead of holding them until this batch is built (a kill then would re-send them).
+                await asyncio.sleep(0)
+                turn = loop.time()
             try:
                 mid, envelope = self.build_message(email, date, known_ids[email.id])
             except (TemplateError, mail.HeaderError) as exc:
@@ -701,23 +690,25 @@ class Delivery:
             lease,
             str(int(lease.timestamp() * 1_000_000)),
         )
+        # `record_results` commits without waiting for the WAL flush (0.3-6 ms a commit on the
+        # shared VM, and a write per few answers): a killed worker cannot lose what PostgreSQL
+        # committed; only a crash of PostgreSQL itself can lose the last few hundred ms of
+        # results, and those rows are then sent again (same Message-ID) when their lease runs
+        # out, never lost. One statement, one round trip, unless a hard bounce adds suppressions.
         bounced = [r for r in results if r.event == "bounced"]
+        if not bounced:
+            await self.pool.execute(*args)
+            return
+        address = {r["id"]: r["to_address"] for r in rows}
         async with self.pool.acquire() as conn, conn.transaction():
-            # Without waiting for the WAL flush (3-6 ms a commit on the shared VM, ~10 groups a
-            # batch): a killed worker cannot lose what PostgreSQL committed; only a crash of
-            # PostgreSQL itself can lose the last few hundred ms of results, and those rows are
-            # then sent again (same Message-ID) when their lease runs out, never lost.
-            await conn.execute("SET LOCAL synchronous_commit = off")
             await conn.execute(*args)
-            if bounced:
-                address = {r["id"]: r["to_address"] for r in rows}
-                await conn.execute(
-                    Q.add_suppressions,
-                    [suppression.address_hash(address[r.id]) for r in bounced],
-                    ["all"] * len(bounced),
-                    ["hard_bounce"] * len(bounced),
-                    [(r.error or "")[:200] for r in bounced],
-                )
+            await conn.execute(
+                Q.add_suppressions,
+                [suppression.address_hash(address[r.id]) for r in bounced],
+                ["all"] * len(bounced),
+                ["hard_bounce"] * len(bounced),
+                [(r.error or "")[:200] for r in bounced],
+            )
 
 
 async def deliver_job(ctx: dict[str, Any]) -> dict[str, int]:

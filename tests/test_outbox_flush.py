@@ -1,17 +1,20 @@
-"""A batch's results are recorded in small groups while it is still sending (not once at its end),
-so a worker killed mid-batch re-sends only what was in flight or not yet recorded. Real
+"""A batch's results are recorded as they come in, while it is still sending (not once at its end,
+nor in groups of a fixed size), so a worker killed mid-batch re-sends only what was in flight or
+answered during the last write. Real
 PostgreSQL and the in-process SMTP server; the sender below is the real SMTPSender, except that one
 message waits for the test."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from notifier import outbox, queues
-from notifier.outbox import Delivery
+from notifier.db import Q
+from notifier.outbox import Delivery, Result, _Recorder
 from notifier.settings import Settings
 from notifier.smtp import Envelope, SMTPSender
 from tests.conftest import MailSink
@@ -70,28 +73,26 @@ async def until_sent(pool: asyncpg.Pool, n: int) -> int:
 
 
 async def start(
-    settings: Settings, pool: asyncpg.Pool, flush_seconds: float | None = None
+    settings: Settings, pool: asyncpg.Pool
 ) -> tuple[HoldsOne, asyncio.Task[outbox.Counts], datetime]:
     await queue_batch(pool)
     sender = HoldsOne(SMTPSender(settings), HOLD)
     one_lane = settings.model_copy(update={"smtp_pool_size": 1})  # messages go out in claim order
     delivery = Delivery(one_lane, pool, sender)
-    if flush_seconds is not None:
-        delivery.flush_seconds = flush_seconds
     now = datetime.now(UTC) + timedelta(seconds=1)
     job = asyncio.create_task(delivery.run(queues.SERVICE, now=now))
     await sender.holding.wait()
     return sender, job, now
 
 
-async def test_results_are_recorded_in_groups_while_the_batch_is_still_sending(
+async def test_every_answer_is_recorded_while_the_batch_is_still_sending(
     settings: Settings, pool: asyncpg.Pool, smtp: MailSink
 ) -> None:
-    # Groups by size only: a group is written once 10 answers wait (more when they came in while
-    # the previous group was being written), so of the 59 answers fewer than 10 stay unrecorded.
-    sender, job, _ = await start(settings, pool, flush_seconds=3600)
-    sent = await until_sent(pool, HOLD - outbox.FLUSH_SIZE)
-    assert HOLD - outbox.FLUSH_SIZE <= sent < HOLD
+    # The 60th message waits: all 59 answers before it are recorded without waiting for a group
+    # to fill or for the batch to end.
+    sender, job, _ = await start(settings, pool)
+    sent = await until_sent(pool, HOLD - 1)
+    assert sent == HOLD - 1
     assert await statuses(pool) == {"sent": sent, "sending": BATCH - sent}
     assert await pool.fetchval("SELECT count(*) FROM events WHERE kind = 'sent'") == sent
     # One lane sends in claim order (by id): the recorded ones are the first answered.
@@ -110,29 +111,75 @@ async def test_results_are_recorded_in_groups_while_the_batch_is_still_sending(
     )
 
 
-async def test_a_short_group_is_recorded_soon_after_its_first_answer(
-    settings: Settings, pool: asyncpg.Pool, smtp: MailSink
-) -> None:
-    # The default delay: the nine answers after the last full group are written too, while the
-    # 60th message still waits, without waiting for the batch to end.
-    assert outbox.FLUSH_SECONDS < 1
-    sender, job, _ = await start(settings, pool)
-    await until_sent(pool, HOLD - 1)
-    assert await statuses(pool) == {"sent": HOLD - 1, "sending": BATCH - HOLD + 1}
-    sender.release.set()
-    assert (await job).sent == BATCH
-    await sender.close()
-    assert await statuses(pool) == {"sent": BATCH}
-    assert len(smtp.received) == BATCH
+async def test_answers_that_arrive_during_a_write_go_together_in_the_next() -> None:
+    writes: list[list[int]] = []
+    first_started, finish_first = asyncio.Event(), asyncio.Event()
+
+    async def write(results: Sequence[Result]) -> None:
+        writes.append([r.id for r in results])
+        if len(writes) == 1:
+            first_started.set()
+            await finish_first.wait()
+
+    recorder = _Recorder(write)
+    recorder.add(Result(1, "sent", "sent"))
+    await first_started.wait()
+    for i in (2, 3, 4):
+        recorder.add(Result(i, "sent", "sent"))
+    finish_first.set()
+    while len(writes) < 2:
+        await asyncio.sleep(0)
+    # `close` records what was never added (decided before sending) and nothing twice.
+    await recorder.close([Result(i, "sent", "sent") for i in (1, 2, 5)])
+    assert writes == [[1], [2, 3, 4], [5]]
+    assert recorder.writes == 3
 
 
-async def test_no_group_is_recorded_for_a_lease_that_was_lost(
+async def test_recording_skips_the_wal_flush_for_its_own_transaction_only(pool: asyncpg.Pool) -> None:
+    now = datetime.now(UTC)
+    lease = now + timedelta(minutes=1)
+    async with pool.acquire() as conn:
+        email_id = await outbox.add(
+            conn, kind="service", to_address="wal@example.com", template="service/selftest"
+        )
+        await conn.execute(
+            "UPDATE emails SET status = 'sending', locked_until = $2 WHERE id = $1", email_id, lease
+        )
+
+        def record(status: str) -> tuple[object, ...]:
+            return (
+                Q.record_results,
+                [email_id],
+                [status],
+                [None],
+                [None],
+                [None],
+                [status],
+                [None],
+                now,
+                lease,
+                "x",
+            )
+
+        async with conn.transaction():
+            await conn.execute(*record("sent"))
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+            await conn.execute(
+                "UPDATE emails SET status = 'sending', locked_until = $2 WHERE id = $1", email_id, lease
+            )
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        await conn.execute(*record("failed"))
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        assert await conn.fetchval("SELECT status FROM emails WHERE id = $1", email_id) == "failed"
+
+
+async def test_no_result_is_recorded_for_a_lease_that_was_lost(
     settings: Settings, pool: asyncpg.Pool, smtp: MailSink
 ) -> None:
     """The lease runs out while the 60th message hangs and another worker claims the rest: the
-    first worker's later groups record nothing over the other worker's lease."""
-    sender, job, now = await start(settings, pool, flush_seconds=3600)
-    sent = await until_sent(pool, HOLD - outbox.FLUSH_SIZE)
+    first worker's later answers record nothing over the other worker's lease."""
+    sender, job, now = await start(settings, pool)
+    sent = await until_sent(pool, HOLD - 1)
     other = now + timedelta(seconds=outbox.LEASE_SECONDS * 2)
     await pool.execute("UPDATE emails SET locked_until = $1 WHERE status = 'sending'", other)
     sender.release.set()

@@ -44,10 +44,13 @@ RETURNING e.id, e.kind, e.account_id, e.to_address, e.template, e.subject, e.con
 -- A service e-mail without an account (the notice that an account was erased) keeps no address,
 -- subject or data once sent (or suppressed): the member asked to be forgotten. A failed one keeps
 -- its address so that an operator can re-drive it.
+-- The statement turns `synchronous_commit` off for its own transaction (set_config(..., true)):
+-- the commit does not wait for the WAL flush (see `Delivery._record`).
 WITH r AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
                          $6::text[], $7::jsonb[])
         AS r(id, status, message_id, error, next_attempt_at, event, detail)
+    WHERE (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
 ), done AS (
     UPDATE emails e
     SET status = r.status,
