@@ -22,19 +22,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, NotRequired, cast
 from urllib.parse import quote
 
 import asyncpg
+import pydantic_core
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from notifier.accounts import account_id_of, external_id_of
 from notifier.auth import requires
 from notifier.db import Q
 from notifier.idempotency import HEADER, idempotent, json_response
 from notifier.pagination import decode_cursor, encode_cursor, page_limit
-from notifier.problems import Problem, parse_json, read_body, read_json
+from notifier.problems import Problem, parse_json, read_body
 from notifier.resources import POOL, SETTINGS
 from notifier.validation import Body, Category, Data, ExternalId, Subject, Url, errors_of, parse
 
@@ -84,24 +86,52 @@ class BatchMessage(NewMessage):
     account: ExternalId
 
 
-_BATCH_ADAPTER = TypeAdapter(list[BatchMessage])
+@with_config(ConfigDict(extra="forbid"))
+class BatchItem(TypedDict):
+    """A valid `BatchMessage` as a plain dict: the same rules, cheaper to build and to serialise.
+
+    A test checks that both describe the same schema; `BatchMessage` words the per-item errors.
+    """
+
+    account: ExternalId
+    category: Category
+    subject: Subject
+    body: Body
+    url: NotRequired[Url | None]
+    data: NotRequired[Data | None]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class _ValidBatch(TypedDict):
+    messages: Annotated[list[BatchItem], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+_VALID_BATCH = TypeAdapter(_ValidBatch)
+
+
+def parse_valid_batch(raw: bytes) -> list[BatchItem] | None:
+    """The messages of a batch body in which every item is valid, parsed and checked straight from
+    the bytes (no `json.loads` dict first); None for anything else (not JSON, no list, too many
+    or no items, one invalid item), which the general path then answers item by item."""
+    try:
+        return _VALID_BATCH.validate_json(raw)["messages"]
+    except ValidationError:
+        return None
 
 
 def validate_batch(
     items: list[Any],
-) -> tuple[list[tuple[int, BatchMessage]], dict[int, list[dict[str, Any]]]]:
-    """(valid items with their index, {index: errors}). One validator call when all are valid."""
-    try:
-        return list(enumerate(_BATCH_ADAPTER.validate_python(items))), {}
-    except ValidationError:
-        pass
-    valid: list[tuple[int, BatchMessage]] = []
+) -> tuple[list[tuple[int, BatchItem]], dict[int, list[dict[str, Any]]]]:
+    """(valid items with their index, {index: errors}), each item checked on its own."""
+    valid: list[tuple[int, BatchItem]] = []
     invalid: dict[int, list[dict[str, Any]]] = {}
     for i, item in enumerate(items):
         try:
-            valid.append((i, BatchMessage.model_validate(item)))
+            message = BatchMessage.model_validate(item)
         except ValidationError as exc:
             invalid[i] = errors_of(exc, whole="item")
+        else:
+            valid.append((i, cast(BatchItem, message.model_dump(exclude_none=True))))
     return valid, invalid
 
 
@@ -218,11 +248,13 @@ def _batch_items(payload: Any) -> list[Any]:
 
 
 async def _insert_batch(
-    conn: asyncpg.Connection | asyncpg.Pool, valid: list[tuple[int, BatchMessage]], *, in_transaction: bool
+    conn: asyncpg.Connection | asyncpg.Pool, valid: list[tuple[int, BatchItem]], *, in_transaction: bool
 ) -> list[asyncpg.Record]:
     if not valid:
         return []
-    document = _BATCH_ADAPTER.dump_json([m for _, m in valid], exclude_none=True).decode()
+    # Infinity and NaN (which Python's JSON reader accepts inside `data`) become null, as JSON has no
+    # such numbers; PostgreSQL reads a JSON null as SQL NULL for every column.
+    document = pydantic_core.to_json([m for _, m in valid], inf_nan_mode="null").decode()
     try:
         rows: list[asyncpg.Record] = await conn.fetch(Q.insert_messages_batch, document)
     except asyncpg.ForeignKeyViolationError:
@@ -236,8 +268,8 @@ async def _insert_batch(
 
 
 def _batch_answer(
-    items: list[Any],
-    valid: list[tuple[int, BatchMessage]],
+    size: int,
+    valid: list[tuple[int, BatchItem]],
     results: list[dict[str, Any] | None],
     rows: list[asyncpg.Record],
 ) -> tuple[int, dict[str, Any]]:
@@ -250,33 +282,51 @@ def _batch_answer(
                 "index": i,
                 "status": 404,
                 "errors": [
-                    {"field": "account", "message": f"no account with external_id {message.account!r}"}
+                    {"field": "account", "message": f"no account with external_id {message['account']!r}"}
                 ],
             }
     accepted = len(rows)
-    body = {"accepted": accepted, "rejected": len(items) - accepted, "results": results}
-    return (201 if accepted == len(items) else 207), body
+    body = {"accepted": accepted, "rejected": size - accepted, "results": results}
+    return (201 if accepted == size else 207), body
+
+
+def _batch_response(status: int, body: dict[str, Any]) -> web.Response:
+    """The answer to a batch of valid items (integers and validated account ids only), serialised
+    by pydantic-core: the same compact JSON as `json_response` in under half the time."""
+    return web.Response(
+        status=status, body=pydantic_core.to_json(body), content_type="application/json", charset="utf-8"
+    )
 
 
 @requires("messages")
 async def post_batch(request: web.Request) -> web.Response:
     """POST /v1/messages: up to MAX_BATCH messages; 201 all accepted, 207 some not (per item)."""
-    payload = await read_json(request, max_bytes=request.app[SETTINGS].max_batch_body_bytes)
-    items = _batch_items(payload)
-    results: list[dict[str, Any] | None] = [None] * len(items)
-    valid, invalid = validate_batch(items)
-    for i, errors in invalid.items():
-        results[i] = {"index": i, "status": 422, "errors": errors}
+    raw = await read_body(request, max_bytes=request.app[SETTINGS].max_batch_body_bytes)
+    fast = parse_valid_batch(raw)
+    payload: Any = None
+    if fast is not None:  # the common case: every item valid, checked in one pass over the bytes
+        size, valid = len(fast), list(enumerate(fast))
+        results: list[dict[str, Any] | None] = [None] * size
+    else:  # the general path words each 400 / 413 / 422 and checks item by item
+        payload = parse_json(raw)
+        items = _batch_items(payload)
+        size = len(items)
+        results = [None] * size
+        valid, invalid = validate_batch(items)
+        for i, errors in invalid.items():
+            results[i] = {"index": i, "status": 422, "errors": errors}
     if HEADER not in request.headers:
         rows = await _insert_batch(request.app[POOL], valid, in_transaction=False)
-        status, body = _batch_answer(items, valid, results, rows)
-        response = json_response(status, body)
+        status, body = _batch_answer(size, valid, results, rows)
+        response = _batch_response(status, body) if payload is None else json_response(status, body)
     else:
+        if payload is None:
+            payload = parse_json(raw)
         async with idempotent(request, payload) as idem:
             if idem.replayed:
                 return idem.response
             rows = await _insert_batch(idem.conn, valid, in_transaction=True)
-            status, body = _batch_answer(items, valid, results, rows)
+            status, body = _batch_answer(size, valid, results, rows)
             response = idem.respond(status, body)
     if rows and MESSAGES_CREATED_HOOKS:
         created = [CreatedMessage(r["id"], r["account_id"], r["digest_frequency"]) for r in rows]

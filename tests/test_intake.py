@@ -272,6 +272,64 @@ async def test_batch_with_idempotency_key_replays(client, headers, factory, pool
     assert await pool.fetchval("SELECT count(*) FROM messages") == 1
 
 
+def test_batch_item_has_the_rules_of_batch_message() -> None:
+    """Valid batches are checked as `BatchItem` dicts, invalid ones item by item as `BatchMessage`."""
+    from pydantic import TypeAdapter
+
+    item = TypeAdapter(inbox.BatchItem).json_schema()
+    message = inbox.BatchMessage.model_json_schema()
+    for schema in (item, message):
+        schema.pop("title")
+        schema.pop("description", None)
+        schema["required"] = sorted(schema["required"])
+        for field in schema["properties"].values():
+            field.pop("default", None)  # BatchMessage's None is BatchItem's NotRequired
+    assert item == message
+
+
+async def test_valid_and_mixed_batches_store_the_same(client, headers, factory, pool) -> None:
+    """An all-valid batch (read straight from the bytes) and the same items beside an invalid one
+    (the item-by-item path) store the same rows and answer alike."""
+    await factory.account(external_id="ann")
+    items = [
+        {"account": "ann", **MESSAGE, "subject": "  Padded  ", "url": " https://x.example/p?q=1 "},
+        {"account": "ann", **MESSAGE, "url": None, "data": None},
+        {
+            "account": "ann",
+            **MESSAGE,
+            "data": {"big": 2**70, "f": 0.1, "inf": float("inf"), "nan": float("nan")},
+        },
+        {"account": "ann", **MESSAGE, "data": {"u": "ü “q” \u2028", "dup": 1, "n": [None, True, {}]}},
+        {"account": "ghost", **MESSAGE},
+    ]
+    stored = (
+        "SELECT category, subject, body, url, data FROM messages WHERE id = ANY($1::bigint[]) ORDER BY id"
+    )
+    answers = []
+    for batch in (items, [*items, {"account": "ann", **MESSAGE, "category": "BAD"}]):
+        # json.dumps writes NaN and Infinity, as some producers do; both paths store them as null
+        resp = await client.post(
+            "/v1/messages",
+            data=json.dumps({"messages": batch}),
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        assert resp.status == 207, await resp.text()
+        assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+        body = await resp.json()
+        ids = [r["id"] for r in body["results"] if r["status"] == 201]
+        rows = [dict(r) for r in await pool.fetch(stored, ids)]
+        for r in body["results"]:
+            r.pop("id", None)
+        answers.append((body, rows))
+    (valid, valid_rows), (mixed, mixed_rows) = answers
+    assert valid_rows == mixed_rows
+    assert valid_rows[0]["subject"] == "Padded" and valid_rows[0]["url"] == "https://x.example/p?q=1"
+    assert valid_rows[1]["url"] is None and valid_rows[1]["data"] is None
+    assert valid_rows[2]["data"] == {"big": 2**70, "f": 0.1, "inf": None, "nan": None}
+    assert mixed["results"][:5] == valid["results"]
+    assert (mixed["accepted"], mixed["rejected"]) == (valid["accepted"], valid["rejected"] + 1) == (4, 2)
+
+
 # --- hook -------------------------------------------------------------------------------------
 
 
