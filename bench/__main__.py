@@ -64,12 +64,15 @@ def main() -> None:
         rd = EmbeddedRedis.start(work / "redis", persistent=False)
         stoppers.append(rd.stop)
         redis_url = rd.url()
+    env = BenchEnv(db_url, redis_url, work, args.scale)
     try:
-        figures = asyncio.run(run_all(names, BenchEnv(db_url, redis_url, work, args.scale)))
+        figures = asyncio.run(run_all(names, env))
     finally:
         for stop in stoppers:
             stop()
     out = table(figures)
+    if env.notes:  # what the figures alone do not say (errors seen, how the servers ran)
+        out += "\n\n" + "\n".join(f"- {note}" for note in env.notes)
     print(out)
     if args.write:
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

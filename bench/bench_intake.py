@@ -15,7 +15,11 @@ Rounds alternate between the servers to spread the noise of a shared machine eve
 of two rounds of each is reported. All servers run as one process each against the same fresh
 database with the same pool size; notifier's per-key rate limit is switched off
 (NOTIFIER_API_RATE_LIMIT=0) so that it does not cap the measurement.
-Run a baseline server alone: `python -m bench.bench_intake baseline PORT DSN [no-reset]`.
+Every server runs on the same event loop (uvloop, as `notifier web` by default) with the same
+number of processes (1 unless BENCH_INTAKE_PROCESSES says otherwise; several share the port with
+SO_REUSEPORT, and their CPU time is summed); BENCH_INTAKE_LOOP=asyncio compares the standard loop.
+Run a baseline server alone:
+`python -m bench.bench_intake baseline PORT DSN [--no-reset] [--loop L] [--processes N]`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ BATCH = 1000
 BATCH_CONNECTIONS = 8
 ACCOUNTS = 1000
 POOL_SIZE = 10
+# Every server (notifier and the baselines) runs on this event loop with this many processes;
+# the defaults are `notifier web`'s. BENCH_INTAKE_LOOP=asyncio / BENCH_INTAKE_PROCESSES=2 compare.
+LOOP = os.environ.get("BENCH_INTAKE_LOOP", "uvloop")
+PROCESSES = int(os.environ.get("BENCH_INTAKE_PROCESSES", "1"))
 
 MESSAGE = {
     "category": "blog.comments",
@@ -177,9 +185,16 @@ def _server(argv: list[str], port: int, env: dict[str, str], log: Path) -> Itera
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its live children (Linux /proc)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _measure(pid: int, port: int, script: Path, connections: int, seconds: float) -> dict[str, Any]:
@@ -291,15 +306,18 @@ async def run(env: BenchEnv) -> list[Figure]:
             "NOTIFIER_DATA_DIR": str(work),
         }
         ports = {"baseline": free_port(), "baseline-same-pool": free_port(), "notifier": free_port()}
+        mode = ["--loop", LOOP, "--processes", str(PROCESSES)]
         commands = {
-            "baseline": [sys.executable, "-m", "bench.bench_intake", "baseline", str(ports["baseline"]), dsn],
+            "baseline": [
+                sys.executable, "-m", "bench.bench_intake", "baseline", str(ports["baseline"]), dsn, *mode,
+            ],
             "baseline-same-pool": [
                 sys.executable, "-m", "bench.bench_intake", "baseline", str(ports["baseline-same-pool"]), dsn,
-                "no-reset",
+                "--no-reset", *mode,
             ],
             "notifier": [
                 sys.executable, "-c", "from notifier.cli import main; main()", "web",
-                "--port", str(ports["notifier"]),
+                "--port", str(ports["notifier"]), *mode,
             ],
         }  # fmt: skip
         single: dict[str, list[dict[str, Any]]] = {who: [] for who in ports}
@@ -335,6 +353,7 @@ async def run(env: BenchEnv) -> list[Figure]:
     best = {who: max(rs, key=lambda r: r["rps"]) for who, rs in single.items()}
     best_batch = {who: max(rs, key=lambda r: r["rps"]) for who, rs in batch.items()}
     env.notes.append(f"intake: {stored:,} messages stored in total")
+    env.notes.append(f"intake: every server on the {LOOP} event loop, {PROCESSES} process(es) each")
     bare = "bare aiohttp + 1 INSERT"
     same = "bare aiohttp + 1 INSERT, notifier's pool settings"
     bare_batch = "bare aiohttp + 1 unnest INSERT"
@@ -392,14 +411,43 @@ async def _database_ceiling(dsn: str, seconds: float) -> float:
     return done / (time.monotonic() - start)
 
 
-def _serve_baseline(port: int, dsn: str, reset: bool) -> None:
+def _serve_baseline(argv: list[str]) -> int:
+    """`baseline PORT DSN [--no-reset] [--loop uvloop|asyncio] [--processes N]`: the way
+    `notifier web` runs (same loop, same SO_REUSEPORT processes)."""
+    import argparse
+
     from aiohttp import web
 
-    web.run_app(baseline_app(dsn, reset=reset), host="127.0.0.1", port=port, access_log=None, print=None)
+    from notifier.cli import new_event_loop, serve_forked
+
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_intake baseline")
+    parser.add_argument("port", type=int)
+    parser.add_argument("dsn")
+    parser.add_argument("--no-reset", action="store_true")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default=LOOP)
+    parser.add_argument("--processes", type=int, default=PROCESSES)
+    args = parser.parse_args(argv)
+
+    def serve(reuse_port: bool | None = None) -> None:
+        web.run_app(
+            baseline_app(args.dsn, reset=not args.no_reset),
+            host="127.0.0.1",
+            port=args.port,
+            access_log=None,
+            print=None,
+            reuse_port=reuse_port,
+            loop=new_event_loop(args.loop),
+        )
+
+    if args.processes == 1:
+        serve()
+        return 0
+    return serve_forked(args.processes, lambda: serve(reuse_port=True))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) in (4, 5) and sys.argv[1] == "baseline":
-        _serve_baseline(int(sys.argv[2]), sys.argv[3], reset=sys.argv[4:] != ["no-reset"])
-    else:
-        raise SystemExit("usage: python -m bench.bench_intake baseline PORT DSN [no-reset]")
+    if sys.argv[1:2] == ["baseline"]:
+        raise SystemExit(_serve_baseline(sys.argv[2:]))
+    raise SystemExit(
+        "usage: python -m bench.bench_intake baseline PORT DSN [--no-reset] [--loop L] [--processes N]"
+    )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -39,14 +42,25 @@ def settings_for(args: argparse.Namespace) -> Settings:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
+    settings = settings_for(args)
+    settings.require_services()
+    port = args.port or settings.port
+    if args.processes < 1:
+        raise ConfigError("--processes must be at least 1")
+    if args.processes == 1:
+        _serve_web(settings, port, args.loop, reuse_port=None)
+        return 0
+    return serve_forked(args.processes, lambda: _serve_web(settings, port, args.loop, reuse_port=True))
+
+
+def _serve_web(settings: Settings, port: int, loop_name: str, *, reuse_port: bool | None) -> None:
+    """One web process: build the app and serve it until SIGTERM / SIGINT."""
     from aiohttp import web
 
     from notifier.app import RedactingAccessLogger, create_app
 
-    settings = settings_for(args)
-    settings.require_services()
     app = create_app(settings)
-    port = args.port or settings.port
+    loop = new_event_loop(loop_name)
     # Everything imported and built so far lives as long as the process: keep it out of the
     # cyclic garbage collector's full passes, which otherwise rescan it under load (a batch
     # intake request spent a third of its CPU there).
@@ -55,10 +69,65 @@ def cmd_web(args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=port,
+        reuse_port=reuse_port,
+        loop=loop,
         access_log_class=RedactingAccessLogger,
-        print=lambda _: log.info("web listening on http://%s:%s", settings.host, port),
+        print=lambda _: log.info("web listening on http://%s:%s (%s loop)", settings.host, port, loop_name),
     )
-    return 0
+
+
+def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
+    """A new event loop: `uvloop` (when installed) or the standard `asyncio` one."""
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # not built for this platform: the standard loop serves the same app
+            log.warning("uvloop is not installed; using the asyncio event loop")
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def serve_forked(processes: int, serve: Callable[[], None]) -> int:
+    """Run `serve()` (a server listening with SO_REUSEPORT) in `processes` forked children: the
+    kernel spreads the port's connections among them. Returns the exit code for the parent.
+
+    The parent only supervises: SIGTERM / SIGINT are passed on to every child; when one child
+    exits, the others are stopped too and the parent exits with that child's code, so that the
+    platform's supervisor restarts the whole set.
+    """
+    children: list[int] = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 0
+            try:
+                serve()
+            except ConfigError as exc:
+                print(f"notifier: error: {exc}", file=sys.stderr)
+                code = 2
+            except BaseException:
+                log.exception("web process failed")
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+
+    def stop(signum: int, frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    pid, status = os.wait()
+    children.remove(pid)
+    code = os.waitstatus_to_exitcode(status)
+    stop(signal.SIGTERM, None)
+    for child in children:
+        os.waitpid(child, 0)
+    return code if code >= 0 else 128 - code
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
@@ -195,6 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("web", help="run the HTTP API and pages", description="Run the HTTP API and pages.")
     p.add_argument("--port", type=int, help="port (default: NOTIFIER_PORT, else $PORT, else 8000)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="web processes sharing the port through SO_REUSEPORT (default 1; see README)",
+    )
+    p.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop (default uvloop, the asyncio loop when uvloop is not installed)",
+    )
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser(
