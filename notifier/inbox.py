@@ -19,6 +19,7 @@ error answer: the messages exist, and a retry by the producer would duplicate th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,13 @@ from notifier.validation import Body, Category, Data, ExternalId, Subject, Url, 
 log = logging.getLogger("notifier.inbox")
 
 MAX_BATCH = 1000
+
+# Intake waits its turn for the database in a FIFO line. asyncpg's pool gives a released connection
+# to whichever request asks first, and a waiter that loses that race goes back to the end of the
+# line (asyncio.Queue): at 64 connections on a pool of 10, p50 was 15 ms and p99 60 to 70 ms. A fair
+# semaphore lets at most 1.5 times the pool size ask the pool; they can overtake only each other.
+INTAKE_GATE = web.AppKey("intake_gate", asyncio.Semaphore)
+GATE_PER_CONNECTION = 1.5
 
 
 class CreatedMessage(NamedTuple):
@@ -188,7 +196,8 @@ async def post_message(request: web.Request) -> web.Response:
     if HEADER not in request.headers:
         # The common case costs one statement: resolve the account and insert together.
         try:
-            row = await request.app[POOL].fetchrow(Q.insert_message, *args)
+            async with request.app[INTAKE_GATE]:
+                row = await request.app[POOL].fetchrow(Q.insert_message, *args)
         except asyncpg.ForeignKeyViolationError:  # erased between the lookup and the insert
             row = None
         if row is None:
@@ -197,7 +206,7 @@ async def post_message(request: web.Request) -> web.Response:
             201, _new_message_json(row), {"Location": _message_location(external_id, row["id"])}
         )
     else:
-        async with idempotent(request, parse_json(raw)) as idem:
+        async with request.app[INTAKE_GATE], idempotent(request, parse_json(raw)) as idem:
             if idem.replayed:
                 return idem.response
             try:
@@ -316,13 +325,14 @@ async def post_batch(request: web.Request) -> web.Response:
         for i, errors in invalid.items():
             results[i] = {"index": i, "status": 422, "errors": errors}
     if HEADER not in request.headers:
-        rows = await _insert_batch(request.app[POOL], valid, in_transaction=False)
+        async with request.app[INTAKE_GATE]:
+            rows = await _insert_batch(request.app[POOL], valid, in_transaction=False)
         status, body = _batch_answer(size, valid, results, rows)
         response = _batch_response(status, body) if payload is None else json_response(status, body)
     else:
         if payload is None:
             payload = parse_json(raw)
-        async with idempotent(request, payload) as idem:
+        async with request.app[INTAKE_GATE], idempotent(request, payload) as idem:
             if idem.replayed:
                 return idem.response
             rows = await _insert_batch(idem.conn, valid, in_transaction=True)
@@ -487,7 +497,12 @@ async def retention_job(ctx: dict[str, Any]) -> int:
     return deleted
 
 
+async def _open_gate(app: web.Application) -> None:
+    app[INTAKE_GATE] = asyncio.Semaphore(max(1, round(app[SETTINGS].db_pool_max * GATE_PER_CONNECTION)))
+
+
 def setup_routes(app: web.Application) -> None:
+    app.on_startup.append(_open_gate)
     app.router.add_post("/v1/messages", post_batch)
     app.router.add_post("/v1/accounts/{external_id}/messages", post_message)
     app.router.add_get("/v1/accounts/{external_id}/messages", list_inbox)

@@ -330,6 +330,30 @@ async def test_valid_and_mixed_batches_store_the_same(client, headers, factory, 
     assert (mixed["accepted"], mixed["rejected"]) == (valid["accepted"], valid["rejected"] + 1) == (4, 2)
 
 
+async def test_intake_waits_its_turn_on_a_one_connection_pool(settings, pool, redis, factory) -> None:
+    """The intake gate (1.5 x the pool) in front of a single connection: plain, batched and
+    repeated idempotent requests at once all finish, in the pool's one connection."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from notifier.app import create_app
+
+    await factory.account(external_id="ann")
+    headers = await bearer(pool, "messages", name="blog")
+    settings.db_pool_min = settings.db_pool_max = 1
+    async with TestClient(TestServer(create_app(settings))) as client:
+        assert client.app[inbox.INTAKE_GATE]._value == 2  # round(1 * 1.5)
+        keyed = {**headers, "Idempotency-Key": "same"}
+        batch = {"messages": [{"account": "ann", **MESSAGE}] * 3}
+        answers = await asyncio.gather(
+            *(client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=headers) for _ in range(10)),
+            *(client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=keyed) for _ in range(5)),
+            *(client.post("/v1/messages", json=batch, headers=headers) for _ in range(5)),
+        )
+        assert [a.status for a in answers] == [201] * 20
+        assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers) == 4
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 10 + 1 + 15
+
+
 # --- hook -------------------------------------------------------------------------------------
 
 
