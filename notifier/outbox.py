@@ -632,11 +632,21 @@ class Delivery:
                 wait = start + delays[i] - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                outcome: str | Exception
+                sending = asyncio.ensure_future(self._send_one(envelopes[i]))
                 try:
-                    outcome = await self.sender.send(envelopes[i])
-                except (TemporaryFailure, PermanentFailure) as exc:
-                    outcome = exc
+                    outcome = await asyncio.shield(sending)
+                except asyncio.CancelledError:
+                    # Stopping (SIGTERM on a deploy, Redis lost): a message already on the wire
+                    # is finished, for at most the SMTP timeout, and its answer recorded, so that
+                    # it is not sent again when its lease runs out. No new one starts.
+                    try:
+                        outcome = await asyncio.wait_for(sending, self.settings.smtp_timeout)
+                    except TimeoutError:
+                        raise asyncio.CancelledError from None  # unknown: sent again later
+                    outcomes[i] = outcome
+                    if answered is not None:
+                        answered(i, outcome)
+                    raise
                 outcomes[i] = outcome
                 if answered is not None:
                     answered(i, outcome)
@@ -644,6 +654,13 @@ class Delivery:
         lanes = min(len(envelopes), self.settings.smtp_pool_size)
         await asyncio.gather(*(lane() for _ in range(lanes)))
         return [o if o is not None else TemporaryFailure("not sent") for o in outcomes]
+
+    async def _send_one(self, envelope: Envelope) -> str | Exception:
+        """The server's reply text, or the delivery error (never raises one)."""
+        try:
+            return await self.sender.send(envelope)
+        except (TemporaryFailure, PermanentFailure) as exc:
+            return exc
 
     def _result(
         self, email_id: int, mid: str, attempt: int, outcome: str | Exception, now: datetime

@@ -7,6 +7,7 @@ message waits for the test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -189,3 +190,22 @@ async def test_no_result_is_recorded_for_a_lease_that_was_lost(
     assert await statuses(pool) == {"sent": sent, "sending": BATCH - sent}
     assert await pool.fetchval("SELECT count(*) FROM emails WHERE locked_until = $1", other) == BATCH - sent
     assert await pool.fetchval("SELECT count(*) FROM events") == sent
+
+
+async def test_a_stopped_delivery_finishes_and_records_the_message_on_the_wire(
+    settings: Settings, pool: asyncpg.Pool, smtp: MailSink
+) -> None:
+    """Cancelled (SIGTERM on a deploy, Redis lost) while the 60th message is being sent: that
+    message is finished and recorded, no other starts, and nothing is left to be sent twice."""
+    sender, job, _ = await start(settings, pool)
+    await until_sent(pool, HOLD - 1)
+    job.cancel()
+    await asyncio.sleep(0.05)
+    assert not job.done()  # waits for the message on the wire
+    sender.release.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await job
+    await sender.close()
+    assert len(smtp.received) == HOLD
+    assert await statuses(pool) == {"sent": HOLD, "sending": BATCH - HOLD}
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE kind = 'sent'") == HOLD

@@ -109,7 +109,8 @@ async def test_a_worker_stopped_mid_batch_records_what_the_server_accepted(
     three_sent = asyncio.Event()
 
     class StopsAfterThree:
-        """The real sender for three messages; the fourth waits until the job is cancelled."""
+        """The real sender for three messages; the fourth never answers (the stopping job waits
+        for it as long as the SMTP timeout, then gives it up: it is sent again later)."""
 
         sent = 0
 
@@ -123,7 +124,7 @@ async def test_a_worker_stopped_mid_batch_records_what_the_server_accepted(
         async def close(self) -> None:
             await real.close()
 
-    single_lane = settings.model_copy(update={"smtp_pool_size": 1})
+    single_lane = settings.model_copy(update={"smtp_pool_size": 1, "smtp_timeout": 0.5})
     now = datetime.now(UTC) + timedelta(seconds=1)
     job = asyncio.create_task(Delivery(single_lane, pool, StopsAfterThree()).run(queues.SERVICE, now=now))
     await three_sent.wait()
