@@ -47,7 +47,7 @@ MAX_BATCH = 1000
 
 # Intake waits its turn for the database in a FIFO line. asyncpg's pool gives a released connection
 # to whichever request asks first, and a waiter that loses that race goes back to the end of the
-# line (asyncio.Queue): at 64 connections on a pool of 10, p50 was 15 ms and p99 60 to 70 ms. A fair
+# line (asyncio.Queue): at 64 connections on a pool of 10, p50 was 15 ms and p99 55 to 70 ms. A fair
 # semaphore lets at most 1.5 times the pool size ask the pool; they can overtake only each other.
 INTAKE_GATE = web.AppKey("intake_gate", asyncio.Semaphore)
 GATE_PER_CONNECTION = 1.5
