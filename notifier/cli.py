@@ -12,10 +12,13 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from notifier import queues
 from notifier.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("notifier")
 
@@ -42,35 +45,40 @@ def settings_for(args: argparse.Namespace) -> Settings:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
+    from notifier.app import create_app
+
     settings = settings_for(args)
     settings.require_services()
     port = args.port or settings.port
     if args.processes < 1:
         raise ConfigError("--processes must be at least 1")
-    if args.processes == 1:
-        _serve_web(settings, port, args.loop, reuse_port=None)
-        return 0
-    return serve_forked(args.processes, lambda: _serve_web(settings, port, args.loop, reuse_port=True))
-
-
-def _serve_web(settings: Settings, port: int, loop_name: str, *, reuse_port: bool | None) -> None:
-    """One web process: build the app and serve it until SIGTERM / SIGINT."""
-    from aiohttp import web
-
-    from notifier.app import RedactingAccessLogger, create_app
-
+    # Built before any fork, so every process runs the same code and shares its memory
+    # (copy-on-write) and a configuration error is reported once.
     app = create_app(settings)
-    loop = new_event_loop(loop_name)
     # Everything imported and built so far lives as long as the process: keep it out of the
     # cyclic garbage collector's full passes, which otherwise rescan it under load (a batch
-    # intake request spent a third of its CPU there).
+    # intake request spent a third of its CPU there), and out of forked children's written pages.
     gc.freeze()
+    if args.processes == 1:
+        _serve_web(app, settings, port, args.loop, reuse_port=None)
+        return 0
+    return serve_forked(args.processes, lambda: _serve_web(app, settings, port, args.loop, reuse_port=True))
+
+
+def _serve_web(
+    app: web.Application, settings: Settings, port: int, loop_name: str, *, reuse_port: bool | None
+) -> None:
+    """Serve `app` in this process until SIGTERM / SIGINT."""
+    from aiohttp import web
+
+    from notifier.app import RedactingAccessLogger
+
     web.run_app(
         app,
         host=settings.host,
         port=port,
         reuse_port=reuse_port,
-        loop=loop,
+        loop=new_event_loop(loop_name),
         access_log_class=RedactingAccessLogger,
         print=lambda _: log.info("web listening on http://%s:%s (%s loop)", settings.host, port, loop_name),
     )
