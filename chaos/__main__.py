@@ -71,7 +71,9 @@ class Outcome:
         """Duplicates SMTP cannot prevent (RFC 1047): the first copy was accepted by the server
         within KILL_WINDOW_SECONDS of a SIGKILL of the worker, which died before it could record
         the answer. Every other duplicate is a defect."""
-        return self.duplicated - int(self.notes.get("duplicates_far_from_a_kill", self.duplicated))
+        if not self.kills:
+            return 0
+        return self.duplicated - int(self.notes.get("duplicates_far_from_a_disruption", self.duplicated))
 
     @property
     def ok(self) -> bool:
@@ -120,7 +122,9 @@ class Workers:
         self.layout = layout
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.kills = 0
-        self.kill_times: list[float] = []  # monotonic, the moment each SIGKILL was sent
+        # Monotonic times of what the scenario did to the system (each SIGKILL, a Redis flush or
+        # restart): a duplicate is placed against the nearest.
+        self.disrupted_at: list[float] = []
         self.restarts = 0
         self.extra_env: dict[str, str] = {}
         self.log = tempfile.NamedTemporaryFile(prefix="chaos-worker-", suffix=".log", delete=False)  # noqa: SIM115
@@ -141,7 +145,7 @@ class Workers:
             "NOTIFIER_NEWSLETTER_FROM": s.newsletter_from,
             "NOTIFIER_POSTAL_ADDRESS": s.postal_address,
             "NOTIFIER_DB_POOL_MAX": "4",
-            "NOTIFIER_LOG_LEVEL": "WARNING",
+            "NOTIFIER_LOG_LEVEL": os.environ.get("CHAOS_WORKER_LOG_LEVEL", "WARNING"),
             "PYTHONPATH": str(ROOT),
             **self.extra_env,
         }
@@ -164,7 +168,7 @@ class Workers:
         proc = self.procs[queues_]
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            self.kill_times.append(time.monotonic())
+            self.disrupted_at.append(time.monotonic())
             proc.wait()
             self.kills += 1
         self.start(queues_)
@@ -323,8 +327,8 @@ async def tally(s: Stage, outcome: Outcome, *, refused: frozenset[str] = frozens
     outcome.notes["at_sink_not_in_outbox"] = len(set(s.sink.received) - {r["to_address"] for r in rows})
     outcome.kills = s.workers.kills
     outcome.restarts = s.workers.restarts
-    outcome.notes["cut_short_by_a_kill"] = s.sink.cut_short
-    if s.workers.kill_times:
+    outcome.notes["data_cut_short"] = s.sink.cut_short
+    if s.workers.disrupted_at:
         # How far each duplicate's first copy was accepted from the nearest kill: a copy the
         # server accepted in the moment before its worker died (or just after: a final "." already
         # in the socket) cannot have been recorded (RFC 1047); anything further away is a defect.
@@ -333,9 +337,9 @@ async def tally(s: Stage, outcome: Outcome, *, refused: frozenset[str] = frozens
             extra = len(times) - expected.get(address, 0)
             if extra > 0:
                 first = min(times)
-                gaps.append((min(abs(first - k) for k in s.workers.kill_times), extra))
-        outcome.notes["duplicate_ms_from_a_kill"] = sorted(round(g * 1000, 1) for g, _ in gaps)
-        outcome.notes["duplicates_far_from_a_kill"] = sum(n for g, n in gaps if g > KILL_WINDOW_SECONDS)
+                gaps.append((min(abs(first - k) for k in s.workers.disrupted_at), extra))
+        outcome.notes["duplicate_ms_from_a_disruption"] = sorted(round(g * 1000, 1) for g, _ in gaps)
+        outcome.notes["duplicates_far_from_a_disruption"] = sum(n for g, n in gaps if g > KILL_WINDOW_SECONDS)
 
 
 async def wait_sent(s: Stage, at_least: int, limit: float = 120) -> None:
@@ -385,9 +389,11 @@ async def scenario_redis(admin_url: str, members: int) -> Outcome:
         expected = members + digests
         await wait_sent(s, expected // 3)
         await s.redis.flushall()
+        s.workers.disrupted_at.append(time.monotonic())
         say(f"redis: FLUSHALL at {s.sink.total} received")
         await wait_sent(s, 2 * expected // 3)
         port, directory = s.embedded_redis.port, s.embedded_redis.directory
+        s.workers.disrupted_at.append(time.monotonic())
         s.embedded_redis.stop()
         await asyncio.sleep(2)
         s.embedded_redis = EmbeddedRedis.start(directory, persistent=False, port=port)
@@ -514,7 +520,7 @@ async def scenario_postgres(clients: int, seconds: float, down: float) -> Outcom
             "NOTIFIER_PORT": str(port),
             "NOTIFIER_HOST": "127.0.0.1",
             "NOTIFIER_API_RATE_LIMIT": "0",
-            "NOTIFIER_LOG_LEVEL": "WARNING",
+            "NOTIFIER_LOG_LEVEL": os.environ.get("CHAOS_WORKER_LOG_LEVEL", "WARNING"),
             "PYTHONPATH": str(ROOT),
         }
         log = tempfile.NamedTemporaryFile(prefix="chaos-web-", suffix=".log", delete=False)  # noqa: SIM115

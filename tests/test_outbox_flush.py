@@ -122,7 +122,7 @@ async def test_answers_that_arrive_during_a_write_go_together_in_the_next() -> N
             first_started.set()
             await finish_first.wait()
 
-    recorder = _Recorder(write)
+    recorder = _Recorder(write, 0)
     recorder.add(Result(1, "sent", "sent"))
     await first_started.wait()
     for i in (2, 3, 4):
