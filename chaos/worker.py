@@ -8,6 +8,7 @@ CHAOS_RETRY_DELAYS), and changes nothing else.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 
@@ -22,6 +23,9 @@ def main() -> None:
     outbox.RETRY_DELAYS = tuple(int(d) for d in delays.split(","))
     settings = Settings()
     settings.require_secret()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+    )
     asyncio.run(run_workers(settings, sys.argv[1].split(",")))
 
 

@@ -666,8 +666,11 @@ class Delivery:
                 if answered is not None:
                     answered(i, outcome)
 
-        lanes = min(len(envelopes), self.settings.smtp_pool_size)
-        await asyncio.gather(*(lane() for _ in range(lanes)))
+        # A TaskGroup, not gather: cancelled, gather returns as soon as one lane is done, while
+        # another still waits for its answer, which would then come after the batch recorded.
+        async with asyncio.TaskGroup() as lanes:
+            for _ in range(min(len(envelopes), self.settings.smtp_pool_size)):
+                lanes.create_task(lane())
         return [o if o is not None else TemporaryFailure("not sent") for o in outcomes]
 
     async def _send_one(self, envelope: Envelope) -> str | Exception:
