@@ -1,7 +1,8 @@
 """`python -m chaos [SCENARIO...] [--members N] [--kills K]`: run the chaos scenarios and print
 one line of figures per scenario (runs, kills, messages, lost, duplicated, 5xx seen).
 
-Scenarios: kill (workers SIGKILLed while a newsletter and digests send), redis (Redis flushed,
+Scenarios: kill (workers SIGKILLed while a newsletter and digests send), term (the same with
+SIGTERM, as a deploy stops them), redis (Redis flushed,
 then restarted empty, mid-send), tempfail (421 then 451 for a while), reject (550 for some
 recipients), hang (a server that never answers), postgres (PostgreSQL restarted during intake),
 fuzz (schemathesis, `--fuzz-examples` per operation), soak (mixed load at 70% of measured intake
@@ -121,7 +122,8 @@ class Workers:
         self.settings = settings
         self.layout = layout
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.kills = 0
+        self.kills = 0  # SIGKILLs
+        self.stops = 0  # SIGTERMs (a deploy): a stopping worker must leave nothing to send twice
         # Monotonic times of what the scenario did to the system (each SIGKILL, a Redis flush or
         # restart): a duplicate is placed against the nearest.
         self.disrupted_at: list[float] = []
@@ -163,14 +165,19 @@ class Workers:
         for queues_ in self.layout:
             self.start(queues_)
 
-    def kill_one(self) -> str:
+    async def stop_one(self, sig: signal.Signals = signal.SIGKILL) -> str:
+        """Send `sig` to a random worker process, wait until it is gone (without blocking the
+        loop: the sink in it must go on answering a stopping worker), and start it again."""
         queues_ = random.choice(self.layout)
         proc = self.procs[queues_]
         if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            self.disrupted_at.append(time.monotonic())
-            proc.wait()
-            self.kills += 1
+            proc.send_signal(sig)
+            if sig == signal.SIGKILL:
+                self.disrupted_at.append(time.monotonic())
+                self.kills += 1
+            else:
+                self.stops += 1
+            await asyncio.to_thread(proc.wait)
         self.start(queues_)
         return queues_
 
@@ -352,9 +359,12 @@ async def wait_sent(s: Stage, at_least: int, limit: float = 120) -> None:
 # --- scenarios --------------------------------------------------------------------------------
 
 
-async def scenario_kill(admin_url: str, members: int, kills: int) -> Outcome:
-    """Workers SIGKILLed at random moments while a newsletter and a batch of digests send."""
-    outcome = Outcome("kill")
+async def scenario_kill(
+    admin_url: str, members: int, kills: int, sig: signal.Signals = signal.SIGKILL
+) -> Outcome:
+    """Workers SIGKILLed (`term`: SIGTERMed, as a deploy does) at random moments while a newsletter
+    and a batch of digests send."""
+    outcome = Outcome("kill" if sig == signal.SIGKILL else "term")
     started = time.monotonic()
     async with stage(admin_url) as s:
         await add_members(s.pool, members)
@@ -366,12 +376,13 @@ async def scenario_kill(admin_url: str, members: int, kills: int) -> Outcome:
         done = 0
         while done < kills and s.sink.total < expected:
             await asyncio.sleep(random.uniform(0.3, 3.0))
-            which = s.workers.kill_one()
+            which = await s.workers.stop_one(sig)
             done += 1
-            say(f"kill {done}/{kills}: worker {which} SIGKILLed and restarted; {s.sink.total} received")
+            say(f"{done}/{kills}: worker {which} got {sig.name} and was restarted; {s.sink.total} received")
         await wait_drained(s, expected, limit=600)
         await tally(s, outcome)
         outcome.notes["digests"] = digests
+        outcome.notes["sigterms"] = s.workers.stops
     outcome.seconds = time.monotonic() - started
     return outcome
 
@@ -774,7 +785,7 @@ def scenario_fuzz(examples: int) -> Outcome:
     return outcome
 
 
-SCENARIOS = ("kill", "redis", "tempfail", "reject", "hang", "postgres")
+SCENARIOS = ("kill", "term", "redis", "tempfail", "reject", "hang", "postgres")
 
 
 def report(outcomes: list[Outcome]) -> None:
@@ -812,6 +823,8 @@ async def main(argv: list[str] | None = None) -> int:
         say(f"--- {name}")
         if name == "kill":
             outcome = await scenario_kill(admin_url, args.members, args.kills)
+        elif name == "term":
+            outcome = await scenario_kill(admin_url, args.members, args.kills, signal.SIGTERM)
         elif name == "redis":
             outcome = await scenario_redis(admin_url, args.members)
         elif name == "tempfail":
