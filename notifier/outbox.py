@@ -17,6 +17,7 @@ States: queued -> sending -> sent | failed | suppressed, and sending -> queued f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -469,11 +470,22 @@ class Delivery:
             await self._record(results, rows, now, lease)
 
         recorder = _Recorder(write, self.record_interval)
+        stop = asyncio.Event()
+        sending = asyncio.ensure_future(self._send_rows(rows, now, recorder, stop))
         try:
-            results = await self._send_rows(rows, now, recorder)
+            try:
+                results = await asyncio.shield(sending)
+            except asyncio.CancelledError:
+                # Stopping (SIGTERM on a deploy, Redis lost, a job timeout): no lane starts
+                # another message; those on the wire are finished, within the SMTP timeout, so
+                # that their answers are recorded below and they are not sent again when the
+                # lease runs out. The rest stay claimed until then.
+                stop.set()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(sending, self.settings.smtp_timeout)
+                raise
         except BaseException:
-            # Stopped mid-batch (SIGTERM on a deploy, Redis lost, a job timeout) or broken: record
-            # what the server already answered, or it goes out again when the lease runs out.
+            # Stopped or broken: record what the server already answered.
             try:
                 await asyncio.shield(recorder.close())
             except Exception:
@@ -486,7 +498,11 @@ class Delivery:
         return results
 
     async def _send_rows(
-        self, rows: Sequence[asyncpg.Record], now: datetime, recorder: _Recorder | None = None
+        self,
+        rows: Sequence[asyncpg.Record],
+        now: datetime,
+        recorder: _Recorder | None = None,
+        stop: asyncio.Event | None = None,
     ) -> list[Result]:
         """Send one claimed batch; each SMTP answer goes to `recorder` as it comes in. Returns
         every row's result (those decided before sending included, which the caller records)."""
@@ -581,7 +597,7 @@ class Delivery:
             if recorder is not None:
                 recorder.add(result)
 
-        outcomes = await self._send_all([envelope for _, _, envelope in envelopes], answered)
+        outcomes = await self._send_all([envelope for _, _, envelope in envelopes], answered, stop)
         for (email, mid, _), outcome in zip(envelopes, outcomes, strict=True):
             if email.id not in results:
                 results[email.id] = self._result(email.id, mid, attempts[email.id], outcome, now)
@@ -631,11 +647,13 @@ class Delivery:
         self,
         envelopes: Sequence[Envelope],
         answered: Callable[[int, str | Exception], None] | None = None,
+        stop: asyncio.Event | None = None,
     ) -> list[str | Exception]:
         """Send a batch over as many lanes as the SMTP pool has connections; each lane takes the
         next message when its previous one is done (no task per message, no pile-up on the
         pool). Under a send-rate limit each message waits for its reserved slot. `answered`, when
-        given, is called with each message's index and outcome as its answer arrives."""
+        given, is called with each message's index and outcome as its answer arrives. Once `stop`
+        is set no lane starts another message (the unsent count as "not sent")."""
         outcomes: list[str | Exception | None] = [None] * len(envelopes)
         delays = await self._pace(len(envelopes))
         loop = asyncio.get_running_loop()
@@ -644,41 +662,28 @@ class Delivery:
 
         async def lane() -> None:
             for i in order:
+                if stop is not None and stop.is_set():
+                    return
                 wait = start + delays[i] - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                sending = asyncio.ensure_future(self._send_one(envelopes[i]))
+                    if stop is not None and stop.is_set():
+                        return
+                outcome: str | Exception
                 try:
-                    outcome = await asyncio.shield(sending)
-                except asyncio.CancelledError:
-                    # Stopping (SIGTERM on a deploy, Redis lost): a message already on the wire
-                    # is finished, for at most the SMTP timeout, and its answer recorded, so that
-                    # it is not sent again when its lease runs out. No new one starts.
-                    try:
-                        outcome = await asyncio.wait_for(sending, self.settings.smtp_timeout)
-                    except TimeoutError:
-                        raise asyncio.CancelledError from None  # unknown: sent again later
-                    outcomes[i] = outcome
-                    if answered is not None:
-                        answered(i, outcome)
-                    raise
+                    outcome = await self.sender.send(envelopes[i])
+                except (TemporaryFailure, PermanentFailure) as exc:
+                    outcome = exc
                 outcomes[i] = outcome
                 if answered is not None:
                     answered(i, outcome)
 
-        # A TaskGroup, not gather: cancelled, gather returns as soon as one lane is done, while
-        # another still waits for its answer, which would then come after the batch recorded.
+        # A TaskGroup, not gather: when a lane fails, gather returns at once while the others may
+        # still wait for answers, which would then come after the batch recorded.
         async with asyncio.TaskGroup() as lanes:
             for _ in range(min(len(envelopes), self.settings.smtp_pool_size)):
                 lanes.create_task(lane())
         return [o if o is not None else TemporaryFailure("not sent") for o in outcomes]
-
-    async def _send_one(self, envelope: Envelope) -> str | Exception:
-        """The server's reply text, or the delivery error (never raises one)."""
-        try:
-            return await self.sender.send(envelope)
-        except (TemporaryFailure, PermanentFailure) as exc:
-            return exc
 
     def _result(
         self, email_id: int, mid: str, attempt: int, outcome: str | Exception, now: datetime
