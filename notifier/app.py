@@ -173,8 +173,9 @@ def create_app(settings: Settings) -> web.Application:
     from notifier import inbox
 
     inbox.setup_routes(app)
-    from notifier import openapi
+    from notifier import openapi, openapi_routes
 
+    openapi_routes.describe()
     openapi.setup_routes(app)
     from notifier import consent, newsletter_api, preference_centre, unsubscribe
 

@@ -7,22 +7,11 @@ from typing import Any
 
 from notifier import newsletter, openapi
 from notifier.newsletter_api import NewsletterIn, NewsletterPatch, SendIn, TestSendIn
+from notifier.openapi import TIMESTAMP, nullable, ok, page, param, problem, ref, secured
 
 
 def describe() -> None:
     """Add the newsletter routes' operations and schemas to the OpenAPI document (idempotent)."""
-
-    def problem(description: str) -> dict[str, Any]:
-        return {
-            "description": description,
-            "content": {openapi.PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-        }
-
-    def ok(schema: str, description: str) -> dict[str, Any]:
-        return {
-            "description": description,
-            "content": {openapi.JSON: {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-        }
 
     def op(
         summary: str,
@@ -32,42 +21,22 @@ def describe() -> None:
         path_id: bool = True,
         query: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "summary": summary,
-            "description": description,
-            "tags": ["newsletters"],
-            "security": [{"apiKey": ["newsletters"]}],
-            "x-scope": "newsletters",
-            "responses": {
-                **responses,
-                "401": problem("no API key, or an unknown or revoked one"),
-                "403": problem("the API key lacks the `newsletters` scope"),
-            },
-        }
-        params = (
-            [
-                {
-                    "name": "id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                    "description": "the newsletter's id",
-                }
-            ]
-            if path_id
-            else []
+        out = secured(
+            "newsletters",
+            {"summary": summary, "description": description, "tags": ["newsletters"], "responses": responses},
         )
+        params = [param("id", "path", {"type": "string"}, "the newsletter's id")] if path_id else []
         params += query or []
         if params:
             out["parameters"] = params
         if body:
             out["requestBody"] = {
                 "required": body != "SendNewsletter",
-                "content": {openapi.JSON: {"schema": {"$ref": f"#/components/schemas/{body}"}}},
+                "content": {openapi.JSON: {"schema": ref(body)}},
             }
         return out
 
-    timestamp = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}
+    timestamp = nullable(TIMESTAMP)
     count = {"type": "integer", "minimum": 0}
     figures = (
         "recipients",
@@ -102,28 +71,18 @@ def describe() -> None:
                     "body": {"type": "string"},
                     "body_format": {"enum": ["markdown", "html"]},
                     "status": {"enum": list(newsletter.STATUSES)},
-                    "recipients": {
-                        "anyOf": [count, {"type": "null"}],
-                        "description": "audience frozen when sending started",
-                    },
+                    "recipients": {**nullable(count), "description": "audience frozen when sending started"},
                     "scheduled_at": timestamp,
                     "started_at": timestamp,
                     "finished_at": timestamp,
                     "cancelled_at": timestamp,
                     "created_at": timestamp,
                     "updated_at": timestamp,
-                    "created_by": {"anyOf": [{"type": "string"}, {"type": "null"}]},
-                    "figures": {"$ref": "#/components/schemas/NewsletterFigures"},
+                    "created_by": nullable({"type": "string"}),
+                    "figures": ref("NewsletterFigures"),
                 },
             },
-            "NewsletterPage": {
-                "type": "object",
-                "required": ["items", "next_cursor"],
-                "properties": {
-                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Newsletter"}},
-                    "next_cursor": {"anyOf": [{"type": "string"}, {"type": "null"}]},
-                },
-            },
+            "NewsletterPage": page("items", "Newsletter", closed=False),
             "NewsletterPreview": {
                 "type": "object",
                 "required": ["subject", "html", "text"],
