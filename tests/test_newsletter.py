@@ -15,6 +15,7 @@ from arq import ArqRedis
 from notifier import auth, newsletter, queues, suppression
 from notifier.newsletter_render import Draft, PreparedCache, TemplateProblem, check, markdown_to_html
 from notifier.settings import Settings
+from tests.api_helpers import bearer, create_newsletter, send_newsletter
 from tests.conftest import BurstWorker, MailSink
 from tests.factory import Factory
 
@@ -23,34 +24,13 @@ BODY = "# Hello {{ first_name }}\n\nNews for **{{ name }}**: [read more](https:/
 
 @pytest.fixture
 async def headers(pool: asyncpg.Pool) -> dict[str, str]:
-    _, key = await auth.create_key(pool, "marketing", ["newsletters"])
-    return {"Authorization": f"Bearer {key}"}
+    return await bearer(pool, "newsletters", name="marketing")
 
 
 async def create(client: TestClient[Any, Any], headers: dict[str, str], **fields: Any) -> dict[str, Any]:
-    body = {"subject": "News for {{ first_name }}", "preheader": "This month", "body": BODY, **fields}
-    resp = await client.post("/v1/newsletters", json=body, headers=headers)
-    assert resp.status == 201, await resp.text()
-    result: dict[str, Any] = await resp.json()
-    return result
-
-
-async def send_and_deliver(
-    client: TestClient[Any, Any],
-    headers: dict[str, str],
-    run_worker: BurstWorker,
-    pool: asyncpg.Pool,
-    redis: ArqRedis,
-    settings: Settings,
-    newsletter_id: int,
-) -> dict[str, Any]:
-    resp = await client.post(f"/v1/newsletters/{newsletter_id}/send", headers=headers)
-    assert resp.status == 202, await resp.text()
-    await run_worker(queues.BULK)
-    await newsletter.tick(pool, redis, settings)
-    resp = await client.get(f"/v1/newsletters/{newsletter_id}", headers=headers)
-    result: dict[str, Any] = await resp.json()
-    return result
+    """A draft through the API: a templated subject and `BODY` unless `fields` say otherwise."""
+    defaults = {"subject": "News for {{ first_name }}", "preheader": "This month", "body": BODY}
+    return await create_newsletter(client, headers, **{**defaults, **fields})
 
 
 async def test_scope_is_required(client: TestClient[Any, Any], pool: asyncpg.Pool) -> None:
@@ -203,7 +183,7 @@ async def test_audience_is_frozen_and_each_member_gets_one_message(
     await suppression.add(pool, left["email"], "unsubscribed", "newsletter")
     created = await create(client, headers)
 
-    got = await send_and_deliver(client, headers, run_worker, pool, redis, settings, created["id"])
+    got = await send_newsletter(client, headers, run_worker, pool, redis, settings, created["id"])
 
     assert got["status"] == "sent" and got["recipients"] == 5
     assert got["figures"]["sent"] == 5 and got["figures"]["pending"] == 0
@@ -364,7 +344,7 @@ async def test_double_opt_in_only_confirmed_members_receive(
     assert (audit_row["account_id"], audit_row["actor_type"]) == (ann["id"], "member")
     smtp.clear()
     created = await create(client, headers)
-    got = await send_and_deliver(client, headers, run_worker, pool, redis, settings, created["id"])
+    got = await send_newsletter(client, headers, run_worker, pool, redis, settings, created["id"])
     assert got["recipients"] == 1
     assert [r.recipients[0] for r in smtp.received] == [ann["email"]]
 

@@ -17,6 +17,7 @@ from notifier import auth, consent, newsletter, outbox, queues, tokens
 from notifier.audit import MEMBER
 from notifier.preferences import apply_preferences
 from notifier.settings import Settings
+from tests.api_helpers import bearer, create_newsletter, send_newsletter
 from tests.conftest import BurstWorker, MailSink
 from tests.factory import Factory
 
@@ -25,28 +26,13 @@ PUBLIC = "https://notifier.test"
 
 @pytest.fixture
 async def headers(pool: asyncpg.Pool) -> dict[str, str]:
-    _, key = await auth.create_key(pool, "marketing", ["newsletters"])
-    return {"Authorization": f"Bearer {key}"}
+    return await bearer(pool, "newsletters", name="marketing")
 
 
-async def send_newsletter(
-    client: TestClient[Any, Any],
-    headers: dict[str, str],
-    run_worker: BurstWorker,
-    pool: asyncpg.Pool,
-    redis: ArqRedis,
-    settings: Settings,
-    subject: str,
-) -> int:
-    resp = await client.post(
-        "/v1/newsletters",
-        json={"subject": subject, "body": "Hello {{ name }}!\n\nOur news."},
-        headers=headers,
-    )
-    newsletter_id: int = (await resp.json())["id"]
-    assert (await client.post(f"/v1/newsletters/{newsletter_id}/send", headers=headers)).status == 202
-    await run_worker(queues.BULK)
-    await newsletter.tick(pool, redis, settings)
+async def draft(client: TestClient[Any, Any], headers: dict[str, str], subject: str) -> int:
+    """A newsletter draft with `subject` and a short body, through the API; its id."""
+    created = await create_newsletter(client, headers, subject=subject, body="Hello {{ name }}!\n\nOur news.")
+    newsletter_id: int = created["id"]
     return newsletter_id
 
 
@@ -85,7 +71,8 @@ async def test_end_to_end_one_click_unsubscribe(
             )  # fmt: skip
     assert await pool.fetchval("SELECT count(*) FROM consents WHERE granted AND wording IS NOT NULL") == 2
 
-    first = await send_newsletter(client, headers, run_worker, pool, redis, settings, "Issue one")
+    first = await draft(client, headers, "Issue one")
+    await send_newsletter(client, headers, run_worker, pool, redis, settings, first)
 
     assert sorted(r.recipients[0] for r in smtp.received) == sorted([ann["email"], bob["email"]])
     by_address = {}
@@ -144,7 +131,8 @@ async def test_end_to_end_one_click_unsubscribe(
 
     # The next newsletter skips Ann (and Cat, who never opted in).
     smtp.clear()
-    second = await send_newsletter(client, headers, run_worker, pool, redis, settings, "Issue two")
+    second = await draft(client, headers, "Issue two")
+    await send_newsletter(client, headers, run_worker, pool, redis, settings, second)
     assert [r.recipients[0] for r in smtp.received] == [bob["email"]]
     assert cat["email"] not in [r.recipients[0] for r in smtp.received]
     # The header's URL names the e-mail (`?e=`), so the event and the figures count it for Issue one.
@@ -165,7 +153,8 @@ async def test_footer_link_names_the_email_and_counts_for_the_newsletter(
     smtp: MailSink,
 ) -> None:
     ann = await factory.account(newsletter=True)
-    first = await send_newsletter(client, headers, run_worker, pool, redis, settings, "Issue")
+    first = await draft(client, headers, "Issue")
+    await send_newsletter(client, headers, run_worker, pool, redis, settings, first)
     html = smtp.received[0].message.get_body(("html",)).get_content()  # type: ignore[union-attr]
     link = re.search(r'href="https://notifier\.test(/u/[^"]+)"', html)
     assert link is not None
@@ -299,8 +288,7 @@ async def test_opting_out_while_a_newsletter_sends_cancels_the_queued_row(
 ) -> None:
     ann = await factory.account(newsletter=True)
     bob = await factory.account(newsletter=True)
-    resp = await client.post("/v1/newsletters", json={"subject": "S", "body": "B"}, headers=headers)
-    newsletter_id = (await resp.json())["id"]
+    newsletter_id = (await create_newsletter(client, headers, subject="S", body="B"))["id"]
     assert await newsletter.start(pool, settings, newsletter_id) == 2
     token = tokens.sign(settings.secret, "unsubscribe", ann["id"], "newsletter")
     await client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
