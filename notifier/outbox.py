@@ -5,11 +5,11 @@ transaction, then `ring` after it commits. A `deliver` job on the row's queue cl
 batches (`FOR UPDATE SKIP LOCKED`, a lease in `locked_until`), renders them, sends them over
 several SMTP connections at once and records each result as it comes in (group commit: one
 statement per write, with an append-only event per result; answers that arrive during a write
-go in the next), so a worker killed mid-batch sends again only what was in flight or answered in
-the last millisecond or two, not the whole batch. A job that runs twice
-sends once: a result is only recorded for a row still held under the lease that claimed it.
-`sweep` (cron) re-rings queues whose rows are due and have no job (Redis flushed, a worker killed
-mid-send: its lease runs out and the row is due again).
+go in the next, at most one write per batch every 5 ms), so a worker killed mid-batch sends again
+only what was in flight or answered in the last few milliseconds, not the whole batch (a stopped
+one sends nothing again). A job that runs twice sends once: a result is only recorded for a row
+still held under the lease that claimed it. `sweep` (cron) re-rings queues whose rows are due and
+have no job (Redis flushed, a worker killed mid-send: its lease runs out and the row is due again).
 
 States: queued -> sending -> sent | failed | suppressed, and sending -> queued for a retry.
 """
@@ -352,7 +352,6 @@ class _Recorder:
         self._task: asyncio.Task[None] | None = None
         self._writing = False
         self._closing = False
-        self.writes = 0  # statements written so far (figures and tests)
 
     def add(self, result: Result) -> None:
         """Queue one result for the next write (never blocks)."""
@@ -374,7 +373,6 @@ class _Recorder:
             self._writing = True
             try:
                 await self._write(group)
-                self.writes += 1
             except Exception:
                 # Keep them for `close`, which tries once more and raises if it fails too.
                 log.exception("recording %d delivery results failed; retrying at the batch's end", len(group))
@@ -398,7 +396,6 @@ class _Recorder:
         self._pending = []
         if group:
             await self._write(group)
-            self.writes += 1
 
 
 class Delivery:
