@@ -36,6 +36,7 @@ from bench.common import BenchEnv, Figure, smtp_sink
 from notifier import auth, mail, outbox, queues
 from notifier.app import create_app
 from notifier.db import create_pool, scratch_database
+from notifier.delivery import Delivery, context_for
 from notifier.render import OutgoingEmail, Renderers
 from notifier.settings import Settings
 from notifier.smtp import Envelope, SMTPSender, _transaction
@@ -119,7 +120,7 @@ def sample_email(i: int) -> OutgoingEmail:
 
 def bench_build(settings: Settings) -> list[Figure]:
     renderers = Renderers(settings)
-    context, headers = outbox.context_for(settings, sample_email(1))
+    context, headers = context_for(settings, sample_email(1))
     rendered = renderers.for_kind("newsletter").render(sample_email(1), context)
     date = mail.format_date(datetime.now(UTC))
     n = 3000
@@ -156,7 +157,7 @@ def bench_build(settings: Settings) -> list[Figure]:
     start = time.perf_counter()
     for i in range(n):
         email = sample_email(i)
-        renderers.for_kind("newsletter").render(email, outbox.context_for(settings, email)[0])
+        renderers.for_kind("newsletter").render(email, context_for(settings, email)[0])
     render_us = (time.perf_counter() - start) / n * 1e6
     return [
         Figure(NAME, "build one message (notifier.mail)", ours, "µs", theirs, "email package", "≤ 0.2"),
@@ -284,7 +285,7 @@ async def run(env: BenchEnv) -> list[Figure]:
             pool = await create_pool(dsn, min_size=1, max_size=6)
             try:
                 # The exact bytes the worker would send, for the baseline.
-                delivery = outbox.Delivery(settings, pool, SMTPSender(settings))
+                delivery = Delivery(settings, pool, SMTPSender(settings))
                 email = sample_email(1)
                 _, envelope = delivery.build_message(email, mail.format_date(datetime.now(UTC)), None)
                 # The machine is shared: interleave the runs (baselines, outbox twice, baselines

@@ -87,7 +87,7 @@ def bench_settings(dsn: str, redis_url: str, smtp_port: int) -> Settings:
 
 async def sample_message(pool: asyncpg.Pool, settings: Settings) -> bytes:
     """The bytes of one real digest e-mail (rendered the way delivery does) for the baseline."""
-    from notifier.outbox import Delivery
+    from notifier.delivery import Delivery
     from notifier.render import OutgoingEmail
     from notifier.smtp import SMTPSender
 

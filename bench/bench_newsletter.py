@@ -32,8 +32,9 @@ from bench.bench_delivery import (
     worker_process,
 )
 from bench.common import BenchEnv, Figure, smtp_sink
-from notifier import mail, newsletter, outbox, queues
+from notifier import mail, newsletter, queues
 from notifier.db import Q, create_pool
+from notifier.delivery import Delivery
 from notifier.render import OutgoingEmail
 from notifier.smtp import SMTPSender
 
@@ -105,7 +106,7 @@ async def run(env: BenchEnv) -> list[Figure]:
                 newsletter_id = row["id"]
 
                 # The exact bytes the worker sends to member 1, for the baseline.
-                delivery = outbox.Delivery(settings, pool, SMTPSender(settings))
+                delivery = Delivery(settings, pool, SMTPSender(settings))
                 email = OutgoingEmail(
                     1, "newsletter", 1, "reader1@example.com", "newsletter", "News", {"name": "Reader 1"},
                     newsletter_id=newsletter_id,

@@ -43,7 +43,7 @@ import asyncpg
 import jinja2
 from arq import ArqRedis
 
-from notifier import mail, outbox, queues, render, schedule
+from notifier import delivery, mail, outbox, queues, render, schedule
 from notifier.db import Q
 from notifier.render import OutgoingEmail, Rendered, TemplateError, Templates
 from notifier.settings import Settings
@@ -400,7 +400,7 @@ async def preview(
     context = build_context(account, messages, settings, account["digest_window_start"], end)
     # The context delivery would add at send time (links with signed tokens, postal address).
     email = OutgoingEmail(0, "digest", account["id"], account["email"], TEMPLATE, None, context)
-    full, _ = outbox.context_for(settings, email)
+    full, _ = delivery.context_for(settings, email)
     rendered = render_digest(templates or Templates(), full)
     return Preview(account["id"], due, context, rendered)
 

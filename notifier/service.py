@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from notifier import outbox, queues
+from notifier import delivery, outbox, queues
 from notifier.auth import requires
 from notifier.db import Q
 from notifier.idempotency import idempotent, json_response
@@ -85,7 +85,7 @@ async def post_service_message(request: web.Request) -> web.StreamResponse:
         account_id = None if body.template in DETACHED else account["id"]
         probe = OutgoingEmail(0, "service", account_id, account["email"], name, None, context)
         try:
-            templates.render(name, outbox.context_for(settings, probe)[0])
+            templates.render(name, delivery.context_for(settings, probe)[0])
         except TemplateError as exc:
             variable = exc.variable or "?"
             raise Problem(

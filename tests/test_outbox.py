@@ -11,7 +11,7 @@ from arq import ArqRedis
 
 from notifier import mail, outbox, queues, suppression, tokens
 from notifier.db import Q
-from notifier.outbox import Delivery
+from notifier.delivery import Delivery
 from notifier.render import TemplateRenderer
 from notifier.settings import Settings
 from notifier.smtp import SMTPSender

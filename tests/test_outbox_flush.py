@@ -15,7 +15,7 @@ import asyncpg
 
 from notifier import outbox, queues
 from notifier.db import Q
-from notifier.outbox import Delivery, Result, _Recorder
+from notifier.delivery import Counts, Delivery, Result, _Recorder
 from notifier.settings import Settings
 from notifier.smtp import Envelope, SMTPSender
 from tests.conftest import MailSink
@@ -73,9 +73,7 @@ async def until_sent(pool: asyncpg.Pool, n: int) -> int:
     return int(sent)
 
 
-async def start(
-    settings: Settings, pool: asyncpg.Pool
-) -> tuple[HoldsOne, asyncio.Task[outbox.Counts], datetime]:
+async def start(settings: Settings, pool: asyncpg.Pool) -> tuple[HoldsOne, asyncio.Task[Counts], datetime]:
     await queue_batch(pool)
     sender = HoldsOne(SMTPSender(settings), HOLD)
     one_lane = settings.model_copy(update={"smtp_pool_size": 1})  # messages go out in claim order

@@ -73,7 +73,7 @@ async def test_a_message_sent_again_after_a_killed_worker_keeps_its_message_id(
 ) -> None:
     """The worker was SIGKILLed after the server accepted the message and before the result was
     recorded: the lease runs out, the row is sent again, with the same Message-ID."""
-    from notifier.outbox import Delivery
+    from notifier.delivery import Delivery
     from notifier.smtp import SMTPSender
 
     email = await factory.email(template="service/selftest")
@@ -100,7 +100,7 @@ async def test_a_worker_stopped_mid_batch_records_what_the_server_accepted(
 
     import pytest
 
-    from notifier.outbox import Delivery
+    from notifier.delivery import Delivery
     from notifier.smtp import Envelope, SMTPSender
 
     for i in range(6):
@@ -152,15 +152,17 @@ async def test_stopping_a_worker_process_cancels_its_jobs_while_the_pool_is_open
     running = asyncio.Event()
     seen: list[object] = []
 
-    async def stalls(self: outbox.Delivery, queue: str, *, now: object = None) -> outbox.Counts:
+    from notifier.delivery import Counts, Delivery
+
+    async def stalls(self: Delivery, queue: str, *, now: object = None) -> Counts:
         running.set()
         try:
             await asyncio.Event().wait()
         finally:
             seen.append(await self.pool.fetchval("SELECT 1"))  # the pool still answers
-        return outbox.Counts()
+        return Counts()
 
-    monkeypatch.setattr(outbox.Delivery, "run", stalls)
+    monkeypatch.setattr(Delivery, "run", stalls)
     await outbox.ring(redis, queues.SERVICE)
     process = asyncio.create_task(run_workers(settings, ["service"], handle_signals=False))
     await running.wait()

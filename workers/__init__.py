@@ -21,7 +21,7 @@ from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Function, Worker, func
 
-from notifier import digest, heartbeat, idempotency, inbox, newsletter, outbox, queues
+from notifier import delivery, digest, heartbeat, idempotency, inbox, newsletter, outbox, queues
 from notifier.resources import open_pool, open_redis, redis_settings
 from notifier.settings import Settings
 from notifier.smtp import Sender, SMTPSender
@@ -49,13 +49,13 @@ async def selftest_job(ctx: dict[str, Any], to: str) -> int:
 FUNCTIONS: dict[str, list[Function]] = {
     queues.SERVICE: [
         func(selftest_job, name="selftest", timeout=60, max_tries=3),
-        func(outbox.deliver_job, name=outbox.JOB_NAME, timeout=600, max_tries=1),
+        func(delivery.deliver_job, name=outbox.JOB_NAME, timeout=600, max_tries=1),
     ],
     queues.DIGEST: [
-        func(outbox.deliver_job, name=outbox.JOB_NAME, timeout=600, max_tries=1),
+        func(delivery.deliver_job, name=outbox.JOB_NAME, timeout=600, max_tries=1),
     ],
     queues.BULK: [
-        func(outbox.deliver_job, name=outbox.JOB_NAME, timeout=3600, max_tries=1),
+        func(delivery.deliver_job, name=outbox.JOB_NAME, timeout=3600, max_tries=1),
         func(newsletter.start_job, name="newsletter_start", timeout=600, max_tries=3),
     ],
 }
