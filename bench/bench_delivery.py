@@ -72,21 +72,7 @@ def bench_settings(dsn: str, redis_url: str, smtp_port: int) -> Settings:
 @contextlib.contextmanager
 def worker_process(settings: Settings, queue_names: str) -> Iterator[subprocess.Popen[bytes]]:
     """`notifier worker --queues ...` in its own process, configured like the bench settings."""
-    env = {
-        **os.environ,
-        "NOTIFIER_ENV": "test",
-        "NOTIFIER_DATABASE_URL": settings.database_url or "",
-        "NOTIFIER_REDIS_URL": settings.redis_url or "",
-        "NOTIFIER_SECRET_KEY": settings.secret.decode(),
-        "NOTIFIER_SMTP_HOST": settings.smtp_host,
-        "NOTIFIER_SMTP_PORT": str(settings.smtp_port),
-        "NOTIFIER_SMTP_POOL_SIZE": str(settings.smtp_pool_size),
-        "NOTIFIER_PUBLIC_URL": settings.public_url,
-        "NOTIFIER_SERVICE_FROM": settings.service_from,
-        "NOTIFIER_NEWSLETTER_FROM": settings.newsletter_from,
-        "NOTIFIER_POSTAL_ADDRESS": settings.postal_address,
-        "NOTIFIER_LOG_LEVEL": "WARNING",
-    }
+    env = {**os.environ, **settings.to_env(), "NOTIFIER_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "notifier.cli", "worker", "--queues", queue_names],
         env=env,

@@ -120,21 +120,9 @@ class Workers:
         self.log = tempfile.NamedTemporaryFile(prefix="chaos-worker-", suffix=".log", delete=False)  # noqa: SIM115
 
     def env(self) -> dict[str, str]:
-        s = self.settings
         return {
             **os.environ,
-            "NOTIFIER_ENV": "test",
-            "NOTIFIER_DATABASE_URL": s.database_url or "",
-            "NOTIFIER_REDIS_URL": s.redis_url or "",
-            "NOTIFIER_SECRET_KEY": s.secret.decode(),
-            "NOTIFIER_SMTP_HOST": s.smtp_host,
-            "NOTIFIER_SMTP_PORT": str(s.smtp_port),
-            "NOTIFIER_SMTP_TIMEOUT": str(s.smtp_timeout),
-            "NOTIFIER_PUBLIC_URL": s.public_url,
-            "NOTIFIER_SERVICE_FROM": s.service_from,
-            "NOTIFIER_NEWSLETTER_FROM": s.newsletter_from,
-            "NOTIFIER_POSTAL_ADDRESS": s.postal_address,
-            "NOTIFIER_DB_POOL_MAX": "4",
+            **self.settings.to_env(),
             "NOTIFIER_LOG_LEVEL": os.environ.get("CHAOS_WORKER_LOG_LEVEL", "WARNING"),
             "PYTHONPATH": str(ROOT),
             **self.extra_env,

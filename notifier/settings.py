@@ -156,6 +156,20 @@ class Settings(BaseSettings):
             raise ConfigError("NOTIFIER_REDIS_URL is not set (or run `notifier dev` for embedded services)")
         return self.database_url, self.redis_url
 
+    def to_env(self) -> dict[str, str]:
+        """The settings given explicitly (not left at their defaults) as NOTIFIER_* environment
+        variables, so that a child process (`notifier worker`, `notifier web`, the CLI) reads the
+        same configuration. It holds the secrets: pass it to a child's environment, never log it."""
+        env: dict[str, str] = {}
+        for name in sorted(self.model_fields_set):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"NOTIFIER_{name.upper()}"] = str(value)
+        return env
+
 
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment; a validation error becomes one readable ConfigError."""

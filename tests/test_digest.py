@@ -325,14 +325,7 @@ async def test_parallel_passes_in_separate_processes_with_the_cli(
 ) -> None:
     n, per = 300, 3
     await _seed(pool, n, per)
-    env = {
-        **os.environ,
-        "NOTIFIER_DATABASE_URL": settings.database_url or "",
-        "NOTIFIER_REDIS_URL": settings.redis_url or "",
-        "NOTIFIER_SECRET_KEY": "test-secret-key-not-for-production",
-        "NOTIFIER_PUBLIC_URL": settings.public_url,
-        "NOTIFIER_LOG_LEVEL": "WARNING",
-    }
+    env = {**os.environ, **settings.to_env(), "NOTIFIER_LOG_LEVEL": "WARNING"}
     procs = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -650,13 +643,7 @@ async def test_cli_preview_prints_the_next_digest_and_marks_nothing(
 ) -> None:
     acc = await factory.account(external_id="cli-1", digest_frequency="daily", next_digest_at=T0)
     await factory.message(acc, category="news", subject="Preview me", created_at=T0 - timedelta(hours=1))
-    env = {
-        **os.environ,
-        "NOTIFIER_DATABASE_URL": settings.database_url or "",
-        "NOTIFIER_REDIS_URL": settings.redis_url or "",
-        "NOTIFIER_SECRET_KEY": "test-secret-key-not-for-production",
-        "NOTIFIER_PUBLIC_URL": settings.public_url,
-    }
+    env = {**os.environ, **settings.to_env()}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "notifier.cli", "digests", "preview", "cli-1",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

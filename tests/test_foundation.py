@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,31 @@ def test_settings_read_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> 
     settings = Settings()
     assert settings.smtp_port == 2525
     assert settings.public_url == "https://mail.example.org"
+
+
+def test_settings_to_env_gives_a_child_process_the_same_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    given = Settings(
+        env="test",
+        secret_key=SecretStr("s3cret-for-the-child"),
+        smtp_port=2525,
+        smtp_timeout=2.5,
+        capture_mail=True,
+        service_from="Example Org <service@example.org>",
+        data_dir=tmp_path,
+        unsubscribe_mailto=None,
+    )
+    env = given.to_env()
+    assert env["NOTIFIER_SECRET_KEY"] == "s3cret-for-the-child"
+    assert "NOTIFIER_UNSUBSCRIBE_MAILTO" not in env  # None: left to the child's default
+    assert "NOTIFIER_SMTP_HOST" not in env  # not given: the child's default too
+    for name in [n for n in os.environ if n.startswith("NOTIFIER_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    child = Settings(_env_file=None)
+    assert child.model_dump() == given.model_dump()
 
 
 def test_port_falls_back_to_platform_port(monkeypatch: pytest.MonkeyPatch) -> None:
