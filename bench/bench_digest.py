@@ -94,16 +94,7 @@ async def sample_message(pool: asyncpg.Pool, settings: Settings) -> bytes:
     row = await pool.fetchrow("SELECT * FROM emails WHERE kind = 'digest' ORDER BY id LIMIT 1")
     assert row is not None
     delivery = Delivery(settings, pool, SMTPSender(settings))
-    email = OutgoingEmail(
-        id=row["id"],
-        kind=row["kind"],
-        account_id=row["account_id"],
-        to_address=row["to_address"],
-        template=row["template"],
-        subject=row["subject"],
-        context=row["context"],
-        digest_id=row["digest_id"],
-    )
+    email = OutgoingEmail.from_row(row)
     _, envelope = delivery.build_message(email, mail.format_date(DUE), None)
     return envelope.message
 

@@ -265,20 +265,7 @@ class Delivery:
     ) -> list[Result]:
         """Send one claimed batch; each SMTP answer goes to `recorder` as it comes in. Returns
         every row's result (those decided before sending included, which the caller records)."""
-        emails = [
-            OutgoingEmail(
-                id=r["id"],
-                kind=r["kind"],
-                account_id=r["account_id"],
-                to_address=r["to_address"],
-                template=r["template"],
-                subject=r["subject"],
-                context=r["context"] or {},
-                digest_id=r["digest_id"],
-                newsletter_id=r["newsletter_id"],
-            )
-            for r in rows
-        ]
+        emails = [OutgoingEmail.from_row(r) for r in rows]
         attempts = {r["id"]: r["attempts"] for r in rows}
         known_ids = {r["id"]: r["message_id"] for r in rows}
         suppressed = await suppression.lookup(self.pool, [e.to_address for e in emails])

@@ -59,6 +59,21 @@ class OutgoingEmail:
     digest_id: int | None = None
     newsletter_id: int | None = None
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> OutgoingEmail:
+        """The e-mail an `emails` row describes (as claimed by delivery)."""
+        return cls(
+            id=row["id"],
+            kind=row["kind"],
+            account_id=row["account_id"],
+            to_address=row["to_address"],
+            template=row["template"],
+            subject=row["subject"],
+            context=row["context"] or {},
+            digest_id=row["digest_id"],
+            newsletter_id=row["newsletter_id"],
+        )
+
 
 _UNDEFINED = re.compile(r"^'([^']+)' is undefined$")
 _NO_ATTRIBUTE = re.compile(r"has no attribute '([^']+)'$")
