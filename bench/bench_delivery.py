@@ -1,6 +1,6 @@
 """Delivery: the outbox end to end against Postfix's smtp-sink, beside aiosmtplib alone.
 
-1. Message building: `notifier.mail.build` against Python's `email` package, same content.
+1. Message building: `notifier.mail.compose.build` against Python's `email` package, same content.
 2. Throughput: N e-mails (20,000 at scale 1) queued in the outbox and delivered by one bulk worker
    process (`notifier worker --queues bulk`, as the Procfile runs it), timed from the doorbell to
    the last row recorded `sent`, twice. Baselines, same run, before and after: aiosmtplib's
@@ -33,13 +33,15 @@ from arq.connections import RedisSettings
 from pydantic import SecretStr
 
 from bench.common import BenchEnv, Figure, smtp_sink
-from notifier import auth, mail, outbox, queues
+from notifier import queues
+from notifier.api import auth
 from notifier.app import create_app
 from notifier.db import create_pool, scratch_database
-from notifier.delivery import Delivery, context_for
-from notifier.render import OutgoingEmail, Renderers
+from notifier.mail import compose, outbox
+from notifier.mail.delivery import Delivery, context_for
+from notifier.mail.render import OutgoingEmail, Renderers
+from notifier.mail.smtp import Envelope, SMTPSender, _transaction
 from notifier.settings import Settings
-from notifier.smtp import Envelope, SMTPSender, _transaction
 
 CONNECTIONS = 4
 NAME = "delivery"
@@ -108,17 +110,17 @@ def bench_build(settings: Settings) -> list[Figure]:
     renderers = Renderers(settings)
     context, headers = context_for(settings, sample_email(1))
     rendered = renderers.for_kind("newsletter").render(sample_email(1), context)
-    date = mail.format_date(datetime.now(UTC))
+    date = compose.format_date(datetime.now(UTC))
     n = 3000
 
     start = time.perf_counter()
     for i in range(n):
-        mail.build(
-            from_=mail.mailbox("Example News", "news@example.org"),
-            to=mail.mailbox(None, f"reader{i}@example.com"),
+        compose.build(
+            from_=compose.mailbox("Example News", "news@example.org"),
+            to=compose.mailbox(None, f"reader{i}@example.com"),
             subject=rendered.subject,
             date=date,
-            message_id=mail.message_id(i, "example.org", b"bench"),
+            message_id=compose.message_id(i, "example.org", b"bench"),
             text=rendered.text,
             html=rendered.html,
             headers=headers,
@@ -132,7 +134,7 @@ def bench_build(settings: Settings) -> list[Figure]:
         msg["To"] = f"reader{i}@example.com"
         msg["Subject"] = rendered.subject
         msg["Date"] = date
-        msg["Message-ID"] = mail.message_id(i, "example.org", b"bench")
+        msg["Message-ID"] = compose.message_id(i, "example.org", b"bench")
         for name, value in headers:
             msg[name] = value
         msg.set_content(rendered.text)
@@ -146,7 +148,9 @@ def bench_build(settings: Settings) -> list[Figure]:
         renderers.for_kind("newsletter").render(email, context_for(settings, email)[0])
     render_us = (time.perf_counter() - start) / n * 1e6
     return [
-        Figure(NAME, "build one message (notifier.mail)", ours, "µs", theirs, "email package", "≤ 0.2"),
+        Figure(
+            NAME, "build one message (notifier.mail.compose)", ours, "µs", theirs, "email package", "≤ 0.2"
+        ),
         Figure(
             NAME,
             "render (Jinja + css-inline) and build one e-mail",
@@ -163,7 +167,7 @@ def bench_build(settings: Settings) -> list[Figure]:
 
 async def baseline_send(port: int, message: bytes, n: int, *, raw: bool = False) -> float:
     """aiosmtplib alone: n messages over CONNECTIONS connections; messages per second. With `raw`,
-    the worker's own SMTP transaction (`notifier.smtp._transaction`) instead of `sendmail`."""
+    the worker's own SMTP transaction (`notifier.mail.smtp._transaction`) instead of `sendmail`."""
     per_connection = [n // CONNECTIONS + (1 if i < n % CONNECTIONS else 0) for i in range(CONNECTIONS)]
 
     async def one(count: int) -> None:
@@ -273,7 +277,7 @@ async def run(env: BenchEnv) -> list[Figure]:
                 # The exact bytes the worker would send, for the baseline.
                 delivery = Delivery(settings, pool, SMTPSender(settings))
                 email = sample_email(1)
-                _, envelope = delivery.build_message(email, mail.format_date(datetime.now(UTC)), None)
+                _, envelope = delivery.build_message(email, compose.format_date(datetime.now(UTC)), None)
                 # The machine is shared: interleave the runs (baselines, outbox twice, baselines
                 # again) and compare the means, so a burst of load hits both sides.
                 base_runs = [await baseline_send(port, envelope.message, n)]

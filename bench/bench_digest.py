@@ -24,9 +24,10 @@ from arq.connections import RedisSettings
 from pydantic import SecretStr
 
 from bench.common import BenchEnv, Figure, smtp_sink
-from notifier import mail, queues
+from notifier import queues
 from notifier.db import create_pool, scratch_database
 from notifier.digest import run_pass
+from notifier.mail import compose
 from notifier.settings import Settings
 
 MESSAGES_PER_ACCOUNT = 20
@@ -87,15 +88,15 @@ def bench_settings(dsn: str, redis_url: str, smtp_port: int) -> Settings:
 
 async def sample_message(pool: asyncpg.Pool, settings: Settings) -> bytes:
     """The bytes of one real digest e-mail (rendered the way delivery does) for the baseline."""
-    from notifier.delivery import Delivery
-    from notifier.render import OutgoingEmail
-    from notifier.smtp import SMTPSender
+    from notifier.mail.delivery import Delivery
+    from notifier.mail.render import OutgoingEmail
+    from notifier.mail.smtp import SMTPSender
 
     row = await pool.fetchrow("SELECT * FROM emails WHERE kind = 'digest' ORDER BY id LIMIT 1")
     assert row is not None
     delivery = Delivery(settings, pool, SMTPSender(settings))
     email = OutgoingEmail.from_row(row)
-    _, envelope = delivery.build_message(email, mail.format_date(DUE), None)
+    _, envelope = delivery.build_message(email, compose.format_date(DUE), None)
     return envelope.message
 
 
@@ -191,7 +192,7 @@ async def delivery_only(settings: Settings, pool: asyncpg.Pool, accounts: int) -
     task = asyncio.create_task(worker.main())
     try:
         start = time.perf_counter()
-        from notifier import outbox
+        from notifier.mail import outbox
 
         await outbox.ring(redis, queues.DIGEST, accounts)
         await wait_until_sent(pool, accounts)

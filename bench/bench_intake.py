@@ -245,7 +245,7 @@ def _wrk(port: int, script: Path, connections: int, seconds: float) -> dict[str,
 
 async def _prepare_database(admin_url: str) -> tuple[str, str, str]:
     """A fresh migrated database with accounts acct-1..N (ids 1..N) and an API key."""
-    from notifier import auth
+    from notifier.api import auth
     from notifier.db import migrate, with_database
 
     name = f"notifier_bench_intake_{secrets.token_hex(3)}"

@@ -32,11 +32,12 @@ from bench.bench_delivery import (
     worker_process,
 )
 from bench.common import BenchEnv, Figure, smtp_sink
-from notifier import mail, newsletter, queues
+from notifier import newsletter, queues
 from notifier.db import Q, create_pool
-from notifier.delivery import Delivery
-from notifier.render import OutgoingEmail
-from notifier.smtp import SMTPSender
+from notifier.mail import compose
+from notifier.mail.delivery import Delivery
+from notifier.mail.render import OutgoingEmail
+from notifier.mail.smtp import SMTPSender
 
 NAME = "newsletter"
 BODY = """# Our November newsletter, {{ first_name }}
@@ -112,7 +113,7 @@ async def run(env: BenchEnv) -> list[Figure]:
                     newsletter_id=newsletter_id,
                 )  # fmt: skip
                 await delivery.renderers.for_kind("newsletter").prepare(pool, [email])
-                _, envelope = delivery.build_message(email, mail.format_date(datetime.now(UTC)), None)
+                _, envelope = delivery.build_message(email, compose.format_date(datetime.now(UTC)), None)
                 # The machine is shared: the baseline runs half before and half after the
                 # newsletter, and the mean of the two rates is the figure compared against.
                 before = await baseline_send(port, envelope.message, n // 2)

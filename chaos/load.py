@@ -36,7 +36,7 @@ async def scenario_postgres(clients: int, seconds: float, down: float) -> Outcom
     process) while an embedded PostgreSQL is stopped for `down` seconds and started again:
     answers are 2xx or 503 with Retry-After, never another 5xx, and every message that got a 2xx
     is in the database afterwards."""
-    from notifier import auth
+    from notifier.api import auth
     from notifier.embedded import EmbeddedPostgres
 
     outcome = Outcome("postgres")
@@ -160,7 +160,7 @@ async def scenario_soak(admin_url: str, seconds: float, members: int) -> Outcome
     on immediate digests, so the digest pass runs all along), and a newsletter to `members`.
     Memory of web and workers sampled every 10 s must stay flat; no error answers; the queues
     drain afterwards."""
-    from notifier import auth
+    from notifier.api import auth
 
     outcome = Outcome("soak")
     async with stage(admin_url) as s:

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from notifier import outbox
+from notifier.mail import outbox
 from notifier.settings import Settings
 from workers import run_workers
 

@@ -26,11 +26,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from notifier import audit, suppression
-from notifier.auth import api_key_of, requires
+from notifier.api.auth import api_key_of, requires
+from notifier.api.idempotency import idempotent, json_response
+from notifier.api.pagination import decode_cursor, encode_cursor, page_limit
+from notifier.api.problems import Problem, read_json
 from notifier.db import Q
-from notifier.idempotency import idempotent, json_response
-from notifier.pagination import decode_cursor, encode_cursor, page_limit
-from notifier.problems import Problem, read_json
 from notifier.resources import POOL
 from notifier.serialize import jsonable
 from notifier.suppression import ListName, address_hash

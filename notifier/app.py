@@ -11,9 +11,10 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_log import AccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from notifier import auth, capture
-from notifier.problems import MAX_BODY, Handler, problem_middleware
-from notifier.problems import redact_path as redact_path  # re-exported: the access logger's helper
+from notifier.api import auth
+from notifier.api.problems import MAX_BODY, Handler, problem_middleware
+from notifier.api.problems import redact_path as redact_path  # re-exported: the access logger's helper
+from notifier.mail import capture
 from notifier.resources import POOL, REDIS, SETTINGS, open_pool, open_redis
 from notifier.settings import Settings
 
@@ -158,9 +159,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics)
     auth.setup(app, settings)
     # Each feature module adds its routes here.
-    from notifier import console
+    from notifier.console import app as console_app
 
-    console.setup(app)
+    console_app.setup(app)
     from notifier import service
 
     service.setup_routes(app)
@@ -173,13 +174,15 @@ def create_app(settings: Settings) -> web.Application:
     from notifier import inbox
 
     inbox.setup_routes(app)
-    from notifier import openapi, openapi_routes
+    from notifier.api import openapi, openapi_routes
 
     openapi_routes.describe()
     openapi.setup_routes(app)
-    from notifier import consent, newsletter_api, preference_centre, unsubscribe
+    from notifier import consent
+    from notifier.api import newsletters
+    from notifier.pages import preference_centre, unsubscribe
 
-    newsletter_api.setup_routes(app)
+    newsletters.setup_routes(app)
     unsubscribe.setup_routes(app)
     preference_centre.setup_routes(app)
     consent.setup_routes(app)

@@ -171,7 +171,7 @@ async def cmd_dev(args: argparse.Namespace) -> int:
 
 
 async def cmd_api_key(args: argparse.Namespace) -> int:
-    from notifier import auth
+    from notifier.api import auth
     from notifier.resources import open_pool
 
     settings = settings_for(args)
@@ -222,7 +222,7 @@ def _instant(value: str) -> datetime:
 
 
 async def cmd_outbox(args: argparse.Namespace) -> int:
-    from notifier import outbox
+    from notifier.mail import outbox
     from notifier.resources import opened
 
     settings = settings_for(args)

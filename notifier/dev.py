@@ -19,9 +19,9 @@ from aiohttp import web
 
 from notifier import queues
 from notifier.app import RedactingAccessLogger, create_app
-from notifier.capture import mailbox_dir, start_capture_server
 from notifier.db import migrate_dsn
 from notifier.embedded import EmbeddedPostgres, EmbeddedRedis
+from notifier.mail.capture import mailbox_dir, start_capture_server
 from notifier.settings import Settings, load_settings
 
 log = logging.getLogger("notifier.dev")
@@ -137,7 +137,7 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
 async def _dev_api_key(database_url: str, data: Path) -> Path:
     """An admin API key for trying the API, kept in the data folder (mode 0600) and reused while
     it is valid. Development only: a production key is never written to disk."""
-    from notifier import auth
+    from notifier.api import auth
 
     path = data / "dev_api_key"
     conn = await asyncpg.connect(database_url)

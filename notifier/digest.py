@@ -43,9 +43,10 @@ import asyncpg
 import jinja2
 from arq import ArqRedis
 
-from notifier import delivery, mail, outbox, queues, render, schedule
+from notifier import queues, schedule
 from notifier.db import Q
-from notifier.render import OutgoingEmail, Rendered, TemplateError, Templates
+from notifier.mail import compose, delivery, outbox, render
+from notifier.mail.render import OutgoingEmail, Rendered, TemplateError, Templates
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.digest")
@@ -183,7 +184,7 @@ def render_digest(templates: Templates, context: Mapping[str, Any]) -> Rendered:
 
 class DigestRenderer:
     """Delivery's renderer for kind "digest": before each batch, one query finds messages read or
-    archived since their digest was built, and those are left out of the e-mail."""
+    archived since their digest was built, and those are left out of the e-compose."""
 
     def __init__(self, settings: Settings, templates: Templates) -> None:
         self.templates = templates
@@ -219,8 +220,8 @@ def _next_after(account: Mapping[str, Any], window_end: datetime, now: datetime)
 
 def _mailable(address: str) -> bool:
     try:
-        mail.check_address(address)
-    except mail.HeaderError:
+        compose.check_address(address)
+    except compose.HeaderError:
         return False
     return True
 
@@ -350,7 +351,7 @@ async def messages_arrived(
     """Intake calls this in the transaction that inserted messages for these accounts: members on
     "immediate" become due one coalescing window after `at` (default: the transaction's time, as
     the messages' `created_at`) unless already due sooner, so every message arriving in that
-    window goes out in one e-mail. Others are untouched: no row of theirs is locked or written."""
+    window goes out in one e-compose. Others are untouched: no row of theirs is locked or written."""
     if not account_ids:
         return
     await conn.execute(

@@ -33,11 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from notifier.accounts import account_id_of, external_id_of
-from notifier.auth import requires
+from notifier.api.auth import requires
+from notifier.api.idempotency import HEADER, idempotent, json_response
+from notifier.api.pagination import decode_cursor, encode_cursor, page_limit
+from notifier.api.problems import Problem, parse_json, read_body
 from notifier.db import Q
-from notifier.idempotency import HEADER, idempotent, json_response
-from notifier.pagination import decode_cursor, encode_cursor, page_limit
-from notifier.problems import Problem, parse_json, read_body
 from notifier.resources import POOL, SETTINGS
 from notifier.validation import Body, Category, Data, ExternalId, Subject, Url, errors_of, parse
 

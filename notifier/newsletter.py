@@ -6,7 +6,7 @@
 Sending "now" is scheduling for now: the request records the intent and enqueues `start`; a
 bulk-queue job (or the `newsletter_tick` cron, should the job be lost) moves the newsletter to
 `sending` with one conditional UPDATE and, in the same transaction, freezes the audience into one
-outbox row per member with one INSERT … SELECT. Delivery (notifier.delivery) then sends the rows
+outbox row per member with one INSERT … SELECT. Delivery (notifier.mail.delivery) then sends the rows
 through the bulk queue; the tick marks the newsletter `sent` once no row is queued or sending.
 Every recipient is a row, so figures come from rows and events, and a crash loses nothing.
 """
@@ -22,9 +22,10 @@ from typing import Any
 
 import asyncpg
 
-from notifier import consent, outbox, queues, render
+from notifier import consent, queues
 from notifier.db import Q
-from notifier.newsletter_render import Draft, PreparedCache, TemplateProblem, sample_personal
+from notifier.mail import outbox, render
+from notifier.mail.newsletter_render import Draft, PreparedCache, TemplateProblem, sample_personal
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.newsletter")

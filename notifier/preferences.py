@@ -22,11 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 
 from notifier import audit, digest, schedule
 from notifier.accounts import on_account_changed, on_account_created
+from notifier.api.auth import api_key_of, requires
+from notifier.api.problems import Problem, read_json, validation_errors
 from notifier.audit import Actor
-from notifier.auth import api_key_of, requires
 from notifier.db import Q
 from notifier.inbox import CreatedMessage, on_messages_created
-from notifier.problems import Problem, read_json, validation_errors
 from notifier.resources import POOL, SETTINGS
 
 FIELDS = ("digest_frequency", "digest_hour", "digest_weekday", "timezone", "newsletter")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncpg
 from arq import ArqRedis
 
-from notifier import outbox, queues
+from notifier import queues
+from notifier.mail import outbox
 
 
 async def send_selftest(pool: asyncpg.Pool, redis: ArqRedis, to: str) -> int:

@@ -13,13 +13,14 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from notifier import delivery, outbox, queues
-from notifier.auth import requires
+from notifier import queues
+from notifier.api.auth import requires
+from notifier.api.idempotency import idempotent, json_response
+from notifier.api.problems import Problem, parse_model, read_json
 from notifier.db import Q
-from notifier.idempotency import idempotent, json_response
-from notifier.mail import HeaderError
-from notifier.problems import Problem, parse_model, read_json
-from notifier.render import OutgoingEmail, TemplateError, Templates
+from notifier.mail import delivery, outbox
+from notifier.mail.compose import HeaderError
+from notifier.mail.render import OutgoingEmail, TemplateError, Templates
 from notifier.resources import POOL, REDIS, SETTINGS
 
 TEMPLATES = web.AppKey("service_templates", Templates)

@@ -8,7 +8,8 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 from arq import ArqRedis
 
-from notifier import auth, newsletter, queues
+from notifier import newsletter, queues
+from notifier.api import auth
 from notifier.settings import Settings
 
 if TYPE_CHECKING:

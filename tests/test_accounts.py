@@ -213,7 +213,7 @@ async def test_created_hook_runs_inside_the_transaction(client, headers, pool) -
         seen.append(account["external_id"])
         await conn.execute("UPDATE accounts SET next_digest_at = now() WHERE id = $1", account["id"])
         if account["external_id"] == "m-2":
-            from notifier.problems import Problem
+            from notifier.api.problems import Problem
 
             raise Problem(422, "refused by hook")
 

@@ -7,9 +7,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from notifier import auth, tokens
+from notifier import tokens
+from notifier.api import auth
+from notifier.api.auth import api_key_of, requires
 from notifier.app import create_app
-from notifier.auth import api_key_of, requires
 from notifier.settings import Settings
 
 SECRET = b"k" * 32

@@ -15,8 +15,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from arq import ArqRedis
 from yarl import URL
 
-from notifier import auth, console_chart, newsletter, queues, suppression
+from notifier import newsletter, queues, suppression
+from notifier.api import auth
 from notifier.app import create_app
+from notifier.console import chart
 from notifier.resources import POOL
 from notifier.settings import Settings
 from tests.conftest import BurstWorker, MailSink
@@ -676,17 +678,17 @@ async def test_timeline_cumulates_events_per_bucket(pool: asyncpg.Pool, factory:
             newsletter_id=newsletter_id,
             created_at=start + timedelta(minutes=minutes, seconds=10),
         )
-    line = await console_chart.timeline(pool, newsletter_id)
+    line = await chart.timeline(pool, newsletter_id)
     assert line.bucket == timedelta(minutes=1)
     assert len(line.starts) == 10 and line.starts[0] == start
     assert line.series["Delivered"] == [2, 2, 2, 3, 3, 3, 3, 3, 3, 3]
     assert line.series["Failed"][-1] == 1 and line.series["Bounced"][3:5] == [0, 1]
     assert line.series["Unsubscribed"][-2:] == [0, 1]
-    svg = console_chart.svg(line, "Chart")
+    svg = chart.svg(line, "Chart")
     assert (
         svg.count("<polyline") == 4 and "56.0,220.0 " in svg and 'role="img"' in svg and "Delivered: 3" in svg
     )
-    assert console_chart.bucket_for(timedelta(hours=10)) == timedelta(minutes=15)
+    assert chart.bucket_for(timedelta(hours=10)) == timedelta(minutes=15)
 
 
 # --- mailbox -------------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from arq import ArqRedis
 
-from notifier import auth, console_newsletters, newsletter, outbox, queues
+from notifier import newsletter, queues
+from notifier.api import auth
+from notifier.console import newsletters as console_newsletters
+from notifier.mail import outbox
 from notifier.settings import Settings
 from tests.browser_fixtures import BROWSER_MARKS, axe_violations, browser, require_axe
 from tests.conftest import BurstWorker, MailSink

@@ -553,7 +553,7 @@ async def test_unmailable_address_does_not_block_the_batch(
 async def test_api_registration_intake_and_correction_drive_the_schedule(
     client: Any, pool: asyncpg.Pool, redis: ArqRedis, settings: Settings
 ) -> None:
-    from notifier import auth
+    from notifier.api import auth
 
     _, key = await auth.create_key(pool, "hooks", ["accounts", "messages"])
     headers = {"Authorization": f"Bearer {key}"}
@@ -702,7 +702,7 @@ async def test_hourly_and_weekly_windows_in_other_zones_through_passes(
 def test_contexts_queued_before_the_cut_flag_still_render() -> None:
     # An e-mail queued by an older pass has no "cut" in its messages; it must still render.
     from notifier.digest import render_digest
-    from notifier.render import Templates
+    from notifier.mail.render import Templates
 
     message = {"id": 1, "subject": "Old", "snippet": "Old snippet…", "url": None, "when": "Mon 1 Jun, 09:00"}
     context = {

@@ -15,8 +15,8 @@ from pydantic import SecretStr
 
 from notifier.app import redact_path
 from notifier.db import MIGRATIONS_DIR, Q, migrate, migration_files, parse_queries, scratch_database
+from notifier.mail.smtp import Envelope, PermanentFailure, SMTPSender, TemporaryFailure
 from notifier.settings import ConfigError, Settings, load_settings
-from notifier.smtp import Envelope, PermanentFailure, SMTPSender, TemporaryFailure
 from tests.conftest import MailSink, Services
 
 # --- settings ---------------------------------------------------------------------------------

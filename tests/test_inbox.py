@@ -91,7 +91,7 @@ async def test_filters_unread_category_archived(client, headers, factory, pool) 
 
 
 async def test_cursor_of_another_list_is_refused(client, pool, factory) -> None:
-    from notifier.pagination import encode_cursor
+    from notifier.api.pagination import encode_cursor
 
     headers = await bearer(pool, "messages", "accounts")
     await factory.account(external_id="ann")

@@ -182,7 +182,7 @@ async def test_expired_key_is_reclaimed(client, headers, factory, pool) -> None:
     assert resp.status == 201 and "Idempotent-Replayed" not in resp.headers
     assert await pool.fetchval("SELECT count(*) FROM messages") == 2
     await pool.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
-    from notifier.idempotency import purge_expired
+    from notifier.api.idempotency import purge_expired
 
     assert await purge_expired(pool) == 1
     assert await pool.fetchval("SELECT count(*) FROM idempotency_keys") == 0
@@ -409,7 +409,7 @@ async def test_purge_job_runs_from_a_worker(
 
     names = {job.name for jobs in CRON_JOBS.values() for job in jobs}
     assert {"idempotency-purge", "inbox-retention"} <= names
-    from notifier.idempotency import purge_job
+    from notifier.api.idempotency import purge_job
 
     await factory.account(external_id="ann")
     h = {**headers, "Idempotency-Key": "x"}

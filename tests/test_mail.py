@@ -12,7 +12,7 @@ from pathlib import Path
 import dkim
 import pytest
 
-from notifier import mail
+from notifier.mail import compose
 
 
 def content(part: MIMEPart) -> str:
@@ -30,16 +30,16 @@ def parse(data: bytes) -> EmailMessage:
 
 def build(**overrides: object) -> bytes:
     fields: dict[str, object] = {
-        "from_": mail.mailbox("Example Org", "service@example.org"),
-        "to": mail.mailbox(None, "ada@example.com"),
+        "from_": compose.mailbox("Example Org", "service@example.org"),
+        "to": compose.mailbox(None, "ada@example.com"),
         "subject": "Hello",
-        "date": mail.format_date(datetime(2026, 11, 25, 16, 0, tzinfo=UTC)),
+        "date": compose.format_date(datetime(2026, 11, 25, 16, 0, tzinfo=UTC)),
         "message_id": "<1.abc@example.org>",
         "text": "Plain text\n",
         "html": "<p>HTML</p>",
     }
     fields.update(overrides)
-    return mail.build(**fields)  # type: ignore[arg-type]
+    return compose.build(**fields)  # type: ignore[arg-type]
 
 
 def test_headers_and_parts_parse_back() -> None:
@@ -62,7 +62,7 @@ def test_headers_and_parts_parse_back() -> None:
 def test_non_ascii_subject_name_and_body_round_trip() -> None:
     subject = "Ihre Übersicht für heute — 12 neue Nachrichten 📬 " + "ünd noch mehr " * 8
     data = build(
-        from_=mail.mailbox('Zoë Ørsted, "the" Org', "service@example.org"),
+        from_=compose.mailbox('Zoë Ørsted, "the" Org', "service@example.org"),
         subject=subject,
         text="Grüße\n" + "x" * 200 + " trailing  \n",
         html="<p>Grüße — " + "é" * 300 + "</p>",
@@ -78,7 +78,7 @@ def test_non_ascii_subject_name_and_body_round_trip() -> None:
 
 
 def test_ascii_names_with_specials_are_quoted() -> None:
-    message = parse(build(from_=mail.mailbox('Smith, John "JJ"', "john@example.org")))
+    message = parse(build(from_=compose.mailbox('Smith, John "JJ"', "john@example.org")))
     address = message["From"].addresses[0]
     assert (address.display_name, address.addr_spec) == ('Smith, John "JJ"', "john@example.org")
 
@@ -122,20 +122,20 @@ def test_subject_cannot_inject_headers_or_body(subject: str) -> None:
     ],
 )
 def test_bad_addresses_are_refused(address: str) -> None:
-    with pytest.raises(mail.HeaderError):
-        mail.mailbox("Ada", address)
+    with pytest.raises(compose.HeaderError):
+        compose.mailbox("Ada", address)
 
 
 def test_display_name_cannot_inject() -> None:
-    message = parse(build(from_=mail.mailbox("Ada\r\nBcc: victim@example.net", "ada@example.org")))
+    message = parse(build(from_=compose.mailbox("Ada\r\nBcc: victim@example.net", "ada@example.org")))
     assert message["Bcc"] is None
     assert message["From"].addresses[0].addr_spec == "ada@example.org"
 
 
 def test_extra_headers_refuse_line_breaks() -> None:
-    with pytest.raises(mail.HeaderError):
+    with pytest.raises(compose.HeaderError):
         build(headers=[("List-Id", "<a>\r\nBcc: victim@example.net")])
-    with pytest.raises(mail.HeaderError):
+    with pytest.raises(compose.HeaderError):
         build(headers=[("Bad Name", "x")])
 
 
@@ -165,7 +165,7 @@ def test_dkim_signature_verifies_and_covers_the_list_headers() -> None:
         assert name == b"sel._domainkey.example.org."
         return record
 
-    signer = mail.Signer("example.org", "sel", pem)
+    signer = compose.Signer("example.org", "sel", pem)
     headers = [
         ("List-Unsubscribe", "<https://notifier.test/u/TOKEN>"),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
@@ -212,11 +212,11 @@ def test_a_bad_dkim_key_is_a_configuration_error(tmp_path: Path) -> None:
         dkim_domain="example.org", dkim_selector="sel", dkim_private_key=SecretStr("not a key")
     )
     with pytest.raises(ConfigError, match="DKIM"):
-        mail.Signer.from_settings(settings)
-    assert mail.Signer.from_settings(Settings()) is None
+        compose.Signer.from_settings(settings)
+    assert compose.Signer.from_settings(Settings()) is None
     pem, _ = rsa_key()
     (tmp_path / "key.pem").write_bytes(pem)
     settings = Settings(
         dkim_domain="example.org", dkim_selector="sel", dkim_private_key_path=tmp_path / "key.pem"
     )
-    assert mail.Signer.from_settings(settings) is not None
+    assert compose.Signer.from_settings(settings) is not None

@@ -1,4 +1,4 @@
-"""The fast checks of `mail._body`: a part is 7bit exactly when it is ASCII (no NUL) with every
+"""The fast checks of `compose._body`: a part is 7bit exactly when it is ASCII (no NUL) with every
 line at most 998 characters, wherever a long line sits relative to the spans the check scans."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from email.message import EmailMessage
 
 import pytest
 
-from notifier import mail
+from notifier.mail import compose
 
 
 def _encoding(text: str) -> str:
-    return mail._body(text)[0]
+    return compose._body(text)[0]
 
 
 @pytest.mark.parametrize("offset", [0, 1, 250, 498, 499, 500, 997, 998, 1500])
@@ -30,7 +30,7 @@ def test_a_line_over_998_characters_anywhere_needs_quoted_printable(
 
 def test_many_lines_of_998_stay_7bit_and_round_trip() -> None:
     text = "\n".join(chr(65 + i % 26) * 998 for i in range(40)) + "\n"
-    encoding, body = mail._body(text)
+    encoding, body = compose._body(text)
     assert encoding == "7bit"
     assert body == text.replace("\n", "\r\n").encode("ascii")
 
@@ -44,7 +44,7 @@ def test_many_lines_of_998_stay_7bit_and_round_trip() -> None:
     ],
 )
 def test_line_ends_and_characters(text: str, expected: str) -> None:
-    encoding, body = mail._body(text)
+    encoding, body = compose._body(text)
     assert encoding == expected
     assert (
         b"\r\n" in body
@@ -55,8 +55,8 @@ def test_line_ends_and_characters(text: str, expected: str) -> None:
 
 def test_a_built_message_with_a_long_html_line_parses_back() -> None:
     html = "<p>" + "word " * 400 + "</p>\n" + "<p>short</p>\n" * 50
-    data = mail.build(
-        from_=mail.mailbox("Example", "service@example.org"),
+    data = compose.build(
+        from_=compose.mailbox("Example", "service@example.org"),
         to="ada@example.com",
         subject="Hi",
         date="Wed, 25 Nov 2026 16:00:00 +0000",

@@ -12,8 +12,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from arq import ArqRedis
 
-from notifier import auth, newsletter, queues, suppression
-from notifier.newsletter_render import Draft, PreparedCache, TemplateProblem, check, markdown_to_html
+from notifier import newsletter, queues, suppression
+from notifier.api import auth
+from notifier.mail.newsletter_render import Draft, PreparedCache, TemplateProblem, check, markdown_to_html
 from notifier.settings import Settings
 from tests.api_helpers import bearer, create_newsletter, send_newsletter
 from tests.conftest import BurstWorker, MailSink
@@ -243,7 +244,7 @@ async def test_resumes_after_a_crash_and_sends_each_once(
     assert await newsletter.finish_done(pool) == []  # rows still queued or sending: not sent
     await redis.flushdb()  # the doorbells are lost too
     await newsletter.tick(pool, redis, settings)
-    from notifier import outbox
+    from notifier.mail import outbox
 
     await outbox.sweep(pool, redis)
     await run_worker(queues.BULK)
@@ -412,7 +413,7 @@ async def test_two_workers_send_each_recipient_once_and_bounces_are_counted(
     run_worker: BurstWorker,
     smtp: MailSink,
 ) -> None:
-    from notifier import outbox
+    from notifier.mail import outbox
 
     members = [await factory.account(newsletter=True) for _ in range(60)]
     smtp.rcpt_replies[members[0]["email"]] = "550 5.1.1 no such user"

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from jsonschema import Draft202012Validator
 
-from notifier import newsletter_openapi, openapi, openapi_routes
+from notifier.api import openapi, openapi_newsletters, openapi_routes
 from tests.api_helpers import bearer, new_account
 
 
@@ -78,7 +78,7 @@ def test_every_schema_is_valid_json_schema() -> None:
     from aiohttp import web
 
     openapi_routes.describe()
-    newsletter_openapi.describe()
+    openapi_newsletters.describe()
     document = openapi.build(web.Application())
     for name, schema in document["components"]["schemas"].items():
         Draft202012Validator.check_schema(schema)

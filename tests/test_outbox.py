@@ -9,12 +9,13 @@ import asyncpg
 import pytest
 from arq import ArqRedis
 
-from notifier import mail, outbox, queues, suppression, tokens
+from notifier import queues, suppression, tokens
 from notifier.db import Q
-from notifier.delivery import Delivery
-from notifier.render import TemplateRenderer
+from notifier.mail import compose, outbox
+from notifier.mail.delivery import Delivery
+from notifier.mail.render import TemplateRenderer
+from notifier.mail.smtp import SMTPSender
 from notifier.settings import Settings
-from notifier.smtp import SMTPSender
 from tests.conftest import MailSink
 from tests.factory import Factory
 
@@ -320,7 +321,7 @@ async def test_header_injection_through_the_outbox_is_impossible(
     settings: Settings, pool: asyncpg.Pool, smtp: MailSink
 ) -> None:
     async with pool.acquire() as conn:
-        with pytest.raises(mail.HeaderError):
+        with pytest.raises(compose.HeaderError):
             await outbox.add(
                 conn,
                 kind="service",
@@ -388,7 +389,7 @@ def test_cli_outbox_retry(
 
 
 async def test_rate_limiter_spaces_batches_across_workers(redis: ArqRedis) -> None:
-    from notifier.smtp import RateLimiter
+    from notifier.mail.smtp import RateLimiter
 
     one = RateLimiter(redis, rate=100, key="test:rate")
     two = RateLimiter(redis, rate=100, key="test:rate")
@@ -498,7 +499,7 @@ async def test_sender_reconnects_when_the_server_dropped_a_pooled_connection(set
     an idle timeout racing a send does): the send is retried once on a fresh connection."""
     import asyncio
 
-    from notifier.smtp import Envelope
+    from notifier.mail.smtp import Envelope
 
     received: list[bytes] = []
 

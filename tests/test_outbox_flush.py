@@ -13,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from notifier import outbox, queues
+from notifier import queues
 from notifier.db import Q
-from notifier.delivery import Counts, Delivery, Result, _Recorder
+from notifier.mail import outbox
+from notifier.mail.delivery import Counts, Delivery, Result, _Recorder
+from notifier.mail.smtp import Envelope, SMTPSender
 from notifier.settings import Settings
-from notifier.smtp import Envelope, SMTPSender
 from tests.conftest import MailSink
 
 BATCH = 100

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from notifier import auth
+from notifier.api import auth
 from notifier.audit import MEMBER, Actor
 from notifier.preferences import AccountNotFound, InvalidPreferences, apply_preferences, start_schedule
 from tests.factory import Factory

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from markupsafe import escape
 from pydantic import SecretStr
 
-from notifier import digest, mail, newsletter_render, tokens
-from notifier.render import Templates
+from notifier import digest, tokens
+from notifier.mail import compose, newsletter_render
+from notifier.mail.render import Templates
 from notifier.settings import Settings
 
 SECRET = b"property-secret"
@@ -110,11 +111,11 @@ def _head(message: bytes) -> bytes:
 @example(subject="x" * 2000, name="y" * 400)
 @example(subject="a\x00b", name="c\x00d")
 def test_header_values_never_inject_lines(subject: str, name: str) -> None:
-    message = mail.build(
-        from_=mail.mailbox(name, "sender@example.org"),
-        to=mail.mailbox(name, "member@example.com"),
+    message = compose.build(
+        from_=compose.mailbox(name, "sender@example.org"),
+        to=compose.mailbox(name, "member@example.com"),
         subject=subject,
-        date=mail.format_date(datetime(2026, 11, 25, tzinfo=UTC)),
+        date=compose.format_date(datetime(2026, 11, 25, tzinfo=UTC)),
         message_id="<1.abc@example.org>",
         text="text",
         html="<p>html</p>",
@@ -137,8 +138,8 @@ def test_header_values_never_inject_lines(subject: str, name: str) -> None:
 @given(value=NASTY)
 def test_raw_header_refuses_what_it_cannot_keep_on_one_line(value: str) -> None:
     try:
-        header = mail.raw_header("List-Unsubscribe", value)
-    except mail.HeaderError:
+        header = compose.raw_header("List-Unsubscribe", value)
+    except compose.HeaderError:
         assert any(c in value for c in "\r\n\x00") or not value.isascii()
         return
     assert header.replace("\r\n ", " ").replace("\r\n\t", "\t") == f"List-Unsubscribe: {value}"
@@ -148,8 +149,8 @@ def test_raw_header_refuses_what_it_cannot_keep_on_one_line(value: str) -> None:
 @given(address=NASTY)
 def test_address_check_refuses_anything_but_an_addr_spec(address: str) -> None:
     try:
-        mail.check_address(address)
-    except mail.HeaderError:
+        compose.check_address(address)
+    except compose.HeaderError:
         return
     assert address.isascii() and address.count("@") == 1
     assert not any(c in address for c in ' \r\n\x00<>,;"()')

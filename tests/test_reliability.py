@@ -9,8 +9,9 @@ import asyncpg
 from arq import ArqRedis
 from arq.constants import in_progress_key_prefix
 
-from notifier import outbox, queues
+from notifier import queues
 from notifier.db import Q
+from notifier.mail import outbox
 from tests.factory import Factory
 
 
@@ -73,8 +74,8 @@ async def test_a_message_sent_again_after_a_killed_worker_keeps_its_message_id(
 ) -> None:
     """The worker was SIGKILLed after the server accepted the message and before the result was
     recorded: the lease runs out, the row is sent again, with the same Message-ID."""
-    from notifier.delivery import Delivery
-    from notifier.smtp import SMTPSender
+    from notifier.mail.delivery import Delivery
+    from notifier.mail.smtp import SMTPSender
 
     email = await factory.email(template="service/selftest")
     delivery = Delivery(settings, pool, SMTPSender(settings))
@@ -100,8 +101,8 @@ async def test_a_worker_stopped_mid_batch_records_what_the_server_accepted(
 
     import pytest
 
-    from notifier.delivery import Delivery
-    from notifier.smtp import Envelope, SMTPSender
+    from notifier.mail.delivery import Delivery
+    from notifier.mail.smtp import Envelope, SMTPSender
 
     for i in range(6):
         await factory.email(template="service/selftest", to_address=f"stop{i}@example.com")
@@ -152,7 +153,7 @@ async def test_stopping_a_worker_process_cancels_its_jobs_while_the_pool_is_open
     running = asyncio.Event()
     seen: list[object] = []
 
-    from notifier.delivery import Counts, Delivery
+    from notifier.mail.delivery import Counts, Delivery
 
     async def stalls(self: Delivery, queue: str, *, now: object = None) -> Counts:
         running.set()

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from pydantic import SecretStr
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from notifier import auth
+from notifier.api import auth
 from notifier.app import create_app
 from notifier.embedded import free_port
 from notifier.settings import Settings

@@ -16,9 +16,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from arq import ArqRedis
 from pydantic import SecretStr
 
-from notifier import auth, tokens
+from notifier import tokens
+from notifier.api import auth
+from notifier.api.problems import problem_middleware
 from notifier.app import RedactingAccessLogger, create_app
-from notifier.problems import problem_middleware
 from notifier.settings import Settings
 from tests.api_helpers import bearer, new_account
 from tests.factory import Factory

@@ -8,7 +8,9 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 from arq import ArqRedis
 
-from notifier import auth, outbox, queues
+from notifier import queues
+from notifier.api import auth
+from notifier.mail import outbox
 from tests.conftest import MailSink
 from tests.factory import Factory
 

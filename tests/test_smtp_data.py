@@ -9,8 +9,8 @@ import aiosmtplib
 import pytest
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
+from notifier.mail.smtp import Envelope, SMTPSender, TemporaryFailure, data_bytes
 from notifier.settings import Settings
-from notifier.smtp import Envelope, SMTPSender, TemporaryFailure, data_bytes
 from tests.conftest import MailSink
 
 TRICKY = [

@@ -13,8 +13,10 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 from arq import ArqRedis
 
-from notifier import auth, consent, newsletter, outbox, queues, tokens
+from notifier import consent, newsletter, queues, tokens
+from notifier.api import auth
 from notifier.audit import MEMBER
+from notifier.mail import outbox
 from notifier.preferences import apply_preferences
 from notifier.settings import Settings
 from tests.api_helpers import bearer, create_newsletter, send_newsletter

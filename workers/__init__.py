@@ -21,10 +21,12 @@ from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Function, Worker, func
 
-from notifier import delivery, digest, heartbeat, idempotency, inbox, newsletter, outbox, queues
+from notifier import digest, heartbeat, inbox, newsletter, queues
+from notifier.api import idempotency
+from notifier.mail import delivery, outbox
+from notifier.mail.smtp import Sender, SMTPSender
 from notifier.resources import open_pool, open_redis, redis_settings
 from notifier.settings import Settings
-from notifier.smtp import Sender, SMTPSender
 
 log = logging.getLogger("notifier.worker")
 
@@ -84,7 +86,7 @@ async def open_context(settings: Settings, sender: Sender | None = None) -> dict
         "pool": pool,
         "sender": sender or SMTPSender(settings),
         "owns_sender": sender is None,
-        "deliveries": {},  # notifier.outbox: one Delivery per queue, kept for the process
+        "deliveries": {},  # notifier.mail.outbox: one Delivery per queue, kept for the process
     }
 
 

@@ -25,7 +25,7 @@ from markupsafe import Markup
 
 from notifier.settings import Settings
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 
 # What marketing's templates may use. Anything else is an error caught when the draft is saved.
 PERSONAL_FIELDS = ("name", "first_name", "email", "unsubscribe_url", "preferences_url")

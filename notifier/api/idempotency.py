@@ -45,9 +45,9 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from notifier.auth import api_key_of
+from notifier.api.auth import api_key_of
+from notifier.api.problems import Problem
 from notifier.db import Q
-from notifier.problems import Problem
 from notifier.resources import POOL
 
 HEADER = "Idempotency-Key"

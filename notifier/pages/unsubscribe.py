@@ -23,9 +23,9 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from notifier import audit, consent, pages, preferences, tokens
-from notifier.auth import requires
+from notifier.api.auth import requires
+from notifier.api.problems import Problem, read_model
 from notifier.db import Q
-from notifier.problems import Problem, read_model
 from notifier.resources import POOL, SETTINGS
 
 LIST_LABELS = {

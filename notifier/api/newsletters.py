@@ -10,12 +10,13 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
-from notifier import mail, newsletter, outbox, queues
-from notifier.auth import api_key_of, requires
+from notifier import newsletter, queues
+from notifier.api.auth import api_key_of, requires
+from notifier.api.pagination import decode_cursor, encode_cursor, page_limit
+from notifier.api.problems import Problem, read_model
 from notifier.db import Q
-from notifier.newsletter_render import Draft, TemplateProblem, check, prepare, sample_personal
-from notifier.pagination import decode_cursor, encode_cursor, page_limit
-from notifier.problems import Problem, read_model
+from notifier.mail import compose, outbox
+from notifier.mail.newsletter_render import Draft, TemplateProblem, check, prepare, sample_personal
 from notifier.resources import POOL, REDIS, SETTINGS
 
 MAX_BODY_CHARS = 512 * 1024
@@ -238,8 +239,8 @@ async def test_send(request: web.Request) -> web.Response:
     addresses = list(dict.fromkeys(str(a) for a in body.to))
     for i, address in enumerate(addresses):
         try:
-            mail.check_address(address)
-        except mail.HeaderError as exc:
+            compose.check_address(address)
+        except compose.HeaderError as exc:
             raise Problem(
                 422, "an address cannot be used", errors=[{"field": f"to.{i}", "message": str(exc)}]
             ) from None
@@ -308,9 +309,9 @@ async def cancel_newsletter(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
-    from notifier import newsletter_openapi
+    from notifier.api import openapi_newsletters
 
-    newsletter_openapi.describe()
+    openapi_newsletters.describe()
     app.router.add_post("/v1/newsletters", create_newsletter)
     app.router.add_get("/v1/newsletters", list_newsletters)
     app.router.add_get("/v1/newsletters/{id}", get_newsletter)

@@ -14,9 +14,10 @@ from typing import Any, get_args
 import asyncpg
 from aiohttp import web
 
-from notifier import audit, outbox, queues, suppression
-from notifier.console_ui import form_of, number, page, pool_of, posted, redirect, redis_of, render, session_of
+from notifier import audit, queues, suppression
+from notifier.console.ui import form_of, number, page, pool_of, posted, redirect, redis_of, render, session_of
 from notifier.db import Q
+from notifier.mail import outbox
 
 RECENT_LIMIT = 100
 FAILED_LIMIT = 200

@@ -7,7 +7,7 @@ import binascii
 
 from aiohttp import web
 
-from notifier.problems import Problem
+from notifier.api.problems import Problem
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100

@@ -17,7 +17,7 @@ from typing import Literal
 
 import asyncpg
 
-from notifier import auth
+from notifier.api import auth
 from notifier.audit import Actor
 from notifier.db import Q
 

@@ -1,7 +1,7 @@
 """The outbox: every e-mail is a row before any job is enqueued; Redis only rings the doorbell.
 
 Producers (service messages, digests, newsletters) call `add` / `add_many` inside their own
-transaction, then `ring` after it commits. A `deliver` job on the row's queue (`notifier.delivery`)
+transaction, then `ring` after it commits. A `deliver` job on the row's queue (`notifier.mail.delivery`)
 claims due rows in batches (`FOR UPDATE SKIP LOCKED`, a lease in `locked_until`), sends them and
 records each result; a result is only recorded for a row still held under the lease that claimed
 it, so a job that runs twice sends once. `sweep` (cron) re-rings queues whose rows are due and have
@@ -26,8 +26,9 @@ from arq import ArqRedis
 from arq.constants import in_progress_key_prefix
 from redis.exceptions import RedisError
 
-from notifier import mail, queues
+from notifier import queues
 from notifier.db import Q
+from notifier.mail import compose
 
 log = logging.getLogger("notifier.outbox")
 
@@ -97,7 +98,7 @@ class NewEmail:
 def _check_new(kind: str, to_address: str, queue: str | None) -> str:
     if kind not in POLICIES:
         raise ValueError(f"unknown kind of e-mail {kind!r}")
-    mail.check_address(to_address)
+    compose.check_address(to_address)
     queue = queue or DEFAULT_QUEUE[kind]
     if queue not in queues.ALL.values():
         raise ValueError(f"unknown queue {queue!r}")

@@ -22,11 +22,12 @@ from typing import Any, Literal
 import asyncpg
 from arq import ArqRedis
 
-from notifier import mail, outbox, queues, suppression, tokens
+from notifier import queues, suppression, tokens
 from notifier.db import Q
-from notifier.render import OutgoingEmail, Renderers, TemplateError
+from notifier.mail import compose, outbox
+from notifier.mail.render import OutgoingEmail, Renderers, TemplateError
+from notifier.mail.smtp import Envelope, PermanentFailure, RateLimiter, Sender, TemporaryFailure
 from notifier.settings import Settings
-from notifier.smtp import Envelope, PermanentFailure, RateLimiter, Sender, TemporaryFailure
 
 log = logging.getLogger("notifier.delivery")
 
@@ -181,15 +182,15 @@ class Delivery:
         self.redis = redis
         self.renderers = renderers or Renderers(settings)
         self.batch_size = batch_size
-        self.signer = mail.Signer.from_settings(settings)
+        self.signer = compose.Signer.from_settings(settings)
         self.limiter = (
             RateLimiter(redis, settings.send_rate) if redis is not None and settings.send_rate else None
         )
         self._from = {
-            "service": mail.parse_mailbox(settings.service_from),
-            "newsletter": mail.parse_mailbox(settings.newsletter_from),
+            "service": compose.parse_mailbox(settings.service_from),
+            "newsletter": compose.parse_mailbox(settings.newsletter_from),
         }
-        self._from_header = {k: mail.mailbox(*v) for k, v in self._from.items()}
+        self._from_header = {k: compose.mailbox(*v) for k, v in self._from.items()}
 
     def lease_seconds(self) -> float:
         rate = self.settings.send_rate
@@ -300,7 +301,7 @@ class Delivery:
         for kind, group in by_kind.items():
             await self.renderers.for_kind(kind).prepare(self.pool, group)
 
-        date = mail.format_date(now)
+        date = compose.format_date(now)
         envelopes: list[tuple[OutgoingEmail, str, Envelope]] = []
         loop = asyncio.get_running_loop()
         turn = loop.time()
@@ -313,7 +314,7 @@ class Delivery:
                 turn = loop.time()
             try:
                 mid, envelope = self.build_message(email, date, known_ids[email.id])
-            except (TemplateError, mail.HeaderError) as exc:
+            except (TemplateError, compose.HeaderError) as exc:
                 results[email.id] = Result(
                     email.id,
                     "failed",
@@ -366,10 +367,10 @@ class Delivery:
         rendered = self.renderers.for_kind(email.kind).render(email, context)
         sender_kind = outbox.POLICIES[email.kind].sender
         _, from_address = self._from[sender_kind]
-        mid = known_id or mail.message_id(email.id, from_address.rpartition("@")[2], self.settings.secret)
-        message = mail.build(
+        mid = known_id or compose.message_id(email.id, from_address.rpartition("@")[2], self.settings.secret)
+        message = compose.build(
             from_=self._from_header[sender_kind],
-            to=mail.mailbox(None, email.to_address),
+            to=compose.mailbox(None, email.to_address),
             subject=rendered.subject,
             date=date,
             message_id=mid,

@@ -11,7 +11,7 @@ import json
 from aiohttp import web
 
 from notifier import accounts, audit, suppression
-from notifier.console_ui import form_of, member_url, page, pool_of, redirect, render, session_of
+from notifier.console.ui import form_of, member_url, page, pool_of, redirect, render, session_of
 from notifier.db import Q
 
 SEARCH_LIMIT = 50

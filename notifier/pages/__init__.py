@@ -27,7 +27,7 @@ from notifier.db import Q
 from notifier.resources import SETTINGS
 from notifier.settings import Settings
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates" / "pages"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "pages"
 NONCE_SECONDS = 4 * 3600
 
 _ENV = jinja2.Environment(

@@ -23,15 +23,15 @@ from arq import ArqRedis
 from multidict import MultiDictProxy
 from redis import exceptions as redis_exceptions
 
-from notifier import console_auth
-from notifier.console_auth import ConsoleScope, ConsoleSession
-from notifier.problems import Handler, Problem
+from notifier.api.problems import Handler, Problem
+from notifier.console import sessions
+from notifier.console.sessions import ConsoleScope, ConsoleSession
 from notifier.resources import POOL, REDIS, SETTINGS
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.console")
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 STATIC_DIR = TEMPLATES_DIR / "console" / "static"
 
 SESSION = web.RequestKey("console_session", ConsoleSession)
@@ -205,16 +205,14 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
         if "\x00" in request.path or "\x00" in request.query_string or "%00" in request.raw_path:
             raise web.HTTPBadRequest(text="The address contains a NUL character.")
         if scope is not None:
-            session = await console_auth.load(
-                pool_of(request), request.cookies.get(console_auth.SESSION_COOKIE)
-            )
+            session = await sessions.load(pool_of(request), request.cookies.get(sessions.SESSION_COOKIE))
             if session is None:
                 target = request.path_qs if request.method == "GET" else "/console/"
                 raise web.HTTPSeeOther("/console/sign-in?" + urlencode({"next": target}))
             request[SESSION] = session
             if request.method == "POST":
                 form = await form_of(request)
-                if not console_auth.same_token(session.csrf_token, form.get("csrf")):
+                if not sessions.same_token(session.csrf_token, form.get("csrf")):
                     raise web.HTTPForbidden(
                         text="The form's security token is missing or out of date. "
                         "Go back, reload the page and submit it again."

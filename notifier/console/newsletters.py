@@ -15,8 +15,11 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier import console_chart, mail, newsletter, outbox, queues
-from notifier.console_ui import (
+from notifier import newsletter, queues
+from notifier.api.newsletters import MAX_BODY_CHARS, NewsletterIn, TestSendIn
+from notifier.api.problems import validation_errors
+from notifier.console import chart as console_chart
+from notifier.console.ui import (
     form_of,
     number,
     page,
@@ -28,9 +31,9 @@ from notifier.console_ui import (
     settings_of,
 )
 from notifier.db import Q
-from notifier.newsletter_api import MAX_BODY_CHARS, NewsletterIn, TestSendIn
-from notifier.newsletter_render import Draft, TemplateProblem, prepare, sample_personal
-from notifier.problems import validation_errors
+from notifier.mail import compose as mail
+from notifier.mail import outbox
+from notifier.mail.newsletter_render import Draft, TemplateProblem, prepare, sample_personal
 
 LIST_LIMIT = 200
 # While sending, the page reloads itself this often (seconds).

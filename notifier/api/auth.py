@@ -17,8 +17,8 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 from aiohttp import web
 
+from notifier.api.problems import Handler, Problem
 from notifier.audit import Actor
-from notifier.problems import Handler, Problem
 from notifier.resources import POOL
 from notifier.settings import Settings
 

@@ -9,8 +9,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from notifier import accounts, inbox, openapi, service
-from notifier.openapi import (
+from notifier import accounts, inbox, service
+from notifier.api import openapi
+from notifier.api.openapi import (
     IDEMPOTENCY_KEY,
     JSON,
     LOCATION,
@@ -28,7 +29,7 @@ from notifier.openapi import (
     problem,
     ref,
 )
-from notifier.pagination import MAX_LIMIT
+from notifier.api.pagination import MAX_LIMIT
 
 _FREQUENCY = {"enum": ["off", "immediate", "hourly", "daily", "weekly"]}
 _HOUR = {"type": "integer", "minimum": 0, "maximum": 23}

@@ -26,7 +26,7 @@ import jinja2
 
 from notifier.settings import Settings
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 
 
 class TemplateError(Exception):

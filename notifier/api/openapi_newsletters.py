@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from notifier import newsletter, openapi
-from notifier.newsletter_api import NewsletterIn, NewsletterPatch, SendIn, TestSendIn
-from notifier.openapi import TIMESTAMP, nullable, ok, page, param, problem, ref, secured
+from notifier import newsletter
+from notifier.api import openapi
+from notifier.api.newsletters import NewsletterIn, NewsletterPatch, SendIn, TestSendIn
+from notifier.api.openapi import TIMESTAMP, nullable, ok, page, param, problem, ref, secured
 
 
 def describe() -> None:

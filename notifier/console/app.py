@@ -17,8 +17,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from notifier import capture, console_auth
-from notifier.console_ui import (
+from notifier.console import sessions as console_auth
+from notifier.console.ui import (
     STATIC_DIR,
     console_middleware,
     form_of,
@@ -30,6 +30,7 @@ from notifier.console_ui import (
     settings_of,
 )
 from notifier.db import Q
+from notifier.mail import capture
 
 _STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 
@@ -196,7 +197,8 @@ async def mailbox_message(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     """Mount the console at /console on `app`."""
-    from notifier import console_deliverability, console_members, console_newsletters
+    from notifier.console import deliverability, members
+    from notifier.console import newsletters as console_newsletters
 
     console = web.Application(middlewares=[console_middleware])
     console.router.add_get("/", home)
@@ -207,8 +209,8 @@ def setup(app: web.Application) -> None:
     console.router.add_get("/mailbox", mailbox)
     console.router.add_get("/mailbox/{name}", mailbox_message)
     console_newsletters.setup_routes(console)
-    console_members.setup_routes(console)
-    console_deliverability.setup_routes(console)
+    members.setup_routes(console)
+    deliverability.setup_routes(console)
     app.router.add_get("/console", _to_home)
     app.add_subapp("/console", console)
 
