@@ -184,7 +184,7 @@ def render_digest(templates: Templates, context: Mapping[str, Any]) -> Rendered:
 
 class DigestRenderer:
     """Delivery's renderer for kind "digest": before each batch, one query finds messages read or
-    archived since their digest was built, and those are left out of the e-compose."""
+    archived since their digest was built, and those are left out of the e-mail."""
 
     def __init__(self, settings: Settings, templates: Templates) -> None:
         self.templates = templates
@@ -351,7 +351,7 @@ async def messages_arrived(
     """Intake calls this in the transaction that inserted messages for these accounts: members on
     "immediate" become due one coalescing window after `at` (default: the transaction's time, as
     the messages' `created_at`) unless already due sooner, so every message arriving in that
-    window goes out in one e-compose. Others are untouched: no row of theirs is locked or written."""
+    window goes out in one e-mail. Others are untouched: no row of theirs is locked or written."""
     if not account_ids:
         return
     await conn.execute(
