@@ -39,9 +39,10 @@ from notifier.app import create_app
 from notifier.db import create_pool, scratch_database
 from notifier.mail import compose, outbox
 from notifier.mail.delivery import Delivery, context_for
-from notifier.mail.render import OutgoingEmail, Renderers
+from notifier.mail.render import OutgoingEmail
 from notifier.mail.smtp import Envelope, SMTPSender, _transaction
 from notifier.settings import Settings
+from workers import jobs
 
 CONNECTIONS = 4
 NAME = "delivery"
@@ -107,7 +108,7 @@ def sample_email(i: int) -> OutgoingEmail:
 
 
 def bench_build(settings: Settings) -> list[Figure]:
-    renderers = Renderers(settings)
+    renderers = jobs.renderers(settings)
     context, headers = context_for(settings, sample_email(1))
     rendered = renderers.for_kind("newsletter").render(sample_email(1), context)
     date = compose.format_date(datetime.now(UTC))
@@ -220,7 +221,7 @@ async def wait_until_sent(pool: asyncpg.Pool, ids: list[int], start: float, limi
 
 async def wait_for_worker(redis: Any, queue: str) -> None:
     """Until the worker process takes jobs from `queue` (a deliver job it runs and finishes)."""
-    job = await redis.enqueue_job(outbox.JOB_NAME, _queue_name=queue)
+    job = await redis.enqueue_job(queues.DELIVER_JOB, _queue_name=queue)
     if job is None:
         return
     for _ in range(300):
@@ -275,7 +276,7 @@ async def run(env: BenchEnv) -> list[Figure]:
             pool = await create_pool(dsn, min_size=1, max_size=6)
             try:
                 # The exact bytes the worker would send, for the baseline.
-                delivery = Delivery(settings, pool, SMTPSender(settings))
+                delivery = Delivery(settings, pool, SMTPSender(settings), renderers=jobs.renderers(settings))
                 email = sample_email(1)
                 _, envelope = delivery.build_message(email, compose.format_date(datetime.now(UTC)), None)
                 # The machine is shared: interleave the runs (baselines, outbox twice, baselines

@@ -29,6 +29,7 @@ from notifier.db import create_pool, scratch_database
 from notifier.digest import run_pass
 from notifier.mail import compose
 from notifier.settings import Settings
+from workers import jobs
 
 MESSAGES_PER_ACCOUNT = 20
 DUE = datetime(2026, 6, 2, 8, 0, tzinfo=UTC)
@@ -94,7 +95,7 @@ async def sample_message(pool: asyncpg.Pool, settings: Settings) -> bytes:
 
     row = await pool.fetchrow("SELECT * FROM emails WHERE kind = 'digest' ORDER BY id LIMIT 1")
     assert row is not None
-    delivery = Delivery(settings, pool, SMTPSender(settings))
+    delivery = Delivery(settings, pool, SMTPSender(settings), renderers=jobs.renderers(settings))
     email = OutgoingEmail.from_row(row)
     _, envelope = delivery.build_message(email, compose.format_date(DUE), None)
     return envelope.message

@@ -38,6 +38,7 @@ from notifier.mail import compose
 from notifier.mail.delivery import Delivery
 from notifier.mail.render import OutgoingEmail
 from notifier.mail.smtp import SMTPSender
+from workers import jobs
 
 NAME = "newsletter"
 BODY = """# Our November newsletter, {{ first_name }}
@@ -107,7 +108,7 @@ async def run(env: BenchEnv) -> list[Figure]:
                 newsletter_id = row["id"]
 
                 # The exact bytes the worker sends to member 1, for the baseline.
-                delivery = Delivery(settings, pool, SMTPSender(settings))
+                delivery = Delivery(settings, pool, SMTPSender(settings), renderers=jobs.renderers(settings))
                 email = OutgoingEmail(
                     1, "newsletter", 1, "reader1@example.com", "newsletter", "News", {"name": "Reader 1"},
                     newsletter_id=newsletter_id,

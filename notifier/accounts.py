@@ -3,20 +3,14 @@
 Registering an account creates its inbox (the account's messages) with the default preferences
 of the schema: daily digest at 08:00 local time, weekday Monday, no newsletter.
 
-Hooks for other features (module-level lists; register with the decorators, which ignore repeats):
-- `@on_account_created` `async def f(conn, account)`: runs right after the INSERT of a new account,
-  inside the registering transaction (the digest scheduler initialises `next_digest_at` here).
-  The response shows the account as it is after all hooks.
-- `@on_account_changed` `async def f(conn, before, after)`: runs inside the PATCH transaction
-  after the UPDATE, when something changed (e.g. the time zone, which moves the digest schedule).
-- `EXPORT_SECTIONS[name] = async def f(conn, account) -> JSON`: extra sections of the export.
-Hooks raising `Problem` abort the request (the transaction rolls back, nothing is written).
+What else changes with an account is called here, in the same transaction: registering opens
+the first digest window (`preferences.start_schedule`) and a corrected time zone moves the open
+window (`preferences.follow_timezone`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -25,7 +19,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from notifier import audit, suppression
+from notifier import audit, preferences, suppression
 from notifier.api.auth import api_key_of, requires
 from notifier.api.idempotency import idempotent, json_response
 from notifier.api.pagination import decode_cursor, encode_cursor, page_limit
@@ -36,33 +30,11 @@ from notifier.serialize import jsonable
 from notifier.suppression import ListName, address_hash
 from notifier.validation import EXTERNAL_ID, MAX_EXTERNAL_ID, Email, ExternalId, Locale, Name, TimeZone, parse
 
-AccountCreatedHook = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[None]]
-AccountChangedHook = Callable[[asyncpg.Connection, asyncpg.Record, asyncpg.Record], Awaitable[None]]
-ExportSection = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[Any]]
-
-ACCOUNT_CREATED_HOOKS: list[AccountCreatedHook] = []
-ACCOUNT_CHANGED_HOOKS: list[AccountChangedHook] = []
-EXPORT_SECTIONS: dict[str, ExportSection] = {}
-
 # Why an account was erased; recorded in `erasures` without any personal data.
 ERASURE_REASONS = ("request", "child", "retention", "other")
 # Fields a producer may correct with PATCH.
 CORRECTABLE = ("email", "name", "timezone", "locale")
 PREFERENCE_FIELDS = ("digest_frequency", "digest_hour", "digest_weekday", "timezone", "newsletter")
-
-
-def on_account_created(hook: AccountCreatedHook) -> AccountCreatedHook:
-    """Register `hook(conn, account)` to run inside the registration transaction."""
-    if hook not in ACCOUNT_CREATED_HOOKS:
-        ACCOUNT_CREATED_HOOKS.append(hook)
-    return hook
-
-
-def on_account_changed(hook: AccountChangedHook) -> AccountChangedHook:
-    """Register `hook(conn, before, after)` to run inside the correction (PATCH) transaction."""
-    if hook not in ACCOUNT_CHANGED_HOOKS:
-        ACCOUNT_CHANGED_HOOKS.append(hook)
-    return hook
 
 
 class NewAccount(BaseModel):
@@ -142,7 +114,7 @@ async def account_id_of(conn: asyncpg.Connection | asyncpg.Pool, external_id: st
 
 
 async def create_account(conn: asyncpg.Connection, new: NewAccount, actor: audit.Actor) -> asyncpg.Record:
-    """Insert the account, run the created-hooks and audit it; call inside a transaction.
+    """Insert the account, open its first digest window and audit it; call inside a transaction.
 
     Raises Problem 409 when the external_id is taken.
     """
@@ -151,11 +123,9 @@ async def create_account(conn: asyncpg.Connection, new: NewAccount, actor: audit
     )
     if row is None:
         raise Problem(409, f"an account with external_id {new.external_id!r} already exists")
-    # Other features initialise their state of a new account here (e.g. the digest schedule).
-    for hook in ACCOUNT_CREATED_HOOKS:
-        await hook(conn, row)
-    if ACCOUNT_CREATED_HOOKS:
-        row = await conn.fetchrow(Q.get_account_by_id, row["id"])
+    # The registering transaction's time (the row's default window start) opens the first window.
+    await preferences.start_schedule(conn, row, row["digest_window_start"])
+    row = await conn.fetchrow(Q.get_account_by_id, row["id"])
     created = {k: {"before": None, "after": v} for k, v in new.model_dump().items()}
     await audit.record(conn, row["id"], actor, "account.created", created)
     return row
@@ -205,9 +175,7 @@ async def correct_account(request: web.Request) -> web.Response:
             values["timezone"],
             values["locale"],
         )
-        for hook in ACCOUNT_CHANGED_HOOKS:
-            await hook(conn, before, after)
-        if ACCOUNT_CHANGED_HOOKS:
+        if await preferences.follow_timezone(conn, before, after):
             after = await conn.fetchrow(Q.get_account_by_id, before["id"])
         await audit.record(conn, before["id"], api_key_of(request).actor, "account.updated", changes)
     return json_response(200, account_json(after))
@@ -300,8 +268,6 @@ async def export_account(conn: asyncpg.Connection, account: asyncpg.Record) -> d
         "suppressed": bool(suppressions),
         "suppressions": suppressions,
     }
-    for name, section in EXPORT_SECTIONS.items():
-        document[name] = await section(conn, account)
     return document
 
 

@@ -162,6 +162,6 @@ async def _enqueue_selftest(settings: Settings) -> None:
 
     redis = await open_redis(settings)
     try:
-        await redis.enqueue_job("selftest", "dev@example.com", _queue_name=queues.SERVICE)
+        await redis.enqueue_job(queues.SELFTEST_JOB, "dev@example.com", _queue_name=queues.SERVICE)
     finally:
         await redis.aclose()

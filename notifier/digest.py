@@ -45,7 +45,7 @@ from arq import ArqRedis
 
 from notifier import queues, schedule
 from notifier.db import Q
-from notifier.mail import compose, delivery, outbox, render
+from notifier.mail import compose, delivery, outbox
 from notifier.mail.render import OutgoingEmail, Rendered, TemplateError, Templates
 from notifier.settings import Settings
 
@@ -200,9 +200,6 @@ class DigestRenderer:
     def render(self, email: OutgoingEmail, context: Mapping[str, Any]) -> Rendered:
         gone = self._gone.pop(email.digest_id, None) if email.digest_id is not None else None
         return render_digest(self.templates, leave_out(context, gone) if gone else context)
-
-
-render.register("digest", DigestRenderer)
 
 
 # --- the scheduler pass --------------------------------------------------------------------------
@@ -404,15 +401,6 @@ async def preview(
     full, _ = delivery.context_for(settings, email)
     rendered = render_digest(templates or Templates(), full)
     return Preview(account["id"], due, context, rendered)
-
-
-# --- the arq job -------------------------------------------------------------------------------
-
-
-async def pass_job(ctx: dict[str, Any]) -> int:
-    """The cron job (digest queue, every minute): one pass as of now; returns e-mails written."""
-    result = await run_pass(ctx["pool"], ctx["redis"], ctx["settings"])
-    return result.emails
 
 
 # --- the command line --------------------------------------------------------------------------

@@ -11,18 +11,18 @@ Routes (all need an API key with the `messages` scope):
 - `GET /v1/accounts/{external_id}/messages/{id}`, `POST .../{id}/read`, `.../{id}/unread`,
   `.../{id}/archive`, `POST .../messages/read-all` (`?category=`, `?up_to=` id).
 
-Hook for other features: `@on_messages_created async def f(app, created)` runs after new messages
-are committed, with one `CreatedMessage(id, account_id, digest_frequency)` per message (the digest
-scheduler uses it for members on `immediate`). A failing hook is logged, never turned into an
-error answer: the messages exist, and a retry by the producer would duplicate them.
+After new messages are committed, intake makes members on `immediate` due
+(`digest.messages_arrived`, in a transaction of its own). A failure there is logged, never turned
+into an error answer: the messages exist, and a retry by the producer would duplicate them; the
+digest pass still finds the messages at the member's next window.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated, Any, Literal, NamedTuple, NotRequired, cast
 from urllib.parse import quote
 
@@ -32,6 +32,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
+from notifier import digest
 from notifier.accounts import account_id_of, external_id_of
 from notifier.api.auth import requires
 from notifier.api.idempotency import HEADER, idempotent, json_response
@@ -61,23 +62,16 @@ class CreatedMessage(NamedTuple):
     digest_frequency: str
 
 
-MessagesCreatedHook = Callable[[web.Application, Sequence[CreatedMessage]], Awaitable[None]]
-MESSAGES_CREATED_HOOKS: list[MessagesCreatedHook] = []
-
-
-def on_messages_created(hook: MessagesCreatedHook) -> MessagesCreatedHook:
-    """Register `hook(app, created)` to run after new messages are committed (see module doc)."""
-    if hook not in MESSAGES_CREATED_HOOKS:
-        MESSAGES_CREATED_HOOKS.append(hook)
-    return hook
-
-
 async def _messages_created(app: web.Application, created: Sequence[CreatedMessage]) -> None:
-    for hook in MESSAGES_CREATED_HOOKS:
-        try:
-            await hook(app, created)
-        except Exception:
-            log.exception("messages-created hook %s failed", getattr(hook, "__qualname__", hook))
+    """New messages for members on "immediate": due one coalescing window from now."""
+    ids = [m.account_id for m in created if m.digest_frequency == "immediate"]
+    if not ids:
+        return
+    try:
+        async with app[POOL].acquire() as conn:
+            await digest.messages_arrived(conn, ids, app[SETTINGS])
+    except Exception:
+        log.exception("scheduling immediate digests after intake failed")
 
 
 class NewMessage(BaseModel):
@@ -221,10 +215,9 @@ async def post_message(request: web.Request) -> web.Response:
                 headers={"Location": _message_location(external_id, row["id"])},
                 account_id=row["account_id"],
             )
-    if MESSAGES_CREATED_HOOKS:
-        await _messages_created(
-            request.app, [CreatedMessage(row["id"], row["account_id"], row["digest_frequency"])]
-        )
+    await _messages_created(
+        request.app, [CreatedMessage(row["id"], row["account_id"], row["digest_frequency"])]
+    )
     return response
 
 
@@ -338,7 +331,7 @@ async def post_batch(request: web.Request) -> web.Response:
             rows = await _insert_batch(idem.conn, valid, in_transaction=True)
             status, body = _batch_answer(size, valid, results, rows)
             response = idem.respond(status, body)
-    if rows and MESSAGES_CREATED_HOOKS:
+    if rows:
         created = [CreatedMessage(r["id"], r["account_id"], r["digest_frequency"]) for r in rows]
         await _messages_created(request.app, created)
     return response
@@ -483,18 +476,6 @@ async def purge_messages_before(pool: asyncpg.Pool, before: datetime) -> int:
         total += deleted
         if deleted < PURGE_SLICE:
             return total
-
-
-async def retention_job(ctx: dict[str, Any]) -> int:
-    """Cron: purge inbox messages older than NOTIFIER_RETENTION_DAYS (the privacy policy's purge)."""
-    settings = ctx["settings"]
-    before = datetime.now(UTC) - timedelta(days=settings.retention_days)
-    deleted = await purge_messages_before(ctx["pool"], before)
-    if deleted:
-        log.info(
-            "retention purge deleted %d inbox messages older than %d days", deleted, settings.retention_days
-        )
-    return deleted
 
 
 async def _open_gate(app: web.Application) -> None:

@@ -168,23 +168,7 @@ class NewsletterRenderer:
         return render.Rendered(subject=subject, text=out.text, html=out.html)
 
 
-def _renderer(settings: Settings, templates: render.Templates) -> render.Renderer:
-    return NewsletterRenderer(settings, templates)
-
-
-render.register("newsletter", _renderer)
-render.register("test", _renderer)
-
-
 # --- jobs (bulk queue) -----------------------------------------------------------------------
-
-
-async def start_job(ctx: dict[str, Any], newsletter_id: int) -> int | None:
-    """arq job: start one newsletter now (enqueued by `POST /v1/newsletters/{id}/send`)."""
-    recipients = await start(ctx["pool"], ctx["settings"], newsletter_id)
-    if recipients:
-        await outbox.ring(ctx["redis"], queues.BULK, recipients)
-    return recipients
 
 
 async def tick(
@@ -201,11 +185,6 @@ async def tick(
     if confirmations:
         await outbox.ring(redis, queues.SERVICE, confirmations)
     return {"started": started, "finished": finished, "confirmations": confirmations}
-
-
-async def tick_job(ctx: dict[str, Any]) -> dict[str, Any]:
-    """arq cron on the bulk queue, every 10 seconds: see `tick`."""
-    return await tick(ctx["pool"], ctx["redis"], ctx["settings"])
 
 
 # --- `notifier newsletter send ID` -------------------------------------------------------------

@@ -5,14 +5,13 @@ function every writer of preferences uses (the API, the preference centre, unsub
 Defaults (for a new account): a daily digest at 08:00 local time, Monday for weekly, time zone
 UTC, no newsletter.
 
-Hooks registered here keep the digest schedule in step with the account: registration opens the
-first window, a corrected time zone moves the open window's end, and new inbox messages make
-members on "immediate" due (see notifier/digest.py).
+The digest schedule follows the account: `notifier.accounts` calls `start_schedule` when it
+registers one and `follow_timezone` when it corrects one (see notifier/digest.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -20,14 +19,12 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
-from notifier import audit, digest, schedule
-from notifier.accounts import on_account_changed, on_account_created
+from notifier import audit, schedule
 from notifier.api.auth import api_key_of, requires
 from notifier.api.problems import Problem, read_json, validation_errors
 from notifier.audit import Actor
 from notifier.db import Q
-from notifier.inbox import CreatedMessage, on_messages_created
-from notifier.resources import POOL, SETTINGS
+from notifier.resources import POOL
 
 FIELDS = ("digest_frequency", "digest_hour", "digest_weekday", "timezone", "newsletter")
 # Shown by GET; a PUT may send them back (GET, edit, PUT) and they are ignored.
@@ -230,20 +227,14 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_put("/v1/accounts/{external_id}/preferences", put_preferences)
 
 
-# --- hooks: the schedule follows the account -------------------------------------------------------
+# --- the schedule follows the account ------------------------------------------------------------
 
 
-@on_account_created
-async def _open_first_window(conn: asyncpg.Connection, account: asyncpg.Record) -> None:
-    # The registering transaction's time (the row's default window start) opens the first window.
-    await start_schedule(conn, account, account["digest_window_start"])
-
-
-@on_account_changed
-async def _follow_timezone(conn: asyncpg.Connection, before: asyncpg.Record, after: asyncpg.Record) -> None:
-    """A corrected time zone moves the open window's end to the member's hour in the new zone."""
+async def follow_timezone(conn: asyncpg.Connection, before: asyncpg.Record, after: asyncpg.Record) -> bool:
+    """A corrected time zone moves the open window's end to the member's hour in the new zone.
+    Call inside the correcting transaction; True when the schedule moved."""
     if before["timezone"] == after["timezone"] or after["digest_frequency"] not in schedule.SCHEDULED:
-        return
+        return False
     end = schedule.reschedule(
         after["digest_frequency"],
         after["digest_hour"],
@@ -253,12 +244,4 @@ async def _follow_timezone(conn: asyncpg.Connection, before: asyncpg.Record, aft
         datetime.now(UTC),
     )
     await conn.execute(Q.start_schedule, after["id"], after["digest_window_start"], end)
-
-
-@on_messages_created
-async def _immediate_members(app: web.Application, created: Sequence[CreatedMessage]) -> None:
-    """New messages for members on "immediate": due one coalescing window from now."""
-    ids = [m.account_id for m in created if m.digest_frequency == "immediate"]
-    if ids:
-        async with app[POOL].acquire() as conn:
-            await digest.messages_arrived(conn, ids, app[SETTINGS])
+    return True

@@ -8,7 +8,6 @@ from typing import Any
 import asyncpg
 import pytest
 
-from notifier import accounts
 from tests.api_helpers import bearer, new_account
 
 
@@ -203,32 +202,14 @@ async def test_audit_trail_is_newest_first_and_paginated(client, headers) -> Non
     assert resp.status == 422
 
 
-# --- hooks ------------------------------------------------------------------------------------
+# --- what registering sets up ------------------------------------------------------------------
 
 
-async def test_created_hook_runs_inside_the_transaction(client, headers, pool) -> None:
-    seen = []
-
-    async def schedule(conn: asyncpg.Connection, account: asyncpg.Record) -> None:
-        seen.append(account["external_id"])
-        await conn.execute("UPDATE accounts SET next_digest_at = now() WHERE id = $1", account["id"])
-        if account["external_id"] == "m-2":
-            from notifier.api.problems import Problem
-
-            raise Problem(422, "refused by hook")
-
-    accounts.on_account_created(schedule)
-    try:
-        resp = await client.post("/v1/accounts", json=new_account(1), headers=headers)
-        assert resp.status == 201
-        resp = await client.post("/v1/accounts", json=new_account(2), headers=headers)
-        assert resp.status == 422
-    finally:
-        accounts.ACCOUNT_CREATED_HOOKS.remove(schedule)
-    assert seen == ["m-1", "m-2"]
-    rows = await pool.fetch("SELECT external_id, next_digest_at FROM accounts")
-    assert [r["external_id"] for r in rows] == ["m-1"] and rows[0]["next_digest_at"] is not None
-    assert await pool.fetchval("SELECT count(*) FROM audit_log") == 1
+async def test_registration_opens_the_first_digest_window(client, headers, pool) -> None:
+    resp = await client.post("/v1/accounts", json=new_account(1), headers=headers)
+    assert resp.status == 201
+    row = await pool.fetchrow("SELECT digest_window_start, next_digest_at FROM accounts")
+    assert row["next_digest_at"] is not None and row["next_digest_at"] > row["digest_window_start"]
 
 
 # --- idempotent registration ------------------------------------------------------------------
@@ -425,21 +406,6 @@ async def test_export_holds_everything(client, headers, pool) -> None:
     assert doc["suppressed"] is True
     assert [(s["list"], s["reason"]) for s in doc["suppressions"]] == [("all", "hard_bounce")]
     assert "Member 2" not in await resp.text()
-
-
-async def test_export_sections_can_be_added(client, headers, pool) -> None:
-    await client.post("/v1/accounts", json=new_account(1), headers=headers)
-
-    async def extra(conn: asyncpg.Connection, account: asyncpg.Record) -> dict[str, Any]:
-        return {"account_id_seen": account["external_id"]}
-
-    accounts.EXPORT_SECTIONS["extra"] = extra
-    try:
-        doc = await (await client.get("/v1/accounts/m-1/export", headers=headers)).json()
-    finally:
-        del accounts.EXPORT_SECTIONS["extra"]
-    assert doc["extra"] == {"account_id_seen": "m-1"}
-    assert doc["suppressed"] is False and doc["messages"] == []
 
 
 async def test_erasure_keeps_a_pending_detached_notice(client, headers, pool) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from tests.api_helpers import bearer
 from tests.factory import Factory
+from workers import jobs
 
 
 @pytest.fixture
@@ -219,12 +220,10 @@ async def test_retention_purge_deletes_only_old_messages(factory, pool, monkeypa
 async def test_retention_job_uses_the_setting(factory, pool, settings) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from notifier import inbox
-
     ann = await factory.account(external_id="ann")
     await factory.message(ann, created_at=datetime.now(UTC) - timedelta(days=settings.retention_days + 1))
     kept = await factory.message(
         ann, created_at=datetime.now(UTC) - timedelta(days=settings.retention_days - 1)
     )
-    assert await inbox.retention_job({"settings": settings, "pool": pool}) == 1
+    assert await jobs.inbox_retention({"settings": settings, "pool": pool}) == 1
     assert [r["id"] for r in await pool.fetch("SELECT id FROM messages")] == [kept["id"]]

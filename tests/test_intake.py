@@ -354,29 +354,25 @@ async def test_intake_waits_its_turn_on_a_one_connection_pool(settings, pool, re
     assert await pool.fetchval("SELECT count(*) FROM messages") == 10 + 1 + 15
 
 
-# --- hook -------------------------------------------------------------------------------------
+# --- intake makes members on "immediate" due ---------------------------------------------------
 
 
-async def test_messages_created_hook_sees_each_new_message(client, headers, factory, pool) -> None:
-    await factory.account(external_id="ann", digest_frequency="immediate")
-    seen: list[inbox.CreatedMessage] = []
-
-    async def ring(app, created) -> None:
-        seen.extend(created)
-        raise RuntimeError("a failing hook must not fail the request")
-
-    inbox.on_messages_created(ring)
-    try:
-        one = await client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=headers)
-        many = await client.post(
-            "/v1/messages", json={"messages": [{"account": "ann", **MESSAGE}] * 2}, headers=headers
-        )
-    finally:
-        inbox.MESSAGES_CREATED_HOOKS.remove(ring)
+async def test_intake_makes_immediate_members_due(client, headers, factory, pool) -> None:
+    ann = await factory.account(external_id="ann", digest_frequency="immediate")
+    bob = await factory.account(external_id="bob", digest_frequency="immediate")
+    eve = await factory.account(external_id="eve", digest_frequency="daily")
+    await pool.execute("UPDATE accounts SET next_digest_at = NULL WHERE digest_frequency = 'immediate'")
+    before = await pool.fetchval("SELECT next_digest_at FROM accounts WHERE id = $1", eve["id"])
+    one = await client.post("/v1/accounts/ann/messages", json=MESSAGE, headers=headers)
+    many = await client.post(
+        "/v1/messages",
+        json={"messages": [{"account": a, **MESSAGE} for a in ("bob", "eve")]},
+        headers=headers,
+    )
     assert one.status == 201 and many.status == 201
-    ids = [(await one.json())["id"]] + [r["id"] for r in (await many.json())["results"]]
-    assert [m.id for m in seen] == ids
-    assert {m.digest_frequency for m in seen} == {"immediate"}
+    due = dict(await pool.fetch("SELECT id, next_digest_at FROM accounts"))
+    assert due[ann["id"]] is not None and due[bob["id"]] is not None
+    assert due[eve["id"]] == before
 
 
 async def test_batch_ids_follow_input_order(client, headers, factory) -> None:
@@ -409,7 +405,7 @@ async def test_purge_job_runs_from_a_worker(
 
     names = {job.name for jobs in CRON_JOBS.values() for job in jobs}
     assert {"idempotency-purge", "inbox-retention"} <= names
-    from notifier.api.idempotency import purge_job
+    from workers.jobs import idempotency_purge as purge_job
 
     await factory.account(external_id="ann")
     h = {**headers, "Idempotency-Key": "x"}

@@ -18,6 +18,7 @@ from notifier.mail.smtp import SMTPSender
 from notifier.settings import Settings
 from tests.conftest import MailSink
 from tests.factory import Factory
+from workers import jobs
 
 
 async def add_service(pool: asyncpg.Pool, account: asyncpg.Record | None = None, **fields: Any) -> int:
@@ -65,7 +66,7 @@ async def test_ring_then_worker_sends_once(
 
 
 def delivery_for(settings: Settings, pool: asyncpg.Pool, redis: ArqRedis | None = None) -> Delivery:
-    return Delivery(settings, pool, SMTPSender(settings), redis=redis)
+    return Delivery(settings, pool, SMTPSender(settings), redis=redis, renderers=jobs.renderers(settings))
 
 
 def later(seconds: float) -> datetime:

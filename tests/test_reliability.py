@@ -19,7 +19,7 @@ async def _killed_job(redis: ArqRedis, queue: str, enqueued: datetime) -> str:
     """What a SIGKILLed worker leaves in Redis: its deliver job still in the queue and marked in
     progress (arq keeps the mark for the job's timeout plus 10 s)."""
     job_id = f"deliver:{queue}:killed"
-    await redis.enqueue_job(outbox.JOB_NAME, _queue_name=queue, _job_id=job_id, _defer_until=enqueued)
+    await redis.enqueue_job(queues.DELIVER_JOB, _queue_name=queue, _job_id=job_id, _defer_until=enqueued)
     await redis.psetex(in_progress_key_prefix + job_id, 3_610_000, b"1")
     return job_id
 
@@ -65,7 +65,7 @@ async def test_sweep_leaves_a_live_or_waiting_job_alone(
     await _killed_job(redis, queues.SERVICE, now - timedelta(seconds=5))  # running, recently
     assert await outbox.sweep(pool, redis, now + timedelta(seconds=2)) == {}
     await redis.flushdb()
-    await redis.enqueue_job(outbox.JOB_NAME, _queue_name=queues.SERVICE, _job_id="deliver:x:waiting")
+    await redis.enqueue_job(queues.DELIVER_JOB, _queue_name=queues.SERVICE, _job_id="deliver:x:waiting")
     assert await outbox.sweep(pool, redis, now + timedelta(seconds=2)) == {}
 
 

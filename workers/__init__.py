@@ -1,7 +1,7 @@
 """arq workers: which job runs on which queue, with its timeout and tries, and the resources
 each worker process opens once (pool, Redis, SMTP sender).
 
-Job bodies are thin: they call a named function of a domain module. `notifier worker` runs one
+Job bodies (workers/jobs.py) are thin: they call a named function of a domain module. `notifier worker` runs one
 arq `Worker` per queue in one process; the Procfile runs service/digest and bulk apart.
 """
 
@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,59 +19,42 @@ from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Function, Worker, func
 
-from notifier import digest, heartbeat, inbox, newsletter, queues
-from notifier.api import idempotency
-from notifier.mail import delivery, outbox
+from notifier import newsletter, queues
 from notifier.mail.smtp import Sender, SMTPSender
 from notifier.resources import open_pool, open_redis, redis_settings
 from notifier.settings import Settings
+from workers import jobs
+from workers.jobs import worker_name
 
 log = logging.getLogger("notifier.worker")
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-async def heartbeat_job(ctx: dict[str, Any]) -> int:
-    """Record that this worker process is alive (cron, every minute)."""
-    return await heartbeat.beat(ctx["pool"], worker_name())
-
-
-async def selftest_job(ctx: dict[str, Any], to: str) -> int:
-    """Queue a short e-mail proving the worker can reach the mail server (used by `notifier dev`)."""
-    from notifier.selftest import send_selftest
-
-    return await send_selftest(ctx["pool"], ctx["redis"], to)
-
 
 # What runs where. Each entry: the queue and its arq functions, with explicit timeouts and tries.
 FUNCTIONS: dict[str, list[Function]] = {
     queues.SERVICE: [
-        func(selftest_job, name="selftest", timeout=60, max_tries=3),
-        func(delivery.deliver_job, name=outbox.JOB_NAME, timeout=600, max_tries=1),
+        func(jobs.send_selftest, name=queues.SELFTEST_JOB, timeout=60, max_tries=3),
+        func(jobs.deliver, name=queues.DELIVER_JOB, timeout=600, max_tries=1),
     ],
     queues.DIGEST: [
-        func(delivery.deliver_job, name=outbox.JOB_NAME, timeout=600, max_tries=1),
+        func(jobs.deliver, name=queues.DELIVER_JOB, timeout=600, max_tries=1),
     ],
     queues.BULK: [
-        func(delivery.deliver_job, name=outbox.JOB_NAME, timeout=3600, max_tries=1),
-        func(newsletter.start_job, name="newsletter_start", timeout=600, max_tries=3),
+        func(jobs.deliver, name=queues.DELIVER_JOB, timeout=3600, max_tries=1),
+        func(jobs.newsletter_start, name=queues.NEWSLETTER_START_JOB, timeout=600, max_tries=3),
     ],
 }
 
 CRON_JOBS: dict[str, list[CronJob]] = {
     queues.SERVICE: [
-        cron(heartbeat_job, name="heartbeat", second=0, run_at_startup=True, timeout=30, max_tries=1),
-        cron(outbox.sweep_job, name="outbox-sweep", second={15, 45}, timeout=30, max_tries=1),
-        cron(idempotency.purge_job, name="idempotency-purge", minute=17, second=0, timeout=300, max_tries=1),
-        cron(inbox.retention_job, name="inbox-retention", hour=3, minute=41, second=0, timeout=3600),
+        cron(jobs.beat, name="heartbeat", second=0, run_at_startup=True, timeout=30, max_tries=1),
+        cron(jobs.outbox_sweep, name="outbox-sweep", second={15, 45}, timeout=30, max_tries=1),
+        cron(jobs.idempotency_purge, name="idempotency-purge", minute=17, second=0, timeout=300, max_tries=1),
+        cron(jobs.inbox_retention, name="inbox-retention", hour=3, minute=41, second=0, timeout=3600),
     ],
     queues.DIGEST: [
-        cron(digest.pass_job, name="digest-pass", second=0, timeout=300, max_tries=1),
+        cron(jobs.digest_pass, name="digest-pass", second=0, timeout=300, max_tries=1),
     ],
     queues.BULK: [
-        cron(newsletter.tick_job, name="newsletter-tick", second=newsletter.TICK_SECONDS, timeout=120),
+        cron(jobs.newsletter_tick, name="newsletter-tick", second=newsletter.TICK_SECONDS, timeout=120),
     ],
 }
 
@@ -86,7 +67,7 @@ async def open_context(settings: Settings, sender: Sender | None = None) -> dict
         "pool": pool,
         "sender": sender or SMTPSender(settings),
         "owns_sender": sender is None,
-        "deliveries": {},  # notifier.mail.outbox: one Delivery per queue, kept for the process
+        "deliveries": {},  # jobs.deliver: one Delivery per queue, kept for the process
     }
 
 
@@ -117,7 +98,7 @@ def build_worker(
         ]
     if not functions and not cron_jobs:
         # arq refuses a worker with nothing to do; keep the queue served with the heartbeat.
-        functions = [func(heartbeat_job, name=f"heartbeat:{queue}", timeout=30, max_tries=1)]
+        functions = [func(jobs.beat, name=f"heartbeat:{queue}", timeout=30, max_tries=1)]
     return Worker(
         functions=list(functions),
         cron_jobs=list(cron_jobs),

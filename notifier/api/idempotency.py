@@ -193,8 +193,3 @@ async def purge_expired(conn: asyncpg.Connection | asyncpg.Pool, ttl: timedelta 
     """Delete records older than `ttl`; returns how many. Safe to run from any process, any time."""
     result: str = await conn.execute(Q.purge_idempotency_keys, ttl)
     return int(result.split()[-1])
-
-
-async def purge_job(ctx: dict[str, Any]) -> int:
-    """Cron: delete expired Idempotency-Key records."""
-    return await purge_expired(ctx["pool"])

@@ -279,7 +279,7 @@ async def send_newsletter(request: web.Request) -> web.Response:
     except newsletter.StateConflict:
         raise Problem(409, f"the newsletter is {row['status']}; it cannot be sent again") from None
     if at <= now:
-        await request.app[REDIS].enqueue_job("newsletter_start", row["id"], _queue_name=queues.BULK)
+        await request.app[REDIS].enqueue_job(queues.NEWSLETTER_START_JOB, row["id"], _queue_name=queues.BULK)
         return web.json_response(_json(scheduled), status=202)
     return web.json_response(_json(scheduled))
 

@@ -281,7 +281,7 @@ async def send(request: web.Request) -> web.Response:
     except newsletter.StateConflict:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; it cannot be sent again.") from None
     if at is None or at <= now:
-        await redis_of(request).enqueue_job("newsletter_start", row["id"], _queue_name=queues.BULK)
+        await redis_of(request).enqueue_job(queues.NEWSLETTER_START_JOB, row["id"], _queue_name=queues.BULK)
         raise redirect(f"/console/newsletters/{row['id']}", "sending")
     raise redirect(f"/console/newsletters/{row['id']}", "scheduled")
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import asyncpg
 from arq import ArqRedis
 
-from notifier import queues, suppression, tokens
+from notifier import suppression, tokens
 from notifier.db import Q
 from notifier.mail import compose, outbox
 from notifier.mail.render import OutgoingEmail, Renderers, TemplateError
@@ -496,17 +496,3 @@ class Delivery:
                 ["hard_bounce"] * len(bounced),
                 [(r.error or "")[:200] for r in bounced],
             )
-
-
-async def deliver_job(ctx: dict[str, Any]) -> dict[str, int]:
-    """arq job (the doorbell): deliver everything due on this worker's queue."""
-    # arq copies ctx per job; the process-wide dict `deliveries` (from open_context) keeps one
-    # Delivery (templates, renderers, DKIM key) per queue.
-    cache: dict[str, Delivery] = ctx.get("deliveries", {})
-    queue = ctx.get("queue", queues.SERVICE)
-    delivery = cache.get(queue)
-    if delivery is None:
-        delivery = Delivery(ctx["settings"], ctx["pool"], ctx["sender"], redis=ctx.get("redis"))
-        cache[queue] = delivery
-    counts = await delivery.run(queue)
-    return counts.__dict__

@@ -47,7 +47,6 @@ BATCH_SIZE = 300
 MAX_BELLS = 2
 LEASE_SECONDS = 120.0  # a claimed row becomes due again if not recorded by then
 RUN_SECONDS = 240.0  # a deliver job hands over to a new one after this long (job timeouts: 600 s+)
-JOB_NAME = "deliver"
 
 
 @dataclass(frozen=True)
@@ -185,7 +184,7 @@ async def ring(redis: ArqRedis, queue: str, count: int = 1, *, at: datetime | No
         if at is not None:
             stamp = int(at.timestamp())
             await redis.enqueue_job(
-                JOB_NAME,
+                queues.DELIVER_JOB,
                 _queue_name=queue,
                 _job_id=f"deliver:{queue}:{stamp}",
                 _defer_until=datetime.fromtimestamp(stamp + 1, UTC),
@@ -193,7 +192,7 @@ async def ring(redis: ArqRedis, queue: str, count: int = 1, *, at: datetime | No
             return True
         for _ in range(min(MAX_BELLS, max(1, math.ceil(count / BATCH_SIZE)))):
             await redis.enqueue_job(
-                JOB_NAME, _queue_name=queue, _job_id=f"deliver:{queue}:{uuid.uuid4().hex}"
+                queues.DELIVER_JOB, _queue_name=queue, _job_id=f"deliver:{queue}:{uuid.uuid4().hex}"
             )
     except (RedisError, OSError) as exc:
         log.warning("could not ring %s (%s); the sweep will deliver", queue, type(exc).__name__)
@@ -260,8 +259,3 @@ async def retry_failed(
     for queue, count in by_queue.items():
         await ring(redis, queue, count)
     return sorted(r["id"] for r in rows)
-
-
-async def sweep_job(ctx: dict[str, Any]) -> dict[str, int]:
-    """arq cron: re-ring queues whose due rows have no job."""
-    return await sweep(ctx["pool"], ctx["redis"])

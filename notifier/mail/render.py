@@ -1,4 +1,4 @@
-"""Rendering e-mails from templates, and the registry of renderers by kind of e-mail.
+"""Rendering e-mails from templates, and the renderers of a worker process by kind of e-mail.
 
 Templates live in `templates/`. An e-mail template `NAME` (e.g. `service/welcome`) is three files:
 `NAME.subject.txt` (one line), `NAME.html` and `NAME.txt`; the HTML and text files extend the one
@@ -7,9 +7,9 @@ shared layout (`base.html`, `base.txt`). HTML is autoescaped, text is not; both 
 the HTML is inlined (`css-inline`) because many mail clients ignore `<style>`.
 
 The worker renders at send time. Which renderer an e-mail uses depends on its kind: the default
-(`TemplateRenderer`) renders the row's `template` with its `context`; a feature may register its
-own with `register(kind, factory)` — e.g. newsletters render the shared body once per newsletter
-and only the personal parts per recipient (see docs/delivery.md).
+(`TemplateRenderer`) renders the row's `template` with its `context`; the worker names the others
+when it builds its `Renderers` (`workers.jobs.renderers`) — e.g. newsletters render the shared
+body once per newsletter and only the personal parts per recipient (see docs/delivery.md).
 """
 
 from __future__ import annotations
@@ -191,20 +191,14 @@ class TemplateRenderer:
 
 RendererFactory = Callable[[Settings, Templates], Renderer]
 
-_FACTORIES: dict[str, RendererFactory] = {}
-
-
-def register(kind: str, factory: RendererFactory) -> None:
-    """Use `factory(settings, templates)` to build the renderer for e-mails of `kind` in each
-    worker process (call at import time of the feature module; workers import it)."""
-    _FACTORIES[kind] = factory
-
 
 @dataclass
 class Renderers:
-    """The renderers of one worker process, by kind; kinds without one use TemplateRenderer."""
+    """The renderers of one worker process, by kind: `factories[kind](settings, templates)` is
+    built on first use; kinds without a factory use TemplateRenderer."""
 
     settings: Settings
+    factories: Mapping[str, RendererFactory] = field(default_factory=dict)
     templates: Templates = field(default_factory=Templates)
     _built: dict[str, Renderer] = field(default_factory=dict)
 
@@ -215,7 +209,7 @@ class Renderers:
     def for_kind(self, kind: str) -> Renderer:
         renderer = self._built.get(kind)
         if renderer is None:
-            factory = _FACTORIES.get(kind)
+            factory = self.factories.get(kind)
             renderer = factory(self.settings, self.templates) if factory else TemplateRenderer(self.templates)
             self._built[kind] = renderer
         return renderer

@@ -1,0 +1,106 @@
+"""The arq jobs: thin wrappers that take what a job needs from the worker's context and call one
+named function of the domain or the mail layer. Their names (`queues.*_JOB`) are shared with the
+code that enqueues them; `workers.FUNCTIONS` / `workers.CRON_JOBS` say which queue runs which.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from notifier import digest, heartbeat, inbox, newsletter, queues, selftest
+from notifier.api import idempotency
+from notifier.mail import outbox
+from notifier.mail.delivery import Delivery
+from notifier.mail.render import Renderers
+from notifier.settings import Settings
+
+log = logging.getLogger("notifier.worker")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def renderers(settings: Settings) -> Renderers:
+    """Which renderer each kind of e-mail uses in a worker process; other kinds render the
+    template their row names (`TemplateRenderer`)."""
+    return Renderers(
+        settings,
+        {
+            "digest": digest.DigestRenderer,
+            "newsletter": newsletter.NewsletterRenderer,
+            "test": newsletter.NewsletterRenderer,
+        },
+    )
+
+
+async def deliver(ctx: dict[str, Any]) -> dict[str, int]:
+    """The doorbell (`queues.DELIVER_JOB`): deliver everything due on this worker's queue."""
+    # arq copies ctx per job; the process-wide dict `deliveries` (from open_context) keeps one
+    # Delivery (templates, renderers, DKIM key) per queue.
+    cache: dict[str, Delivery] = ctx["deliveries"]
+    queue = ctx.get("queue", queues.SERVICE)
+    delivery = cache.get(queue)
+    if delivery is None:
+        settings = ctx["settings"]
+        delivery = Delivery(
+            settings, ctx["pool"], ctx["sender"], redis=ctx.get("redis"), renderers=renderers(settings)
+        )
+        cache[queue] = delivery
+    counts = await delivery.run(queue)
+    return counts.__dict__
+
+
+async def newsletter_start(ctx: dict[str, Any], newsletter_id: int) -> int | None:
+    """Start one newsletter now (enqueued by `POST /v1/newsletters/{id}/send` and the console)."""
+    recipients = await newsletter.start(ctx["pool"], ctx["settings"], newsletter_id)
+    if recipients:
+        await outbox.ring(ctx["redis"], queues.BULK, recipients)
+    return recipients
+
+
+async def newsletter_tick(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Cron on the bulk queue, every 10 seconds: `newsletter.tick`."""
+    return await newsletter.tick(ctx["pool"], ctx["redis"], ctx["settings"])
+
+
+async def digest_pass(ctx: dict[str, Any]) -> int:
+    """Cron on the digest queue, every minute: one pass as of now; returns e-mails written."""
+    result = await digest.run_pass(ctx["pool"], ctx["redis"], ctx["settings"])
+    return result.emails
+
+
+async def outbox_sweep(ctx: dict[str, Any]) -> dict[str, int]:
+    """Cron: re-ring queues whose due rows have no job (Redis lost them)."""
+    return await outbox.sweep(ctx["pool"], ctx["redis"])
+
+
+async def idempotency_purge(ctx: dict[str, Any]) -> int:
+    """Cron: delete expired Idempotency-Key records."""
+    return await idempotency.purge_expired(ctx["pool"])
+
+
+async def inbox_retention(ctx: dict[str, Any]) -> int:
+    """Cron: purge inbox messages older than NOTIFIER_RETENTION_DAYS (the privacy policy's purge)."""
+    settings = ctx["settings"]
+    before = datetime.now(UTC) - timedelta(days=settings.retention_days)
+    deleted = await inbox.purge_messages_before(ctx["pool"], before)
+    if deleted:
+        log.info(
+            "retention purge deleted %d inbox messages older than %d days", deleted, settings.retention_days
+        )
+    return deleted
+
+
+async def beat(ctx: dict[str, Any]) -> int:
+    """Cron: record that this worker process is alive (every minute)."""
+    return await heartbeat.beat(ctx["pool"], worker_name())
+
+
+async def send_selftest(ctx: dict[str, Any], to: str) -> int:
+    """Queue a short e-mail proving the worker can reach the mail server (used by `notifier dev`)."""
+    return await selftest.send_selftest(ctx["pool"], ctx["redis"], to)
