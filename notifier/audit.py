@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import asyncpg
 
+from notifier.db import Q
+
 ActorType = Literal["api_key", "member", "system", "operator"]
 
 
@@ -40,7 +42,7 @@ async def record(
 ) -> None:
     """Append one audit row. Call inside the transaction that makes the change."""
     await conn.execute(
-        "INSERT INTO audit_log (account_id, actor_type, actor, action, changes) VALUES ($1, $2, $3, $4, $5)",
+        Q.insert_audit,
         account_id,
         actor.type,
         actor.name,

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from notifier import queues
 from notifier.app import RedactingAccessLogger, create_app
-from notifier.db import migrate_dsn
+from notifier.db import Q, migrate_dsn
 from notifier.embedded import EmbeddedPostgres, EmbeddedRedis
 from notifier.mail.capture import mailbox_dir, start_capture_server
 from notifier.settings import Settings, load_settings
@@ -30,7 +30,7 @@ log = logging.getLogger("notifier.dev")
 async def _ensure_database(admin_url: str, name: str) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+        if not await conn.fetchval(Q.database_exists, name):
             await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
@@ -143,10 +143,7 @@ async def _dev_api_key(database_url: str, data: Path) -> Path:
     conn = await asyncpg.connect(database_url)
     try:
         if path.exists():
-            known = await conn.fetchval(
-                "SELECT 1 FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-                auth.hash_key(path.read_text().strip()),
-            )
+            known = await conn.fetchval(Q.active_api_key, auth.hash_key(path.read_text().strip()))
             if known:
                 return path
         _, key = await auth.create_key(conn, "notifier dev", ["admin"])

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import asyncpg
 
+from notifier.db import Q
+
 
 async def beat(pool: asyncpg.Pool, worker: str) -> int:
     """Record one beat for `worker`; returns how many it has recorded in all."""
-    beats: int = await pool.fetchval(
-        """
-        INSERT INTO worker_heartbeats (worker) VALUES ($1)
-        ON CONFLICT (worker) DO UPDATE SET beat_at = now(), beats = worker_heartbeats.beats + 1
-        RETURNING beats
-        """,
-        worker,
-    )
+    beats: int = await pool.fetchval(Q.worker_beat, worker)
     return beats

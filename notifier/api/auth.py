@@ -19,6 +19,7 @@ from aiohttp import web
 
 from notifier.api.problems import Handler, Problem
 from notifier.audit import Actor
+from notifier.db import Q
 from notifier.resources import POOL
 from notifier.settings import Settings
 
@@ -69,7 +70,7 @@ async def create_key(
         raise ValueError("a key needs a name")
     key = new_key()
     key_id: int = await pool.fetchval(
-        "INSERT INTO api_keys (name, prefix, key_hash, scopes) VALUES ($1, $2, $3, $4) RETURNING id",
+        Q.insert_api_key,
         name.strip(),
         key[: len(KEY_PREFIX) + 6],
         hash_key(key),
@@ -80,17 +81,13 @@ async def create_key(
 
 async def list_keys(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     """Every key with its state; never the key itself."""
-    rows: list[asyncpg.Record] = await pool.fetch(
-        "SELECT id, name, prefix, scopes, created_at, last_used_at, revoked_at FROM api_keys ORDER BY id"
-    )
+    rows: list[asyncpg.Record] = await pool.fetch(Q.list_api_keys)
     return rows
 
 
 async def revoke_key(pool: asyncpg.Pool, key_id: int) -> bool:
     """Revoke a key; False when there is no such active key."""
-    result = await pool.execute(
-        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
-    )
+    result = await pool.execute(Q.revoke_api_key, key_id)
     return bool(result.endswith(" 1"))
 
 
@@ -108,16 +105,14 @@ class KeyCache:
         if hit is not None and now - hit[0] < CACHE_SECONDS:
             found = hit[1]
         else:
-            row = await pool.fetchrow(
-                "SELECT id, name, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", digest
-            )
+            row = await pool.fetchrow(Q.active_api_key, digest)
             found = ApiKey(row["id"], row["name"], frozenset(row["scopes"])) if row else None
             if len(self._keys) > 10_000:
                 self._keys.clear()
             self._keys[digest] = (now, found)
         if found is not None and now - self._touched.get(found.id, -TOUCH_SECONDS) >= TOUCH_SECONDS:
             self._touched[found.id] = now
-            await pool.execute("UPDATE api_keys SET last_used_at = now() WHERE id = $1", found.id)
+            await pool.execute(Q.touch_api_key, found.id)
         return found
 
 

@@ -30,9 +30,6 @@ WHERE external_id = $1 OR lower(email) = lower($1) OR lower(email) LIKE $2
 ORDER BY (external_id = $1 OR lower(email) = lower($1)) DESC, lower(email), id
 LIMIT $3;
 
--- name: console_account
-SELECT * FROM accounts WHERE external_id = $1;
-
 -- name: console_account_consents
 SELECT topic, granted, source, wording, wording_version, confirmed_at, created_at
 FROM consents WHERE account_id = $1 ORDER BY id DESC LIMIT $2;

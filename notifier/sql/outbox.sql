@@ -99,10 +99,6 @@ SET status = 'queued', attempts = 0, next_attempt_at = $2, last_error = NULL, fa
 WHERE status = 'failed' AND failed_at >= $1
 RETURNING id, queue
 
--- name: email_status
-SELECT id, kind, queue, status, attempts, next_attempt_at, last_error, message_id, sent_at, failed_at
-FROM emails WHERE id = $1
-
 -- name: add_suppression
 INSERT INTO suppressions (address_hash, list, reason, detail)
 VALUES ($1, $2, $3, $4)
