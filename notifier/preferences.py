@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -37,7 +37,7 @@ class Preferences(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    digest_frequency: Literal["off", "immediate", "hourly", "daily", "weekly"] = "daily"
+    digest_frequency: schedule.Frequency = "daily"
     digest_hour: int = Field(default=8, ge=0, le=23, description="local hour for daily and weekly")
     digest_weekday: int = Field(default=1, ge=1, le=7, description="ISO weekday for weekly, 1 = Monday")
     timezone: str = "UTC"

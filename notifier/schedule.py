@@ -8,13 +8,16 @@ instant after the gap, so the digest still goes out that day, once. Local times 
 
 from __future__ import annotations
 
+import typing
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, available_timezones
 
+# The one definition of the digest frequencies (the schema's CHECK in migrations/0001 lists the
+# same; tests/test_schedule.py checks they agree).
 Frequency = Literal["off", "immediate", "hourly", "daily", "weekly"]
-FREQUENCIES: tuple[Frequency, ...] = ("off", "immediate", "hourly", "daily", "weekly")
+FREQUENCIES: tuple[Frequency, ...] = typing.get_args(Frequency)
 # Frequencies that run on a clock; "immediate" is driven by arriving messages, "off" by nothing.
 SCHEDULED: frozenset[str] = frozenset({"hourly", "daily", "weekly"})
 

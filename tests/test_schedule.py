@@ -245,3 +245,18 @@ def test_hourly_is_at_every_local_hour_start(zone: str, after: datetime) -> None
     assert due.astimezone(tz).minute == 0 and due.second == 0
     nxt = next_due("hourly", 0, 1, zone, due)
     assert nxt is not None and timedelta(minutes=30) <= nxt - due <= timedelta(hours=1, minutes=30)
+
+
+def test_the_frequencies_are_defined_once() -> None:
+    """The schema's CHECK and the preference centre's labels follow schedule.FREQUENCIES."""
+    import re
+    from pathlib import Path
+
+    from notifier.pages import preference_centre
+    from notifier.schedule import FREQUENCIES
+
+    schema = (Path(__file__).resolve().parents[1] / "migrations" / "0001_initial.sql").read_text()
+    check = re.search(r"digest_frequency IN \(([^)]*)\)", schema)
+    assert check is not None
+    assert sorted(re.findall(r"'(\w+)'", check.group(1))) == sorted(FREQUENCIES)
+    assert sorted(key for key, _, _ in preference_centre.FREQUENCIES) == sorted(FREQUENCIES)

@@ -16,11 +16,12 @@ from typing import Any
 
 from aiohttp import web
 
-from notifier import audit, consent, pages, preferences, tokens
+from notifier import audit, consent, pages, preferences, schedule, tokens
 from notifier.db import Q
 from notifier.resources import POOL, SETTINGS
 
-FREQUENCIES = (
+# How the centre names each of schedule.FREQUENCIES, in the order it shows them.
+FREQUENCIES: tuple[tuple[schedule.Frequency, str, str], ...] = (
     ("immediate", "As messages arrive", "one e-mail per new message, grouped when several come at once"),
     ("hourly", "Hourly", "at most one summary an hour"),
     ("daily", "Daily", "one summary a day at the hour you choose"),
