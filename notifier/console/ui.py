@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -23,6 +22,7 @@ from arq import ArqRedis
 from multidict import MultiDictProxy
 from redis import exceptions as redis_exceptions
 
+from notifier import templating
 from notifier.api.problems import Handler, Problem
 from notifier.console import sessions
 from notifier.console.sessions import ConsoleScope, ConsoleSession
@@ -31,8 +31,7 @@ from notifier.settings import Settings
 
 log = logging.getLogger("notifier.console")
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
-STATIC_DIR = TEMPLATES_DIR / "console" / "static"
+STATIC_DIR = templating.STATIC_DIR / "console"
 
 SESSION = web.RequestKey("console_session", ConsoleSession)
 
@@ -63,10 +62,10 @@ NOTICES = {
     "nothing-redriven": "Nothing to re-drive: those e-mails are no longer failed.",
 }
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+# Over `templates/` itself: the console's templates name theirs as `console/...`.
+_ENV = templating.environment(
+    "",
     autoescape=jinja2.select_autoescape(enabled_extensions=("html",)),
-    undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
     auto_reload=False,

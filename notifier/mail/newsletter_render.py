@@ -13,8 +13,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import css_inline
 import jinja2
@@ -23,9 +22,8 @@ from jinja2.sandbox import SandboxedEnvironment
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
+from notifier import templating
 from notifier.settings import Settings
-
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 
 # What marketing's templates may use. Anything else is an error caught when the draft is saved.
 PERSONAL_FIELDS = ("name", "first_name", "email", "unsubscribe_url", "preferences_url")
@@ -57,15 +55,10 @@ class _Sandbox(SandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
-_SANDBOX_HTML = _Sandbox(autoescape=True, undefined=jinja2.StrictUndefined)
-_SANDBOX_TEXT = _Sandbox(autoescape=False, undefined=jinja2.StrictUndefined)
+_SANDBOX_HTML = cast(_Sandbox, templating.environment(None, env_class=_Sandbox))
+_SANDBOX_TEXT = cast(_Sandbox, templating.environment(None, html=False, env_class=_Sandbox))
 _MARKDOWN = MarkdownIt("commonmark", {"html": True, "linkify": False}).enable("table")
-_LAYOUT = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-    autoescape=jinja2.select_autoescape(["html"]),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-)
+_LAYOUT = templating.environment("mail", keep_trailing_newline=True)
 
 
 class TemplateProblem(ValueError):

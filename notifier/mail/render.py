@@ -1,6 +1,6 @@
 """Rendering e-mails from templates, and the renderers of a worker process by kind of e-mail.
 
-Templates live in `templates/`. An e-mail template `NAME` (e.g. `service/welcome`) is three files:
+Templates live in `templates/mail/`. An e-mail template `NAME` (e.g. `service/welcome`) is three files:
 `NAME.subject.txt` (one line), `NAME.html` and `NAME.txt`; the HTML and text files extend the one
 shared layout (`base.html`, `base.txt`). HTML is autoescaped, text is not; both use
 `StrictUndefined`, so a missing variable is an error that names it, never an empty string. CSS in
@@ -24,9 +24,10 @@ import asyncpg
 import css_inline
 import jinja2
 
+from notifier import templating
 from notifier.settings import Settings
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+TEMPLATES_DIR = templating.TEMPLATES_DIR / "mail"
 
 
 class TemplateError(Exception):
@@ -90,14 +91,14 @@ def _one_line(text: str) -> str:
 
 
 class Templates:
-    """The Jinja environment over `templates/` and the CSS inliner; build one per process."""
+    """The Jinja environment over `templates/mail/` and the CSS inliner; build one per process."""
 
     def __init__(self, directory: Path = TEMPLATES_DIR) -> None:
         self.directory = directory
-        self.env = jinja2.Environment(
+        self.env = templating.environment(
+            None,
             loader=jinja2.FileSystemLoader(directory),
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
-            undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,

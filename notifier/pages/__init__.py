@@ -14,29 +14,20 @@ import hmac
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
-import jinja2
 from aiohttp import web
 
-from notifier import tokens
+from notifier import templating, tokens
 from notifier.db import Q
 from notifier.resources import SETTINGS
 from notifier.settings import Settings
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "pages"
 NONCE_SECONDS = 4 * 3600
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+_ENV = templating.environment("pages", autoescape=True, trim_blocks=True, lstrip_blocks=True)
 
 # No script runs on these pages; styles are inline in the shared layout; forms post only here.
 CSP = (
