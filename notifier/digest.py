@@ -41,7 +41,6 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import jinja2
-from arq import ArqRedis
 
 from notifier import queues, schedule
 from notifier.db import Q
@@ -285,7 +284,7 @@ async def _run_batch(
 
 
 async def _drain(
-    pool: asyncpg.Pool, redis: ArqRedis | None, settings: Settings, now: datetime, batch_size: int
+    pool: asyncpg.Pool, redis: outbox.Doorbell | None, settings: Settings, now: datetime, batch_size: int
 ) -> PassResult:
     total = PassResult()
     while True:
@@ -300,7 +299,7 @@ async def _drain(
 
 async def run_pass(
     pool: asyncpg.Pool,
-    redis: ArqRedis | None,
+    redis: outbox.Doorbell | None,
     settings: Settings,
     now: datetime | None = None,
     *,

@@ -4,13 +4,12 @@ through the same outbox as every other e-mail."""
 from __future__ import annotations
 
 import asyncpg
-from arq import ArqRedis
 
 from notifier import queues
 from notifier.mail import outbox
 
 
-async def send_selftest(pool: asyncpg.Pool, redis: ArqRedis, to: str) -> int:
+async def send_selftest(pool: asyncpg.Pool, redis: outbox.Doorbell, to: str) -> int:
     """Queue the self-test e-mail (template `service/selftest`) to `to` and ring the service
     queue; returns the outbox id. The e-mail is sent by the `deliver` job like any other."""
     async with pool.acquire() as conn:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, StringConstraints, ValidationError
 
-from notifier.api.problems import Problem
+from notifier.errors import Problem
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -13,37 +13,12 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from notifier.errors import Problem as Problem  # raised by every layer; answered here
+
 log = logging.getLogger("notifier.web")
 
 PROBLEM_JSON = "application/problem+json"
 M = TypeVar("M", bound=BaseModel)
-
-
-class Problem(Exception):
-    """Raise anywhere in a handler to answer with a problem document."""
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        title: str | None = None,
-        errors: list[dict[str, Any]] | None = None,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.title = title or HTTPStatus(status).phrase
-        self.errors = errors
-        self.headers = headers or {}
-        self.extra = extra
-
-    def response(self) -> web.Response:
-        return problem_response(
-            self.status, self.detail, title=self.title, errors=self.errors, headers=self.headers, **self.extra
-        )
 
 
 def problem_response(
@@ -156,7 +131,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except Problem as exc:
-        return exc.response()
+        return problem_response(
+            exc.status, exc.detail, title=exc.title, errors=exc.errors, headers=exc.headers, **exc.extra
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -32,6 +32,10 @@ from notifier.mail import compose
 
 log = logging.getLogger("notifier.outbox")
 
+# The doorbell: the Redis connection jobs are enqueued on. Callers above the mail layer name it
+# by this alias and never import arq themselves.
+Doorbell = ArqRedis
+
 Kind = Literal["service", "digest", "newsletter", "test", "confirmation"]
 
 # Seconds to wait after the 1st, 2nd, ... temporary failure. After the last, the e-mail fails.
