@@ -41,8 +41,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections encode and decode json/jsonb as Python objects."""
+async def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 10, statement_cache_size: int = 100
+) -> asyncpg.Pool:
+    """A pool whose connections encode and decode json/jsonb as Python objects.
+    `statement_cache_size=0` for PostgreSQL behind a transaction-pooling PgBouncer."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -50,6 +53,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
         init=_init_connection,
         reset=_keep_session,
         command_timeout=60,
+        statement_cache_size=statement_cache_size,
     )
     assert pool is not None
     return pool
@@ -114,13 +118,15 @@ def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Pa
 
 
 async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[int]:
-    """Apply pending migrations in order, each in its own transaction, under an advisory lock.
+    """Apply pending migrations in order, each in its own transaction that holds a
+    transaction-level advisory lock and re-checks whether it is still pending.
 
     Safe to run from several processes at once: the second waits for the lock, then finds
-    nothing left to do. Returns the versions this call applied.
+    nothing left to do. No session state (no session lock), so it also runs through a
+    transaction-pooling PgBouncer. Returns the versions this call applied.
     """
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
-    try:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
         await conn.execute(
             """
             CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -130,21 +136,20 @@ async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) ->
             )
             """
         )
-        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        done: list[int] = []
-        for version, name, path in migration_files(directory):
-            if version in applied:
-                continue
-            async with conn.transaction():
-                await conn.execute(path.read_text())
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
-                )
-            log.info("applied migration %04d_%s", version, name)
-            done.append(version)
-        return done
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+    applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    done: list[int] = []
+    for version, name, path in migration_files(directory):
+        if version in applied:
+            continue
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+            if await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", version):
+                continue  # another process applied it while this one waited
+            await conn.execute(path.read_text())
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+        log.info("applied migration %04d_%s", version, name)
+        done.append(version)
+    return done
 
 
 def with_database(url: str, name: str) -> str:

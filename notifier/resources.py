@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import asyncpg
 from aiohttp import web
@@ -15,7 +16,7 @@ from arq import create_pool as create_redis_pool
 from arq.connections import RedisSettings
 
 from notifier.db import create_pool
-from notifier.settings import ConfigError, Settings
+from notifier.settings import ConfigError, Settings, sentinel_hosts
 
 log = logging.getLogger("notifier")
 
@@ -27,7 +28,14 @@ REDIS = web.AppKey("redis", ArqRedis)
 def redis_settings(settings: Settings) -> RedisSettings:
     """arq's RedisSettings from NOTIFIER_REDIS_URL, with a short connect retry for start-up."""
     _, redis_url = settings.require_services()
-    rs = RedisSettings.from_dsn(redis_url)
+    if redis_url.startswith("redis+sentinel://"):
+        hosts, master, database = sentinel_hosts(redis_url)
+        password = urlsplit(redis_url).password
+        rs = RedisSettings(
+            host=hosts, sentinel=True, sentinel_master=master, database=database, password=password
+        )
+    else:
+        rs = RedisSettings.from_dsn(redis_url)
     rs.conn_timeout = 5
     rs.conn_retries = 2
     rs.conn_retry_delay = 1
@@ -39,7 +47,13 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
     dsn, _ = settings.require_services()
     try:
         return await asyncio.wait_for(
-            create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max), 15
+            create_pool(
+                dsn,
+                min_size=settings.db_pool_min,
+                max_size=settings.db_pool_max,
+                statement_cache_size=0 if settings.db_transaction_pooling else 100,
+            ),
+            15,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
         raise ConfigError(f"cannot connect to PostgreSQL at NOTIFIER_DATABASE_URL: {_reason(exc)}") from None

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
+    # PostgreSQL behind a transaction-pooling PgBouncer: no named prepared statements (PgBouncer
+    # before 1.21 cannot route them). See docs/scaling.md.
+    db_transaction_pooling: bool = False
 
     # Web
     host: str = "0.0.0.0"  # noqa: S104  (a server listens on all interfaces by default)
@@ -101,10 +104,13 @@ class Settings(BaseSettings):
         if value is None or value == "":
             return None
         scheme = urlsplit(value).scheme
-        if scheme not in {"redis", "rediss", "unix"}:
+        if scheme not in {"redis", "rediss", "unix", "redis+sentinel"}:
             raise ValueError(
-                f"must start with redis://, rediss:// or unix://, got {scheme or 'no scheme'}://"
+                "must start with redis://, rediss://, unix:// or redis+sentinel://, "
+                f"got {scheme or 'no scheme'}://"
             )
+        if scheme == "redis+sentinel":
+            sentinel_hosts(value)  # raises ValueError naming what is wrong
         return value
 
     @field_validator("public_url")
@@ -183,3 +189,22 @@ def load_settings(**overrides: object) -> Settings:
             field = "_".join(str(p) for p in err["loc"]).upper()
             parts.append(f"NOTIFIER_{field}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid configuration: " + "; ".join(parts)) from None
+
+
+def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], str, int]:
+    """`redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB]` as (sentinels, master
+    name, database). Raises ValueError naming what is wrong."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    hosts: list[tuple[str, int]] = []
+    for item in filter(None, netloc.split(",")):
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
+        if not host or not port.isdigit():
+            raise ValueError(f"sentinel address {item!r} is not HOST:PORT")
+        hosts.append((host.strip("[]"), int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not hosts or not path:
+        raise ValueError("a sentinel URL is redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER[/DB]")
+    if len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError("after the master name, a sentinel URL may only name a database number")
+    return hosts, path[0], int(path[1]) if len(path) == 2 else 0

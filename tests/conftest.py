@@ -33,6 +33,7 @@ from notifier import queues
 from notifier.app import create_app
 from notifier.db import scratch_database
 from notifier.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from notifier.resources import open_redis
 from notifier.settings import Settings
 from tests.factory import Factory
 
@@ -225,7 +226,7 @@ class BurstWorker:
         done = 0
         try:
             for queue in names:
-                redis = await create_redis_pool(RedisSettings.from_dsn(self.settings.redis_url or ""))
+                redis = await open_redis(self.settings)
                 worker = build_worker(self.settings, queue, ctx, redis, burst=True, crons=False)
                 try:
                     await worker.main()

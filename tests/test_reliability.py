@@ -141,6 +141,54 @@ async def test_a_worker_stopped_mid_batch_records_what_the_server_accepted(
     assert recipients == [f"stop{i}@example.com" for i in range(6)]
 
 
+async def test_a_stopped_batch_hands_back_the_rows_it_never_started(
+    settings, pool: asyncpg.Pool, smtp, factory: Factory
+) -> None:
+    """When every lane has returned after a stop, the unstarted rows are due again at once (for a
+    worker restarted after a Redis failover, say), not after the lease, and the claim that never
+    sent them is not counted as an attempt."""
+    import asyncio
+
+    import pytest
+
+    from notifier.mail.delivery import Delivery
+    from notifier.mail.smtp import Envelope, SMTPSender
+
+    for i in range(6):
+        await factory.email(template="service/selftest", to_address=f"back{i}@example.com")
+    real = SMTPSender(settings)
+    three_sent = asyncio.Event()
+
+    class SlowFourth:
+        sent = 0
+
+        async def send(self, envelope: Envelope) -> str:
+            if self.sent == 3:
+                three_sent.set()
+                await asyncio.sleep(0.2)  # on the wire when the stop comes; answers in time
+            self.sent += 1
+            return await real.send(envelope)
+
+        async def close(self) -> None:
+            await real.close()
+
+    single_lane = settings.model_copy(update={"smtp_pool_size": 1, "smtp_timeout": 2})
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    job = asyncio.create_task(Delivery(single_lane, pool, SlowFourth()).run(queues.SERVICE, now=now))
+    await three_sent.wait()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    rows = await pool.fetch("SELECT status, attempts, locked_until FROM emails ORDER BY id")
+    assert [r["status"] for r in rows] == ["sent"] * 4 + ["queued"] * 2
+    assert [(r["attempts"], r["locked_until"]) for r in rows[4:]] == [(0, None), (0, None)]
+    assert (await Delivery(settings, pool, real).run(queues.SERVICE, now=now)).sent == 2
+    await real.close()
+    assert sorted(r for m in smtp.received for r in m.recipients) == [
+        f"back{i}@example.com" for i in range(6)
+    ]
+
+
 async def test_stopping_a_worker_process_cancels_its_jobs_while_the_pool_is_open(
     settings, pool: asyncpg.Pool, redis: ArqRedis, monkeypatch
 ) -> None:

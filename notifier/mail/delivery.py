@@ -231,6 +231,7 @@ class Delivery:
 
         recorder = _Recorder(write, self.record_interval)
         stop = asyncio.Event()
+        lanes_done = False
         sending = asyncio.ensure_future(self._send_rows(rows, now, recorder, stop))
         try:
             try:
@@ -239,15 +240,19 @@ class Delivery:
                 # Stopping (SIGTERM on a deploy, Redis lost, a job timeout): no lane starts
                 # another message; those on the wire are finished, within the SMTP timeout, so
                 # that their answers are recorded below and they are not sent again when the
-                # lease runs out. The rest stay claimed until then.
+                # lease runs out. Once every lane has returned, the rows never started are
+                # handed back at once; if the wait runs out, they stay claimed until the lease.
                 stop.set()
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(sending, self.settings.smtp_timeout)
+                    lanes_done = True
                 raise
         except BaseException:
             # Stopped or broken: record what the server already answered.
             try:
                 await asyncio.shield(recorder.close())
+                if lanes_done:
+                    await asyncio.shield(self.pool.execute(Q.release_unsent, [r["id"] for r in rows], lease))
             except Exception:
                 log.exception("recording the answered part of a stopped batch failed")
             raise

@@ -38,6 +38,13 @@ WHERE e.id = due.id
 RETURNING e.id, e.kind, e.account_id, e.to_address, e.template, e.subject, e.context,
           e.digest_id, e.newsletter_id, e.attempts, e.message_id
 
+-- name: release_unsent
+-- A stopped batch hands back the rows it never started (still held under its lease): due again at
+-- once for any worker, and the claim that never sent them does not count as an attempt.
+UPDATE emails
+SET status = 'queued', locked_until = NULL, attempts = greatest(attempts - 1, 0)
+WHERE id = ANY($1::bigint[]) AND status = 'sending' AND locked_until = $2
+
 -- name: record_results
 -- One statement per group of results (a batch records several as its answers arrive): new states
 -- (only for rows still held under this lease) and their events.
