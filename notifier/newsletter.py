@@ -150,15 +150,19 @@ class NewsletterRenderer:
         draft = self.drafts.get(email.newsletter_id)
         if draft is None:
             raise render.TemplateError("the newsletter no longer exists", template="newsletter")
-        sample = sample_personal(self.settings)  # test e-mails go to addresses, not members
-        name = str(context.get("name") or "")
-        personal = {
-            "name": name,
-            "first_name": name.split(" ", 1)[0] if name else "",
-            "email": email.to_address,
-            "unsubscribe_url": context.get("unsubscribe_url") or sample["unsubscribe_url"],
-            "preferences_url": context.get("preferences_url") or sample["preferences_url"],
-        }
+        sample = sample_personal(self.settings)
+        if email.kind == "test":
+            # A test e-mail goes to an address, not a member: it shows what the preview shows.
+            personal = sample
+        else:
+            name = str(context.get("name") or "")
+            personal = {
+                "name": name,
+                "first_name": name.split(" ", 1)[0] if name else "",
+                "email": email.to_address,
+                "unsubscribe_url": context.get("unsubscribe_url") or sample["unsubscribe_url"],
+                "preferences_url": context.get("preferences_url") or sample["preferences_url"],
+            }
         try:
             out = self.cache.get(self.settings, draft).render(personal)
         except TemplateProblem as exc:

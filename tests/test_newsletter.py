@@ -455,3 +455,23 @@ async def test_answers_match_the_openapi_document(
     await check_answer(resp, "PATCH", f"/v1/newsletters/{nid}")
     resp = await client.post(f"/v1/newsletters/{nid}/cancel", headers=headers)
     await check_answer(resp, "POST", f"/v1/newsletters/{nid}/cancel")
+
+
+async def test_test_send_renders_the_preview_sample_member(
+    client: TestClient[Any, Any], headers: dict[str, str], run_worker: BurstWorker, smtp: MailSink
+) -> None:
+    created = await create(client, headers)
+    preview = await (await client.get(f"/v1/newsletters/{created['id']}/preview", headers=headers)).json()
+    resp = await client.post(
+        f"/v1/newsletters/{created['id']}/test", json={"to": ["proof@example.org"]}, headers=headers
+    )
+    assert resp.status == 202
+    await run_worker(queues.SERVICE)
+    [got] = smtp.received
+    assert got.message["Subject"] == f"[TEST] {preview['subject']}" == "[TEST] News for Ada"
+    text_part, html_part = (got.message.get_body(preferencelist=(kind,)) for kind in ("plain", "html"))
+    assert text_part is not None and html_part is not None
+    text, html = text_part.get_content(), html_part.get_content()
+    assert "Hello Ada" in text and "News for **Ada Lovelace**" in text
+    assert "Hello Ada" in html and "<strong>Ada Lovelace</strong>" in html
+
