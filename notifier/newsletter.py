@@ -50,11 +50,20 @@ def draft_of(row: Mapping[str, Any]) -> Draft:
 
 async def figures(conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int) -> dict[str, int]:
     """Recipients, sent, failed, suppressed, pending, cancelled (outbox rows) and bounced,
-    complained, unsubscribed, resubscribed (distinct members with such an event)."""
+    complained, unsubscribed, resubscribed (distinct members with such an event), including what
+    members erased since counted (`keep_erased_figures`): erasing a member changes no figure."""
     delivery = await conn.fetchrow(Q.newsletter_delivery_figures, newsletter_id)
     events = await conn.fetchrow(Q.newsletter_event_figures, newsletter_id)
     assert delivery is not None and events is not None
-    return {**dict(delivery), **dict(events)}
+    erased = {r["figure"]: r["count"] for r in await conn.fetch(Q.newsletter_erased_figures, newsletter_id)}
+    return {name: value + erased.get(name, 0) for name, value in {**dict(delivery), **dict(events)}.items()}
+
+
+async def keep_erased_figures(conn: asyncpg.Connection, account_id: int) -> None:
+    """Before an account is erased (same transaction): add what it counts in each newsletter's
+    figures to `newsletter_erased_figures`, numbers without anything personal. An e-mail still
+    to send counts as cancelled: erasure stops it."""
+    await conn.execute(Q.keep_erased_newsletter_figures, account_id)
 
 
 async def schedule(
