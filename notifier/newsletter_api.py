@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from notifier import mail, newsletter, outbox, queues
 from notifier.auth import api_key_of, requires
 from notifier.db import Q
-from notifier.newsletter_render import Draft, TemplateProblem, check, prepare, sample_personal
+from notifier.newsletter_render import Draft, TemplateProblem, field_problems, prepare, sample_personal
 from notifier.pagination import decode_cursor, encode_cursor, page_limit
 from notifier.problems import Problem, read_model
 from notifier.resources import POOL, REDIS, SETTINGS
@@ -99,12 +99,11 @@ def _json(row: Mapping[str, Any], figures: Mapping[str, int] | None = None) -> d
 
 
 def _check(request: web.Request, draft: Draft) -> None:
-    try:
-        check(request.app[SETTINGS], draft)
-    except TemplateProblem as exc:
-        raise Problem(
-            422, "the newsletter does not render", errors=[{"field": exc.field, "message": exc.message}]
-        ) from None
+    """A 422 naming every field whose template does not render (subject and body at once)."""
+    problems = field_problems(request.app[SETTINGS], draft)
+    if problems:
+        errors = [{"field": field, "message": message} for field, message in problems.items()]
+        raise Problem(422, "the newsletter does not render", errors=errors)
 
 
 def _id(request: web.Request) -> int:

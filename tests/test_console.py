@@ -812,3 +812,25 @@ async def test_a_database_that_is_away_is_a_503_page(client: Client, pool: async
     assert resp.status == 503 and resp.content_type == "text/html"
     assert resp.headers["Retry-After"] == "5"
     assert "not answering" in await resp.text()
+
+
+async def test_preview_names_every_template_error_at_once(client: Client, pool: asyncpg.Pool) -> None:
+    csrf = await sign_in(client, pool, ["newsletters"])
+    form = {"csrf": csrf, "subject": "Hi {{ nickname }}", "preheader": "", "body_format": "markdown"}
+    form["body"] = "Dear {{ first_name"
+    live = await client.post("/console/newsletters/preview", data=form)
+    assert live.status == 422
+    answer = await live.json()
+    assert list(answer["errors"]) == list(answer["render_errors"]) == ["subject", "body"]
+    assert "nickname" in answer["errors"]["subject"] and "template error" in answer["errors"]["body"]
+    assert answer["html"] is None
+    # Without JavaScript, "Refresh preview" marks both fields and the preview says why it is empty.
+    page = await client.post("/console/newsletters/new", data={**form, "action": "preview"})
+    text = await page.text()
+    assert 'id="subject-error"' in text and 'id="body-error"' in text
+    assert "<li>Subject: " in text and "<li>Body: template error" in text
+    # A form that is wrong but renders still previews, and names what is wrong.
+    live = await client.post("/console/newsletters/preview", data={**form, "subject": "", "body": "Hi"})
+    answer = await live.json()
+    assert live.status == 422 and list(answer["errors"]) == ["subject"] and answer["render_errors"] == {}
+    assert "Hi" in answer["html"]

@@ -94,6 +94,15 @@ async def test_invalid_drafts_are_422_naming_the_field(
     assert [e["field"] for e in problem["errors"]] == [field], problem
 
 
+async def test_every_field_that_does_not_render_is_named(
+    client: TestClient[Any, Any], headers: dict[str, str]
+) -> None:
+    body = {"subject": "Hi {{ nickname }}", "body": "Dear {{ first_name"}
+    resp = await client.post("/v1/newsletters", json=body, headers=headers)
+    assert resp.status == 422
+    assert [e["field"] for e in (await resp.json())["errors"]] == ["subject", "body"]
+
+
 def test_sandbox_refuses_unsafe_attribute_access(settings: Settings) -> None:
     draft = Draft(1, "x", "", "{{ name.__class__.__mro__[1].__subclasses__() }}", "markdown")
     with pytest.raises(TemplateProblem):
