@@ -50,6 +50,8 @@ def cmd_web(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     settings.require_services()
     port = args.port or settings.port
+    if args.host:
+        settings.host = args.host
     if args.processes < 1:
         raise ConfigError("--processes must be at least 1")
     # Built before any fork, so every process runs the same code and shares its memory
@@ -272,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("web", help="run the HTTP API and pages", description="Run the HTTP API and pages.")
     p.add_argument("--port", type=int, help="port (default: NOTIFIER_PORT, else $PORT, else 8000)")
+    p.add_argument(
+        "--host",
+        help="listen address (default: NOTIFIER_HOST, else 127.0.0.1; 0.0.0.0 for all interfaces)",
+    )
     p.add_argument(
         "--processes",
         type=int,

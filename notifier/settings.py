@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
 
     # Web
-    host: str = "0.0.0.0"  # noqa: S104  (a server listens on all interfaces by default)
+    # Loopback unless configured: a platform that routes to the process sets NOTIFIER_HOST=0.0.0.0
+    # (the Procfile does).
+    host: str = "127.0.0.1"
     port: int = Field(default=8000, validation_alias=AliasChoices("NOTIFIER_PORT", "PORT"), ge=0, le=65535)
     public_url: str = "http://localhost:8000"
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -145,6 +147,14 @@ class Settings(BaseSettings):
             path.write_text(key + "\n")
             path.chmod(0o600)
         self.secret_key = SecretStr(key)
+
+    def check_capture(self) -> None:
+        """Mail capture (and its mailbox) is for development: refused when env is production."""
+        if self.capture_mail and self.env == "production":
+            raise ConfigError(
+                "NOTIFIER_CAPTURE_MAIL is for development and refused when NOTIFIER_ENV is production: "
+                "unset it (and set NOTIFIER_SMTP_HOST), or set NOTIFIER_ENV=development"
+            )
 
     def require_services(self) -> tuple[str, str]:
         """Both service URLs, or a ConfigError naming the missing one."""
