@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from notifier import queues
-from notifier.settings import ConfigError, Settings, load_settings
+from notifier.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -36,7 +36,11 @@ def _setup_logging(settings: Settings) -> None:
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
-    settings = load_settings()
+    """The command's settings: the environment, `.env`, and, with no service URL given, the
+    servers of a running `notifier dev` (notifier.devenv)."""
+    from notifier.devenv import cli_settings
+
+    settings = cli_settings()
     _setup_logging(settings)
     return settings
 
@@ -317,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run web and workers on one machine. Without NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL it "
             "starts embedded PostgreSQL and Redis under NOTIFIER_DATA_DIR (default .notifier); "
-            "without NOTIFIER_SMTP_HOST mail is captured to .eml files shown at /dev/mailbox."
+            "without NOTIFIER_SMTP_HOST mail is captured to .eml files shown in the console's mailbox "
+            "(/dev/mailbox). Other commands run from the same folder find its servers in "
+            "NOTIFIER_DATA_DIR/env while it runs."
         ),
     )
     p.add_argument("--port", type=int, help="web port (default 8000)")
