@@ -25,7 +25,7 @@ from redis import exceptions as redis_exceptions
 
 from notifier import console_auth
 from notifier.console_auth import ConsoleScope, ConsoleSession
-from notifier.problems import Handler, Problem
+from notifier.problems import Handler, Problem, status_title
 from notifier.resources import POOL, REDIS, SETTINGS
 from notifier.settings import Settings
 
@@ -144,7 +144,7 @@ def redirect(location: str, notice: str | None = None, **query: str) -> web.HTTP
 
 
 def error_page(request: web.Request, status: int, detail: str) -> web.Response:
-    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    title = status_title(status) if status in HTTPStatus._value2member_map_ else "Error"
     return render(request, "error.html", status=status, title=title, detail=detail, status_code=status)
 
 
