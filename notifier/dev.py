@@ -56,6 +56,8 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs initdb's whole output
     settings.require_secret()
+    capture = "smtp_host" not in settings.model_fields_set or settings.capture_mail
+    settings.model_copy(update={"capture_mail": capture}).check_capture()  # before starting anything
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     stoppers = []
@@ -78,7 +80,7 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
             lines.append(f"Redis       embedded, data in {data / 'redis'}  ({settings.redis_url})")
         else:
             lines.append("Redis       NOTIFIER_REDIS_URL")
-        if "smtp_host" not in settings.model_fields_set or settings.capture_mail:
+        if capture:
             controller = start_capture_server(mailbox_dir(data))
             stoppers.append(controller.stop)
             settings.smtp_host, settings.smtp_port, settings.smtp_tls = "127.0.0.1", controller.port, "none"
@@ -97,7 +99,6 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
         settings.port = port
         if "public_url" not in settings.model_fields_set:
             settings.public_url = chosen["public_url"] = f"http://localhost:{port}"
-        settings.check_capture()
 
         app = create_app(settings)
         runner = web.AppRunner(app, access_log_class=RedactingAccessLogger)

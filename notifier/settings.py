@@ -152,8 +152,9 @@ class Settings(BaseSettings):
         """Mail capture (and its mailbox) is for development: refused when env is production."""
         if self.capture_mail and self.env == "production":
             raise ConfigError(
-                "NOTIFIER_CAPTURE_MAIL is for development and refused when NOTIFIER_ENV is production: "
-                "unset it (and set NOTIFIER_SMTP_HOST), or set NOTIFIER_ENV=development"
+                "mail capture (NOTIFIER_CAPTURE_MAIL, or `notifier dev` without NOTIFIER_SMTP_HOST) is "
+                "refused when NOTIFIER_ENV is production: set NOTIFIER_SMTP_HOST and unset "
+                "NOTIFIER_CAPTURE_MAIL, or set NOTIFIER_ENV=development"
             )
 
     def require_services(self) -> tuple[str, str]:

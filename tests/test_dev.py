@@ -197,3 +197,19 @@ def test_embedded_redis_keeps_its_port_across_restarts(tmp_path: Path) -> None:
         third.stop()
     assert third.port != first.port
     assert (tmp_path / "redis" / "port").read_text().strip() == str(third.port)
+
+
+def test_dev_refuses_to_capture_mail_in_production(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_") and k != "PORT"}
+    result = subprocess.run(
+        [sys.executable, "-m", "notifier.cli", "dev", "--port", str(free_port())],
+        cwd=tmp_path,
+        env={**env, "NOTIFIER_ENV": "production", "NOTIFIER_SECRET_KEY": "s" * 32},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("notifier: error: mail capture") and result.stderr.count("\n") == 1
+    assert not (tmp_path / ".notifier" / "postgres").exists()  # refused before starting anything

@@ -137,8 +137,9 @@ def test_capture_is_refused_in_production(services: Services) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "notifier: error: NOTIFIER_CAPTURE_MAIL is for development and refused when NOTIFIER_ENV is "
-        "production: unset it (and set NOTIFIER_SMTP_HOST), or set NOTIFIER_ENV=development"
+        "notifier: error: mail capture (NOTIFIER_CAPTURE_MAIL, or `notifier dev` without "
+        "NOTIFIER_SMTP_HOST) is refused when NOTIFIER_ENV is production: set NOTIFIER_SMTP_HOST and "
+        "unset NOTIFIER_CAPTURE_MAIL, or set NOTIFIER_ENV=development"
     )
 
 
