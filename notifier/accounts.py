@@ -19,7 +19,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from notifier import audit, preferences, suppression
+from notifier import audit, newsletter, preferences, suppression
 from notifier.api.auth import api_key_of, requires
 from notifier.api.idempotency import idempotent, json_response
 from notifier.api.pagination import decode_cursor, encode_cursor, page_limit
@@ -206,8 +206,9 @@ async def erase_account(
     """Delete everything held on `account` and record the erasure; call inside a transaction.
 
     The account row cascades to its messages, digests, consents, e-mails, events, audit rows and
-    idempotency records. Outbox rows without an account that were addressed to it go too,
-    except a service e-mail still waiting to be sent (the notice of the erasure itself).
+    idempotency records; the newsletters' figures keep what it counted (numbers only). Outbox rows
+    without an account that were addressed to it go too, except a service e-mail still waiting to
+    be sent (the notice of the erasure itself).
     Suppressions stay, being keyed by `address_hash` only; their free-text detail is cleared. An
     unsubscribe still in force becomes a suppression (`_unsubscribes_to_keep`), so it survives too.
     Returns the `erasures` row, which holds the reason and the actor and no personal data.
@@ -218,6 +219,7 @@ async def erase_account(
         await suppression.add(conn, account["email"], "unsubscribed", list_name)
     await conn.execute(Q.delete_unowned_emails_to, account["email"])
     await conn.execute(Q.scrub_suppression_detail, address_hash(account["email"]))
+    await newsletter.keep_erased_figures(conn, account["id"])
     await conn.execute(Q.delete_account, account["id"])
     erasure: asyncpg.Record = await conn.fetchrow(Q.insert_erasure, reason, actor.type, actor.name)
     return erasure

@@ -146,6 +146,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 def create_app(settings: Settings) -> web.Application:
     """Build the web application. Resources open on start-up and close on clean-up."""
     settings.require_secret()
+    settings.check_capture()
     app = web.Application(
         middlewares=[metrics_middleware, problem_middleware, auth.auth_middleware],
         client_max_size=max(settings.max_body_bytes, settings.max_batch_body_bytes),

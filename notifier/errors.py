@@ -7,6 +7,20 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+# RFC 9110's names where Python's `HTTPStatus` phrases still carry the older ones (Python 3.13
+# renamed them), so a title is the same on every Python and as docs/api.md shows it.
+_RFC9110_TITLES = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
+
+
+def status_title(status: int) -> str:
+    """The problem title of an HTTP status: its RFC 9110 reason phrase."""
+    return _RFC9110_TITLES.get(status) or HTTPStatus(status).phrase
+
 
 class Problem(Exception):
     """A refusal: `status`, a `detail` for people, an optional `title`, field-level `errors`
@@ -25,7 +39,7 @@ class Problem(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.title = title or HTTPStatus(status).phrase
+        self.title = title or status_title(status)
         self.errors = errors
         self.headers = headers or {}
         self.extra = extra

@@ -51,11 +51,20 @@ def draft_of(row: Mapping[str, Any]) -> Draft:
 
 async def figures(conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int) -> dict[str, int]:
     """Recipients, sent, failed, suppressed, pending, cancelled (outbox rows) and bounced,
-    complained, unsubscribed, resubscribed (distinct members with such an event)."""
+    complained, unsubscribed, resubscribed (distinct members with such an event), including what
+    members erased since counted (`keep_erased_figures`): erasing a member changes no figure."""
     delivery = await conn.fetchrow(Q.newsletter_delivery_figures, newsletter_id)
     events = await conn.fetchrow(Q.newsletter_event_figures, newsletter_id)
     assert delivery is not None and events is not None
-    return {**dict(delivery), **dict(events)}
+    erased = {r["figure"]: r["count"] for r in await conn.fetch(Q.newsletter_erased_figures, newsletter_id)}
+    return {name: value + erased.get(name, 0) for name, value in {**dict(delivery), **dict(events)}.items()}
+
+
+async def keep_erased_figures(conn: asyncpg.Connection, account_id: int) -> None:
+    """Before an account is erased (same transaction): add what it counts in each newsletter's
+    figures to `newsletter_erased_figures`, numbers without anything personal. An e-mail still
+    to send counts as cancelled: erasure stops it."""
+    await conn.execute(Q.keep_erased_newsletter_figures, account_id)
 
 
 async def schedule(
@@ -151,15 +160,19 @@ class NewsletterRenderer:
         draft = self.drafts.get(email.newsletter_id)
         if draft is None:
             raise render.TemplateError("the newsletter no longer exists", template="newsletter")
-        sample = sample_personal(self.settings)  # test e-mails go to addresses, not members
-        name = str(context.get("name") or "")
-        personal = {
-            "name": name,
-            "first_name": name.split(" ", 1)[0] if name else "",
-            "email": email.to_address,
-            "unsubscribe_url": context.get("unsubscribe_url") or sample["unsubscribe_url"],
-            "preferences_url": context.get("preferences_url") or sample["preferences_url"],
-        }
+        sample = sample_personal(self.settings)
+        if email.kind == "test":
+            # A test e-mail goes to an address, not a member: it shows what the preview shows.
+            personal = sample
+        else:
+            name = str(context.get("name") or "")
+            personal = {
+                "name": name,
+                "first_name": name.split(" ", 1)[0] if name else "",
+                "email": email.to_address,
+                "unsubscribe_url": context.get("unsubscribe_url") or sample["unsubscribe_url"],
+                "preferences_url": context.get("preferences_url") or sample["preferences_url"],
+            }
         try:
             out = self.cache.get(self.settings, draft).render(personal)
         except TemplateProblem as exc:

@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     db_transaction_pooling: bool = False
 
     # Web
-    host: str = "0.0.0.0"  # noqa: S104  (a server listens on all interfaces by default)
+    # Loopback unless configured: a platform that routes to the process sets NOTIFIER_HOST=0.0.0.0
+    # (the Procfile does).
+    host: str = "127.0.0.1"
     port: int = Field(default=8000, validation_alias=AliasChoices("NOTIFIER_PORT", "PORT"), ge=0, le=65535)
     public_url: str = "http://localhost:8000"
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -151,6 +153,15 @@ class Settings(BaseSettings):
             path.write_text(key + "\n")
             path.chmod(0o600)
         self.secret_key = SecretStr(key)
+
+    def check_capture(self) -> None:
+        """Mail capture (and its mailbox) is for development: refused when env is production."""
+        if self.capture_mail and self.env == "production":
+            raise ConfigError(
+                "mail capture (NOTIFIER_CAPTURE_MAIL, or `notifier dev` without NOTIFIER_SMTP_HOST) is "
+                "refused when NOTIFIER_ENV is production: set NOTIFIER_SMTP_HOST and unset "
+                "NOTIFIER_CAPTURE_MAIL, or set NOTIFIER_ENV=development"
+            )
 
     def require_services(self) -> tuple[str, str]:
         """Both service URLs, or a ConfigError naming the missing one."""

@@ -20,7 +20,7 @@ from notifier.api import auth
 from notifier.app import create_app
 from notifier.console import chart
 from notifier.resources import POOL
-from notifier.settings import Settings
+from notifier.settings import ConfigError, Settings
 from tests.conftest import BurstWorker, MailSink
 from tests.factory import Factory
 
@@ -814,3 +814,78 @@ async def test_a_database_that_is_away_is_a_503_page(client: Client, pool: async
     assert resp.status == 503 and resp.content_type == "text/html"
     assert resp.headers["Retry-After"] == "5"
     assert "not answering" in await resp.text()
+
+
+async def test_preview_names_every_template_error_at_once(client: Client, pool: asyncpg.Pool) -> None:
+    csrf = await sign_in(client, pool, ["newsletters"])
+    form = {"csrf": csrf, "subject": "Hi {{ nickname }}", "preheader": "", "body_format": "markdown"}
+    form["body"] = "Dear {{ first_name"
+    live = await client.post("/console/newsletters/preview", data=form)
+    assert live.status == 422
+    answer = await live.json()
+    assert list(answer["errors"]) == list(answer["render_errors"]) == ["subject", "body"]
+    assert "nickname" in answer["errors"]["subject"] and "template error" in answer["errors"]["body"]
+    assert answer["html"] is None
+    # Without JavaScript, "Refresh preview" marks both fields and the preview says why it is empty.
+    page = await client.post("/console/newsletters/new", data={**form, "action": "preview"})
+    text = await page.text()
+    assert 'id="subject-error"' in text and 'id="body-error"' in text
+    assert "<li>Subject: " in text and "<li>Body: template error" in text
+    # A form that is wrong but renders still previews, and names what is wrong.
+    live = await client.post("/console/newsletters/preview", data={**form, "subject": "", "body": "Hi"})
+    answer = await live.json()
+    assert live.status == 422 and list(answer["errors"]) == ["subject"] and answer["render_errors"] == {}
+    assert "Hi" in answer["html"]
+
+
+async def test_dev_mailbox_needs_an_admin_sign_in(
+    settings: Settings, pool: asyncpg.Pool, redis: ArqRedis, tmp_path: Path
+) -> None:
+    """Captured mail holds live unsubscribe tokens: a browser is sent to the console (admin
+    sign-in), a client needs an admin API key; the page has the console's styling and icon."""
+    dev = settings.model_copy(update={"capture_mail": True, "data_dir": tmp_path})
+    (tmp_path / "mail").mkdir()
+    name = "1700000000000000000-000001.eml"
+    (tmp_path / "mail" / name).write_bytes(
+        b"From: news@example.org\r\nTo: ada@example.com\r\nSubject: News\r\n"
+        b"List-Unsubscribe: <https://x.example/u/LIVE-TOKEN>\r\n\r\nHello\r\n"
+    )
+    _, admin_key = await auth.create_key(pool, "Operator", ["admin"])
+    _, marketing_key = await auth.create_key(pool, "Marketing", ["newsletters"])
+    async with TestClient(TestServer(create_app(dev))) as client:
+        for path in ("/dev/mailbox", f"/dev/mailbox/{name}", f"/dev/mailbox/{name}?raw=1"):
+            resp = await client.get(path, headers={"Accept": "application/json"}, allow_redirects=False)
+            assert resp.status == 303, path
+            assert "LIVE-TOKEN" not in await resp.text()
+            page = await client.get(resp.headers["Location"])
+            assert page.url.path == "/console/sign-in" and "LIVE-TOKEN" not in await page.text()
+        assert (await client.get("/dev/mailbox", headers={"Authorization": "Bearer nope"})).status == 401
+        marketing = {"Authorization": f"Bearer {marketing_key}"}
+        assert (await client.get(f"/dev/mailbox/{name}", headers=marketing)).status == 403
+        admin = {"Authorization": f"Bearer {admin_key}"}
+        listing = await (await client.get("/dev/mailbox", headers=admin)).json()
+        assert [m["subject"] for m in listing["messages"]] == ["News"]
+        raw = await client.get(f"/dev/mailbox/{name}", headers=admin)
+        assert raw.content_type == "text/plain" and "LIVE-TOKEN" in await raw.text()
+        missing = await client.get("/dev/mailbox/missing.eml", headers=admin)
+        assert missing.status == 404 and missing.content_type == "application/problem+json"
+
+        # In the console: a newsletters session does not see it, an admin does, with the source.
+        csrf = await sign_in(client, pool, ["newsletters"], name="Marketing Max")
+        assert (await client.get(f"/console/mailbox/{name}/source", allow_redirects=False)).status == 403
+        await client.post("/console/sign-out", data={"csrf": csrf})
+        await sign_in(client, pool, ["admin"])
+        shown = await (await client.get(f"/dev/mailbox/{name}")).text()
+        assert '<link rel="stylesheet" href="/console/static/console.css">' in shown
+        assert '<link rel="icon" href="/console/static/favicon.svg"' in shown
+        assert f'href="/console/mailbox/{name}/source"' in shown
+        source = await client.get(f"/console/mailbox/{name}/source")
+        assert source.content_type == "text/plain" and "LIVE-TOKEN" in await source.text()
+        icon = await client.get("/console/static/favicon.svg")
+        assert icon.status == 200 and icon.content_type == "image/svg+xml"
+
+
+def test_capture_is_refused_in_production(settings: Settings, tmp_path: Path) -> None:
+    production = settings.model_copy(update={"env": "production", "capture_mail": True, "data_dir": tmp_path})
+    with pytest.raises(ConfigError, match=r"mail capture .* is refused when NOTIFIER_ENV is production"):
+        create_app(production)

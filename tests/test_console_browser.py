@@ -287,3 +287,47 @@ async def test_compose_and_preview_work_without_javascript(
     await journey.submit(page.get_by_role("button", name="Create draft"))
     assert await page.get_by_role("status").inner_text() == "Draft created."
     await context.close()
+
+
+async def test_live_preview_shows_template_errors_instead_of_the_last_good_render(
+    client: Client, browser: Any, pool: asyncpg.Pool, shots: Path
+) -> None:
+    _, key = await auth.create_key(pool, "Marketing Max", ["newsletters"])
+    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    journey = Journey(await context.new_page(), str(client.make_url("")).rstrip("/"), shots)
+    page = journey.page
+    await page.goto(journey.base + "/console/sign-in")
+    await page.get_by_label("API key").fill(key)
+    async with page.expect_navigation():
+        await page.get_by_label("API key").press("Enter")
+    await page.goto(journey.base + "/console/newsletters/new")
+    await page.get_by_label("Subject", exact=True).fill("Autumn")
+    await page.get_by_label("Body", exact=True).fill("The **pumpkins** are in.")
+    frames = "[...document.querySelectorAll('iframe[data-preview-frame]')]"
+    await page.wait_for_function(f"() => {frames}.every(f => f.srcdoc.includes('pumpkins</strong>'))")
+
+    # Both templates break: the preview says why, naming both, and both fields are marked.
+    await page.get_by_label("Subject", exact=True).fill("Autumn {{ nickname }}")
+    await page.get_by_label("Body", exact=True).fill("The **pumpkins** are {{ in")
+    errors = page.locator("[data-preview-errors]")
+    await errors.wait_for(state="visible")
+    assert await page.locator("[data-preview-shown]").is_hidden()
+    items = await errors.get_by_role("listitem").all_inner_texts()
+    assert [i.split(":")[0] for i in items] == ["Subject", "Body"] and "nickname" in items[0]
+    for name in ("subject", "body"):
+        field = page.locator(f"#{name}")
+        assert await field.get_attribute("aria-invalid") == "true"
+        assert f"{name}-error" in (await field.get_attribute("aria-describedby") or "").split()
+        assert await page.locator(f"#{name}-error").inner_text()
+    await page.screenshot(path=str(shots / "console-live-preview-errors.png"), full_page=True)
+
+    # Fixed again: the preview comes back and the marks go.
+    await page.get_by_label("Subject", exact=True).fill("Autumn {{ first_name }}")
+    await page.get_by_label("Body", exact=True).fill("The **pumpkins** are in, {{ name }}.")
+    await page.wait_for_function(f"() => {frames}.every(f => f.srcdoc.includes('Ada Lovelace'))")
+    assert await errors.is_hidden()
+    assert await page.locator("[data-preview-subject]").inner_text() == "Autumn Ada"
+    assert await page.locator("#subject").get_attribute("aria-invalid") is None
+    assert await page.locator("#body-error").count() == 0
+    assert await page.locator("#body").get_attribute("aria-describedby") == "body-hint"
+    await context.close()

@@ -78,6 +78,7 @@ async def test_too_large_body_is_413(client, headers, factory, settings) -> None
     )
     assert resp.status == 413
     assert resp.content_type == "application/problem+json"
+    assert (await resp.json())["title"] == "Content Too Large"  # RFC 9110's name, as docs/api.md
 
 
 async def test_messages_routes_need_the_messages_scope(client, pool, factory) -> None:
@@ -244,6 +245,7 @@ async def test_batch_limits(client, headers, factory, pool, settings) -> None:
     for body in bodies:
         resp = await client.post("/v1/messages", json=body, headers=headers)
         assert resp.status == 422, body
+        assert (await resp.json())["title"] == "Unprocessable Content"
     assert await pool.fetchval("SELECT count(*) FROM messages") == 0
 
 

@@ -95,6 +95,15 @@ async def test_invalid_drafts_are_422_naming_the_field(
     assert [e["field"] for e in problem["errors"]] == [field], problem
 
 
+async def test_every_field_that_does_not_render_is_named(
+    client: TestClient[Any, Any], headers: dict[str, str]
+) -> None:
+    body = {"subject": "Hi {{ nickname }}", "body": "Dear {{ first_name"}
+    resp = await client.post("/v1/newsletters", json=body, headers=headers)
+    assert resp.status == 422
+    assert [e["field"] for e in (await resp.json())["errors"]] == ["subject", "body"]
+
+
 def test_sandbox_refuses_unsafe_attribute_access(settings: Settings) -> None:
     draft = Draft(1, "x", "", "{{ name.__class__.__mro__[1].__subclasses__() }}", "markdown")
     with pytest.raises(TemplateProblem):
@@ -456,3 +465,81 @@ async def test_answers_match_the_openapi_document(
     await check_answer(resp, "PATCH", f"/v1/newsletters/{nid}")
     resp = await client.post(f"/v1/newsletters/{nid}/cancel", headers=headers)
     await check_answer(resp, "POST", f"/v1/newsletters/{nid}/cancel")
+
+
+async def test_test_send_renders_the_preview_sample_member(
+    client: TestClient[Any, Any], headers: dict[str, str], run_worker: BurstWorker, smtp: MailSink
+) -> None:
+    created = await create(client, headers)
+    preview = await (await client.get(f"/v1/newsletters/{created['id']}/preview", headers=headers)).json()
+    resp = await client.post(
+        f"/v1/newsletters/{created['id']}/test", json={"to": ["proof@example.org"]}, headers=headers
+    )
+    assert resp.status == 202
+    await run_worker(queues.SERVICE)
+    [got] = smtp.received
+    assert got.message["Subject"] == f"[TEST] {preview['subject']}" == "[TEST] News for Ada"
+    text_part, html_part = (got.message.get_body(preferencelist=(kind,)) for kind in ("plain", "html"))
+    assert text_part is not None and html_part is not None
+    text, html = text_part.get_content(), html_part.get_content()
+    assert "Hello Ada" in text and "News for **Ada Lovelace**" in text
+    assert "Hello Ada" in html and "<strong>Ada Lovelace</strong>" in html
+
+
+async def test_erasing_recipients_changes_no_figure(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    factory: Factory,
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+    run_worker: BurstWorker,
+    smtp: MailSink,
+) -> None:
+    from notifier.db import Q
+    from notifier.mail import outbox
+
+    async def figures(newsletter_id: int) -> dict[str, int]:
+        resp = await client.get(f"/v1/newsletters/{newsletter_id}", headers=headers)
+        got: dict[str, int] = (await resp.json())["figures"]
+        return got
+
+    async def listed(newsletter_id: int) -> tuple[int, int, int, int]:
+        row = next(r for r in await pool.fetch(Q.console_newsletters, 10) if r["id"] == newsletter_id)
+        return row["sent"], row["failed"], row["pending"], row["unsubscribed"]
+
+    accounts_key = await bearer(pool, "accounts", name="registry")
+    members = [await factory.account(newsletter=True, external_id=f"reader-{n}") for n in range(4)]
+    first = await create(client, headers)
+    await send_newsletter(client, headers, run_worker, pool, redis, settings, first["id"])
+    # One reader leaves through the newsletter's one-click link.
+    leaving = next(r.message for r in smtp.received if r.recipients[0] == members[0]["email"])
+    link = str(leaving["List-Unsubscribe"]).split(">")[0].removeprefix("<")
+    resp = await client.post(link.removeprefix(settings.public_url), data={"List-Unsubscribe": "One-Click"})
+    assert resp.status == 200
+    before = await figures(first["id"])
+    assert (before["recipients"], before["sent"], before["unsubscribed"]) == (4, 4, 1)
+    listed_before = await listed(first["id"])
+    # A second newsletter freezes its audience (the three still subscribed); one of them is erased
+    # before their e-mail goes, as is the reader who left.
+    second = await create(client, headers, subject="Second")
+    assert await newsletter.start(pool, settings, second["id"]) == 3
+    for member in members[:2]:
+        resp = await client.delete(f"/v1/accounts/{member['external_id']}", headers=accounts_key)
+        assert resp.status == 200, await resp.text()
+
+    assert await figures(first["id"]) == before
+    assert await listed(first["id"]) == listed_before
+    await outbox.ring(redis, queues.BULK, 3)
+    await run_worker(queues.BULK)
+    await newsletter.tick(pool, redis, settings)
+    got = await figures(second["id"])
+    assert got["recipients"] == 3 and (got["sent"], got["failed"], got["pending"]) == (2, 0, 0)
+    assert (
+        got["recipients"]
+        == got["sent"] + got["failed"] + got["suppressed"] + got["pending"] + got["cancelled"]
+    )
+    assert await pool.fetchval("SELECT status FROM newsletters WHERE id = $1", second["id"]) == "sent"
+    # Nothing personal is kept for the figures: numbers by newsletter.
+    kept = await pool.fetch("SELECT * FROM newsletter_erased_figures ORDER BY newsletter_id, figure")
+    assert {tuple(r.keys()) for r in kept} == {("newsletter_id", "figure", "count")}

@@ -88,6 +88,8 @@ def test_two_processes_share_the_port_and_stop_on_sigterm(web) -> None:
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert stderr.count("(uvloop loop)") == 2  # each child logs that it listens, on uvloop
+    # Loopback unless configured (NOTIFIER_HOST, `--host`; the Procfile passes 0.0.0.0).
+    assert stderr.count(f"web listening on http://127.0.0.1:{port} ") == 2
     assert not any(_alive(child) for child in children)
 
 
@@ -116,3 +118,31 @@ def test_processes_below_one_is_one_line(services: Services) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "notifier: error: --processes must be at least 1"
+
+
+def test_capture_is_refused_in_production(services: Services) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "notifier.cli", "web", "--port", str(free_port())],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")},
+            "NOTIFIER_DATABASE_URL": services.admin_url,
+            "NOTIFIER_REDIS_URL": services.redis_url,
+            "NOTIFIER_SECRET_KEY": "test-secret-test-secret-test-secret",
+            "NOTIFIER_CAPTURE_MAIL": "true",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "notifier: error: mail capture (NOTIFIER_CAPTURE_MAIL, or `notifier dev` without "
+        "NOTIFIER_SMTP_HOST) is refused when NOTIFIER_ENV is production: set NOTIFIER_SMTP_HOST and "
+        "unset NOTIFIER_CAPTURE_MAIL, or set NOTIFIER_ENV=development"
+    )
+
+
+def test_the_procfile_web_listens_on_all_interfaces_unless_configured() -> None:
+    procfile = (Path(__file__).parent.parent / "Procfile").read_text()
+    assert "web: notifier web --host ${NOTIFIER_HOST:-0.0.0.0}\n" in procfile

@@ -167,9 +167,17 @@ def _unauthorized(detail: str) -> Problem:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate every route whose handler declares a scope."""
-    scope: str | None = getattr(request.match_info.handler, "required_scope", None)
+    scope: Scope | None = getattr(request.match_info.handler, "required_scope", None)
     if scope is None:
         return await handler(request)
+    await authenticate(request, scope)
+    return await handler(request)
+
+
+async def authenticate(request: web.Request, scope: Scope) -> ApiKey:
+    """Check the request's `Authorization: Bearer` key for `scope` (and its rate) and remember it
+    on the request; raises the 401 / 403 / 429 Problem otherwise. The middleware calls this for
+    `@requires` handlers; a handler that answers people without a key too calls it itself."""
     header = request.headers.get("Authorization", "")
     kind, _, key = header.partition(" ")
     if kind.lower() != "bearer" or not key.strip():
@@ -187,7 +195,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
     request[API_KEY] = api_key
-    return await handler(request)
+    return api_key
 
 
 def api_key_of(request: web.Request) -> ApiKey:

@@ -16,7 +16,13 @@ from notifier.api.pagination import decode_cursor, encode_cursor, page_limit
 from notifier.api.problems import Problem, read_model
 from notifier.db import Q
 from notifier.mail import compose, outbox
-from notifier.mail.newsletter_render import Draft, TemplateProblem, check, prepare, sample_personal
+from notifier.mail.newsletter_render import (
+    Draft,
+    TemplateProblem,
+    field_problems,
+    prepare,
+    sample_personal,
+)
 from notifier.resources import POOL, REDIS, SETTINGS
 
 MAX_BODY_CHARS = 512 * 1024
@@ -100,12 +106,11 @@ def _json(row: Mapping[str, Any], figures: Mapping[str, int] | None = None) -> d
 
 
 def _check(request: web.Request, draft: Draft) -> None:
-    try:
-        check(request.app[SETTINGS], draft)
-    except TemplateProblem as exc:
-        raise Problem(
-            422, "the newsletter does not render", errors=[{"field": exc.field, "message": exc.message}]
-        ) from None
+    """A 422 naming every field whose template does not render (subject and body at once)."""
+    problems = field_problems(request.app[SETTINGS], draft)
+    if problems:
+        errors = [{"field": field, "message": message} for field, message in problems.items()]
+        raise Problem(422, "the newsletter does not render", errors=errors)
 
 
 def _id(request: web.Request) -> int:

@@ -6,7 +6,6 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Any, TypeVar
 
 import asyncpg
@@ -14,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from notifier.errors import Problem as Problem  # raised by every layer; answered here
+from notifier.errors import status_title as status_title
 
 log = logging.getLogger("notifier.web")
 
@@ -32,7 +32,7 @@ def problem_response(
 ) -> web.Response:
     body: dict[str, Any] = {
         "type": "about:blank",
-        "title": title or HTTPStatus(status).phrase,
+        "title": title or status_title(status),
         "status": status,
         "detail": detail,
     }

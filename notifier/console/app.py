@@ -7,10 +7,7 @@ and the development mailbox; the pages live in `console_newsletters`, `console_m
 
 from __future__ import annotations
 
-import email
-import email.policy
 import secrets
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -139,60 +136,43 @@ async def static(request: web.Request) -> web.StreamResponse:
 # --- development mailbox -----------------------------------------------------------------------
 
 
-def _captured(directory: Path, name: str) -> EmailMessage:
-    message: EmailMessage = email.message_from_bytes(
-        (directory / name).read_bytes(), policy=email.policy.default
-    )
-    return message
-
-
 @page("admin")
 async def mailbox(request: web.Request) -> web.Response:
     """GET /console/mailbox: e-mails captured by `notifier dev`, newest first."""
     settings = settings_of(request)
-    items = []
-    if settings.capture_mail:
-        directory = capture.mailbox_dir(settings.data_dir)
-        files = sorted(directory.glob("*.eml"), reverse=True)[:200] if directory.exists() else []
-        for path in files:
-            msg = _captured(directory, path.name)
-            items.append(
-                {
-                    "file": path.name,
-                    "subject": str(msg.get("Subject", "")),
-                    "to": str(msg.get("To", "")),
-                    "from": str(msg.get("From", "")),
-                    "date": str(msg.get("Date", "")),
-                }
-            )
+    items = capture.captured(capture.mailbox_dir(settings.data_dir)) if settings.capture_mail else []
     return render(request, "mailbox.html", items=items)
+
+
+def _captured_source(request: web.Request) -> bytes:
+    settings = settings_of(request)
+    raw = capture.read_captured(capture.mailbox_dir(settings.data_dir), request.match_info["name"])
+    if not settings.capture_mail or raw is None:
+        raise web.HTTPNotFound(text="There is no such captured e-mail.")
+    return raw
 
 
 @page("admin")
 async def mailbox_message(request: web.Request) -> web.Response:
     """GET /console/mailbox/{name}: one captured e-mail with its headers, HTML and text parts."""
-    settings = settings_of(request)
-    name = request.match_info["name"]
-    directory = capture.mailbox_dir(settings.data_dir)
-    if (
-        not settings.capture_mail
-        or "/" in name
-        or not name.endswith(".eml")
-        or not (directory / name).is_file()
-    ):
-        raise web.HTTPNotFound(text="There is no such captured e-mail.")
-    msg = _captured(directory, name)
+    msg = capture.parse_captured(_captured_source(request))
     html_part = msg.get_body(preferencelist=("html",))
     text_part = msg.get_body(preferencelist=("plain",))
     return render(
         request,
         "mailbox_message.html",
-        name=name,
+        name=request.match_info["name"],
         subject=str(msg.get("Subject", "")),
         headers=[(k, str(v)) for k, v in msg.items()],
         html=html_part.get_content() if html_part is not None else None,
         text=text_part.get_content() if text_part is not None else None,
     )
+
+
+@page("admin")
+async def mailbox_source(request: web.Request) -> web.Response:
+    """GET /console/mailbox/{name}/source: the captured e-mail as it was sent, as plain text."""
+    return web.Response(body=_captured_source(request), content_type="text/plain", charset="utf-8")
 
 
 def setup(app: web.Application) -> None:
@@ -208,6 +188,7 @@ def setup(app: web.Application) -> None:
     console.router.add_get("/static/{name}", static)
     console.router.add_get("/mailbox", mailbox)
     console.router.add_get("/mailbox/{name}", mailbox_message)
+    console.router.add_get("/mailbox/{name}/source", mailbox_source)
     console_newsletters.setup_routes(console)
     members.setup_routes(console)
     deliverability.setup_routes(console)

@@ -33,7 +33,7 @@ from notifier.console.ui import (
 from notifier.db import Q
 from notifier.mail import compose as mail
 from notifier.mail import outbox
-from notifier.mail.newsletter_render import Draft, TemplateProblem, prepare, sample_personal
+from notifier.mail.newsletter_render import Draft, TemplateProblem, field_problems, prepare, sample_personal
 
 LIST_LIMIT = 200
 # While sending, the page reloads itself this often (seconds).
@@ -43,11 +43,11 @@ SCHEDULED_REFRESH_SECONDS = 30
 
 
 def _preview(request: web.Request, draft: Draft) -> tuple[str | None, str | None, dict[str, str]]:
-    """(subject, HTML) of the draft for a sample member, or the template errors by field."""
+    """(subject, HTML) of the draft for a sample member, or the template errors of every field."""
     try:
         out = prepare(settings_of(request), draft).render(sample_personal(settings_of(request)))
-    except TemplateProblem as exc:
-        return None, None, {exc.field: exc.message}
+    except TemplateProblem:
+        return None, None, field_problems(settings_of(request), draft)
     return out.subject, out.html, {}
 
 
@@ -105,6 +105,7 @@ def _compose(
     status: int = 200,
 ) -> web.Response:
     subject = html = None
+    render_errors: dict[str, str] = {}
     if len(str(form.get("body", ""))) <= MAX_BODY_CHARS:
         subject, html, render_errors = _preview(request, _form_draft(form, row["id"] if row else 0))
         errors = {**render_errors, **errors}
@@ -117,6 +118,7 @@ def _compose(
         errors=errors,
         preview_subject=subject,
         preview_html=html,
+        preview_errors=render_errors,
     )
 
 
@@ -205,13 +207,18 @@ async def save(request: web.Request) -> web.Response:
 @page("newsletters")
 async def live_preview(request: web.Request) -> web.Response:
     """POST /console/newsletters/preview: the form as it stands, rendered, as JSON for the live
-    preview script (422 with the errors when the templates do not compile)."""
+    preview script: `{subject, html}`, or 422 with `errors` naming every field that is wrong
+    (`render_errors`: those that stop the preview, then `html` is null)."""
     form = await form_of(request)
     if len(form.get("body", "")) > MAX_BODY_CHARS:
-        return web.json_response({"errors": {"body": "The body is too long."}}, status=422)
-    subject, html, errors = _preview(request, _form_draft(form))
+        too_long = {"body": "The body is too long."}
+        return web.json_response({"errors": too_long, "render_errors": too_long, "html": None}, status=422)
+    _, errors = _read_draft(form)
+    subject, html, render_errors = _preview(request, _form_draft(form))
+    errors = {**render_errors, **errors}
     if errors:
-        return web.json_response({"errors": errors}, status=422)
+        body = {"errors": errors, "render_errors": render_errors, "subject": subject, "html": html}
+        return web.json_response(body, status=422)
     return web.json_response({"subject": subject, "html": html})
 
 

@@ -23,7 +23,7 @@ from multidict import MultiDictProxy
 from redis import exceptions as redis_exceptions
 
 from notifier import templating
-from notifier.api.problems import Handler, Problem
+from notifier.api.problems import Handler, Problem, status_title
 from notifier.console import sessions
 from notifier.console.sessions import ConsoleScope, ConsoleSession
 from notifier.resources import POOL, REDIS, SETTINGS
@@ -143,7 +143,7 @@ def redirect(location: str, notice: str | None = None, **query: str) -> web.HTTP
 
 
 def error_page(request: web.Request, status: int, detail: str) -> web.Response:
-    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    title = status_title(status) if status in HTTPStatus._value2member_map_ else "Error"
     return render(request, "error.html", status=status, title=title, detail=detail, status_code=status)
 
 

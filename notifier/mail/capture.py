@@ -1,22 +1,31 @@
 """Development mail capture: an in-process SMTP server that keeps each message as an `.eml` file,
-and the `/dev/mailbox` pages that list and show them."""
+reading them back, and `/dev/mailbox`.
+
+Captured mail holds live unsubscribe and preference tokens, so nobody reads it without signing in:
+`/dev/mailbox` sends a browser to the console's mailbox (admin sign-in) and answers a client with
+an admin API key (`Authorization: Bearer`) in JSON. Capture exists only outside production
+(`Settings.check_capture`)."""
 
 from __future__ import annotations
 
 import email
 import email.policy
-import html
 import time
+from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
+from notifier.api.auth import authenticate
+from notifier.api.problems import Problem
 from notifier.embedded import free_port
 from notifier.resources import SETTINGS
+
+# How many captured e-mails a listing shows, newest first.
+LIST_LIMIT = 200
 
 
 def mailbox_dir(data_dir: Path) -> Path:
@@ -47,64 +56,70 @@ def start_capture_server(directory: Path, host: str = "127.0.0.1", port: int | N
     return controller
 
 
-def _summary(path: Path) -> dict[str, Any]:
-    msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-    return {
-        "file": path.name,
-        "subject": str(msg.get("Subject", "")),
-        "to": str(msg.get("To", "")),
-        "from": str(msg.get("From", "")),
-        "date": str(msg.get("Date", "")),
-    }
+def parse_captured(raw: bytes) -> EmailMessage:
+    """A captured e-mail as a message (headers, HTML and text parts)."""
+    message: EmailMessage = email.message_from_bytes(raw, policy=email.policy.default)
+    return message
+
+
+def is_captured_name(name: str) -> bool:
+    """Whether `name` is a plain `*.eml` file name (nothing that leaves the folder; safe in a URL)."""
+    return name.endswith(".eml") and not name.startswith(".") and all(c.isalnum() or c in "-._" for c in name)
+
+
+def captured(directory: Path, limit: int = LIST_LIMIT) -> list[dict[str, str]]:
+    """The newest captured e-mails: file name, subject, to, from and date of each."""
+    files = sorted(directory.glob("*.eml"), reverse=True)[:limit] if directory.exists() else []
+    items = []
+    for path in files:
+        msg = parse_captured(path.read_bytes())
+        items.append(
+            {
+                "file": path.name,
+                "subject": str(msg.get("Subject", "")),
+                "to": str(msg.get("To", "")),
+                "from": str(msg.get("From", "")),
+                "date": str(msg.get("Date", "")),
+            }
+        )
+    return items
+
+
+def read_captured(directory: Path, name: str) -> bytes | None:
+    """The raw source of captured e-mail `name`, or None when there is no such file (a name that
+    is not a plain `*.eml` file name in `directory` never reads anything)."""
+    if not is_captured_name(name):
+        return None
+    path = directory / name
+    return path.read_bytes() if path.is_file() else None
+
+
+def _wants_console(request: web.Request) -> bool:
+    """A browser (no API key offered) reads captured mail in the console, behind its sign-in."""
+    return "Authorization" not in request.headers
 
 
 async def mailbox(request: web.Request) -> web.StreamResponse:
-    """The captured messages, newest first (HTML, or JSON with `Accept: application/json`)."""
+    """GET /dev/mailbox: to the console's mailbox, or with an admin API key the captured e-mails,
+    newest first, as JSON `{"messages": [...]}`."""
+    if _wants_console(request):
+        raise web.HTTPSeeOther("/console/mailbox")
+    await authenticate(request, "admin")
     directory = mailbox_dir(request.app[SETTINGS].data_dir)
-    files = sorted(directory.glob("*.eml"), reverse=True)[:200] if directory.exists() else []
-    items = [_summary(p) for p in files]
-    if "application/json" in request.headers.get("Accept", ""):
-        return web.json_response({"messages": items})
-    rows = "".join(
-        f'<tr><td><a href="/dev/mailbox/{html.escape(i["file"])}">{html.escape(i["subject"]) or "(no subject)"}</a></td>'
-        f"<td>{html.escape(i['to'])}</td><td>{html.escape(i['date'])}</td></tr>"
-        for i in items
-    )
-    page = (
-        "<!doctype html><html lang=en><head><meta charset=utf-8><title>Captured mail</title></head>"
-        "<body><h1>Captured mail</h1><p>Messages sent by <code>notifier dev</code> are kept here "
-        "instead of being delivered.</p><table><thead><tr><th>Subject</th><th>To</th><th>Date</th>"
-        f"</tr></thead><tbody>{rows or '<tr><td colspan=3>No mail yet.</td></tr>'}</tbody></table></body></html>"
-    )
-    return web.Response(text=page, content_type="text/html")
+    return web.json_response({"messages": captured(directory)})
 
 
 async def message(request: web.Request) -> web.StreamResponse:
-    """One captured message: its HTML part, or the raw source with `?raw=1`."""
+    """GET /dev/mailbox/{name}: to the console's page of that e-mail, or with an admin API key its
+    raw source."""
     name = request.match_info["name"]
-    if "/" in name or not name.endswith(".eml"):
-        raise web.HTTPNotFound(text="no such message")
-    path = mailbox_dir(request.app[SETTINGS].data_dir) / name
-    if not path.is_file():
-        raise web.HTTPNotFound(text="no such message")
-    raw = path.read_bytes()
-    if request.query.get("raw"):
-        return web.Response(body=raw, content_type="text/plain", charset="utf-8")
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    part = msg.get_body(preferencelist=("html", "plain"))
-    content = part.get_content() if part is not None else ""
-    if part is not None and part.get_content_type() == "text/plain":
-        content = f"<pre>{html.escape(content)}</pre>"
-    headers = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in msg.items()
-    )
-    page = (
-        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(str(msg.get('Subject', '')))}</title></head>"
-        f'<body><p><a href="/dev/mailbox">All mail</a> · <a href="?raw=1">Source</a></p>'
-        f"<table>{headers}</table><hr>"
-        f'<iframe sandbox srcdoc="{html.escape(content)}" style="width:100%;height:80vh;border:0"></iframe></body></html>'
-    )
-    return web.Response(text=page, content_type="text/html")
+    if _wants_console(request):
+        raise web.HTTPSeeOther(f"/console/mailbox/{name}" if is_captured_name(name) else "/console/mailbox")
+    await authenticate(request, "admin")
+    raw = read_captured(mailbox_dir(request.app[SETTINGS].data_dir), name)
+    if raw is None:
+        raise Problem(404, "no captured e-mail of that name")
+    return web.Response(body=raw, content_type="text/plain", charset="utf-8")
 
 
 def setup_routes(app: web.Application) -> None:

@@ -11,7 +11,7 @@ import html
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, cast
 
@@ -256,3 +256,29 @@ class PreparedCache:
                 self._items.popitem(last=False)
         self._items.move_to_end(key)
         return found
+
+
+# The fields of a draft that are templates, in the order a form shows them.
+_TEMPLATE_FIELDS = ("subject", "body")
+
+
+def field_problems(settings: Settings, draft: Draft) -> dict[str, str]:
+    """Every field of `draft` whose template does not render for the sample member, as
+    field → message (subject before body), so that a form can mark all of them at once. Empty
+    when the draft renders; renders once then."""
+    found: dict[str, str] = {}
+    probe = draft
+    while True:
+        try:
+            check(settings, probe)
+        except TemplateProblem as exc:
+            if exc.field in found or exc.field not in _TEMPLATE_FIELDS:
+                found.setdefault(exc.field, exc.message)
+                break
+            found[exc.field] = exc.message
+            # The first problem stopped rendering: try the rest with that field blanked.
+            probe = replace(probe, subject="") if exc.field == "subject" else replace(probe, body="")
+        else:
+            break
+    order = {field: i for i, field in enumerate(_TEMPLATE_FIELDS)}
+    return dict(sorted(found.items(), key=lambda item: order.get(item[0], len(order))))

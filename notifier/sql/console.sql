@@ -107,12 +107,19 @@ FROM emails WHERE status IN ('queued', 'sending')
 GROUP BY queue ORDER BY queue;
 
 -- name: console_newsletters
--- Newest first, with delivery figures from the outbox rows and unsubscribes from the events.
+-- Newest first, with delivery figures from the outbox rows and unsubscribes from the events
+-- (plus what erased members counted).
 SELECT n.id, n.subject, n.status, n.scheduled_at, n.started_at, n.finished_at, n.recipients, n.created_by,
        n.created_at, n.updated_at,
-       coalesce(f.sent, 0) AS sent, coalesce(f.failed, 0) AS failed, coalesce(f.pending, 0) AS pending,
-       coalesce(u.unsubscribed, 0) AS unsubscribed
+       coalesce(f.sent, 0) + x.sent AS sent, coalesce(f.failed, 0) + x.failed AS failed,
+       coalesce(f.pending, 0) AS pending, coalesce(u.unsubscribed, 0) + x.unsubscribed AS unsubscribed
 FROM newsletters n
+CROSS JOIN LATERAL (  -- what erased members counted (newsletter_erased_figures)
+    SELECT coalesce(sum(k.count) FILTER (WHERE k.figure = 'sent'), 0) AS sent,
+           coalesce(sum(k.count) FILTER (WHERE k.figure = 'failed'), 0) AS failed,
+           coalesce(sum(k.count) FILTER (WHERE k.figure = 'unsubscribed'), 0) AS unsubscribed
+    FROM newsletter_erased_figures k WHERE k.newsletter_id = n.id
+) x
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE e.status = 'sent') AS sent,
            count(*) FILTER (WHERE e.status = 'failed') AS failed,

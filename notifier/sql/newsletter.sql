@@ -120,6 +120,31 @@ SELECT count(DISTINCT account_id) FILTER (WHERE kind IN ('bounced', 'hard_bounce
 FROM events
 WHERE newsletter_id = $1;
 
+-- name: keep_erased_newsletter_figures
+-- What an erased member ($1) counts in each newsletter's figures, kept as numbers before their
+-- rows go: one recipient, their row's status (a row still to send never goes: cancelled) and one
+-- per kind of event, as `newsletter_event_figures` counts members.
+WITH mine AS (
+    SELECT newsletter_id, CASE WHEN status IN ('queued', 'sending') THEN 'cancelled' ELSE status END AS status
+    FROM emails
+    WHERE account_id = $1 AND kind = 'newsletter' AND newsletter_id IS NOT NULL
+), counted AS (
+    SELECT newsletter_id, 'recipients' AS figure FROM mine
+    UNION ALL
+    SELECT newsletter_id, status FROM mine
+    UNION ALL
+    SELECT DISTINCT newsletter_id, CASE WHEN kind = 'hard_bounce' THEN 'bounced' ELSE kind END
+    FROM events
+    WHERE account_id = $1 AND newsletter_id IS NOT NULL
+      AND kind IN ('bounced', 'hard_bounce', 'complained', 'unsubscribed', 'resubscribed')
+)
+INSERT INTO newsletter_erased_figures AS kept (newsletter_id, figure, count)
+SELECT newsletter_id, figure, count(*) FROM counted GROUP BY newsletter_id, figure
+ON CONFLICT (newsletter_id, figure) DO UPDATE SET count = kept.count + EXCLUDED.count;
+
+-- name: newsletter_erased_figures
+SELECT figure, count FROM newsletter_erased_figures WHERE newsletter_id = $1;
+
 -- name: newsletter_account
 SELECT id, external_id, email, name, newsletter FROM accounts WHERE external_id = $1;
 
