@@ -11,10 +11,12 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_log import AccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from notifier import auth, capture
+from notifier import auth, capture, newsletter_openapi, openapi, openapi_routes
+from notifier.answers import Liveness, Readiness
 from notifier.problems import MAX_BODY, Handler, problem_middleware
 from notifier.problems import redact_path as redact_path  # re-exported: the access logger's helper
 from notifier.resources import POOL, REDIS, SETTINGS, open_pool, open_redis
+from notifier.responses import json_response
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.web")
@@ -91,7 +93,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process answers."""
-    return web.json_response({"status": "ok"})
+    return json_response(200, Liveness(status="ok"))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -110,8 +112,8 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return web.json_response(
-        {"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    return json_response(
+        200 if ready else 503, Readiness(status="ready" if ready else "unavailable", checks=checks)
     )
 
 
@@ -173,10 +175,6 @@ def create_app(settings: Settings) -> web.Application:
     from notifier import inbox
 
     inbox.setup_routes(app)
-    from notifier import openapi, openapi_routes
-
-    openapi_routes.describe()
-    openapi.setup_routes(app)
     from notifier import consent, newsletter_api, preference_centre, unsubscribe
 
     newsletter_api.setup_routes(app)
@@ -185,4 +183,6 @@ def create_app(settings: Settings) -> web.Application:
     consent.setup_routes(app)
     if settings.capture_mail:
         capture.setup_routes(app)
+    # `/openapi.json` and `/docs`: the public routes above, described by these operations.
+    openapi.setup_routes(app, [*openapi_routes.operations(), *newsletter_openapi.operations()])
     return app

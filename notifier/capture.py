@@ -17,6 +17,7 @@ from aiosmtpd.smtp import Envelope, Session
 
 from notifier.embedded import free_port
 from notifier.resources import SETTINGS
+from notifier.responses import json_response
 
 
 def mailbox_dir(data_dir: Path) -> Path:
@@ -64,7 +65,7 @@ async def mailbox(request: web.Request) -> web.StreamResponse:
     files = sorted(directory.glob("*.eml"), reverse=True)[:200] if directory.exists() else []
     items = [_summary(p) for p in files]
     if "application/json" in request.headers.get("Accept", ""):
-        return web.json_response({"messages": items})
+        return json_response(200, {"items": items, "next_cursor": None})
     rows = "".join(
         f'<tr><td><a href="/dev/mailbox/{html.escape(i["file"])}">{html.escape(i["subject"]) or "(no subject)"}</a></td>'
         f"<td>{html.escape(i['to'])}</td><td>{html.escape(i['date'])}</td></tr>"

@@ -33,12 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from notifier.accounts import account_id_of, external_id_of
+from notifier.answers import BatchAnswer, BatchResult, InboxPage, MarkedRead, Message, UnreadCounts
 from notifier.auth import requires
 from notifier.db import Q
-from notifier.idempotency import HEADER, idempotent, json_response
-from notifier.pagination import decode_cursor, encode_cursor, page_limit
-from notifier.problems import Problem, parse_json, read_body
+from notifier.idempotency import HEADER, idempotent
+from notifier.pagination import decode_cursor, next_cursor, page_limit
+from notifier.problems import FieldError, Problem, parse_json, read_body
 from notifier.resources import POOL, SETTINGS
+from notifier.responses import json_response
 from notifier.validation import Body, Category, Data, ExternalId, Subject, Url, errors_of, parse
 
 log = logging.getLogger("notifier.inbox")
@@ -110,11 +112,13 @@ class BatchItem(TypedDict):
 
 
 @with_config(ConfigDict(extra="forbid"))
-class _ValidBatch(TypedDict):
+class BatchRequest(TypedDict):
+    """A batch in which every item is valid (the general path answers the others item by item)."""
+
     messages: Annotated[list[BatchItem], Field(min_length=1, max_length=MAX_BATCH)]
 
 
-_VALID_BATCH = TypeAdapter(_ValidBatch)
+_VALID_BATCH = TypeAdapter(BatchRequest)
 
 
 def parse_valid_batch(raw: bytes) -> list[BatchItem] | None:
@@ -129,10 +133,10 @@ def parse_valid_batch(raw: bytes) -> list[BatchItem] | None:
 
 def validate_batch(
     items: list[Any],
-) -> tuple[list[tuple[int, BatchItem]], dict[int, list[dict[str, Any]]]]:
+) -> tuple[list[tuple[int, BatchItem]], dict[int, list[FieldError]]]:
     """(valid items with their index, {index: errors}), each item checked on its own."""
     valid: list[tuple[int, BatchItem]] = []
-    invalid: dict[int, list[dict[str, Any]]] = {}
+    invalid: dict[int, list[FieldError]] = {}
     for i, item in enumerate(items):
         try:
             message = BatchMessage.model_validate(item)
@@ -143,33 +147,9 @@ def validate_batch(
     return valid, invalid
 
 
-def message_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
-    """The public view of an inbox message."""
-    return {
-        "id": row["id"],
-        "category": row["category"],
-        "subject": row["subject"],
-        "body": row["body"],
-        "url": row["url"],
-        "data": row["data"],
-        "created_at": row["created_at"].isoformat(),
-        "read_at": row["read_at"].isoformat() if row["read_at"] else None,
-        "archived_at": row["archived_at"].isoformat() if row["archived_at"] else None,
-    }
-
-
-def _new_message_json(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "category": row["category"],
-        "subject": row["subject"],
-        "body": row["body"],
-        "url": row["url"],
-        "data": row["data"],
-        "created_at": row["created_at"].isoformat(),
-        "read_at": None,
-        "archived_at": None,
-    }
+def _new_message(row: asyncpg.Record) -> Message:
+    """A message just inserted (its row has no read or archive time yet)."""
+    return Message.of_row(row, read_at=None, archived_at=None)
 
 
 def _message_location(external_id: str, message_id: int) -> str:
@@ -203,7 +183,7 @@ async def post_message(request: web.Request) -> web.Response:
         if row is None:
             raise _no_account(external_id)
         response = json_response(
-            201, _new_message_json(row), {"Location": _message_location(external_id, row["id"])}
+            201, _new_message(row), {"Location": _message_location(external_id, row["id"])}
         )
     else:
         async with request.app[INTAKE_GATE], idempotent(request, parse_json(raw)) as idem:
@@ -217,7 +197,7 @@ async def post_message(request: web.Request) -> web.Response:
                 raise _no_account(external_id)
             response = idem.respond(
                 201,
-                _new_message_json(row),
+                _new_message(row),
                 headers={"Location": _message_location(external_id, row["id"])},
                 account_id=row["account_id"],
             )
@@ -279,9 +259,9 @@ async def _insert_batch(
 def _batch_answer(
     size: int,
     valid: list[tuple[int, BatchItem]],
-    results: list[dict[str, Any] | None],
+    results: list[BatchResult | None],
     rows: list[asyncpg.Record],
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, BatchAnswer]:
     for row in rows:
         index = valid[row["ord"] - 1][0]
         results[index] = {"index": index, "status": 201, "id": row["id"]}
@@ -295,16 +275,10 @@ def _batch_answer(
                 ],
             }
     accepted = len(rows)
-    body = {"accepted": accepted, "rejected": size - accepted, "results": results}
+    answered = [r for r in results if r is not None]
+    assert len(answered) == size, "every item of a batch is answered"
+    body: BatchAnswer = {"accepted": accepted, "rejected": size - accepted, "results": answered}
     return (201 if accepted == size else 207), body
-
-
-def _batch_response(status: int, body: dict[str, Any]) -> web.Response:
-    """The answer to a batch of valid items (integers and validated account ids only), serialised
-    by pydantic-core: the same compact JSON as `json_response` in under half the time."""
-    return web.Response(
-        status=status, body=pydantic_core.to_json(body), content_type="application/json", charset="utf-8"
-    )
 
 
 @requires("messages")
@@ -315,7 +289,7 @@ async def post_batch(request: web.Request) -> web.Response:
     payload: Any = None
     if fast is not None:  # the common case: every item valid, checked in one pass over the bytes
         size, valid = len(fast), list(enumerate(fast))
-        results: list[dict[str, Any] | None] = [None] * size
+        results: list[BatchResult | None] = [None] * size
     else:  # the general path words each 400 / 413 / 422 and checks item by item
         payload = parse_json(raw)
         items = _batch_items(payload)
@@ -328,7 +302,7 @@ async def post_batch(request: web.Request) -> web.Response:
         async with request.app[INTAKE_GATE]:
             rows = await _insert_batch(request.app[POOL], valid, in_transaction=False)
         status, body = _batch_answer(size, valid, results, rows)
-        response = _batch_response(status, body) if payload is None else json_response(status, body)
+        response = json_response(status, body)
     else:
         if payload is None:
             payload = parse_json(raw)
@@ -400,10 +374,10 @@ async def list_inbox(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     account_id = await account_id_of(pool, external_id_of(request))
     rows = await pool.fetch(Q.inbox_page, account_id, before, unread, category, archived, limit + 1)
-    next_cursor = encode_cursor("inbox", rows[limit - 1]["id"]) if len(rows) > limit else None
-    return json_response(
-        200, {"messages": [message_json(r) for r in rows[:limit]], "next_cursor": next_cursor}
+    page = InboxPage(
+        items=[Message.of_row(r) for r in rows[:limit]], next_cursor=next_cursor("inbox", rows, limit)
     )
+    return json_response(200, page)
 
 
 @requires("messages")
@@ -413,7 +387,7 @@ async def unread_counts(request: web.Request) -> web.Response:
     account_id = await account_id_of(pool, external_id_of(request))
     rows = await pool.fetch(Q.unread_counts, account_id)
     categories = {r["category"]: r["unread"] for r in rows}
-    return json_response(200, {"total": sum(categories.values()), "categories": categories})
+    return json_response(200, UnreadCounts(total=sum(categories.values()), categories=categories))
 
 
 async def _one(request: web.Request, query: str) -> web.Response:
@@ -423,7 +397,7 @@ async def _one(request: web.Request, query: str) -> web.Response:
     if row is None:
         await account_id_of(request.app[POOL], external_id)  # 404 naming the account if it is that
         raise Problem(404, f"no message {message_id} in the inbox of {external_id!r}")
-    return json_response(200, message_json(row))
+    return json_response(200, Message.of_row(row))
 
 
 @requires("messages")
@@ -463,7 +437,7 @@ async def mark_all_read(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     account_id = await account_id_of(pool, external_id_of(request))
     result = await pool.execute(Q.mark_all_read, account_id, category, up_to)
-    return json_response(200, {"marked_read": int(result.split()[-1])})
+    return json_response(200, MarkedRead(marked_read=int(result.split()[-1])))
 
 
 # --- retention -------------------------------------------------------------------------------

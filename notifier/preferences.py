@@ -22,12 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 
 from notifier import audit, digest, schedule
 from notifier.accounts import on_account_changed, on_account_created
+from notifier.answers import CurrentPreferences
 from notifier.audit import Actor
 from notifier.auth import api_key_of, requires
 from notifier.db import Q
 from notifier.inbox import CreatedMessage, on_messages_created
 from notifier.problems import Problem, read_json, validation_errors
 from notifier.resources import POOL, SETTINGS
+from notifier.responses import json_response
 
 FIELDS = ("digest_frequency", "digest_hour", "digest_weekday", "timezone", "newsletter")
 # Shown by GET; a PUT may send them back (GET, edit, PUT) and they are ignored.
@@ -65,7 +67,7 @@ class Preferences(BaseModel):
 class InvalidPreferences(Problem):
     """422 naming every invalid field (`errors: [{field, message}]`)."""
 
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
+    def __init__(self, errors: Sequence[Mapping[str, Any]]) -> None:
         super().__init__(422, "the preferences are not valid", errors=errors)
 
 
@@ -191,12 +193,8 @@ async def start_schedule(conn: asyncpg.Connection, account: Mapping[str, Any], n
 # --- the API ---------------------------------------------------------------------------------
 
 
-def _body(prefs: Mapping[str, Any]) -> dict[str, Any]:
-    due = prefs.get("next_digest_at")
-    return {
-        **{name: prefs[name] for name in FIELDS},
-        "next_digest_at": due.astimezone(UTC).isoformat() if due else None,
-    }
+def _body(prefs: Mapping[str, Any]) -> CurrentPreferences:
+    return CurrentPreferences.of_row(prefs, next_digest_at=prefs.get("next_digest_at"))
 
 
 @requires("accounts")
@@ -205,7 +203,7 @@ async def get_preferences(request: web.Request) -> web.Response:
     row = await request.app[POOL].fetchrow(Q.preferences_by_external_id, request.match_info["external_id"])
     if row is None:
         raise Problem(404, "no account with that external_id")
-    return web.json_response(_body(row))
+    return json_response(200, _body(row))
 
 
 @requires("accounts")
@@ -222,7 +220,7 @@ async def put_preferences(request: web.Request) -> web.Response:
             prefs = await apply_preferences(conn, account_id, body, api_key_of(request).actor, "api")
         except AccountNotFound:
             raise Problem(404, "no account with that external_id") from None
-    return web.json_response(_body(prefs))
+    return json_response(200, _body(prefs))
 
 
 def setup_routes(app: web.Application) -> None:

@@ -5,18 +5,58 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import asyncpg
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
+
+from notifier.responses import json_response
 
 log = logging.getLogger("notifier.web")
 
 PROBLEM_JSON = "application/problem+json"
 M = TypeVar("M", bound=BaseModel)
+
+# The titles of RFC 9110, which renamed a few of the older phrases Python's `HTTPStatus` still
+# uses on some versions (3.11 says "Unprocessable Entity"): the API answers the same title
+# whatever Python runs it, and docs/api.md shows these.
+_RFC_9110_TITLES = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
+
+
+def title_of(status: int) -> str:
+    """The RFC 9110 reason phrase of `status`, the default `title` of a problem."""
+    return _RFC_9110_TITLES.get(status) or HTTPStatus(status).phrase
+
+
+@with_config(ConfigDict(extra="forbid"))
+class FieldError(TypedDict):
+    """One invalid field of a request."""
+
+    field: Annotated[str, Field(description="dotted path, e.g. `messages.3.subject`", examples=["email"])]
+    message: Annotated[str, Field(examples=["value is not a valid email address"])]
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details: every error answer of the API."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(default="about:blank", examples=["about:blank"])
+    title: str = Field(description="the status's RFC 9110 phrase, or the problem's own title")
+    status: int = Field(ge=400, le=599)
+    detail: str = Field(description="what is wrong, for a person to read")
+    errors: list[FieldError] | None = Field(
+        default=None, description="for invalid input: every invalid field at once"
+    )
 
 
 class Problem(Exception):
@@ -28,14 +68,14 @@ class Problem(Exception):
         detail: str,
         *,
         title: str | None = None,
-        errors: list[dict[str, Any]] | None = None,
+        errors: Sequence[Mapping[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.title = title or HTTPStatus(status).phrase
+        self.title = title or title_of(status)
         self.errors = errors
         self.headers = headers or {}
         self.extra = extra
@@ -51,25 +91,22 @@ def problem_response(
     detail: str,
     *,
     title: str | None = None,
-    errors: list[dict[str, Any]] | None = None,
+    errors: Sequence[Mapping[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> web.Response:
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
+    """A problem+json answer; `extra` members are added to the document (RFC 9457 extensions)."""
+    fields: dict[str, Any] = {"type": "about:blank", "title": title or title_of(status), "status": status}
+    fields["detail"] = detail
     if errors is not None:
-        body["errors"] = errors
-    body.update(extra)
-    return web.Response(status=status, text=json.dumps(body), content_type=PROBLEM_JSON, headers=headers)
+        fields["errors"] = errors
+    body = ProblemDetails.model_validate({**fields, **extra})
+    return json_response(status, body.model_dump(exclude_unset=True), headers, content_type=PROBLEM_JSON)
 
 
-def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
+def validation_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
     """Pydantic errors as `[{field, message}]`, with dotted field paths (`messages.3.subject`)."""
-    out = []
+    out: list[FieldError] = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = ".".join(str(p) for p in err["loc"])
         field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "body")

@@ -27,6 +27,7 @@ from notifier.auth import requires
 from notifier.db import Q
 from notifier.problems import Problem, read_model
 from notifier.resources import POOL, SETTINGS
+from notifier.responses import json_response
 
 LIST_LABELS = {
     "digest": "inbox summary e-mails (digests)",
@@ -216,7 +217,7 @@ async def inbound_unsubscribe(request: web.Request) -> web.Response:
             changed = await unsubscribe(conn, found.account_id, found.list, pages.EmailRef(), "mailto")
         except preferences.AccountNotFound:
             raise Problem(404, "the member no longer exists") from None
-    return web.json_response({"unsubscribed": True, "changed": changed, "list": found.list})
+    return json_response(200, {"unsubscribed": True, "changed": changed, "list": found.list})
 
 
 def setup_routes(app: web.Application) -> None:

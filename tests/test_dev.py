@@ -68,7 +68,7 @@ def _check_engine(base: str, folder: Path) -> None:
     deadline = time.monotonic() + 30
     messages: list[dict[str, str]] = []
     while time.monotonic() < deadline and not messages:
-        messages = _get(f"{base}/dev/mailbox")[1]["messages"]
+        messages = _get(f"{base}/dev/mailbox")[1]["items"]
         time.sleep(0.2)
     assert [m["subject"] for m in messages] == ["notifier is running"]
     assert list((folder / ".notifier" / "mail").glob("*.eml"))
