@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import asyncpg
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from notifier import audit, suppression
 from notifier.answers import (
@@ -76,13 +76,15 @@ def on_account_changed(hook: AccountChangedHook) -> AccountChangedHook:
 
 
 class NewAccount(BaseModel):
+    """A member to register; unknown fields are refused."""
+
     model_config = ConfigDict(extra="forbid")
 
-    external_id: ExternalId
-    email: Email
-    name: Name
-    timezone: TimeZone = "UTC"
-    locale: Locale = "en"
+    external_id: ExternalId = Field(description="the producer's id: letters, digits and `. _ : @ + -`")
+    email: Email = Field(description="validated (syntax, no DNS) and stored normalised")
+    name: Name = Field(description="one line, trimmed")
+    timezone: TimeZone = Field(default="UTC", description="an IANA time-zone name")
+    locale: Locale = Field(default="en", description="a language tag")
 
 
 class AccountPatch(BaseModel):

@@ -82,18 +82,32 @@ async def _messages_created(app: web.Application, created: Sequence[CreatedMessa
             log.exception("messages-created hook %s failed", getattr(hook, "__qualname__", hook))
 
 
+# The fields of a message with what the API documentation says of them, shared by the model and
+# the typed dict below.
+_Category = Annotated[
+    Category, Field(description="lower-case letters, digits and `. _ -`; digests group by it")
+]
+_Subject = Annotated[Subject, Field(description="one line, trimmed")]
+_Body = Annotated[Body, Field(description="line breaks allowed, other control characters not")]
+_Url = Annotated[Url, Field(description="an absolute URL, http or https")]
+_Data = Annotated[Data, Field(description="a JSON object of at most 16 KB, for templates")]
+_Account = Annotated[ExternalId, Field(description="the external_id of the account")]
+
+
 class NewMessage(BaseModel):
+    """A message for a member's inbox; unknown fields are refused."""
+
     model_config = ConfigDict(extra="forbid")
 
-    category: Category
-    subject: Subject
-    body: Body
-    url: Url | None = None
-    data: Data | None = None
+    category: _Category
+    subject: _Subject
+    body: _Body
+    url: _Url | None = None
+    data: _Data | None = None
 
 
 class BatchMessage(NewMessage):
-    account: ExternalId
+    account: _Account
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -103,12 +117,12 @@ class BatchItem(TypedDict):
     A test checks that both describe the same schema; `BatchMessage` words the per-item errors.
     """
 
-    account: ExternalId
-    category: Category
-    subject: Subject
-    body: Body
-    url: NotRequired[Url | None]
-    data: NotRequired[Data | None]
+    account: _Account
+    category: _Category
+    subject: _Subject
+    body: _Body
+    url: NotRequired[_Url | None]
+    data: NotRequired[_Data | None]
 
 
 @with_config(ConfigDict(extra="forbid"))

@@ -36,6 +36,8 @@ PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
 
 PROBLEM = "application/problem+json"
 REF_TEMPLATE = "#/components/schemas/{model}"
+# The tag of the public routes without an Operation (the member pages, webhooks).
+OTHER = "other"
 
 # --- what the description modules write ------------------------------------------------------
 
@@ -225,7 +227,7 @@ def _operation(schemas: _Schemas, op: Operation) -> dict[str, Any]:
     out["responses"] = answers
     if op.scope:
         _secured(out, op.scope)
-    out["responses"] = {status: _answer(schemas, a) for status, a in out["responses"].items()}
+    out["responses"] = {status: _answer(schemas, a) for status, a in sorted(out["responses"].items())}
     return out
 
 
@@ -234,12 +236,11 @@ def _from_handler(schemas: _Schemas, handler: Any, path: str) -> dict[str, Any]:
     doc = inspect.getdoc(handler) or ""
     summary, _, description = doc.partition("\n\n")
     names = [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
-    op: dict[str, Any] = {
-        "summary": " ".join(summary.split()) or path,
-        "responses": {"default": Answer("see the summary; errors are problem documents")},
-    }
+    op: dict[str, Any] = {"summary": " ".join(summary.split()) or path}
     if description:
         op["description"] = description
+    op["tags"] = [OTHER]
+    op["responses"] = {"default": Answer("see the summary; errors are problem documents")}
     if names:
         op["parameters"] = [_param(Param(name, "path", {"type": "string"}, "")) for name in names]
     scope = getattr(handler, "required_scope", None)
@@ -287,6 +288,7 @@ def build(app: web.Application, operations: Sequence[Operation]) -> dict[str, An
             'every list answer is `{"items": [...], "next_cursor": ...}`.',
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "tags": [{"name": tag} for tag in dict.fromkeys([*(op.tag for op in operations), OTHER])],
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": schemas.components,

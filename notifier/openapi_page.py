@@ -78,6 +78,14 @@ def shape(schema: Any) -> str:
     return out + (f", {_e(', '.join(limits))}" if limits else "")
 
 
+def _meaning(description: str, example: Any) -> str:
+    """A table cell: the description, and the example on a line of its own."""
+    lines = [prose(description)] if description else []
+    if example is not None:
+        lines.append(f"e.g. <code>{_e(example)}</code>")
+    return "<br>".join(lines)
+
+
 def _example(value: Any) -> str:
     return f"<pre>{_e(json.dumps(value, indent=2, ensure_ascii=False))}</pre>"
 
@@ -105,10 +113,10 @@ def _operation(path: str, method: str, op: dict[str, Any]) -> list[str]:
         parts.append("<table><tr><th>parameter</th><th>in</th><th>schema</th><th>meaning</th></tr>")
         for p in op["parameters"]:
             required = " (required)" if p.get("required") else ""
-            example = f"<br>e.g. <code>{_e(p['example'])}</code>" if "example" in p else ""
+            meaning = _meaning(p.get("description", ""), p.get("example"))
             parts.append(
                 f"<tr><td><code>{_e(p['name'])}</code>{required}</td><td>{_e(p['in'])}</td>"
-                f"<td>{shape(p['schema'])}</td><td>{prose(p.get('description', ''))}{example}</td></tr>"
+                f"<td>{shape(p['schema'])}</td><td>{meaning}</td></tr>"
             )
         parts.append("</table>")
     if op.get("requestBody"):
@@ -136,13 +144,12 @@ def _schema(name: str, schema: dict[str, Any]) -> list[str]:
     parts.append("<table><tr><th>field</th><th>schema</th><th>meaning</th></tr>")
     for field, sub in properties.items():
         flag = "" if field in required else " (optional)"
-        examples = sub.get("examples")
-        example = (
-            f"<br>e.g. <code>{_e(json.dumps(examples[0], ensure_ascii=False))}</code>" if examples else ""
-        )
+        branches = [sub, *sub.get("anyOf", [])]  # `X | None` holds X's description and examples
+        description = next((b["description"] for b in branches if "description" in b), "")
+        examples: list[Any] = next((b["examples"] for b in branches if b.get("examples")), [])
+        meaning = _meaning(description, json.dumps(examples[0], ensure_ascii=False) if examples else None)
         parts.append(
-            f"<tr><td><code>{_e(field)}</code>{flag}</td><td>{shape(sub)}</td>"
-            f"<td>{prose(sub.get('description', ''))}{example}</td></tr>"
+            f"<tr><td><code>{_e(field)}</code>{flag}</td><td>{shape(sub)}</td><td>{meaning}</td></tr>"
         )
     parts.append("</table>")
     extra = schema.get("additionalProperties")
@@ -153,10 +160,11 @@ def _schema(name: str, schema: dict[str, Any]) -> list[str]:
 
 def render_docs(spec: dict[str, Any]) -> str:
     """The document as one self-contained HTML page."""
-    by_tag: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    by_tag: dict[str, list[tuple[str, str, dict[str, Any]]]] = {t["name"]: [] for t in spec.get("tags", [])}
     for path, methods in spec["paths"].items():
         for method, op in methods.items():
-            by_tag.setdefault((op.get("tags") or ["pages"])[0], []).append((path, method, op))
+            by_tag.setdefault(op["tags"][0], []).append((path, method, op))
+    by_tag = {tag: ops for tag, ops in by_tag.items() if ops}
     schemas: dict[str, Any] = spec["components"]["schemas"]
     title = _e(spec["info"]["title"])
     parts = [
