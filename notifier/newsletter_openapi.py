@@ -114,8 +114,9 @@ def operations() -> list[Operation]:
             "With `format=html`, the HTML itself, as an inert document.",
             {
                 200: Answer(
-                    "subject, HTML and text (JSON); or the HTML",
+                    "subject, HTML and text (JSON); with `format=html`, the HTML itself",
                     Body(answers.NewsletterPreview),
+                    alternative=Body({"type": "string"}, ("text/html",)),
                 ),
                 404: problem("no such newsletter or account"),
                 422: _INVALID,

@@ -66,9 +66,13 @@ class Body:
 
 @dataclass(frozen=True)
 class Answer:
+    """An answer of one status: its meaning, its body (and another media type the same route may
+    answer with, `alternative`, e.g. HTML on request), its headers."""
+
     description: str
     body: Body | None = None
     headers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    alternative: Body | None = None
 
 
 def answer(
@@ -154,7 +158,9 @@ class _Schemas:
         shapes: dict[tuple[int, JsonSchemaMode], tuple[Any, JsonSchemaMode, TypeAdapter[Any]]] = {}
         bodies: list[tuple[Body, JsonSchemaMode]] = [(Body(ProblemDetails), "serialization")]
         for op in operations:
-            bodies += [(a.body, "serialization") for a in op.answers.values() if a.body]
+            bodies += [
+                (b, "serialization") for a in op.answers.values() for b in (a.body, a.alternative) if b
+            ]
             if op.request is not None:
                 bodies.append((op.request, "validation"))
         for body, mode in bodies:
@@ -196,6 +202,8 @@ def _answer(schemas: _Schemas, a: Answer) -> dict[str, Any]:
         out["headers"] = {name: dict(header) for name, header in a.headers.items()}
     if a.body is not None:
         out["content"] = _content(schemas, a.body, "serialization")
+    if a.alternative is not None:
+        out["content"] = {**out.get("content", {}), **_content(schemas, a.alternative, "serialization")}
     return out
 
 

@@ -216,6 +216,17 @@ async def test_real_answers_match_the_document(client, spec, pool: asyncpg.Pool,
     await call("GET", f"/v1/service-messages/{queued['id']}", headers=service)
     await call("GET", "/v1/service-messages/999999", headers=service)
 
+    # newsletters (described in newsletter_openapi), the preview also as HTML
+    draft = await call(
+        "POST", "/v1/newsletters", headers=weak, json={"subject": "Hi {{ first_name }}", "body": "x"}
+    )
+    await call("GET", "/v1/newsletters", headers=weak, params={"limit": "1"})
+    await call("GET", f"/v1/newsletters/{draft['id']}", headers=weak)
+    await call("GET", f"/v1/newsletters/{draft['id']}/preview", headers=weak)
+    await call("GET", f"/v1/newsletters/{draft['id']}/preview", headers=weak, params={"format": "html"})
+    await call("POST", f"/v1/newsletters/{draft['id']}/cancel", headers=weak)
+    await call("GET", "/v1/newsletters/999999", headers=weak)
+
     # operations
     await call("GET", "/healthz", headers={})
     await call("GET", "/readyz", headers={})
