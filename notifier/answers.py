@@ -18,6 +18,7 @@ from typing import Annotated, Any, Generic, Literal, NotRequired, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
+from notifier import newsletter
 from notifier.audit import ActorType
 from notifier.problems import FieldError
 from notifier.schedule import Frequency
@@ -31,7 +32,6 @@ Timestamp = Annotated[
 ]
 
 ErasureReason = Literal["request", "child", "retention", "other"]
-NewsletterStatus = Literal["draft", "scheduled", "sending", "sent", "cancelled"]
 EmailStatus = Literal["queued", "sending", "sent", "failed", "suppressed", "cancelled"]
 
 T = TypeVar("T")
@@ -260,7 +260,7 @@ class Newsletter(Answer):
     preheader: str
     body: str
     body_format: Literal["markdown", "html"]
-    status: NewsletterStatus
+    status: newsletter.Status
     recipients: int | None = Field(ge=0, description="audience frozen when sending started")
     scheduled_at: Timestamp | None
     started_at: Timestamp | None
