@@ -12,18 +12,29 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import quote
 
 import asyncpg
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from notifier import audit, newsletter, preferences, suppression
+from notifier.api.answers import (
+    Account,
+    AccountPreferences,
+    AuditEntry,
+    AuditPage,
+    Erasure,
+    ErasureReason,
+    ErasureReceipt,
+    Export,
+)
 from notifier.api.auth import api_key_of, requires
-from notifier.api.idempotency import idempotent, json_response
-from notifier.api.pagination import decode_cursor, encode_cursor, page_limit
+from notifier.api.idempotency import idempotent
+from notifier.api.pagination import decode_cursor, next_cursor, page_limit
 from notifier.api.problems import Problem, read_json
+from notifier.api.responses import json_response
 from notifier.db import Q
 from notifier.resources import POOL
 from notifier.serialize import jsonable
@@ -31,20 +42,21 @@ from notifier.suppression import ListName, address_hash
 from notifier.validation import EXTERNAL_ID, MAX_EXTERNAL_ID, Email, ExternalId, Locale, Name, TimeZone, parse
 
 # Why an account was erased; recorded in `erasures` without any personal data.
-ERASURE_REASONS = ("request", "child", "retention", "other")
+ERASURE_REASONS: tuple[str, ...] = get_args(ErasureReason)
 # Fields a producer may correct with PATCH.
 CORRECTABLE = ("email", "name", "timezone", "locale")
-PREFERENCE_FIELDS = ("digest_frequency", "digest_hour", "digest_weekday", "timezone", "newsletter")
 
 
 class NewAccount(BaseModel):
+    """A member to register; unknown fields are refused."""
+
     model_config = ConfigDict(extra="forbid")
 
-    external_id: ExternalId
-    email: Email
-    name: Name
-    timezone: TimeZone = "UTC"
-    locale: Locale = "en"
+    external_id: ExternalId = Field(description="the producer's id: letters, digits and `. _ : @ + -`")
+    email: Email = Field(description="validated (syntax, no DNS) and stored normalised")
+    name: Name = Field(description="one line, trimmed")
+    timezone: TimeZone = Field(default="UTC", description="an IANA time-zone name")
+    locale: Locale = Field(default="en", description="a language tag")
 
 
 class AccountPatch(BaseModel):
@@ -65,18 +77,9 @@ class AccountPatch(BaseModel):
         return value
 
 
-def account_json(row: asyncpg.Record) -> dict[str, Any]:
-    """The public view of an account (its internal id stays internal)."""
-    return {
-        "external_id": row["external_id"],
-        "email": row["email"],
-        "name": row["name"],
-        "timezone": row["timezone"],
-        "locale": row["locale"],
-        "preferences": {name: row[name] for name in PREFERENCE_FIELDS},
-        "created_at": row["created_at"].isoformat(),
-        "updated_at": row["updated_at"].isoformat(),
-    }
+def _account(row: asyncpg.Record) -> Account:
+    """The public view of an account row (its internal id stays internal)."""
+    return Account.of_row(row, preferences=AccountPreferences.of_row(row))
 
 
 def account_location(external_id: str) -> str:
@@ -142,7 +145,7 @@ async def register(request: web.Request) -> web.Response:
         row = await create_account(idem.conn, new, api_key_of(request).actor)
         idem.respond(
             201,
-            account_json(row),
+            _account(row),
             headers={"Location": account_location(row["external_id"])},
             account_id=row["id"],
         )
@@ -153,7 +156,7 @@ async def register(request: web.Request) -> web.Response:
 async def read_account(request: web.Request) -> web.Response:
     """GET /v1/accounts/{external_id}."""
     row = await find_account(request.app[POOL], external_id_of(request))
-    return json_response(200, account_json(row))
+    return json_response(200, _account(row))
 
 
 @requires("accounts")
@@ -165,7 +168,7 @@ async def correct_account(request: web.Request) -> web.Response:
         before = await find_account(conn, external_id_of(request), lock=True)
         changes = audit.diff(dict(before), fields)
         if not changes:
-            return json_response(200, account_json(before))
+            return json_response(200, _account(before))
         values = {name: fields.get(name, before[name]) for name in CORRECTABLE}
         after = await conn.fetchrow(
             Q.update_account,
@@ -178,7 +181,7 @@ async def correct_account(request: web.Request) -> web.Response:
         if await preferences.follow_timezone(conn, before, after):
             after = await conn.fetchrow(Q.get_account_by_id, before["id"])
         await audit.record(conn, before["id"], api_key_of(request).actor, "account.updated", changes)
-    return json_response(200, account_json(after))
+    return json_response(200, _account(after))
 
 
 async def _unsubscribes_to_keep(conn: asyncpg.Connection, account: asyncpg.Record) -> list[ListName]:
@@ -238,39 +241,33 @@ async def delete_account(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn, conn.transaction():
         account = await find_account(conn, external_id_of(request), lock=True)
         erasure = await erase_account(conn, account, reason, api_key_of(request).actor)
-    return json_response(
-        200,
-        {
-            "erased": True,
-            "erasure": {
-                "id": erasure["id"],
-                "reason": erasure["reason"],
-                "created_at": erasure["created_at"].isoformat(),
-            },
-        },
-    )
+    receipt = ErasureReceipt(id=erasure["id"], reason=erasure["reason"], created_at=erasure["created_at"])
+    return json_response(200, Erasure(erased=True, erasure=receipt))
 
 
 async def export_account(conn: asyncpg.Connection, account: asyncpg.Record) -> dict[str, Any]:
-    """Everything held on the account, as one JSON-ready document (read in one snapshot)."""
+    """Everything held on the account, as one JSON-ready document (read in one snapshot) of the
+    shape `answers.Export`."""
     account_id = account["id"]
     suppressions = [
         jsonable(r) for r in await conn.fetch(Q.export_suppressions, address_hash(account["email"]))
     ]
-    document: dict[str, Any] = {
-        "exported_at": datetime.now(UTC).isoformat(),
-        "account": account_json(account),
-        "preferences": account_json(account)["preferences"],
-        "consents": [jsonable(r) for r in await conn.fetch(Q.export_consents, account_id)],
-        "messages": [jsonable(r) for r in await conn.fetch(Q.export_messages, account_id)],
-        "digests": [jsonable(r) for r in await conn.fetch(Q.export_digests, account_id)],
-        "emails": [jsonable(r) for r in await conn.fetch(Q.export_emails, account_id)],
-        "events": [jsonable(r) for r in await conn.fetch(Q.export_events, account_id)],
-        "audit": [jsonable(r) for r in await conn.fetch(Q.export_audit, account_id)],
-        "suppressed": bool(suppressions),
-        "suppressions": suppressions,
-    }
-    return document
+    public = _account(account)
+    return Export.model_validate(
+        {
+            "exported_at": datetime.now(UTC),
+            "account": public,
+            "preferences": public.preferences,
+            "consents": [jsonable(r) for r in await conn.fetch(Q.export_consents, account_id)],
+            "messages": [jsonable(r) for r in await conn.fetch(Q.export_messages, account_id)],
+            "digests": [jsonable(r) for r in await conn.fetch(Q.export_digests, account_id)],
+            "emails": [jsonable(r) for r in await conn.fetch(Q.export_emails, account_id)],
+            "events": [jsonable(r) for r in await conn.fetch(Q.export_events, account_id)],
+            "audit": [dict(r) for r in await conn.fetch(Q.export_audit, account_id)],
+            "suppressed": bool(suppressions),
+            "suppressions": suppressions,
+        }
+    ).model_dump(mode="json")
 
 
 @requires("accounts")
@@ -293,9 +290,8 @@ async def audit_trail(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     account_id = await account_id_of(pool, external_id_of(request))
     rows = await pool.fetch(Q.account_audit_page, account_id, before, limit + 1)
-    entries = [jsonable(r) for r in rows[:limit]]
-    next_cursor = encode_cursor("audit", rows[limit - 1]["id"]) if len(rows) > limit else None
-    return json_response(200, {"entries": entries, "next_cursor": next_cursor})
+    entries = [AuditEntry.of_row(r) for r in rows[:limit]]
+    return json_response(200, AuditPage(items=entries, next_cursor=next_cursor("audit", rows, limit)))
 
 
 def setup_routes(app: web.Application) -> None:

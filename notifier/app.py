@@ -11,9 +11,11 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_log import AccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from notifier.api import auth
+from notifier.api import auth, openapi, openapi_newsletters, openapi_routes
+from notifier.api.answers import Liveness, Readiness
 from notifier.api.problems import MAX_BODY, Handler, problem_middleware
 from notifier.api.problems import redact_path as redact_path  # re-exported: the access logger's helper
+from notifier.api.responses import json_response
 from notifier.mail import capture
 from notifier.resources import POOL, REDIS, SETTINGS, open_pool, open_redis
 from notifier.settings import Settings
@@ -92,7 +94,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process answers."""
-    return web.json_response({"status": "ok"})
+    return json_response(200, Liveness(status="ok"))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -111,8 +113,8 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return web.json_response(
-        {"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    return json_response(
+        200 if ready else 503, Readiness(status="ready" if ready else "unavailable", checks=checks)
     )
 
 
@@ -175,10 +177,6 @@ def create_app(settings: Settings) -> web.Application:
     from notifier import inbox
 
     inbox.setup_routes(app)
-    from notifier.api import openapi, openapi_routes
-
-    openapi_routes.describe()
-    openapi.setup_routes(app)
     from notifier import consent
     from notifier.api import newsletters
     from notifier.pages import preference_centre, unsubscribe
@@ -189,4 +187,6 @@ def create_app(settings: Settings) -> web.Application:
     consent.setup_routes(app)
     if settings.capture_mail:
         capture.setup_routes(app)
+    # `/openapi.json` and `/docs`: the public routes above, described by these operations.
+    openapi.setup_routes(app, [*openapi_routes.operations(), *openapi_newsletters.operations()])
     return app

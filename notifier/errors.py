@@ -4,8 +4,12 @@ console into a page. The status is the HTTP status the refusal deserves (404, 40
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, with_config
+from typing_extensions import TypedDict
 
 # RFC 9110's names where Python's `HTTPStatus` phrases still carry the older ones (Python 3.13
 # renamed them), so a title is the same on every Python and as docs/api.md shows it.
@@ -22,6 +26,14 @@ def status_title(status: int) -> str:
     return _RFC9110_TITLES.get(status) or HTTPStatus(status).phrase
 
 
+@with_config(ConfigDict(extra="forbid"))
+class FieldError(TypedDict):
+    """One invalid field of a request."""
+
+    field: Annotated[str, Field(description="dotted path, e.g. `messages.3.subject`", examples=["email"])]
+    message: Annotated[str, Field(examples=["value is not a valid email address"])]
+
+
 class Problem(Exception):
     """A refusal: `status`, a `detail` for people, an optional `title`, field-level `errors`
     (`[{field, message}]`), extra `headers` and extra members of the problem document."""
@@ -32,7 +44,7 @@ class Problem(Exception):
         detail: str,
         *,
         title: str | None = None,
-        errors: list[dict[str, Any]] | None = None,
+        errors: Sequence[Mapping[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:

@@ -18,7 +18,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 import asyncpg
 
@@ -30,7 +30,8 @@ from notifier.settings import Settings
 
 log = logging.getLogger("notifier.newsletter")
 
-STATUSES = ("draft", "scheduled", "sending", "sent", "cancelled")
+Status = Literal["draft", "scheduled", "sending", "sent", "cancelled"]
+STATUSES: tuple[Status, ...] = get_args(Status)
 TICK_SECONDS = {0, 10, 20, 30, 40, 50}  # when the bulk queue's `newsletter-tick` cron runs
 
 

@@ -11,7 +11,7 @@ registers one and `follow_timezone` when it corrects one (see notifier/digest.py
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +20,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from notifier import audit, schedule
+from notifier.api.answers import CurrentPreferences
 from notifier.api.auth import api_key_of, requires
 from notifier.api.problems import Problem, read_json, validation_errors
+from notifier.api.responses import json_response
 from notifier.audit import Actor
 from notifier.db import Q
 from notifier.resources import POOL
@@ -62,7 +64,7 @@ class Preferences(BaseModel):
 class InvalidPreferences(Problem):
     """422 naming every invalid field (`errors: [{field, message}]`)."""
 
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
+    def __init__(self, errors: Sequence[Mapping[str, Any]]) -> None:
         super().__init__(422, "the preferences are not valid", errors=errors)
 
 
@@ -188,12 +190,8 @@ async def start_schedule(conn: asyncpg.Connection, account: Mapping[str, Any], n
 # --- the API ---------------------------------------------------------------------------------
 
 
-def _body(prefs: Mapping[str, Any]) -> dict[str, Any]:
-    due = prefs.get("next_digest_at")
-    return {
-        **{name: prefs[name] for name in FIELDS},
-        "next_digest_at": due.astimezone(UTC).isoformat() if due else None,
-    }
+def _body(prefs: Mapping[str, Any]) -> CurrentPreferences:
+    return CurrentPreferences.of_row(prefs, next_digest_at=prefs.get("next_digest_at"))
 
 
 @requires("accounts")
@@ -202,7 +200,7 @@ async def get_preferences(request: web.Request) -> web.Response:
     row = await request.app[POOL].fetchrow(Q.preferences_by_external_id, request.match_info["external_id"])
     if row is None:
         raise Problem(404, "no account with that external_id")
-    return web.json_response(_body(row))
+    return json_response(200, _body(row))
 
 
 @requires("accounts")
@@ -219,7 +217,7 @@ async def put_preferences(request: web.Request) -> web.Response:
             prefs = await apply_preferences(conn, account_id, body, api_key_of(request).actor, "api")
         except AccountNotFound:
             raise Problem(404, "no account with that external_id") from None
-    return web.json_response(_body(prefs))
+    return json_response(200, _body(prefs))
 
 
 def setup_routes(app: web.Application) -> None:

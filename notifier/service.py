@@ -14,9 +14,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from notifier import queues
+from notifier.api.answers import ServiceMessage, ServiceMessageQueued
 from notifier.api.auth import requires
-from notifier.api.idempotency import idempotent, json_response
+from notifier.api.idempotency import idempotent
 from notifier.api.problems import Problem, parse_model, read_json
+from notifier.api.responses import json_response
 from notifier.db import Q
 from notifier.mail import delivery, outbox
 from notifier.mail.compose import HeaderError
@@ -109,7 +111,7 @@ async def post_service_message(request: web.Request) -> web.StreamResponse:
             raise Problem(422, "the account's e-mail address cannot be used in a message") from None
         idem.respond(
             202,
-            {"id": email_id, "status": "queued", "template": body.template},
+            ServiceMessageQueued(id=email_id, status="queued", template=body.template),
             headers={"Location": f"/v1/service-messages/{email_id}"},
             account_id=account["id"] if account_id is not None else None,
         )
@@ -131,16 +133,7 @@ async def get_service_message(request: web.Request) -> web.StreamResponse:
         raise Problem(404, "no such service message")
     return json_response(
         200,
-        {
-            "id": row["id"],
-            "template": (row["template"] or "").removeprefix("service/"),
-            "status": row["status"],
-            "attempts": row["attempts"],
-            "last_error": row["last_error"],
-            "message_id": row["message_id"],
-            "created_at": row["created_at"].isoformat(),
-            "sent_at": row["sent_at"].isoformat() if row["sent_at"] else None,
-        },
+        ServiceMessage.of_row(row, template=(row["template"] or "").removeprefix("service/")),
     )
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, StringConstraints, ValidationError
 
-from notifier.errors import Problem
+from notifier.errors import FieldError, Problem
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -114,12 +114,12 @@ Url = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_URL
 Data = Annotated[dict[str, Any], AfterValidator(check_data)]
 
 
-def errors_of(exc: ValidationError, prefix: str = "", *, whole: str = "body") -> list[dict[str, Any]]:
+def errors_of(exc: ValidationError, prefix: str = "", *, whole: str = "body") -> list[FieldError]:
     """`[{field, message}]` like `problems.validation_errors`, with readable pattern messages.
 
     `whole` names an error about the value as a whole (e.g. not an object).
     """
-    out = []
+    out: list[FieldError] = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = ".".join(str(p) for p in err["loc"])
         field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or whole)

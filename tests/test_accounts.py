@@ -187,7 +187,7 @@ async def test_audit_trail_is_newest_first_and_paginated(client, headers) -> Non
         resp = await client.get("/v1/accounts/m-1/audit", params=params, headers=headers)
         assert resp.status == 200
         page = await resp.json()
-        seen.extend(page["entries"])
+        seen.extend(page["items"])
         cursor = page["next_cursor"]
         if cursor is None:
             break

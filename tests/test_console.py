@@ -864,7 +864,7 @@ async def test_dev_mailbox_needs_an_admin_sign_in(
         assert (await client.get(f"/dev/mailbox/{name}", headers=marketing)).status == 403
         admin = {"Authorization": f"Bearer {admin_key}"}
         listing = await (await client.get("/dev/mailbox", headers=admin)).json()
-        assert [m["subject"] for m in listing["messages"]] == ["News"]
+        assert [m["subject"] for m in listing["items"]] == ["News"]
         raw = await client.get(f"/dev/mailbox/{name}", headers=admin)
         assert raw.content_type == "text/plain" and "LIVE-TOKEN" in await raw.text()
         missing = await client.get("/dev/mailbox/missing.eml", headers=admin)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +79,7 @@ def _check_engine(base: str, folder: Path) -> None:
     deadline = time.monotonic() + 30
     messages: list[dict[str, str]] = []
     while time.monotonic() < deadline and not messages:
-        messages = _get(f"{base}/dev/mailbox", {"Authorization": f"Bearer {key}"})[1]["messages"]
+        messages = _get(f"{base}/dev/mailbox", {"Authorization": f"Bearer {key}"})[1]["items"]
         time.sleep(0.2)
     assert [m["subject"] for m in messages] == ["notifier is running"]
     assert list((folder / ".notifier" / "mail").glob("*.eml"))
@@ -116,7 +119,18 @@ def _check_second_terminal(folder: Path) -> str:
     return values["NOTIFIER_REDIS_URL"]
 
 
-def test_dev_starts_embedded_services_and_stops_cleanly(tmp_path: Path) -> None:
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A project folder for `notifier dev` that every user can traverse: as root, pgserver runs
+    PostgreSQL as its own user, which cannot enter pytest's 0700 /tmp/pytest-of-root."""
+    folder = Path(tempfile.mkdtemp(prefix="notifier-dev-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_dev_starts_embedded_services_and_stops_cleanly(home: Path) -> None:
+    tmp_path = home
     proc, base = _run_dev(tmp_path, {})
     try:
         _wait_ready(proc, base)

@@ -25,7 +25,7 @@ async def _all_pages(client, path: str, headers, **params: str) -> list[dict[str
         resp = await client.get(path, params=query, headers=headers)
         assert resp.status == 200, await resp.text()
         page = await resp.json()
-        seen.extend(page["messages"])
+        seen.extend(page["items"])
         cursor = page["next_cursor"]
         if cursor is None:
             return seen
@@ -38,7 +38,7 @@ async def test_listing_is_newest_first_and_pages_without_gaps(client, headers, f
     await factory.message(other)
     resp = await client.get("/v1/accounts/ann/messages", params={"limit": "3"}, headers=headers)
     page = await resp.json()
-    assert [m["id"] for m in page["messages"]] == ids[::-1][:3]
+    assert [m["id"] for m in page["items"]] == ids[::-1][:3]
     assert page["next_cursor"]
     seen = await _all_pages(client, "/v1/accounts/ann/messages", headers, limit="3")
     assert [m["id"] for m in seen] == ids[::-1]
@@ -47,7 +47,7 @@ async def test_listing_is_newest_first_and_pages_without_gaps(client, headers, f
         "/v1/accounts/ann/messages", params={"limit": "3", "cursor": page["next_cursor"]}, headers=headers
     )
     await factory.message(ann)
-    assert [m["id"] for m in (await resp.json())["messages"]] == ids[::-1][3:6]
+    assert [m["id"] for m in (await resp.json())["items"]] == ids[::-1][3:6]
 
 
 async def test_exact_page_boundary_has_no_next_cursor(client, headers, factory) -> None:
@@ -55,11 +55,11 @@ async def test_exact_page_boundary_has_no_next_cursor(client, headers, factory) 
     for _ in range(2):
         await factory.message(ann)
     page = await (await client.get("/v1/accounts/ann/messages?limit=2", headers=headers)).json()
-    assert len(page["messages"]) == 2 and page["next_cursor"] is None
+    assert len(page["items"]) == 2 and page["next_cursor"] is None
     empty = await factory.account(external_id="empty")
     assert empty
     page = await (await client.get("/v1/accounts/empty/messages", headers=headers)).json()
-    assert page == {"messages": [], "next_cursor": None}
+    assert page == {"items": [], "next_cursor": None}
 
 
 async def test_filters_unread_category_archived(client, headers, factory, pool) -> None:
@@ -130,7 +130,7 @@ async def test_mark_read_unread_and_archive(client, headers, factory, pool) -> N
     archived = await client.post(f"{path}/archive", headers=headers)
     assert archived.status == 200 and (await archived.json())["archived_at"] is not None
     page = await (await client.get("/v1/accounts/ann/messages", headers=headers)).json()
-    assert page["messages"] == []
+    assert page["items"] == []
     resp = await client.get(path, headers=headers)
     assert resp.status == 200 and (await resp.json())["id"] == message["id"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -9,7 +10,8 @@ import asyncpg
 import pytest
 from jsonschema import Draft202012Validator
 
-from notifier.api import openapi, openapi_newsletters, openapi_routes
+from notifier.api import answers, openapi, openapi_newsletters, openapi_routes
+from notifier.app import create_app
 from tests.api_helpers import bearer, new_account
 
 
@@ -63,26 +65,46 @@ async def test_document_lists_every_public_route_and_nothing_else(client, spec) 
         for r in client.server.app.router.routes()
         if r.resource is not None
         and r.method not in ("HEAD", "OPTIONS")
-        and openapi._public(r.resource.canonical)
+        and openapi.public(r.resource.canonical)
     }
     documented = {(m.upper(), p) for p, methods in spec["paths"].items() for m in methods}
     assert documented == routes
-    for method, path in openapi_routes.operations():
-        assert (method, path) in documented, (method, path)
-        assert path.count("{") == len(
-            [p for p in spec["paths"][path][method.lower()].get("parameters", []) if p["in"] == "path"]
-        ), (method, path)
+    for op in [*openapi_routes.operations(), *openapi_newsletters.operations()]:
+        assert (op.method, op.path) in documented, (op.method, op.path)
+        assert op.path.count("{") == len(
+            [p for p in spec["paths"][op.path][op.method.lower()].get("parameters", []) if p["in"] == "path"]
+        ), (op.method, op.path)
 
 
-def test_every_schema_is_valid_json_schema() -> None:
-    from aiohttp import web
-
-    openapi_routes.describe()
-    openapi_newsletters.describe()
-    document = openapi.build(web.Application())
-    for name, schema in document["components"]["schemas"].items():
+def test_every_schema_is_valid_json_schema_and_every_reference_resolves(settings) -> None:
+    document = openapi.build(
+        create_app(settings), [*openapi_routes.operations(), *openapi_newsletters.operations()]
+    )
+    schemas = document["components"]["schemas"]
+    for name, schema in schemas.items():
         Draft202012Validator.check_schema(schema)
         assert schema, name
+    refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(document)))
+    assert refs and refs <= set(schemas), sorted(refs - set(schemas))
+    # Generated from the models the handlers answer with, not copied: a field added to a model
+    # is in the document.
+    assert set(schemas["Message"]["properties"]) == set(answers.Message.model_fields)
+    assert schemas["InboxPage"]["properties"]["items"]["items"] == {"$ref": "#/components/schemas/Message"}
+
+
+def test_an_operation_described_twice_is_refused(settings) -> None:
+    twice = [*openapi_routes.operations(), openapi_routes.operations()[0]]
+    with pytest.raises(ValueError, match="described twice"):
+        openapi.build(create_app(settings), twice)
+
+
+def test_every_list_answer_is_items_and_next_cursor(spec) -> None:
+    pages = [name for name in spec["components"]["schemas"] if name.endswith("Page")]
+    assert sorted(pages) == ["AuditPage", "InboxPage", "NewsletterPage"]
+    for name in pages:
+        schema = spec["components"]["schemas"][name]
+        assert set(schema["properties"]) == {"items", "next_cursor"}, name
+        assert set(schema["required"]) == {"items", "next_cursor"}, name
 
 
 async def test_docs_page_is_self_contained(client, spec) -> None:
@@ -92,6 +114,22 @@ async def test_docs_page_is_self_contained(client, spec) -> None:
     for path in spec["paths"]:
         assert path in page
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
+
+
+async def test_docs_page_has_contents_linked_schemas_examples_and_no_backticks(client, spec) -> None:
+    page = await (await client.get("/docs")).text()
+    ids = set(re.findall(r"id='([^']+)'", page))
+    links = set(re.findall(r"href='#([^']+)'", page)) | set(re.findall(r'href="#([^"]+)"', page))
+    assert "<h2>Contents</h2>" in page
+    # every operation is in the table of contents, every link lands on a section
+    for methods in spec["paths"].values():
+        for op in methods.values():
+            assert op["operationId"] in links
+    assert links <= ids, sorted(links - ids)
+    assert 'href="#schema-Message"' in page and "id='schema-Message'" in page
+    assert "Example:" in page and "&quot;Ann Example&quot;" in page
+    assert "`" not in page
+    assert "<code>next_cursor</code>" in page
 
 
 async def test_real_answers_match_the_document(client, spec, pool: asyncpg.Pool, factory) -> None:
@@ -178,11 +216,22 @@ async def test_real_answers_match_the_document(client, spec, pool: asyncpg.Pool,
     await call("GET", f"/v1/service-messages/{queued['id']}", headers=service)
     await call("GET", "/v1/service-messages/999999", headers=service)
 
+    # newsletters (described in newsletter_openapi), the preview also as HTML
+    draft = await call(
+        "POST", "/v1/newsletters", headers=weak, json={"subject": "Hi {{ first_name }}", "body": "x"}
+    )
+    await call("GET", "/v1/newsletters", headers=weak, params={"limit": "1"})
+    await call("GET", f"/v1/newsletters/{draft['id']}", headers=weak)
+    await call("GET", f"/v1/newsletters/{draft['id']}/preview", headers=weak)
+    await call("GET", f"/v1/newsletters/{draft['id']}/preview", headers=weak, params={"format": "html"})
+    await call("POST", f"/v1/newsletters/{draft['id']}/cancel", headers=weak)
+    await call("GET", "/v1/newsletters/999999", headers=weak)
+
     # operations
     await call("GET", "/healthz", headers={})
     await call("GET", "/readyz", headers={})
 
-    mine = {(m, p) for (m, p) in openapi_routes.operations() if p.startswith("/v1/")}
+    mine = {(op.method, op.path) for op in openapi_routes.operations() if op.path.startswith("/v1/")}
     assert len(mine) == 19
     exercised = {(m, p) for (m, p, s) in check.seen if s.startswith("2")}
     assert mine <= exercised, sorted(mine - exercised)

@@ -47,6 +47,7 @@ from aiohttp import web
 
 from notifier.api.auth import api_key_of
 from notifier.api.problems import Problem
+from notifier.api.responses import json_response, to_jsonable
 from notifier.db import Q
 from notifier.resources import POOL
 
@@ -81,15 +82,6 @@ def route_of(request: web.Request) -> str:
     return f"{request.method} {path}"
 
 
-def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        text=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
-        content_type="application/json",
-        headers=dict(headers or {}),
-    )
-
-
 @dataclass
 class Idempotency:
     """State of one idempotent request: the connection (in a transaction) and its answer."""
@@ -111,10 +103,12 @@ class Idempotency:
         headers: Mapping[str, str] | None = None,
         account_id: int | None = None,
     ) -> web.Response:
-        """Set the answer (a JSON body); it is stored with the key when the block ends."""
+        """Set the answer (an answer model or JSON values); it is stored with the key when the
+        block ends."""
         self._response = json_response(status, body, headers)
         kept = {k: v for k, v in (headers or {}).items() if k in _REPLAYED_HEADERS}
-        self._stored = {"body": body, "headers": kept}
+        if self.key is not None:
+            self._stored = {"body": to_jsonable(body), "headers": kept}
         self._status = status
         self._account_id = account_id
         return self._response

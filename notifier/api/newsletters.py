@@ -3,7 +3,6 @@ send now or schedule, cancel. The domain lives in notifier.newsletter."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -11,9 +10,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from notifier import newsletter, queues
+from notifier.api.answers import Newsletter, NewsletterPage, NewsletterPreview, TestSendQueued
 from notifier.api.auth import api_key_of, requires
-from notifier.api.pagination import decode_cursor, encode_cursor, page_limit
+from notifier.api.pagination import decode_cursor, next_cursor, page_limit
 from notifier.api.problems import Problem, read_model
+from notifier.api.responses import json_response
 from notifier.db import Q
 from notifier.mail import compose, outbox
 from notifier.mail.newsletter_render import (
@@ -79,32 +80,6 @@ class TestSendIn(BaseModel):
     to: list[EmailStr] = Field(min_length=1, max_length=MAX_TEST_RECIPIENTS)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat() if value else None
-
-
-def _json(row: Mapping[str, Any], figures: Mapping[str, int] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": row["id"],
-        "subject": row["subject"],
-        "preheader": row["preheader"],
-        "body": row["body"],
-        "body_format": row["body_format"],
-        "status": row["status"],
-        "recipients": row["recipients"],
-        "scheduled_at": _iso(row["scheduled_at"]),
-        "started_at": _iso(row["started_at"]),
-        "finished_at": _iso(row["finished_at"]),
-        "cancelled_at": _iso(row["cancelled_at"]),
-        "created_by": row["created_by"],
-        "created_at": _iso(row["created_at"]),
-        "updated_at": _iso(row["updated_at"]),
-    }
-    if figures is not None:
-        body["figures"] = dict(figures)
-    return body
-
-
 def _check(request: web.Request, draft: Draft) -> None:
     """A 422 naming every field whose template does not render (subject and body at once)."""
     problems = field_problems(request.app[SETTINGS], draft)
@@ -141,7 +116,7 @@ async def create_newsletter(request: web.Request) -> web.Response:
         str(api_key_of(request).actor),
     )
     assert row is not None
-    return web.json_response(_json(row), status=201, headers={"Location": f"/v1/newsletters/{row['id']}"})
+    return json_response(201, Newsletter.of_row(row), {"Location": f"/v1/newsletters/{row['id']}"})
 
 
 @requires("newsletters")
@@ -165,7 +140,7 @@ async def edit_newsletter(request: web.Request) -> web.Response:
     )
     if updated is None:
         raise Problem(409, f"the newsletter is {row['status']}; only a draft can be edited")
-    return web.json_response(_json(updated))
+    return json_response(200, Newsletter.of_row(updated))
 
 
 @requires("newsletters")
@@ -181,9 +156,10 @@ async def list_newsletters(request: web.Request) -> web.Response:
     limit = page_limit(request)
     before = decode_cursor("newsletters", request.query.get("cursor"))
     rows = await request.app[POOL].fetch(Q.list_newsletters, before, status, limit + 1)
-    items = [_json(r) for r in rows[:limit]]
-    next_cursor = encode_cursor("newsletters", rows[limit - 1]["id"]) if len(rows) > limit else None
-    return web.json_response({"items": items, "next_cursor": next_cursor})
+    items = [Newsletter.of_row(r) for r in rows[:limit]]
+    return json_response(
+        200, NewsletterPage(items=items, next_cursor=next_cursor("newsletters", rows, limit))
+    )
 
 
 @requires("newsletters")
@@ -191,7 +167,7 @@ async def get_newsletter(request: web.Request) -> web.Response:
     """The newsletter with its figures, derived from its outbox rows and events (live while sending)."""
     row = await _get(request)
     figures = await newsletter.figures(request.app[POOL], row["id"])
-    return web.json_response(_json(row, figures))
+    return json_response(200, Newsletter.of_row(row, figures=figures))
 
 
 @requires("newsletters")
@@ -230,7 +206,7 @@ async def preview_newsletter(request: web.Request) -> web.Response:
                 "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src * data:"
             },
         )
-    return web.json_response({"subject": out.subject, "html": out.html, "text": out.text})
+    return json_response(200, NewsletterPreview(subject=out.subject, html=out.html, text=out.text))
 
 
 @requires("newsletters")
@@ -263,7 +239,7 @@ async def test_send(request: web.Request) -> web.Response:
                 )
             )
     await outbox.ring(request.app[REDIS], queues.SERVICE, len(ids))
-    return web.json_response({"emails": ids}, status=202)
+    return json_response(202, TestSendQueued(emails=ids))
 
 
 @requires("newsletters")
@@ -285,8 +261,8 @@ async def send_newsletter(request: web.Request) -> web.Response:
         raise Problem(409, f"the newsletter is {row['status']}; it cannot be sent again") from None
     if at <= now:
         await request.app[REDIS].enqueue_job(queues.NEWSLETTER_START_JOB, row["id"], _queue_name=queues.BULK)
-        return web.json_response(_json(scheduled), status=202)
-    return web.json_response(_json(scheduled))
+        return json_response(202, Newsletter.of_row(scheduled))
+    return json_response(200, Newsletter.of_row(scheduled))
 
 
 @requires("newsletters")
@@ -298,7 +274,7 @@ async def unschedule_newsletter(request: web.Request) -> web.Response:
     )
     if updated is None:
         raise Problem(409, f"the newsletter is {row['status']}; only a scheduled one can be unscheduled")
-    return web.json_response(_json(updated))
+    return json_response(200, Newsletter.of_row(updated))
 
 
 @requires("newsletters")
@@ -310,13 +286,10 @@ async def cancel_newsletter(request: web.Request) -> web.Response:
     except newsletter.StateConflict:
         raise Problem(409, f"the newsletter is {row['status']}; it cannot be cancelled") from None
     figures = await newsletter.figures(request.app[POOL], row["id"])
-    return web.json_response(_json(cancelled, figures))
+    return json_response(200, Newsletter.of_row(cancelled, figures=figures))
 
 
 def setup_routes(app: web.Application) -> None:
-    from notifier.api import openapi_newsletters
-
-    openapi_newsletters.describe()
     app.router.add_post("/v1/newsletters", create_newsletter)
     app.router.add_get("/v1/newsletters", list_newsletters)
     app.router.add_get("/v1/newsletters/{id}", get_newsletter)

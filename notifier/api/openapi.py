@@ -1,161 +1,116 @@
 """The API described: an OpenAPI 3.1 document at `/openapi.json` and a readable page at `/docs`.
 
-The document is built from the application's router at start-up, so it lists every
-public route that exists (the `/v1` API, the signed member pages, health and metrics); the
-operator console is a cookie-authenticated HTML application and is not part of it.
-
-This module is the builder: the helpers that make schemas, parameters, answers and problem
-answers, the registry, the document and the page. The routes are described elsewhere, each
-module adding its operations to `OPERATIONS` ((method, path template) -> OpenAPI operation) and
-its schemas to `SCHEMAS` before the application starts: `openapi_routes.py` for accounts, inbox,
-service mail and operations, `newsletter_openapi.py` for newsletters. A route without a detailed
-description still appears, with the summary and description of its handler's docstring, its
-security (from `@requires`) and the generic problem answer, so nothing is hidden.
-Request bodies reuse the pydantic models that validate them (`model_schemas`), so the
-document cannot drift from the validation; response schemas are checked against real answers
-by tests/test_openapi.py.
+`build(app, operations)` makes the document from the application's router and a list of
+`Operation`s, once, at start-up: every public route that exists appears (the `/v1` API, the signed
+member pages, health and metrics; the operator console is a cookie-authenticated HTML application
+and is not part of it). The schemas of request and answer bodies are generated from the pydantic
+models that validate the requests and build the answers (`notifier.answers`), with their `$defs`
+as the document's linked components, so the document cannot drift from the code; what is written
+by hand is the operations' descriptions, parameters and examples, in the per-area description
+modules (`openapi_routes` for accounts, inboxes, service mail and operations; `newsletter_openapi`
+for newsletters), which `create_app` hands to `setup_routes`. A route without a detailed
+description still appears, with its handler's docstring, its security (from `@requires`) and the
+generic problem answer, so nothing is hidden. tests/test_openapi.py checks real answers against
+the document.
 """
 
 from __future__ import annotations
 
-import html
 import inspect
-import json
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
+
+from notifier.api.openapi_page import render_docs
+from notifier.api.problems import ProblemDetails
+from notifier.api.responses import JSON, json_response
 
 SPEC = web.AppKey("openapi_spec", dict)
 
 PUBLIC_PREFIXES = ("/v1/", "/u/", "/preferences/", "/confirm/")
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
 
-JSON = "application/json"
 PROBLEM = "application/problem+json"
+REF_TEMPLATE = "#/components/schemas/{model}"
+# The tag of the public routes without an Operation (the member pages, webhooks).
+OTHER = "other"
 
-# --- schemas ----------------------------------------------------------------------------------
-
-
-def ref(name: str) -> dict[str, str]:
-    """A reference to the schema `name` of the document's components."""
-    return {"$ref": f"#/components/schemas/{name}"}
+# --- what the description modules write ------------------------------------------------------
 
 
-def nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` or null."""
-    return {"anyOf": [schema, {"type": "null"}]}
+@dataclass(frozen=True)
+class Param:
+    """A parameter `in` the path, query or a header; a path parameter is always required."""
+
+    name: str
+    where: Literal["path", "query", "header"]
+    schema: Mapping[str, Any]
+    description: str
+    required: bool = False
+    example: Any = None
 
 
-TIMESTAMP = {"type": "string", "format": "date-time"}
+@dataclass(frozen=True)
+class Body:
+    """A request or answer body: `shape` is a pydantic model or typed dict (its schema is
+    generated), or a JSON schema for a body that is not JSON (text, HTML)."""
+
+    shape: Any
+    media: tuple[str, ...] = (JSON,)
+    example: Any = None
 
 
-def obj(
-    properties: dict[str, Any],
-    required: list[str] | None = None,
-    description: str | None = None,
-    closed: bool = True,
-) -> dict[str, Any]:
-    """An object schema; `closed`: no properties beyond those listed."""
-    out: dict[str, Any] = {"type": "object"}
-    if description is not None:
-        out["description"] = description
-    if required is not None:
-        out["required"] = required
-    out["properties"] = properties
-    if closed:
-        out["additionalProperties"] = False
-    return out
+@dataclass(frozen=True)
+class Answer:
+    """An answer of one status: its meaning, its body (and another media type the same route may
+    answer with, `alternative`, e.g. HTML on request), its headers."""
+
+    description: str
+    body: Body | None = None
+    headers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    alternative: Body | None = None
 
 
-def array(items: dict[str, Any]) -> dict[str, Any]:
-    """An array schema."""
-    return {"type": "array", "items": items}
+def answer(
+    shape: Any,
+    description: str,
+    headers: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    example: Any = None,
+) -> Answer:
+    """A JSON answer of `shape` (a model of `notifier.answers`)."""
+    return Answer(description, Body(shape, example=example), headers or {})
 
 
-def page(key: str, item: str, closed: bool = True) -> dict[str, Any]:
-    """A keyset-paginated page: a list of `item` under `key` and the cursor of the next page."""
-    return obj(
-        {key: array(ref(item)), "next_cursor": nullable({"type": "string"})},
-        [key, "next_cursor"],
-        closed=closed,
-    )
-
-
-# The schemas of the document: the problem answer's own here; route descriptions add theirs.
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "Problem": {
-        "type": "object",
-        "description": "RFC 9457 problem details.",
-        "required": ["type", "title", "status", "detail"],
-        "properties": {
-            "type": {"type": "string"},
-            "title": {"type": "string"},
-            "status": {"type": "integer"},
-            "detail": {"type": "string"},
-            "errors": {"type": "array", "items": ref("FieldError")},
-        },
-    },
-    "FieldError": {
-        "type": "object",
-        "required": ["field", "message"],
-        "properties": {
-            "field": {"type": "string", "description": "dotted path, e.g. `messages.3.subject`"},
-            "message": {"type": "string"},
-        },
-        "additionalProperties": False,
-    },
-}
-
-
-def model_schemas(models: dict[str, type[BaseModel]]) -> dict[str, dict[str, Any]]:
-    """The schemas of the pydantic models that validate request bodies, named as given, with the
-    models they use (their `$defs`) alongside."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, model in models.items():
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        for def_name, definition in schema.pop("$defs", {}).items():
-            out[def_name] = definition
-        schema["title"] = name
-        out[name] = schema
-    return out
-
-
-# --- parameters, bodies and answers -----------------------------------------------------------
-
-
-def param(
-    name: str, where: str, schema: dict[str, Any], description: str, required: bool = False
-) -> dict[str, Any]:
-    """A parameter `in` path, query or header; a path parameter is always required."""
-    return {
-        "name": name,
-        "in": where,
-        "required": required or where == "path",
-        "schema": schema,
-        "description": description,
-    }
-
-
-def body(name: str, media: str = JSON) -> dict[str, Any]:
-    """A required request body of the schema `name`."""
-    return {"required": True, "content": {media: {"schema": ref(name)}}}
-
-
-def ok(name: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A JSON answer of the schema `name`."""
-    out: dict[str, Any] = {"description": description, "content": {JSON: {"schema": ref(name)}}}
-    if headers:
-        out["headers"] = headers
-    return out
-
-
-def problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+def problem(description: str, headers: Mapping[str, Mapping[str, Any]] | None = None) -> Answer:
     """A problem+json answer (RFC 9457)."""
-    out: dict[str, Any] = {"description": description, "content": {PROBLEM: {"schema": ref("Problem")}}}
-    if headers:
-        out["headers"] = headers
-    return out
+    return Answer(description, Body(ProblemDetails, (PROBLEM,)), headers or {})
+
+
+def text(media: str, description: str, schema_type: str) -> Answer:
+    """A body that is not described by a model (metrics, HTML, this document)."""
+    return Answer(description, Body({"type": schema_type}, (media,)))
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One route described: `method` and `path` (the router's template) name it."""
+
+    method: str
+    path: str
+    tag: str
+    summary: str
+    answers: Mapping[int | str, Answer]
+    scope: str | None = None
+    description: str = ""
+    parameters: Sequence[Param] = ()
+    request: Body | None = None
+    request_required: bool = True
+    idempotent: bool = False
 
 
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
@@ -167,126 +122,184 @@ REPLAYED = {
     }
 }
 
-IDEMPOTENCY_KEY = param(
+IDEMPOTENCY_KEY = Param(
     "Idempotency-Key",
     "header",
     {"type": "string", "minLength": 1, "maxLength": 255},
     "repeat a request safely: the same key and body return the first answer (with "
     "`Idempotent-Replayed: true`); the same key with another body is a 422; scoped to the API key and route",
+    example="order-1042-welcome",
 )
 
-
-def idempotent(responses: dict[str, Any]) -> dict[str, Any]:
-    """`responses` with what a route taking an `Idempotency-Key` may also answer (400, 409, 422)."""
-    responses["400"] = problem("malformed Idempotency-Key, or a body that is not JSON")
-    responses["409"] = problem("a request with this Idempotency-Key is still in progress", RETRY_AFTER)
-    responses["422"] = problem(
-        "invalid fields (all listed in `errors`), or an Idempotency-Key reused for another request"
-    )
-    return responses
-
-
 # What any route with a JSON body may answer before its own rules apply (problems.read_json and
-# the problem middleware): not JSON or a character the database cannot store, too large, not JSON.
+# the problem middleware).
 _BODY_PROBLEMS = {
     "400": problem("the body is not valid JSON, or holds a character that cannot be stored (NUL)"),
     "413": problem("the body is larger than the limit"),
     "415": problem("the body is not application/json"),
 }
+# What a route taking an `Idempotency-Key` may also answer.
+_IDEMPOTENCY_PROBLEMS = {
+    "400": problem("malformed Idempotency-Key, or a body that is not JSON"),
+    "409": problem("a request with this Idempotency-Key is still in progress", RETRY_AFTER),
+    "422": problem(
+        "invalid fields (all listed in `errors`), or an Idempotency-Key reused for another request"
+    ),
+}
 
-# --- operations -------------------------------------------------------------------------------
+# --- the document -----------------------------------------------------------------------------
 
 
-def secured(scope: str, op: dict[str, Any]) -> dict[str, Any]:
+class _Schemas:
+    """The schemas of every shape the operations name, generated together so that the models
+    they share (their `$defs`) become one set of components linked by `$ref`."""
+
+    def __init__(self, operations: Iterable[Operation]) -> None:
+        shapes: dict[tuple[int, JsonSchemaMode], tuple[Any, JsonSchemaMode, TypeAdapter[Any]]] = {}
+        bodies: list[tuple[Body, JsonSchemaMode]] = [(Body(ProblemDetails), "serialization")]
+        for op in operations:
+            bodies += [
+                (b, "serialization") for a in op.answers.values() for b in (a.body, a.alternative) if b
+            ]
+            if op.request is not None:
+                bodies.append((op.request, "validation"))
+        for body, mode in bodies:
+            if isinstance(body.shape, type):
+                shapes.setdefault((id(body.shape), mode), (id(body.shape), mode, TypeAdapter(body.shape)))
+        refs, defs = TypeAdapter.json_schemas(list(shapes.values()), ref_template=REF_TEMPLATE)
+        self._refs = refs
+        self.components: dict[str, Any] = dict(sorted(defs.get("$defs", {}).items()))
+
+    def of(self, body: Body, mode: JsonSchemaMode) -> dict[str, Any]:
+        if isinstance(body.shape, type):
+            return dict(self._refs[id(body.shape), mode])
+        return dict(body.shape)
+
+
+def _content(schemas: _Schemas, body: Body, mode: JsonSchemaMode) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": schemas.of(body, mode)}
+    if body.example is not None:
+        media["example"] = body.example
+    return dict.fromkeys(body.media, media)
+
+
+def _param(p: Param) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": p.name,
+        "in": p.where,
+        "required": p.required or p.where == "path",
+        "schema": dict(p.schema),
+        "description": p.description,
+    }
+    if p.example is not None:
+        out["example"] = p.example
+    return out
+
+
+def _answer(schemas: _Schemas, a: Answer) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": a.description}
+    if a.headers:
+        out["headers"] = {name: dict(header) for name, header in a.headers.items()}
+    if a.body is not None:
+        out["content"] = _content(schemas, a.body, "serialization")
+    if a.alternative is not None:
+        out["content"] = {**out.get("content", {}), **_content(schemas, a.alternative, "serialization")}
+    return out
+
+
+def _secured(op: dict[str, Any], scope: str) -> None:
     """`op` behind an API key with `scope`, with its 401 and 403 answers unless it states them."""
     op["security"] = [{"apiKey": [scope]}]
     op["x-scope"] = scope
     op["responses"].setdefault("401", problem("no API key, or an unknown or revoked one"))
     op["responses"].setdefault("403", problem(f"the API key lacks the `{scope}` scope"))
-    return op
 
 
-def operation(
-    scope: str | None,
-    tag: str,
-    summary: str,
-    responses: dict[str, Any],
-    *,
-    description: str | None = None,
-    parameters: list[dict[str, Any]] | None = None,
-    request_body: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """An operation under one tag; with a `scope`, behind an API key (see `secured`)."""
-    op: dict[str, Any] = {"summary": summary}
-    if description is not None:
-        op["description"] = description
-    op["tags"] = [tag]
+def _operation(schemas: _Schemas, op: Operation) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": op.summary}
+    if op.description:
+        out["description"] = op.description
+    out["tags"] = [op.tag]
+    parameters = [*op.parameters, IDEMPOTENCY_KEY] if op.idempotent else list(op.parameters)
     if parameters:
-        op["parameters"] = parameters
-    if request_body:
-        op["requestBody"] = request_body
-    op["responses"] = responses
-    return secured(scope, op) if scope else op
+        out["parameters"] = [_param(p) for p in parameters]
+    if op.request is not None:
+        out["requestBody"] = {
+            "required": op.request_required,
+            "content": _content(schemas, op.request, "validation"),
+        }
+    answers: dict[str, Answer] = dict(_BODY_PROBLEMS) if op.request is not None else {}
+    answers.update({str(status): a for status, a in op.answers.items()})
+    if op.idempotent:
+        answers.update({status: a for status, a in _IDEMPOTENCY_PROBLEMS.items() if status not in op.answers})
+    out["responses"] = answers
+    if op.scope:
+        _secured(out, op.scope)
+    out["responses"] = {status: _answer(schemas, a) for status, a in sorted(out["responses"].items())}
+    return out
 
 
-# The detailed descriptions, (method, path template) -> operation; route descriptions add theirs.
-OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {}
-
-
-def _from_handler(handler: Any, path: str) -> dict[str, Any]:
+def _from_handler(schemas: _Schemas, handler: Any, path: str) -> dict[str, Any]:
     """An operation from the handler alone: docstring, scope, path parameters, problem answers."""
     doc = inspect.getdoc(handler) or ""
     summary, _, description = doc.partition("\n\n")
-    params = [
-        param(name, "path", {"type": "string"}, "")
-        for name in (part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}"))
-    ]
-    op: dict[str, Any] = {
-        "summary": " ".join(summary.split()) or path,
-        "responses": {"default": {"description": "see the summary; errors are problem documents"}},
-    }
+    names = [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
+    op: dict[str, Any] = {"summary": " ".join(summary.split()) or path}
     if description:
         op["description"] = description
-    if params:
-        op["parameters"] = params
+    op["tags"] = [OTHER]
+    op["responses"] = {"default": Answer("see the summary; errors are problem documents")}
+    if names:
+        op["parameters"] = [_param(Param(name, "path", {"type": "string"}, "")) for name in names]
     scope = getattr(handler, "required_scope", None)
     if scope:
-        secured(scope, op)
+        _secured(op, scope)
+    op["responses"] = {status: _answer(schemas, a) for status, a in op["responses"].items()}
     return op
 
 
-def _public(path: str) -> bool:
+def public(path: str) -> bool:
+    """Whether the route `path` belongs in the document."""
     return path.startswith(PUBLIC_PREFIXES) or path in PUBLIC_PATHS
 
 
-def build(app: web.Application) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of `app`'s public routes."""
-    described = OPERATIONS
+def build(app: web.Application, operations: Sequence[Operation]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `app`'s public routes, described by `operations`.
+
+    Raises ValueError when two operations describe the same route.
+    """
+    described: dict[tuple[str, str], Operation] = {}
+    for op in operations:
+        if (op.method, op.path) in described:
+            raise ValueError(f"{op.method} {op.path} is described twice")
+        described[op.method, op.path] = op
+    schemas = _Schemas(operations)
     paths: dict[str, dict[str, Any]] = {}
     for route in app.router.routes():
         resource = route.resource
         if resource is None or route.method in ("HEAD", "OPTIONS", "*"):
             continue
         path = resource.canonical
-        if not _public(path):
+        if not public(path):
             continue
-        op = described.get((route.method, path)) or _from_handler(route.handler, path)
-        op = {**op, "operationId": f"{route.method.lower()}_{getattr(route.handler, '__name__', 'handler')}"}
-        if "requestBody" in op:
-            op["responses"] = {**_BODY_PROBLEMS, **op["responses"]}
-        paths.setdefault(path, {})[route.method.lower()] = op
+        description = described.get((route.method, path))
+        out = _operation(schemas, description) if description else _from_handler(schemas, route.handler, path)
+        out["operationId"] = f"{route.method.lower()}_{getattr(route.handler, '__name__', 'handler')}"
+        paths.setdefault(path, {})[route.method.lower()] = out
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "notifier",
             "version": "1",
             "description": "Inboxes, digests, service mail and newsletters. Send `Authorization: Bearer "
-            "<API key>`; errors are `application/problem+json` (RFC 9457) with field-level `errors`.",
+            "<API key>`; errors are `application/problem+json` (RFC 9457) with field-level `errors`; "
+            'every list answer is `{"items": [...], "next_cursor": ...}`.',
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "tags": [{"name": tag} for tag in dict.fromkeys([*(op.tag for op in operations), OTHER])],
         "paths": dict(sorted(paths.items())),
         "components": {
-            "schemas": dict(SCHEMAS),
+            "schemas": schemas.components,
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "an API key"}},
         },
     }
@@ -297,84 +310,9 @@ def spec_of(app: web.Application) -> dict[str, Any]:
     return spec
 
 
-async def _build_on_startup(app: web.Application) -> None:
-    app[SPEC] = build(app)
-
-
 async def openapi_json(request: web.Request) -> web.Response:
     """GET /openapi.json."""
-    return web.json_response(spec_of(request.app))
-
-
-# --- the docs page ----------------------------------------------------------------------------
-
-_STYLE = """
-body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1a1a1a}
-h2{margin-top:2.5rem;border-bottom:1px solid #ccc}
-.op{margin:1.5rem 0;padding:.5rem 1rem;border-left:4px solid #36c;background:#f7f9fc}
-.m{font-weight:700;font-family:monospace;margin-right:.5rem}
-code,pre{font-family:ui-monospace,monospace;font-size:13px}
-pre{background:#fff;border:1px solid #ddd;padding:.5rem;overflow:auto;max-height:20rem}
-table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2rem .5rem;text-align:left;vertical-align:top}
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _schema_block(schema: dict[str, Any]) -> str:
-    return f"<pre>{_e(json.dumps(schema, indent=2))}</pre>"
-
-
-def render_docs(spec: dict[str, Any]) -> str:
-    """The document as one self-contained HTML page (no scripts, no network)."""
-    parts = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        f"<title>{_e(spec['info']['title'])} API</title><style>{_STYLE}</style></head><body>",
-        f"<h1>{_e(spec['info']['title'])} API</h1><p>{_e(spec['info']['description'])}</p>",
-        "<p>Machine-readable: <a href=/openapi.json>/openapi.json</a> (OpenAPI 3.1).</p>",
-        "<h2>Routes</h2>",
-    ]
-    for path, methods in spec["paths"].items():
-        for method, op in methods.items():
-            parts.append("<div class=op>")
-            parts.append(f"<h3><span class=m>{_e(method.upper())}</span><code>{_e(path)}</code></h3>")
-            parts.append(f"<p><strong>{_e(op.get('summary', ''))}</strong></p>")
-            if op.get("description"):
-                parts.append(f"<p>{_e(op['description'])}</p>")
-            if op.get("x-scope"):
-                parts.append(f"<p>API key scope: <code>{_e(op['x-scope'])}</code></p>")
-            if op.get("parameters"):
-                parts.append("<table><tr><th>parameter</th><th>in</th><th>schema</th><th>meaning</th></tr>")
-                for p in op["parameters"]:
-                    parts.append(
-                        f"<tr><td><code>{_e(p['name'])}</code></td><td>{_e(p['in'])}</td>"
-                        f"<td><code>{_e(json.dumps(p['schema']))}</code></td><td>{_e(p.get('description', ''))}</td></tr>"
-                    )
-                parts.append("</table>")
-            body = op.get("requestBody")
-            if body:
-                media, content = next(iter(body["content"].items()))
-                parts.append(
-                    f"<p>Request body (<code>{_e(media)}</code>):</p>{_schema_block(content['schema'])}"
-                )
-            parts.append("<table><tr><th>status</th><th>meaning</th><th>body</th></tr>")
-            for status, resp in op["responses"].items():
-                content = resp.get("content", {})
-                shape = ", ".join(
-                    f"{media}: {c['schema'].get('$ref', '').rsplit('/', 1)[-1] or c['schema'].get('type', '')}"
-                    for media, c in content.items()
-                )
-                parts.append(
-                    f"<tr><td>{_e(status)}</td><td>{_e(resp['description'])}</td><td>{_e(shape)}</td></tr>"
-                )
-            parts.append("</table></div>")
-    parts.append("<h2>Schemas</h2>")
-    for name, schema in spec["components"]["schemas"].items():
-        parts.append(f"<h3 id='{_e(name)}'>{_e(name)}</h3>{_schema_block(schema)}")
-    parts.append("</body></html>")
-    return "".join(parts)
+    return json_response(200, spec_of(request.app))
 
 
 async def docs(request: web.Request) -> web.Response:
@@ -382,7 +320,13 @@ async def docs(request: web.Request) -> web.Response:
     return web.Response(text=render_docs(spec_of(request.app)), content_type="text/html")
 
 
-def setup_routes(app: web.Application) -> None:
+def setup_routes(app: web.Application, operations: Sequence[Operation]) -> None:
+    """Serve `/openapi.json` and `/docs`: the document of `app`'s routes, built from `operations`
+    once every route is added (on start-up)."""
+
+    async def build_on_startup(app: web.Application) -> None:
+        app[SPEC] = build(app, operations)
+
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/docs", docs)
-    app.on_startup.append(_build_on_startup)
+    app.on_startup.append(build_on_startup)

@@ -1,204 +1,173 @@
-"""The newsletters API in the OpenAPI document (`/openapi.json`): operations and schemas, the
-request bodies taken from the pydantic models that validate them."""
+"""The newsletters API in the OpenAPI document (`/openapi.json`).
+
+Written by hand here: what each operation does, its parameters, statuses and examples; the bodies'
+schemas come from the models of `newsletter_api` (requests) and `answers` (answers)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from notifier import newsletter
-from notifier.api import openapi
-from notifier.api.newsletters import NewsletterIn, NewsletterPatch, SendIn, TestSendIn
-from notifier.api.openapi import TIMESTAMP, nullable, ok, page, param, problem, ref, secured
+from notifier.api import answers
+from notifier.api.newsletters import MAX_TEST_RECIPIENTS, NewsletterIn, NewsletterPatch, SendIn, TestSendIn
+from notifier.api.openapi import LOCATION, Answer, Body, Operation, Param, answer, problem
+from notifier.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+NEWSLETTER_ID = Param("id", "path", {"type": "string"}, "the newsletter's id", example="12")
+
+_DRAFT = {
+    "subject": "News for {{ first_name }}",
+    "preheader": "What happened in November",
+    "body": "Hello {{ first_name }},\n\n...",
+    "body_format": "markdown",
+}
+_TIME = "2026-12-01T09:30:00+00:00"
+NEWSLETTER_EXAMPLE = {
+    "id": 12,
+    **_DRAFT,
+    "status": "draft",
+    "recipients": None,
+    "scheduled_at": None,
+    "started_at": None,
+    "finished_at": None,
+    "cancelled_at": None,
+    "created_by": "api_key:marketing",
+    "created_at": _TIME,
+    "updated_at": _TIME,
+}
+
+_INVALID = problem("invalid fields, or a template that does not render (field `subject` or `body`)")
+_MISSING = problem("no newsletter with that id")
+_CONFLICT = problem("the newsletter's status does not allow this")
 
 
-def describe() -> None:
-    """Add the newsletter routes' operations and schemas to the OpenAPI document (idempotent)."""
-
-    def op(
-        summary: str,
-        description: str,
-        responses: dict[str, Any],
-        body: str | None = None,
-        path_id: bool = True,
-        query: list[dict[str, Any]] | None = None,
-    ) -> dict[str, Any]:
-        out = secured(
-            "newsletters",
-            {"summary": summary, "description": description, "tags": ["newsletters"], "responses": responses},
-        )
-        params = [param("id", "path", {"type": "string"}, "the newsletter's id")] if path_id else []
-        params += query or []
-        if params:
-            out["parameters"] = params
-        if body:
-            out["requestBody"] = {
-                "required": body != "SendNewsletter",
-                "content": {openapi.JSON: {"schema": ref(body)}},
-            }
-        return out
-
-    timestamp = nullable(TIMESTAMP)
-    count = {"type": "integer", "minimum": 0}
-    figures = (
-        "recipients",
-        "sent",
-        "failed",
-        "suppressed",
-        "pending",
-        "cancelled",
-        "bounced",
-        "complained",
-        "unsubscribed",
-        "resubscribed",
+def _op(
+    method: str, path: str, summary: str, description: str, answers_: dict[int | str, Answer], **kw: Any
+) -> Operation:
+    """An operation under the `newsletters` tag and scope, by default on one newsletter."""
+    kw.setdefault("parameters", [NEWSLETTER_ID])
+    return Operation(
+        method, path, "newsletters", summary, answers_, scope="newsletters", description=description, **kw
     )
-    openapi.SCHEMAS.update(
-        {
-            "NewNewsletter": NewsletterIn.model_json_schema(),
-            "NewsletterPatch": NewsletterPatch.model_json_schema(),
-            "SendNewsletter": SendIn.model_json_schema(),
-            "TestSend": TestSendIn.model_json_schema(),
-            "NewsletterFigures": {
-                "type": "object",
-                "required": list(figures),
-                "properties": dict.fromkeys(figures, count),
-            },
-            "Newsletter": {
-                "type": "object",
-                "required": ["id", "subject", "preheader", "body", "body_format", "status"],
-                "properties": {
-                    "id": {"type": "integer"},
-                    "subject": {"type": "string"},
-                    "preheader": {"type": "string"},
-                    "body": {"type": "string"},
-                    "body_format": {"enum": ["markdown", "html"]},
-                    "status": {"enum": list(newsletter.STATUSES)},
-                    "recipients": {**nullable(count), "description": "audience frozen when sending started"},
-                    "scheduled_at": timestamp,
-                    "started_at": timestamp,
-                    "finished_at": timestamp,
-                    "cancelled_at": timestamp,
-                    "created_at": timestamp,
-                    "updated_at": timestamp,
-                    "created_by": nullable({"type": "string"}),
-                    "figures": ref("NewsletterFigures"),
-                },
-            },
-            "NewsletterPage": page("items", "Newsletter", closed=False),
-            "NewsletterPreview": {
-                "type": "object",
-                "required": ["subject", "html", "text"],
-                "properties": {
-                    "subject": {"type": "string"},
-                    "html": {"type": "string"},
-                    "text": {"type": "string"},
-                },
-            },
-        }
-    )
-    invalid = problem("invalid fields, or a template that does not render (field `subject` or `body`)")
-    missing = problem("no newsletter with that id")
-    conflict = problem("the newsletter's status does not allow this")
+
+
+def operations() -> list[Operation]:
+    """The newsletter routes described."""
     base = "/v1/newsletters/{id}"
-    openapi.OPERATIONS.update(
-        {
-            ("POST", "/v1/newsletters"): op(
-                "Create a draft",
-                "Subject and body are Jinja templates rendered in a sandbox; see docs/newsletters.md.",
-                {"201": ok("Newsletter", "the draft"), "422": invalid},
-                "NewNewsletter",
-                path_id=False,
-            ),
-            ("GET", "/v1/newsletters"): op(
-                "List newsletters",
-                "Newest first, keyset-paginated.",
-                {"200": ok("NewsletterPage", "a page"), "422": problem("bad status, limit or cursor")},
-                path_id=False,
-                query=[
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"enum": list(newsletter.STATUSES)},
-                    },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
-                    },
-                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
-                ],
-            ),
-            ("GET", base): op(
-                "A newsletter and its figures",
-                "Figures come from the outbox rows and events, live while it sends.",
-                {"200": ok("Newsletter", "the newsletter"), "404": missing},
-            ),
-            ("PATCH", base): op(
-                "Edit a draft",
-                "Only drafts can be edited.",
-                {"200": ok("Newsletter", "the draft"), "404": missing, "409": conflict, "422": invalid},
-                "NewsletterPatch",
-            ),
-            ("GET", f"{base}/preview"): op(
-                "Preview",
-                "As the member `account` would get it (their name, sample links); sample data without it.",
-                {
-                    "200": ok("NewsletterPreview", "subject, HTML and text"),
-                    "404": problem("no such newsletter or account"),
-                    "422": invalid,
-                },
-                query=[
-                    {"name": "account", "in": "query", "required": False, "schema": {"type": "string"}},
-                    {
-                        "name": "format",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"enum": ["json", "html"]},
-                    },
-                ],
-            ),
-            ("POST", f"{base}/test"): op(
-                "Test-send",
-                "To up to 10 addresses, subject prefixed [TEST].",
-                {
-                    "202": {
-                        "description": "queued",
-                        "content": {
-                            openapi.JSON: {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {"emails": {"type": "array", "items": {"type": "integer"}}},
-                                }
-                            }
-                        },
-                    },
-                    "404": missing,
-                    "422": invalid,
-                },
-                "TestSend",
-            ),
-            ("POST", f"{base}/send"): op(
-                "Send now or schedule",
-                "No body or a past `at`: sending starts (202). A future `at`: scheduled (200).",
-                {
-                    "200": ok("Newsletter", "scheduled"),
-                    "202": ok("Newsletter", "sending starts"),
-                    "404": missing,
-                    "409": conflict,
-                    "422": invalid,
-                },
-                "SendNewsletter",
-            ),
-            ("POST", f"{base}/unschedule"): op(
-                "Back to draft",
-                "Only a scheduled newsletter.",
-                {"200": ok("Newsletter", "the draft"), "404": missing, "409": conflict},
-            ),
-            ("POST", f"{base}/cancel"): op(
-                "Cancel",
-                "Rows not yet claimed are cancelled.",
-                {"200": ok("Newsletter", "cancelled, with figures"), "404": missing, "409": conflict},
-            ),
-        }
-    )
+    one = answers.Newsletter
+    return [
+        _op(
+            "POST",
+            "/v1/newsletters",
+            "Create a draft",
+            "Subject and body are Jinja templates rendered in a sandbox; a syntax error or an unknown "
+            "variable is a 422 naming the field. See docs/newsletters.md.",
+            {201: answer(one, "the draft", LOCATION, example=NEWSLETTER_EXAMPLE), 422: _INVALID},
+            parameters=[],
+            request=Body(NewsletterIn, example=_DRAFT),
+        ),
+        _op(
+            "GET",
+            "/v1/newsletters",
+            "List newsletters",
+            "Newest first, keyset-paginated: pass `next_cursor` as `cursor` until it is null.",
+            {
+                200: answer(
+                    answers.NewsletterPage,
+                    "a page",
+                    example={"items": [NEWSLETTER_EXAMPLE], "next_cursor": None},
+                ),
+                422: problem("bad status, limit or cursor"),
+            },
+            parameters=[
+                Param(
+                    "status", "query", {"enum": list(newsletter.STATUSES)}, "only newsletters in this status"
+                ),
+                Param(
+                    "limit",
+                    "query",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                    "page size",
+                ),
+                Param("cursor", "query", {"type": "string"}, "the `next_cursor` of the previous page"),
+            ],
+        ),
+        _op(
+            "GET",
+            base,
+            "A newsletter and its figures",
+            "Figures come from the outbox rows and events, live while it sends.",
+            {200: answer(one, "the newsletter"), 404: _MISSING},
+        ),
+        _op(
+            "PATCH",
+            base,
+            "Edit a draft",
+            "Only drafts can be edited; fields left out keep their value.",
+            {200: answer(one, "the draft"), 404: _MISSING, 409: _CONFLICT, 422: _INVALID},
+            request=Body(NewsletterPatch, example={"subject": "December news for {{ first_name }}"}),
+        ),
+        _op(
+            "GET",
+            f"{base}/preview",
+            "Preview",
+            "As the member `account` would get it (their name, sample links); sample data without it. "
+            "With `format=html`, the HTML itself, as an inert document.",
+            {
+                200: Answer(
+                    "subject, HTML and text (JSON); with `format=html`, the HTML itself",
+                    Body(answers.NewsletterPreview),
+                    alternative=Body({"type": "string"}, ("text/html",)),
+                ),
+                404: problem("no such newsletter or account"),
+                422: _INVALID,
+            },
+            parameters=[
+                NEWSLETTER_ID,
+                Param("account", "query", {"type": "string"}, "the external_id of a member to preview for"),
+                Param("format", "query", {"enum": ["json", "html"]}, "`html`: the HTML body itself"),
+            ],
+        ),
+        _op(
+            "POST",
+            f"{base}/test",
+            "Test-send",
+            f"To up to {MAX_TEST_RECIPIENTS} addresses, subject prefixed [TEST]; the e-mails go "
+            "through the outbox like any other.",
+            {
+                202: answer(answers.TestSendQueued, "queued", example={"emails": [401, 402]}),
+                404: _MISSING,
+                422: _INVALID,
+            },
+            request=Body(TestSendIn, example={"to": ["marketing@example.org"]}),
+        ),
+        _op(
+            "POST",
+            f"{base}/send",
+            "Send now or schedule",
+            "No body or a past `at`: sending starts (202). A future `at`: scheduled (200).",
+            {
+                200: answer(one, "scheduled"),
+                202: answer(one, "sending starts"),
+                404: _MISSING,
+                409: _CONFLICT,
+                422: _INVALID,
+            },
+            request=Body(SendIn, example={"at": "2026-12-03T09:00:00+01:00"}),
+            request_required=False,
+        ),
+        _op(
+            "POST",
+            f"{base}/unschedule",
+            "Back to draft",
+            "Only a scheduled newsletter.",
+            {200: answer(one, "the draft"), 404: _MISSING, 409: _CONFLICT},
+        ),
+        _op(
+            "POST",
+            f"{base}/cancel",
+            "Cancel",
+            "Rows not yet claimed are cancelled.",
+            {200: answer(one, "cancelled, with figures"), 404: _MISSING, 409: _CONFLICT},
+        ),
+    ]

@@ -1,341 +1,156 @@
 """The core API in the OpenAPI document (`/openapi.json`): accounts, inboxes and intake,
-preferences, service mail and the operations routes; their operations and schemas, the request
-bodies taken from the pydantic models that validate them. Built with the helpers of `openapi`."""
+preferences, service mail and the operations routes.
+
+Written by hand here: what each operation does, its parameters, its answers' statuses and
+examples. The bodies' schemas come from the models that validate the requests and build the
+answers (see `notifier.openapi`)."""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from pydantic import BaseModel
-
 from notifier import accounts, inbox, service
-from notifier.api import openapi
+from notifier.api import answers
 from notifier.api.openapi import (
-    IDEMPOTENCY_KEY,
-    JSON,
     LOCATION,
     REPLAYED,
-    TIMESTAMP,
-    array,
-    body,
-    idempotent,
-    nullable,
-    obj,
-    ok,
-    operation,
-    page,
-    param,
+    Answer,
+    Body,
+    Operation,
+    Param,
+    answer,
     problem,
-    ref,
+    text,
 )
-from notifier.api.pagination import MAX_LIMIT
-
-_FREQUENCY = {"enum": ["off", "immediate", "hourly", "daily", "weekly"]}
-_HOUR = {"type": "integer", "minimum": 0, "maximum": 23}
-
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "Preferences": obj(
-        {
-            "digest_frequency": _FREQUENCY,
-            "digest_hour": _HOUR,
-            "digest_weekday": {"type": "integer", "minimum": 1, "maximum": 7, "description": "1 = Monday"},
-            "timezone": {"type": "string"},
-            "newsletter": {"type": "boolean"},
-            "next_digest_at": nullable(TIMESTAMP),
-        },
-        ["digest_frequency", "digest_hour", "digest_weekday", "timezone", "newsletter"],
-        closed=False,
-    ),
-    "Account": obj(
-        {
-            "external_id": {"type": "string"},
-            "email": {"type": "string", "format": "email"},
-            "name": {"type": "string"},
-            "timezone": {"type": "string"},
-            "locale": {"type": "string"},
-            "preferences": ref("Preferences"),
-            "created_at": TIMESTAMP,
-            "updated_at": TIMESTAMP,
-        },
-        ["external_id", "email", "name", "timezone", "locale", "preferences", "created_at", "updated_at"],
-    ),
-    "Erasure": obj(
-        {
-            "erased": {"const": True},
-            "erasure": obj(
-                {
-                    "id": {"type": "integer"},
-                    "reason": {"enum": list(accounts.ERASURE_REASONS)},
-                    "created_at": TIMESTAMP,
-                },
-                ["id", "reason", "created_at"],
-            ),
-        },
-        ["erased", "erasure"],
-    ),
-    "AuditEntry": obj(
-        {
-            "id": {"type": "integer"},
-            "actor_type": {"enum": ["api_key", "member", "system", "operator"]},
-            "actor": {"type": "string", "description": "API key name, `signed link`, ..."},
-            "action": {"type": "string", "examples": ["account.created", "account.updated"]},
-            "changes": {
-                "type": "object",
-                "description": "`{field: {before, after}}`",
-                "additionalProperties": {"type": "object", "required": ["before", "after"]},
-            },
-            "created_at": TIMESTAMP,
-        },
-        ["id", "actor_type", "actor", "action", "changes", "created_at"],
-    ),
-    "AuditPage": page("entries", "AuditEntry"),
-    "Export": obj(
-        {
-            "exported_at": TIMESTAMP,
-            "account": ref("Account"),
-            "preferences": ref("Preferences"),
-            "consents": array({"type": "object"}),
-            "messages": array({"type": "object", "required": ["id", "subject"]}),
-            "digests": array({"type": "object"}),
-            "emails": array({"type": "object", "required": ["id", "kind", "status"]}),
-            "events": array({"type": "object", "required": ["id", "kind"]}),
-            "audit": array(ref("AuditEntry")),
-            "suppressed": {"type": "boolean", "description": "the address is on the suppression list"},
-            "suppressions": array(
-                obj(
-                    {"list": {"type": "string"}, "reason": {"type": "string"}, "created_at": TIMESTAMP},
-                    ["list", "reason", "created_at"],
-                    closed=False,
-                )
-            ),
-        },
-        [
-            "exported_at",
-            "account",
-            "preferences",
-            "consents",
-            "messages",
-            "digests",
-            "emails",
-            "events",
-            "audit",
-            "suppressed",
-            "suppressions",
-        ],
-        "Everything held on the account. Features may add sections.",
-        closed=False,
-    ),
-    "Message": obj(
-        {
-            "id": {"type": "integer"},
-            "category": {"type": "string"},
-            "subject": {"type": "string"},
-            "body": {"type": "string"},
-            "url": nullable({"type": "string"}),
-            "data": nullable({"type": "object"}),
-            "created_at": TIMESTAMP,
-            "read_at": nullable(TIMESTAMP),
-            "archived_at": nullable(TIMESTAMP),
-        },
-        ["id", "category", "subject", "body", "url", "data", "created_at", "read_at", "archived_at"],
-    ),
-    "InboxPage": page("messages", "Message"),
-    "UnreadCounts": obj(
-        {
-            "total": {"type": "integer"},
-            "categories": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
-        },
-        ["total", "categories"],
-    ),
-    "MarkedRead": obj({"marked_read": {"type": "integer"}}, ["marked_read"]),
-    "BatchRequest": obj(
-        {
-            "messages": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": inbox.MAX_BATCH,
-                "items": ref("BatchMessage"),
-            }
-        },
-        ["messages"],
-    ),
-    "BatchResult": obj(
-        {
-            "index": {"type": "integer", "description": "position in the request's `messages`"},
-            "status": {
-                "enum": [201, 404, 422],
-                "description": "201 created, 404 unknown account, 422 invalid",
-            },
-            "id": {"type": "integer", "description": "the new message (status 201)"},
-            "errors": array(ref("FieldError")),
-        },
-        ["index", "status"],
-    ),
-    "BatchResponse": obj(
-        {
-            "accepted": {"type": "integer"},
-            "rejected": {"type": "integer"},
-            "results": array(ref("BatchResult")),
-        },
-        ["accepted", "rejected", "results"],
-    ),
-    "PreferencesChange": obj(
-        {
-            "digest_frequency": _FREQUENCY,
-            "digest_hour": _HOUR,
-            "digest_weekday": {"type": "integer", "minimum": 1, "maximum": 7},
-            "timezone": {"type": "string", "description": "an IANA time-zone name"},
-            "newsletter": {"type": "boolean"},
-            "next_digest_at": {},
-        },
-        description="Any of the five preferences; fields left out keep their value. "
-        "`next_digest_at` (from GET) may be sent back and is ignored.",
-    ),
-    "ServiceMessageQueued": obj(
-        {"id": {"type": "integer"}, "status": {"const": "queued"}, "template": {"type": "string"}},
-        ["id", "status", "template"],
-    ),
-    "ServiceMessage": obj(
-        {
-            "id": {"type": "integer"},
-            "template": {"type": "string"},
-            "status": {"enum": ["queued", "sending", "sent", "failed", "suppressed", "cancelled"]},
-            "attempts": {"type": "integer"},
-            "last_error": nullable({"type": "string"}),
-            "message_id": nullable({"type": "string"}),
-            "created_at": TIMESTAMP,
-            "sent_at": nullable(TIMESTAMP),
-        },
-        ["id", "template", "status", "attempts", "last_error", "message_id", "created_at", "sent_at"],
-    ),
-    "Health": obj(
-        {
-            "status": {"type": "string"},
-            "checks": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-        ["status"],
-        closed=False,
-    ),
-}
-
-# Request bodies: the pydantic models that validate them.
-MODELS: dict[str, type[BaseModel]] = {
-    "NewAccount": accounts.NewAccount,
-    "AccountPatch": accounts.AccountPatch,
-    "NewMessage": inbox.NewMessage,
-    "BatchMessage": inbox.BatchMessage,
-    "ServiceMessageIn": service.ServiceMessageIn,
-}
-
-
-def model_schemas() -> dict[str, dict[str, Any]]:
-    """The request bodies' schemas, with what the models do not say themselves."""
-    out = openapi.model_schemas(MODELS)
-    out["NewAccount"]["properties"]["email"]["description"] = "validated (syntax, no DNS) and normalised"
-    out["NewAccount"]["properties"]["timezone"]["description"] = "an IANA time-zone name"
-    out["AccountPatch"]["description"] = "JSON merge patch: absent fields stay; null is refused"
-    return out
-
+from notifier.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from notifier.api.responses import JSON
+from notifier.preferences import Preferences
 
 # --- parameters and answers shared by several operations --------------------------------------
 
-EXTERNAL_ID = param(
-    "external_id", "path", {"type": "string", "maxLength": 128}, "the producer's id of the account"
+EXTERNAL_ID = Param(
+    "external_id",
+    "path",
+    {"type": "string", "maxLength": 128},
+    "the producer's id of the account",
+    example="reg-1042",
 )
-MESSAGE_ID = param("id", "path", {"type": "integer"}, "the message id")
-LIMIT = param(
-    "limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}, "page size"
+MESSAGE_ID = Param("id", "path", {"type": "integer"}, "the message id", example=9001)
+LIMIT = Param(
+    "limit",
+    "query",
+    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    "page size",
 )
-CURSOR = param("cursor", "query", {"type": "string"}, "the `next_cursor` of the previous page")
-CATEGORY = param("category", "query", {"type": "string", "maxLength": 64}, "only this category")
+CURSOR = Param("cursor", "query", {"type": "string"}, "the `next_cursor` of the previous page")
+CATEGORY = Param("category", "query", {"type": "string", "maxLength": 64}, "only this category")
 
 _NO_ACCOUNT = problem("no such account")
-_NOT_JSON = problem("the body is not JSON")
 _INVALID = problem("invalid fields, all listed in `errors`")
-_BAD_QUERY = problem("bad query parameter")
-_NOT_APPLICATION_JSON = problem("body is not application/json")
-
-
-def _idempotent_write(responses: dict[str, Any]) -> dict[str, Any]:
-    """The answers of a route writing one thing under an Idempotency-Key: `responses`, a large or
-    non-JSON body, and what `idempotent` adds."""
-    return idempotent({**responses, "413": problem("body too large"), "415": _NOT_APPLICATION_JSON})
-
-
+_BAD_QUERY = problem("bad query parameter (named in `errors`)")
 _CREATED_HEADERS = {**LOCATION, **REPLAYED}
 
+_TIME = "2026-12-01T09:30:00+00:00"
+_PREFERENCES = {
+    "digest_frequency": "daily",
+    "digest_hour": 8,
+    "digest_weekday": 1,
+    "timezone": "Europe/Berlin",
+    "newsletter": False,
+}
+ACCOUNT_EXAMPLE = {
+    "external_id": "reg-1042",
+    "email": "ann@example.org",
+    "name": "Ann Example",
+    "timezone": "Europe/Berlin",
+    "locale": "de",
+    "preferences": _PREFERENCES,
+    "created_at": _TIME,
+    "updated_at": _TIME,
+}
+_NEW_MESSAGE = {
+    "category": "blog.comments",
+    "subject": "New comment on your post",
+    "body": "Bob replied: ...",
+    "url": "https://blog.example.org/p/42#c7",
+    "data": {"post": 42},
+}
+MESSAGE_EXAMPLE = {"id": 9001, **_NEW_MESSAGE, "created_at": _TIME, "read_at": None, "archived_at": None}
 
-# Every accounts route is under the `accounts` tag and scope; most take only the account's id.
-_account_op = functools.partial(operation, "accounts", "accounts", parameters=[EXTERNAL_ID])
+
+def _account_op(
+    method: str, path: str, summary: str, answers_: dict[int | str, Answer], **kw: Any
+) -> Operation:
+    """An operation under the `accounts` tag and scope, by default taking only the account's id."""
+    kw.setdefault("parameters", [EXTERNAL_ID])
+    return Operation(method, path, "accounts", summary, answers_, scope="accounts", **kw)
 
 
-def _message_op(summary: str, description: str) -> dict[str, Any]:
-    return operation(
-        "messages",
+def _message_op(method: str, path: str, summary: str, description: str) -> Operation:
+    return Operation(
+        method,
+        path,
         "inbox",
         summary,
         {
-            "200": ok("Message", "the message"),
-            "404": problem("no such account, or no such message in its inbox"),
+            200: answer(answers.Message, "the message", example=MESSAGE_EXAMPLE),
+            404: problem("no such account, or no such message in its inbox"),
         },
+        scope="messages",
         description=description,
         parameters=[EXTERNAL_ID, MESSAGE_ID],
     )
 
 
-def _operations_op(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
-    return operation(None, "operations", summary, responses)
-
-
-def _text(media: str, description: str, schema_type: str) -> dict[str, Any]:
-    return {"description": description, "content": {media: {"schema": {"type": schema_type}}}}
-
-
-def operations() -> dict[tuple[str, str], dict[str, Any]]:
-    """The detailed descriptions, keyed by (method, path template)."""
+def _account_operations() -> list[Operation]:
     acct = "/v1/accounts/{external_id}"
-    return {
-        ("POST", "/v1/accounts"): _account_op(
+    return [
+        _account_op(
+            "POST",
+            "/v1/accounts",
             "Register an account",
-            _idempotent_write(
-                {
-                    "201": ok("Account", "created", _CREATED_HEADERS),
-                    "409": problem("an account with this external_id exists"),
-                }
-            ),
+            {
+                201: answer(answers.Account, "created", _CREATED_HEADERS, example=ACCOUNT_EXAMPLE),
+                409: problem("an account with this external_id exists"),
+            },
             description="Creates the account and its inbox with the default preferences "
             "(daily digest at 08:00 local time, Monday for weekly, no newsletter). Audited.",
-            parameters=[IDEMPOTENCY_KEY],
-            request_body=body("NewAccount"),
-        ),
-        ("GET", acct): _account_op(
-            "Read an account", {"200": ok("Account", "the account"), "404": _NO_ACCOUNT}
-        ),
-        ("PATCH", acct): _account_op(
-            "Correct an account",
-            {
-                "200": ok("Account", "the corrected account"),
-                "400": _NOT_JSON,
-                "404": _NO_ACCOUNT,
-                "422": _INVALID,
-            },
-            description="Merge patch of e-mail, name, time zone and locale. The e-mail is "
-            "validated again. Every change is an audit row with before and after.",
-            request_body={
-                "required": True,
-                "content": {
-                    JSON: {"schema": ref("AccountPatch")},
-                    "application/merge-patch+json": {"schema": ref("AccountPatch")},
+            parameters=[],
+            request=Body(
+                accounts.NewAccount,
+                example={
+                    k: ACCOUNT_EXAMPLE[k] for k in ("external_id", "email", "name", "timezone", "locale")
                 },
-            },
+            ),
+            idempotent=True,
         ),
-        ("DELETE", acct): _account_op(
+        _account_op(
+            "GET", acct, "Read an account", {200: answer(answers.Account, "the account"), 404: _NO_ACCOUNT}
+        ),
+        _account_op(
+            "PATCH",
+            acct,
+            "Correct an account",
+            {200: answer(answers.Account, "the corrected account"), 404: _NO_ACCOUNT, 422: _INVALID},
+            description="JSON merge patch of e-mail, name, time zone and locale: absent fields stay, "
+            "null is refused. The e-mail is validated again. Every change is an audit row with "
+            "before and after.",
+            request=Body(
+                accounts.AccountPatch, (JSON, "application/merge-patch+json"), example={"name": "Ann Example"}
+            ),
+        ),
+        _account_op(
+            "DELETE",
+            acct,
             "Erase an account",
             {
-                "200": ok("Erasure", "erased; the receipt"),
-                "404": _NO_ACCOUNT,
-                "422": problem("unknown reason"),
+                200: answer(
+                    answers.Erasure,
+                    "erased; the receipt",
+                    example={"erased": True, "erasure": {"id": 3, "reason": "child", "created_at": _TIME}},
+                ),
+                404: _NO_ACCOUNT,
+                422: problem("unknown reason"),
             },
             description="Deletes at once, in one transaction, the account, its inbox, digests, "
             "consents, e-mails, events and audit rows. Suppressions (unsubscribes, bounces) remain "
@@ -343,7 +158,7 @@ def operations() -> dict[tuple[str, str], dict[str, Any]]:
             "no personal data.",
             parameters=[
                 EXTERNAL_ID,
-                param(
+                Param(
                     "reason",
                     "query",
                     {"enum": list(accounts.ERASURE_REASONS), "default": "request"},
@@ -351,65 +166,128 @@ def operations() -> dict[tuple[str, str], dict[str, Any]]:
                 ),
             ],
         ),
-        ("GET", f"{acct}/export"): _account_op(
+        _account_op(
+            "GET",
+            f"{acct}/export",
             "Export everything held on an account",
-            {"200": ok("Export", "one JSON document"), "404": _NO_ACCOUNT},
+            {200: answer(answers.Export, "one JSON document"), 404: _NO_ACCOUNT},
         ),
-        ("GET", f"{acct}/audit"): _account_op(
+        _account_op(
+            "GET",
+            f"{acct}/audit",
             "The audit trail of an account",
             {
-                "200": ok("AuditPage", "a page"),
-                "404": _NO_ACCOUNT,
-                "422": problem("bad limit or cursor"),
+                200: answer(
+                    answers.AuditPage,
+                    "a page",
+                    example={
+                        "items": [
+                            {
+                                "id": 7,
+                                "actor_type": "api_key",
+                                "actor": "registry",
+                                "action": "account.updated",
+                                "changes": {"name": {"before": "Ann", "after": "Ann Example"}},
+                                "created_at": _TIME,
+                            }
+                        ],
+                        "next_cursor": None,
+                    },
+                ),
+                404: _NO_ACCOUNT,
+                422: problem("bad limit or cursor"),
             },
             description="Who changed what, when; newest first.",
             parameters=[EXTERNAL_ID, LIMIT, CURSOR],
         ),
-        ("POST", f"{acct}/messages"): operation(
-            "messages",
+        _account_op(
+            "GET",
+            f"{acct}/preferences",
+            "An account's digest and newsletter preferences",
+            {
+                200: answer(
+                    answers.CurrentPreferences,
+                    "the preferences",
+                    example={**_PREFERENCES, "next_digest_at": _TIME},
+                ),
+                404: _NO_ACCOUNT,
+            },
+            description="With `next_digest_at`, when the next digest is due (null: none scheduled).",
+        ),
+        _account_op(
+            "PUT",
+            f"{acct}/preferences",
+            "Change preferences",
+            {
+                200: answer(answers.CurrentPreferences, "the preferences now in force"),
+                404: _NO_ACCOUNT,
+                422: _INVALID,
+            },
+            description="Any of the five preferences; fields left out keep their value, and "
+            "`next_digest_at` (from GET) may be sent back and is ignored. Validated together; "
+            "audited; a change of newsletter is a consent record; the open digest window is rescheduled.",
+            request=Body(Preferences, example={"digest_frequency": "weekly", "newsletter": True}),
+        ),
+    ]
+
+
+def _inbox_operations() -> list[Operation]:
+    acct = "/v1/accounts/{external_id}"
+    created = {"accepted": 1, "rejected": 0, "results": [{"index": 0, "status": 201, "id": 9001}]}
+    return [
+        Operation(
+            "POST",
+            f"{acct}/messages",
             "intake",
             "Post one message into an inbox",
-            _idempotent_write(
-                {
-                    "201": ok("Message", "created", _CREATED_HEADERS),
-                    "404": problem("no such account; nothing was written"),
-                }
-            ),
-            parameters=[EXTERNAL_ID, IDEMPOTENCY_KEY],
-            request_body=body("NewMessage"),
+            {
+                201: answer(answers.Message, "created", _CREATED_HEADERS, example=MESSAGE_EXAMPLE),
+                404: problem("no such account; nothing was written"),
+            },
+            scope="messages",
+            parameters=[EXTERNAL_ID],
+            request=Body(inbox.NewMessage, example=_NEW_MESSAGE),
+            idempotent=True,
         ),
-        ("POST", "/v1/messages"): operation(
-            "messages",
+        Operation(
+            "POST",
+            "/v1/messages",
             "intake",
             "Post many messages, for many accounts",
-            idempotent(
-                {
-                    "201": ok("BatchResponse", "every item accepted", REPLAYED),
-                    "207": ok("BatchResponse", "some items not accepted: see `results`", REPLAYED),
-                    "413": problem(f"more than {inbox.MAX_BATCH} messages, or the body is too large"),
-                    "415": _NOT_APPLICATION_JSON,
-                }
-            ),
+            {
+                201: answer(answers.BatchAnswer, "every item accepted", REPLAYED, example=created),
+                207: answer(answers.BatchAnswer, "some items not accepted: see `results`", REPLAYED),
+                413: problem(f"more than {inbox.MAX_BATCH} messages, or the body is too large"),
+            },
+            scope="messages",
             description=f"Up to {inbox.MAX_BATCH} messages. Each item is answered in `results` "
             "(same order, with its `index`): 201 and the new `id`, 404 for an unknown account, 422 "
             "with `errors`. Valid items are stored together in one statement, whatever the others. "
             "The answer is 201 when every item was accepted, 207 when any was not.",
-            parameters=[IDEMPOTENCY_KEY],
-            request_body=body("BatchRequest"),
+            request=Body(inbox.BatchRequest, example={"messages": [{"account": "reg-1042", **_NEW_MESSAGE}]}),
+            idempotent=True,
         ),
-        ("GET", f"{acct}/messages"): operation(
-            "messages",
+        Operation(
+            "GET",
+            f"{acct}/messages",
             "inbox",
             "The inbox, newest first",
-            {"200": ok("InboxPage", "a page"), "404": _NO_ACCOUNT, "422": _BAD_QUERY},
+            {
+                200: answer(
+                    answers.InboxPage, "a page", example={"items": [MESSAGE_EXAMPLE], "next_cursor": None}
+                ),
+                404: _NO_ACCOUNT,
+                422: _BAD_QUERY,
+            },
+            scope="messages",
             description="Keyset pagination: pass `next_cursor` as `cursor` until it is null.",
             parameters=[
                 EXTERNAL_ID,
                 LIMIT,
                 CURSOR,
-                param("unread", "query", {"type": "boolean", "default": False}, "only unread messages"),
+                Param("unread", "query", {"type": "boolean", "default": False}, "only unread messages"),
                 CATEGORY,
-                param(
+                Param(
                     "archived",
                     "query",
                     {"enum": ["exclude", "include", "only"], "default": "exclude"},
@@ -417,92 +295,116 @@ def operations() -> dict[tuple[str, str], dict[str, Any]]:
                 ),
             ],
         ),
-        ("GET", f"{acct}/messages/unread-counts"): operation(
-            "messages",
+        Operation(
+            "GET",
+            f"{acct}/messages/unread-counts",
             "inbox",
             "Unread messages per category",
-            {"200": ok("UnreadCounts", "counts"), "404": _NO_ACCOUNT},
+            {
+                200: answer(
+                    answers.UnreadCounts, "counts", example={"total": 3, "categories": {"blog": 1, "news": 2}}
+                ),
+                404: _NO_ACCOUNT,
+            },
+            scope="messages",
             description="Archived messages do not count.",
             parameters=[EXTERNAL_ID],
         ),
-        ("POST", f"{acct}/messages/read-all"): operation(
-            "messages",
+        Operation(
+            "POST",
+            f"{acct}/messages/read-all",
             "inbox",
             "Mark all unread messages read",
-            {"200": ok("MarkedRead", "how many were marked"), "404": _NO_ACCOUNT, "422": _BAD_QUERY},
+            {
+                200: answer(answers.MarkedRead, "how many were marked", example={"marked_read": 5}),
+                404: _NO_ACCOUNT,
+                422: _BAD_QUERY,
+            },
+            scope="messages",
             parameters=[
                 EXTERNAL_ID,
                 CATEGORY,
-                param("up_to", "query", {"type": "integer"}, "only messages with this id or lower"),
+                Param("up_to", "query", {"type": "integer"}, "only messages with this id or lower"),
             ],
         ),
-        ("GET", f"{acct}/messages/{{id}}"): _message_op("One message", "Archived messages too."),
-        ("POST", f"{acct}/messages/{{id}}/read"): _message_op(
-            "Mark a message read", "Idempotent: keeps the first read time."
+        _message_op("GET", f"{acct}/messages/{{id}}", "One message", "Archived messages too."),
+        _message_op(
+            "POST",
+            f"{acct}/messages/{{id}}/read",
+            "Mark a message read",
+            "Idempotent: keeps the first read time.",
         ),
-        ("POST", f"{acct}/messages/{{id}}/unread"): _message_op("Mark a message unread", ""),
-        ("POST", f"{acct}/messages/{{id}}/archive"): _message_op(
-            "Archive a message", "Idempotent. Archived messages leave the listing, unread counts and digests."
+        _message_op("POST", f"{acct}/messages/{{id}}/unread", "Mark a message unread", ""),
+        _message_op(
+            "POST",
+            f"{acct}/messages/{{id}}/archive",
+            "Archive a message",
+            "Idempotent. Archived messages leave the listing, unread counts and digests.",
         ),
-        ("GET", f"{acct}/preferences"): _account_op(
-            "An account's digest and newsletter preferences",
-            {"200": ok("Preferences", "the preferences"), "404": _NO_ACCOUNT},
-            description="With `next_digest_at`, when the next digest is due (null: none scheduled).",
-        ),
-        ("PUT", f"{acct}/preferences"): _account_op(
-            "Change preferences",
-            {
-                "200": ok("Preferences", "the preferences now in force"),
-                "400": _NOT_JSON,
-                "404": _NO_ACCOUNT,
-                "422": _INVALID,
-            },
-            description="Validated together; audited; a change of newsletter is a consent record; "
-            "the open digest window is rescheduled.",
-            request_body=body("PreferencesChange"),
-        ),
-        ("POST", "/v1/service-messages"): operation(
-            "service",
+    ]
+
+
+def _service_operations() -> list[Operation]:
+    return [
+        Operation(
+            "POST",
+            "/v1/service-messages",
             "service",
             "Send a service e-mail from a named template",
-            _idempotent_write(
-                {
-                    "202": ok("ServiceMessageQueued", "queued", _CREATED_HEADERS),
-                    "404": _NO_ACCOUNT,
-                }
-            ),
+            {
+                202: answer(
+                    answers.ServiceMessageQueued,
+                    "queued",
+                    _CREATED_HEADERS,
+                    example={"id": 311, "status": "queued", "template": "welcome"},
+                ),
+                404: _NO_ACCOUNT,
+            },
+            scope="service",
             description="Rendered once to validate (an unknown template or a missing variable is a "
             "422 naming it), stored in the outbox and sent at once by the service queue.",
-            parameters=[IDEMPOTENCY_KEY],
-            request_body=body("ServiceMessageIn"),
+            request=Body(service.ServiceMessageIn, example={"account": "reg-1042", "template": "welcome"}),
+            idempotent=True,
         ),
-        ("GET", "/v1/service-messages/{id}"): operation(
-            "service",
+        Operation(
+            "GET",
+            "/v1/service-messages/{id}",
             "service",
             "Where a service e-mail is",
-            {"200": ok("ServiceMessage", "its state"), "404": problem("no such service message")},
-            parameters=[param("id", "path", {"type": "integer"}, "the id from the POST")],
+            {200: answer(answers.ServiceMessage, "its state"), 404: problem("no such service message")},
+            scope="service",
+            parameters=[Param("id", "path", {"type": "integer"}, "the id from the POST")],
         ),
-        ("GET", "/healthz"): _operations_op("Liveness", {"200": ok("Health", "the process answers")}),
-        ("GET", "/readyz"): _operations_op(
+    ]
+
+
+def _operations_routes() -> list[Operation]:
+    def op(method: str, path: str, summary: str, answers_: dict[int | str, Answer]) -> Operation:
+        return Operation(method, path, "operations", summary, answers_)
+
+    return [
+        op("GET", "/healthz", "Liveness", {200: answer(answers.Liveness, "the process answers")}),
+        op(
+            "GET",
+            "/readyz",
             "Readiness: PostgreSQL and Redis answer",
-            {"200": ok("Health", "ready"), "503": ok("Health", "a backing service does not answer")},
+            {
+                200: answer(answers.Readiness, "ready"),
+                503: answer(answers.Readiness, "a backing service does not answer"),
+            },
         ),
-        ("GET", "/metrics"): _operations_op(
+        op(
+            "GET",
+            "/metrics",
             "Prometheus metrics of this process",
-            {"200": _text("text/plain", "text exposition format", "string")},
+            {200: text("text/plain", "text exposition format", "string")},
         ),
-        ("GET", "/openapi.json"): _operations_op(
-            "This document", {"200": _text(JSON, "OpenAPI 3.1", "object")}
-        ),
-        ("GET", "/docs"): _operations_op(
-            "This document as a readable page", {"200": _text("text/html", "HTML", "string")}
-        ),
-    }
+        op("GET", "/openapi.json", "This document", {200: text(JSON, "OpenAPI 3.1", "object")}),
+        op("GET", "/docs", "This document as a readable page", {200: text("text/html", "HTML", "string")}),
+    ]
 
 
-def describe() -> None:
-    """Add the core routes' operations and schemas to the OpenAPI document (idempotent)."""
-    openapi.SCHEMAS.update(SCHEMAS)
-    openapi.SCHEMAS.update(model_schemas())
-    openapi.OPERATIONS.update(operations())
+def operations() -> list[Operation]:
+    """The core routes described: accounts and preferences, intake and the inbox, service mail,
+    operations."""
+    return [*_account_operations(), *_inbox_operations(), *_service_operations(), *_operations_routes()]

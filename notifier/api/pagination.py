@@ -1,9 +1,15 @@
-"""Keyset pagination: opaque cursors and the `?limit=` rule shared by list routes."""
+"""Keyset pagination: opaque cursors and the `?limit=` rule shared by list routes.
+
+A list route fetches `limit + 1` rows below the cursor's id, answers the first `limit` as the
+page's `items` (`notifier.answers.Page`) and `next_cursor(kind, rows, limit)` as its cursor.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -16,6 +22,12 @@ MAX_LIMIT = 100
 def encode_cursor(kind: str, last_id: int) -> str:
     """An opaque cursor naming the last row returned (rows continue below `last_id`)."""
     return base64.urlsafe_b64encode(f"{kind}:{last_id}".encode()).decode().rstrip("=")
+
+
+def next_cursor(kind: str, rows: Sequence[Mapping[str, Any]], limit: int) -> str | None:
+    """The cursor of the page after `rows[:limit]`: None when `rows` (fetched with `limit + 1`)
+    shows there is no row after them."""
+    return encode_cursor(kind, rows[limit - 1]["id"]) if len(rows) > limit else None
 
 
 def decode_cursor(kind: str, cursor: str | None) -> int | None:

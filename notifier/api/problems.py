@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from notifier.api.responses import json_response
+from notifier.errors import FieldError as FieldError
 from notifier.errors import Problem as Problem  # raised by every layer; answered here
 from notifier.errors import status_title as status_title
 
@@ -21,30 +23,41 @@ PROBLEM_JSON = "application/problem+json"
 M = TypeVar("M", bound=BaseModel)
 
 
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details: every error answer of the API."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(default="about:blank", examples=["about:blank"])
+    title: str = Field(description="the status's RFC 9110 phrase, or the problem's own title")
+    status: int = Field(ge=400, le=599)
+    detail: str = Field(description="what is wrong, for a person to read")
+    errors: list[FieldError] | None = Field(
+        default=None, description="for invalid input: every invalid field at once"
+    )
+
+
 def problem_response(
     status: int,
     detail: str,
     *,
     title: str | None = None,
-    errors: list[dict[str, Any]] | None = None,
+    errors: Sequence[Mapping[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> web.Response:
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": title or status_title(status),
-        "status": status,
-        "detail": detail,
-    }
+    """A problem+json answer; `extra` members are added to the document (RFC 9457 extensions)."""
+    fields: dict[str, Any] = {"type": "about:blank", "title": title or status_title(status), "status": status}
+    fields["detail"] = detail
     if errors is not None:
-        body["errors"] = errors
-    body.update(extra)
-    return web.Response(status=status, text=json.dumps(body), content_type=PROBLEM_JSON, headers=headers)
+        fields["errors"] = errors
+    body = ProblemDetails.model_validate({**fields, **extra})
+    return json_response(status, body.model_dump(exclude_unset=True), headers, content_type=PROBLEM_JSON)
 
 
-def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
+def validation_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
     """Pydantic errors as `[{field, message}]`, with dotted field paths (`messages.3.subject`)."""
-    out = []
+    out: list[FieldError] = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = ".".join(str(p) for p in err["loc"])
         field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "body")

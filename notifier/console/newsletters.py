@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from notifier import newsletter, queues
 from notifier.api.newsletters import MAX_BODY_CHARS, NewsletterIn, TestSendIn
 from notifier.api.problems import validation_errors
+from notifier.api.responses import json_response
 from notifier.console import chart as console_chart
 from notifier.console.ui import (
     form_of,
@@ -212,14 +213,14 @@ async def live_preview(request: web.Request) -> web.Response:
     form = await form_of(request)
     if len(form.get("body", "")) > MAX_BODY_CHARS:
         too_long = {"body": "The body is too long."}
-        return web.json_response({"errors": too_long, "render_errors": too_long, "html": None}, status=422)
+        return json_response(422, {"errors": too_long, "render_errors": too_long, "html": None})
     _, errors = _read_draft(form)
     subject, html, render_errors = _preview(request, _form_draft(form))
     errors = {**render_errors, **errors}
     if errors:
         body = {"errors": errors, "render_errors": render_errors, "subject": subject, "html": html}
-        return web.json_response(body, status=422)
-    return web.json_response({"subject": subject, "html": html})
+        return json_response(422, body)
+    return json_response(200, {"subject": subject, "html": html})
 
 
 @page("newsletters")

@@ -21,6 +21,7 @@ from aiosmtpd.smtp import Envelope, Session
 
 from notifier.api.auth import authenticate
 from notifier.api.problems import Problem
+from notifier.api.responses import json_response
 from notifier.embedded import free_port
 from notifier.resources import SETTINGS
 
@@ -101,12 +102,12 @@ def _wants_console(request: web.Request) -> bool:
 
 async def mailbox(request: web.Request) -> web.StreamResponse:
     """GET /dev/mailbox: to the console's mailbox, or with an admin API key the captured e-mails,
-    newest first, as JSON `{"messages": [...]}`."""
+    newest first, as JSON `{"items": [...], "next_cursor": null}` (the list envelope of the API)."""
     if _wants_console(request):
         raise web.HTTPSeeOther("/console/mailbox")
     await authenticate(request, "admin")
     directory = mailbox_dir(request.app[SETTINGS].data_dir)
-    return web.json_response({"messages": captured(directory)})
+    return json_response(200, {"items": captured(directory), "next_cursor": None})
 
 
 async def message(request: web.Request) -> web.StreamResponse:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from notifier import audit, consent, pages, preferences, tokens
 from notifier.api.auth import requires
 from notifier.api.problems import Problem, read_model
+from notifier.api.responses import json_response
 from notifier.db import Q
 from notifier.resources import POOL, SETTINGS
 
@@ -216,7 +217,7 @@ async def inbound_unsubscribe(request: web.Request) -> web.Response:
             changed = await unsubscribe(conn, found.account_id, found.list, pages.EmailRef(), "mailto")
         except preferences.AccountNotFound:
             raise Problem(404, "the member no longer exists") from None
-    return web.json_response({"unsubscribed": True, "changed": changed, "list": found.list})
+    return json_response(200, {"unsubscribed": True, "changed": changed, "list": found.list})
 
 
 def setup_routes(app: web.Application) -> None:
