@@ -18,6 +18,7 @@ import asyncpg
 from aiohttp import web
 
 from notifier.audit import Actor
+from notifier.headers import text_header
 from notifier.problems import Handler, Problem
 from notifier.resources import POOL
 from notifier.settings import Settings
@@ -175,8 +176,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     scope: str | None = getattr(request.match_info.handler, "required_scope", None)
     if scope is None:
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    kind, _, key = header.partition(" ")
+    header = text_header(request, "Authorization")
+    if header is None and "Authorization" in request.headers:
+        raise _unauthorized("the Authorization header must be printable ASCII: `Bearer <key>`")
+    kind, _, key = (header or "").partition(" ")
     if kind.lower() != "bearer" or not key.strip():
         raise _unauthorized("send an API key as `Authorization: Bearer <key>`")
     api_key = await request.app[KEY_CACHE].lookup(request.app[POOL], key.strip())

@@ -30,6 +30,7 @@ from notifier.console_ui import (
     settings_of,
 )
 from notifier.db import Q
+from notifier.headers import text_cookie
 
 _STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 
@@ -65,7 +66,7 @@ async def _sign_in_form(request: web.Request, *, error: str | None = None, statu
 
 async def sign_in_page(request: web.Request) -> web.Response:
     """GET /console/sign-in: the key form (or straight home when already signed in)."""
-    session = await console_auth.load(pool_of(request), request.cookies.get(console_auth.SESSION_COOKIE))
+    session = await console_auth.load(pool_of(request), text_cookie(request, console_auth.SESSION_COOKIE))
     target = _safe_next(request.query.get("next"))
     if session is not None:
         raise web.HTTPSeeOther(target)
@@ -81,7 +82,7 @@ async def sign_in_page(request: web.Request) -> web.Response:
 async def sign_in(request: web.Request) -> web.Response:
     """POST /console/sign-in: exchange a pasted key for a session cookie."""
     form = await form_of(request)
-    expected = request.cookies.get(console_auth.SIGN_IN_COOKIE, "")
+    expected = text_cookie(request, console_auth.SIGN_IN_COOKIE) or ""
     if not console_auth.same_token(expected, form.get("signin_token")):
         return await _sign_in_form(
             request, error="The sign-in form expired. Paste the key again.", status=403

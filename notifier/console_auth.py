@@ -20,6 +20,7 @@ import asyncpg
 from notifier import auth
 from notifier.audit import Actor
 from notifier.db import Q
+from notifier.headers import is_token_text
 
 ConsoleScope = Literal["admin", "newsletters"]
 
@@ -71,6 +72,8 @@ async def sign_in(pool: asyncpg.Pool, key: str) -> tuple[str, ConsoleSession]:
     key = key.strip()
     if not key:
         raise SignInRefused("paste an API key")
+    if not is_token_text(key):
+        raise SignInRefused("this API key is not valid (unknown or revoked)")
     row = await pool.fetchrow(Q.console_key_by_hash, auth.hash_key(key))
     if row is None:
         raise SignInRefused("this API key is not valid (unknown or revoked)")
@@ -89,7 +92,7 @@ async def sign_in(pool: asyncpg.Pool, key: str) -> tuple[str, ConsoleSession]:
 
 async def load(pool: asyncpg.Pool, session_id: str | None) -> ConsoleSession | None:
     """The live session for a cookie value, or None (unknown, expired, or its key revoked)."""
-    if not session_id or len(session_id) > 128:
+    if not session_id or len(session_id) > 128 or not is_token_text(session_id):
         return None
     row = await pool.fetchrow(Q.console_touch_session, _hash(session_id))
     if row is None:

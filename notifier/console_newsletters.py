@@ -31,6 +31,7 @@ from notifier.db import Q
 from notifier.newsletter_api import MAX_BODY_CHARS, NewsletterIn, TestSendIn
 from notifier.newsletter_render import Draft, TemplateProblem, prepare, sample_personal
 from notifier.problems import validation_errors
+from notifier.validation import parse_instant
 
 LIST_LIMIT = 200
 # While sending, the page reloads itself this often (seconds).
@@ -251,11 +252,11 @@ async def test_send(request: web.Request) -> web.Response:
 
 
 def _when(form: Mapping[str, str]) -> datetime | None:
-    """The schedule time of the send form (UTC, `datetime-local`), None for now; ValueError."""
+    """The schedule time of the send form (UTC, `datetime-local`), None for now; ValueError
+    naming what is wrong (the same bounds as the API's `at`)."""
     if form.get("when", "now") == "now":
         return None
-    value = datetime.fromisoformat(form.get("at", ""))
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    return parse_instant(form.get("at", ""), naive="utc")
 
 
 @page("newsletters")
@@ -265,8 +266,10 @@ async def send(request: web.Request) -> web.Response:
     form = await form_of(request)
     try:
         at = _when(form)
-    except ValueError:
-        raise web.HTTPUnprocessableEntity(text="Give the date and time to send at (UTC).") from None
+    except ValueError as exc:
+        raise web.HTTPUnprocessableEntity(
+            text=f"Give the date and time to send at (UTC): it {exc}."
+        ) from None
     _, _, render_errors = _preview(request, newsletter.draft_of(row))
     if render_errors:
         raise web.HTTPUnprocessableEntity(

@@ -25,6 +25,7 @@ from redis import exceptions as redis_exceptions
 
 from notifier import console_auth
 from notifier.console_auth import ConsoleScope, ConsoleSession
+from notifier.headers import text_cookie
 from notifier.problems import Handler, Problem
 from notifier.resources import POOL, REDIS, SETTINGS
 from notifier.settings import Settings
@@ -206,7 +207,7 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise web.HTTPBadRequest(text="The address contains a NUL character.")
         if scope is not None:
             session = await console_auth.load(
-                pool_of(request), request.cookies.get(console_auth.SESSION_COOKIE)
+                pool_of(request), text_cookie(request, console_auth.SESSION_COOKIE)
             )
             if session is None:
                 target = request.path_qs if request.method == "GET" else "/console/"

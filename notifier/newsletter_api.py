@@ -17,15 +17,10 @@ from notifier.newsletter_render import Draft, TemplateProblem, check, prepare, s
 from notifier.pagination import decode_cursor, encode_cursor, page_limit
 from notifier.problems import Problem, read_model
 from notifier.resources import POOL, REDIS, SETTINGS
+from notifier.validation import Instant, check_one_line
 
 MAX_BODY_CHARS = 512 * 1024
 MAX_TEST_RECIPIENTS = 10
-
-
-def _one_line(value: str) -> str:
-    if "\n" in value or "\r" in value:
-        raise ValueError("must be one line")
-    return value
 
 
 class NewsletterIn(BaseModel):
@@ -36,7 +31,7 @@ class NewsletterIn(BaseModel):
     body: str = Field(min_length=1, max_length=MAX_BODY_CHARS)
     body_format: Literal["markdown", "html"] = "markdown"
 
-    _lines = field_validator("subject", "preheader")(_one_line)
+    _lines = field_validator("subject", "preheader")(check_one_line)
 
 
 class NewsletterPatch(BaseModel):
@@ -50,20 +45,13 @@ class NewsletterPatch(BaseModel):
     @field_validator("subject", "preheader")
     @classmethod
     def _lines(cls, value: str | None) -> str | None:
-        return None if value is None else _one_line(value)
+        return None if value is None else check_one_line(value)
 
 
 class SendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    at: datetime | None = Field(default=None, description="when to send; absent or past: now")
-
-    @field_validator("at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("must include a time zone offset, e.g. 2026-12-01T09:00:00+01:00")
-        return value
+    at: Instant | None = Field(default=None, description="when to send; absent or past: now")
 
 
 class TestSendIn(BaseModel):

@@ -10,13 +10,12 @@ newsletter) naming the e-mail the link came from, and shows what was saved.
 
 from __future__ import annotations
 
-import zoneinfo
 from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
 
-from notifier import audit, consent, pages, preferences, tokens
+from notifier import audit, consent, pages, preferences, schedule, tokens
 from notifier.db import Q
 from notifier.resources import POOL, SETTINGS
 
@@ -39,7 +38,7 @@ LABELS = {
 
 @lru_cache(maxsize=1)
 def timezones() -> list[str]:
-    return sorted(z for z in zoneinfo.available_timezones() if "/" in z or z == "UTC")
+    return sorted(schedule.timezone_names())
 
 
 def _describe(field: str, value: Any) -> str:
