@@ -21,12 +21,14 @@ from notifier import auth
 from notifier.audit import Actor
 from notifier.db import Q
 from notifier.headers import is_token_text
+from notifier.ratelimit import Window
 
 ConsoleScope = Literal["admin", "newsletters"]
 
 SESSION_COOKIE = "notifier_console"
 SIGN_IN_COOKIE = "notifier_console_signin"  # double-submit token of the sign-in form
 SESSION_SECONDS = 12 * 3600
+SIGN_IN_WINDOW_SECONDS = 15 * 60
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ def scope_of(scopes: frozenset[str] | list[str]) -> ConsoleScope | None:
     if "newsletters" in scopes:
         return "newsletters"
     return None
+
+
+def sign_in_throttle(attempts: int) -> Window:
+    """At most `attempts` failed sign-ins per client within SIGN_IN_WINDOW_SECONDS."""
+    return Window("console-sign-in", attempts, SIGN_IN_WINDOW_SECONDS)
 
 
 class SignInRefused(Exception):

@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier import console_chart, mail, newsletter, outbox, queues
+from notifier import console_chart, newsletter, newsletter_test_send, outbox, queues
 from notifier.console_ui import (
     form_of,
     number,
@@ -231,23 +231,23 @@ async def test_send(request: web.Request) -> web.Response:
             text="The newsletter does not render: " + "; ".join(render_errors.values())
         )
     addresses = list(dict.fromkeys(str(a) for a in body.to))
-    for address in addresses:
-        try:
-            mail.check_address(address)
-        except mail.HeaderError as exc:
-            raise web.HTTPUnprocessableEntity(text=f"{address} cannot be used: {exc}") from None
-    async with pool_of(request).acquire() as conn, conn.transaction():
-        for address in addresses:
-            await outbox.add(
-                conn,
-                kind="test",
-                to_address=address,
-                template=None,
-                newsletter_id=row["id"],
-                context={"name": ""},
-                queue=queues.SERVICE,
-            )
-    await outbox.ring(redis_of(request), queues.SERVICE, len(addresses))
+    try:
+        ids = await newsletter_test_send.queue(
+            pool_of(request),
+            redis_of(request),
+            settings_of(request),
+            row["id"],
+            addresses,
+            session_of(request).key_id,
+        )
+    except newsletter_test_send.RecipientsRefused as exc:
+        reasons = "; ".join(f"{addresses[r.index]} {r.message}" for r in exc.refusals)
+        raise web.HTTPUnprocessableEntity(text=f"Nothing was sent: {reasons}.") from None
+    except newsletter_test_send.QuotaUsed as exc:
+        raise web.HTTPTooManyRequests(
+            text=f"Nothing was sent: {exc}.", headers={"Retry-After": str(exc.retry_after)}
+        ) from None
+    await outbox.ring(redis_of(request), queues.SERVICE, len(ids))
     raise redirect(f"/console/newsletters/{row['id']}", "test-sent")
 
 

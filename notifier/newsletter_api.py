@@ -10,7 +10,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
-from notifier import mail, newsletter, outbox, queues
+from notifier import newsletter, newsletter_test_send, outbox, queues
 from notifier.auth import api_key_of, requires
 from notifier.db import Q
 from notifier.newsletter_render import Draft, TemplateProblem, check, prepare, sample_personal
@@ -179,11 +179,21 @@ async def get_newsletter(request: web.Request) -> web.Response:
 @requires("newsletters")
 async def preview_newsletter(request: web.Request) -> web.Response:
     """The newsletter as `?account=EXTERNAL_ID` would get it (sample data without `account`):
-    JSON `{subject, html, text}`, or the HTML itself with `?format=html`."""
+    JSON `{subject, html, text}`, or the HTML itself with `?format=html`.
+
+    A member's name and address are account data: `?account=` needs a key that may also read
+    accounts (`accounts` or `admin`); for any other key it is a 403 before anything is looked up,
+    so the answer never says whether the account exists."""
     row = await _get(request)
     settings = request.app[SETTINGS]
     personal = sample_personal(settings)
     external_id = request.query.get("account")
+    if external_id is not None and not api_key_of(request).allows("accounts"):
+        raise Problem(
+            403,
+            "previewing as a member shows their name and address: it needs a key with the "
+            "`accounts` scope; without `account` the preview uses a sample member",
+        )
     if external_id:
         account = await request.app[POOL].fetchrow(Q.newsletter_account, external_id)
         if account is None:
@@ -218,32 +228,30 @@ async def preview_newsletter(request: web.Request) -> web.Response:
 @requires("newsletters")
 async def test_send(request: web.Request) -> web.Response:
     """Send the newsletter as it stands to up to 10 addresses, subject prefixed `[TEST]`; the
-    e-mails go through the outbox like any other (202 with their ids)."""
+    e-mails go through the outbox like any other (202 with their ids). Only to subscribed members
+    or addresses at the test-send domains, none suppressed (422 naming each), and at most
+    NOTIFIER_TEST_SEND_PER_HOUR recipients an hour per key (429); see newsletter_test_send."""
     row = await _get(request)
     body = await read_model(request, TestSendIn)
     _check(request, newsletter.draft_of(row))
-    ids = []
-    addresses = list(dict.fromkeys(str(a) for a in body.to))
-    for i, address in enumerate(addresses):
-        try:
-            mail.check_address(address)
-        except mail.HeaderError as exc:
-            raise Problem(
-                422, "an address cannot be used", errors=[{"field": f"to.{i}", "message": str(exc)}]
-            ) from None
-    async with request.app[POOL].acquire() as conn, conn.transaction():
-        for address in addresses:
-            ids.append(
-                await outbox.add(
-                    conn,
-                    kind="test",
-                    to_address=address,
-                    template=None,
-                    newsletter_id=row["id"],
-                    context={"name": ""},
-                    queue=queues.SERVICE,
-                )
-            )
+    given = [str(a) for a in body.to]
+    addresses = list(dict.fromkeys(given))
+    try:
+        ids = await newsletter_test_send.queue(
+            request.app[POOL],
+            request.app[REDIS],
+            request.app[SETTINGS],
+            row["id"],
+            addresses,
+            api_key_of(request).id,
+        )
+    except newsletter_test_send.RecipientsRefused as exc:
+        errors = [
+            {"field": f"to.{given.index(addresses[r.index])}", "message": r.message} for r in exc.refusals
+        ]
+        raise Problem(422, "an address may not get test-sends", errors=errors) from None
+    except newsletter_test_send.QuotaUsed as exc:
+        raise Problem(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
     await outbox.ring(request.app[REDIS], queues.SERVICE, len(ids))
     return web.json_response({"emails": ids}, status=202)
 

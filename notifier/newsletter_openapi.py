@@ -141,9 +141,13 @@ def describe() -> None:
             ),
             ("GET", f"{base}/preview"): op(
                 "Preview",
-                "As the member `account` would get it (their name, sample links); sample data without it.",
+                "As the member `account` would get it (their name, sample links): `account` needs a key "
+                "that may read accounts (`accounts` or `admin` scope). Sample data without it.",
                 {
                     "200": ok("NewsletterPreview", "subject, HTML and text"),
+                    "403": problem(
+                        "the API key lacks the `newsletters` scope, or `account` without `accounts`"
+                    ),
                     "404": problem("no such newsletter or account"),
                     "422": invalid,
                 },
@@ -159,7 +163,9 @@ def describe() -> None:
             ),
             ("POST", f"{base}/test"): op(
                 "Test-send",
-                "To up to 10 addresses, subject prefixed [TEST].",
+                "To up to 10 addresses, subject prefixed [TEST]: members subscribed to the newsletter or "
+                "addresses at the test-send domains (NOTIFIER_TEST_SEND_DOMAINS), none suppressed; at most "
+                "NOTIFIER_TEST_SEND_PER_HOUR recipients an hour per API key.",
                 {
                     "202": {
                         "description": "queued",
@@ -173,7 +179,10 @@ def describe() -> None:
                         },
                     },
                     "404": missing,
-                    "422": invalid,
+                    "422": problem(
+                        "an address that may not get test-sends (named in `errors`), or invalid fields"
+                    ),
+                    "429": problem("the API key's test-sends this hour are used up", openapi.RETRY_AFTER),
                 },
                 "TestSend",
             ),
