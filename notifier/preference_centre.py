@@ -86,7 +86,7 @@ def _page(
 async def get_preferences(request: web.Request) -> web.Response:
     """The form, filled with the member's current preferences."""
     token = request.match_info["token"]
-    found = tokens.verify(request.app[SETTINGS].secret, token, "preferences")
+    found = tokens.verify(request.app[SETTINGS].keyring, token, "preferences")
     if found is None:
         return pages.not_found(request)
     pool = request.app[POOL]
@@ -119,7 +119,7 @@ async def post_preferences(request: web.Request) -> web.Response:
         return posted
     found, form = posted
     if not pages.same_origin(request) or not pages.nonce_valid(
-        settings.secret, token, str(form.get("nonce", ""))
+        settings.keyring, token, str(form.get("nonce", ""))
     ):
         return pages.render(
             request, "expired.html", status=403, title="Please try again", again=request.path_qs

@@ -52,8 +52,10 @@ class Settings(BaseSettings):
     api_rate_limit: float = Field(default=500.0, ge=0)
     api_rate_burst: int = Field(default=1000, ge=1)
 
-    # Secrets
+    # Secrets. Links are signed with `secret_key` and verified with it or any of
+    # `old_secret_keys` (comma-separated), so the key can be rotated without breaking a link.
     secret_key: SecretStr | None = None
+    old_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
     # SMTP
     smtp_host: str = "localhost"
@@ -118,7 +120,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("test_send_domains", mode="before")
+    @field_validator("old_secret_keys", "test_send_domains", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         """A list from the environment: comma- or space-separated (or a JSON list)."""
@@ -159,6 +161,17 @@ class Settings(BaseSettings):
         if self.secret_key is None:
             raise ConfigError("NOTIFIER_SECRET_KEY is not set")
         return self.secret_key.get_secret_value().encode()
+
+    @property
+    def keyring(self) -> tuple[bytes, ...]:
+        """The keys a signed link may be verified with: the current one first, then the older
+        ones of NOTIFIER_OLD_SECRET_KEYS (rotation). Signing uses only the current one."""
+        keys = [self.secret]
+        for old in self.old_secret_keys:
+            key = old.get_secret_value().encode()
+            if key and key not in keys:
+                keys.append(key)
+        return tuple(keys)
 
     @property
     def test_send_allowed_domains(self) -> frozenset[str]:

@@ -1,7 +1,7 @@
 """Limits on what a key, a client and a link may do (issue 17): a preview as a member needs the
 right to read accounts and never tells whether one exists; test-sends go only to subscribed members
 or allowed domains, never to suppressed addresses, at a rate; console sign-in is throttled per
-client."""
+client; links signed with a rotated-out secret keep working from the keyring."""
 
 # ruff: noqa: F811  (tests take the imported `make_client` fixture by name)
 
@@ -13,8 +13,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 from arq import ArqRedis
+from pydantic import SecretStr
 
-from notifier import auth, queues, suppression
+from notifier import auth, pages, queues, suppression, tokens
 from notifier.settings import Settings
 from tests.api_helpers import bearer, create_newsletter
 from tests.conftest import BurstWorker, MailSink
@@ -184,3 +185,54 @@ async def test_console_sign_in_is_throttled_per_client(
     assert await pool.fetchval("SELECT count(*) FROM console_sessions") == 0
     await redis.flushdb()  # the window is over
     assert (await post_key(client, key)).status == 303
+
+
+# --- rotating the signing secret --------------------------------------------------------------------
+
+
+async def test_links_signed_with_an_older_secret_keep_working(
+    make_client: Any, pool: asyncpg.Pool, factory: Factory, settings: Settings
+) -> None:
+    old, new = b"the-secret-before-rotation", b"the-secret-after-rotation"
+    member = await factory.account(newsletter=True, digest_frequency="daily")
+    unsubscribe = tokens.sign(old, "unsubscribe", member["id"], "newsletter")
+    preferences = tokens.sign(old, "preferences", member["id"], "all")
+    forged = tokens.sign(b"never-on-the-ring", "unsubscribe", member["id"], "newsletter")
+
+    rotated = await make_client(
+        secret_key=SecretStr(new.decode()), old_secret_keys=[SecretStr("x-older"), SecretStr(old.decode())]
+    )
+    assert (await rotated.get(f"/u/{forged}")).status == 404
+    assert (await rotated.get(f"/preferences/{preferences}")).status == 200
+    page = await rotated.get(f"/u/{unsubscribe}")
+    assert page.status == 200
+    resp = await rotated.post(f"/u/{unsubscribe}", data={"List-Unsubscribe": "One-Click"})
+    assert resp.status == 200
+    assert await pool.fetchval("SELECT newsletter FROM accounts WHERE id = $1", member["id"]) is False
+
+    # A form shown before the rotation (its nonce made with the old key) still posts.
+    resp = await rotated.post(
+        f"/preferences/{preferences}",
+        data={"nonce": pages.form_nonce(old, preferences), "digest_frequency": "weekly", "digest_weekday": "5",
+              "digest_hour": "7", "timezone": "UTC"},
+    )  # fmt: skip
+    assert resp.status == 200 and "Saved" in await resp.text()
+    assert (
+        await pool.fetchval("SELECT digest_frequency FROM accounts WHERE id = $1", member["id"]) == "weekly"
+    )
+
+    dropped = await make_client(secret_key=SecretStr(new.decode()))
+    assert (await dropped.get(f"/u/{unsubscribe}")).status == 404  # off the ring: refused
+
+
+def test_the_keyring_signs_with_the_newest_and_verifies_with_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFIER_SECRET_KEY", "current")
+    monkeypatch.setenv("NOTIFIER_OLD_SECRET_KEYS", "older, oldest")
+    settings = Settings(_env_file=None)
+    assert settings.keyring == (b"current", b"older", b"oldest")
+    token = tokens.sign(settings.secret, "confirm", 7, "newsletter")
+    assert tokens.verify((b"current",), token, "confirm") is not None
+    assert tokens.verify(settings.keyring, tokens.sign(b"oldest", "confirm", 7), "confirm") is not None
+    assert tokens.verify(settings.keyring, tokens.sign(b"other", "confirm", 7), "confirm") is None
+    monkeypatch.setenv("NOTIFIER_OLD_SECRET_KEYS", '["with,comma"]')
+    assert Settings(_env_file=None).keyring == (b"current", b"with,comma")
