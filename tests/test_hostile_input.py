@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import time
 from typing import Any
 
 import asyncpg
@@ -205,6 +206,15 @@ async def test_console_cookies_that_are_not_text_mean_no_session(client: Client,
         b"Content-Length: " + str(len(form)).encode() + b"\r\n\r\n" + form,
     )
     assert status == 403, answer[:300]
+
+
+def test_a_form_nonce_that_is_not_ascii_is_refused_not_an_error() -> None:
+    from notifier import pages
+
+    assert pages.nonce_valid(b"key", "token", pages.form_nonce(b"key", "token"))
+    now = int(time.time())
+    for nonce in (f"{now}.caf\u00e9", f"{now}.\udcff", "\u0661.abc"):
+        assert not pages.nonce_valid(b"key", "token", nonce)
 
 
 # --- time zones ------------------------------------------------------------------------------------
