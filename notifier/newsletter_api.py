@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from redis import exceptions as redis_exceptions
 
 from notifier import newsletter, newsletter_test_send, outbox, queues
 from notifier.auth import api_key_of, requires
@@ -252,6 +253,13 @@ async def test_send(request: web.Request) -> web.Response:
         raise Problem(422, "an address may not get test-sends", errors=errors) from None
     except newsletter_test_send.QuotaUsed as exc:
         raise Problem(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+    except (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError):
+        # The hourly count lives in Redis: without it no test-send goes out, rather than unlimited.
+        raise Problem(
+            503,
+            "test-sends cannot be counted now (Redis is unavailable); retry shortly",
+            headers={"Retry-After": "2"},
+        ) from None
     await outbox.ring(request.app[REDIS], queues.SERVICE, len(ids))
     return web.json_response({"emails": ids}, status=202)
 

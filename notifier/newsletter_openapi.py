@@ -183,6 +183,7 @@ def describe() -> None:
                         "an address that may not get test-sends (named in `errors`), or invalid fields"
                     ),
                     "429": problem("the API key's test-sends this hour are used up", openapi.RETRY_AFTER),
+                    "503": problem("Redis, which counts test-sends, is unavailable", openapi.RETRY_AFTER),
                 },
                 "TestSend",
             ),

@@ -16,6 +16,8 @@ from arq import ArqRedis
 from pydantic import SecretStr
 
 from notifier import auth, pages, queues, suppression, tokens
+from notifier.embedded import free_port
+from notifier.resources import REDIS
 from notifier.settings import Settings
 from tests.api_helpers import bearer, create_newsletter
 from tests.conftest import BurstWorker, MailSink
@@ -145,6 +147,19 @@ async def test_test_sends_are_limited_per_key_and_hour(
     # The count lives in Redis, shared by every web process.
     second_process = await make_client(test_send_per_hour=3)
     assert (await second_process.post(path, json={"to": ["e@example.org"]}, headers=headers)).status == 429
+
+
+async def test_test_sends_stop_when_redis_cannot_count_them(client: Client, pool: asyncpg.Pool) -> None:
+    headers = await bearer(pool, "newsletters")
+    path = await _draft(client, headers)
+    assert client.app is not None
+    redis = client.app[REDIS]
+    redis.connection_pool.connection_kwargs["port"] = free_port()  # a real client, nobody listening
+    await redis.connection_pool.disconnect()
+    redis.connection_pool.reset()  # new connections, to the new port
+    resp = await client.post(path, json={"to": ["proof@example.org"]}, headers=headers)
+    assert resp.status == 503 and resp.content_type == PROBLEM and resp.headers["Retry-After"] == "2"
+    assert await pool.fetchval("SELECT count(*) FROM emails") == 0
 
 
 async def test_console_test_send_has_the_same_rules(
