@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from notifier import queues
@@ -220,11 +220,13 @@ async def cmd_digests(args: argparse.Namespace) -> int:
 
 
 def _instant(value: str) -> datetime:
+    """An ISO 8601 time (UTC when it has no offset) within the bounds every date input has."""
+    from notifier.validation import parse_instant
+
     try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+        return parse_instant(value, naive="utc")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value[:40]!r} {exc}") from None
 
 
 async def cmd_outbox(args: argparse.Namespace) -> int:
@@ -239,14 +241,6 @@ async def cmd_outbox(args: argparse.Namespace) -> int:
         ids = await outbox.retry_failed(resources.pool, resources.redis, ids=args.ids, since=args.since)
     print(f"re-queued {len(ids)} failed e-mail(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
     return 0
-
-
-def _since(value: str) -> datetime:
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 async def cmd_newsletter(args: argparse.Namespace) -> int:
@@ -360,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = ob.add_parser("retry", help="re-queue failed e-mails (by id, or all failed since a time)")
     o.add_argument("ids", nargs="*", type=int, help="ids of failed e-mails")
     o.add_argument(
-        "--since", type=_since, help="all that failed at or after this ISO 8601 time (UTC if no zone)"
+        "--since", type=_instant, help="all that failed at or after this ISO 8601 time (UTC if no zone)"
     )
     p.set_defaults(func=cmd_outbox)
 

@@ -58,7 +58,7 @@ async def confirm(conn: asyncpg.Connection, account_id: int) -> bool:
 
 async def get_confirm(request: web.Request) -> web.Response:
     """A page with a button; GET changes nothing (mail scanners follow links)."""
-    found = tokens.verify(request.app[SETTINGS].secret, request.match_info["token"], "confirm")
+    found = tokens.verify(request.app[SETTINGS].keyring, request.match_info["token"], "confirm")
     if found is None:
         return pages.not_found(request)
     return pages.render(
@@ -79,7 +79,7 @@ async def post_confirm(request: web.Request) -> web.Response:
         return posted
     found, form = posted
     if not pages.same_origin(request) or not pages.nonce_valid(
-        settings.secret, token, str(form.get("nonce", ""))
+        settings.keyring, token, str(form.get("nonce", ""))
     ):
         return pages.render(request, "expired.html", status=403, title="Please try again", again=request.path)
     async with request.app[POOL].acquire() as conn, conn.transaction():

@@ -17,7 +17,15 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from notifier import audit, schedule
 from notifier.api.answers import CurrentPreferences
@@ -27,6 +35,7 @@ from notifier.api.responses import json_response
 from notifier.audit import Actor
 from notifier.db import Q
 from notifier.resources import POOL
+from notifier.validation import check_timezone
 
 FIELDS = ("digest_frequency", "digest_hour", "digest_weekday", "timezone", "newsletter")
 # Shown by GET; a PUT may send them back (GET, edit, PUT) and they are ignored.
@@ -54,11 +63,12 @@ class Preferences(BaseModel):
 
     @field_validator("timezone")
     @classmethod
-    def _iana(cls, value: str) -> str:
+    def _iana(cls, value: str, info: ValidationInfo) -> str:
         value = value.strip()
-        if not schedule.is_valid_timezone(value):
-            raise ValueError(f"unknown time zone {value[:64]!r}; use an IANA name such as Europe/Berlin")
-        return value
+        # A zone stored before the rule was narrowed (`GB`) may stay until the member changes it.
+        if value == (info.context or {}).get("stored_timezone"):
+            return value
+        return check_timezone(value)
 
 
 class InvalidPreferences(Problem):
@@ -83,7 +93,7 @@ def validate(before: Mapping[str, Any], changes: Mapping[str, Any]) -> Preferenc
         raise InvalidPreferences([{"field": "body", "message": "must be a JSON object"}])
     merged = {**current(before), **{k: v for k, v in changes.items() if k not in READ_ONLY}}
     try:
-        return Preferences.model_validate(merged)
+        return Preferences.model_validate(merged, context={"stored_timezone": before["timezone"]})
     except ValidationError as exc:
         raise InvalidPreferences(validation_errors(exc)) from None
 

@@ -8,6 +8,7 @@ instant after the gap, so the digest still goes out that day, once. Local times 
 
 from __future__ import annotations
 
+import re
 import typing
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -26,8 +27,10 @@ _QUARTER = timedelta(minutes=15)
 
 @lru_cache(maxsize=1024)
 def zone(name: str) -> ZoneInfo:
-    """The IANA zone `name`; raises ValueError for anything that is not one."""
-    if not is_valid_timezone(name):
+    """The tz database zone `name`; raises ValueError for anything that is not one. Any name of
+    the database loads (a zone stored before `timezone_names` was narrowed keeps working); only
+    `timezone_names` may be chosen."""
+    if name not in _known_zones():
         raise ValueError(f"{name!r} is not an IANA time zone name")
     return ZoneInfo(name)
 
@@ -37,9 +40,26 @@ def _known_zones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
+# POSIX TZ-style names kept by the tz database for compatibility (`EST5EDT`, `CST6CDT`): rules
+# of a standard and a daylight abbreviation, not a place. Also when under a folder (SystemV/...).
+_POSIX_STYLE = re.compile(r"(?:.*/)?[A-Z]{3,}[0-9][A-Z]{3,}")
+
+
+@lru_cache(maxsize=1)
+def timezone_names() -> frozenset[str]:
+    """The time zones a member may choose: the places of the tz database (`Area/Location`, such
+    as `Europe/Berlin`, `America/Argentina/Buenos_Aires`, `Etc/GMT+5`) and `UTC`. Left out are the
+    names that are not a place: `localtime` (whatever the server's clock says), `Factory` (no
+    zone at all), POSIX-style rules (`EST5EDT`) and the one-word aliases (`GB`, `Japan`, `EST`)
+    that name a place under another spelling; the preference centre offers exactly this list."""
+    return frozenset(
+        name for name in _known_zones() if name == "UTC" or ("/" in name and not _POSIX_STYLE.fullmatch(name))
+    )
+
+
 def is_valid_timezone(name: str) -> bool:
-    """True for IANA names known to the tz database (e.g. `Europe/Berlin`, `UTC`)."""
-    return name in _known_zones()
+    """True for the time zones of `timezone_names()` (e.g. `Europe/Berlin`, `UTC`)."""
+    return name in timezone_names()
 
 
 def local_instant(day: date, at: time, tz: ZoneInfo) -> datetime:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
+from email.utils import parseaddr
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
 
 
 class ConfigError(Exception):
@@ -52,8 +57,10 @@ class Settings(BaseSettings):
     api_rate_limit: float = Field(default=500.0, ge=0)
     api_rate_burst: int = Field(default=1000, ge=1)
 
-    # Secrets
+    # Secrets. Links are signed with `secret_key` and verified with it or any of
+    # `old_secret_keys` (comma-separated), so the key can be rotated without breaking a link.
     secret_key: SecretStr | None = None
+    old_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
     # SMTP
     smtp_host: str = "localhost"
@@ -89,6 +96,12 @@ class Settings(BaseSettings):
     newsletter_double_opt_in: bool = Field(
         default=False, description="opt-ins count only after the member confirms by e-mail"
     )
+    # Test-sends go to subscribed members and to addresses at these domains (comma-separated);
+    # unset: the domain of NEWSLETTER_FROM. At most `test_send_per_hour` recipients per API key.
+    test_send_domains: Annotated[list[str] | None, NoDecode] = None
+    test_send_per_hour: int = Field(default=50, ge=1)
+    # Failed console sign-ins per client address and quarter of an hour before a 429.
+    console_sign_in_attempts: int = Field(default=10, ge=1)
 
     @field_validator("database_url")
     @classmethod
@@ -115,6 +128,28 @@ class Settings(BaseSettings):
             sentinel_hosts(value)  # raises ValueError naming what is wrong
         return value
 
+    @field_validator("old_secret_keys", "test_send_domains", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        """A list from the environment: comma- or space-separated (or a JSON list)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in re.split(r"[\s,]+", text) if part]
+        return value
+
+    @field_validator("test_send_domains")
+    @classmethod
+    def _domains(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        domains = [d.strip().lower().lstrip("@").rstrip(".") for d in value]
+        bad = [d for d in domains if not _DOMAIN.fullmatch(d)]
+        if bad:
+            raise ValueError(f"not a domain (use the xn-- form of international ones): {bad[0]!r}")
+        return domains
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -134,6 +169,24 @@ class Settings(BaseSettings):
         if self.secret_key is None:
             raise ConfigError("NOTIFIER_SECRET_KEY is not set")
         return self.secret_key.get_secret_value().encode()
+
+    @property
+    def keyring(self) -> tuple[bytes, ...]:
+        """The keys a signed link may be verified with: the current one first, then the older
+        ones of NOTIFIER_OLD_SECRET_KEYS (rotation). Signing uses only the current one."""
+        keys = [self.secret]
+        for old in self.old_secret_keys:
+            key = old.get_secret_value().encode()
+            if key and key not in keys:
+                keys.append(key)
+        return tuple(keys)
+
+    @property
+    def test_send_allowed_domains(self) -> frozenset[str]:
+        """The domains test-sends may go to besides subscribed members (see test_send_domains)."""
+        if self.test_send_domains is not None:
+            return frozenset(self.test_send_domains)
+        return frozenset({parseaddr(self.newsletter_from)[1].rpartition("@")[2].lower()} - {""})
 
     def require_secret(self) -> None:
         """Outside development a missing secret stops start-up; development keeps one on disk."""
@@ -182,7 +235,9 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, SecretStr):
+            if isinstance(value, list):  # as JSON: an item may hold a comma
+                value = json.dumps([v.get_secret_value() if isinstance(v, SecretStr) else v for v in value])
+            elif isinstance(value, SecretStr):
                 value = value.get_secret_value()
             env[f"NOTIFIER_{name.upper()}"] = str(value)
         return env

@@ -3,6 +3,10 @@
 A token names a member (account id), a list and a purpose, and carries a truncated HMAC-SHA256
 under the server secret. It is 35 URL-safe characters and reveals nothing readable. Tokens do not
 expire: an unsubscribe link must keep working for as long as the e-mail exists.
+
+The secret can be rotated: tokens are signed with the current key and verified against a keyring
+(`Settings.keyring`: the current key, then NOTIFIER_OLD_SECRET_KEYS), so links signed with an
+older key keep working for as long as that key stays on the ring.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import binascii
 import hashlib
 import hmac
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,9 +49,10 @@ def sign(secret: bytes, purpose: Purpose, account_id: int, list_name: ListName =
     return base64.urlsafe_b64encode(payload + _mac(secret, payload)).decode().rstrip("=")
 
 
-def verify(secret: bytes, token: str, purpose: Purpose) -> Token | None:
-    """The token's contents if it is genuine and made for `purpose`; None for anything else
-    (forged, altered, truncated, another purpose). Never raises on bad input."""
+def verify(keys: bytes | Sequence[bytes], token: str, purpose: Purpose) -> Token | None:
+    """The token's contents if it is genuine under one of `keys` (a keyring, current key first,
+    or one key) and made for `purpose`; None for anything else (forged, altered, truncated,
+    another purpose, signed with a key no longer on the ring). Never raises on bad input."""
     if not token or len(token) > 64:
         return None
     try:
@@ -60,7 +66,8 @@ def verify(secret: bytes, token: str, purpose: Purpose) -> Token | None:
     if base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
         return None
     payload, mac = raw[: _LAYOUT.size], raw[_LAYOUT.size :]
-    if not hmac.compare_digest(mac, _mac(secret, payload)):
+    keyring = (keys,) if isinstance(keys, bytes) else keys
+    if not any(hmac.compare_digest(mac, _mac(key, payload)) for key in keyring):
         return None
     head, list_code, account_id = _LAYOUT.unpack(payload)
     if head >> 4 != _VERSION or _PURPOSE_NAMES.get(head & 0x0F) != purpose or list_code not in _LIST_NAMES:

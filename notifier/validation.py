@@ -1,4 +1,5 @@
-"""Input rules shared by the API: e-mail addresses, time zones, locales, identifiers and sizes.
+"""Input rules shared by the API: e-mail addresses, time zones, instants, locales, identifiers and
+sizes.
 
 Each rule is an `Annotated` type for pydantic models (a regular expression or a function raising
 `ValueError` with a readable message), so `parse` answers one 422 listing every bad field.
@@ -9,15 +10,15 @@ Stored addresses are normalised here; the suppression list hashes them with
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-import zoneinfo
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, StringConstraints, ValidationError
 
+from notifier import schedule
 from notifier.errors import FieldError, Problem
 
 M = TypeVar("M", bound=BaseModel)
@@ -50,16 +51,45 @@ def normalize_email(value: str) -> str:
     return str(result.normalized)
 
 
-@functools.cache
-def _zone_names() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
-
-
 def check_timezone(value: str) -> str:
-    """An IANA time-zone name such as `Europe/Berlin` (or `UTC`); `ValueError` otherwise."""
-    if value not in _zone_names():
+    """An IANA time-zone name such as `Europe/Berlin` (or `UTC`); `ValueError` otherwise,
+    also for the names that are not a place (`localtime`, `Factory`, POSIX-style `EST5EDT`):
+    the one rule is `schedule.is_valid_timezone`."""
+    if not schedule.is_valid_timezone(value):
         raise ValueError(f"unknown time zone {value[:64]!r}; use an IANA name such as Europe/Berlin")
     return value
+
+
+# Instants the API accepts: anything outside is a typo or an attack (year 1 became PostgreSQL's
+# -infinity and sent a newsletter at once; year 9999 with an offset overflows).
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+# RFC 3339: a date, `T` (or a space), a time to the second at most to the microsecond, an offset.
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:[Zz]|[+-]\d{2}:?\d{2})?")
+INSTANT_EXAMPLE = "2026-12-01T09:00:00+01:00"
+
+
+def parse_instant(value: Any, *, naive: str = "refuse") -> datetime:
+    """An ISO 8601 / RFC 3339 date and time between EARLIEST and LATEST, as an aware UTC datetime;
+    `ValueError` (a sentence fit to show) for anything else: numbers (epoch seconds), dates
+    without a time, other spellings, out-of-range years. Without an offset the value is refused,
+    or read as UTC with `naive="utc"` (the CLI, the console's UTC form field)."""
+    if isinstance(value, datetime):
+        at = value
+    elif isinstance(value, str) and len(value) <= 40 and _INSTANT.fullmatch(value.strip()):
+        try:
+            at = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"is not a real date and time; write it like {INSTANT_EXAMPLE}") from None
+    else:
+        raise ValueError(f"must be an ISO 8601 date and time such as {INSTANT_EXAMPLE}, not a number")
+    if at.tzinfo is None or at.utcoffset() is None:
+        if naive != "utc":
+            raise ValueError(f"must include a time zone offset, e.g. {INSTANT_EXAMPLE}")
+        at = at.replace(tzinfo=UTC)
+    if not EARLIEST <= at < LATEST:
+        raise ValueError(f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
+    return at.astimezone(UTC)
 
 
 def check_locale(value: str) -> str:
@@ -82,14 +112,16 @@ def check_data(value: dict[str, Any]) -> dict[str, Any]:
 
 # Hot-path rules are regular expressions, checked by pydantic-core without calling Python;
 # `errors_of` turns their "should match pattern" messages into the sentences below.
-ONE_LINE = r"^[^\x00-\x1f\x7f\u2028\u2029]*$"
+# One line also refuses the text-direction controls (U+202E turns "gpj.exe" into "exe.jpg" in a
+# Subject or a From name): names and subjects never need them, right-to-left text does not either.
+ONE_LINE = r"^[^\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]*$"
 TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 EXTERNAL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]*$"
 CATEGORY = r"^[a-z0-9][a-z0-9._\-]*$"
 # An absolute http(s) URL with a host, without spaces or control characters.
 URL = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#\x00-\x1f\x7f]+(?:[/?#][^\s\x00-\x1f\x7f]*)?$"
 PATTERN_MESSAGES = {
-    ONE_LINE: "must be one line without control characters",
+    ONE_LINE: "must be one line without control or text-direction characters (U+202E ...)",
     TEXT: "must not contain control characters",
     EXTERNAL_ID: "may contain letters, digits and . _ : @ + - and must start with a letter or digit",
     CATEGORY: "may contain lower-case letters, digits and . _ - and must start with a letter or digit",
@@ -112,6 +144,17 @@ Subject = Annotated[
 Body = Annotated[str, StringConstraints(min_length=1, max_length=MAX_BODY, pattern=TEXT)]
 Url = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_URL, pattern=URL)]
 Data = Annotated[dict[str, Any], AfterValidator(check_data)]
+_ONE_LINE = re.compile(ONE_LINE)
+# Every date-time input: strict ISO 8601 with an offset, bounded, never an epoch number.
+Instant = Annotated[datetime, BeforeValidator(parse_instant)]
+
+
+def check_one_line(value: str) -> str:
+    """`value` when it is one line without control or text-direction characters (`ONE_LINE`,
+    for fields that are not a `Name` or `Subject`); `ValueError` otherwise."""
+    if not _ONE_LINE.fullmatch(value):
+        raise ValueError(PATTERN_MESSAGES[ONE_LINE])
+    return value
 
 
 def errors_of(exc: ValidationError, prefix: str = "", *, whole: str = "body") -> list[FieldError]:

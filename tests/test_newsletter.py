@@ -137,10 +137,12 @@ def test_shared_parts_are_prepared_once_per_version(settings: Settings) -> None:
 
 
 async def test_preview_for_an_account(
-    client: TestClient[Any, Any], headers: dict[str, str], factory: Factory
+    client: TestClient[Any, Any], headers: dict[str, str], factory: Factory, pool: asyncpg.Pool
 ) -> None:
     await factory.account(external_id="ann", name="Ann Lee", newsletter=True)
     created = await create(client, headers)
+    # A member's name and address are account data: the key must also read accounts.
+    headers = await bearer(pool, "newsletters", "accounts", name="marketing-and-accounts")
     resp = await client.get(f"/v1/newsletters/{created['id']}/preview?account=ann", headers=headers)
     assert resp.status == 200
     preview = await resp.json()

@@ -195,7 +195,8 @@ async def test_a_stopped_delivery_finishes_and_records_the_messages_on_the_wire(
 ) -> None:
     """Cancelled (SIGTERM on a deploy, Redis lost) while the 60th message is being sent on one of
     two lanes: the batch waits for every lane's message on the wire, records each, starts no new
-    one, and leaves nothing to be sent twice: what the server got is exactly what is recorded."""
+    one, and leaves nothing to be sent twice: what the server got is exactly what is recorded, and
+    the rows it never started are handed back, due at once."""
     await queue_batch(pool)
     sender = HoldsOne(SMTPSender(settings), HOLD)
     two_lanes = settings.model_copy(update={"smtp_pool_size": 2})
@@ -213,5 +214,6 @@ async def test_a_stopped_delivery_finishes_and_records_the_messages_on_the_wire(
     received = len(smtp.received)
     assert HOLD <= received < BATCH
     assert len({r.recipients[0] for r in smtp.received}) == received
-    assert await statuses(pool) == {"sent": received, "sending": BATCH - received}
+    assert await statuses(pool) == {"sent": received, "queued": BATCH - received}
+    assert await pool.fetchval("SELECT count(*) FROM emails WHERE locked_until IS NOT NULL") == 0
     assert await pool.fetchval("SELECT count(*) FROM events WHERE kind = 'sent'") == received

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 from aiohttp import web
 
+from notifier.api.headers import text_header
 from notifier.api.problems import Handler, Problem
 from notifier.audit import Actor
 from notifier.db import Q
@@ -178,8 +179,10 @@ async def authenticate(request: web.Request, scope: Scope) -> ApiKey:
     """Check the request's `Authorization: Bearer` key for `scope` (and its rate) and remember it
     on the request; raises the 401 / 403 / 429 Problem otherwise. The middleware calls this for
     `@requires` handlers; a handler that answers people without a key too calls it itself."""
-    header = request.headers.get("Authorization", "")
-    kind, _, key = header.partition(" ")
+    header = text_header(request, "Authorization")
+    if header is None and "Authorization" in request.headers:
+        raise _unauthorized("the Authorization header must be printable ASCII: `Bearer <key>`")
+    kind, _, key = (header or "").partition(" ")
     if kind.lower() != "bearer" or not key.strip():
         raise _unauthorized("send an API key as `Authorization: Bearer <key>`")
     api_key = await request.app[KEY_CACHE].lookup(request.app[POOL], key.strip())

@@ -8,15 +8,16 @@ from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from redis import exceptions as redis_exceptions
 
-from notifier import newsletter, queues
+from notifier import newsletter, newsletter_test_send, queues
 from notifier.api.answers import Newsletter, NewsletterPage, NewsletterPreview, TestSendQueued
 from notifier.api.auth import api_key_of, requires
 from notifier.api.pagination import decode_cursor, next_cursor, page_limit
 from notifier.api.problems import Problem, read_model
 from notifier.api.responses import json_response
 from notifier.db import Q
-from notifier.mail import compose, outbox
+from notifier.mail import outbox
 from notifier.mail.newsletter_render import (
     Draft,
     TemplateProblem,
@@ -25,15 +26,10 @@ from notifier.mail.newsletter_render import (
     sample_personal,
 )
 from notifier.resources import POOL, REDIS, SETTINGS
+from notifier.validation import Instant, check_one_line
 
 MAX_BODY_CHARS = 512 * 1024
 MAX_TEST_RECIPIENTS = 10
-
-
-def _one_line(value: str) -> str:
-    if "\n" in value or "\r" in value:
-        raise ValueError("must be one line")
-    return value
 
 
 class NewsletterIn(BaseModel):
@@ -44,7 +40,7 @@ class NewsletterIn(BaseModel):
     body: str = Field(min_length=1, max_length=MAX_BODY_CHARS)
     body_format: Literal["markdown", "html"] = "markdown"
 
-    _lines = field_validator("subject", "preheader")(_one_line)
+    _lines = field_validator("subject", "preheader")(check_one_line)
 
 
 class NewsletterPatch(BaseModel):
@@ -58,20 +54,13 @@ class NewsletterPatch(BaseModel):
     @field_validator("subject", "preheader")
     @classmethod
     def _lines(cls, value: str | None) -> str | None:
-        return None if value is None else _one_line(value)
+        return None if value is None else check_one_line(value)
 
 
 class SendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    at: datetime | None = Field(default=None, description="when to send; absent or past: now")
-
-    @field_validator("at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("must include a time zone offset, e.g. 2026-12-01T09:00:00+01:00")
-        return value
+    at: Instant | None = Field(default=None, description="when to send; absent or past: now")
 
 
 class TestSendIn(BaseModel):
@@ -173,11 +162,21 @@ async def get_newsletter(request: web.Request) -> web.Response:
 @requires("newsletters")
 async def preview_newsletter(request: web.Request) -> web.Response:
     """The newsletter as `?account=EXTERNAL_ID` would get it (sample data without `account`):
-    JSON `{subject, html, text}`, or the HTML itself with `?format=html`."""
+    JSON `{subject, html, text}`, or the HTML itself with `?format=html`.
+
+    A member's name and address are account data: `?account=` needs a key that may also read
+    accounts (`accounts` or `admin`); for any other key it is a 403 before anything is looked up,
+    so the answer never says whether the account exists."""
     row = await _get(request)
     settings = request.app[SETTINGS]
     personal = sample_personal(settings)
     external_id = request.query.get("account")
+    if external_id is not None and not api_key_of(request).allows("accounts"):
+        raise Problem(
+            403,
+            "previewing as a member shows their name and address: it needs a key with the "
+            "`accounts` scope; without `account` the preview uses a sample member",
+        )
     if external_id:
         account = await request.app[POOL].fetchrow(Q.newsletter_account, external_id)
         if account is None:
@@ -212,32 +211,37 @@ async def preview_newsletter(request: web.Request) -> web.Response:
 @requires("newsletters")
 async def test_send(request: web.Request) -> web.Response:
     """Send the newsletter as it stands to up to 10 addresses, subject prefixed `[TEST]`; the
-    e-mails go through the outbox like any other (202 with their ids)."""
+    e-mails go through the outbox like any other (202 with their ids). Only to subscribed members
+    or addresses at the test-send domains, none suppressed (422 naming each), and at most
+    NOTIFIER_TEST_SEND_PER_HOUR recipients an hour per key (429); see newsletter_test_send."""
     row = await _get(request)
     body = await read_model(request, TestSendIn)
     _check(request, newsletter.draft_of(row))
-    ids = []
-    addresses = list(dict.fromkeys(str(a) for a in body.to))
-    for i, address in enumerate(addresses):
-        try:
-            compose.check_address(address)
-        except compose.HeaderError as exc:
-            raise Problem(
-                422, "an address cannot be used", errors=[{"field": f"to.{i}", "message": str(exc)}]
-            ) from None
-    async with request.app[POOL].acquire() as conn, conn.transaction():
-        for address in addresses:
-            ids.append(
-                await outbox.add(
-                    conn,
-                    kind="test",
-                    to_address=address,
-                    template=None,
-                    newsletter_id=row["id"],
-                    context={"name": ""},
-                    queue=queues.SERVICE,
-                )
-            )
+    given = [str(a) for a in body.to]
+    addresses = list(dict.fromkeys(given))
+    try:
+        ids = await newsletter_test_send.queue(
+            request.app[POOL],
+            request.app[REDIS],
+            request.app[SETTINGS],
+            row["id"],
+            addresses,
+            api_key_of(request).id,
+        )
+    except newsletter_test_send.RecipientsRefused as exc:
+        errors = [
+            {"field": f"to.{given.index(addresses[r.index])}", "message": r.message} for r in exc.refusals
+        ]
+        raise Problem(422, "an address may not get test-sends", errors=errors) from None
+    except newsletter_test_send.QuotaUsed as exc:
+        raise Problem(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+    except (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError):
+        # The hourly count lives in Redis: without it no test-send goes out, rather than unlimited.
+        raise Problem(
+            503,
+            "test-sends cannot be counted now (Redis is unavailable); retry shortly",
+            headers={"Retry-After": "2"},
+        ) from None
     await outbox.ring(request.app[REDIS], queues.SERVICE, len(ids))
     return json_response(202, TestSendQueued(emails=ids))
 

@@ -10,7 +10,7 @@ from typing import Any
 from notifier import newsletter
 from notifier.api import answers
 from notifier.api.newsletters import MAX_TEST_RECIPIENTS, NewsletterIn, NewsletterPatch, SendIn, TestSendIn
-from notifier.api.openapi import LOCATION, Answer, Body, Operation, Param, answer, problem
+from notifier.api.openapi import LOCATION, RETRY_AFTER, Answer, Body, Operation, Param, answer, problem
 from notifier.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 NEWSLETTER_ID = Param("id", "path", {"type": "string"}, "the newsletter's id", example="12")
@@ -111,7 +111,8 @@ def operations() -> list[Operation]:
             "GET",
             f"{base}/preview",
             "Preview",
-            "As the member `account` would get it (their name, sample links); sample data without it. "
+            "As the member `account` would get it (their name, sample links): `account` needs a key that "
+            "may read accounts (`accounts` or `admin` scope). Sample data without it. "
             "With `format=html`, the HTML itself, as an inert document.",
             {
                 200: Answer(
@@ -119,6 +120,7 @@ def operations() -> list[Operation]:
                     Body(answers.NewsletterPreview),
                     alternative=Body({"type": "string"}, ("text/html",)),
                 ),
+                403: problem("the API key lacks the `newsletters` scope, or `account` without `accounts`"),
                 404: problem("no such newsletter or account"),
                 422: _INVALID,
             },
@@ -133,11 +135,15 @@ def operations() -> list[Operation]:
             f"{base}/test",
             "Test-send",
             f"To up to {MAX_TEST_RECIPIENTS} addresses, subject prefixed [TEST]; the e-mails go "
-            "through the outbox like any other.",
+            "through the outbox like any other. Only to members subscribed to the newsletter or "
+            "addresses at the test-send domains (NOTIFIER_TEST_SEND_DOMAINS), none suppressed; at most "
+            "NOTIFIER_TEST_SEND_PER_HOUR recipients an hour per API key.",
             {
                 202: answer(answers.TestSendQueued, "queued", example={"emails": [401, 402]}),
                 404: _MISSING,
-                422: _INVALID,
+                422: problem("an address that may not get test-sends (named in `errors`), or invalid fields"),
+                429: problem("the API key's test-sends this hour are used up", RETRY_AFTER),
+                503: problem("Redis, which counts test-sends, is unavailable", RETRY_AFTER),
             },
             request=Body(TestSendIn, example={"to": ["marketing@example.org"]}),
         ),

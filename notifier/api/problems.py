@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
+import pydantic_core
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -89,12 +89,23 @@ async def read_body(request: web.Request, *, max_bytes: int | None = None) -> by
     return b"".join(chunks)
 
 
+# How deep a JSON body may nest: jiter (pydantic-core's parser, which every JSON route uses, also
+# the fast paths' `model_validate_json`) refuses the 202nd level without recursing in Python, so a
+# body of a thousand `[` is a 400, never a RecursionError; everything after it (validation,
+# `json.dumps` of `data`, jsonb) handles this depth with room to spare.
+MAX_JSON_DEPTH = 200
+
+
 def parse_json(raw: bytes) -> Any:
-    """`raw` as JSON; 400 when it is not."""
+    """`raw` (UTF-8) as JSON; 400 when it is not, nests deeper than MAX_JSON_DEPTH, or holds a
+    lone surrogate escape (`"\\ud800"`, which no text column can store)."""
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Problem(400, f"request body is not valid JSON: {exc}") from None
+        return pydantic_core.from_json(raw)
+    except ValueError as exc:
+        reason = str(exc)
+        if reason.startswith("recursion limit exceeded"):
+            reason = f"it nests deeper than {MAX_JSON_DEPTH} levels"
+        raise Problem(400, f"request body is not valid JSON: {reason}") from None
 
 
 async def read_model(request: web.Request, model: type[M], *, max_bytes: int | None = None) -> M:

@@ -7,13 +7,17 @@ and the development mailbox; the pages live in `console_newsletters`, `console_m
 
 from __future__ import annotations
 
+import logging
 import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from redis import exceptions as redis_exceptions
 
+from notifier import ratelimit
+from notifier.api.headers import text_cookie
 from notifier.console import sessions as console_auth
 from notifier.console.ui import (
     STATIC_DIR,
@@ -22,12 +26,15 @@ from notifier.console.ui import (
     page,
     pool_of,
     redirect,
+    redis_of,
     render,
     session_of,
     settings_of,
 )
 from notifier.db import Q
 from notifier.mail import capture
+
+log = logging.getLogger("notifier.console")
 
 _STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 
@@ -63,7 +70,7 @@ async def _sign_in_form(request: web.Request, *, error: str | None = None, statu
 
 async def sign_in_page(request: web.Request) -> web.Response:
     """GET /console/sign-in: the key form (or straight home when already signed in)."""
-    session = await console_auth.load(pool_of(request), request.cookies.get(console_auth.SESSION_COOKIE))
+    session = await console_auth.load(pool_of(request), text_cookie(request, console_auth.SESSION_COOKIE))
     target = _safe_next(request.query.get("next"))
     if session is not None:
         raise web.HTTPSeeOther(target)
@@ -76,10 +83,29 @@ async def sign_in_page(request: web.Request) -> web.Response:
     return await _sign_in_form(request)
 
 
+async def _throttle(request: web.Request, failed: bool = False) -> int:
+    """Seconds this client must wait before signing in again (0: go ahead); with `failed`, count a
+    failed attempt first. Redis being away opens the door rather than lock operators out."""
+    throttle = console_auth.sign_in_throttle(settings_of(request).console_sign_in_attempts)
+    client = ratelimit.client_key(request.remote)
+    try:
+        if failed:
+            await throttle.add(redis_of(request), client)
+        return await throttle.used_up(redis_of(request), client)
+    except (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError) as exc:
+        log.warning("console sign-in throttle skipped: Redis unavailable (%s)", type(exc).__name__)
+        return 0
+
+
 async def sign_in(request: web.Request) -> web.Response:
-    """POST /console/sign-in: exchange a pasted key for a session cookie."""
+    """POST /console/sign-in: exchange a pasted key for a session cookie. After
+    NOTIFIER_CONSOLE_SIGN_IN_ATTEMPTS failures from one client within a quarter of an hour, 429
+    until the quarter is over."""
+    wait = await _throttle(request)
+    if wait:
+        return await _too_many_sign_ins(request, wait)
     form = await form_of(request)
-    expected = request.cookies.get(console_auth.SIGN_IN_COOKIE, "")
+    expected = text_cookie(request, console_auth.SIGN_IN_COOKIE) or ""
     if not console_auth.same_token(expected, form.get("signin_token")):
         return await _sign_in_form(
             request, error="The sign-in form expired. Paste the key again.", status=403
@@ -87,6 +113,7 @@ async def sign_in(request: web.Request) -> web.Response:
     try:
         session_id, _ = await console_auth.sign_in(pool_of(request), form.get("key", ""))
     except console_auth.SignInRefused as exc:
+        await _throttle(request, failed=True)
         return await _sign_in_form(request, error=str(exc), status=401)
     response = web.HTTPSeeOther(_safe_next(form.get("next")))
     response.set_cookie(
@@ -94,6 +121,15 @@ async def sign_in(request: web.Request) -> web.Response:
     )
     response.del_cookie(console_auth.SIGN_IN_COOKIE, path="/console")
     raise response
+
+
+async def _too_many_sign_ins(request: web.Request, wait: int) -> web.Response:
+    minutes = max(1, round(wait / 60))
+    response = await _sign_in_form(
+        request, error=f"Too many failed sign-ins from here: try again in {minutes} minute(s).", status=429
+    )
+    response.headers["Retry-After"] = str(wait)
+    return response
 
 
 @page("newsletters")

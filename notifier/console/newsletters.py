@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier import newsletter, queues
+from notifier import newsletter, newsletter_test_send, queues
 from notifier.api.newsletters import MAX_BODY_CHARS, NewsletterIn, TestSendIn
 from notifier.api.problems import validation_errors
 from notifier.api.responses import json_response
@@ -32,9 +32,9 @@ from notifier.console.ui import (
     settings_of,
 )
 from notifier.db import Q
-from notifier.mail import compose as mail
 from notifier.mail import outbox
 from notifier.mail.newsletter_render import Draft, TemplateProblem, field_problems, prepare, sample_personal
+from notifier.validation import parse_instant
 
 LIST_LIMIT = 200
 # While sending, the page reloads itself this often (seconds).
@@ -241,32 +241,32 @@ async def test_send(request: web.Request) -> web.Response:
             text="The newsletter does not render: " + "; ".join(render_errors.values())
         )
     addresses = list(dict.fromkeys(str(a) for a in body.to))
-    for address in addresses:
-        try:
-            mail.check_address(address)
-        except mail.HeaderError as exc:
-            raise web.HTTPUnprocessableEntity(text=f"{address} cannot be used: {exc}") from None
-    async with pool_of(request).acquire() as conn, conn.transaction():
-        for address in addresses:
-            await outbox.add(
-                conn,
-                kind="test",
-                to_address=address,
-                template=None,
-                newsletter_id=row["id"],
-                context={"name": ""},
-                queue=queues.SERVICE,
-            )
-    await outbox.ring(redis_of(request), queues.SERVICE, len(addresses))
+    try:
+        ids = await newsletter_test_send.queue(
+            pool_of(request),
+            redis_of(request),
+            settings_of(request),
+            row["id"],
+            addresses,
+            session_of(request).key_id,
+        )
+    except newsletter_test_send.RecipientsRefused as exc:
+        reasons = "; ".join(f"{addresses[r.index]} {r.message}" for r in exc.refusals)
+        raise web.HTTPUnprocessableEntity(text=f"Nothing was sent: {reasons}.") from None
+    except newsletter_test_send.QuotaUsed as exc:
+        raise web.HTTPTooManyRequests(
+            text=f"Nothing was sent: {exc}.", headers={"Retry-After": str(exc.retry_after)}
+        ) from None
+    await outbox.ring(redis_of(request), queues.SERVICE, len(ids))
     raise redirect(f"/console/newsletters/{row['id']}", "test-sent")
 
 
 def _when(form: Mapping[str, str]) -> datetime | None:
-    """The schedule time of the send form (UTC, `datetime-local`), None for now; ValueError."""
+    """The schedule time of the send form (UTC, `datetime-local`), None for now; ValueError
+    naming what is wrong (the same bounds as the API's `at`)."""
     if form.get("when", "now") == "now":
         return None
-    value = datetime.fromisoformat(form.get("at", ""))
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    return parse_instant(form.get("at", ""), naive="utc")
 
 
 @page("newsletters")
@@ -276,8 +276,10 @@ async def send(request: web.Request) -> web.Response:
     form = await form_of(request)
     try:
         at = _when(form)
-    except ValueError:
-        raise web.HTTPUnprocessableEntity(text="Give the date and time to send at (UTC).") from None
+    except ValueError as exc:
+        raise web.HTTPUnprocessableEntity(
+            text=f"Give the date and time to send at (UTC): it {exc}."
+        ) from None
     _, _, render_errors = _preview(request, newsletter.draft_of(row))
     if render_errors:
         raise web.HTTPUnprocessableEntity(

@@ -18,14 +18,17 @@ from typing import Literal
 import asyncpg
 
 from notifier.api import auth
+from notifier.api.headers import is_token_text
 from notifier.audit import Actor
 from notifier.db import Q
+from notifier.ratelimit import Window
 
 ConsoleScope = Literal["admin", "newsletters"]
 
 SESSION_COOKIE = "notifier_console"
 SIGN_IN_COOKIE = "notifier_console_signin"  # double-submit token of the sign-in form
 SESSION_SECONDS = 12 * 3600
+SIGN_IN_WINDOW_SECONDS = 15 * 60
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,11 @@ def scope_of(scopes: frozenset[str] | list[str]) -> ConsoleScope | None:
     return None
 
 
+def sign_in_throttle(attempts: int) -> Window:
+    """At most `attempts` failed sign-ins per client within SIGN_IN_WINDOW_SECONDS."""
+    return Window("console-sign-in", attempts, SIGN_IN_WINDOW_SECONDS)
+
+
 class SignInRefused(Exception):
     """The pasted key is unknown, revoked, or has neither the admin nor the newsletters scope."""
 
@@ -71,6 +79,8 @@ async def sign_in(pool: asyncpg.Pool, key: str) -> tuple[str, ConsoleSession]:
     key = key.strip()
     if not key:
         raise SignInRefused("paste an API key")
+    if not is_token_text(key):
+        raise SignInRefused("this API key is not valid (unknown or revoked)")
     row = await pool.fetchrow(Q.console_key_by_hash, auth.hash_key(key))
     if row is None:
         raise SignInRefused("this API key is not valid (unknown or revoked)")
@@ -89,7 +99,7 @@ async def sign_in(pool: asyncpg.Pool, key: str) -> tuple[str, ConsoleSession]:
 
 async def load(pool: asyncpg.Pool, session_id: str | None) -> ConsoleSession | None:
     """The live session for a cookie value, or None (unknown, expired, or its key revoked)."""
-    if not session_id or len(session_id) > 128:
+    if not session_id or len(session_id) > 128 or not is_token_text(session_id):
         return None
     row = await pool.fetchrow(Q.console_touch_session, _hash(session_id))
     if row is None:

@@ -23,6 +23,7 @@ from multidict import MultiDictProxy
 from redis import exceptions as redis_exceptions
 
 from notifier import templating
+from notifier.api.headers import text_cookie
 from notifier.api.problems import Handler, Problem, status_title
 from notifier.console import sessions
 from notifier.console.sessions import ConsoleScope, ConsoleSession
@@ -204,7 +205,7 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
         if "\x00" in request.path or "\x00" in request.query_string or "%00" in request.raw_path:
             raise web.HTTPBadRequest(text="The address contains a NUL character.")
         if scope is not None:
-            session = await sessions.load(pool_of(request), request.cookies.get(sessions.SESSION_COOKIE))
+            session = await sessions.load(pool_of(request), text_cookie(request, sessions.SESSION_COOKIE))
             if session is None:
                 target = request.path_qs if request.method == "GET" else "/console/"
                 raise web.HTTPSeeOther("/console/sign-in?" + urlencode({"next": target}))

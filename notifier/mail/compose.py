@@ -65,9 +65,17 @@ def check_address(address: str) -> str:
     return address
 
 
+# Never in a header's free text: C0/C1 controls other than whitespace, and the text-direction
+# controls (U+202E makes a Subject or a From name read backwards: "gpj.exe" shows as "exe.jpg").
+_CONTROLS = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0x85), *range(0x86, 0xA0)]
+_DIRECTION = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_INVISIBLE = dict.fromkeys([*_CONTROLS, *_DIRECTION])
+
+
 def one_line(text: str) -> str:
-    """Free text as one header-safe line: every whitespace run (CR, LF, tabs) becomes one space."""
-    return " ".join(text.split())
+    """Free text as one header-safe line: every whitespace run (CR, LF, tabs) becomes one space;
+    control and text-direction characters are dropped, whoever wrote the text."""
+    return " ".join(text.translate(_INVISIBLE).split())
 
 
 def _encoded_words(text: str) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -80,7 +80,7 @@ async def signed_form(
     """The genuine token of the path and the posted web form, or the page to answer with: 404 for
     a forged or altered token, 415 when the body is not a web form (`how` says how to send it),
     400 when the form cannot be read. Nothing is changed in any of those cases."""
-    found = tokens.verify(request.app[SETTINGS].secret, request.match_info["token"], purpose)
+    found = tokens.verify(request.app[SETTINGS].keyring, request.match_info["token"], purpose)
     if found is None:
         return not_found(request)
     if request.content_type not in FORM_TYPES:
@@ -122,16 +122,18 @@ def form_nonce(secret: bytes, token: str, now: float | None = None) -> str:
     return f"{issued}.{_nonce_mac(secret, token, issued)}"
 
 
-def nonce_valid(secret: bytes, token: str, nonce: str, now: float | None = None) -> bool:
-    """Whether `nonce` was made for `token` by this server within NONCE_SECONDS."""
+def nonce_valid(keys: bytes | Sequence[bytes], token: str, nonce: str, now: float | None = None) -> bool:
+    """Whether `nonce` was made for `token` by this server within NONCE_SECONDS, under one of
+    `keys` (the keyring: a form shown just before a key rotation still posts)."""
     issued_text, _, mac = nonce.partition(".")
-    if not (issued_text.isascii() and issued_text.isdigit()) or len(issued_text) > 12:
+    if not (issued_text.isascii() and issued_text.isdigit()) or len(issued_text) > 12 or not mac.isascii():
         return False
     issued = int(issued_text)
     current = now if now is not None else time.time()
     if not -60 <= current - issued <= NONCE_SECONDS:
         return False
-    return hmac.compare_digest(mac, _nonce_mac(secret, token, issued))
+    keyring = (keys,) if isinstance(keys, bytes) else keys
+    return any(hmac.compare_digest(mac, _nonce_mac(key, token, issued)) for key in keyring)
 
 
 def same_origin(request: web.Request) -> bool:

@@ -10,7 +10,6 @@ newsletter) naming the e-mail the link came from, and shows what was saved.
 
 from __future__ import annotations
 
-import zoneinfo
 from functools import lru_cache
 from typing import Any
 
@@ -40,7 +39,7 @@ LABELS = {
 
 @lru_cache(maxsize=1)
 def timezones() -> list[str]:
-    return sorted(z for z in zoneinfo.available_timezones() if "/" in z or z == "UTC")
+    return sorted(schedule.timezone_names())
 
 
 def _describe(field: str, value: Any) -> str:
@@ -88,7 +87,7 @@ def _page(
 async def get_preferences(request: web.Request) -> web.Response:
     """The form, filled with the member's current preferences."""
     token = request.match_info["token"]
-    found = tokens.verify(request.app[SETTINGS].secret, token, "preferences")
+    found = tokens.verify(request.app[SETTINGS].keyring, token, "preferences")
     if found is None:
         return pages.not_found(request)
     pool = request.app[POOL]
@@ -121,7 +120,7 @@ async def post_preferences(request: web.Request) -> web.Response:
         return posted
     found, form = posted
     if not pages.same_origin(request) or not pages.nonce_valid(
-        settings.secret, token, str(form.get("nonce", ""))
+        settings.keyring, token, str(form.get("nonce", ""))
     ):
         return pages.render(
             request, "expired.html", status=403, title="Please try again", again=request.path_qs

@@ -115,7 +115,7 @@ def _context(
 async def get_unsubscribe(request: web.Request) -> web.Response:
     """The confirmation page. Changes nothing, whatever follows the link."""
     token = request.match_info["token"]
-    found = tokens.verify(request.app[SETTINGS].secret, token, "unsubscribe")
+    found = tokens.verify(request.app[SETTINGS].keyring, token, "unsubscribe")
     if found is None:
         return pages.not_found(request)
     pool = request.app[POOL]
@@ -148,7 +148,7 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
         try:
             if form.get("action") == "resubscribe":
                 nonce = str(form.get("nonce", ""))
-                if not pages.same_origin(request) or not pages.nonce_valid(settings.secret, token, nonce):
+                if not pages.same_origin(request) or not pages.nonce_valid(settings.keyring, token, nonce):
                     return pages.render(
                         request, "expired.html", status=403, title="Please try again", again=request.path_qs
                     )
@@ -197,7 +197,7 @@ async def inbound_unsubscribe(request: web.Request) -> web.Response:
     """A mailto unsubscribe delivered by a mail provider's webhook. 200 `{unsubscribed: bool}`;
     422 when no valid token is found (the message is then ignored)."""
     body = await read_model(request, InboundMail)
-    secret = request.app[SETTINGS].secret
+    keyring = request.app[SETTINGS].keyring
     candidates = []
     match = _TOKEN_IN_ADDRESS.match(body.recipient.strip())
     if match:
@@ -205,7 +205,7 @@ async def inbound_unsubscribe(request: web.Request) -> web.Response:
     # The List-Unsubscribe mailto puts `unsubscribe-TOKEN` in the subject; replies add "Re:".
     for word in body.subject.split()[:20]:
         candidates.append(word.removeprefix("unsubscribe-").removeprefix("UNSUBSCRIBE-"))
-    found = next((t for c in candidates if (t := tokens.verify(secret, c, "unsubscribe")) is not None), None)
+    found = next((t for c in candidates if (t := tokens.verify(keyring, c, "unsubscribe")) is not None), None)
     if found is None:
         raise Problem(
             422,
