@@ -16,10 +16,11 @@ set-based statements for the whole batch (claim, build, advance):
 
 Then it rings the delivery doorbell (`outbox.ring`). Any number of passes may run at once: a
 locked account is skipped by the others, and the account row is only released with its window
-advanced, so no window gets two digests, no message gets into two digests (the UPDATE re-checks
-`digest_id IS NULL` under its row lock) and no message is lost (messages are selected by "not yet
-digested and created before the window's end", with no lower bound, so a late one goes in the
-next digest).
+advanced, so no window gets two digests, no message gets into two digests (each is locked and
+checked before it is marked; one locked by someone else, a member reading it, is skipped) and no
+message is lost (messages are selected by "not yet digested and created before the window's end",
+with no lower bound, so a late or skipped one goes in the next digest). The pass never waits for
+a row lock.
 
 Immediate members have no clock: the intake hook `messages_arrived` makes them due one
 coalescing window (`NOTIFIER_IMMEDIATE_COALESCE_SECONDS`) after the first waiting message, so
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -261,9 +263,6 @@ async def _run_batch(
         settings.digest_max_per_category,
         f"{settings.public_url}/inbox",
     )
-    changed = [(r["digest_id"], r["marked"]) for r in rows if r["marked"] != r["counted"]]
-    if changed:
-        await conn.execute(Q.fix_digest_counts, [c[0] for c in changed], [c[1] for c in changed])
     unmailable = {a["id"] for a, ok in zip(accounts, mailable, strict=True) if not ok}
     for row in rows:
         if row["marked"]:
@@ -284,9 +283,15 @@ async def _run_batch(
 
 
 async def _drain(
-    pool: asyncpg.Pool, redis: outbox.Doorbell | None, settings: Settings, now: datetime, batch_size: int
-) -> PassResult:
-    total = PassResult()
+    pool: asyncpg.Pool,
+    redis: outbox.Doorbell | None,
+    settings: Settings,
+    now: datetime,
+    batch_size: int,
+    total: PassResult,
+) -> None:
+    """Batches until none is due, each added to `total` once committed (so that a failure
+    leaves in `total` what was done)."""
     while True:
         async with pool.acquire() as conn, conn.transaction():
             batch = await _run_batch(conn, settings, now, batch_size)
@@ -294,7 +299,29 @@ async def _drain(
         if batch.emails and redis is not None:
             await outbox.ring(redis, queues.DIGEST, batch.emails)
         if batch.accounts < batch_size:
-            return total
+            return
+
+
+class PassFailed(Exception):
+    """A pass stopped by an error (the database or Redis gone, a statement cut off by the command
+    timeout). The batches committed before it stand: `done` says what they did, and their digests
+    are queued. The accounts left are still due; the next pass (or a run again) takes them."""
+
+    def __init__(self, done: PassResult, cause: BaseException) -> None:
+        self.done = done
+        self.cause = cause
+        super().__init__(
+            f"digest pass failed after {done.digests} digests ({done.emails} e-mails queued): "
+            f"{describe_error(cause)}; the accounts left are still due"
+        )
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming what went wrong (no traceback, no query text)."""
+    if isinstance(exc, TimeoutError):  # asyncpg's command timeout, or waiting for a connection
+        return "the database did not answer in time (TimeoutError)"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def run_pass(
@@ -311,16 +338,21 @@ async def run_pass(
     rings within a minute then). `concurrency` batches are built at once on separate connections
     (the database works on one while Python builds the contents of another).
 
-    Safe to run any number of times and in parallel: each window gets at most one digest and each
-    message at most one digest. Accounts locked by someone else (another pass, a preference change
-    in progress) are left to the next pass. Returns what it did."""
+    Safe to run any number of times and in parallel, beside intake, members reading and delivery:
+    each window gets at most one digest and each message at most one digest, and the pass never
+    waits for a row lock (accounts and messages locked by someone else are skipped, and left to
+    the next pass). Returns what it did; raises PassFailed (with what was done) when a batch
+    fails: the other batches still run to the end."""
     now = now or datetime.now(UTC)
-    await pool.execute(Q.repair_immediate, timedelta(seconds=settings.immediate_coalesce_seconds))
     total = PassResult()
-    for part in await asyncio.gather(
-        *(_drain(pool, redis, settings, now, batch_size) for _ in range(max(1, concurrency)))
-    ):
-        total.add(part)
+    try:
+        await pool.execute(Q.repair_immediate, timedelta(seconds=settings.immediate_coalesce_seconds))
+    except Exception as exc:
+        raise PassFailed(total, exc) from exc
+    outcomes = await asyncio.gather(
+        *(_drain(pool, redis, settings, now, batch_size, total) for _ in range(max(1, concurrency))),
+        return_exceptions=True,
+    )
     if total.accounts:
         log.info(
             "digest pass as of %s: %d due, %d digests, %d messages, %d e-mails",
@@ -332,6 +364,11 @@ async def run_pass(
         )
     for account_id in total.skipped:
         log.warning("account %d has an address that cannot be mailed; its digest was not sent", account_id)
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise PassFailed(total, outcome) from outcome
+        if isinstance(outcome, BaseException):  # cancelled: not a failure of the pass
+            raise outcome
     return total
 
 
@@ -406,11 +443,16 @@ async def preview(
 
 
 async def cli_run(settings: Settings, at: datetime | None) -> int:
-    """`notifier digests run [--at TIME]`: one pass, then print what it did."""
+    """`notifier digests run [--at TIME]`: one pass, then print what it did. A pass that fails
+    prints one line on stderr (what was done, and why it stopped) and returns 1."""
     from notifier.resources import opened
 
     async with opened(settings) as res:
-        result = await run_pass(res.pool, res.redis, settings, at)
+        try:
+            result = await run_pass(res.pool, res.redis, settings, at)
+        except PassFailed as exc:
+            print(f"notifier: error: {exc}", file=sys.stderr)
+            return 1
     print(
         f"due accounts: {result.accounts}  digests: {result.digests}  "
         f"messages: {result.messages}  e-mails queued: {result.emails}"
