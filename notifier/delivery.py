@@ -430,9 +430,13 @@ class Delivery:
 
         # A TaskGroup, not gather: when a lane fails, gather returns at once while the others may
         # still wait for answers, which would then come after the batch recorded.
-        async with asyncio.TaskGroup() as lanes:
-            for _ in range(min(len(envelopes), self.settings.smtp_pool_size)):
-                lanes.create_task(lane())
+        try:
+            async with asyncio.TaskGroup() as lanes:
+                for _ in range(min(len(envelopes), self.settings.smtp_pool_size)):
+                    lanes.create_task(lane())
+        finally:
+            if pacer is not None:
+                pacer.close()
         return [o if o is not None else TemporaryFailure("not sent") for o in outcomes]
 
     def _result(
