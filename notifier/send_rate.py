@@ -9,9 +9,9 @@ across processes and queues.
 Priority comes from who may book, and how far ahead:
 
 - Service mail (level 0) may always book, at the end of the schedule.
-- Digests (level 1) and newsletters (level 2) book only while no more urgent level has a slot still
-  ahead in the schedule, and only up to `HORIZON` seconds ahead of now, never a batch's worth up
-  front.
+- Digests (level 1) and newsletters (level 2) book only while no more urgent level has a slot
+  ahead in the schedule (but for one starting within `LEAD`), and only up to `HORIZON` seconds
+  ahead of now, never a batch's worth up front.
 
 So a service message waits at most `HORIZON` (or one interval, when the rate is below 1/HORIZON)
 behind slots already booked for bulk, however many bulk workers run and however large the
@@ -44,12 +44,17 @@ KEY = "notifier:send-rate"
 HORIZON = 0.25
 # A process books about this much sending time per round trip (at least one slot).
 BOOK_AHEAD = 0.1
+# A lower level may book behind a more urgent one's last slot when it starts within this, so that
+# its slots follow on without a gap however late its worker wakes up (less than the half chunk a
+# burst of urgent mail keeps booked ahead, so such a burst still keeps the whole rate).
+LEAD = BOOK_AHEAD / 4
 # Who books first when the rate is the limit, by queue: service mail, digests, newsletters.
 PRIORITY = {queues.SERVICE: 0, queues.DIGEST: 1, queues.BULK: 2}
 LOWEST = max(PRIORITY.values())
 
 # KEYS[1]: a hash with `tat` (the end of the schedule) and `end<level>` (the end of the last slot
-# booked by each level). ARGV: interval (1/rate), slots wanted, level, horizon (levels above 0).
+# booked by each level). ARGV: interval (1/rate), slots wanted, level, horizon and lead (levels
+# above 0).
 # Answers {granted, at, now} in Redis's clock: with granted > 0, `at` is the start of the first
 # granted slot (the others follow one interval apart); with granted = 0, when to ask again.
 _BOOK = """
@@ -59,6 +64,7 @@ local interval = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local level = tonumber(ARGV[3])
 local horizon = tonumber(ARGV[4])
+local lead = tonumber(ARGV[5])
 local function answer(granted, at)
   return {granted, string.format('%.6f', at), string.format('%.6f', t)}
 end
@@ -67,7 +73,7 @@ if tat < t then tat = t end
 if level > 0 then
   for above = 0, level - 1 do
     local e = tonumber(redis.call('HGET', KEYS[1], 'end' .. above) or '0')
-    if e > t then return answer(0, e) end
+    if e > t + lead then return answer(0, e - lead) end
   end
   local room = math.floor((t + horizon - tat) / interval + 1e-6)
   if room < 1 then return answer(0, tat + interval - horizon) end
@@ -115,7 +121,7 @@ class SendRate:
         loop = asyncio.get_running_loop()
         asked = loop.time()
         granted, at, redis_now = await self.redis.eval(  # type: ignore[misc]
-            _BOOK, 1, self.key, repr(self.interval), str(n), str(level), repr(self.horizon)
+            _BOOK, 1, self.key, repr(self.interval), str(n), str(level), repr(self.horizon), repr(LEAD)
         )
         # Slots are Redis times; place them on this process's clock with the smallest offset seen
         # (the reading least delayed by the round trip), so that two bookings that are
