@@ -10,7 +10,7 @@ Priority comes from who may book, and how far ahead:
 
 - Service mail (level 0) may always book, at the end of the schedule.
 - Digests (level 1) and newsletters (level 2) book only while no more urgent level has a slot
-  ahead in the schedule (but for one starting within `LEAD`), and only up to `HORIZON` seconds
+  ahead in the schedule (but for one ending within `LEAD`), and only up to `HORIZON` seconds
   ahead of now, never a batch's worth up front.
 
 So a service message waits at most `HORIZON` (or one interval, when the rate is below 1/HORIZON)
@@ -44,7 +44,7 @@ KEY = "notifier:send-rate"
 HORIZON = 0.25
 # A process books about this much sending time per round trip (at least one slot).
 BOOK_AHEAD = 0.1
-# A lower level may book behind a more urgent one's last slot when it starts within this, so that
+# A lower level may book behind a more urgent one's last slot when it ends within this, so that
 # its slots follow on without a gap however late its worker wakes up (less than the half chunk a
 # burst of urgent mail keeps booked ahead, so such a burst still keeps the whole rate).
 LEAD = BOOK_AHEAD / 4
