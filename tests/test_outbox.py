@@ -389,16 +389,6 @@ def test_cli_outbox_retry(
     assert "re-queued" in capsys.readouterr().out
 
 
-async def test_rate_limiter_spaces_batches_across_workers(redis: ArqRedis) -> None:
-    from notifier.mail.smtp import RateLimiter
-
-    one = RateLimiter(redis, rate=100, key="test:rate")
-    two = RateLimiter(redis, rate=100, key="test:rate")
-    assert await one.reserve(50) < 0.05
-    wait = await two.reserve(50)  # the second worker waits for the first one's 50 slots
-    assert 0.4 < wait <= 0.5
-
-
 async def test_dkim_signed_digest_verifies_after_delivery(
     settings: Settings, pool: asyncpg.Pool, smtp: MailSink, factory: Factory
 ) -> None:

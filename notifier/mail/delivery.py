@@ -22,11 +22,12 @@ from typing import Any, Literal
 import asyncpg
 from arq import ArqRedis
 
-from notifier import suppression, tokens
+from notifier import queues, suppression, tokens
 from notifier.db import Q
 from notifier.mail import compose, outbox
 from notifier.mail.render import OutgoingEmail, Renderers, TemplateError
-from notifier.mail.smtp import Envelope, PermanentFailure, RateLimiter, Sender, TemporaryFailure
+from notifier.mail.send_rate import SendRate
+from notifier.mail.smtp import Envelope, PermanentFailure, Sender, TemporaryFailure
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.delivery")
@@ -184,7 +185,7 @@ class Delivery:
         self.batch_size = batch_size
         self.signer = compose.Signer.from_settings(settings)
         self.limiter = (
-            RateLimiter(redis, settings.send_rate) if redis is not None and settings.send_rate else None
+            SendRate(redis, settings.send_rate) if redis is not None and settings.send_rate else None
         )
         self._from = {
             "service": compose.parse_mailbox(settings.service_from),
@@ -232,7 +233,12 @@ class Delivery:
         recorder = _Recorder(write, self.record_interval)
         stop = asyncio.Event()
         lanes_done = False
-        sending = asyncio.ensure_future(self._send_rows(rows, now, recorder, stop))
+        # Under a send rate, more urgent mail may hold this batch back: start no send so late that
+        # its answer could come after the lease ran out (and another worker claimed the row).
+        deadline = asyncio.get_running_loop().time() + self.lease_seconds() - self.settings.smtp_timeout
+        sending = asyncio.ensure_future(
+            self._send_rows(rows, now, recorder, stop, queue=queue, deadline=deadline)
+        )
         try:
             try:
                 results = await asyncio.shield(sending)
@@ -268,9 +274,13 @@ class Delivery:
         now: datetime,
         recorder: _Recorder | None = None,
         stop: asyncio.Event | None = None,
+        *,
+        queue: str = queues.SERVICE,
+        deadline: float | None = None,
     ) -> list[Result]:
-        """Send one claimed batch; each SMTP answer goes to `recorder` as it comes in. Returns
-        every row's result (those decided before sending included, which the caller records)."""
+        """Send one claimed batch of `queue`; each SMTP answer goes to `recorder` as it comes in.
+        Returns every row's result (those decided before sending included, which the caller
+        records). No send starts after `deadline` (event loop time)."""
         emails = [OutgoingEmail.from_row(r) for r in rows]
         attempts = {r["id"]: r["attempts"] for r in rows}
         known_ids = {r["id"]: r["message_id"] for r in rows}
@@ -349,7 +359,9 @@ class Delivery:
             if recorder is not None:
                 recorder.add(result)
 
-        outcomes = await self._send_all([envelope for _, _, envelope in envelopes], answered, stop)
+        outcomes = await self._send_all(
+            [envelope for _, _, envelope in envelopes], answered, stop, queue=queue, deadline=deadline
+        )
         for (email, mid, _), outcome in zip(envelopes, outcomes, strict=True):
             if email.id not in results:
                 results[email.id] = self._result(email.id, mid, attempts[email.id], outcome, now)
@@ -387,40 +399,32 @@ class Delivery:
             message = self.signer.sign(message)
         return mid, Envelope(from_address, (email.to_address,), message)
 
-    async def _pace(self, n: int) -> list[float]:
-        """Delays (seconds from now) at which to start each of `n` sends under the global rate."""
-        if self.limiter is None or n == 0:
-            return [0.0] * n
-        first = await self.limiter.reserve(n)
-        interval = 1.0 / self.settings.send_rate
-        return [first + i * interval for i in range(n)]
-
     async def _send_all(
         self,
         envelopes: Sequence[Envelope],
         answered: Callable[[int, str | Exception], None] | None = None,
         stop: asyncio.Event | None = None,
+        *,
+        queue: str = queues.SERVICE,
+        deadline: float | None = None,
     ) -> list[str | Exception]:
         """Send a batch over as many lanes as the SMTP pool has connections; each lane takes the
         next message when its previous one is done (no task per message, no pile-up on the
-        pool). Under a send-rate limit each message waits for its reserved slot. `answered`, when
-        given, is called with each message's index and outcome as its answer arrives. Once `stop`
-        is set no lane starts another message (the unsent count as "not sent")."""
+        pool). Under a send rate each message waits for a slot of the shared schedule, booked a
+        few at a time with `queue`'s priority (`notifier.send_rate`). `answered`, when given, is
+        called with each message's index and outcome as its answer arrives. Once `stop` is set, or
+        when a slot would start after `deadline` (event loop time), no lane starts another message
+        (the unsent count as "not sent" and are retried)."""
         outcomes: list[str | Exception | None] = [None] * len(envelopes)
-        delays = await self._pace(len(envelopes))
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        pacer = self.limiter.pacer(queue, len(envelopes), deadline) if self.limiter and envelopes else None
         order = iter(range(len(envelopes)))
 
         async def lane() -> None:
             for i in order:
                 if stop is not None and stop.is_set():
                     return
-                wait = start + delays[i] - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    if stop is not None and stop.is_set():
-                        return
+                if pacer is not None and (not await pacer.wait() or (stop is not None and stop.is_set())):
+                    return
                 outcome: str | Exception
                 try:
                     outcome = await self.sender.send(envelopes[i])
@@ -432,9 +436,13 @@ class Delivery:
 
         # A TaskGroup, not gather: when a lane fails, gather returns at once while the others may
         # still wait for answers, which would then come after the batch recorded.
-        async with asyncio.TaskGroup() as lanes:
-            for _ in range(min(len(envelopes), self.settings.smtp_pool_size)):
-                lanes.create_task(lane())
+        try:
+            async with asyncio.TaskGroup() as lanes:
+                for _ in range(min(len(envelopes), self.settings.smtp_pool_size)):
+                    lanes.create_task(lane())
+        finally:
+            if pacer is not None:
+                pacer.close()
         return [o if o is not None else TemporaryFailure("not sent") for o in outcomes]
 
     def _result(

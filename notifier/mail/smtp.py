@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiosmtplib
-from redis.asyncio import Redis
 
 from notifier.settings import Settings
 
@@ -231,38 +230,6 @@ def _classify(code: int, message: str) -> DeliveryError:
     if 500 <= code < 600:
         return PermanentFailure(text, code)
     return TemporaryFailure(text, code)
-
-
-# GCRA over Redis: one key holds the time at which the next message may go. Reserving n slots
-# moves it by n intervals and answers how long until the first; the caller spaces the rest.
-_RESERVE = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < t then tat = t end
-local interval = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], string.format('%.6f', tat + interval * n), 'EX', math.ceil(interval * n) + 60)
-return string.format('%.6f', tat - t)
-"""
-
-
-class RateLimiter:
-    """The global send rate (NOTIFIER_SEND_RATE messages/s) shared by every worker process through
-    one Redis key. Callers reserve a whole batch in one round trip, then pace its sends."""
-
-    def __init__(self, redis: Redis, rate: float, key: str = "notifier:send-rate") -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self.redis = redis
-        self.rate = rate
-        self.key = key
-
-    async def reserve(self, n: int) -> float:
-        """Reserve `n` consecutive send slots; returns seconds until the first. Slot i starts
-        `i / rate` seconds after it."""
-        answer = await self.redis.eval(_RESERVE, 1, self.key, repr(1.0 / self.rate), str(n))  # type: ignore[misc]
-        return max(0.0, float(answer))
 
 
 async def _quietly_close(client: aiosmtplib.SMTP) -> None:
