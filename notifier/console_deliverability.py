@@ -17,6 +17,7 @@ from aiohttp import web
 from notifier import audit, outbox, queues, suppression
 from notifier.console_ui import form_of, number, page, pool_of, posted, redirect, redis_of, render, session_of
 from notifier.db import Q
+from notifier.delivery import POLICY_PREFIX
 
 RECENT_LIMIT = 100
 FAILED_LIMIT = 200
@@ -24,6 +25,7 @@ LISTS: tuple[str, ...] = get_args(suppression.ListName)
 # Reasons an operator may give when adding; the others come from delivery and unsubscribes.
 ADD_REASONS = ("manual", "complaint", "hard_bounce")
 MAX_NOTE = 500
+POLICY_SHOWN = 5  # newest policy refusals quoted on the overview
 
 
 @page("admin")
@@ -54,6 +56,8 @@ async def overview(request: web.Request) -> web.Response:
         failed_total=await pool.fetchval(Q.console_failed_count),
         queues=rows,
         suppression_counts=await pool.fetch(Q.console_suppression_counts),
+        policy=await pool.fetch(Q.console_policy_rejections, POLICY_PREFIX, POLICY_SHOWN),
+        policy_prefix=POLICY_PREFIX,
     )
 
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import asyncpg
 from arq import ArqRedis
 
-from notifier import mail, outbox, queues, suppression, tokens
+from notifier import mail, outbox, queues, smtp_reply, suppression, tokens
 from notifier.db import Q
 from notifier.render import OutgoingEmail, Renderers, TemplateError
 from notifier.settings import Settings
@@ -34,6 +34,8 @@ log = logging.getLogger("notifier.delivery")
 # leave unrecorded, against one statement per answer (a third of the throughput on the 2-core VM).
 RECORD_INTERVAL = 0.005
 BUILD_TURN_SECONDS = 0.002  # building a batch lets other tasks of the loop run this often
+# How the error of an e-mail the receiving server refused by policy (5.7.x) begins.
+POLICY_PREFIX = "refused by the receiving server's policy (the sender, not the address; nobody suppressed): "
 
 
 @dataclass
@@ -314,12 +316,13 @@ class Delivery:
             try:
                 mid, envelope = self.build_message(email, date, known_ids[email.id])
             except (TemplateError, mail.HeaderError) as exc:
+                why = smtp_reply.redact(str(exc))
                 results[email.id] = Result(
                     email.id,
                     "failed",
                     "failed",
-                    error=f"cannot build the message: {exc}",
-                    detail={"error": str(exc)},
+                    error=f"cannot build the message: {why}",
+                    detail={"error": why},
                 )
                 continue
             except Exception as exc:
@@ -435,11 +438,18 @@ class Delivery:
         self, email_id: int, mid: str, attempt: int, outcome: str | Exception, now: datetime
     ) -> Result:
         if isinstance(outcome, str):
-            return Result(email_id, "sent", "sent", message_id=mid, detail={"reply": outcome[:200]})
-        error = str(outcome)[:500]
+            return Result(
+                email_id, "sent", "sent", message_id=mid, detail={"reply": smtp_reply.redact(outcome)[:200]}
+            )
+        error = smtp_reply.redact(str(outcome))[:500]
         if isinstance(outcome, PermanentFailure):
             event = "bounced" if outcome.unknown_mailbox else "failed"
-            return Result(email_id, "failed", event, message_id=mid, error=error, detail={"error": error})
+            if outcome.policy:
+                # About the sender (DMARC, SPF, reputation), not the address: nobody is suppressed,
+                # and the console's deliverability page shows these (`POLICY_PREFIX`).
+                error = f"{POLICY_PREFIX}{error}"[:500]
+            detail = {"error": error, "category": outcome.category}
+            return Result(email_id, "failed", event, message_id=mid, error=error, detail=detail)
         if attempt <= len(outbox.RETRY_DELAYS):
             at = now + timedelta(seconds=outbox.RETRY_DELAYS[attempt - 1])
             return Result(

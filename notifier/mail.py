@@ -29,10 +29,14 @@ from notifier.settings import ConfigError, Settings
 CRLF = "\r\n"
 MAX_LINE = 78
 
-# DKIM covers these (absent ones are signed as absent, so they cannot be added later).
+# DKIM covers these, each one more time than the message has it ("over-signing", RFC 6376
+# 8.15): the extra entry signs the header as absent, so a Subject, To, Reply-To or
+# List-Unsubscribe added later (prepended, where most readers look) breaks the signature.
 DKIM_HEADERS = (
     b"from",
     b"to",
+    b"cc",
+    b"reply-to",
     b"subject",
     b"date",
     b"message-id",
@@ -237,6 +241,22 @@ def build(
     )
 
 
+_HEADER_START = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
+
+
+def oversigned_headers(message: bytes) -> list[bytes]:
+    """The `h=` list for `message`: each name of DKIM_HEADERS as many times as the header occurs,
+    plus once more (see DKIM_HEADERS)."""
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[: end + 2]
+    counts = dict.fromkeys(DKIM_HEADERS, 1)
+    for match in _HEADER_START.finditer(head):
+        name = match.group(1).lower()
+        if name in counts:
+            counts[name] += 1
+    return [name for name in DKIM_HEADERS for _ in range(counts[name])]
+
+
 class Signer:
     """DKIM signing with the key from NOTIFIER_DKIM_*; `Signer.from_settings` is None when
     no key is configured."""
@@ -274,7 +294,7 @@ class Signer:
             self.selector,
             self.domain,
             self.private_key,
-            include_headers=list(DKIM_HEADERS),
+            include_headers=oversigned_headers(message),
             signature_algorithm=self.algorithm,
         )
         return signature + message

@@ -2,7 +2,7 @@
 
 Callers hand over finished message bytes and get back the server's reply or one of two errors:
 `TemporaryFailure` (retry later) or `PermanentFailure` (stop; `unknown_mailbox` says whether
-to suppress the address).
+to suppress the address). What a refusal means is `smtp_reply.classify`'s to say.
 """
 
 from __future__ import annotations
@@ -18,15 +18,20 @@ from typing import Protocol
 import aiosmtplib
 from redis.asyncio import Redis
 
+from notifier import smtp_reply
 from notifier.settings import Settings
+from notifier.smtp_reply import Category
 
 log = logging.getLogger("notifier.smtp")
 
 
 class DeliveryError(Exception):
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, category: Category | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.category: Category = category or (
+            "permanent" if isinstance(self, PermanentFailure) else "temporary"
+        )
 
 
 class TemporaryFailure(DeliveryError):
@@ -38,16 +43,15 @@ class PermanentFailure(DeliveryError):
 
     @property
     def unknown_mailbox(self) -> bool:
-        """550/551/553 about the recipient (5.1.x): the address does not exist."""
-        text = str(self).lower()
-        return self.code in (550, 551, 553) and (
-            "5.1." in text
-            or "unknown" in text
-            or "no such" in text
-            or "does not exist" in text
-            or "user" in text
-            or "mailbox" in text
-        )
+        """The address does not exist (5.1.1, 5.1.6, 5.1.10, or such wording without a code):
+        the only permanent failure that suppresses it."""
+        return self.category == "bad_mailbox"
+
+    @property
+    def policy(self) -> bool:
+        """The receiving server refused the sender (5.7.x: authentication, DMARC, reputation),
+        not the address."""
+        return self.category == "policy"
 
 
 @dataclass(frozen=True)
@@ -225,12 +229,14 @@ async def _data(client: aiosmtplib.SMTP, message: bytes) -> str:
 
 
 def _classify(code: int, message: str) -> DeliveryError:
-    """5xx is permanent; 4xx and anything unexpected (aiosmtplib uses -1 for a garbled reply)
-    is temporary."""
-    text = f"{code} {message}"
-    if 500 <= code < 600:
-        return PermanentFailure(text, code)
-    return TemporaryFailure(text, code)
+    """By `smtp_reply.classify`: a bad mailbox, a policy refusal and other 5xx are permanent; 4xx,
+    a full mailbox (5.2.x, retried later) and anything unexpected (aiosmtplib uses -1 for a
+    garbled reply) are temporary. The text keeps no e-mail address (`smtp_reply.redact`)."""
+    text = smtp_reply.redact(f"{code} {message}")
+    category = smtp_reply.classify(code, message)
+    if category in ("bad_mailbox", "policy", "permanent"):
+        return PermanentFailure(text, code, category)
+    return TemporaryFailure(text, code, category)
 
 
 # GCRA over Redis: one key holds the time at which the next message may go. Reserving n slots
