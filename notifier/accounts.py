@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from notifier import audit, suppression
 from notifier.auth import api_key_of, requires
 from notifier.db import Q
-from notifier.idempotency import idempotent, json_response
+from notifier.idempotency import forget_external_id, idempotent, json_response
 from notifier.pagination import decode_cursor, encode_cursor, page_limit
 from notifier.problems import Problem, read_json
 from notifier.resources import POOL
@@ -242,14 +242,18 @@ async def erase_account(
     except a service e-mail still waiting to be sent (the notice of the erasure itself).
     Suppressions stay, being keyed by `address_hash` only; their free-text detail is cleared. An
     unsubscribe still in force becomes a suppression (`_unsubscribes_to_keep`), so it survives too.
+    Idempotency records tied to no account lose the external id (`forget_external_id`). The
+    notice, once sent, refused or suppressed, keeps nothing personal either (`record_results`).
     Returns the `erasures` row, which holds the reason and the actor and no personal data.
     """
     if reason not in ERASURE_REASONS:
         raise ValueError(reason)
     for list_name in await _unsubscribes_to_keep(conn, account):
         await suppression.add(conn, account["email"], "unsubscribed", list_name)
+    await conn.execute(Q.delete_unowned_email_events, account["email"])
     await conn.execute(Q.delete_unowned_emails_to, account["email"])
     await conn.execute(Q.scrub_suppression_detail, address_hash(account["email"]))
+    await forget_external_id(conn, account["external_id"])
     await conn.execute(Q.delete_account, account["id"])
     erasure: asyncpg.Record = await conn.fetchrow(Q.insert_erasure, reason, actor.type, actor.name)
     return erasure

@@ -26,7 +26,7 @@ from notifier import mail, outbox, queues, smtp_reply, suppression, tokens
 from notifier.db import Q
 from notifier.render import OutgoingEmail, Renderers, TemplateError
 from notifier.settings import Settings
-from notifier.smtp import Envelope, PermanentFailure, RateLimiter, Sender, TemporaryFailure
+from notifier.smtp import DeliveryError, Envelope, PermanentFailure, RateLimiter, Sender, TemporaryFailure
 
 log = logging.getLogger("notifier.delivery")
 
@@ -341,7 +341,7 @@ class Delivery:
 
         def answered(i: int, outcome: str | Exception) -> None:
             email, mid, _ = envelopes[i]
-            result = self._result(email.id, mid, attempts[email.id], outcome, now)
+            result = self._result(email, mid, attempts[email.id], outcome, now)
             results[email.id] = result
             if recorder is not None:
                 recorder.add(result)
@@ -349,7 +349,7 @@ class Delivery:
         outcomes = await self._send_all([envelope for _, _, envelope in envelopes], answered, stop)
         for (email, mid, _), outcome in zip(envelopes, outcomes, strict=True):
             if email.id not in results:
-                results[email.id] = self._result(email.id, mid, attempts[email.id], outcome, now)
+                results[email.id] = self._result(email, mid, attempts[email.id], outcome, now)
         return [results[e.id] for e in emails]
 
     def _suppressed(self, email: OutgoingEmail, entries: list[tuple[str, str]]) -> tuple[str, str] | None:
@@ -435,13 +435,22 @@ class Delivery:
         return [o if o is not None else TemporaryFailure("not sent") for o in outcomes]
 
     def _result(
-        self, email_id: int, mid: str, attempt: int, outcome: str | Exception, now: datetime
+        self, email: OutgoingEmail, mid: str, attempt: int, outcome: str | Exception, now: datetime
     ) -> Result:
+        email_id = email.id
         if isinstance(outcome, str):
             return Result(
                 email_id, "sent", "sent", message_id=mid, detail={"reply": smtp_reply.redact(outcome)[:200]}
             )
         error = smtp_reply.redact(str(outcome))[:500]
+        if (
+            email.account_id is None
+            and email.kind == "service"
+            and isinstance(outcome, DeliveryError)
+            and outcome.code is not None
+        ):
+            # The notice of an erasure: a reply may quote the name too, so keep only its codes.
+            error = smtp_reply.summary(outcome.code, error, outcome.category)
         if isinstance(outcome, PermanentFailure):
             event = "bounced" if outcome.unknown_mailbox else "failed"
             if outcome.policy:

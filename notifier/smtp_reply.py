@@ -93,3 +93,12 @@ def redact(text: str) -> str:
     if "@" not in text:
         return text
     return _ADDRESS.sub(REDACTED, text)
+
+
+def summary(code: int | None, text: str, category: str) -> str:
+    """A refusal without its words: the codes and what they mean (`550 5.1.1 bad_mailbox`), for
+    e-mails that must keep nothing of what a server said about the person (the erasure notice)."""
+    basic = str(code) if code is not None else "no code"
+    rest = text.removeprefix(basic).lstrip(" -")
+    enhanced = enhanced_code(rest)
+    return " ".join(part for part in (basic, enhanced, category) if part)

@@ -353,10 +353,12 @@ async def test_a_template_error_fails_the_email_not_the_batch(
 
 
 async def test_retry_failed_by_id_and_since(
-    settings: Settings, pool: asyncpg.Pool, redis: ArqRedis, smtp: MailSink, run_worker: Any
+    settings: Settings, pool: asyncpg.Pool, redis: ArqRedis, smtp: MailSink, run_worker: Any, factory: Factory
 ) -> None:
-    first = await add_service(pool)
-    second = await add_service(pool)
+    # E-mails of accounts: a failed one without an account (an erasure notice) keeps no address
+    # to retry (tests/test_erasure_notice.py).
+    first = await add_service(pool, await factory.account())
+    second = await add_service(pool, await factory.account())
     smtp.replies.extend(["554 5.0.0 no", "554 5.0.0 no"])
     await delivery_for(settings, pool).run(queues.SERVICE)
     assert {(await status_of(pool, i))["status"] for i in (first, second)} == {"failed"}
