@@ -501,19 +501,24 @@ class Delivery:
         # results, and those rows are then sent again (same Message-ID) when their lease runs
         # out, never lost. One statement, one round trip, unless a hard bounce adds suppressions.
         bounced = [r for r in results if r.event == "bounced"]
-        if not bounced:
+        digest_of = {r["id"]: r["digest_id"] for r in rows if r["digest_id"] is not None}
+        undelivered = [digest_of[r.id] for r in results if r.status == "failed" and r.id in digest_of]
+        if not bounced and not undelivered:
             await self.pool.execute(*args)
             return
         address = {r["id"]: r["to_address"] for r in rows}
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(*args)
-            await conn.execute(
-                Q.add_suppressions,
-                [suppression.address_hash(address[r.id]) for r in bounced],
-                ["all"] * len(bounced),
-                ["hard_bounce"] * len(bounced),
-                [(r.error or "")[:200] for r in bounced],
-            )
+            if bounced:
+                await conn.execute(
+                    Q.add_suppressions,
+                    [suppression.address_hash(address[r.id]) for r in bounced],
+                    ["all"] * len(bounced),
+                    ["hard_bounce"] * len(bounced),
+                    [(r.error or "")[:200] for r in bounced],
+                )
+            if undelivered:
+                await conn.execute(Q.release_digest_messages, undelivered)
 
 
 async def deliver_job(ctx: dict[str, Any]) -> dict[str, int]:

@@ -18,7 +18,7 @@ from typing import Protocol
 import aiosmtplib
 from redis.asyncio import Redis
 
-from notifier import smtp_reply
+from notifier import mail, smtp_reply
 from notifier.settings import Settings
 from notifier.smtp_reply import Category
 
@@ -118,6 +118,10 @@ class SMTPSender:
                     ) from None
                 try:
                     reply = await _transaction(client, envelope)
+                except PermanentFailure:
+                    # Refused here (an address this server cannot take): the connection is fine.
+                    await self._reset_or_drop(client)
+                    raise
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     await self._reset_or_drop(client)
                     refused = exc.recipients[0]
@@ -163,10 +167,35 @@ class SMTPSender:
 
 def _address(address: str) -> bytes:
     # The outbox only holds addresses `mail.check_address` accepted; refuse anything that could
-    # still break the command line rather than trusting every caller.
-    if not address.isascii() or any(c in address for c in "\r\n<> "):
-        raise PermanentFailure(f"refusing to send to a malformed address {address!r}")
-    return b"<" + address.encode("ascii") + b">"
+    # still break the command line rather than trusting every caller. An IDN domain goes in its
+    # ASCII form (`xn--`); a UTF-8 local part only after `_transaction` saw SMTPUTF8 offered.
+    if address.isascii():
+        if any(c in address for c in "\r\n<> "):
+            raise PermanentFailure(f"refusing to send to a malformed address {address!r}")
+        return b"<" + address.encode("ascii") + b">"
+    try:
+        return b"<" + mail.wire_address(address).encode("utf-8") + b">"
+    except mail.HeaderError:
+        raise PermanentFailure(f"refusing to send to a malformed address {address!r}") from None
+
+
+class SMTPUTF8Unsupported(PermanentFailure):
+    """The address needs SMTPUTF8 (a UTF-8 local part) and the server does not offer it."""
+
+
+def _mail_options(client: aiosmtplib.SMTP, envelope: Envelope) -> bytes:
+    """` SMTPUTF8` when an address has a UTF-8 local part (RFC 6531) and the server offers it;
+    raises SMTPUTF8Unsupported when it does not (nothing was sent: say so, never retry)."""
+    if envelope.sender.isascii() and all(r.isascii() for r in envelope.recipients):
+        return b""
+    if not any(mail.needs_smtputf8(a) for a in (envelope.sender, *envelope.recipients)):
+        return b""  # only IDN domains, which go in ASCII
+    if not client.supports_extension("smtputf8"):
+        raise SMTPUTF8Unsupported(
+            "not sent: the address has a non-ASCII local part, which needs SMTPUTF8 (RFC 6531), "
+            "and the SMTP server does not offer it"
+        )
+    return b" SMTPUTF8"
 
 
 async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope) -> str:
@@ -178,7 +207,8 @@ async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope) -> str:
             await client.ehlo()
         except aiosmtplib.SMTPHeloError:
             await client.helo()
-    response = await client.execute_command(b"MAIL", b"FROM:" + _address(envelope.sender))
+    options = _mail_options(client, envelope)
+    response = await client.execute_command(b"MAIL", b"FROM:" + _address(envelope.sender) + options)
     if response.code != 250:
         raise aiosmtplib.SMTPResponseException(response.code, response.message)
     for recipient in envelope.recipients:

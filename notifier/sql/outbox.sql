@@ -127,3 +127,9 @@ SELECT id, external_id, email, name, locale FROM accounts WHERE external_id = $1
 -- name: service_email
 SELECT id, status, template, attempts, next_attempt_at, last_error, message_id, created_at, sent_at
 FROM emails WHERE id = $1 AND kind = 'service'
+
+-- name: release_digest_messages
+-- The messages of digests whose e-mail failed for good were never delivered: they are pending
+-- again (for the next digest, and unread in the inbox), not marked as digested.
+UPDATE messages SET digest_id = NULL
+WHERE digest_id = ANY($1::bigint[]) AND read_at IS NULL
