@@ -14,6 +14,7 @@ from notifier.delivery import POLICY_PREFIX, Delivery
 from notifier.settings import Settings
 from notifier.smtp import SMTPSender
 from tests.conftest import MailSink
+from tests.factory import Factory
 from tests.test_console import sign_in
 
 GMAIL_UNAUTHENTICATED = (
@@ -88,10 +89,13 @@ OUTCOMES = [
 
 
 async def _send_service(settings: Settings, pool: asyncpg.Pool, address: str) -> asyncpg.Record:
+    # A member's e-mail (one without an account, the erasure notice, keeps only reply codes).
+    account_id = await Factory(pool).account(email=address)
     async with pool.acquire() as conn:
         email_id = await outbox.add(
             conn,
             kind="service",
+            account_id=account_id["id"],
             to_address=address,
             template="service/welcome",
             context={"account": {"name": "Ada"}},

@@ -115,7 +115,7 @@ async def test_migration_redacts_addresses_stored_before(pool: asyncpg.Pool) -> 
     await pool.execute(
         "INSERT INTO events (kind, email_id, detail) VALUES ('bounced', $1, $2)", email_id, {"error": text}
     )
-    sql = (Path(__file__).parent.parent / "migrations" / "0007_redact_addresses.sql").read_text()
+    sql = (Path(__file__).parent.parent / "migrations" / "0009_redact_addresses.sql").read_text()
     await pool.execute(sql)
     assert await _tables_mentioning(pool, [ADDRESS, NAME, EXTERNAL_ID]) == []
     detail = await pool.fetchval("SELECT detail FROM events")
