@@ -31,7 +31,7 @@ from notifier.api.answers import (
     Export,
 )
 from notifier.api.auth import api_key_of, requires
-from notifier.api.idempotency import idempotent
+from notifier.api.idempotency import forget_external_id, idempotent
 from notifier.api.pagination import decode_cursor, next_cursor, page_limit
 from notifier.api.problems import Problem, read_json
 from notifier.api.responses import json_response
@@ -214,15 +214,19 @@ async def erase_account(
     be sent (the notice of the erasure itself).
     Suppressions stay, being keyed by `address_hash` only; their free-text detail is cleared. An
     unsubscribe still in force becomes a suppression (`_unsubscribes_to_keep`), so it survives too.
+    Idempotency records tied to no account lose the external id (`forget_external_id`). The
+    notice, once sent, refused or suppressed, keeps nothing personal either (`record_results`).
     Returns the `erasures` row, which holds the reason and the actor and no personal data.
     """
     if reason not in ERASURE_REASONS:
         raise ValueError(reason)
     for list_name in await _unsubscribes_to_keep(conn, account):
         await suppression.add(conn, account["email"], "unsubscribed", list_name)
+    await conn.execute(Q.delete_unowned_email_events, account["email"])
     await conn.execute(Q.delete_unowned_emails_to, account["email"])
     await conn.execute(Q.scrub_suppression_detail, address_hash(account["email"]))
     await newsletter.keep_erased_figures(conn, account["id"])
+    await forget_external_id(conn, account["external_id"])
     await conn.execute(Q.delete_account, account["id"])
     erasure: asyncpg.Record = await conn.fetchrow(Q.insert_erasure, reason, actor.type, actor.name)
     return erasure

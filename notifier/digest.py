@@ -270,8 +270,7 @@ async def _run_batch(
             result.messages += row["marked"]
         if row["email_id"] is not None:
             result.emails += 1
-        elif row["account_id"] in unmailable:
-            result.skipped.append(row["account_id"])
+    result.skipped.extend(sorted(unmailable))
     await conn.execute(
         Q.advance_windows,
         ids,

@@ -543,8 +543,11 @@ async def test_unmailable_address_does_not_block_the_batch(
     for a in (broken, fine):
         await factory.message(a, created_at=T0 + timedelta(hours=1))
     result = await run_pass(pool, redis, settings, T0 + DAY)
-    assert (result.accounts, result.digests, result.emails, result.skipped) == (2, 2, 1, [broken["id"]])
+    assert (result.accounts, result.digests, result.emails, result.skipped) == (2, 1, 1, [broken["id"]])
     assert [e["account_id"] for e in await digest_emails(pool)] == [fine["id"]]
+    # No e-mail, so nothing is marked as digested (issue 17.6): the message stays pending.
+    pending = "SELECT count(*) FROM messages WHERE account_id = $1 AND digest_id IS NULL"
+    assert await pool.fetchval(pending, broken["id"]) == 1
 
 
 # --- hooks: registration, intake and corrections drive the schedule ---------------------------------

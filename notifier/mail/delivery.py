@@ -24,10 +24,16 @@ from arq import ArqRedis
 
 from notifier import queues, suppression, tokens
 from notifier.db import Q
-from notifier.mail import compose, outbox
+from notifier.mail import compose, outbox, smtp_reply
 from notifier.mail.render import OutgoingEmail, Renderers, TemplateError
 from notifier.mail.send_rate import SendRate
-from notifier.mail.smtp import Envelope, PermanentFailure, Sender, TemporaryFailure
+from notifier.mail.smtp import (
+    DeliveryError,
+    Envelope,
+    PermanentFailure,
+    Sender,
+    TemporaryFailure,
+)
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.delivery")
@@ -36,6 +42,8 @@ log = logging.getLogger("notifier.delivery")
 # leave unrecorded, against one statement per answer (a third of the throughput on the 2-core VM).
 RECORD_INTERVAL = 0.005
 BUILD_TURN_SECONDS = 0.002  # building a batch lets other tasks of the loop run this often
+# How the error of an e-mail the receiving server refused by policy (5.7.x) begins.
+POLICY_PREFIX = "refused by the receiving server's policy (the sender, not the address; nobody suppressed): "
 
 
 @dataclass
@@ -330,12 +338,13 @@ class Delivery:
             try:
                 mid, envelope = self.build_message(email, date, known_ids[email.id])
             except (TemplateError, compose.HeaderError) as exc:
+                why = smtp_reply.redact(str(exc))
                 results[email.id] = Result(
                     email.id,
                     "failed",
                     "failed",
-                    error=f"cannot build the message: {exc}",
-                    detail={"error": str(exc)},
+                    error=f"cannot build the message: {why}",
+                    detail={"error": why},
                 )
                 continue
             except Exception as exc:
@@ -354,7 +363,7 @@ class Delivery:
 
         def answered(i: int, outcome: str | Exception) -> None:
             email, mid, _ = envelopes[i]
-            result = self._result(email.id, mid, attempts[email.id], outcome, now)
+            result = self._result(email, mid, attempts[email.id], outcome, now)
             results[email.id] = result
             if recorder is not None:
                 recorder.add(result)
@@ -364,7 +373,7 @@ class Delivery:
         )
         for (email, mid, _), outcome in zip(envelopes, outcomes, strict=True):
             if email.id not in results:
-                results[email.id] = self._result(email.id, mid, attempts[email.id], outcome, now)
+                results[email.id] = self._result(email, mid, attempts[email.id], outcome, now)
         return [results[e.id] for e in emails]
 
     def _suppressed(self, email: OutgoingEmail, entries: list[tuple[str, str]]) -> tuple[str, str] | None:
@@ -446,14 +455,30 @@ class Delivery:
         return [o if o is not None else TemporaryFailure("not sent") for o in outcomes]
 
     def _result(
-        self, email_id: int, mid: str, attempt: int, outcome: str | Exception, now: datetime
+        self, email: OutgoingEmail, mid: str, attempt: int, outcome: str | Exception, now: datetime
     ) -> Result:
+        email_id = email.id
         if isinstance(outcome, str):
-            return Result(email_id, "sent", "sent", message_id=mid, detail={"reply": outcome[:200]})
-        error = str(outcome)[:500]
+            return Result(
+                email_id, "sent", "sent", message_id=mid, detail={"reply": smtp_reply.redact(outcome)[:200]}
+            )
+        error = smtp_reply.redact(str(outcome))[:500]
+        if (
+            email.account_id is None
+            and email.kind == "service"
+            and isinstance(outcome, DeliveryError)
+            and outcome.code is not None
+        ):
+            # The notice of an erasure: a reply may quote the name too, so keep only its codes.
+            error = smtp_reply.summary(outcome.code, error, outcome.category)
         if isinstance(outcome, PermanentFailure):
             event = "bounced" if outcome.unknown_mailbox else "failed"
-            return Result(email_id, "failed", event, message_id=mid, error=error, detail={"error": error})
+            if outcome.policy:
+                # About the sender (DMARC, SPF, reputation), not the address: nobody is suppressed,
+                # and the console's deliverability page shows these (`POLICY_PREFIX`).
+                error = f"{POLICY_PREFIX}{error}"[:500]
+            detail = {"error": error, "category": outcome.category}
+            return Result(email_id, "failed", event, message_id=mid, error=error, detail=detail)
         if attempt <= len(outbox.RETRY_DELAYS):
             at = now + timedelta(seconds=outbox.RETRY_DELAYS[attempt - 1])
             return Result(
@@ -496,16 +521,21 @@ class Delivery:
         # results, and those rows are then sent again (same Message-ID) when their lease runs
         # out, never lost. One statement, one round trip, unless a hard bounce adds suppressions.
         bounced = [r for r in results if r.event == "bounced"]
-        if not bounced:
+        digest_of = {r["id"]: r["digest_id"] for r in rows if r["digest_id"] is not None}
+        undelivered = [digest_of[r.id] for r in results if r.status == "failed" and r.id in digest_of]
+        if not bounced and not undelivered:
             await self.pool.execute(*args)
             return
         address = {r["id"]: r["to_address"] for r in rows}
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(*args)
-            await conn.execute(
-                Q.add_suppressions,
-                [suppression.address_hash(address[r.id]) for r in bounced],
-                ["all"] * len(bounced),
-                ["hard_bounce"] * len(bounced),
-                [(r.error or "")[:200] for r in bounced],
-            )
+            if bounced:
+                await conn.execute(
+                    Q.add_suppressions,
+                    [suppression.address_hash(address[r.id]) for r in bounced],
+                    ["all"] * len(bounced),
+                    ["hard_bounce"] * len(bounced),
+                    [(r.error or "")[:200] for r in bounced],
+                )
+            if undelivered:
+                await conn.execute(Q.release_digest_messages, undelivered)

@@ -123,6 +123,9 @@ digest AS (
     INSERT INTO digests (account_id, frequency, window_start, window_end, message_count)
     SELECT b.account_id, b.frequency, b.window_start, b.window_end, c.n
     FROM batch b JOIN counts c ON c.account_id = b.account_id
+    -- An address that cannot be mailed gets no digest: its messages stay pending, never marked
+    -- as digested without an e-mail.
+    WHERE b.mailable
     ON CONFLICT (account_id, window_end) DO NOTHING
     RETURNING id, account_id, message_count
 ),
