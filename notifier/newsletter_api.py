@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from notifier import mail, newsletter, outbox, queues
 from notifier.auth import api_key_of, requires
 from notifier.db import Q
-from notifier.newsletter_render import Draft, TemplateProblem, check, prepare, sample_personal
+from notifier.newsletter_render import Draft, Rendered, TemplateProblem, sample_personal
 from notifier.pagination import decode_cursor, encode_cursor, page_limit
 from notifier.problems import Problem, read_model
-from notifier.resources import POOL, REDIS, SETTINGS
+from notifier.resources import POOL, REDIS, RENDER_POOL, SETTINGS
 
 MAX_BODY_CHARS = 512 * 1024
 MAX_TEST_RECIPIENTS = 10
@@ -98,13 +98,23 @@ def _json(row: Mapping[str, Any], figures: Mapping[str, int] | None = None) -> d
     return body
 
 
-def _check(request: web.Request, draft: Draft) -> None:
+async def render_draft(
+    request: web.Request, draft: Draft, personal: Mapping[str, Any] | None = None
+) -> Rendered:
+    """The draft rendered for `personal` (sample data by default) in the render pool, off the
+    event loop and within the template budget; a template that does not render, or not within
+    its budget, is a 422 naming the field."""
+    settings = request.config_dict[SETTINGS]
     try:
-        check(request.app[SETTINGS], draft)
+        return await request.config_dict[RENDER_POOL].render(draft, personal or sample_personal(settings))
     except TemplateProblem as exc:
         raise Problem(
             422, "the newsletter does not render", errors=[{"field": exc.field, "message": exc.message}]
         ) from None
+
+
+async def _check(request: web.Request, draft: Draft) -> None:
+    await render_draft(request, draft)
 
 
 def _id(request: web.Request) -> int:
@@ -125,7 +135,7 @@ async def _get(request: web.Request) -> Any:
 async def create_newsletter(request: web.Request) -> web.Response:
     """A new draft. Its templates are checked: a syntax error or unknown variable is a 422."""
     body = await read_model(request, NewsletterIn)
-    _check(request, Draft(0, body.subject, body.preheader, body.body, body.body_format))
+    await _check(request, Draft(0, body.subject, body.preheader, body.body, body.body_format))
     row = await request.app[POOL].fetchrow(
         Q.insert_newsletter,
         body.subject,
@@ -144,7 +154,7 @@ async def edit_newsletter(request: web.Request) -> web.Response:
     row = await _get(request)
     patch = await read_model(request, NewsletterPatch)
     merged = {**dict(row), **patch.model_dump(exclude_none=True)}
-    _check(
+    await _check(
         request,
         Draft(row["id"], merged["subject"], merged["preheader"], merged["body"], merged["body_format"]),
     )
@@ -209,12 +219,7 @@ async def preview_newsletter(request: web.Request) -> web.Response:
             "first_name": name.split(" ", 1)[0],
             "email": account["email"],
         }
-    try:
-        out = prepare(settings, newsletter.draft_of(row)).render(personal)
-    except TemplateProblem as exc:
-        raise Problem(
-            422, "the newsletter does not render", errors=[{"field": exc.field, "message": exc.message}]
-        ) from None
+    out = await render_draft(request, newsletter.draft_of(row), personal)
     if request.query.get("format") == "html":
         # Marketing's HTML may hold anything: shown as an inert document (no script, no forms).
         return web.Response(
@@ -233,7 +238,7 @@ async def test_send(request: web.Request) -> web.Response:
     e-mails go through the outbox like any other (202 with their ids)."""
     row = await _get(request)
     body = await read_model(request, TestSendIn)
-    _check(request, newsletter.draft_of(row))
+    await _check(request, newsletter.draft_of(row))
     ids = []
     addresses = list(dict.fromkeys(str(a) for a in body.to))
     for i, address in enumerate(addresses):
@@ -268,7 +273,7 @@ async def send_newsletter(request: web.Request) -> web.Response:
     row = await _get(request)
     has_body = request.can_read_body and (request.content_length or 0) > 0
     body = await read_model(request, SendIn) if has_body else SendIn()
-    _check(request, newsletter.draft_of(row))
+    await _check(request, newsletter.draft_of(row))
     now = datetime.now(UTC)
     at = body.at or now
     try:
