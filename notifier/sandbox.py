@@ -48,6 +48,10 @@ MAX_INT_BITS = 4096
 MAX_TEXT_FILTER_INPUT = 200_000
 _CHECK_EVERY = 64  # steps between two looks at the CPU clock
 
+# Filters whose integer arguments are sizes (a width, a count): one past the budget is refused.
+# (Jinja's other filters take integers as values or bounds of what they are given.)
+_SIZE_FILTERS = frozenset({"center", "indent", "wordwrap", "batch", "slice", "truncate"})
+
 _ITER, _CONCAT, _EMIT = "notifier_metered_iter", "notifier_metered_concat", "notifier_metered_emit"
 
 
@@ -199,8 +203,9 @@ def _metered_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         budget.step()
         head, rest = (args[:2], args[2:]) if takes_context else (args[:1], args[1:])
         value = head[-1] if head else None
-        _ints(budget, rest)
-        _ints(budget, kwargs.values())
+        if name in _SIZE_FILTERS:
+            _ints(budget, rest)
+            _ints(budget, kwargs.values())
         if name in ("urlize", "wordwrap", "title", "wordcount", "striptags") and (
             _text_size(value) > MAX_TEXT_FILTER_INPUT
         ):

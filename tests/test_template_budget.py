@@ -128,6 +128,7 @@ def test_the_subject_has_the_same_budget() -> None:
         "{{ 'a,b'.split(',')|join('-') }} {{ '{0:>5}'.format(first_name) }} {{ name|center(20) }}",
         "{% for i in range(5000) %}<p>{{ i }} {{ name|upper }}</p>{% endfor %}",
         "{{ ('<p>' ~ name ~ '</p>') * 100 }} {{ 9 ** 64 }} {{ 'ab'|replace('a', 'c') }}",
+        "{{ '%7s'|format(9 ** 9) }} {{ '{:,}'.format(10 ** 10) }} {{ 10 ** 10 }} {{ [10 ** 10]|sum }}",
     ],
 )
 def test_ordinary_templates_render_within_the_budget(body: str) -> None:
