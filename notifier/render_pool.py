@@ -6,7 +6,8 @@ small pool of child processes and awaits the answer, so `/healthz` and every oth
 being served while a template runs. Inside the child the sandbox's budget (notifier.sandbox:
 steps, characters, CPU time) stops a runaway template with a TemplateProblem; should a child still
 not answer within `timeout` seconds (a construct the budget missed), its processes are killed,
-the pool is replaced and the draft is a TemplateProblem too. Either way the caller gets an answer
+the pool is replaced and the draft is a TemplateProblem too. The children run at a lower CPU
+priority (nice 10), so the web process's event loop wins the CPU when both want it. Either way the caller gets an answer
 within `timeout`.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,6 +34,11 @@ TIMEOUT_SECONDS = 10.0
 # sockets, is avoided).
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["notifier.newsletter_render"])
+
+
+def _lower_priority() -> None:
+    """In each child: yield the CPU to the web process, whose event loop answers requests."""
+    os.nice(10)
 
 
 def _render(settings: Settings, draft: Draft, personal: Mapping[str, Any]) -> Rendered:
@@ -52,7 +59,9 @@ class RenderPool:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(max_workers=self.processes, mp_context=_CONTEXT)
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.processes, mp_context=_CONTEXT, initializer=_lower_priority
+            )
         return self._executor
 
     async def render(self, draft: Draft, personal: Mapping[str, Any]) -> Rendered:

@@ -66,17 +66,20 @@ class Budget:
     steps: int = MAX_STEPS
     chars: int = MAX_CHARS
     cpu_seconds: float = CPU_SECONDS
-    deadline: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.deadline = time.thread_time() + self.cpu_seconds
+    # Read from the thread's CPU clock (a system call) only from the first check on, every
+    # _CHECK_EVERY steps: a short template never pays for it.
+    deadline: float | None = field(default=None, init=False)
 
     def step(self) -> None:
         self.steps -= 1
         if self.steps < 0:
             raise OverBudget(f"the template takes more than {MAX_STEPS} steps (loops, calls, filters)")
-        if self.steps % _CHECK_EVERY == 0 and time.thread_time() > self.deadline:
-            raise OverBudget(f"the template takes more than {self.cpu_seconds:g} s of CPU time")
+        if self.steps % _CHECK_EVERY == 0:
+            now = time.thread_time()
+            if self.deadline is None:
+                self.deadline = now + self.cpu_seconds
+            elif now > self.deadline:
+                raise OverBudget(f"the template takes more than {self.cpu_seconds:g} s of CPU time")
 
     def charge(self, size: int) -> None:
         """Account for `size` characters or items built (call before building when possible)."""
@@ -269,15 +272,27 @@ def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> Mar
 
 
 class _Meter(NodeTransformer):
-    """Rewrites a parsed template so that loops, `~` and output are metered."""
+    """Rewrites a parsed template so that loops, `~` and output are metered. Literal text outside
+    loops, macros and blocks runs once and is bounded by the source: it is left as it is."""
+
+    _REPEATED = (nodes.For, nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.AssignBlock, nodes.Block)
 
     def __init__(self, environment: jinja2.Environment) -> None:
         self.environment = environment
+        self.depth = 0
 
     def _wrap(self, node: nodes.Node, name: str) -> nodes.Filter:
         wrapped = nodes.Filter(node, name, [], [], None, None, lineno=node.lineno)
         wrapped.set_environment(self.environment)
         return wrapped
+
+    def generic_visit(self, node: nodes.Node, *args: Any, **kwargs: Any) -> nodes.Node:
+        repeated = isinstance(node, self._REPEATED)
+        self.depth += repeated
+        try:
+            return super().generic_visit(node, *args, **kwargs)
+        finally:
+            self.depth -= repeated
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
         self.generic_visit(node)
@@ -290,7 +305,10 @@ class _Meter(NodeTransformer):
 
     def visit_Output(self, node: nodes.Output) -> nodes.Node:
         self.generic_visit(node)
-        node.nodes = [self._wrap(child, _EMIT) for child in node.nodes]
+        node.nodes = [
+            child if isinstance(child, nodes.TemplateData) and not self.depth else self._wrap(child, _EMIT)
+            for child in node.nodes
+        ]
         return node
 
 
