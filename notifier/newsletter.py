@@ -151,7 +151,12 @@ class NewsletterRenderer:
             draft = draft_of(row)
             self.drafts[draft.id] = draft
             self.drafts.move_to_end(draft.id)
-            self.cache.get(self.settings, draft)
+            misses = self.cache.misses
+            try:
+                self.cache.get(self.settings, draft)
+            except TemplateProblem as exc:
+                if self.cache.misses != misses:  # once per version, not per batch
+                    log.warning("newsletter %s does not render, its e-mails fail: %s", draft.id, exc)
         while len(self.drafts) > 64:  # the least recently sent go; those being sent stay
             self.drafts.popitem(last=False)
 
@@ -177,7 +182,9 @@ class NewsletterRenderer:
         try:
             out = self.cache.get(self.settings, draft).render(personal)
         except TemplateProblem as exc:
-            raise render.TemplateError(exc.message, template="newsletter") from None
+            raise render.TemplateError(
+                f"the newsletter does not render ({exc.field}): {exc.message}", template="newsletter"
+            ) from None
         subject = out.subject if email.kind == "newsletter" else f"[TEST] {out.subject}"
         return render.Rendered(subject=subject, text=out.text, html=out.html)
 
