@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 from jsonschema import Draft202012Validator
 
-from notifier.api import answers, openapi, openapi_newsletters, openapi_routes
+from notifier import answers
+from notifier.api import openapi, openapi_newsletters, openapi_routes
 from notifier.app import create_app
 from tests.api_helpers import bearer, new_account
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from redis import exceptions as redis_exceptions
 
 from notifier import newsletter, newsletter_test_send, queues
-from notifier.api.answers import Newsletter, NewsletterPage, NewsletterPreview, TestSendQueued
+from notifier.answers import Newsletter, NewsletterPage, NewsletterPreview, TestSendQueued
 from notifier.api.auth import api_key_of, requires
 from notifier.api.pagination import decode_cursor, next_cursor, page_limit
 from notifier.api.problems import Problem, read_model

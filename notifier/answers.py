@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSche
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from notifier import newsletter
-from notifier.api.problems import FieldError
 from notifier.audit import ActorType
+from notifier.errors import FieldError
 from notifier.schedule import Frequency
 
 # Timestamps in UTC as `datetime.isoformat()` writes them (`+00:00`, as the API always has),
