@@ -22,7 +22,7 @@ from aiohttp import web
 
 from notifier import templating, tokens
 from notifier.db import Q
-from notifier.resources import SETTINGS
+from notifier.resources import POOL, SETTINGS
 from notifier.settings import Settings
 
 NONCE_SECONDS = 4 * 3600
@@ -197,3 +197,27 @@ async def record_event(
         method,
         dict(detail),
     )
+
+
+@dataclass(frozen=True)
+class LinkedMember:
+    """Who a signed link names, as a page's GET sees it."""
+
+    token: str
+    found: tokens.Token
+    member: asyncpg.Record
+    ref: EmailRef
+
+
+async def linked_member(request: web.Request, purpose: tokens.Purpose) -> LinkedMember | None:
+    """The member the link's `{token}` names for `purpose`, with the e-mail it came from; None
+    (show `not_found`) when the token is not genuine or the member is gone."""
+    token = request.match_info["token"]
+    found = tokens.verify(request.app[SETTINGS].keyring, token, purpose)
+    if found is None:
+        return None
+    pool = request.app[POOL]
+    member = await pool.fetchrow(Q.member, found.account_id)
+    if member is None:
+        return None
+    return LinkedMember(token, found, member, await email_ref(pool, found.account_id, request.query.get("e")))
