@@ -68,6 +68,46 @@ async def keep_erased_figures(conn: asyncpg.Connection, account_id: int) -> None
     await conn.execute(Q.keep_erased_newsletter_figures, account_id)
 
 
+async def get(conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int) -> asyncpg.Record | None:
+    """The newsletter row, or None."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q.get_newsletter, newsletter_id)
+    return row
+
+
+async def create_draft(
+    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, created_by: str
+) -> asyncpg.Record:
+    """Store a new draft (its templates already checked by the caller, off the event loop)."""
+    row: asyncpg.Record = await conn.fetchrow(
+        Q.insert_newsletter, draft.subject, draft.preheader, draft.body, draft.body_format, created_by
+    )
+    return row
+
+
+async def update_draft(
+    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, updated_by: str
+) -> asyncpg.Record | None:
+    """Change draft `draft.id`; None when it is no longer a draft (scheduled or later)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        Q.update_newsletter_draft,
+        draft.id,
+        draft.subject,
+        draft.preheader,
+        draft.body,
+        draft.body_format,
+        updated_by,
+    )
+    return row
+
+
+async def unschedule(
+    conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int, actor: str
+) -> asyncpg.Record | None:
+    """Take a scheduled newsletter back to draft; None unless it was scheduled."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q.unschedule_newsletter, newsletter_id, actor)
+    return row
+
+
 async def schedule(
     conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int, at: datetime, actor: str
 ) -> asyncpg.Record:

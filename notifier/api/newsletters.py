@@ -101,7 +101,7 @@ def _id(request: web.Request) -> int:
 
 
 async def _get(request: web.Request) -> Any:
-    row = await request.app[POOL].fetchrow(Q.get_newsletter, _id(request))
+    row = await newsletter.get(request.app[POOL], _id(request))
     if row is None:
         raise Problem(404, "no newsletter with that id")
     return row
@@ -111,16 +111,9 @@ async def _get(request: web.Request) -> Any:
 async def create_newsletter(request: web.Request) -> web.Response:
     """A new draft. Its templates are checked: a syntax error or unknown variable is a 422."""
     body = await read_model(request, NewsletterIn)
-    await _check(request, Draft(0, body.subject, body.preheader, body.body, body.body_format))
-    row = await request.app[POOL].fetchrow(
-        Q.insert_newsletter,
-        body.subject,
-        body.preheader,
-        body.body,
-        body.body_format,
-        str(api_key_of(request).actor),
-    )
-    assert row is not None
+    draft = Draft(0, body.subject, body.preheader, body.body, body.body_format)
+    await _check(request, draft)
+    row = await newsletter.create_draft(request.app[POOL], draft, str(api_key_of(request).actor))
     return json_response(201, Newsletter.of_row(row), {"Location": f"/v1/newsletters/{row['id']}"})
 
 
@@ -130,19 +123,9 @@ async def edit_newsletter(request: web.Request) -> web.Response:
     row = await _get(request)
     patch = await read_model(request, NewsletterPatch)
     merged = {**dict(row), **patch.model_dump(exclude_none=True)}
-    await _check(
-        request,
-        Draft(row["id"], merged["subject"], merged["preheader"], merged["body"], merged["body_format"]),
-    )
-    updated = await request.app[POOL].fetchrow(
-        Q.update_newsletter_draft,
-        row["id"],
-        merged["subject"],
-        merged["preheader"],
-        merged["body"],
-        merged["body_format"],
-        str(api_key_of(request).actor),
-    )
+    draft = Draft(row["id"], merged["subject"], merged["preheader"], merged["body"], merged["body_format"])
+    await _check(request, draft)
+    updated = await newsletter.update_draft(request.app[POOL], draft, str(api_key_of(request).actor))
     if updated is None:
         raise Problem(409, f"the newsletter is {row['status']}; only a draft can be edited")
     return json_response(200, Newsletter.of_row(updated))
@@ -284,9 +267,7 @@ async def send_newsletter(request: web.Request) -> web.Response:
 async def unschedule_newsletter(request: web.Request) -> web.Response:
     """Take a scheduled newsletter back to draft (409 unless scheduled)."""
     row = await _get(request)
-    updated = await request.app[POOL].fetchrow(
-        Q.unschedule_newsletter, row["id"], str(api_key_of(request).actor)
-    )
+    updated = await newsletter.unschedule(request.app[POOL], row["id"], str(api_key_of(request).actor))
     if updated is None:
         raise Problem(409, f"the newsletter is {row['status']}; only a scheduled one can be unscheduled")
     return json_response(200, Newsletter.of_row(updated))

@@ -75,7 +75,7 @@ def _draft_of(body: NewsletterIn, newsletter_id: int = 0) -> Draft:
 
 async def _newsletter(request: web.Request) -> asyncpg.Record:
     newsletter_id = number(request.match_info["id"])
-    row = await pool_of(request).fetchrow(Q.get_newsletter, newsletter_id) if newsletter_id else None
+    row = await newsletter.get(pool_of(request), newsletter_id) if newsletter_id else None
     if row is None:
         raise web.HTTPNotFound(text="There is no newsletter with that number.")
     return row
@@ -143,15 +143,7 @@ async def create(request: web.Request) -> web.Response:
     _, _, render_errors = await _preview(request, _draft_of(body))
     if render_errors:
         return await _compose(request, row=None, form=form, errors=render_errors, status=422)
-    row = await pool_of(request).fetchrow(
-        Q.insert_newsletter,
-        body.subject,
-        body.preheader,
-        body.body,
-        body.body_format,
-        str(session_of(request).actor),
-    )
-    assert row is not None
+    row = await newsletter.create_draft(pool_of(request), _draft_of(body), str(session_of(request).actor))
     raise redirect(f"/console/newsletters/{row['id']}", "created")
 
 
@@ -194,14 +186,8 @@ async def save(request: web.Request) -> web.Response:
     _, _, render_errors = await _preview(request, _draft_of(body, row["id"]))
     if render_errors:
         return await _compose(request, row=row, form=form, errors=render_errors, status=422)
-    updated = await pool_of(request).fetchrow(
-        Q.update_newsletter_draft,
-        row["id"],
-        body.subject,
-        body.preheader,
-        body.body,
-        body.body_format,
-        str(session_of(request).actor),
+    updated = await newsletter.update_draft(
+        pool_of(request), _draft_of(body, row["id"]), str(session_of(request).actor)
     )
     if updated is None:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; only a draft can be edited.")
@@ -303,9 +289,7 @@ async def send(request: web.Request) -> web.Response:
 async def unschedule(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}/unschedule: back to draft."""
     row = await _newsletter(request)
-    updated = await pool_of(request).fetchrow(
-        Q.unschedule_newsletter, row["id"], str(session_of(request).actor)
-    )
+    updated = await newsletter.unschedule(pool_of(request), row["id"], str(session_of(request).actor))
     if updated is None:
         raise web.HTTPConflict(
             text=f"The newsletter is {row['status']}; only a scheduled one can be unscheduled."
