@@ -43,7 +43,7 @@ import asyncpg
 import jinja2
 from arq import ArqRedis
 
-from notifier import queues, schedule
+from notifier import queues, schedule, tokens
 from notifier.db import Q
 from notifier.mail import compose, delivery, outbox
 from notifier.mail.render import OutgoingEmail, Rendered, TemplateError, Templates
@@ -142,7 +142,7 @@ def build_context(
         "frequency": account["digest_frequency"],
         "total": len(messages),
         "categories": categories,
-        "inbox_url": f"{settings.public_url}/inbox",
+        "inbox_url": tokens.inbox_link(settings, account["id"]),
         "window_start": _iso(window_start),
         "window_end": _iso(window_end),
     }
@@ -260,7 +260,7 @@ async def _run_batch(
         queues.DIGEST,
         TEMPLATE,
         settings.digest_max_per_category,
-        f"{settings.public_url}/inbox",
+        [tokens.inbox_link(settings, i) for i in ids],
     )
     changed = [(r["digest_id"], r["marked"]) for r in rows if r["marked"] != r["counted"]]
     if changed:
