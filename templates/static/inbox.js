@@ -31,6 +31,7 @@
         --_focus: var(--notifier-inbox-focus-dark, #fbbf24); }
     }
     * { box-sizing: border-box; }
+    [hidden] { display: none !important; }
     button { font: inherit; color: inherit; cursor: pointer; }
     :focus-visible { outline: 3px solid var(--_focus); outline-offset: 2px; }
     .bell { position: relative; display: inline-flex; align-items: center; justify-content: center; width: 2.75rem; height: 2.75rem;
@@ -46,7 +47,7 @@
       border: 1px solid var(--_border); border-radius: var(--_radius); box-shadow: 0 10px 30px rgba(0,0,0,.2); overflow: hidden; }
     .panel[hidden] { display: none; }
     @media (max-width: 480px) { .panel { position: fixed; left: .5rem; right: .5rem; top: 4rem; width: auto; max-height: calc(100vh - 5rem); } }
-    header { display: flex; align-items: center; gap: .5rem; padding: .6rem .75rem; border-bottom: 1px solid var(--_border); flex-wrap: wrap; }
+    .head { display: flex; align-items: center; gap: .5rem; padding: .6rem .75rem; border-bottom: 1px solid var(--_border); flex-wrap: wrap; }
     h2 { font-size: 1.05rem; margin: 0; flex: 1; }
     .link { background: none; border: 0; color: var(--_accent); text-decoration: underline; padding: .25rem; }
     .close { background: none; border: 1px solid var(--_border); border-radius: 6px; width: 2rem; height: 2rem; padding: 0; }
@@ -108,7 +109,7 @@
       this.badge = el("span", { class: "badge", "aria-hidden": "true", hidden: true });
       this.bell.append(this.badge);
       this.live = el("div", { class: "sr", role: "status", "aria-live": "polite", "aria-atomic": "true" });
-      this.title = el("h2", { id: "title", text: "Notifications" });
+      this.heading = el("h2", { id: "title", text: "Notifications" });
       this.markAll = el("button", { class: "link", type: "button", text: "Mark all as read", onclick: () => this.readAll() });
       this.closeButton = el("button", { class: "close", type: "button", "aria-label": "Close notifications", text: "×", onclick: () => this.close(true) });
       this.views = el("div", { class: "bar", role: "group", "aria-label": "Show" });
@@ -118,7 +119,7 @@
       this.problem = el("p", { class: "problem", role: "alert", hidden: true });
       this.more = el("button", { class: "more", type: "button", text: "Load more", hidden: true, onclick: () => this.load(true) });
       this.panel = el("section", { id: "panel", class: "panel", role: "dialog", "aria-labelledby": "title", hidden: true },
-        el("header", {}, this.title, this.markAll, this.closeButton), this.views, this.categories,
+        el("div", { class: "head" }, this.heading, this.markAll, this.closeButton), this.views, this.categories,
         el("div", { class: "scroll" }, this.problem, this.list, this.empty, this.more));
       this.panel.addEventListener("keydown", (e) => { if (e.key === "Escape") { e.stopPropagation(); this.close(true); } });
       root.append(this.bell, this.live, this.panel);
