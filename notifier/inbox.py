@@ -32,7 +32,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
-from notifier import digest
+from notifier import digest, schedule
 from notifier.accounts import account_id_of, external_id_of
 from notifier.api.auth import requires
 from notifier.api.idempotency import HEADER, idempotent, json_response
@@ -635,3 +635,12 @@ async def member_seen(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) 
     """The member opened the bell: every unseen message is seen; how many."""
     result: str = await conn.execute(Q.member_seen, account_id)
     return int(result.split()[-1])
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def member_time(moment: datetime, zone: str) -> str:
+    """A time as the member reads it, in their time zone: `2 Mar 2026, 08:30`."""
+    local = moment.astimezone(schedule.zone(zone))
+    return f"{local.day} {_MONTHS[local.month - 1]} {local.year}, {local.hour:02d}:{local.minute:02d}"

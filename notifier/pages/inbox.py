@@ -10,25 +10,18 @@ the view it came from.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import cast
 from urllib.parse import urlencode
 
 from aiohttp import web
 
-from notifier import inbox, pages, schedule, tokens
+from notifier import inbox, pages, tokens
 from notifier.db import Q
 from notifier.resources import POOL, REDIS, SETTINGS
 
 PAGE_SIZE = 20
 VIEWS = (("unread", "Unread"), ("all", "All"), ("archived", "Archived"))
 ACTIONS = ("read", "unread", "archive", "unarchive")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def _when(moment: datetime, zone: str) -> str:
-    local = moment.astimezone(schedule.zone(zone))
-    return f"{local.day} {_MONTHS[local.month - 1]} {local.year}, {local.hour:02d}:{local.minute:02d}"
 
 
 def _view_query(view: str, category: str | None, before: int | None = None) -> str:
@@ -76,7 +69,10 @@ async def get_inbox(request: web.Request) -> web.Response:
         archived=inbox.MEMBER_VIEWS[view],
         limit=PAGE_SIZE,
     )
-    items = [{**inbox.member_item(r), "when": _when(r["created_at"], account["timezone"])} for r in page.rows]
+    items = [
+        {**inbox.member_item(r), "when": inbox.member_time(r["created_at"], account["timezone"])}
+        for r in page.rows
+    ]
     base = f"/inbox/{token}"
     return pages.render(
         request,
