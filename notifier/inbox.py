@@ -606,12 +606,18 @@ async def member_message(
     return row
 
 
-async def member_messages_after(
+class MemberNews(NamedTuple):
+    messages: list[tuple[int, str]]  # (id, the item as JSON text), oldest first
+    counts: str  # `member_counts` as JSON text
+
+
+async def member_news(
     conn: asyncpg.Connection | asyncpg.Pool, account_id: int, after: int, limit: int
-) -> list[asyncpg.Record]:
-    """The member's messages with an id above `after`, oldest first (a stream catching up)."""
-    rows: list[asyncpg.Record] = await conn.fetch(Q.member_messages_after, account_id, after, limit)
-    return rows
+) -> MemberNews:
+    """What an open inbox has not been sent yet, in one round trip, as JSON text ready to send:
+    the member's messages after id `after` (at most `limit`, 0 for none) and the counts."""
+    rows = await conn.fetch(Q.member_news, account_id, after, limit)
+    return MemberNews([(r["id"], r["item"]) for r in rows if r["id"] is not None], rows[0]["counts"])
 
 
 async def member_mark(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -131,10 +130,6 @@ def _last_event_id(request: web.Request) -> int | None:
     return None
 
 
-def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 async def stream(request: web.Request) -> web.StreamResponse:
     """The member's event stream; `?token=` is accepted here (EventSource sends no headers). The
     stream ends when the token does, so a reconnect must bring a current one."""
@@ -152,6 +147,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             last_id = await pool.fetchval(Q.member_last_message_id, member.account_id)
         else:
             listener.messages = True
+        listener.counts = True  # the first event: the counts now
         await response.prepare(request)
         await _serve(response, listener, member.account_id, member.expires, last_id, pool)
     except (ConnectionResetError, TimeoutError):
@@ -176,21 +172,20 @@ async def _serve(
     ping = response._ping_task
     if ping is not None:  # when the client goes away its pings fail: wake the loop to end it
         ping.add_done_callback(lambda _: listener.wake.set())
-    await response.send(_json(await inbox.member_counts(pool, account_id)), event="counts", retry=RETRY_MS)
+    first = True
     async for _ in _wakes(listener, expires):
         if not response.is_connected() or listener.closing:
             return
-        if listener.messages:
-            listener.messages = False
-            rows = await inbox.member_messages_after(pool, account_id, last_id, CATCH_UP_LIMIT)
-            for row in rows:
-                await response.send(_json(inbox.member_item(row)), id=str(row["id"]), event="message")
-                last_id = row["id"]
-            if len(rows) == CATCH_UP_LIMIT:
-                listener.messages = True
-        if listener.counts:
-            listener.counts = False
-            await response.send(_json(await inbox.member_counts(pool, account_id)), event="counts")
+        wanted = CATCH_UP_LIMIT if listener.messages else 0
+        listener.messages = listener.counts = False
+        news = await inbox.member_news(pool, account_id, last_id, wanted)
+        for message_id, item in news.messages:
+            await response.send(item, id=str(message_id), event="message")
+            last_id = message_id
+        if len(news.messages) == CATCH_UP_LIMIT:
+            listener.messages = True
+        await response.send(news.counts, event="counts", retry=RETRY_MS if first else None)
+        first = False
 
 
 async def _wakes(listener: Listener, expires: int) -> AsyncIterator[None]:

@@ -8,14 +8,6 @@ SELECT id, external_id, name, timezone, locale, created_at FROM accounts WHERE i
 -- name: member_account_by_external_id
 SELECT id, external_id, name, timezone, locale, created_at FROM accounts WHERE external_id = $1;
 
--- name: member_messages_after
--- What arrived after the event id a stream last delivered, oldest first (resuming a stream).
-SELECT id, category, subject, body, url, created_at, read_at, seen_at, archived_at
-FROM messages
-WHERE account_id = $1 AND id > $2
-ORDER BY id
-LIMIT $3;
-
 -- name: member_message
 SELECT id, category, subject, body, url, created_at, read_at, seen_at, archived_at
 FROM messages WHERE account_id = $1 AND id = $2;
@@ -66,3 +58,28 @@ WHERE account_id = $1 AND seen_at IS NULL AND read_at IS NULL AND archived_at IS
 -- name: member_last_message_id
 -- Where a new stream starts: messages after this one are news to it.
 SELECT coalesce(max(id), 0) FROM messages WHERE account_id = $1;
+
+-- name: member_news
+-- What a stream sends when woken, in one round trip and as ready JSON text: the messages after
+-- id $2 (oldest first, at most $3; none with $3 = 0) and the counts as `member_counts` gives them.
+-- One row with a NULL id when there is no message.
+WITH news AS (
+    SELECT id,
+           json_build_object('id', id, 'category', category, 'subject', subject, 'body', body,
+                             'url', url, 'created_at', created_at, 'read_at', read_at,
+                             'seen_at', seen_at, 'archived_at', archived_at)::text AS item
+    FROM messages
+    WHERE account_id = $1 AND id > $2
+    ORDER BY id
+    LIMIT $3
+), counts AS (
+    SELECT json_build_object('unread', coalesce(sum(unread), 0), 'unseen', coalesce(sum(unseen), 0),
+                             'by_category', coalesce(json_object_agg(category, unread), '{}'::json))::text AS counts
+    FROM (
+        SELECT category, count(*) AS unread, count(*) FILTER (WHERE seen_at IS NULL) AS unseen
+        FROM messages
+        WHERE account_id = $1 AND read_at IS NULL AND archived_at IS NULL
+        GROUP BY category
+    ) c
+)
+SELECT news.id, news.item, counts.counts FROM counts LEFT JOIN news ON true ORDER BY news.id;
