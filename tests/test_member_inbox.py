@@ -481,3 +481,23 @@ async def test_component_script_is_served(client: TestClient[Any, Any]) -> None:
     assert 'customElements.define("notifier-inbox"' in text and "attachShadow" in text
     again = await client.get("/static/inbox.js", headers={"If-None-Match": resp.headers["ETag"]})
     assert again.status == 304
+
+
+async def test_a_stream_ends_when_its_client_leaves(
+    settings: Settings, pool: asyncpg.Pool, redis: Any, factory: Factory
+) -> None:
+    """No stream outlives its client: the heartbeat notices, and the process forgets it."""
+    from notifier.member.stream import HUB
+
+    await factory.account(external_id="ann")
+    app = create_app(settings.model_copy(update={"inbox_heartbeat_seconds": 0.2}))
+    async with TestClient(TestServer(app)) as client:
+        token = await member_token(client, pool, "ann")
+        async with open_stream(client, token) as events:
+            assert (await events.next())[0] == "counts"
+            assert len(app[HUB]) == 1
+        for _ in range(50):
+            if len(app[HUB]) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert len(app[HUB]) == 0

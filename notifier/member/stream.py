@@ -49,6 +49,11 @@ class Listener:
         self.counts = False  # counts changed
         self.closing = False
 
+    def close(self) -> None:
+        """End the stream at its next look (the client went away, or the server stops)."""
+        self.closing = True
+        self.wake.set()
+
     def ring(self, message: bool) -> None:
         if message:
             self.messages = True
@@ -88,8 +93,10 @@ class Hub:
         """Wake every stream: to catch up (after the subscription was lost) or to close."""
         for group in self._listeners.values():
             for listener in group:
-                listener.closing = listener.closing or closing
-                listener.ring(True)
+                if closing:
+                    listener.close()
+                else:
+                    listener.ring(True)
 
     async def run(self, redis: object) -> None:
         """Listen until cancelled; resubscribe after a lost connection and let every stream catch
@@ -170,12 +177,14 @@ async def _serve(
     pool: asyncpg.Pool,
 ) -> None:
     ping = response._ping_task
-    if ping is not None:  # when the client goes away its pings fail: wake the loop to end it
-        ping.add_done_callback(lambda _: listener.wake.set())
+    if ping is not None:  # when the client goes away its pings fail: end the loop
+        ping.add_done_callback(lambda _: listener.close())
     first = True
     async for _ in _wakes(listener, expires):
         if not response.is_connected() or listener.closing:
             return
+        if not (listener.messages or listener.counts):
+            continue  # woken only to look at the connection
         wanted = CATCH_UP_LIMIT if listener.messages else 0
         listener.messages = listener.counts = False
         news = await inbox.member_news(pool, account_id, last_id, wanted)
