@@ -28,8 +28,8 @@ from pydantic import BaseModel
 
 SPEC = web.AppKey("openapi_spec", dict)
 
-PUBLIC_PREFIXES = ("/v1/", "/u/", "/preferences/", "/confirm/")
-PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
+PUBLIC_PREFIXES = ("/v1/", "/u/", "/preferences/", "/confirm/", "/member/v1/", "/inbox/")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/static/inbox.js")
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
