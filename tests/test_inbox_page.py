@@ -169,3 +169,11 @@ async def test_reading_in_the_inbox_leaves_messages_out_of_the_digest(
     context = await pool.fetchval("SELECT context FROM emails WHERE kind = 'digest'")
     subjects = [m["subject"] for c in context["categories"] for m in c["messages"]]
     assert subjects == ["Still unread"] and context["total"] == 1
+
+
+def test_inbox_links_are_not_logged() -> None:
+    """The signed link is a bearer secret: the access log masks it (and never logs a ?token=)."""
+    from notifier.api.problems import redact_path
+
+    assert redact_path("/inbox/AbC_123-x?view=all") == "/inbox/[token]"
+    assert redact_path("/member/v1/stream?token=v1.secret") == "/member/v1/stream"
