@@ -4,6 +4,7 @@ PostgreSQL and Redis."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -501,3 +502,40 @@ async def test_a_stream_ends_when_its_client_leaves(
                 break
             await asyncio.sleep(0.1)
         assert len(app[HUB]) == 0
+
+
+async def test_announcing_never_fails_or_stalls_intake(caplog: pytest.LogCaptureFixture) -> None:
+    """With Redis unreachable or hanging, the doorbell gives up quietly within ANNOUNCE_TIMEOUT;
+    PostgreSQL has the messages and open inboxes catch up from it."""
+    from redis.asyncio import Redis
+
+    from notifier import inbox
+    from notifier.embedded import free_port
+
+    handlers: list[asyncio.Task[Any]] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        try:
+            await reader.read()  # accepts, never answers
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    hanging = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = hanging.sockets[0].getsockname()[1]
+    for url in (f"redis://127.0.0.1:{free_port()}/0", f"redis://127.0.0.1:{port}/0"):
+        client = Redis.from_url(url)
+        started = time.monotonic()
+        async with asyncio.timeout(5):  # a stalling doorbell fails the test, not hangs it
+            await inbox.announce_created(client, [inbox.CreatedMessage(1, 1, "daily")])
+            await inbox.announce_changed(client, 1)
+        assert time.monotonic() - started < 2 * inbox.ANNOUNCE_TIMEOUT + 0.5, url
+        await client.aclose(close_connection_pool=True)
+    assert caplog.text.count("announcing") == 4
+    hanging.close()
+    await asyncio.wait(handlers, timeout=2)
+    await hanging.wait_closed()
