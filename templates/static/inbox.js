@@ -124,6 +124,8 @@
       this.panel.addEventListener("keydown", (e) => { if (e.key === "Escape") { e.stopPropagation(); this.close(true); } });
       root.append(this.bell, this.live, this.panel);
       this.onDocumentClick = (e) => { if (!e.composedPath().includes(this)) this.close(false); };
+      // Escape closes the open panel wherever focus is (also after the focused button went away).
+      this.onDocumentKey = (e) => { if (e.key === "Escape" && !this.panel.hidden) this.close(true); };
     }
 
     connectedCallback() {
@@ -132,12 +134,14 @@
       this.renderViews();
       this.updateBadge();
       document.addEventListener("click", this.onDocumentClick);
+      document.addEventListener("keydown", this.onDocumentKey);
       this.ticker = setInterval(() => this.refreshTimes(), 60000);
       this.start();
     }
 
     disconnectedCallback() {
       document.removeEventListener("click", this.onDocumentClick);
+      document.removeEventListener("keydown", this.onDocumentKey);
       clearInterval(this.ticker);
       this.stopStream();
     }
@@ -206,6 +210,7 @@
       this.state.items.unshift(item);
       this.list.prepend(this.renderItem(item));
       this.empty.hidden = true;
+      if (this.loading) this.loading.push(item);  // a page being fetched may predate it
     }
 
     announce(text) {
@@ -266,6 +271,7 @@
       if (this.state.category) params.set("category", this.state.category);
       if (more && this.state.cursor) params.set("cursor", this.state.cursor);
       const request = (this.pending = Symbol("load"));
+      const arrivedMeanwhile = (this.loading = []);
       let page;
       try {
         page = await this.call("GET", `/member/v1/messages?${params}`);
@@ -276,8 +282,15 @@
         return;
       }
       if (request !== this.pending) return;
+      this.loading = null;
       const focusAfter = more ? this.list.children.length : -1;
-      if (!more) { this.state.items = []; this.list.replaceChildren(); }
+      if (!more) {
+        // Messages that arrived while the page was on its way stay on top of it.
+        const fresh = arrivedMeanwhile.filter((m) => !page.items.some((p) => p.id === m.id));
+        page.items.unshift(...fresh.sort((a, b) => b.id - a.id));
+        this.state.items = [];
+        this.list.replaceChildren();
+      }
       this.state.items.push(...page.items);
       this.list.append(...page.items.map((m) => this.renderItem(m)));
       this.state.cursor = page.next_cursor;
@@ -338,10 +351,10 @@
         this.announce("That did not work. Try again in a moment.");
         return;
       }
+      this.closeButton.focus();  // before the button hides itself (nothing unread is left)
       this.announce("Everything is marked as read.");
       await this.refreshCounts();
       await this.load(false);
-      this.closeButton.focus();
     }
 
     async refreshCounts() {
