@@ -183,6 +183,13 @@ def create_app(settings: Settings) -> web.Application:
     newsletters.setup_routes(app)
     unsubscribe.setup_routes(app)
     preference_centre.setup_routes(app)
+    # The member's inbox: the member API and its stream, the token route, the hosted page and the
+    # component's script.
+    from notifier.member import api as member_api
+    from notifier.pages import inbox as inbox_page
+
+    member_api.setup(app)
+    inbox_page.setup_routes(app)
     confirm.setup_routes(app)
     if settings.capture_mail:
         mailbox.setup_routes(app)

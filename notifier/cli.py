@@ -170,6 +170,16 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inbox_secret(args: argparse.Namespace) -> int:
+    """Print the secret an organisation's backend mints member tokens with (docs/inbox.md)."""
+    from notifier.member import tokens
+
+    settings = settings_for(args)
+    settings.require_secret()
+    print(tokens.inbox_secret(settings.secret))
+    return 0
+
+
 async def cmd_dev(args: argparse.Namespace) -> int:
     from notifier.dev import run_dev
 
@@ -364,6 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("id", type=int, help="the newsletter's id")
     n.add_argument("--no-wait", action="store_true", help="start it and print its figures once")
     p.set_defaults(func=cmd_newsletter)
+
+    p = sub.add_parser(
+        "inbox-secret",
+        help="print the secret for minting member tokens offline",
+        description="Print the secret an organisation's backend mints member inbox tokens with "
+        "(derived from NOTIFIER_SECRET_KEY; keep it as secret as that key).",
+    )
+    p.set_defaults(func=cmd_inbox_secret)
 
     return parser
 

@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import jinja2
 
-from notifier import queues, schedule
+from notifier import queues, schedule, tokens
 from notifier.db import Q
 from notifier.mail import compose, delivery, outbox
 from notifier.mail.render import OutgoingEmail, Rendered, TemplateError, Templates
@@ -143,7 +143,7 @@ def build_context(
         "frequency": account["digest_frequency"],
         "total": len(messages),
         "categories": categories,
-        "inbox_url": f"{settings.public_url}/inbox",
+        "inbox_url": tokens.inbox_link(settings, account["id"]),
         "window_start": _iso(window_start),
         "window_end": _iso(window_end),
     }
@@ -261,7 +261,7 @@ async def _run_batch(
         queues.DIGEST,
         TEMPLATE,
         settings.digest_max_per_category,
-        f"{settings.public_url}/inbox",
+        [tokens.inbox_link(settings, i) for i in ids],
     )
     unmailable = {a["id"] for a, ok in zip(accounts, mailable, strict=True) if not ok}
     for row in rows:

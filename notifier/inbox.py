@@ -10,17 +10,18 @@ digest pass still finds the messages at the member's next window.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, NamedTuple, NotRequired, cast
+from typing import Annotated, Any, Literal, NamedTuple, NotRequired, cast
 
 import asyncpg
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
-from notifier import digest
+from notifier import digest, schedule
 from notifier.db import Q
 from notifier.errors import FieldError, Problem
 from notifier.settings import Settings
@@ -29,6 +30,8 @@ from notifier.validation import Body, Category, Data, ExternalId, Subject, Url, 
 log = logging.getLogger("notifier.inbox")
 
 MAX_BATCH = 1000
+# Which messages a listing shows by their archived state.
+Archived = Literal["exclude", "include", "only"]
 
 
 class CreatedMessage(NamedTuple):
@@ -39,10 +42,14 @@ class CreatedMessage(NamedTuple):
     digest_frequency: str
 
 
-async def messages_created(pool: asyncpg.Pool, settings: Settings, created: Sequence[CreatedMessage]) -> None:
-    """After new messages are committed: members on "immediate" become due one coalescing window
-    from now (`digest.messages_arrived`, in a transaction of its own). Never raises: a failure is
-    logged (the messages exist, and the digest pass still finds them at the next window)."""
+async def messages_created(
+    pool: asyncpg.Pool, redis: Any, settings: Settings, created: Sequence[CreatedMessage]
+) -> None:
+    """After new messages are committed: announced to open inboxes (`announce_created`) and, for
+    members on "immediate", due one coalescing window from now (`digest.messages_arrived`, in a
+    transaction of its own). Never raises: a failure is logged (the messages exist, and the
+    digest pass still finds them at the next window)."""
+    await announce_created(redis, created)
     ids = [m.account_id for m in created if m.digest_frequency == "immediate"]
     if not ids:
         return
@@ -175,3 +182,157 @@ async def purge_messages_before(pool: asyncpg.Pool, before: datetime) -> int:
         total += deleted
         if deleted < PURGE_SLICE:
             return total
+
+
+# --- the member's own inbox (the member API, the hosted page, the console) ----------------------
+# No aiohttp below: the front doors (notifier.member, notifier.pages.inbox, the console) call these.
+
+# Open inboxes hear of changes through one Redis pub/sub channel: "<account id> <message id>" when
+# a message arrived, "<account id> counts" when the member changed something (another tab updates).
+# Redis is only a doorbell: a stream that missed a ring catches up from PostgreSQL.
+INBOX_CHANNEL = "notifier:inbox"
+ANNOUNCE_TIMEOUT = 0.5  # seconds intake waits for Redis at most; a slow Redis never slows intake
+
+MEMBER_VIEWS: dict[str, Archived] = {"unread": "exclude", "all": "exclude", "archived": "only"}
+MemberAction = Literal["read", "unread", "archive", "unarchive"]
+_ACTIONS: dict[str, str] = {
+    "read": "member_mark_read",
+    "unread": "member_mark_unread",
+    "archive": "member_archive",
+    "unarchive": "member_unarchive",
+}
+
+
+async def announce_created(redis: Any, created: Sequence[CreatedMessage]) -> None:
+    """Ring the inbox doorbell for each new message, after its commit. One round trip, bounded by
+    ANNOUNCE_TIMEOUT; a failure is logged and never reaches the producer (the messages exist, and
+    a stream resuming with Last-Event-ID finds them in PostgreSQL)."""
+    if not created:
+        return
+    try:
+        async with asyncio.timeout(ANNOUNCE_TIMEOUT), redis.pipeline(transaction=False) as pipe:
+            for m in created:
+                pipe.publish(INBOX_CHANNEL, f"{m.account_id} {m.id}")
+            await pipe.execute()
+    except Exception as exc:  # Redis down or slow: the inbox catches up from PostgreSQL
+        log.warning("announcing %d new inbox messages failed: %s", len(created), type(exc).__name__)
+
+
+async def announce_changed(redis: Any, account_id: int) -> None:
+    """Tell the member's open inboxes that their counts changed (they read or archived). Never
+    raises."""
+    try:
+        async with asyncio.timeout(ANNOUNCE_TIMEOUT):
+            await redis.publish(INBOX_CHANNEL, f"{account_id} counts")
+    except Exception as exc:
+        log.warning("announcing an inbox change failed: %s", type(exc).__name__)
+
+
+def parse_announcement(raw: bytes | str) -> tuple[int, int | None] | None:
+    """(account id, message id or None for "counts") of a doorbell ring; None if malformed."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    account, _, what = text.partition(" ")
+    if not (account.isdigit() and len(account) <= 18):
+        return None
+    if what == "counts":
+        return int(account), None
+    if what.isdigit() and len(what) <= 18:
+        return int(account), int(what)
+    return None
+
+
+_MEMBER_FIELDS = ("id", "category", "subject", "body", "url")
+_MEMBER_TIMES = ("created_at", "read_at", "seen_at", "archived_at")
+
+
+def member_item(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """A message as the member API and the component show it (the producer's `data` is not
+    shown: it is for templates, not for the member)."""
+    item = {name: row[name] for name in _MEMBER_FIELDS}
+    for name in _MEMBER_TIMES:
+        item[name] = row[name].isoformat() if row[name] else None
+    return item
+
+
+class MemberPage(NamedTuple):
+    rows: list[asyncpg.Record]
+    next_before: int | None  # the id the next page continues below; None on the last page
+
+
+async def member_page(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    account_id: int,
+    *,
+    before: int | None = None,
+    unread: bool = False,
+    category: str | None = None,
+    archived: Archived = "exclude",
+    limit: int = 20,
+) -> MemberPage:
+    """A page of the member's inbox, newest first, below message id `before`."""
+    rows = await conn.fetch(Q.inbox_page, account_id, before, unread, category, archived, limit + 1)
+    return MemberPage(rows[:limit], rows[limit - 1]["id"] if len(rows) > limit else None)
+
+
+async def member_counts(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) -> dict[str, Any]:
+    """`{unread, unseen, by_category: {name: unread}}` over the messages not archived."""
+    rows = await conn.fetch(Q.member_counts, account_id)
+    return {
+        "unread": sum(r["unread"] for r in rows),
+        "unseen": sum(r["unseen"] for r in rows),
+        "by_category": {r["category"]: r["unread"] for r in rows},
+    }
+
+
+async def member_message(
+    conn: asyncpg.Connection | asyncpg.Pool, account_id: int, message_id: int
+) -> asyncpg.Record | None:
+    """One message of the member's inbox; None when it is not theirs or does not exist."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q.member_message, account_id, message_id)
+    return row
+
+
+class MemberNews(NamedTuple):
+    messages: list[tuple[int, str]]  # (id, the item as JSON text), oldest first
+    counts: str  # `member_counts` as JSON text
+
+
+async def member_news(
+    conn: asyncpg.Connection | asyncpg.Pool, account_id: int, after: int, limit: int
+) -> MemberNews:
+    """What an open inbox has not been sent yet, in one round trip, as JSON text ready to send:
+    the member's messages after id `after` (at most `limit`, 0 for none) and the counts."""
+    rows = await conn.fetch(Q.member_news, account_id, after, limit)
+    return MemberNews([(r["id"], r["item"]) for r in rows if r["id"] is not None], rows[0]["counts"])
+
+
+async def member_mark(
+    conn: asyncpg.Connection | asyncpg.Pool, account_id: int, message_id: int, action: MemberAction
+) -> asyncpg.Record | None:
+    """Mark one of the member's messages read, unread, archived or not; idempotent (first read and
+    archive times are kept). None when the message is not theirs: nothing changed."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q[_ACTIONS[action]], account_id, message_id)
+    return row
+
+
+async def member_read_all(
+    conn: asyncpg.Connection | asyncpg.Pool, account_id: int, category: str | None = None
+) -> int:
+    """Mark every unread, unarchived message read (of one category if given); how many."""
+    result: str = await conn.execute(Q.member_read_all, account_id, category)
+    return int(result.split()[-1])
+
+
+async def member_seen(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) -> int:
+    """The member opened the bell: every unseen message is seen; how many."""
+    result: str = await conn.execute(Q.member_seen, account_id)
+    return int(result.split()[-1])
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def member_time(moment: datetime, zone: str) -> str:
+    """A time as the member reads it, in their time zone: `2 Mar 2026, 08:30`."""
+    local = moment.astimezone(schedule.zone(zone))
+    return f"{local.day} {_MONTHS[local.month - 1]} {local.year}, {local.hour:02d}:{local.minute:02d}"

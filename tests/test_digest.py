@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from arq import ArqRedis
 
-from notifier import queues
+from notifier import queues, tokens
 from notifier.audit import MEMBER
 from notifier.db import create_pool
 from notifier.digest import messages_arrived, preview, run_pass
@@ -81,7 +81,8 @@ async def test_daily_digest_content_and_window_advance(
     assert email["digest_id"] == digest["id"] and email["status"] == "queued"
     ctx = email["context"]
     assert ctx["name"] == "Ann Example" and ctx["total"] == 9 and ctx["frequency"] == "daily"
-    assert ctx["inbox_url"] == "https://notifier.test/inbox"
+    assert ctx["inbox_url"] == tokens.inbox_link(settings, acc["id"])
+    assert ctx["inbox_url"].startswith("https://notifier.test/inbox/")
     # Categories by their newest message; newest first inside; at most 5 with "and N more".
     assert [c["name"] for c in ctx["categories"]] == ["news", "events"]
     news, events = ctx["categories"]

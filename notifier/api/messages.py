@@ -14,7 +14,7 @@ What a message is and what happens once it is stored: notifier/inbox.py.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import asyncpg
@@ -31,8 +31,16 @@ from notifier.api.pagination import decode_cursor, next_cursor, page_limit
 from notifier.api.problems import Problem, parse_json, read_body
 from notifier.api.responses import json_response
 from notifier.db import Q
-from notifier.inbox import MAX_BATCH, BatchItem, CreatedMessage, NewMessage, parse_valid_batch, validate_batch
-from notifier.resources import POOL, SETTINGS
+from notifier.inbox import (
+    MAX_BATCH,
+    Archived,
+    BatchItem,
+    CreatedMessage,
+    NewMessage,
+    parse_valid_batch,
+    validate_batch,
+)
+from notifier.resources import POOL, REDIS, SETTINGS
 from notifier.validation import Category, parse
 
 # Intake waits its turn for the database in a FIFO line. asyncpg's pool gives a released connection
@@ -97,6 +105,7 @@ async def post_message(request: web.Request) -> web.Response:
             )
     await inbox.messages_created(
         request.app[POOL],
+        request.app[REDIS],
         request.app[SETTINGS],
         [CreatedMessage(row["id"], row["account_id"], row["digest_frequency"])],
     )
@@ -189,11 +198,11 @@ async def post_batch(request: web.Request) -> web.Response:
             response = idem.respond(status, body)
     if rows:
         created = [CreatedMessage(r["id"], r["account_id"], r["digest_frequency"]) for r in rows]
-        await inbox.messages_created(request.app[POOL], request.app[SETTINGS], created)
+        await inbox.messages_created(request.app[POOL], request.app[REDIS], request.app[SETTINGS], created)
     return response
 
 
-def _flag(request: web.Request, name: str) -> bool:
+def query_flag(request: web.Request, name: str) -> bool:
     raw = request.query.get(name, "false").lower()
     if raw not in ("true", "false", "1", "0"):
         raise Problem(
@@ -202,7 +211,7 @@ def _flag(request: web.Request, name: str) -> bool:
     return raw in ("true", "1")
 
 
-def _category(request: web.Request) -> str | None:
+def query_category(request: web.Request) -> str | None:
     category = request.query.get("category")
     if category is None:
         return None
@@ -214,9 +223,6 @@ def _category(request: web.Request) -> str | None:
 
 class _CategoryQuery(BaseModel):
     category: Category
-
-
-Archived = Literal["exclude", "include", "only"]
 
 
 def _archived(request: web.Request) -> Archived:
@@ -242,7 +248,7 @@ async def list_inbox(request: web.Request) -> web.Response:
     """GET /v1/accounts/{external_id}/messages: a page of the inbox, newest first."""
     limit = page_limit(request)
     before = decode_cursor("inbox", request.query.get("cursor"))
-    unread, category, archived = _flag(request, "unread"), _category(request), _archived(request)
+    unread, category, archived = query_flag(request, "unread"), query_category(request), _archived(request)
     pool = request.app[POOL]
     account_id = await account_id_of(pool, external_id_of(request))
     rows = await pool.fetch(Q.inbox_page, account_id, before, unread, category, archived, limit + 1)
@@ -299,7 +305,7 @@ async def archive(request: web.Request) -> web.Response:
 @requires("messages")
 async def mark_all_read(request: web.Request) -> web.Response:
     """POST .../messages/read-all: every unread message (`?category=`, up to `?up_to=` id)."""
-    category = _category(request)
+    category = query_category(request)
     raw_up_to = request.query.get("up_to")
     if raw_up_to is not None and (not (raw_up_to.isascii() and raw_up_to.isdigit()) or len(raw_up_to) > 18):
         raise Problem(

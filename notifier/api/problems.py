@@ -112,7 +112,7 @@ def parse_model(model: type[M], data: Any, prefix: str = "") -> M:
 
 
 # Path segments after these prefixes are bearer secrets (signed tokens): never log them.
-_SECRET_PATH = re.compile(r"^(/(?:u|preferences|confirm)/)[^/?]+")
+_SECRET_PATH = re.compile(r"^(/(?:u|preferences|confirm|inbox)/)[^/?]+")
 
 
 def redact_path(path: str) -> str:

@@ -97,6 +97,22 @@ async def signed_form(
     return found, form
 
 
+async def fresh_form(
+    request: web.Request, purpose: tokens.Purpose, how: str, again: str
+) -> tuple[tokens.Token, Mapping[str, Any]] | web.Response:
+    """`signed_form`, and the form must also come from this site with a current nonce: else the
+    403 page that offers to open `again` (the page the form was on). Nothing is changed then."""
+    posted = await signed_form(request, purpose, how)
+    if isinstance(posted, web.Response):
+        return posted
+    secret = request.app[SETTINGS].secret
+    if not same_origin(request) or not nonce_valid(
+        secret, request.match_info["token"], str(posted[1].get("nonce", ""))
+    ):
+        return render(request, "expired.html", status=403, title="Please try again", again=again)
+    return posted
+
+
 def bad_form(request: web.Request) -> web.Response:
     """400 page for a POST that is not a readable web form."""
     return render(

@@ -98,8 +98,8 @@ FOR NO KEY UPDATE SKIP LOCKED;
 -- The same content in Python: notifier.digest.build_context (previews); a test keeps them equal.
 WITH batch AS (
     SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::boolean[])
-        AS b (account_id, window_start, window_end, frequency, timezone, name, email, mailable)
+                         $6::text[], $7::text[], $8::boolean[], $12::text[])
+        AS b (account_id, window_start, window_end, frequency, timezone, name, email, mailable, inbox_url)
 ),
 pending AS (
     -- Per account through messages_pending_idx (a LATERAL subquery that locks rows is never
@@ -190,7 +190,7 @@ outbox AS (
                'frequency', b.frequency,
                'total', x.total,
                'categories', x.categories,
-               'inbox_url', $12::text,
+               'inbox_url', b.inbox_url,
                'window_start', to_char(b.window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
                'window_end', to_char(b.window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
            ),
