@@ -266,6 +266,7 @@ class Newsletter(Answer):
     started_at: Timestamp | None
     finished_at: Timestamp | None
     cancelled_at: Timestamp | None
+    failure: str | None = Field(description="why a `failed` newsletter stopped")
     created_by: str | None
     created_at: Timestamp | None
     updated_at: Timestamp | None

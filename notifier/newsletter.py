@@ -30,7 +30,7 @@ from notifier.settings import Settings
 
 log = logging.getLogger("notifier.newsletter")
 
-Status = Literal["draft", "scheduled", "sending", "sent", "cancelled"]
+Status = Literal["draft", "scheduled", "sending", "sent", "cancelled", "failed"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 TICK_SECONDS = {0, 10, 20, 30, 40, 50}  # when the bulk queue's `newsletter-tick` cron runs
 
@@ -157,6 +157,18 @@ async def finish_done(pool: asyncpg.Pool) -> list[int]:
     return finished
 
 
+async def fail(pool: asyncpg.Pool, newsletter_id: int, reason: str) -> bool:
+    """Stop a sending newsletter that cannot be sent (its templates do not render in the worker):
+    `failed` with `reason`, its rows not yet handed to a worker cancelled; those already claimed
+    fail with the same reason. False when it was not sending any more."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchrow(Q.fail_newsletter, newsletter_id, reason[:500]) is None:
+            return False
+        await conn.execute(Q.cancel_newsletter_emails, newsletter_id)
+    log.warning("newsletter %s failed: %s", newsletter_id, reason)
+    return True
+
+
 async def cancel(pool: asyncpg.Pool, newsletter_id: int, actor: str) -> asyncpg.Record:
     """Cancel a draft, scheduled or sending newsletter: rows not yet handed to a worker are
     cancelled, a message being sent right now still goes. Raises StateConflict when sent."""
@@ -196,7 +208,7 @@ class NewsletterRenderer:
                 self.cache.get(self.settings, draft)
             except TemplateProblem as exc:
                 if self.cache.misses != misses:  # once per version, not per batch
-                    log.warning("newsletter %s does not render, its e-mails fail: %s", draft.id, exc)
+                    await fail(pool, draft.id, f"does not render ({exc.field}): {exc.message}")
         while len(self.drafts) > 64:  # the least recently sent go; those being sent stay
             self.drafts.popitem(last=False)
 
