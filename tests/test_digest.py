@@ -708,7 +708,7 @@ async def test_hourly_and_weekly_windows_in_other_zones_through_passes(
 
 def test_contexts_queued_before_the_cut_flag_still_render() -> None:
     # An e-mail queued by an older pass has no "cut" in its messages; it must still render.
-    from notifier.digest import render_digest
+    from notifier.digest_email import render_digest
     from notifier.mail.render import Templates
 
     message = {"id": 1, "subject": "Old", "snippet": "Old snippet…", "url": None, "when": "Mon 1 Jun, 09:00"}

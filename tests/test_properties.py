@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from markupsafe import escape
 from pydantic import SecretStr
 
-from notifier import digest, tokens
+from notifier import digest_email, tokens
 from notifier.mail import compose, newsletter_render
 from notifier.mail.render import Templates
 from notifier.settings import Settings
@@ -196,7 +196,7 @@ def _digest(value: str, url: str) -> str:
         "preferences_url": "https://example.org/preferences/t",
         "postal_address": value,
     }
-    return digest.render_digest(TEMPLATES, context).html
+    return digest_email.render_digest(TEMPLATES, context).html
 
 
 @given(value=NASTY)

@@ -11,7 +11,7 @@ import socket
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from notifier import digest, heartbeat, inbox, newsletter, queues, selftest
+from notifier import digest, digest_email, heartbeat, inbox, newsletter, queues, selftest
 from notifier.api import idempotency
 from notifier.mail import outbox
 from notifier.mail.delivery import Delivery
@@ -31,7 +31,7 @@ def renderers(settings: Settings) -> Renderers:
     return Renderers(
         settings,
         {
-            "digest": digest.DigestRenderer,
+            "digest": digest_email.DigestRenderer,
             "newsletter": newsletter.NewsletterRenderer,
             "test": newsletter.NewsletterRenderer,
         },

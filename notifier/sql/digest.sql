@@ -95,7 +95,7 @@ FOR NO KEY UPDATE SKIP LOCKED;
 -- index), whatever the plan: the statement is prepared once per connection and PostgreSQL plans it
 -- generically from the sixth run, guessing 10 rows for each array and knowing nothing of messages
 -- that arrived since the last ANALYZE (see docs/digests.md, "Concurrency and plans").
--- The same content in Python: notifier.digest.build_context (previews); a test keeps them equal.
+-- The same content in Python: notifier.digest_email.build_context (previews); a test keeps them equal.
 WITH batch AS (
     SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[],
                          $6::text[], $7::text[], $8::boolean[], $12::text[])
