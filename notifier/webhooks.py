@@ -226,15 +226,30 @@ async def _claim(pool: asyncpg.Pool, now: datetime, limit: int) -> list[Claimed]
     ]
 
 
-async def _record(pool: asyncpg.Pool, item: Claimed, posted: Posted, now: datetime, counts: Counts) -> None:
+async def _record_delivered(pool: asyncpg.Pool, done: list[tuple[Claimed, Posted]], now: datetime) -> None:
+    """One transaction for a round's successes: the deliveries (still under their lease) and
+    the end of their endpoints' failure streaks."""
+    if not done:
+        return
     async with pool.acquire() as conn, conn.transaction():
-        if posted.ok:
-            await conn.execute(Q.webhook_record_delivered, item.id, item.lease, now, posted.status)
-            await conn.execute(Q.webhook_endpoint_succeeded, item.endpoint_id)
-            counts.delivered += 1
-            return
-        error = (posted.error or f"HTTP {posted.status}")[:500]
-        due = retry_at(item.attempts, now)
+        await conn.execute(
+            Q.webhook_record_delivered,
+            [item.id for item, _ in done],
+            [posted.status for _, posted in done],
+            done[0][0].lease,
+            now,
+        )
+        await conn.execute(Q.webhook_endpoint_succeeded, list({item.endpoint_id for item, _ in done}))
+
+
+async def _record_failure(
+    pool: asyncpg.Pool, item: Claimed, posted: Posted, now: datetime, counts: Counts
+) -> None:
+    """A failed attempt: retry later, or give up once RETRY_DELAYS are used; disable the
+    endpoint when it has failed for DISABLE_AFTER without a success."""
+    error = (posted.error or f"HTTP {posted.status}")[:500]
+    due = retry_at(item.attempts, now)
+    async with pool.acquire() as conn, conn.transaction():
         if due is None:
             await conn.execute(Q.webhook_record_failed, item.id, item.lease, posted.status, error)
             counts.failed += 1
@@ -262,31 +277,48 @@ async def run(
     """Fan out, then deliver everything due, round after round (a member's next event becomes
     due once the one before it is delivered), until nothing is due or `budget` seconds passed.
 
-    `now` fixes the clock (tests, `notifier ... --at`); by default each round reads the time.
-    Safe to run in any number of processes at once. A cancelled run leaves its claimed rows
-    leased: they are delivered again (same `webhook-id`) when the lease ends."""
+    `now` fixes the clock (tests); by default each round reads the time. Safe to run in any
+    number of processes at once. A cancelled run leaves its claimed rows leased: they are
+    delivered again (same `webhook-id`) when the lease ends."""
     counts = Counts()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
     limit = asyncio.Semaphore(concurrency)
-    fixed = now
+    opened: dict[bytes, str | ValueError] = {}  # sealed secret -> secret, decrypted once per run
 
-    async def one(item: Claimed, at: datetime) -> None:
+    def secret_of(item: Claimed) -> str:
+        sealed = bytes(item.sealed_secret)
+        if sealed not in opened:
+            try:
+                opened[sealed] = open_secret(settings, sealed)
+            except ValueError as exc:
+                opened[sealed] = exc
+        found = opened[sealed]
+        if isinstance(found, ValueError):
+            raise found
+        return found
+
+    async def one(item: Claimed) -> Posted:
         try:
-            secret = open_secret(settings, item.sealed_secret)
+            secret = secret_of(item)
         except ValueError as exc:
-            posted = Posted(None, str(exc))
-        else:
+            return Posted(None, str(exc))
+        async with limit:
             body, headers = signed_request(secret, item.id, item.payload, datetime.now(UTC))
-            async with limit:
-                posted = await poster.post(item.url, body, headers)
-        await _record(pool, item, posted, fixed or datetime.now(UTC), counts)
+            return await poster.post(item.url, body, headers)
 
     while loop.time() < deadline:
-        at = fixed or datetime.now(UTC)
+        at = now or datetime.now(UTC)
         counts.fanned_out += await fan_out(pool, at)
         claimed = await _claim(pool, at, CLAIM_BATCH)
         if not claimed:
             break
-        await asyncio.gather(*(one(item, at) for item in claimed))
+        answers = await asyncio.gather(*(one(item) for item in claimed))
+        recorded = now or datetime.now(UTC)
+        done = [(item, posted) for item, posted in zip(claimed, answers, strict=True) if posted.ok]
+        await _record_delivered(pool, done, recorded)
+        counts.delivered += len(done)
+        for item, posted in zip(claimed, answers, strict=True):
+            if not posted.ok:
+                await _record_failure(pool, item, posted, recorded, counts)
     return counts

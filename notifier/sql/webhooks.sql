@@ -98,7 +98,7 @@ SELECT ep.id, ev.account_id, 'event', ev.id, t.type,
                'account', a.external_id,
                'kind', e.kind,
                'newsletter_id', ev.newsletter_id,
-               'reason', ev.detail ->> 'error')
+               'reason', coalesce(ev.detail ->> 'error', ev.detail ->> 'reason'))
            ELSE jsonb_build_object(
                'account', a.external_id,
                'list', ev.detail ->> 'list',
@@ -201,9 +201,11 @@ WHERE d.id = due.id AND ep.id = d.endpoint_id
 RETURNING d.id, d.endpoint_id, d.event_type, d.payload, d.attempts, d.locked_until, ep.url, ep.secret
 
 -- name: webhook_record_delivered
-UPDATE webhook_deliveries
-SET status = 'delivered', delivered_at = $3, locked_until = NULL, last_status = $4, last_error = NULL
-WHERE id = $1 AND locked_until = $2
+-- A round's successes ($1 ids, $2 HTTP statuses), only for rows still held under its lease ($3).
+UPDATE webhook_deliveries d
+SET status = 'delivered', delivered_at = $4, locked_until = NULL, last_status = r.status, last_error = NULL
+FROM unnest($1::bigint[], $2::smallint[]) AS r(id, status)
+WHERE d.id = r.id AND d.locked_until = $3
 
 -- name: webhook_record_retry
 UPDATE webhook_deliveries
@@ -216,7 +218,7 @@ SET status = 'failed', locked_until = NULL, last_status = $3, last_error = $4
 WHERE id = $1 AND locked_until = $2
 
 -- name: webhook_endpoint_succeeded
-UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL
+UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ANY ($1::bigint[]) AND failing_since IS NOT NULL
 
 -- name: webhook_endpoint_failed
 -- A failed attempt starts the endpoint's failure streak (kept from its first failure).
