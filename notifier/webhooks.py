@@ -52,7 +52,7 @@ EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 # with no success in between.
 RETRY_DELAYS = (5, 30, 120, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 12 * 3600)
 DISABLE_AFTER = timedelta(hours=24)
-LEASE = timedelta(seconds=60)  # longer than a POST may take (settings.webhooks_timeout)
+LEASE = timedelta(seconds=60)  # at least; see `lease_for`
 FAN_OUT_BATCH = 1000
 CLAIM_BATCH = 100
 # A cursor per source: (source name, query of its next rows, query that fans them out).
@@ -208,8 +208,15 @@ class Counts:
     disabled: list[int] = field(default_factory=list)
 
 
-async def _claim(pool: asyncpg.Pool, now: datetime, limit: int) -> list[Claimed]:
-    lease = now + LEASE
+def lease_for(settings: Settings, concurrency: int) -> timedelta:
+    """How long a round's claim holds its rows: longer than the round can take when every POST
+    uses its whole timeout, so no other worker takes a row that is still being delivered."""
+    waves = -(-CLAIM_BATCH // concurrency)
+    return max(LEASE, timedelta(seconds=waves * settings.webhooks_timeout + 30))
+
+
+async def _claim(pool: asyncpg.Pool, now: datetime, limit: int, held: timedelta) -> list[Claimed]:
+    lease = now + held
     rows = await pool.fetch(Q.webhook_claim, now, limit, lease)
     return [
         Claimed(
@@ -284,6 +291,7 @@ async def run(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
     limit = asyncio.Semaphore(concurrency)
+    held = lease_for(settings, concurrency)
     opened: dict[bytes, str | ValueError] = {}  # sealed secret -> secret, decrypted once per run
 
     def secret_of(item: Claimed) -> str:
@@ -310,7 +318,7 @@ async def run(
     while loop.time() < deadline:
         at = now or datetime.now(UTC)
         counts.fanned_out += await fan_out(pool, at)
-        claimed = await _claim(pool, at, CLAIM_BATCH)
+        claimed = await _claim(pool, at, CLAIM_BATCH, held)
         if not claimed:
             break
         answers = await asyncio.gather(*(one(item) for item in claimed))

@@ -233,7 +233,12 @@ async def test_a_worker_killed_mid_delivery_loses_nothing(
     assert leased > 0
     receiver.delay = 0
     # Another worker, once the lease has run out.
-    await deliver_all(pool, settings, poster, now=datetime.now(UTC) + webhooks.LEASE + timedelta(seconds=1))
+    await deliver_all(
+        pool,
+        settings,
+        poster,
+        now=datetime.now(UTC) + webhooks.lease_for(settings, 20) + timedelta(seconds=1),
+    )
     got = {(c.payload["data"]["account"], c.payload["data"]["email_id"]) for c in receiver.delivered()}
     assert got == {(m, e) for m, ids in expected.items() for e in ids}
     assert await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status <> 'delivered'") == 0

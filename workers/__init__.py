@@ -34,7 +34,7 @@ FUNCTIONS: dict[str, list[Function]] = {
     queues.SERVICE: [
         func(jobs.send_selftest, name=queues.SELFTEST_JOB, timeout=60, max_tries=3),
         func(jobs.deliver, name=queues.DELIVER_JOB, timeout=600, max_tries=1),
-        func(jobs.deliver_webhooks, name=queues.WEBHOOKS_JOB, timeout=120, max_tries=1),
+        func(jobs.deliver_webhooks, name=queues.WEBHOOKS_JOB, timeout=300, max_tries=1),
     ],
     queues.DIGEST: [
         func(jobs.deliver, name=queues.DELIVER_JOB, timeout=600, max_tries=1),
@@ -52,7 +52,7 @@ CRON_JOBS: dict[str, list[CronJob]] = {
             jobs.deliver_webhooks,
             name="webhooks-pass",
             second=set(range(0, 60, 5)),
-            timeout=120,
+            timeout=300,
             max_tries=1,
         ),
         cron(jobs.outbox_sweep, name="outbox-sweep", second={15, 45}, timeout=30, max_tries=1),
