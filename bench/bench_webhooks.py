@@ -21,9 +21,8 @@ from datetime import UTC, datetime
 
 import aiohttp
 import asyncpg
-from pydantic import SecretStr
 
-from bench.bench_delivery import worker_process
+from bench.bench_delivery import bench_settings, worker_process
 from bench.common import BenchEnv, Figure
 from notifier import webhooks
 from notifier.db import create_pool, scratch_database
@@ -130,19 +129,8 @@ async def _baseline(url: str, payloads: int) -> tuple[float, float]:
 
 
 def _settings(dsn: str, redis_url: str) -> Settings:
-    return Settings(
-        env="test",
-        database_url=dsn,
-        redis_url=redis_url,
-        secret_key=SecretStr("bench-secret-key-not-for-production"),
-        public_url="https://notifier.bench",
-        service_from="Example Org <service@example.org>",
-        newsletter_from="Example News <news@example.org>",
-        webhooks_allow_private=True,
-        db_pool_min=1,
-        db_pool_max=6,
-        log_level="WARNING",
-    )
+    """The delivery benchmark's settings (no mail is sent here), loopback receivers allowed."""
+    return bench_settings(dsn, redis_url, smtp_port=25).model_copy(update={"webhooks_allow_private": True})
 
 
 async def run(env: BenchEnv) -> list[Figure]:
