@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from notifier import webhooks
+from notifier import queues, webhooks
 from notifier.app import create_app
 from notifier.settings import Settings
 from notifier.webhook_client import GuardedResolver, HTTPPoster
@@ -416,3 +416,15 @@ async def test_answers_match_the_openapi_document(client, pool, settings, receiv
     path = f"{one}/deliveries/5/redeliver"
     await check(await client.post(path, headers=admin), "POST", path)
     assert len(check.seen) == 7
+
+
+async def test_the_worker_job_delivers(client, pool, settings, factory, receiver, redis, run_worker) -> None:
+    """The job by its shared name, in a burst worker of the service queue (workers.FUNCTIONS)."""
+    await register(client, pool, receiver, ["email.sent"])
+    expected = await _sent_events(factory, members=2, each=2)
+    while await pool.fetchval(_UNREAD):
+        await webhooks.fan_out(pool)
+        await asyncio.sleep(0.02)
+    await redis.enqueue_job(queues.WEBHOOKS_JOB, _queue_name=queues.SERVICE)
+    assert await run_worker(queues.SERVICE) >= 1
+    assert _received_order(receiver) == expected
