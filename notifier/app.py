@@ -12,7 +12,7 @@ from aiohttp.web_log import AccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from notifier.answers import Liveness, Readiness
-from notifier.api import auth, mailbox, openapi, openapi_newsletters, openapi_routes
+from notifier.api import auth, mailbox, openapi, openapi_newsletters, openapi_routes, openapi_webhooks
 from notifier.api.problems import MAX_BODY, Handler, problem_middleware
 from notifier.api.problems import redact_path as redact_path  # re-exported: the access logger's helper
 from notifier.api.responses import json_response
@@ -181,6 +181,9 @@ def create_app(settings: Settings) -> web.Application:
     from notifier.pages import confirm, preference_centre, unsubscribe
 
     newsletters.setup_routes(app)
+    from notifier.api import webhooks
+
+    webhooks.setup_routes(app)
     unsubscribe.setup_routes(app)
     preference_centre.setup_routes(app)
     # The member's inbox: the member API and its stream, the token route, the hosted page and the
@@ -194,5 +197,12 @@ def create_app(settings: Settings) -> web.Application:
     if settings.capture_mail:
         mailbox.setup_routes(app)
     # `/openapi.json` and `/docs`: the public routes above, described by these operations.
-    openapi.setup_routes(app, [*openapi_routes.operations(), *openapi_newsletters.operations()])
+    openapi.setup_routes(
+        app,
+        [
+            *openapi_routes.operations(),
+            *openapi_newsletters.operations(),
+            *openapi_webhooks.operations(),
+        ],
+    )
     return app

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from notifier import queues
 from notifier.settings import ConfigError, Settings
+from notifier.startup_checks import check_production
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -61,6 +62,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     # Built before any fork, so every process runs the same code and shares its memory
     # (copy-on-write) and a configuration error is reported once.
     app = create_app(settings)
+    check_production(settings)  # after create_app's own refusals, before anything listens
     # Everything imported and built so far lives as long as the process: keep it out of the
     # cyclic garbage collector's full passes, which otherwise rescan it under load (a batch
     # intake request spent a third of its CPU there), and out of forked children's written pages.
@@ -149,6 +151,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = settings_for(args)
     settings.require_secret()
+    check_production(settings)
     settings.require_services()
     await run_workers(settings, args.queues, burst=args.burst)
     return 0

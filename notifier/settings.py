@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     )
     inbox_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
 
+    # Webhooks out (notifier.webhooks): private, loopback and link-local destinations are refused
+    # unless allowed (development and tests); each POST has this long to answer.
+    webhooks_allow_private: bool = False
+    webhooks_timeout: float = Field(default=10.0, gt=0, le=30)
+
     # Mail identity
     service_from: str = "Notifier <no-reply@localhost>"
     newsletter_from: str = "Notifier News <news@localhost>"
