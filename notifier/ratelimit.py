@@ -60,7 +60,9 @@ class Window:
     async def add(self, redis: Redis, who: str) -> None:
         """Count one for `who` (opening the window when it is the first)."""
         key = self._key(who)
+        # The window opens with the first count: SET NX EX, then INCR (EXPIRE ... NX needs Redis 7,
+        # and the embedded server of `notifier dev` and the tests is 6.2).
         async with redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, 0, ex=self.seconds, nx=True)
             pipe.incr(key)
-            pipe.expire(key, self.seconds, nx=True)
             await pipe.execute()

@@ -28,6 +28,11 @@ PER_MEMBER = 20
 PASS_LIMIT_SECONDS = 50
 
 
+def with_option(dsn: str, option: str) -> str:
+    """`dsn` with one more query option (the embedded server's DSN already has `?host=`)."""
+    return f"{dsn}{'&' if '?' in dsn else '?'}{option}"
+
+
 async def _hourly_members(pool: asyncpg.Pool, now: datetime, count: int) -> None:
     """`count` hourly members whose window (opened two hours ago) closed an hour ago."""
     await pool.execute(
@@ -110,7 +115,9 @@ async def test_two_passes_after_a_large_intake_beside_the_worker_give_each_membe
     # as PostgreSQL chooses. Beside them the worker's own pass (its cron job, as of now) and its
     # delivery of what the passes queue.
     pools = [
-        await create_pool(database + "?plan_cache_mode=force_generic_plan", min_size=2, max_size=2),
+        await create_pool(
+            with_option(database, "plan_cache_mode=force_generic_plan"), min_size=2, max_size=2
+        ),
         await create_pool(database, min_size=2, max_size=2),
         await create_pool(database, min_size=2, max_size=2),
     ]
@@ -187,7 +194,7 @@ async def test_a_failing_pass_prints_one_line_and_exits_1(
     try:
         async with holder.transaction():
             await holder.execute("LOCK TABLE digests IN ACCESS EXCLUSIVE MODE")
-            code, out, err = await _pass_in_subprocess(settings, database + "?lock_timeout=200")
+            code, out, err = await _pass_in_subprocess(settings, with_option(database, "lock_timeout=200"))
     finally:
         await holder.close()
     assert code == 1
