@@ -11,7 +11,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_log import AccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from notifier.api import auth, openapi, openapi_newsletters, openapi_routes
+from notifier.api import auth, inbound, openapi, openapi_newsletters, openapi_routes, provider_webhooks
 from notifier.api.answers import Liveness, Readiness
 from notifier.api.problems import MAX_BODY, Handler, problem_middleware
 from notifier.api.problems import redact_path as redact_path  # re-exported: the access logger's helper
@@ -185,6 +185,8 @@ def create_app(settings: Settings) -> web.Application:
     unsubscribe.setup_routes(app)
     preference_centre.setup_routes(app)
     consent.setup_routes(app)
+    inbound.setup_routes(app)
+    provider_webhooks.setup_routes(app)
     if settings.capture_mail:
         capture.setup_routes(app)
     # `/openapi.json` and `/docs`: the public routes above, described by these operations.

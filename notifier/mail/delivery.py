@@ -22,7 +22,7 @@ from typing import Any, Literal
 import asyncpg
 from arq import ArqRedis
 
-from notifier import suppression, tokens
+from notifier import suppression, tokens, verp
 from notifier.db import Q
 from notifier.mail import compose, outbox
 from notifier.mail.render import OutgoingEmail, Renderers, TemplateError
@@ -385,7 +385,9 @@ class Delivery:
         )
         if self.signer is not None:
             message = self.signer.sign(message)
-        return mid, Envelope(from_address, (email.to_address,), message)
+        bounce_domain = self.settings.bounce_domain
+        return_path = verp.return_path(self.settings.secret, email.id, bounce_domain) if bounce_domain else None
+        return mid, Envelope(return_path or from_address, (email.to_address,), message)
 
     async def _pace(self, n: int) -> list[float]:
         """Delays (seconds from now) at which to start each of `n` sends under the global rate."""

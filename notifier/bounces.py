@@ -1,0 +1,435 @@
+"""Reports that arrive after sending: bounces, delays, complaints, mailto unsubscribes.
+
+`read_report` turns one inbound message (from `notifier inbound` or `POST /v1/inbound/mime`)
+into a `Finding`; provider webhooks build one directly; `apply` records it. What a finding may do:
+
+| finding | event | suppression |
+|---|---|---|
+| permanent failure, bad mailbox (5.1.x) | `bounced` (type `hard`) | `all`, `hard_bounce` |
+| permanent failure, policy (5.7.x) | `bounced` (type `policy`) | none: the e-mail failed, not the address |
+| temporary failure (4.x.x, 5.2.x mailbox full, other 5.x) | `bounced` (type `soft`) | `all`, `soft_bounce` once the address has `soft_bounce_limit` of them within `soft_bounce_days` |
+| delayed (RFC 3464 `Action: delayed`) | `deferred` | none |
+| feedback report (RFC 5965) | `complained` | `newsletter` and `digest`, `complaint` (service mail still goes) |
+| mail to the unsubscribe mailto | `unsubscribed` (through the unsubscribe path) | as an unsubscribe |
+| auto-reply (RFC 3834), anything not tied to an e-mail of ours | nothing | nothing |
+
+A report ties to an e-mail only through what we signed: its VERP return path (`notifier.verp`)
+or its Message-ID; the address suppressed is the one of our outbox row, never one read from the
+report, so a forged report suppresses no one. Events are append-only and deduplicated (the same
+report twice is recorded once); they and the suppressions hold the address only as its sha256.
+Non-standard bounces (no `multipart/report`) are read by `flufl.bounce`'s detectors.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import hmac
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import Message
+from email.utils import getaddresses, parseaddr
+from typing import Any, Literal
+
+import asyncpg
+import flufl.bounce
+
+from notifier import suppression, tokens, verp
+from notifier.db import Q
+from notifier.mail import compose, outbox
+from notifier.settings import Settings
+
+Kind = Literal["bounced", "deferred", "complained", "delivered", "unsubscribe", "ignored"]
+BounceType = Literal["hard", "soft", "policy"]
+
+# Unsubscribe one member from a list, attributed to an e-mail: the front door passes the unsubscribe
+# path (`notifier.pages.unsubscribe.unsubscribe`) so that this module needs no web framework.
+# Arguments: connection, account id, list, e-mail id, newsletter id, method.
+Unsubscribe = Callable[[asyncpg.Connection, int, str, int | None, int | None, str], Awaitable[bool]]
+
+_MESSAGE_ID = re.compile(r"<?([0-9]{1,18})\.([0-9a-f]{16})@([^>\s]+)>?", re.ASCII)
+_STATUS = re.compile(r"\b([245])\.([0-9]{1,3})\.([0-9]{1,3})\b", re.ASCII)
+_ADDRESSES = re.compile(r"[^\s<>\"'();:,]+@[^\s<>\"'();:,]+")
+_AUTO_SUBJECT = re.compile(
+    r"^\s*(auto(matic)?[ -]?(reply|response)|out of (the )?office|abwesenheit|autoreply|vacation)",
+    re.IGNORECASE,
+)
+
+
+_BULK_LISTS: tuple[suppression.ListName, ...] = ("newsletter", "digest")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one report or provider event says, before it is applied."""
+
+    kind: Kind
+    source: str  # dsn, arf, flufl, mailto, or a provider's name
+    dedupe: str  # the same report (or provider event) has the same key
+    email_id: int | None = None
+    bounce: BounceType | None = None
+    status: str | None = None
+    diagnostic: str | None = None
+    feedback_type: str | None = None
+    token: str | None = None
+    why: str = ""
+    # A provider's signed event names the address; an inbound report's address is never trusted.
+    address: str | None = None
+    # flufl.bounce's verdicts: which addresses failed, checked against our outbox row.
+    permanent: frozenset[str] = field(default_factory=frozenset)
+    temporary: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What `apply` did: `action` is the finding's kind (or `ignored`), `recorded` whether an
+    event was written (False for a repeat), `suppressed` the lists added."""
+
+    action: str
+    why: str = ""
+    email_id: int | None = None
+    recorded: bool = False
+    suppressed: tuple[str, ...] = ()
+
+
+def classify(status: str | None, diagnostic: str = "") -> BounceType:
+    """A failure's type by its RFC 3463 enhanced status code: 5.1.x bad mailbox or domain is
+    hard, 5.7.x policy (authentication, spam, blocked) is policy, everything else (4.x.x, 5.2.x
+    mailbox full, 5.3/5.4/5.5 system and network) is soft. Without a code, the text decides, and
+    only the plain "no such user" phrases count as hard."""
+    code = status or ""
+    if not _STATUS.fullmatch(code):
+        found = _STATUS.search(diagnostic)
+        code = found.group(0) if found else ""
+    if code:
+        klass, subject = code.split(".")[:2]
+        if klass == "5" and subject == "1":
+            return "hard"
+        if klass == "5" and subject == "7":
+            return "policy"
+        return "soft"
+    text = diagnostic.lower()
+    if any(p in text for p in ("user unknown", "no such user", "unknown user", "does not exist", "no mailbox")):
+        return "hard"
+    return "soft"
+
+
+def scrub(text: str | None, limit: int = 300) -> str | None:
+    """A diagnostic without any address in it (events and suppressions keep none), shortened."""
+    if text is None:
+        return None
+    return _ADDRESSES.sub("[address]", " ".join(text.split()))[:limit]
+
+
+def email_of_message_id(keys: Sequence[bytes], message_id: str) -> int | None:
+    """The outbox row a Message-ID we made names (`compose.message_id`), if its tag is genuine."""
+    match = _MESSAGE_ID.fullmatch(message_id.strip())
+    if match is None:
+        return None
+    found = int(match[1])
+    for key in keys:
+        if hmac.compare_digest(compose.message_id(found, match[3], key), f"<{match[0].strip('<>')}>"):
+            return found
+    return None
+
+
+def _header(msg: Message, name: str) -> str:
+    value = msg.get(name)
+    return "" if value is None else str(value).strip()
+
+
+def _tie(settings: Settings, addresses: Sequence[str], original: Message | None) -> int | None:
+    """The e-mail a report is about: a signed VERP address it was sent to, or the signed
+    Message-ID or return path of the original message it quotes."""
+    keys = settings.keyring
+    domain = settings.bounce_domain
+    candidates = list(addresses)
+    if original is not None:
+        candidates += [parseaddr(_header(original, "Return-Path"))[1]]
+    if domain:
+        for address in candidates:
+            found = verp.email_id(keys, address, domain)
+            if found is not None:
+                return found
+    if original is not None:
+        return email_of_message_id(keys, _header(original, "Message-ID"))
+    return None
+
+
+def _original(msg: Message) -> Message | None:
+    """The quoted original of a report: a message/rfc822 part, or text/rfc822-headers."""
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if ctype == "message/rfc822":
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                return payload[0]
+        if ctype == "text/rfc822-headers":
+            raw = part.get_payload(decode=True)
+            if isinstance(raw, bytes):
+                return email.message_from_bytes(raw, policy=email.policy.compat32)
+    return None
+
+
+def _report_key(msg: Message, raw: bytes) -> str:
+    """The report's own identity: its Message-ID, else a hash of its bytes."""
+    basis = _header(msg, "Message-ID").encode() or raw
+    return hashlib.sha256(basis).hexdigest()[:32]
+
+
+def _recipients(msg: Message, envelope: Sequence[str]) -> list[str]:
+    headers = [_header(msg, h) for h in ("Delivered-To", "X-Original-To", "Envelope-To", "To")]
+    return [*envelope, *(a for _, a in getaddresses([h for h in headers if h]) if a)]
+
+
+def _is_auto_reply(msg: Message) -> bool:
+    """RFC 3834 and the common non-standard markers (Exchange, vacation programs)."""
+    if _header(msg, "Auto-Submitted").lower() not in ("", "no"):
+        return True
+    if msg.get("X-Autoreply") or msg.get("X-Autorespond") or msg.get("X-Autoresponder"):
+        return True
+    if _header(msg, "Precedence").lower() in ("auto_reply", "auto-reply"):
+        return True
+    return bool(_AUTO_SUBJECT.match(_header(msg, "Subject")))
+
+
+def _mailto_token(settings: Settings, msg: Message, recipients: Sequence[str]) -> tuple[bool, str | None]:
+    """Whether the message went to the unsubscribe mailto, and the token it carries (in the
+    subject, as List-Unsubscribe puts it, or as `+TOKEN` in the address)."""
+    mailto = (settings.unsubscribe_mailto or "").strip().lower()
+    if not mailto:
+        return False, None
+    local, _, domain = mailto.partition("@")
+    hit = False
+    candidates: list[str] = []
+    for address in recipients:
+        a_local, _, a_domain = address.strip().lower().partition("@")
+        base, _, tag = a_local.partition("+")
+        if a_domain == domain and base == local:
+            hit = True
+            if tag:
+                candidates.append(address.strip().partition("@")[0].partition("+")[2])
+    if not hit:
+        return False, None
+    for word in _header(msg, "Subject").split()[:20]:
+        candidates.append(re.sub(r"^unsubscribe-", "", word, flags=re.IGNORECASE))
+    for candidate in candidates:
+        if tokens.verify(settings.keyring, candidate, "unsubscribe") is not None:
+            return True, candidate
+    return True, None
+
+
+def _delivery_status(msg: Message) -> list[Message] | None:
+    for part in msg.walk():
+        if part.get_content_type() == "message/delivery-status":
+            blocks = part.get_payload()
+            if isinstance(blocks, list):
+                return [b for b in blocks if isinstance(b, Message)]
+    return None
+
+
+def _feedback(msg: Message) -> Message | None:
+    for part in msg.walk():
+        if part.get_content_type() == "message/feedback-report":
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                return payload[0]
+            if isinstance(payload, str):
+                return email.message_from_string(payload.lstrip(), policy=email.policy.compat32)
+    return None
+
+
+def read_report(settings: Settings, raw: bytes, envelope_recipients: Sequence[str] = ()) -> Finding:
+    """What one inbound message says. Never raises on hostile input: anything not understood is
+    an `ignored` finding saying why."""
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    key = _report_key(msg, raw)
+    recipients = _recipients(msg, envelope_recipients)
+
+    to_mailto, token = _mailto_token(settings, msg, recipients)
+    if to_mailto:
+        if token is None:
+            return Finding("ignored", "mailto", key, why="no valid unsubscribe token in the message")
+        return Finding("unsubscribe", "mailto", f"mailto:{token}", token=token)
+
+    original = _original(msg)
+    if msg.get_content_type() == "multipart/report":
+        report_type = msg.get_param("report-type")
+        report_type = report_type.lower() if isinstance(report_type, str) else ""
+        if report_type == "feedback-report":
+            return _read_feedback(settings, msg, key, recipients, original)
+        blocks = _delivery_status(msg)
+        if report_type == "delivery-status" and blocks:
+            return _read_dsn(settings, blocks, key, recipients, original)
+
+    if _is_auto_reply(msg):
+        return Finding("ignored", "auto-reply", key, why="an automatic reply (RFC 3834)")
+
+    temporary, permanent = flufl.bounce.all_failures(msg)
+    if not temporary and not permanent:
+        return Finding("ignored", "flufl", key, why="not a bounce, complaint or unsubscribe")
+    email_id = _tie(settings, recipients, original)
+    if email_id is None:
+        return Finding("ignored", "flufl", key, why="not tied to an e-mail of ours (no valid return path)")
+    return Finding(
+        "bounced",
+        "flufl",
+        key,
+        email_id=email_id,
+        bounce="hard" if permanent else "soft",
+        permanent=_decoded(permanent),
+        temporary=_decoded(temporary),
+    )
+
+
+def _decoded(addresses: frozenset[bytes]) -> frozenset[str]:
+    return frozenset(suppression.normalise(a.decode("utf-8", "replace")) for a in addresses)
+
+
+def _read_dsn(
+    settings: Settings, blocks: list[Message], key: str, recipients: Sequence[str], original: Message | None
+) -> Finding:
+    """RFC 3464: the per-recipient blocks' Action and Status; a failure outweighs a delay."""
+    per_recipient = [b for b in blocks if b.get("Action")]
+    failed = [b for b in per_recipient if _header(b, "Action").lower() == "failed"]
+    delayed = [b for b in per_recipient if _header(b, "Action").lower() == "delayed"]
+    email_id = _tie(settings, recipients, original)
+    if email_id is None:
+        return Finding("ignored", "dsn", key, why="not tied to an e-mail of ours (no valid return path)")
+    chosen = failed or delayed
+    if not chosen:
+        return Finding("ignored", "dsn", key, email_id=email_id, why="the report says delivered or relayed")
+    block = chosen[0]
+    status = _header(block, "Status").split(" ")[0]
+    diagnostic = _header(block, "Diagnostic-Code")
+    if not failed:
+        return Finding("deferred", "dsn", key, email_id=email_id, status=status, diagnostic=scrub(diagnostic))
+    return Finding(
+        "bounced",
+        "dsn",
+        key,
+        email_id=email_id,
+        bounce=classify(status, diagnostic),
+        status=status or None,
+        diagnostic=scrub(diagnostic),
+    )
+
+
+def _read_feedback(
+    settings: Settings, msg: Message, key: str, recipients: Sequence[str], original: Message | None
+) -> Finding:
+    """RFC 5965: a complaint about the quoted original."""
+    report = _feedback(msg)
+    feedback_type = _header(report, "Feedback-Type").lower() if report is not None else ""
+    email_id = _tie(settings, recipients, original)
+    if email_id is None:
+        return Finding("ignored", "arf", key, why="not tied to an e-mail of ours")
+    return Finding("complained", "arf", key, email_id=email_id, feedback_type=feedback_type or "abuse")
+
+
+# --- applying ---------------------------------------------------------------------------------
+
+
+async def apply(
+    pool: asyncpg.Pool, settings: Settings, finding: Finding, unsubscribe: Unsubscribe
+) -> Outcome:
+    """Record `finding`: its event (once, however often it arrives) and the suppressions it calls
+    for, in one transaction. Idempotent."""
+    if finding.kind == "ignored":
+        return Outcome("ignored", finding.why, finding.email_id)
+    async with pool.acquire() as conn, conn.transaction():
+        if finding.kind == "unsubscribe" and finding.token is not None:
+            return await _unsubscribe(conn, settings, finding, unsubscribe)
+        row = await conn.fetchrow(Q.report_email, finding.email_id) if finding.email_id is not None else None
+        address = row["to_address"] if row is not None else finding.address
+        if not address or address == "[erased]":
+            return Outcome("ignored", "the e-mail is no longer held (erased or unknown)", finding.email_id)
+        if finding.kind == "unsubscribe":
+            return await _provider_unsubscribe(conn, finding, row, address, unsubscribe)
+        if finding.source == "flufl" and not _flufl_names(finding, address):
+            return Outcome("ignored", "the report is about another address", finding.email_id)
+        return await _record(conn, settings, finding, row, address)
+
+
+def _flufl_names(finding: Finding, address: str) -> bool:
+    wanted = suppression.normalise(address)
+    return wanted in finding.permanent or wanted in finding.temporary
+
+
+async def _unsubscribe(
+    conn: asyncpg.Connection, settings: Settings, finding: Finding, unsubscribe: Unsubscribe
+) -> Outcome:
+    found = tokens.verify(settings.keyring, finding.token or "", "unsubscribe")
+    if found is None:
+        return Outcome("ignored", "no valid unsubscribe token")
+    if await conn.fetchval(Q.member, found.account_id) is None:
+        return Outcome("ignored", "the member no longer exists")
+    changed = await unsubscribe(conn, found.account_id, found.list, None, None, "mailto")
+    return Outcome("unsubscribed", f"list {found.list}", recorded=changed)
+
+
+async def _provider_unsubscribe(
+    conn: asyncpg.Connection,
+    finding: Finding,
+    row: asyncpg.Record | None,
+    address: str,
+    unsubscribe: Unsubscribe,
+) -> Outcome:
+    """A provider says the member unsubscribed (its own link or list): the member leaves the list
+    of that e-mail (the newsletter when the e-mail was not list mail); an address we cannot tie to
+    a member is suppressed for newsletters and digests."""
+    if row is not None and row["account_id"] is not None:
+        list_name = outbox.POLICIES[row["kind"]].list_name or "newsletter"
+        changed = await unsubscribe(
+            conn, row["account_id"], list_name, row["id"], row["newsletter_id"], finding.source
+        )
+        return Outcome("unsubscribed", f"list {list_name}", row["id"], recorded=changed)
+    added = [
+        name
+        for name in _BULK_LISTS
+        if await suppression.add(conn, address, "unsubscribed", name, f"{finding.source} unsubscribe")
+    ]
+    return Outcome("unsubscribed", "not tied to a member: suppressed", recorded=bool(added), suppressed=tuple(added))
+
+
+async def _record(
+    conn: asyncpg.Connection, settings: Settings, finding: Finding, row: asyncpg.Record | None, address: str
+) -> Outcome:
+    digest = suppression.address_hash(address).hex()
+    detail: dict[str, Any] = {"source": finding.source, "recipient_hash": digest}
+    for name in ("bounce", "status", "diagnostic", "feedback_type"):
+        value = getattr(finding, name)
+        if value:
+            detail["type" if name == "bounce" else name] = value
+    kind = finding.kind
+    email_id = row["id"] if row is not None else None
+    event_id = await conn.fetchval(
+        Q.insert_report_event,
+        kind,
+        row["account_id"] if row is not None else None,
+        email_id,
+        row["newsletter_id"] if row is not None else None,
+        finding.source,
+        detail,
+        f"{kind}:{finding.source}:{finding.dedupe}:{email_id or digest[:16]}",
+    )
+    outcome = Outcome(kind, email_id=email_id, recorded=event_id is not None)
+    if event_id is None:
+        return outcome
+    where = f"{finding.source} {finding.status or finding.feedback_type or ''}".strip()
+    note = f"{where}, e-mail {email_id}" if email_id is not None else where
+    lists: list[tuple[suppression.ListName, suppression.Reason]] = []
+    if kind == "bounced" and finding.bounce == "hard":
+        lists = [("all", "hard_bounce")]
+    elif kind == "bounced" and finding.bounce == "soft":
+        since = datetime.now(UTC) - timedelta(days=settings.soft_bounce_days)
+        if await conn.fetchval(Q.count_soft_bounces, digest, since) >= settings.soft_bounce_limit:
+            lists = [("all", "soft_bounce")]
+            note = f"{settings.soft_bounce_limit} temporary failures in {settings.soft_bounce_days} days"
+    elif kind == "complained":
+        lists = [("newsletter", "complaint"), ("digest", "complaint")]
+    added = [name for name, reason in lists if await suppression.add(conn, address, reason, name, note)]
+    return Outcome(kind, email_id=email_id, recorded=True, suppressed=tuple(added))
