@@ -112,7 +112,9 @@ def classify(status: str | None, diagnostic: str = "") -> BounceType:
             return "policy"
         return "soft"
     text = diagnostic.lower()
-    if any(p in text for p in ("user unknown", "no such user", "unknown user", "does not exist", "no mailbox")):
+    if any(
+        p in text for p in ("user unknown", "no such user", "unknown user", "does not exist", "no mailbox")
+    ):
         return "hard"
     return "soft"
 
@@ -142,16 +144,23 @@ def _header(msg: Message, name: str) -> str:
 
 
 def _tie(settings: Settings, addresses: Sequence[str], original: Message | None) -> int | None:
-    """The e-mail a report is about: a signed VERP address it was sent to, or the signed
-    Message-ID or return path of the original message it quotes."""
+    """The e-mail a report is about: the signed VERP address it was sent to, or, when it was not
+    sent to one (a feedback loop's own address, a pipe that does not pass the recipient), the
+    signed return path or Message-ID of the original message it quotes."""
     keys = settings.keyring
     domain = settings.bounce_domain
-    candidates = list(addresses)
-    if original is not None:
-        candidates += [parseaddr(_header(original, "Return-Path"))[1]]
     if domain:
-        for address in candidates:
+        # A report sent to a return path of ours is about that e-mail or nothing: one whose
+        # signature fails is forged, whatever original it quotes.
+        ours = [a for a in addresses if verp.looks_signed(a, domain)]
+        for address in ours:
             found = verp.email_id(keys, address, domain)
+            if found is not None:
+                return found
+        if ours:
+            return None
+        if original is not None:
+            found = verp.email_id(keys, parseaddr(_header(original, "Return-Path"))[1], domain)
             if found is not None:
                 return found
     if original is not None:
@@ -268,7 +277,12 @@ def read_report(settings: Settings, raw: bytes, envelope_recipients: Sequence[st
     if _is_auto_reply(msg):
         return Finding("ignored", "auto-reply", key, why="an automatic reply (RFC 3834)")
 
-    temporary, permanent = flufl.bounce.all_failures(msg)
+    try:
+        temporary, permanent = flufl.bounce.all_failures(msg)
+    except Exception:
+        # A detector that trips over a malformed message (flufl.bounce 6.0's Yale detector
+        # raises IndexError on some): not a report we can read, not a server error.
+        return Finding("ignored", "flufl", key, why="a malformed message no bounce detector could read")
     if not temporary and not permanent:
         return Finding("ignored", "flufl", key, why="not a bounce, complaint or unsubscribe")
     email_id = _tie(settings, recipients, original)
@@ -392,7 +406,9 @@ async def _provider_unsubscribe(
         for name in _BULK_LISTS
         if await suppression.add(conn, address, "unsubscribed", name, f"{finding.source} unsubscribe")
     ]
-    return Outcome("unsubscribed", "not tied to a member: suppressed", recorded=bool(added), suppressed=tuple(added))
+    return Outcome(
+        "unsubscribed", "not tied to a member: suppressed", recorded=bool(added), suppressed=tuple(added)
+    )
 
 
 async def _record(

@@ -71,10 +71,12 @@ def _address(value: object) -> str | None:
 
 # --- Amazon SES via SNS -----------------------------------------------------------------------
 
+_SNS_CONFIRMATION = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")
+# The fields each SNS message type signs, in the order they are signed.
 _SNS_FIELDS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
-    "SubscriptionConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"),
-    "UnsubscribeConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"),
+    "SubscriptionConfirmation": _SNS_CONFIRMATION,
+    "UnsubscribeConfirmation": _SNS_CONFIRMATION,
 }
 
 
@@ -83,7 +85,11 @@ def sns_cert_url(url: object) -> str:
     if not isinstance(url, str):
         raise Unauthorized("SigningCertURL is missing")
     parts = urlsplit(url)
-    if parts.scheme != "https" or not _SNS_HOST.fullmatch(parts.hostname or "") or parts.port not in (None, 443):
+    if (
+        parts.scheme != "https"
+        or not _SNS_HOST.fullmatch(parts.hostname or "")
+        or parts.port not in (None, 443)
+    ):
         raise Unauthorized("SigningCertURL is not an https SNS host of amazonaws.com")
     if not parts.path.endswith(".pem"):
         raise Unauthorized("SigningCertURL does not name a .pem certificate")
@@ -213,14 +219,20 @@ def sendgrid_key(text: str) -> ec.EllipticCurvePublicKey:
             else serialization.load_der_public_key(base64.b64decode(raw))
         )
     except (binascii.Error, ValueError):
-        raise ValueError("NOTIFIER_SENDGRID_VERIFICATION_KEY is not a public key (base64 DER or PEM)") from None
+        raise ValueError(
+            "NOTIFIER_SENDGRID_VERIFICATION_KEY is not a public key (base64 DER or PEM)"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ValueError("NOTIFIER_SENDGRID_VERIFICATION_KEY is not an ECDSA key")
     return key
 
 
 def verify_sendgrid(
-    key: ec.EllipticCurvePublicKey, body: bytes, signature: str | None, timestamp: str | None, now: float | None = None
+    key: ec.EllipticCurvePublicKey,
+    body: bytes,
+    signature: str | None,
+    timestamp: str | None,
+    now: float | None = None,
 ) -> None:
     """Check `X-Twilio-Email-Event-Webhook-Signature` over timestamp + body."""
     if not signature or not timestamp:
@@ -228,7 +240,9 @@ def verify_sendgrid(
     if not timestamp.isdigit() or abs((now or time.time()) - int(timestamp)) > SENDGRID_MAX_AGE:
         raise Unauthorized("the signature timestamp is not recent")
     try:
-        key.verify(base64.b64decode(signature, validate=True), timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+        key.verify(
+            base64.b64decode(signature, validate=True), timestamp.encode() + body, ec.ECDSA(hashes.SHA256())
+        )
     except (binascii.Error, ValueError, InvalidSignature):
         raise Unauthorized("the event webhook signature does not match") from None
 
@@ -262,7 +276,9 @@ def sendgrid_findings(keys: Sequence[bytes], body: bytes) -> list[Finding]:
         if kind == "bounced":
             bounce = "policy" if event.get("type") == "blocked" else classify(status, reason)
             if event.get("event") == "dropped":
-                bounce = "hard" if "bounced address" in reason.lower() or "invalid" in reason.lower() else "policy"
+                bounce = (
+                    "hard" if "bounced address" in reason.lower() or "invalid" in reason.lower() else "policy"
+                )
         findings.append(
             Finding(
                 kind,
@@ -310,12 +326,16 @@ def mailgun_findings(keys: Sequence[bytes], payload: dict[str, Any]) -> list[Fin
     if event == "delivered":
         return [Finding("delivered", "mailgun", key, email_id=email_id, address=address)]
     if event == "complained":
-        return [Finding("complained", "mailgun", key, email_id=email_id, feedback_type="abuse", address=address)]
+        return [
+            Finding("complained", "mailgun", key, email_id=email_id, feedback_type="abuse", address=address)
+        ]
     if event == "unsubscribed":
         return [Finding("unsubscribe", "mailgun", key, email_id=email_id, address=address)]
     if event == "failed":
         status_block = _obj(data, "delivery-status")
-        status = status_block.get("enhanced-code") if isinstance(status_block.get("enhanced-code"), str) else None
+        status = (
+            status_block.get("enhanced-code") if isinstance(status_block.get("enhanced-code"), str) else None
+        )
         text = str(status_block.get("description") or status_block.get("message") or data.get("reason") or "")
         temporary = data.get("severity") == "temporary"
         return [
@@ -377,7 +397,13 @@ def postmark_findings(body: bytes) -> list[Finding]:
         bounce_type = str(event.get("Type") or "")
         if bounce_type in _POSTMARK_IGNORED:
             return []
-        bounce = "hard" if bounce_type in _POSTMARK_HARD else "policy" if bounce_type in _POSTMARK_POLICY else "soft"
+        bounce = (
+            "hard"
+            if bounce_type in _POSTMARK_HARD
+            else "policy"
+            if bounce_type in _POSTMARK_POLICY
+            else "soft"
+        )
         return [
             Finding(
                 "bounced",

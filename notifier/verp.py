@@ -46,3 +46,10 @@ def email_id(keys: Sequence[bytes], address: str, domain: str) -> int | None:
 def is_ours(address: str, domain: str) -> bool:
     """Whether `address` is at the bounce domain (signed or not): what the inbound server accepts."""
     return address.strip().strip("<>").lower().rpartition("@")[2] == domain.lower()
+
+
+def looks_signed(address: str, domain: str) -> bool:
+    """Whether `address` has the shape of a return path at `domain` (`bounces+…@domain`), genuine
+    or not."""
+    local, _, at = address.strip().strip("<>").lower().rpartition("@")
+    return at == domain.lower() and local.startswith(PREFIX + "+")

@@ -125,4 +125,3 @@ async def post_webhook(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     app[SNS_CERTS] = {}
     app.router.add_post("/webhooks/{provider}", post_webhook)
-

@@ -385,9 +385,9 @@ class Delivery:
         )
         if self.signer is not None:
             message = self.signer.sign(message)
-        bounce_domain = self.settings.bounce_domain
-        return_path = verp.return_path(self.settings.secret, email.id, bounce_domain) if bounce_domain else None
-        return mid, Envelope(return_path or from_address, (email.to_address,), message)
+        domain = self.settings.bounce_domain  # VERP: the envelope sender names this e-mail, signed
+        sender = verp.return_path(self.settings.secret, email.id, domain) if domain else from_address
+        return mid, Envelope(sender, (email.to_address,), message)
 
     async def _pace(self, n: int) -> list[float]:
         """Delays (seconds from now) at which to start each of `n` sends under the global rate."""
