@@ -186,7 +186,7 @@ def create_app(settings: Settings) -> web.Application:
     preference_centre.setup_routes(app)
     consent.setup_routes(app)
     inbound.setup_routes(app)
-    provider_webhooks.setup_routes(app)
+    provider_webhooks.setup_routes(app, settings)
     if settings.capture_mail:
         capture.setup_routes(app)
     # `/openapi.json` and `/docs`: the public routes above, described by these operations.

@@ -361,11 +361,25 @@ async def apply(
         address = row["to_address"] if row is not None else finding.address
         if not address or address == "[erased]":
             return Outcome("ignored", "the e-mail is no longer held (erased or unknown)", finding.email_id)
+        if row is not None:
+            target = _Target(row["id"], row["account_id"], row["newsletter_id"], row["kind"])
+        else:  # a provider's signed event that names no e-mail of ours: the member by address
+            target = _Target(None, await conn.fetchval(Q.account_by_address, address), None, None)
         if finding.kind == "unsubscribe":
-            return await _provider_unsubscribe(conn, finding, row, address, unsubscribe)
+            return await _provider_unsubscribe(conn, finding, target, address, unsubscribe)
         if finding.source == "flufl" and not _flufl_names(finding, address):
             return Outcome("ignored", "the report is about another address", finding.email_id)
-        return await _record(conn, settings, finding, row, address)
+        return await _record(conn, settings, finding, target, address)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a finding is recorded against: the e-mail (when tied) and the member."""
+
+    email_id: int | None
+    account_id: int | None
+    newsletter_id: int | None
+    kind: str | None
 
 
 def _flufl_names(finding: Finding, address: str) -> bool:
@@ -388,19 +402,20 @@ async def _unsubscribe(
 async def _provider_unsubscribe(
     conn: asyncpg.Connection,
     finding: Finding,
-    row: asyncpg.Record | None,
+    target: _Target,
     address: str,
     unsubscribe: Unsubscribe,
 ) -> Outcome:
     """A provider says the member unsubscribed (its own link or list): the member leaves the list
-    of that e-mail (the newsletter when the e-mail was not list mail); an address we cannot tie to
-    a member is suppressed for newsletters and digests."""
-    if row is not None and row["account_id"] is not None:
-        list_name = outbox.POLICIES[row["kind"]].list_name or "newsletter"
+    of that e-mail (the newsletter when the e-mail was not list mail, or is not known); an address
+    we cannot tie to a member is suppressed for newsletters and digests."""
+    if target.account_id is not None:
+        policy = outbox.POLICIES.get(target.kind or "")
+        list_name = (policy.list_name if policy else None) or "newsletter"
         changed = await unsubscribe(
-            conn, row["account_id"], list_name, row["id"], row["newsletter_id"], finding.source
+            conn, target.account_id, list_name, target.email_id, target.newsletter_id, finding.source
         )
-        return Outcome("unsubscribed", f"list {list_name}", row["id"], recorded=changed)
+        return Outcome("unsubscribed", f"list {list_name}", target.email_id, recorded=changed)
     added = [
         name
         for name in _BULK_LISTS
@@ -412,7 +427,7 @@ async def _provider_unsubscribe(
 
 
 async def _record(
-    conn: asyncpg.Connection, settings: Settings, finding: Finding, row: asyncpg.Record | None, address: str
+    conn: asyncpg.Connection, settings: Settings, finding: Finding, target: _Target, address: str
 ) -> Outcome:
     digest = suppression.address_hash(address).hex()
     detail: dict[str, Any] = {"source": finding.source, "recipient_hash": digest}
@@ -421,13 +436,13 @@ async def _record(
         if value:
             detail["type" if name == "bounce" else name] = value
     kind = finding.kind
-    email_id = row["id"] if row is not None else None
+    email_id = target.email_id
     event_id = await conn.fetchval(
         Q.insert_report_event,
         kind,
-        row["account_id"] if row is not None else None,
+        target.account_id,
         email_id,
-        row["newsletter_id"] if row is not None else None,
+        target.newsletter_id,
         finding.source,
         detail,
         f"{kind}:{finding.source}:{finding.dedupe}:{email_id or digest[:16]}",

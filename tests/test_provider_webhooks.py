@@ -329,7 +329,8 @@ async def test_mailgun_signed_webhooks(
 async def test_postmark_basic_auth_webhooks(
     client: TestClient[Any, Any], pool: asyncpg.Pool, settings: Settings, factory: Factory
 ) -> None:
-    await factory.account(email="gone@example.com", newsletter=True)
+    gone = await factory.account(email="gone@example.com", newsletter=True)
+    leaver = await factory.account(email="Leaver@Example.com", newsletter=True)
     auth = {"Authorization": "Basic " + base64.b64encode(b"postmark:hook-password-1").decode()}
     bounce = {
         "RecordType": "Bounce", "ID": 4323372036854775807, "Type": "HardBounce", "TypeCode": 1,
@@ -353,6 +354,16 @@ async def test_postmark_basic_auth_webhooks(
     assert await suppression.check(pool, "gone@example.com") == "hard_bounce"
     assert await suppression.check(pool, "away@example.com", ["all", "newsletter", "digest"]) is None
     assert await suppression.check(pool, "angry@example.com", ["newsletter"]) == "complaint"
+    assert await _kinds(pool, gone["id"]) == ["bounced"]  # tied to the member by address
+    change = {
+        "RecordType": "SubscriptionChange", "MessageID": "a4909a96-73d6-4c59-a6ca-3cbd5e6f0ce1",
+        "ServerID": 23, "MessageStream": "broadcast", "ChangedAt": "2026-12-01T10:02:00Z",
+        "Recipient": "leaver@example.com", "Origin": "Recipient", "SuppressSending": True,
+        "SuppressionReason": "ManualSuppression", "Tag": "newsletter", "Metadata": {},
+    }  # fmt: skip
+    assert (await client.post("/webhooks/postmark", json=change, headers=auth)).status == 200
+    assert not await pool.fetchval("SELECT newsletter FROM accounts WHERE id = $1", leaver["id"])
+    assert await _kinds(pool, leaver["id"]) == ["unsubscribed"]
     before = await _state(pool)
     assert (await client.post("/webhooks/postmark", json=bounce, headers=auth)).status == 200
     assert await _state(pool) == before

@@ -19,7 +19,7 @@ from notifier.api.inbound import answer, unsubscribe_member
 from notifier.api.problems import Problem
 from notifier.api.responses import json_response
 from notifier.resources import POOL, SETTINGS
-from notifier.settings import Settings
+from notifier.settings import ConfigError, Settings
 
 log = logging.getLogger("notifier.webhooks")
 
@@ -122,6 +122,12 @@ async def post_webhook(request: web.Request) -> web.Response:
     return json_response(200, {"events": outcomes})
 
 
-def setup_routes(app: web.Application) -> None:
+def setup_routes(app: web.Application, settings: Settings) -> None:
+    """The webhook route; a SendGrid key that cannot be read stops start-up (ConfigError)."""
+    if settings.sendgrid_verification_key:
+        try:
+            providers.sendgrid_key(settings.sendgrid_verification_key)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     app[SNS_CERTS] = {}
     app.router.add_post("/webhooks/{provider}", post_webhook)

@@ -14,3 +14,6 @@ RETURNING id
 -- Temporary failures of one address (by hash) since a time: the soft-bounce rule.
 SELECT count(*) FROM events
 WHERE kind = 'bounced' AND detail->>'type' = 'soft' AND detail->>'recipient_hash' = $1 AND created_at >= $2
+
+-- name: account_by_address
+SELECT id FROM accounts WHERE lower(email) = lower($1) ORDER BY id LIMIT 1
