@@ -260,3 +260,28 @@ async def test_mime_route_refuses_what_is_not_a_message(
     answer = await mime_in(client, admin, nonsense)
     assert answer["action"] == "ignored"
     assert await pool.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_inbound_smtp_refuses_a_message_over_the_limit(
+    settings: Settings, pool: asyncpg.Pool, inbound_port: int
+) -> None:
+    big = b"Subject: x\r\n\r\n" + (b"a" * 70 + b"\r\n") * (settings.inbound_max_bytes // 70 + 10)
+    with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+        await smtp_in(inbound_port, f"bounces+1-aaaaaaaaaaaaa@{BOUNCE_DOMAIN}", big)
+    assert refused.value.code == 552
+    assert await pool.fetchval("SELECT count(*) FROM events") == 0
+
+
+def test_cli_inbound_needs_something_to_accept(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from notifier import cli
+
+    monkeypatch.setenv("NOTIFIER_DATABASE_URL", settings.database_url or "")
+    monkeypatch.setenv("NOTIFIER_REDIS_URL", settings.redis_url or "")
+    monkeypatch.setenv("NOTIFIER_SECRET_KEY", "a-secret-for-this-test")
+    assert cli.main(["inbound"]) == 2
+    assert "NOTIFIER_BOUNCE_DOMAIN" in capsys.readouterr().err
+    monkeypatch.setenv("NOTIFIER_BOUNCE_DOMAIN", "not a domain")
+    assert cli.main(["inbound"]) == 2
+    assert "NOTIFIER_BOUNCE_DOMAIN: not a domain" in capsys.readouterr().err
