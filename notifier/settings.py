@@ -102,7 +102,9 @@ class Settings(BaseSettings):
     mailgun_signing_key: SecretStr | None = None
     postmark_webhook_username: str | None = None
     postmark_webhook_password: SecretStr | None = None
-    ses_webhook: bool = False
+    # SNS topics whose SES events are accepted (comma-separated ARNs): SNS signs every topic's
+    # messages with the same certificate, so the topic is what says they are ours.
+    ses_topic_arns: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # An SNS signing certificate (PEM file) trusted instead of fetching SigningCertURL: for tests
     # and machines without network; the URL must still be an https SNS host of amazonaws.com.
     sns_certificate_file: Path | None = None
@@ -149,7 +151,7 @@ class Settings(BaseSettings):
             sentinel_hosts(value)  # raises ValueError naming what is wrong
         return value
 
-    @field_validator("old_secret_keys", "test_send_domains", mode="before")
+    @field_validator("old_secret_keys", "test_send_domains", "ses_topic_arns", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         """A list from the environment: comma- or space-separated (or a JSON list)."""

@@ -51,7 +51,7 @@ def _providers(settings: Settings, tmp_path: Path) -> None:
     )
     path = tmp_path / "sns.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    settings.ses_webhook = True
+    settings.ses_topic_arns = [TOPIC]
     settings.sns_certificate_file = path
     der = SENDGRID_KEY.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -92,12 +92,14 @@ async def _kinds(pool: asyncpg.Pool, account_id: int) -> list[str]:
 # --- Amazon SES through SNS -------------------------------------------------------------------
 
 
-def sns(message: dict[str, Any], version: str = "1", cert_url: str = CERT_URL, n: int = 1) -> dict[str, Any]:
+def sns(
+    message: dict[str, Any], version: str = "1", cert_url: str = CERT_URL, n: int = 1, topic: str = TOPIC
+) -> dict[str, Any]:
     """An SNS Notification carrying `message`, signed as SNS signs (SignatureVersion 1: SHA1)."""
     body = {
         "Type": "Notification",
         "MessageId": f"22b80b92-fdea-4c2c-8f9d-bdfb0c7bf32{n}",
-        "TopicArn": TOPIC,
+        "TopicArn": topic,
         "Message": json.dumps(message),
         "Timestamp": "2026-12-01T10:00:00.000Z",
         "SignatureVersion": version,
@@ -191,7 +193,11 @@ async def test_ses_bounce_complaint_delivery_through_signed_sns(
         ses_bounce("fine@example.com", fine_mid), cert_url=CERT_URL.replace("https", "http"), n=7
     )
     unsigned = {k: v for k, v in other.items() if k != "Signature"}
-    for forged in (tampered, elsewhere, lookalike, plain_http):
+    # Genuinely signed by SNS, but for someone else's topic.
+    stranger = sns(
+        ses_bounce("fine@example.com", fine_mid), topic="arn:aws:sns:eu-west-1:999999999999:x", n=8
+    )
+    for forged in (tampered, elsewhere, lookalike, plain_http, stranger):
         resp = await client.post("/webhooks/ses", json=forged)
         assert resp.status == 401, await resp.text()
         assert resp.content_type == "application/problem+json"

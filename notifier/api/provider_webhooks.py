@@ -57,18 +57,19 @@ async def _sns_certificate(request: web.Request, url: str) -> bytes:
 async def _findings(request: web.Request, provider: str, body: bytes) -> list[bounces.Finding]:
     settings: Settings = request.app[SETTINGS]
     keys = settings.keyring
-    if provider == "ses" and settings.ses_webhook:
+    if provider == "ses" and settings.ses_topic_arns:
         message = providers.sns_envelope(body)
         url = providers.sns_cert_url(message.get("SigningCertURL"))
         providers.verify_sns(message, await _sns_certificate(request, url))
+        if message["TopicArn"] not in settings.ses_topic_arns:
+            raise providers.Unauthorized("the SNS topic is not one of NOTIFIER_SES_TOPIC_ARNS")
         if message["Type"] == "SubscriptionConfirmation":
             confirm = providers.sns_subscribe_url(message.get("SubscribeURL"))
-            if settings.sns_certificate_file is None:
-                try:
-                    await _fetch(confirm)
-                except (aiohttp.ClientError, TimeoutError):
-                    raise Problem(502, "the SNS subscription could not be confirmed") from None
-            log.info("SNS subscription to %s confirmed", message.get("TopicArn"))
+            try:
+                await _fetch(confirm)
+            except (aiohttp.ClientError, TimeoutError):
+                raise Problem(502, "the SNS subscription could not be confirmed") from None
+            log.info("SNS subscription to %s confirmed", message["TopicArn"])
             return []
         if message["Type"] != "Notification":
             return []
