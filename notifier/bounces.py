@@ -262,7 +262,10 @@ def read_report(settings: Settings, raw: bytes, envelope_recipients: Sequence[st
     if to_mailto:
         if token is None:
             return Finding("ignored", "mailto", key, why="no valid unsubscribe token in the message")
-        return Finding("unsubscribe", "mailto", f"mailto:{token}", token=token)
+        # A reply (rather than a new message) names the e-mail it answers: attribute it to that one.
+        answered = _header(msg, "In-Reply-To") or _header(msg, "References").split(" ")[0]
+        replied = email_of_message_id(settings.keyring, answered) if answered else None
+        return Finding("unsubscribe", "mailto", f"mailto:{token}", email_id=replied, token=token)
 
     original = _original(msg)
     if msg.get_content_type() == "multipart/report":
@@ -395,7 +398,11 @@ async def _unsubscribe(
         return Outcome("ignored", "no valid unsubscribe token")
     if await conn.fetchval(Q.member, found.account_id) is None:
         return Outcome("ignored", "the member no longer exists")
-    changed = await unsubscribe(conn, found.account_id, found.list, None, None, "mailto")
+    row = await conn.fetchrow(Q.report_email, finding.email_id) if finding.email_id is not None else None
+    if row is None or row["account_id"] != found.account_id:
+        row = None  # the e-mail named is not this member's: the unsubscribe stands, unattributed
+    email_id, newsletter_id = (row["id"], row["newsletter_id"]) if row is not None else (None, None)
+    changed = await unsubscribe(conn, found.account_id, found.list, email_id, newsletter_id, "mailto")
     return Outcome("unsubscribed", f"list {found.list}", recorded=changed)
 
 

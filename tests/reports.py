@@ -254,13 +254,15 @@ I am out of the office until 14 December with no access to e-mail.
 """)
 
 
-def unsubscribe_mail(to: str, token: str) -> bytes:
+def unsubscribe_mail(to: str, token: str, in_reply_to: str = "") -> bytes:
+    """What a mail client sends for a List-Unsubscribe mailto (a reply names the e-mail it answers)."""
+    reply = f"In-Reply-To: {in_reply_to}\n" if in_reply_to else ""
     return _crlf(f"""From: member@example.com
 To: {to}
 Subject: unsubscribe-{token}
 Date: Tue, 1 Dec 2026 10:25:00 +0000
 Message-ID: <unsub-1@example.com>
-
+{reply}
 """)
 
 

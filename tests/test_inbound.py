@@ -139,7 +139,8 @@ async def test_reports_through_smtp_and_mime_suppress_the_right_members(
     await smtp_in(inbound_port, "fbl@" + BOUNCE_DOMAIN, reports.yahoo_arf(got["yahoo"]))
     mailto, token = reports.list_unsubscribe_mailto(got["mailto"])
     assert mailto == MAILTO
-    await smtp_in(inbound_port, mailto, reports.unsubscribe_mail(mailto, token))
+    reply = reports.unsubscribe_mail(mailto, token, in_reply_to=got["mailto"].message["Message-ID"])
+    await smtp_in(inbound_port, mailto, reply)
     # A report to a made-up return path: the policy member's id with the postfix member's signature.
     postfix_id = verp.email_id(settings.keyring, got["postfix"].sender, BOUNCE_DOMAIN)
     policy_id = verp.email_id(settings.keyring, got["policy"].sender, BOUNCE_DOMAIN)
@@ -202,6 +203,12 @@ async def test_reports_through_smtp_and_mime_suppress_the_right_members(
     notes = await pool.fetchval("SELECT string_agg(coalesce(detail, ''), ' ') FROM suppressions")
     assert "@" not in notes
     assert postfix_id is not None
+
+    # The first newsletter's figures count them (distinct members): four hard bounces and the
+    # policy failure, one complaint, one unsubscribe.
+    resp = await client.get(f"/v1/newsletters/{draft['id']}", headers=headers)
+    first = (await resp.json())["figures"]
+    assert (first["bounced"], first["complained"], first["unsubscribed"]) == (5, 1, 1)
 
     # The next newsletter skips exactly the bounced, the complainer and the unsubscribed.
     smtp.clear()
