@@ -17,7 +17,7 @@ import logging
 import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from notifier import bounces, verp
+from notifier import bounces, reports, verp
 from notifier.api.inbound import unsubscribe_member
 from notifier.settings import Settings
 
@@ -53,7 +53,7 @@ class Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         try:
-            finding = bounces.read_report(self.settings, raw, list(envelope.rcpt_tos))
+            finding = reports.read_report(self.settings, raw, list(envelope.rcpt_tos))
             outcome = await bounces.apply(self.pool, self.settings, finding, unsubscribe_member)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             log.exception("an inbound message could not be recorded; the sender will retry")

@@ -16,7 +16,7 @@ from arq import ArqRedis
 from notifier import bounces, inbound, suppression, verp
 from notifier.embedded import free_port
 from notifier.settings import Settings
-from tests import reports
+from tests import report_samples as samples
 from tests.api_helpers import bearer, create_newsletter, send_newsletter
 from tests.conftest import BurstWorker, MailSink, Received
 from tests.factory import Factory
@@ -133,43 +133,43 @@ async def test_reports_through_smtp_and_mime_suppress_the_right_members(
         assert row["to_address"] == received.recipients[0]
 
     # Through the inbound SMTP port, as the MX hands them over.
-    await smtp_in(inbound_port, got["postfix"].sender, reports.postfix_dsn(got["postfix"]))
-    await smtp_in(inbound_port, got["exchange"].sender, reports.exchange_dsn(got["exchange"]))
-    await smtp_in(inbound_port, got["ooo"].sender, reports.out_of_office(got["ooo"]))
-    await smtp_in(inbound_port, "fbl@" + BOUNCE_DOMAIN, reports.yahoo_arf(got["yahoo"]))
-    mailto, token = reports.list_unsubscribe_mailto(got["mailto"])
+    await smtp_in(inbound_port, got["postfix"].sender, samples.postfix_dsn(got["postfix"]))
+    await smtp_in(inbound_port, got["exchange"].sender, samples.exchange_dsn(got["exchange"]))
+    await smtp_in(inbound_port, got["ooo"].sender, samples.out_of_office(got["ooo"]))
+    await smtp_in(inbound_port, "fbl@" + BOUNCE_DOMAIN, samples.yahoo_arf(got["yahoo"]))
+    mailto, token = samples.list_unsubscribe_mailto(got["mailto"])
     assert mailto == MAILTO
-    reply = reports.unsubscribe_mail(mailto, token, in_reply_to=got["mailto"].message["Message-ID"])
+    reply = samples.unsubscribe_mail(mailto, token, in_reply_to=got["mailto"].message["Message-ID"])
     await smtp_in(inbound_port, mailto, reply)
     # A report to a made-up return path: the policy member's id with the postfix member's signature.
     postfix_id = verp.email_id(settings.keyring, got["postfix"].sender, BOUNCE_DOMAIN)
     policy_id = verp.email_id(settings.keyring, got["policy"].sender, BOUNCE_DOMAIN)
     signature = got["postfix"].sender.split("-")[1].split("@")[0]
     forged = f"bounces+{verp.email_id(settings.keyring, got['forged'].sender, BOUNCE_DOMAIN)}-{signature}@{BOUNCE_DOMAIN}"
-    await smtp_in(inbound_port, forged, reports.postfix_dsn(got["forged"], to=forged))
+    await smtp_in(inbound_port, forged, samples.postfix_dsn(got["forged"], to=forged))
     # Anyone else is refused: the server is no relay.
     with pytest.raises(aiosmtplib.SMTPRecipientRefused):
         await smtp_in(inbound_port, "someone@example.org", b"Subject: hi\r\n\r\nhello\r\n")
 
     # Through the MTA pipe.
-    gmail = await mime_in(client, admin, reports.gmail_dsn(got["gmail"]), recipient=got["gmail"].sender)
+    gmail = await mime_in(client, admin, samples.gmail_dsn(got["gmail"]), recipient=got["gmail"].sender)
     assert gmail["action"] == "bounced" and gmail["suppressed"] == ["all"]
-    again = await mime_in(client, admin, reports.gmail_dsn(got["gmail"]), recipient=got["gmail"].sender)
+    again = await mime_in(client, admin, samples.gmail_dsn(got["gmail"]), recipient=got["gmail"].sender)
     assert again["recorded"] is False  # the same report twice is recorded once
-    unauthenticated = reports.gmail_dsn(
+    unauthenticated = samples.gmail_dsn(
         got["policy"],
         status="5.7.26",
         text="This mail is unauthenticated, which poses a security risk. Gmail users",
     )
     policy = await mime_in(client, admin, unauthenticated)
     assert (policy["action"], policy["email_id"], policy["suppressed"]) == ("bounced", policy_id, [])
-    delayed = reports.gmail_dsn(got["delayed"], action="delayed", status="4.2.2", text="mailbox over quota")
+    delayed = samples.gmail_dsn(got["delayed"], action="delayed", status="4.2.2", text="mailbox over quota")
     assert (await mime_in(client, admin, delayed))["action"] == "deferred"
-    qmail = await mime_in(client, admin, reports.qmail_bounce(got["qmail"]))
+    qmail = await mime_in(client, admin, samples.qmail_bounce(got["qmail"]))
     assert (qmail["action"], qmail["suppressed"]) == ("bounced", ["all"])
-    ooo = await mime_in(client, admin, reports.out_of_office(got["ooo"]))
+    ooo = await mime_in(client, admin, samples.out_of_office(got["ooo"]))
     assert ooo["action"] == "ignored" and "automatic reply" in ooo["why"]
-    forged_answer = await mime_in(client, admin, reports.postfix_dsn(got["forged"], to=forged))
+    forged_answer = await mime_in(client, admin, samples.postfix_dsn(got["forged"], to=forged))
     assert forged_answer["action"] == "ignored"
 
     # Suppressions: hard bounces on `all`, the complaint on newsletters and digests only.
@@ -231,7 +231,7 @@ async def test_soft_bounces_suppress_after_the_limit(
         received = Received(
             sender, ["full@example.com"], f"Message-ID: <x{n}@example.org>\r\n\r\nhi\r\n".encode()
         )
-        answer = await mime_in(client, admin, reports.postfix_dsn(received, status="5.2.2"))
+        answer = await mime_in(client, admin, samples.postfix_dsn(received, status="5.2.2"))
         assert answer["action"] == "bounced"
         assert answer["suppressed"] == ([] if n == 0 else ["all"] if n == 1 else [])
     assert await suppression.check(pool, "full@example.com") == "soft_bounce"

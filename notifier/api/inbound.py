@@ -14,7 +14,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import Field
 
-from notifier import bounces, pages
+from notifier import bounces, pages, reports
 from notifier.api.answers import Answer
 from notifier.api.auth import requires
 from notifier.api.problems import Problem
@@ -82,7 +82,7 @@ async def post_mime(request: web.Request) -> web.Response:
             "`recipient` must be one printable address",
             errors=[{"field": "recipient", "message": "at most 320 printable characters"}],
         )
-    finding = bounces.read_report(settings, raw, [recipient] if recipient else [])
+    finding = reports.read_report(settings, raw, [recipient] if recipient else [])
     outcome = await bounces.apply(request.app[POOL], settings, finding, unsubscribe_member)
     return json_response(200, answer(outcome))
 
