@@ -23,6 +23,7 @@ from notifier import suppression, tokens, verp
 from notifier.bounces import Finding, classify, email_of_message_id, scrub
 from notifier.settings import Settings
 
+MAX_PARTS = 50  # multipart boundaries in one message; reports have three to five
 _AUTO_SUBJECT = re.compile(
     r"^\s*(auto(matic)?[ -]?(reply|response)|out of (the )?office|abwesenheit|autoreply|vacation)",
     re.IGNORECASE,
@@ -145,6 +146,10 @@ def _feedback(msg: Message) -> Message | None:
 def read_report(settings: Settings, raw: bytes, envelope_recipients: Sequence[str] = ()) -> Finding:
     """What one inbound message says. Never raises on hostile input: anything not understood is
     an `ignored` finding saying why."""
+    if raw.lower().count(b"boundary=") > MAX_PARTS:
+        # The parser recurses per nested multipart; a real report has a handful.
+        key = hashlib.sha256(raw).hexdigest()[:32]
+        return Finding("ignored", "mime", key, why=f"more than {MAX_PARTS} multipart boundaries")
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)
     key = _report_key(msg, raw)
     recipients = _recipients(msg, envelope_recipients)

@@ -263,6 +263,11 @@ async def test_mime_route_refuses_what_is_not_a_message(
         "/v1/inbound/mime", data=b"  ", headers={**admin, "Content-Type": "message/rfc822"}
     )
     assert resp.status == 400
+    settings.inbound_max_bytes = 1024 * 1024
+    nested = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(2000)
+    )
+    assert (await mime_in(client, admin, b"Subject: deep\r\n" + nested))["action"] == "ignored"
     nonsense = b"\xff\xfe\x00garbage\r\n\r\n\x00\x01"
     answer = await mime_in(client, admin, nonsense)
     assert answer["action"] == "ignored"

@@ -380,6 +380,22 @@ async def test_postmark_basic_auth_webhooks(
     assert await _state(pool) == before
 
 
+async def test_bodies_that_are_not_the_providers_shape_are_400(
+    client: TestClient[Any, Any], pool: asyncpg.Pool
+) -> None:
+    auth = {"Authorization": "Basic " + base64.b64encode(b"postmark:hook-password-1").decode()}
+    for body in (b"not json", b"[" * 100_000 + b"]" * 100_000, b'{"RecordType": "Bounce"}', b"[]"):
+        resp = await client.post(
+            "/webhooks/postmark", data=body, headers={**auth, "Content-Type": "application/json"}
+        )
+        assert resp.status == 400, (body[:20], await resp.text())
+        assert resp.content_type == "application/problem+json"
+    assert (
+        await client.post("/webhooks/ses", data=b"{}", headers={"Content-Type": "text/plain"})
+    ).status == 400
+    assert await _state(pool) == (0, 0)
+
+
 async def test_unknown_or_unconfigured_providers_are_404(
     client: TestClient[Any, Any], settings: Settings
 ) -> None:
