@@ -313,6 +313,10 @@ async def run(env: BenchEnv) -> list[Figure]:
             "NOTIFIER_DB_POOL_MAX": str(POOL_SIZE),
             "NOTIFIER_API_RATE_LIMIT": "0",
             "NOTIFIER_DATA_DIR": str(work),
+            # What production's start-up checks ask for (notifier.startup_checks).
+            "NOTIFIER_PUBLIC_URL": "https://notifier.example.org",
+            "NOTIFIER_SERVICE_FROM": "Example <service@example.org>",
+            "NOTIFIER_NEWSLETTER_FROM": "Example News <news@example.org>",
         }
         ports = {"baseline": free_port(), "baseline-same-pool": free_port(), "notifier": free_port()}
         mode = ["--loop", LOOP, "--processes", str(PROCESSES)]

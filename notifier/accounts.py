@@ -1,4 +1,5 @@
-"""Accounts: register, read, correct, erase, export and the audit trail (`/v1/accounts...`).
+"""Accounts: register, correct, erase and export (the `/v1/accounts...` routes are in
+notifier/api/accounts.py).
 
 Registering an account creates its inbox (the account's messages) with the default preferences
 of the schema: daily digest at 08:00 local time, weekday Monday, no newsletter.
@@ -10,36 +11,25 @@ window (`preferences.follow_timezone`).
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any, get_args
-from urllib.parse import quote
 
 import asyncpg
-from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from notifier import audit, newsletter, preferences, suppression
-from notifier.api.answers import (
+from notifier.answers import (
     Account,
     AccountPreferences,
-    AuditEntry,
-    AuditPage,
-    Erasure,
     ErasureReason,
-    ErasureReceipt,
     Export,
 )
-from notifier.api.auth import api_key_of, requires
-from notifier.api.idempotency import idempotent
-from notifier.api.pagination import decode_cursor, next_cursor, page_limit
-from notifier.api.problems import Problem, read_json
-from notifier.api.responses import json_response
 from notifier.db import Q
-from notifier.resources import POOL
+from notifier.errors import Problem
+from notifier.idempotency_records import forget_external_id
 from notifier.serialize import jsonable
 from notifier.suppression import ListName, address_hash
-from notifier.validation import EXTERNAL_ID, MAX_EXTERNAL_ID, Email, ExternalId, Locale, Name, TimeZone, parse
+from notifier.validation import Email, ExternalId, Locale, Name, TimeZone
 
 # Why an account was erased; recorded in `erasures` without any personal data.
 ERASURE_REASONS: tuple[str, ...] = get_args(ErasureReason)
@@ -77,25 +67,9 @@ class AccountPatch(BaseModel):
         return value
 
 
-def _account(row: asyncpg.Record) -> Account:
+def public_account(row: asyncpg.Record) -> Account:
     """The public view of an account row (its internal id stays internal)."""
     return Account.of_row(row, preferences=AccountPreferences.of_row(row))
-
-
-def account_location(external_id: str) -> str:
-    return f"/v1/accounts/{quote(external_id, safe='')}"
-
-
-_EXTERNAL_ID = re.compile(EXTERNAL_ID)
-
-
-def external_id_of(request: web.Request) -> str:
-    """The `{external_id}` of the path; 404 when it could not name an account (bad characters,
-    too long), without asking the database."""
-    external_id = request.match_info["external_id"]
-    if len(external_id) > MAX_EXTERNAL_ID or not _EXTERNAL_ID.fullmatch(external_id):
-        raise Problem(404, "no account with that external_id")
-    return external_id
 
 
 async def find_account(
@@ -134,54 +108,29 @@ async def create_account(conn: asyncpg.Connection, new: NewAccount, actor: audit
     return row
 
 
-@requires("accounts")
-async def register(request: web.Request) -> web.Response:
-    """POST /v1/accounts: 201 with the account and its Location; 409 when the id is taken."""
-    payload = await read_json(request)
-    new = parse(NewAccount, payload)
-    async with idempotent(request, payload) as idem:
-        if idem.replayed:
-            return idem.response
-        row = await create_account(idem.conn, new, api_key_of(request).actor)
-        idem.respond(
-            201,
-            _account(row),
-            headers={"Location": account_location(row["external_id"])},
-            account_id=row["id"],
-        )
-    return idem.response
-
-
-@requires("accounts")
-async def read_account(request: web.Request) -> web.Response:
-    """GET /v1/accounts/{external_id}."""
-    row = await find_account(request.app[POOL], external_id_of(request))
-    return json_response(200, _account(row))
-
-
-@requires("accounts")
-async def correct_account(request: web.Request) -> web.Response:
-    """PATCH /v1/accounts/{external_id}: correct e-mail, name, time zone or locale; audited."""
-    patch = parse(AccountPatch, await read_json(request))
+async def correct(
+    conn: asyncpg.Connection, before: asyncpg.Record, patch: AccountPatch, actor: audit.Actor
+) -> asyncpg.Record:
+    """Apply a correction to the (locked) account `before`, move its digest window if the time
+    zone changed and audit it; call inside a transaction. Returns the account as it is after;
+    nothing is written when nothing changes."""
     fields = patch.model_dump(exclude_unset=True)
-    async with request.app[POOL].acquire() as conn, conn.transaction():
-        before = await find_account(conn, external_id_of(request), lock=True)
-        changes = audit.diff(dict(before), fields)
-        if not changes:
-            return json_response(200, _account(before))
-        values = {name: fields.get(name, before[name]) for name in CORRECTABLE}
-        after = await conn.fetchrow(
-            Q.update_account,
-            before["id"],
-            values["email"],
-            values["name"],
-            values["timezone"],
-            values["locale"],
-        )
-        if await preferences.follow_timezone(conn, before, after):
-            after = await conn.fetchrow(Q.get_account_by_id, before["id"])
-        await audit.record(conn, before["id"], api_key_of(request).actor, "account.updated", changes)
-    return json_response(200, _account(after))
+    changes = audit.diff(dict(before), fields)
+    if not changes:
+        return before
+    values = {name: fields.get(name, before[name]) for name in CORRECTABLE}
+    after: asyncpg.Record = await conn.fetchrow(
+        Q.update_account,
+        before["id"],
+        values["email"],
+        values["name"],
+        values["timezone"],
+        values["locale"],
+    )
+    if await preferences.follow_timezone(conn, before, after):
+        after = await conn.fetchrow(Q.get_account_by_id, before["id"])
+    await audit.record(conn, before["id"], actor, "account.updated", changes)
+    return after
 
 
 async def _unsubscribes_to_keep(conn: asyncpg.Connection, account: asyncpg.Record) -> list[ListName]:
@@ -214,35 +163,22 @@ async def erase_account(
     be sent (the notice of the erasure itself).
     Suppressions stay, being keyed by `address_hash` only; their free-text detail is cleared. An
     unsubscribe still in force becomes a suppression (`_unsubscribes_to_keep`), so it survives too.
+    Idempotency records tied to no account lose the external id (`forget_external_id`). The
+    notice, once sent, refused or suppressed, keeps nothing personal either (`record_results`).
     Returns the `erasures` row, which holds the reason and the actor and no personal data.
     """
     if reason not in ERASURE_REASONS:
         raise ValueError(reason)
     for list_name in await _unsubscribes_to_keep(conn, account):
         await suppression.add(conn, account["email"], "unsubscribed", list_name)
+    await conn.execute(Q.delete_unowned_email_events, account["email"])
     await conn.execute(Q.delete_unowned_emails_to, account["email"])
     await conn.execute(Q.scrub_suppression_detail, address_hash(account["email"]))
     await newsletter.keep_erased_figures(conn, account["id"])
+    await forget_external_id(conn, account["external_id"])
     await conn.execute(Q.delete_account, account["id"])
     erasure: asyncpg.Record = await conn.fetchrow(Q.insert_erasure, reason, actor.type, actor.name)
     return erasure
-
-
-@requires("accounts")
-async def delete_account(request: web.Request) -> web.Response:
-    """DELETE /v1/accounts/{external_id}?reason=request|child|retention|other: erase at once."""
-    reason = request.query.get("reason", "request")
-    if reason not in ERASURE_REASONS:
-        raise Problem(
-            422,
-            f"reason must be one of {', '.join(ERASURE_REASONS)}",
-            errors=[{"field": "reason", "message": f"must be one of {', '.join(ERASURE_REASONS)}"}],
-        )
-    async with request.app[POOL].acquire() as conn, conn.transaction():
-        account = await find_account(conn, external_id_of(request), lock=True)
-        erasure = await erase_account(conn, account, reason, api_key_of(request).actor)
-    receipt = ErasureReceipt(id=erasure["id"], reason=erasure["reason"], created_at=erasure["created_at"])
-    return json_response(200, Erasure(erased=True, erasure=receipt))
 
 
 async def export_account(conn: asyncpg.Connection, account: asyncpg.Record) -> dict[str, Any]:
@@ -252,7 +188,7 @@ async def export_account(conn: asyncpg.Connection, account: asyncpg.Record) -> d
     suppressions = [
         jsonable(r) for r in await conn.fetch(Q.export_suppressions, address_hash(account["email"]))
     ]
-    public = _account(account)
+    public = public_account(account)
     return Export.model_validate(
         {
             "exported_at": datetime.now(UTC),
@@ -268,36 +204,3 @@ async def export_account(conn: asyncpg.Connection, account: asyncpg.Record) -> d
             "suppressions": suppressions,
         }
     ).model_dump(mode="json")
-
-
-@requires("accounts")
-async def export(request: web.Request) -> web.Response:
-    """GET /v1/accounts/{external_id}/export: everything held on the account."""
-    async with (
-        request.app[POOL].acquire() as conn,
-        conn.transaction(isolation="repeatable_read", readonly=True),
-    ):
-        account = await find_account(conn, external_id_of(request))
-        document = await export_account(conn, account)
-    return json_response(200, document)
-
-
-@requires("accounts")
-async def audit_trail(request: web.Request) -> web.Response:
-    """GET /v1/accounts/{external_id}/audit: newest first, `?limit=`, `?cursor=`."""
-    limit = page_limit(request)
-    before = decode_cursor("audit", request.query.get("cursor"))
-    pool = request.app[POOL]
-    account_id = await account_id_of(pool, external_id_of(request))
-    rows = await pool.fetch(Q.account_audit_page, account_id, before, limit + 1)
-    entries = [AuditEntry.of_row(r) for r in rows[:limit]]
-    return json_response(200, AuditPage(items=entries, next_cursor=next_cursor("audit", rows, limit)))
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/accounts", register)
-    app.router.add_get("/v1/accounts/{external_id}", read_account)
-    app.router.add_patch("/v1/accounts/{external_id}", correct_account)
-    app.router.add_delete("/v1/accounts/{external_id}", delete_account)
-    app.router.add_get("/v1/accounts/{external_id}/export", export)
-    app.router.add_get("/v1/accounts/{external_id}/audit", audit_trail)

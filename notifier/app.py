@@ -11,13 +11,21 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_log import AccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from notifier.api import auth, inbound, openapi, openapi_newsletters, openapi_routes, provider_webhooks
-from notifier.api.answers import Liveness, Readiness
+from notifier.answers import Liveness, Readiness
+from notifier.api import (
+    auth,
+    inbound,
+    mailbox,
+    openapi,
+    openapi_newsletters,
+    openapi_routes,
+    openapi_webhooks,
+    provider_webhooks,
+)
 from notifier.api.problems import MAX_BODY, Handler, problem_middleware
 from notifier.api.problems import redact_path as redact_path  # re-exported: the access logger's helper
 from notifier.api.responses import json_response
-from notifier.mail import capture
-from notifier.resources import POOL, REDIS, SETTINGS, open_pool, open_redis
+from notifier.resources import POOL, REDIS, SETTINGS, open_pool, open_redis, render_pool_ctx
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.web")
@@ -156,6 +164,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[MAX_BODY] = settings.max_body_bytes
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(render_pool_ctx)
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -165,30 +174,46 @@ def create_app(settings: Settings) -> web.Application:
     from notifier.console import app as console_app
 
     console_app.setup(app)
-    from notifier import service
+    from notifier.api import service
 
     service.setup_routes(app)
-    from notifier import preferences
+    from notifier.api import preferences
 
     preferences.setup_routes(app)
-    from notifier import accounts
+    from notifier.api import accounts
 
     accounts.setup_routes(app)
-    from notifier import inbox
+    from notifier.api import messages
 
-    inbox.setup_routes(app)
-    from notifier import consent
+    messages.setup_routes(app)
     from notifier.api import newsletters
-    from notifier.pages import preference_centre, unsubscribe
+    from notifier.pages import confirm, preference_centre, unsubscribe
 
     newsletters.setup_routes(app)
+    from notifier.api import webhooks
+
+    webhooks.setup_routes(app)
     unsubscribe.setup_routes(app)
     preference_centre.setup_routes(app)
-    consent.setup_routes(app)
+    # The member's inbox: the member API and its stream, the token route, the hosted page and the
+    # component's script.
+    from notifier.member import api as member_api
+    from notifier.pages import inbox as inbox_page
+
+    member_api.setup(app)
+    inbox_page.setup_routes(app)
+    confirm.setup_routes(app)
     inbound.setup_routes(app)
     provider_webhooks.setup_routes(app, settings)
     if settings.capture_mail:
-        capture.setup_routes(app)
+        mailbox.setup_routes(app)
     # `/openapi.json` and `/docs`: the public routes above, described by these operations.
-    openapi.setup_routes(app, [*openapi_routes.operations(), *openapi_newsletters.operations()])
+    openapi.setup_routes(
+        app,
+        [
+            *openapi_routes.operations(),
+            *openapi_newsletters.operations(),
+            *openapi_webhooks.operations(),
+        ],
+    )
     return app

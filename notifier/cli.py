@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from notifier import queues
 from notifier.settings import ConfigError, Settings
+from notifier.startup_checks import check_production
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -61,6 +62,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     # Built before any fork, so every process runs the same code and shares its memory
     # (copy-on-write) and a configuration error is reported once.
     app = create_app(settings)
+    check_production(settings)  # after create_app's own refusals, before anything listens
     # Everything imported and built so far lives as long as the process: keep it out of the
     # cyclic garbage collector's full passes, which otherwise rescan it under load (a batch
     # intake request spent a third of its CPU there), and out of forked children's written pages.
@@ -149,6 +151,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = settings_for(args)
     settings.require_secret()
+    check_production(settings)
     settings.require_services()
     await run_workers(settings, args.queues, burst=args.burst)
     return 0
@@ -183,6 +186,16 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     finally:
         await pool.close()
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(map(str, applied))}" if applied else ""))
+    return 0
+
+
+def cmd_inbox_secret(args: argparse.Namespace) -> int:
+    """Print the secret an organisation's backend mints member tokens with (docs/inbox.md)."""
+    from notifier.member import tokens
+
+    settings = settings_for(args)
+    settings.require_secret()
+    print(tokens.inbox_secret(settings.secret))
     return 0
 
 
@@ -389,6 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("id", type=int, help="the newsletter's id")
     n.add_argument("--no-wait", action="store_true", help="start it and print its figures once")
     p.set_defaults(func=cmd_newsletter)
+
+    p = sub.add_parser(
+        "inbox-secret",
+        help="print the secret for minting member tokens offline",
+        description="Print the secret an organisation's backend mints member inbox tokens with "
+        "(derived from NOTIFIER_SECRET_KEY; keep it as secret as that key).",
+    )
+    p.set_defaults(func=cmd_inbox_secret)
 
     return parser
 

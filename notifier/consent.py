@@ -4,8 +4,8 @@ Every opt-in and opt-out is a `consents` row written by `preferences.apply_prefe
 source and the wording (and its version) shown. With NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN an opt-in
 counts only once confirmed: `send_confirmations` (run by the bulk queue's tick) writes one
 confirmation e-mail per unconfirmed opt-in, whatever its source (API, preference centre,
-resubscribe link); `GET /confirm/{token}` shows a button (link scanners change nothing) and
-`POST /confirm/{token}` stamps the opt-in confirmed. Only confirmed members are in the audience.
+resubscribe link); the page `/confirm/{token}` (notifier/pages/confirm.py) shows a button (link
+scanners change nothing) and its POST stamps the opt-in confirmed. Only confirmed members are in the audience.
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from __future__ import annotations
 import logging
 
 import asyncpg
-from aiohttp import web
 
-from notifier import audit, pages, queues, tokens
+from notifier import queues, tokens
 from notifier.db import Q
-from notifier.resources import POOL, SETTINGS
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.consent")
@@ -54,48 +52,3 @@ async def send_confirmations(pool: asyncpg.Pool, settings: Settings, limit: int 
 async def confirm(conn: asyncpg.Connection, account_id: int) -> bool:
     """Confirm the member's latest opt-in; False when there is none to confirm."""
     return await conn.fetchval(Q.confirm_opt_in, account_id) is not None
-
-
-async def get_confirm(request: web.Request) -> web.Response:
-    """A page with a button; GET changes nothing (mail scanners follow links)."""
-    found = tokens.verify(request.app[SETTINGS].keyring, request.match_info["token"], "confirm")
-    if found is None:
-        return pages.not_found(request)
-    return pages.render(
-        request,
-        "confirm.html",
-        title="Confirm your newsletter subscription",
-        done=False,
-        nonce=pages.form_nonce(request.app[SETTINGS].secret, request.match_info["token"]),
-    )
-
-
-async def post_confirm(request: web.Request) -> web.Response:
-    """Confirm the opt-in named by the token (the form's nonce and origin are checked)."""
-    token = request.match_info["token"]
-    settings = request.app[SETTINGS]
-    posted = await pages.signed_form(request, "confirm", "press the button on the confirmation page")
-    if isinstance(posted, web.Response):
-        return posted
-    found, form = posted
-    if not pages.same_origin(request) or not pages.nonce_valid(
-        settings.keyring, token, str(form.get("nonce", ""))
-    ):
-        return pages.render(request, "expired.html", status=403, title="Please try again", again=request.path)
-    async with request.app[POOL].acquire() as conn, conn.transaction():
-        done = await confirm(conn, found.account_id)
-        if done:
-            await pages.record_event(
-                conn, "confirmed", found.account_id, pages.EmailRef(), "confirm-link", {}
-            )
-            await audit.record(
-                conn, found.account_id, audit.MEMBER, "consent.confirm", {"topic": "newsletter"}
-            )
-    return pages.render(
-        request, "confirm.html", title="Subscription confirmed", done=True, confirmed=done, nonce=""
-    )
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/confirm/{token}", get_confirm)
-    app.router.add_post("/confirm/{token}", post_confirm)

@@ -16,43 +16,42 @@ set-based statements for the whole batch (claim, build, advance):
 
 Then it rings the delivery doorbell (`outbox.ring`). Any number of passes may run at once: a
 locked account is skipped by the others, and the account row is only released with its window
-advanced, so no window gets two digests, no message gets into two digests (the UPDATE re-checks
-`digest_id IS NULL` under its row lock) and no message is lost (messages are selected by "not yet
-digested and created before the window's end", with no lower bound, so a late one goes in the
-next digest).
+advanced, so no window gets two digests, no message gets into two digests (each is locked and
+checked before it is marked; one locked by someone else, a member reading it, is skipped) and no
+message is lost (messages are selected by "not yet digested and created before the window's end",
+with no lower bound, so a late or skipped one goes in the next digest). The pass never waits for
+a row lock.
 
 Immediate members have no clock: the intake hook `messages_arrived` makes them due one
 coalescing window (`NOTIFIER_IMMEDIATE_COALESCE_SECONDS`) after the first waiting message, so
 whatever arrives in that window goes out as one e-mail with the same pass.
 
-At send time `DigestRenderer` (registered with delivery for kind "digest") leaves out messages
-read since the pass and renders `templates/digest.*`.
+What a digest e-mail holds and how it renders (at send time, leaving out what was read since the
+pass) is notifier/digest_email.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
-import jinja2
 
-from notifier import queues, schedule
+from notifier import queues, schedule, tokens
 from notifier.db import Q
+from notifier.digest_email import TEMPLATE, build_context, render_digest
 from notifier.mail import compose, delivery, outbox
-from notifier.mail.render import OutgoingEmail, Rendered, TemplateError, Templates
+from notifier.mail.render import OutgoingEmail, Rendered, Templates
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.digest")
 
 BATCH_SIZE = 500  # accounts per claim and transaction
-TEMPLATE = "digest"
-SNIPPET_CHARS = 160
 
 
 @dataclass
@@ -71,134 +70,6 @@ class PassResult:
         self.messages += other.messages
         self.emails += other.emails
         self.skipped += other.skipped
-
-
-# --- content -----------------------------------------------------------------------------------
-
-
-def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _snippet(body: str) -> tuple[str, bool]:
-    """The body's start on one line, and whether it was cut (the template adds an ellipsis, so
-    that ASCII content stays ASCII and goes out as 7bit, without encoding work)."""
-    text = " ".join(body[:2000].split())
-    if len(text) <= SNIPPET_CHARS:
-        return text, False
-    return text[: SNIPPET_CHARS - 1].rstrip(), True
-
-
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def _when(at: datetime, tz: ZoneInfo) -> str:
-    # By hand rather than strftime: this runs for every message of every digest of a pass.
-    t = at.astimezone(tz)
-    return f"{_DAYS[t.weekday()]} {t.day} {_MONTHS[t.month - 1]}, {t.hour:02d}:{t.minute:02d}"
-
-
-def build_context(
-    account: Mapping[str, Any],
-    messages: Sequence[Mapping[str, Any]],
-    settings: Settings,
-    window_start: datetime,
-    window_end: datetime,
-) -> dict[str, Any]:
-    """The template context of one digest, as the pass stores it in the outbox row (the pass
-    builds it in SQL, `build_digests`; this Python twin serves previews, and a test keeps the
-    two equal).
-
-    `messages` newest first. Categories are ordered by their newest message; each shows at most
-    `settings.digest_max_per_category` messages, newest first, and how many more there are.
-    """
-    limit = settings.digest_max_per_category
-    tz = schedule.zone(account["timezone"])
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for m in messages:
-        groups.setdefault(m["category"], []).append(m)
-    categories = []
-    for name, items in groups.items():
-        shown = []
-        for m in items[:limit]:
-            snippet, cut = _snippet(m["body"])
-            shown.append(
-                {
-                    "id": m["id"],
-                    "subject": m["subject"],
-                    "snippet": snippet,
-                    "cut": cut,
-                    "url": m["url"],
-                    "when": _when(m["created_at"], tz),
-                }
-            )
-        categories.append(
-            {"name": name, "count": len(items), "messages": shown, "more": len(items) - len(shown)}
-        )
-    return {
-        "name": account["name"],
-        "frequency": account["digest_frequency"],
-        "total": len(messages),
-        "categories": categories,
-        "inbox_url": f"{settings.public_url}/inbox",
-        "window_start": _iso(window_start),
-        "window_end": _iso(window_end),
-    }
-
-
-# --- rendering at send time ---------------------------------------------------------------------
-
-
-def leave_out(context: Mapping[str, Any], gone: Mapping[str, set[int]]) -> dict[str, Any]:
-    """The context without messages read or archived since the digest was built (`gone`: ids by
-    category), counts and "and N more" adjusted. If nothing would be left, the context as built:
-    the e-mail is already on its way, and an empty digest says less than the original."""
-    categories = []
-    total = 0
-    for category in context["categories"]:
-        ids = gone.get(category["name"], set())
-        count = category["count"] - len(ids)
-        if count <= 0:
-            continue
-        shown = [m for m in category["messages"] if m.get("id") not in ids]
-        categories.append({**category, "count": count, "messages": shown, "more": count - len(shown)})
-        total += count
-    if total == 0:
-        return dict(context)
-    return {**context, "categories": categories, "total": total}
-
-
-def render_digest(templates: Templates, context: Mapping[str, Any]) -> Rendered:
-    """Subject, text and HTML of a digest. The HTML template carries its styles inline already,
-    so no CSS inliner runs (it would cost more than rendering). Raises TemplateError."""
-    try:
-        subject = templates.env.get_template(f"{TEMPLATE}.subject.txt").render(context)
-        text = templates.env.get_template(f"{TEMPLATE}.txt").render(context)
-        html = templates.env.get_template(f"{TEMPLATE}.html").render(context)
-    except jinja2.UndefinedError as exc:
-        raise TemplateError(f"template {TEMPLATE!r}: {exc.message}", template=TEMPLATE) from None
-    return Rendered(" ".join(subject.split()), text, html)
-
-
-class DigestRenderer:
-    """Delivery's renderer for kind "digest": before each batch, one query finds messages read or
-    archived since their digest was built, and those are left out of the e-mail."""
-
-    def __init__(self, settings: Settings, templates: Templates) -> None:
-        self.templates = templates
-        self._gone: dict[int, dict[str, set[int]]] = {}
-
-    async def prepare(self, pool: asyncpg.Pool, emails: Sequence[OutgoingEmail]) -> None:
-        digest_ids = [e.digest_id for e in emails if e.digest_id is not None]
-        if not digest_ids:
-            return
-        for row in await pool.fetch(Q.digest_messages_gone, digest_ids):
-            self._gone.setdefault(row["digest_id"], {})[row["category"]] = set(row["ids"])
-
-    def render(self, email: OutgoingEmail, context: Mapping[str, Any]) -> Rendered:
-        gone = self._gone.pop(email.digest_id, None) if email.digest_id is not None else None
-        return render_digest(self.templates, leave_out(context, gone) if gone else context)
 
 
 # --- the scheduler pass --------------------------------------------------------------------------
@@ -259,11 +130,8 @@ async def _run_batch(
         queues.DIGEST,
         TEMPLATE,
         settings.digest_max_per_category,
-        f"{settings.public_url}/inbox",
+        [tokens.inbox_link(settings, i) for i in ids],
     )
-    changed = [(r["digest_id"], r["marked"]) for r in rows if r["marked"] != r["counted"]]
-    if changed:
-        await conn.execute(Q.fix_digest_counts, [c[0] for c in changed], [c[1] for c in changed])
     unmailable = {a["id"] for a, ok in zip(accounts, mailable, strict=True) if not ok}
     for row in rows:
         if row["marked"]:
@@ -271,8 +139,7 @@ async def _run_batch(
             result.messages += row["marked"]
         if row["email_id"] is not None:
             result.emails += 1
-        elif row["account_id"] in unmailable:
-            result.skipped.append(row["account_id"])
+    result.skipped.extend(sorted(unmailable))
     await conn.execute(
         Q.advance_windows,
         ids,
@@ -284,9 +151,15 @@ async def _run_batch(
 
 
 async def _drain(
-    pool: asyncpg.Pool, redis: outbox.Doorbell | None, settings: Settings, now: datetime, batch_size: int
-) -> PassResult:
-    total = PassResult()
+    pool: asyncpg.Pool,
+    redis: outbox.Doorbell | None,
+    settings: Settings,
+    now: datetime,
+    batch_size: int,
+    total: PassResult,
+) -> None:
+    """Batches until none is due, each added to `total` once committed (so that a failure
+    leaves in `total` what was done)."""
     while True:
         async with pool.acquire() as conn, conn.transaction():
             batch = await _run_batch(conn, settings, now, batch_size)
@@ -294,7 +167,29 @@ async def _drain(
         if batch.emails and redis is not None:
             await outbox.ring(redis, queues.DIGEST, batch.emails)
         if batch.accounts < batch_size:
-            return total
+            return
+
+
+class PassFailed(Exception):
+    """A pass stopped by an error (the database or Redis gone, a statement cut off by the command
+    timeout). The batches committed before it stand: `done` says what they did, and their digests
+    are queued. The accounts left are still due; the next pass (or a run again) takes them."""
+
+    def __init__(self, done: PassResult, cause: BaseException) -> None:
+        self.done = done
+        self.cause = cause
+        super().__init__(
+            f"digest pass failed after {done.digests} digests ({done.emails} e-mails queued): "
+            f"{describe_error(cause)}; the accounts left are still due"
+        )
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming what went wrong (no traceback, no query text)."""
+    if isinstance(exc, TimeoutError):  # asyncpg's command timeout, or waiting for a connection
+        return "the database did not answer in time (TimeoutError)"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def run_pass(
@@ -311,16 +206,21 @@ async def run_pass(
     rings within a minute then). `concurrency` batches are built at once on separate connections
     (the database works on one while Python builds the contents of another).
 
-    Safe to run any number of times and in parallel: each window gets at most one digest and each
-    message at most one digest. Accounts locked by someone else (another pass, a preference change
-    in progress) are left to the next pass. Returns what it did."""
+    Safe to run any number of times and in parallel, beside intake, members reading and delivery:
+    each window gets at most one digest and each message at most one digest, and the pass never
+    waits for a row lock (accounts and messages locked by someone else are skipped, and left to
+    the next pass). Returns what it did; raises PassFailed (with what was done) when a batch
+    fails: the other batches still run to the end."""
     now = now or datetime.now(UTC)
-    await pool.execute(Q.repair_immediate, timedelta(seconds=settings.immediate_coalesce_seconds))
     total = PassResult()
-    for part in await asyncio.gather(
-        *(_drain(pool, redis, settings, now, batch_size) for _ in range(max(1, concurrency)))
-    ):
-        total.add(part)
+    try:
+        await pool.execute(Q.repair_immediate, timedelta(seconds=settings.immediate_coalesce_seconds))
+    except Exception as exc:
+        raise PassFailed(total, exc) from exc
+    outcomes = await asyncio.gather(
+        *(_drain(pool, redis, settings, now, batch_size, total) for _ in range(max(1, concurrency))),
+        return_exceptions=True,
+    )
     if total.accounts:
         log.info(
             "digest pass as of %s: %d due, %d digests, %d messages, %d e-mails",
@@ -332,6 +232,11 @@ async def run_pass(
         )
     for account_id in total.skipped:
         log.warning("account %d has an address that cannot be mailed; its digest was not sent", account_id)
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise PassFailed(total, outcome) from outcome
+        if isinstance(outcome, BaseException):  # cancelled: not a failure of the pass
+            raise outcome
     return total
 
 
@@ -406,11 +311,16 @@ async def preview(
 
 
 async def cli_run(settings: Settings, at: datetime | None) -> int:
-    """`notifier digests run [--at TIME]`: one pass, then print what it did."""
+    """`notifier digests run [--at TIME]`: one pass, then print what it did. A pass that fails
+    prints one line on stderr (what was done, and why it stopped) and returns 1."""
     from notifier.resources import opened
 
     async with opened(settings) as res:
-        result = await run_pass(res.pool, res.redis, settings, at)
+        try:
+            result = await run_pass(res.pool, res.redis, settings, at)
+        except PassFailed as exc:
+            print(f"notifier: error: {exc}", file=sys.stderr)
+            return 1
     print(
         f"due accounts: {result.accounts}  digests: {result.digests}  "
         f"messages: {result.messages}  e-mails queued: {result.emails}"

@@ -30,7 +30,7 @@ from notifier.settings import Settings
 
 log = logging.getLogger("notifier.newsletter")
 
-Status = Literal["draft", "scheduled", "sending", "sent", "cancelled"]
+Status = Literal["draft", "scheduled", "sending", "sent", "cancelled", "failed"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 TICK_SECONDS = {0, 10, 20, 30, 40, 50}  # when the bulk queue's `newsletter-tick` cron runs
 
@@ -66,6 +66,46 @@ async def keep_erased_figures(conn: asyncpg.Connection, account_id: int) -> None
     figures to `newsletter_erased_figures`, numbers without anything personal. An e-mail still
     to send counts as cancelled: erasure stops it."""
     await conn.execute(Q.keep_erased_newsletter_figures, account_id)
+
+
+async def get(conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int) -> asyncpg.Record | None:
+    """The newsletter row, or None."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q.get_newsletter, newsletter_id)
+    return row
+
+
+async def create_draft(
+    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, created_by: str
+) -> asyncpg.Record:
+    """Store a new draft (its templates already checked by the caller, off the event loop)."""
+    row: asyncpg.Record = await conn.fetchrow(
+        Q.insert_newsletter, draft.subject, draft.preheader, draft.body, draft.body_format, created_by
+    )
+    return row
+
+
+async def update_draft(
+    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, updated_by: str
+) -> asyncpg.Record | None:
+    """Change draft `draft.id`; None when it is no longer a draft (scheduled or later)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        Q.update_newsletter_draft,
+        draft.id,
+        draft.subject,
+        draft.preheader,
+        draft.body,
+        draft.body_format,
+        updated_by,
+    )
+    return row
+
+
+async def unschedule(
+    conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int, actor: str
+) -> asyncpg.Record | None:
+    """Take a scheduled newsletter back to draft; None unless it was scheduled."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q.unschedule_newsletter, newsletter_id, actor)
+    return row
 
 
 async def schedule(
@@ -117,6 +157,18 @@ async def finish_done(pool: asyncpg.Pool) -> list[int]:
     return finished
 
 
+async def fail(pool: asyncpg.Pool, newsletter_id: int, reason: str) -> bool:
+    """Stop a sending newsletter that cannot be sent (its templates do not render in the worker):
+    `failed` with `reason`, its rows not yet handed to a worker cancelled; those already claimed
+    fail with the same reason. False when it was not sending any more."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchrow(Q.fail_newsletter, newsletter_id, reason[:500]) is None:
+            return False
+        await conn.execute(Q.cancel_newsletter_emails, newsletter_id)
+    log.warning("newsletter %s failed: %s", newsletter_id, reason)
+    return True
+
+
 async def cancel(pool: asyncpg.Pool, newsletter_id: int, actor: str) -> asyncpg.Record:
     """Cancel a draft, scheduled or sending newsletter: rows not yet handed to a worker are
     cancelled, a message being sent right now still goes. Raises StateConflict when sent."""
@@ -151,7 +203,12 @@ class NewsletterRenderer:
             draft = draft_of(row)
             self.drafts[draft.id] = draft
             self.drafts.move_to_end(draft.id)
-            self.cache.get(self.settings, draft)
+            misses = self.cache.misses
+            try:
+                self.cache.get(self.settings, draft)
+            except TemplateProblem as exc:
+                if self.cache.misses != misses:  # once per version, not per batch
+                    await fail(pool, draft.id, f"does not render ({exc.field}): {exc.message}")
         while len(self.drafts) > 64:  # the least recently sent go; those being sent stay
             self.drafts.popitem(last=False)
 
@@ -177,7 +234,9 @@ class NewsletterRenderer:
         try:
             out = self.cache.get(self.settings, draft).render(personal)
         except TemplateProblem as exc:
-            raise render.TemplateError(exc.message, template="newsletter") from None
+            raise render.TemplateError(
+                f"the newsletter does not render ({exc.field}): {exc.message}", template="newsletter"
+            ) from None
         subject = out.subject if email.kind == "newsletter" else f"[TEST] {out.subject}"
         return render.Rendered(subject=subject, text=out.text, html=out.html)
 

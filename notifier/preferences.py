@@ -1,6 +1,6 @@
-"""A member's digest and newsletter preferences: the API (`GET` / `PUT
-/v1/accounts/{external_id}/preferences`, scope `accounts`) and `apply_preferences`, the one
-function every writer of preferences uses (the API, the preference centre, unsubscribe links).
+"""A member's digest and newsletter preferences: `apply_preferences`, the one function every
+writer of preferences uses (the API in notifier/api/preferences.py, the preference centre,
+unsubscribe links).
 
 Defaults (for a new account): a daily digest at 08:00 local time, Monday for weekly, time zone
 UTC, no newsletter.
@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from aiohttp import web
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,14 +27,10 @@ from pydantic import (
 )
 
 from notifier import audit, schedule
-from notifier.api.answers import CurrentPreferences
-from notifier.api.auth import api_key_of, requires
-from notifier.api.problems import Problem, read_json, validation_errors
-from notifier.api.responses import json_response
 from notifier.audit import Actor
 from notifier.db import Q
-from notifier.resources import POOL
-from notifier.validation import check_timezone
+from notifier.errors import Problem
+from notifier.validation import check_timezone, validation_errors
 
 FIELDS = ("digest_frequency", "digest_hour", "digest_weekday", "timezone", "newsletter")
 # Shown by GET; a PUT may send them back (GET, edit, PUT) and they are ignored.
@@ -195,44 +190,6 @@ async def start_schedule(conn: asyncpg.Connection, account: Mapping[str, Any], n
         now,
     )
     await conn.execute(Q.start_schedule, account["id"], now, end)
-
-
-# --- the API ---------------------------------------------------------------------------------
-
-
-def _body(prefs: Mapping[str, Any]) -> CurrentPreferences:
-    return CurrentPreferences.of_row(prefs, next_digest_at=prefs.get("next_digest_at"))
-
-
-@requires("accounts")
-async def get_preferences(request: web.Request) -> web.Response:
-    """The account's preferences and when its next digest is due (null: none scheduled)."""
-    row = await request.app[POOL].fetchrow(Q.preferences_by_external_id, request.match_info["external_id"])
-    if row is None:
-        raise Problem(404, "no account with that external_id")
-    return json_response(200, _body(row))
-
-
-@requires("accounts")
-async def put_preferences(request: web.Request) -> web.Response:
-    """Change any of the preferences (fields left out keep their value); 422 names bad fields."""
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidPreferences([{"field": "body", "message": "must be a JSON object"}])
-    async with request.app[POOL].acquire() as conn:
-        account_id = await conn.fetchval(Q.account_id_by_external_id, request.match_info["external_id"])
-        if account_id is None:
-            raise Problem(404, "no account with that external_id")
-        try:
-            prefs = await apply_preferences(conn, account_id, body, api_key_of(request).actor, "api")
-        except AccountNotFound:
-            raise Problem(404, "no account with that external_id") from None
-    return json_response(200, _body(prefs))
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/accounts/{external_id}/preferences", get_preferences)
-    app.router.add_put("/v1/accounts/{external_id}/preferences", put_preferences)
 
 
 # --- the schedule follows the account ------------------------------------------------------------

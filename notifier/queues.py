@@ -10,3 +10,4 @@ ALL = {"service": SERVICE, "digest": DIGEST, "bulk": BULK}
 DELIVER_JOB = "deliver"  # the doorbell of a queue's outbox rows
 NEWSLETTER_START_JOB = "newsletter_start"
 SELFTEST_JOB = "selftest"
+WEBHOOKS_JOB = "webhooks"  # fan out new events and deliver due webhooks (also run every few seconds)

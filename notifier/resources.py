@@ -16,6 +16,7 @@ from arq import create_pool as create_redis_pool
 from arq.connections import RedisSettings
 
 from notifier.db import create_pool
+from notifier.mail.render_pool import RenderPool
 from notifier.settings import ConfigError, Settings, sentinel_hosts
 
 log = logging.getLogger("notifier")
@@ -23,6 +24,16 @@ log = logging.getLogger("notifier")
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", ArqRedis)
+RENDER_POOL = web.AppKey("render_pool", RenderPool)
+
+
+async def render_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The web process's RenderPool (its children start on the first render), closed on clean-up."""
+    app[RENDER_POOL] = RenderPool(app[SETTINGS])
+    try:
+        yield
+    finally:
+        await app[RENDER_POOL].close()
 
 
 def redis_settings(settings: Settings) -> RedisSettings:

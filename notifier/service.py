@@ -1,5 +1,6 @@
-"""Service messages: `POST /v1/service-messages {account, template, data}` — an e-mail about a
-member's account from a named template in `templates/service/`, sent at once on the service queue.
+"""Service messages: an e-mail about a member's account from a named template in
+`templates/mail/service/`, sent at once on the service queue (the route,
+`POST /v1/service-messages {account, template, data}`, is in notifier/api/service.py).
 
 The request validates by rendering the template (StrictUndefined), so an unknown template or a
 missing variable is a 422 that names it; then it stores the outbox row (honouring
@@ -10,22 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
+import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
 from notifier import queues
-from notifier.api.answers import ServiceMessage, ServiceMessageQueued
-from notifier.api.auth import requires
-from notifier.api.idempotency import idempotent
-from notifier.api.problems import Problem, parse_model, read_json
-from notifier.api.responses import json_response
 from notifier.db import Q
+from notifier.errors import Problem
 from notifier.mail import delivery, outbox
 from notifier.mail.compose import HeaderError
 from notifier.mail.render import OutgoingEmail, TemplateError, Templates
-from notifier.resources import POOL, REDIS, SETTINGS
-
-TEMPLATES = web.AppKey("service_templates", Templates)
+from notifier.settings import Settings
 
 # Variables delivery provides; `data` may not override them.
 RESERVED = frozenset(
@@ -44,19 +39,14 @@ class ServiceMessageIn(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-def _template_names(templates: Templates) -> list[str]:
+def template_names(templates: Templates) -> list[str]:
     return [n.removeprefix("service/") for n in templates.names("service") if n != "service/selftest"]
 
 
-@requires("service")
-async def post_service_message(request: web.Request) -> web.StreamResponse:
-    """Queue a service e-mail; 202 with its id. 404 unknown account, 422 unknown template or
-    missing variable."""
-    settings = request.app[SETTINGS]
-    templates = request.app[TEMPLATES]
-    payload = await read_json(request)
-    body = parse_model(ServiceMessageIn, payload)
-    known = _template_names(templates)
+def check_request(templates: Templates, body: ServiceMessageIn) -> None:
+    """Refuse, before any database work, an unknown template or data that uses a name delivery
+    provides (422 Problem naming the field)."""
+    known = template_names(templates)
     if body.template not in known:
         raise Problem(
             422,
@@ -70,74 +60,55 @@ async def post_service_message(request: web.Request) -> web.StreamResponse:
             "data uses names reserved for delivery",
             errors=[{"field": f"data.{k}", "message": "reserved name"} for k in clashes],
         )
+
+
+async def queue(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    templates: Templates,
+    body: ServiceMessageIn,
+    idempotency_key: str | None = None,
+) -> tuple[int, asyncpg.Record, bool]:
+    """Store the outbox row of a service e-mail (call inside a transaction, after
+    `check_request`); the caller rings the service queue after commit. Validates by rendering the
+    template for the account (a missing variable is a 422 naming it); 404 for an unknown account.
+    Returns (e-mail id, account row, whether the e-mail is detached from the account)."""
     name = f"service/{body.template}"
-    async with idempotent(request, payload) as idem:
-        if idem.replayed:
-            return idem.response
-        account = await idem.conn.fetchrow(Q.service_account, body.account)
-        if account is None:
-            raise Problem(404, f"no account with external_id {body.account!r}")
-        context = {
-            **body.data,
-            "account": {
-                "name": account["name"],
-                "external_id": account["external_id"],
-                "email": account["email"],
-            },
-        }
-        account_id = None if body.template in DETACHED else account["id"]
-        probe = OutgoingEmail(0, "service", account_id, account["email"], name, None, context)
-        try:
-            templates.render(name, delivery.context_for(settings, probe)[0])
-        except TemplateError as exc:
-            variable = exc.variable or "?"
-            raise Problem(
-                422,
-                str(exc),
-                errors=[{"field": f"data.{variable}", "message": f"template {body.template!r} needs it"}],
-            ) from None
-        try:
-            email_id = await outbox.add(
-                idem.conn,
-                kind="service",
-                account_id=account_id,
-                to_address=account["email"],
-                template=name,
-                context=context,
-                queue=queues.SERVICE,
-                idempotency_key=idem.key,
-            )
-        except HeaderError:
-            raise Problem(422, "the account's e-mail address cannot be used in a message") from None
-        idem.respond(
-            202,
-            ServiceMessageQueued(id=email_id, status="queued", template=body.template),
-            headers={"Location": f"/v1/service-messages/{email_id}"},
-            account_id=account["id"] if account_id is not None else None,
+    account = await conn.fetchrow(Q.service_account, body.account)
+    if account is None:
+        raise Problem(404, f"no account with external_id {body.account!r}")
+    context = {
+        **body.data,
+        "account": {
+            "name": account["name"],
+            "external_id": account["external_id"],
+            "email": account["email"],
+        },
+    }
+    detached = body.template in DETACHED
+    account_id = None if detached else account["id"]
+    probe = OutgoingEmail(0, "service", account_id, account["email"], name, None, context)
+    try:
+        templates.render(name, delivery.context_for(settings, probe)[0])
+    except TemplateError as exc:
+        variable = exc.variable or "?"
+        raise Problem(
+            422,
+            str(exc),
+            errors=[{"field": f"data.{variable}", "message": f"template {body.template!r} needs it"}],
+        ) from None
+    try:
+        email_id = await outbox.add(
+            conn,
+            kind="service",
+            account_id=account_id,
+            to_address=account["email"],
+            template=name,
+            context=context,
+            queue=queues.SERVICE,
+            idempotency_key=idempotency_key,
         )
-    if not idem.replayed:
-        await outbox.ring(request.app[REDIS], queues.SERVICE)
-    return idem.response
-
-
-@requires("service")
-async def get_service_message(request: web.Request) -> web.StreamResponse:
-    """Where a service e-mail is: queued, sending, sent, failed or suppressed."""
-    raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise Problem(404, "no such service message")
-    email_id = int(raw)
-    pool = request.app[POOL]
-    row = await pool.fetchrow(Q.service_email, email_id)
-    if row is None:
-        raise Problem(404, "no such service message")
-    return json_response(
-        200,
-        ServiceMessage.of_row(row, template=(row["template"] or "").removeprefix("service/")),
-    )
-
-
-def setup_routes(app: web.Application) -> None:
-    app[TEMPLATES] = Templates()
-    app.router.add_post("/v1/service-messages", post_service_message)
-    app.router.add_get("/v1/service-messages/{id}", get_service_message)
+    except HeaderError:
+        raise Problem(422, "the account's e-mail address cannot be used in a message") from None
+    assert email_id is not None  # no unique key applies to service mail
+    return email_id, account, detached

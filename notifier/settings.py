@@ -75,6 +75,21 @@ class Settings(BaseSettings):
     )
     capture_mail: bool = False
 
+    # The member's inbox on the website (docs/inbox.md)
+    inbox_origins: str = Field(
+        default="",
+        description="comma-separated origins (https://www.example.org) whose pages may call /member/v1",
+    )
+    inbox_url: str | None = Field(
+        default=None, description="the organisation's own inbox page for e-mail links; unset: the hosted page"
+    )
+    inbox_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+
+    # Webhooks out (notifier.webhooks): private, loopback and link-local destinations are refused
+    # unless allowed (development and tests); each POST has this long to answer.
+    webhooks_allow_private: bool = False
+    webhooks_timeout: float = Field(default=10.0, gt=0, le=30)
+
     # Mail identity
     service_from: str = "Notifier <no-reply@localhost>"
     newsletter_from: str = "Notifier News <news@localhost>"
@@ -189,6 +204,30 @@ class Settings(BaseSettings):
         if urlsplit(value).scheme not in {"http", "https"}:
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("inbox_origins")
+    @classmethod
+    def _check_origins(cls, value: str) -> str:
+        origins = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        for origin in origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path or parts.query:
+                raise ValueError(f"{origin!r} is not an origin such as https://www.example.org")
+        return ",".join(origins)
+
+    @field_validator("inbox_url")
+    @classmethod
+    def _check_inbox_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if urlsplit(value).scheme not in {"http", "https"}:
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @property
+    def inbox_origin_list(self) -> list[str]:
+        """The origins of NOTIFIER_INBOX_ORIGINS, normalised (no trailing slash)."""
+        return [o for o in self.inbox_origins.split(",") if o]
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:

@@ -1,4 +1,5 @@
-"""Signed, opaque tokens for links in e-mails (unsubscribe, preference centre, confirmation).
+"""Signed, opaque tokens for links in e-mails (unsubscribe, preference centre, confirmation, the
+hosted inbox page).
 
 A token names a member (account id), a list and a purpose, and carries a truncated HMAC-SHA256
 under the server secret. It is 35 URL-safe characters and reveals nothing readable. Tokens do not
@@ -20,10 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-Purpose = Literal["unsubscribe", "preferences", "confirm"]
+from notifier.settings import Settings
+
+Purpose = Literal["unsubscribe", "preferences", "confirm", "inbox"]
 ListName = Literal["digest", "newsletter", "all"]
 
-_PURPOSES: dict[str, int] = {"unsubscribe": 1, "preferences": 2, "confirm": 3}
+_PURPOSES: dict[str, int] = {"unsubscribe": 1, "preferences": 2, "confirm": 3, "inbox": 4}
 _LISTS: dict[str, int] = {"digest": 1, "newsletter": 2, "all": 3}
 _PURPOSE_NAMES = {v: k for k, v in _PURPOSES.items()}
 _LIST_NAMES = {v: k for k, v in _LISTS.items()}
@@ -73,3 +76,11 @@ def verify(keys: bytes | Sequence[bytes], token: str, purpose: Purpose) -> Token
     if head >> 4 != _VERSION or _PURPOSE_NAMES.get(head & 0x0F) != purpose or list_code not in _LIST_NAMES:
         return None
     return Token(purpose, _LIST_NAMES[list_code], account_id)  # type: ignore[arg-type]
+
+
+def inbox_link(settings: Settings, account_id: int) -> str:
+    """Where e-mails send a member to read their inbox: NOTIFIER_INBOX_URL when the organisation
+    has its own page, else the hosted page under a signed link (`/inbox/{token}`)."""
+    if settings.inbox_url:
+        return settings.inbox_url
+    return f"{settings.public_url}/inbox/{sign(settings.secret, 'inbox', account_id)}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -111,6 +112,7 @@ class Received:
     sender: str
     recipients: list[str]
     data: bytes
+    at: float = field(default_factory=time.monotonic)  # when the server answered DATA
 
     @property
     def message(self) -> EmailMessage:

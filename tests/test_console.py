@@ -279,6 +279,7 @@ async def test_find_a_member_and_see_everything_held(
     member = await factory.account(email="grace.hopper@example.com", name="Grace Hopper", external_id="gh-1")
     await factory.account(email="grace.kelly@example.com", name="Grace Kelly")
     await factory.message(member, subject="Your comment got a reply")
+    await factory.message(member, subject="Archived long ago", archived_at=datetime(2026, 1, 1, tzinfo=UTC))
     await factory.email(
         member, status="failed", last_error="550 5.1.1 no such user", subject="Welcome aboard"
     )
@@ -313,6 +314,9 @@ async def test_find_a_member_and_see_everything_held(
         '<html lang="en">',
     ):
         assert expected in profile, expected
+    member_view = profile.split('id="member-inbox"')[1].split("</section>")[0]
+    assert "Unread: Your comment got a reply" in member_view and "1 unread, 1 not yet seen" in member_view
+    assert "Archived long ago" not in member_view  # the member no longer sees it
 
 
 async def test_export_downloads_the_accounts_document_and_is_audited(

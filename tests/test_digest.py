@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from arq import ArqRedis
 
-from notifier import queues
+from notifier import queues, tokens
 from notifier.audit import MEMBER
 from notifier.db import create_pool
 from notifier.digest import messages_arrived, preview, run_pass
@@ -81,7 +81,8 @@ async def test_daily_digest_content_and_window_advance(
     assert email["digest_id"] == digest["id"] and email["status"] == "queued"
     ctx = email["context"]
     assert ctx["name"] == "Ann Example" and ctx["total"] == 9 and ctx["frequency"] == "daily"
-    assert ctx["inbox_url"] == "https://notifier.test/inbox"
+    assert ctx["inbox_url"] == tokens.inbox_link(settings, acc["id"])
+    assert ctx["inbox_url"].startswith("https://notifier.test/inbox/")
     # Categories by their newest message; newest first inside; at most 5 with "and N more".
     assert [c["name"] for c in ctx["categories"]] == ["news", "events"]
     news, events = ctx["categories"]
@@ -543,8 +544,11 @@ async def test_unmailable_address_does_not_block_the_batch(
     for a in (broken, fine):
         await factory.message(a, created_at=T0 + timedelta(hours=1))
     result = await run_pass(pool, redis, settings, T0 + DAY)
-    assert (result.accounts, result.digests, result.emails, result.skipped) == (2, 2, 1, [broken["id"]])
+    assert (result.accounts, result.digests, result.emails, result.skipped) == (2, 1, 1, [broken["id"]])
     assert [e["account_id"] for e in await digest_emails(pool)] == [fine["id"]]
+    # No e-mail, so nothing is marked as digested (issue 17.6): the message stays pending.
+    pending = "SELECT count(*) FROM messages WHERE account_id = $1 AND digest_id IS NULL"
+    assert await pool.fetchval(pending, broken["id"]) == 1
 
 
 # --- hooks: registration, intake and corrections drive the schedule ---------------------------------
@@ -606,36 +610,39 @@ async def test_pass_repairs_immediate_members_the_hook_missed(
     assert (late.digests, late.emails) == (1, 1)
 
 
-async def test_message_read_while_the_pass_waits_for_its_lock_is_left_out(
+async def test_messages_locked_by_readers_are_skipped_not_waited_for(
     pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory, database: str
 ) -> None:
     acc = await daily(factory)
     kept = await factory.message(acc, subject="Kept", created_at=T0 + timedelta(hours=1))
-    racing = await factory.message(acc, subject="Racing", created_at=T0 + timedelta(hours=2))
-    reader = await asyncpg.connect(database)
+    read = await factory.message(acc, subject="Being read", created_at=T0 + timedelta(hours=2))
+    undone = await factory.message(acc, subject="Read, then undone", created_at=T0 + timedelta(hours=3))
+    readers = [await asyncpg.connect(database) for _ in range(2)]
     try:
-        tx = reader.transaction()
-        await tx.start()
-        # The member reads the message; the pass's snapshot still sees it unread and waits on its lock.
-        await reader.execute("UPDATE messages SET read_at = now() WHERE id = $1", racing["id"])
-        task = asyncio.create_task(run_pass(pool, redis, settings, T0 + DAY, concurrency=1))
-        while not await pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        ):
-            assert not task.done(), "the pass did not wait for the reader's row lock"
-            await asyncio.sleep(0.01)
-        await tx.commit()
-        result = await task
+        # Two members' requests hold their messages' row locks while the pass runs: it neither
+        # waits for them nor puts those messages in the digest.
+        for reader, message in zip(readers, (read, undone), strict=True):
+            await reader.execute("BEGIN")
+            await reader.execute("UPDATE messages SET read_at = now() WHERE id = $1", message["id"])
+        async with asyncio.timeout(10):
+            result = await run_pass(pool, redis, settings, T0 + DAY, concurrency=1)
+        await readers[0].execute("COMMIT")
+        await readers[1].execute("ROLLBACK")
     finally:
-        await reader.close()
+        for reader in readers:
+            await reader.close()
     assert (result.digests, result.messages, result.emails) == (1, 1, 1)
     digest = await pool.fetchrow("SELECT * FROM digests")
-    assert digest["message_count"] == 1  # corrected from the snapshot's count of 2
+    assert digest["message_count"] == 1
     assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", kept["id"]) == digest["id"]
-    assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", racing["id"]) is None
     [email] = await digest_emails(pool)
     assert email["context"]["total"] == 1
     assert [m["subject"] for m in email["context"]["categories"][0]["messages"]] == ["Kept"]
+    # The one read stays out; the one whose reading was undone goes in the next digest.
+    following = await run_pass(pool, redis, settings, T0 + 2 * DAY)
+    assert (following.digests, following.messages) == (1, 1)
+    assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", read["id"]) is None
+    assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", undone["id"]) is not None
 
 
 async def test_cli_preview_prints_the_next_digest_and_marks_nothing(
@@ -701,7 +708,7 @@ async def test_hourly_and_weekly_windows_in_other_zones_through_passes(
 
 def test_contexts_queued_before_the_cut_flag_still_render() -> None:
     # An e-mail queued by an older pass has no "cut" in its messages; it must still render.
-    from notifier.digest import render_digest
+    from notifier.digest_email import render_digest
     from notifier.mail.render import Templates
 
     message = {"id": 1, "subject": "Old", "snippet": "Old snippet…", "url": None, "when": "Mon 1 Jun, 09:00"}

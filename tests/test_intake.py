@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from notifier import inbox
+from notifier.api import messages
 from notifier.validation import MAX_BODY, MAX_DATA_BYTES
 from tests.api_helpers import bearer
 from tests.factory import Factory
@@ -343,7 +344,7 @@ async def test_intake_waits_its_turn_on_a_one_connection_pool(settings, pool, re
     headers = await bearer(pool, "messages", name="blog")
     settings.db_pool_min = settings.db_pool_max = 1
     async with TestClient(TestServer(create_app(settings))) as client:
-        assert client.app[inbox.INTAKE_GATE]._value == 2  # round(1 * 1.5)
+        assert client.app[messages.INTAKE_GATE]._value == 2  # round(1 * 1.5)
         keyed = {**headers, "Idempotency-Key": "same"}
         batch = {"messages": [{"account": "ann", **MESSAGE}] * 3}
         answers = await asyncio.gather(

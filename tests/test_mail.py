@@ -182,6 +182,48 @@ def test_dkim_signature_verifies_and_covers_the_list_headers() -> None:
     assert not dkim.verify(tampered, dnsfunc=dnsfunc)
 
 
+@pytest.mark.parametrize(
+    "added",
+    [
+        b"Subject: Your account is locked, sign in here",
+        b"To: someone-else@example.net",
+        b"Reply-To: attacker@evil.test",
+        b"List-Unsubscribe: <https://evil.test/u/x>",
+        b"From: Bank <bank@example.org>",
+    ],
+)
+@pytest.mark.parametrize("with_reply_to", [False, True])
+def test_dkim_oversigns_so_a_prepended_header_breaks_the_signature(added: bytes, with_reply_to: bool) -> None:
+    pem, record = rsa_key()
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        return record
+
+    headers = [("List-Unsubscribe", "<https://notifier.test/u/TOKEN>")]
+    if with_reply_to:
+        headers.append(("Reply-To", "help@example.org"))
+    signed = compose.Signer("example.org", "sel", pem).sign(build(headers=headers))
+    assert dkim.verify(signed, dnsfunc=dnsfunc)
+    h = str(parse(signed)["DKIM-Signature"]).replace(" ", "").replace("\n", "").lower().split("h=")[1]
+    names = h.split(";")[0].split(":")
+    # Each header signed once more than it occurs: present ones twice, absent ones once.
+    assert names.count("subject") == 2 and names.count("reply-to") == 1 + with_reply_to
+    # Prepended above everything, and inserted just after the signature.
+    assert not dkim.verify(added + b"\r\n" + signed, dnsfunc=dnsfunc)
+    end = signed.index(b"\r\n", signed.index(b"DKIM-Signature"))
+    while signed[end + 2 : end + 3] in (b" ", b"\t"):  # past the folded signature
+        end = signed.index(b"\r\n", end + 2)
+    assert not dkim.verify(signed[: end + 2] + added + b"\r\n" + signed[end + 2 :], dnsfunc=dnsfunc)
+
+
+def test_oversigned_headers_count_each_occurrence() -> None:
+    message = (
+        b"From: a@example.org\r\nTo: b@example.org\r\nto: c@example.org\r\nSubject: x\r\n\r\nTo: body\r\n"
+    )
+    names = compose.oversigned_headers(message)
+    assert names.count(b"to") == 3 and names.count(b"from") == 2 and names.count(b"reply-to") == 1
+
+
 def test_body_encoding_is_7bit_only_when_safe() -> None:
     ascii_message = parse(build(text="Hello\n.leading dot\n", html="<p>" + "a" * 900 + "</p>"))
     plain, html = (part for part in ascii_message.iter_parts())

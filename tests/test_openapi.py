@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 from jsonschema import Draft202012Validator
 
-from notifier.api import answers, openapi, openapi_newsletters, openapi_routes
+from notifier import answers
+from notifier.api import openapi, openapi_newsletters, openapi_routes, openapi_webhooks
 from notifier.app import create_app
 from tests.api_helpers import bearer, new_account
 
@@ -69,7 +70,11 @@ async def test_document_lists_every_public_route_and_nothing_else(client, spec) 
     }
     documented = {(m.upper(), p) for p, methods in spec["paths"].items() for m in methods}
     assert documented == routes
-    for op in [*openapi_routes.operations(), *openapi_newsletters.operations()]:
+    for op in [
+        *openapi_routes.operations(),
+        *openapi_newsletters.operations(),
+        *openapi_webhooks.operations(),
+    ]:
         assert (op.method, op.path) in documented, (op.method, op.path)
         assert op.path.count("{") == len(
             [p for p in spec["paths"][op.path][op.method.lower()].get("parameters", []) if p["in"] == "path"]
@@ -100,7 +105,13 @@ def test_an_operation_described_twice_is_refused(settings) -> None:
 
 def test_every_list_answer_is_items_and_next_cursor(spec) -> None:
     pages = [name for name in spec["components"]["schemas"] if name.endswith("Page")]
-    assert sorted(pages) == ["AuditPage", "InboxPage", "NewsletterPage"]
+    assert sorted(pages) == [
+        "AuditPage",
+        "InboxPage",
+        "NewsletterPage",
+        "WebhookDeliveryPage",
+        "WebhookEndpointPage",
+    ]
     for name in pages:
         schema = spec["components"]["schemas"][name]
         assert set(schema["properties"]) == {"items", "next_cursor"}, name

@@ -58,6 +58,10 @@ def web(services: Services) -> Iterator[tuple[subprocess.Popen[str], int]]:
         "NOTIFIER_REDIS_URL": services.redis_url,
         "NOTIFIER_SECRET_KEY": "test-secret-test-secret-test-secret",
         "NOTIFIER_LOG_LEVEL": "INFO",
+        # What production's start-up checks ask for (notifier.startup_checks).
+        "NOTIFIER_PUBLIC_URL": "https://notifier.example.org",
+        "NOTIFIER_SERVICE_FROM": "Example <service@example.org>",
+        "NOTIFIER_NEWSLETTER_FROM": "Example News <news@example.org>",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "notifier.cli", "web", "--port", str(port), "--processes", "2"],

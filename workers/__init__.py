@@ -23,6 +23,7 @@ from notifier import newsletter, queues
 from notifier.mail.smtp import Sender, SMTPSender
 from notifier.resources import open_pool, open_redis, redis_settings
 from notifier.settings import Settings
+from notifier.webhook_client import HTTPPoster
 from workers import jobs
 from workers.jobs import worker_name
 
@@ -33,6 +34,7 @@ FUNCTIONS: dict[str, list[Function]] = {
     queues.SERVICE: [
         func(jobs.send_selftest, name=queues.SELFTEST_JOB, timeout=60, max_tries=3),
         func(jobs.deliver, name=queues.DELIVER_JOB, timeout=600, max_tries=1),
+        func(jobs.deliver_webhooks, name=queues.WEBHOOKS_JOB, timeout=300, max_tries=1),
     ],
     queues.DIGEST: [
         func(jobs.deliver, name=queues.DELIVER_JOB, timeout=600, max_tries=1),
@@ -46,6 +48,13 @@ FUNCTIONS: dict[str, list[Function]] = {
 CRON_JOBS: dict[str, list[CronJob]] = {
     queues.SERVICE: [
         cron(jobs.beat, name="heartbeat", second=0, run_at_startup=True, timeout=30, max_tries=1),
+        cron(
+            jobs.deliver_webhooks,
+            name="webhooks-pass",
+            second=set(range(0, 60, 5)),
+            timeout=300,
+            max_tries=1,
+        ),
         cron(jobs.outbox_sweep, name="outbox-sweep", second={15, 45}, timeout=30, max_tries=1),
         cron(jobs.idempotency_purge, name="idempotency-purge", minute=17, second=0, timeout=300, max_tries=1),
         cron(jobs.inbox_retention, name="inbox-retention", hour=3, minute=41, second=0, timeout=3600),
@@ -67,6 +76,7 @@ async def open_context(settings: Settings, sender: Sender | None = None) -> dict
         "pool": pool,
         "sender": sender or SMTPSender(settings),
         "owns_sender": sender is None,
+        "webhook_poster": HTTPPoster(settings),  # jobs.deliver_webhooks: one HTTP session per process
         "deliveries": {},  # jobs.deliver: one Delivery per queue, kept for the process
     }
 
@@ -74,6 +84,7 @@ async def open_context(settings: Settings, sender: Sender | None = None) -> dict
 async def close_context(ctx: dict[str, Any]) -> None:
     if ctx.get("owns_sender"):
         await ctx["sender"].close()
+    await ctx["webhook_poster"].close()
     await ctx["pool"].close()
 
 

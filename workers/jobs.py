@@ -11,7 +11,7 @@ import socket
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from notifier import digest, heartbeat, inbox, newsletter, queues, selftest
+from notifier import digest, digest_email, heartbeat, inbox, newsletter, queues, selftest, webhooks
 from notifier.api import idempotency
 from notifier.mail import outbox
 from notifier.mail.delivery import Delivery
@@ -31,7 +31,7 @@ def renderers(settings: Settings) -> Renderers:
     return Renderers(
         settings,
         {
-            "digest": digest.DigestRenderer,
+            "digest": digest_email.DigestRenderer,
             "newsletter": newsletter.NewsletterRenderer,
             "test": newsletter.NewsletterRenderer,
         },
@@ -72,6 +72,13 @@ async def digest_pass(ctx: dict[str, Any]) -> int:
     """Cron on the digest queue, every minute: one pass as of now; returns e-mails written."""
     result = await digest.run_pass(ctx["pool"], ctx["redis"], ctx["settings"])
     return result.emails
+
+
+async def deliver_webhooks(ctx: dict[str, Any]) -> dict[str, Any]:
+    """`queues.WEBHOOKS_JOB`, and a cron every five seconds: fan out what happened since the
+    last pass and deliver every due webhook (notifier.webhooks.run)."""
+    counts = await webhooks.run(ctx["pool"], ctx["settings"], ctx["webhook_poster"])
+    return counts.__dict__
 
 
 async def outbox_sweep(ctx: dict[str, Any]) -> dict[str, int]:

@@ -29,7 +29,9 @@ Semantics:
 - Without the header the block still runs in a transaction and `idem.response` is the plain answer.
 - Records expire after `KEY_TTL`; an expired key is reclaimed on use and `purge_expired` deletes them.
 - `account_id` passed to `respond` ties the record to an account, so erasure deletes it with the
-  account (the stored response may name the member).
+  account (the stored response may name the member). Records tied to no account that still name
+  an erased member's external id (a batch answer's 404 for it, a key made from it) are cleaned
+  by `forget_external_id`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import Field
 
 from notifier import bounces, pages, reports
-from notifier.api.answers import Answer
+from notifier.answers import Answer
 from notifier.api.auth import requires
 from notifier.api.problems import Problem
 from notifier.api.responses import json_response

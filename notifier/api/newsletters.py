@@ -3,6 +3,7 @@ send now or schedule, cancel. The domain lives in notifier.newsletter."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from redis import exceptions as redis_exceptions
 
 from notifier import newsletter, newsletter_test_send, queues
-from notifier.api.answers import Newsletter, NewsletterPage, NewsletterPreview, TestSendQueued
+from notifier.answers import Newsletter, NewsletterPage, NewsletterPreview, TestSendQueued
 from notifier.api.auth import api_key_of, requires
 from notifier.api.pagination import decode_cursor, next_cursor, page_limit
 from notifier.api.problems import Problem, read_model
@@ -20,12 +21,11 @@ from notifier.db import Q
 from notifier.mail import outbox
 from notifier.mail.newsletter_render import (
     Draft,
+    Rendered,
     TemplateProblem,
-    field_problems,
-    prepare,
     sample_personal,
 )
-from notifier.resources import POOL, REDIS, SETTINGS
+from notifier.resources import POOL, REDIS, RENDER_POOL, SETTINGS
 from notifier.validation import Instant, check_one_line
 
 MAX_BODY_CHARS = 512 * 1024
@@ -69,9 +69,25 @@ class TestSendIn(BaseModel):
     to: list[EmailStr] = Field(min_length=1, max_length=MAX_TEST_RECIPIENTS)
 
 
-def _check(request: web.Request, draft: Draft) -> None:
-    """A 422 naming every field whose template does not render (subject and body at once)."""
-    problems = field_problems(request.app[SETTINGS], draft)
+async def render_draft(
+    request: web.Request, draft: Draft, personal: Mapping[str, Any] | None = None
+) -> Rendered:
+    """The draft rendered for `personal` (sample data by default) in the render pool, off the
+    event loop and within the template budget; a template that does not render, or not within
+    its budget, is a 422 naming the field."""
+    settings = request.config_dict[SETTINGS]
+    try:
+        return await request.config_dict[RENDER_POOL].render(draft, personal or sample_personal(settings))
+    except TemplateProblem as exc:
+        raise Problem(
+            422, "the newsletter does not render", errors=[{"field": exc.field, "message": exc.message}]
+        ) from None
+
+
+async def _check(request: web.Request, draft: Draft) -> None:
+    """A 422 naming every field whose template does not render (subject and body at once),
+    found in the render pool within the template budget."""
+    problems = await request.config_dict[RENDER_POOL].problems(draft)
     if problems:
         errors = [{"field": field, "message": message} for field, message in problems.items()]
         raise Problem(422, "the newsletter does not render", errors=errors)
@@ -85,7 +101,7 @@ def _id(request: web.Request) -> int:
 
 
 async def _get(request: web.Request) -> Any:
-    row = await request.app[POOL].fetchrow(Q.get_newsletter, _id(request))
+    row = await newsletter.get(request.app[POOL], _id(request))
     if row is None:
         raise Problem(404, "no newsletter with that id")
     return row
@@ -95,16 +111,9 @@ async def _get(request: web.Request) -> Any:
 async def create_newsletter(request: web.Request) -> web.Response:
     """A new draft. Its templates are checked: a syntax error or unknown variable is a 422."""
     body = await read_model(request, NewsletterIn)
-    _check(request, Draft(0, body.subject, body.preheader, body.body, body.body_format))
-    row = await request.app[POOL].fetchrow(
-        Q.insert_newsletter,
-        body.subject,
-        body.preheader,
-        body.body,
-        body.body_format,
-        str(api_key_of(request).actor),
-    )
-    assert row is not None
+    draft = Draft(0, body.subject, body.preheader, body.body, body.body_format)
+    await _check(request, draft)
+    row = await newsletter.create_draft(request.app[POOL], draft, str(api_key_of(request).actor))
     return json_response(201, Newsletter.of_row(row), {"Location": f"/v1/newsletters/{row['id']}"})
 
 
@@ -114,19 +123,9 @@ async def edit_newsletter(request: web.Request) -> web.Response:
     row = await _get(request)
     patch = await read_model(request, NewsletterPatch)
     merged = {**dict(row), **patch.model_dump(exclude_none=True)}
-    _check(
-        request,
-        Draft(row["id"], merged["subject"], merged["preheader"], merged["body"], merged["body_format"]),
-    )
-    updated = await request.app[POOL].fetchrow(
-        Q.update_newsletter_draft,
-        row["id"],
-        merged["subject"],
-        merged["preheader"],
-        merged["body"],
-        merged["body_format"],
-        str(api_key_of(request).actor),
-    )
+    draft = Draft(row["id"], merged["subject"], merged["preheader"], merged["body"], merged["body_format"])
+    await _check(request, draft)
+    updated = await newsletter.update_draft(request.app[POOL], draft, str(api_key_of(request).actor))
     if updated is None:
         raise Problem(409, f"the newsletter is {row['status']}; only a draft can be edited")
     return json_response(200, Newsletter.of_row(updated))
@@ -190,12 +189,7 @@ async def preview_newsletter(request: web.Request) -> web.Response:
             "first_name": name.split(" ", 1)[0],
             "email": account["email"],
         }
-    try:
-        out = prepare(settings, newsletter.draft_of(row)).render(personal)
-    except TemplateProblem as exc:
-        raise Problem(
-            422, "the newsletter does not render", errors=[{"field": exc.field, "message": exc.message}]
-        ) from None
+    out = await render_draft(request, newsletter.draft_of(row), personal)
     if request.query.get("format") == "html":
         # Marketing's HTML may hold anything: shown as an inert document (no script, no forms).
         return web.Response(
@@ -216,7 +210,7 @@ async def test_send(request: web.Request) -> web.Response:
     NOTIFIER_TEST_SEND_PER_HOUR recipients an hour per key (429); see newsletter_test_send."""
     row = await _get(request)
     body = await read_model(request, TestSendIn)
-    _check(request, newsletter.draft_of(row))
+    await _check(request, newsletter.draft_of(row))
     given = [str(a) for a in body.to]
     addresses = list(dict.fromkeys(given))
     try:
@@ -254,7 +248,7 @@ async def send_newsletter(request: web.Request) -> web.Response:
     row = await _get(request)
     has_body = request.can_read_body and (request.content_length or 0) > 0
     body = await read_model(request, SendIn) if has_body else SendIn()
-    _check(request, newsletter.draft_of(row))
+    await _check(request, newsletter.draft_of(row))
     now = datetime.now(UTC)
     at = body.at or now
     try:
@@ -273,9 +267,7 @@ async def send_newsletter(request: web.Request) -> web.Response:
 async def unschedule_newsletter(request: web.Request) -> web.Response:
     """Take a scheduled newsletter back to draft (409 unless scheduled)."""
     row = await _get(request)
-    updated = await request.app[POOL].fetchrow(
-        Q.unschedule_newsletter, row["id"], str(api_key_of(request).actor)
-    )
+    updated = await newsletter.unschedule(request.app[POOL], row["id"], str(api_key_of(request).actor))
     if updated is None:
         raise Problem(409, f"the newsletter is {row['status']}; only a scheduled one can be unscheduled")
     return json_response(200, Newsletter.of_row(updated))

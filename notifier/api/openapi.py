@@ -31,8 +31,8 @@ from notifier.api.responses import JSON, json_response
 
 SPEC = web.AppKey("openapi_spec", dict)
 
-PUBLIC_PREFIXES = ("/v1/", "/u/", "/preferences/", "/confirm/")
-PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
+PUBLIC_PREFIXES = ("/v1/", "/u/", "/preferences/", "/confirm/", "/member/v1/", "/inbox/")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/static/inbox.js")
 
 PROBLEM = "application/problem+json"
 REF_TEMPLATE = "#/components/schemas/{model}"

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from notifier import newsletter
-from notifier.api import answers
+from notifier import answers, newsletter
 from notifier.api.newsletters import MAX_TEST_RECIPIENTS, NewsletterIn, NewsletterPatch, SendIn, TestSendIn
 from notifier.api.openapi import LOCATION, RETRY_AFTER, Answer, Body, Operation, Param, answer, problem
 from notifier.api.pagination import DEFAULT_LIMIT, MAX_LIMIT

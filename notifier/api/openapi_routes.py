@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from notifier import accounts, inbox, service
-from notifier.api import answers, inbound
+from notifier import accounts, answers, inbox, service
+from notifier.api import inbound
 from notifier.api.openapi import (
     LOCATION,
     REPLAYED,

@@ -16,6 +16,7 @@ from notifier.api.responses import json_response
 from notifier.errors import FieldError as FieldError
 from notifier.errors import Problem as Problem  # raised by every layer; answered here
 from notifier.errors import status_title as status_title
+from notifier.validation import validation_errors as validation_errors
 
 log = logging.getLogger("notifier.web")
 
@@ -53,17 +54,6 @@ def problem_response(
         fields["errors"] = errors
     body = ProblemDetails.model_validate({**fields, **extra})
     return json_response(status, body.model_dump(exclude_unset=True), headers, content_type=PROBLEM_JSON)
-
-
-def validation_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
-    """Pydantic errors as `[{field, message}]`, with dotted field paths (`messages.3.subject`)."""
-    out: list[FieldError] = []
-    for err in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in err["loc"])
-        field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "body")
-        message = err["msg"].removeprefix("Value error, ")
-        out.append({"field": field, "message": message})
-    return out
 
 
 async def read_json(request: web.Request, *, max_bytes: int | None = None) -> Any:
@@ -122,7 +112,7 @@ def parse_model(model: type[M], data: Any, prefix: str = "") -> M:
 
 
 # Path segments after these prefixes are bearer secrets (signed tokens): never log them.
-_SECRET_PATH = re.compile(r"^(/(?:u|preferences|confirm)/)[^/?]+")
+_SECRET_PATH = re.compile(r"^(/(?:u|preferences|confirm|inbox)/)[^/?]+")
 
 
 def redact_path(path: str) -> str:

@@ -18,6 +18,7 @@ from notifier import audit, queues, suppression
 from notifier.console.ui import form_of, number, page, pool_of, posted, redirect, redis_of, render, session_of
 from notifier.db import Q
 from notifier.mail import outbox
+from notifier.mail.delivery import POLICY_PREFIX
 
 RECENT_LIMIT = 100
 FAILED_LIMIT = 200
@@ -25,6 +26,7 @@ LISTS: tuple[str, ...] = get_args(suppression.ListName)
 # Reasons an operator may give when adding; the others come from delivery and unsubscribes.
 ADD_REASONS = ("manual", "complaint", "hard_bounce")
 MAX_NOTE = 500
+POLICY_SHOWN = 5  # newest policy refusals quoted on the overview
 
 
 @page("admin")
@@ -55,6 +57,8 @@ async def overview(request: web.Request) -> web.Response:
         failed_total=await pool.fetchval(Q.console_failed_count),
         queues=rows,
         suppression_counts=await pool.fetch(Q.console_suppression_counts),
+        policy=await pool.fetch(Q.console_policy_rejections, POLICY_PREFIX, POLICY_SHOWN),
+        policy_prefix=POLICY_PREFIX,
     )
 
 

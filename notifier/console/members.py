@@ -10,12 +10,13 @@ import json
 
 from aiohttp import web
 
-from notifier import accounts, audit, suppression
+from notifier import accounts, audit, inbox, suppression
 from notifier.console.ui import form_of, member_url, page, pool_of, redirect, render, session_of
 from notifier.db import Q
 
 SEARCH_LIMIT = 50
 SECTION_LIMIT = 50
+MEMBER_VIEW_LIMIT = 20  # the first page of the member's own inbox, as the component shows it
 # Why an operator erases an account (a subset of accounts.ERASURE_REASONS; `retention` is the purge's).
 ERASE_REASONS = {
     "request": "The member asked to be erased",
@@ -54,6 +55,11 @@ async def profile(request: web.Request) -> web.Response:
         consents=await pool.fetch(Q.console_account_consents, account_id, 10),
         inbox_counts=await pool.fetchrow(Q.console_account_inbox_counts, account_id),
         inbox=await pool.fetch(Q.console_account_inbox, account_id, SECTION_LIMIT),
+        member_counts=await inbox.member_counts(pool, account_id),
+        member_view=[
+            {**dict(r), "when": inbox.member_time(r["created_at"], account["timezone"])}
+            for r in (await inbox.member_page(pool, account_id, limit=MEMBER_VIEW_LIMIT)).rows
+        ],
         emails=await pool.fetch(Q.console_account_emails, account_id, SECTION_LIMIT),
         events=await pool.fetch(Q.console_account_events, account_id, SECTION_LIMIT),
         audit_rows=await pool.fetch(Q.console_account_audit, account_id, SECTION_LIMIT),

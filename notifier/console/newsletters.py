@@ -33,7 +33,8 @@ from notifier.console.ui import (
 )
 from notifier.db import Q
 from notifier.mail import outbox
-from notifier.mail.newsletter_render import Draft, TemplateProblem, field_problems, prepare, sample_personal
+from notifier.mail.newsletter_render import Draft, TemplateProblem, sample_personal
+from notifier.resources import RENDER_POOL
 from notifier.validation import parse_instant
 
 LIST_LIMIT = 200
@@ -43,12 +44,14 @@ REFRESH_SECONDS = 5
 SCHEDULED_REFRESH_SECONDS = 30
 
 
-def _preview(request: web.Request, draft: Draft) -> tuple[str | None, str | None, dict[str, str]]:
-    """(subject, HTML) of the draft for a sample member, or the template errors of every field."""
+async def _preview(request: web.Request, draft: Draft) -> tuple[str | None, str | None, dict[str, str]]:
+    """(subject, HTML) of the draft for a sample member, or the template errors of every field;
+    rendered in the render pool, off the event loop and within the template budget."""
+    render_pool = request.config_dict[RENDER_POOL]
     try:
-        out = prepare(settings_of(request), draft).render(sample_personal(settings_of(request)))
-    except TemplateProblem:
-        return None, None, field_problems(settings_of(request), draft)
+        out = await render_pool.render(draft, sample_personal(settings_of(request)))
+    except TemplateProblem as exc:
+        return None, None, (await render_pool.problems(draft)) or {exc.field: exc.message}
     return out.subject, out.html, {}
 
 
@@ -72,7 +75,7 @@ def _draft_of(body: NewsletterIn, newsletter_id: int = 0) -> Draft:
 
 async def _newsletter(request: web.Request) -> asyncpg.Record:
     newsletter_id = number(request.match_info["id"])
-    row = await pool_of(request).fetchrow(Q.get_newsletter, newsletter_id) if newsletter_id else None
+    row = await newsletter.get(pool_of(request), newsletter_id) if newsletter_id else None
     if row is None:
         raise web.HTTPNotFound(text="There is no newsletter with that number.")
     return row
@@ -97,7 +100,7 @@ def _form_draft(form: Mapping[str, Any], newsletter_id: int = 0) -> Draft:
     )
 
 
-def _compose(
+async def _compose(
     request: web.Request,
     *,
     row: asyncpg.Record | None,
@@ -108,7 +111,7 @@ def _compose(
     subject = html = None
     render_errors: dict[str, str] = {}
     if len(str(form.get("body", ""))) <= MAX_BODY_CHARS:
-        subject, html, render_errors = _preview(request, _form_draft(form, row["id"] if row else 0))
+        subject, html, render_errors = await _preview(request, _form_draft(form, row["id"] if row else 0))
         errors = {**render_errors, **errors}
     return render(
         request,
@@ -127,7 +130,7 @@ def _compose(
 async def new(request: web.Request) -> web.Response:
     """GET /console/newsletters/new: an empty compose form."""
     form = {"subject": "", "preheader": "", "body": "Hello {{ first_name }},\n\n", "body_format": "markdown"}
-    return _compose(request, row=None, form=form, errors={})
+    return await _compose(request, row=None, form=form, errors={})
 
 
 @page("newsletters")
@@ -136,19 +139,11 @@ async def create(request: web.Request) -> web.Response:
     form = await form_of(request)
     body, errors = _read_draft(form)
     if form.get("action") == "preview" or body is None:
-        return _compose(request, row=None, form=form, errors=errors, status=200 if body else 422)
-    _, _, render_errors = _preview(request, _draft_of(body))
+        return await _compose(request, row=None, form=form, errors=errors, status=200 if body else 422)
+    _, _, render_errors = await _preview(request, _draft_of(body))
     if render_errors:
-        return _compose(request, row=None, form=form, errors=render_errors, status=422)
-    row = await pool_of(request).fetchrow(
-        Q.insert_newsletter,
-        body.subject,
-        body.preheader,
-        body.body,
-        body.body_format,
-        str(session_of(request).actor),
-    )
-    assert row is not None
+        return await _compose(request, row=None, form=form, errors=render_errors, status=422)
+    row = await newsletter.create_draft(pool_of(request), _draft_of(body), str(session_of(request).actor))
     raise redirect(f"/console/newsletters/{row['id']}", "created")
 
 
@@ -157,13 +152,13 @@ async def show(request: web.Request) -> web.Response:
     """GET /console/newsletters/{id}: edit a draft, or follow and read the figures of the rest."""
     row = await _newsletter(request)
     if row["status"] == "draft":
-        return _compose(request, row=row, form=dict(row), errors={})
+        return await _compose(request, row=row, form=dict(row), errors={})
     pool = pool_of(request)
     figures = await newsletter.figures(pool, row["id"])
     chart = await console_chart.timeline(
         pool, row["id"], datetime.now(UTC) if row["status"] == "sending" else None
     )
-    _, html, _ = _preview(request, newsletter.draft_of(row))
+    _, html, _ = await _preview(request, newsletter.draft_of(row))
     done = figures["sent"] + figures["failed"] + figures["suppressed"] + figures["cancelled"]
     return render(
         request,
@@ -187,18 +182,12 @@ async def save(request: web.Request) -> web.Response:
     form = await form_of(request)
     body, errors = _read_draft(form)
     if form.get("action") == "preview" or body is None:
-        return _compose(request, row=row, form=form, errors=errors, status=200 if body else 422)
-    _, _, render_errors = _preview(request, _draft_of(body, row["id"]))
+        return await _compose(request, row=row, form=form, errors=errors, status=200 if body else 422)
+    _, _, render_errors = await _preview(request, _draft_of(body, row["id"]))
     if render_errors:
-        return _compose(request, row=row, form=form, errors=render_errors, status=422)
-    updated = await pool_of(request).fetchrow(
-        Q.update_newsletter_draft,
-        row["id"],
-        body.subject,
-        body.preheader,
-        body.body,
-        body.body_format,
-        str(session_of(request).actor),
+        return await _compose(request, row=row, form=form, errors=render_errors, status=422)
+    updated = await newsletter.update_draft(
+        pool_of(request), _draft_of(body, row["id"]), str(session_of(request).actor)
     )
     if updated is None:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; only a draft can be edited.")
@@ -215,7 +204,7 @@ async def live_preview(request: web.Request) -> web.Response:
         too_long = {"body": "The body is too long."}
         return json_response(422, {"errors": too_long, "render_errors": too_long, "html": None})
     _, errors = _read_draft(form)
-    subject, html, render_errors = _preview(request, _form_draft(form))
+    subject, html, render_errors = await _preview(request, _form_draft(form))
     errors = {**render_errors, **errors}
     if errors:
         body = {"errors": errors, "render_errors": render_errors, "subject": subject, "html": html}
@@ -235,7 +224,7 @@ async def test_send(request: web.Request) -> web.Response:
         raise web.HTTPUnprocessableEntity(
             text="Give one to ten valid e-mail addresses, separated by commas or spaces."
         ) from None
-    _, _, render_errors = _preview(request, newsletter.draft_of(row))
+    _, _, render_errors = await _preview(request, newsletter.draft_of(row))
     if render_errors:
         raise web.HTTPUnprocessableEntity(
             text="The newsletter does not render: " + "; ".join(render_errors.values())
@@ -280,7 +269,7 @@ async def send(request: web.Request) -> web.Response:
         raise web.HTTPUnprocessableEntity(
             text=f"Give the date and time to send at (UTC): it {exc}."
         ) from None
-    _, _, render_errors = _preview(request, newsletter.draft_of(row))
+    _, _, render_errors = await _preview(request, newsletter.draft_of(row))
     if render_errors:
         raise web.HTTPUnprocessableEntity(
             text="The newsletter does not render: " + "; ".join(render_errors.values())
@@ -300,9 +289,7 @@ async def send(request: web.Request) -> web.Response:
 async def unschedule(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}/unschedule: back to draft."""
     row = await _newsletter(request)
-    updated = await pool_of(request).fetchrow(
-        Q.unschedule_newsletter, row["id"], str(session_of(request).actor)
-    )
+    updated = await newsletter.unschedule(pool_of(request), row["id"], str(session_of(request).actor))
     if updated is None:
         raise web.HTTPConflict(
             text=f"The newsletter is {row['status']}; only a scheduled one can be unscheduled."

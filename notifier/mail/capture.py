@@ -14,16 +14,11 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
-from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
-from notifier.api.auth import authenticate
-from notifier.api.problems import Problem
-from notifier.api.responses import json_response
 from notifier.embedded import free_port
-from notifier.resources import SETTINGS
 
 # How many captured e-mails a listing shows, newest first.
 LIST_LIMIT = 200
@@ -93,36 +88,3 @@ def read_captured(directory: Path, name: str) -> bytes | None:
         return None
     path = directory / name
     return path.read_bytes() if path.is_file() else None
-
-
-def _wants_console(request: web.Request) -> bool:
-    """A browser (no API key offered) reads captured mail in the console, behind its sign-in."""
-    return "Authorization" not in request.headers
-
-
-async def mailbox(request: web.Request) -> web.StreamResponse:
-    """GET /dev/mailbox: to the console's mailbox, or with an admin API key the captured e-mails,
-    newest first, as JSON `{"items": [...], "next_cursor": null}` (the list envelope of the API)."""
-    if _wants_console(request):
-        raise web.HTTPSeeOther("/console/mailbox")
-    await authenticate(request, "admin")
-    directory = mailbox_dir(request.app[SETTINGS].data_dir)
-    return json_response(200, {"items": captured(directory), "next_cursor": None})
-
-
-async def message(request: web.Request) -> web.StreamResponse:
-    """GET /dev/mailbox/{name}: to the console's page of that e-mail, or with an admin API key its
-    raw source."""
-    name = request.match_info["name"]
-    if _wants_console(request):
-        raise web.HTTPSeeOther(f"/console/mailbox/{name}" if is_captured_name(name) else "/console/mailbox")
-    await authenticate(request, "admin")
-    raw = read_captured(mailbox_dir(request.app[SETTINGS].data_dir), name)
-    if raw is None:
-        raise Problem(404, "no captured e-mail of that name")
-    return web.Response(body=raw, content_type="text/plain", charset="utf-8")
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/dev/mailbox", mailbox)
-    app.router.add_get("/dev/mailbox/{name}", message)

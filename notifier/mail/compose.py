@@ -23,16 +23,21 @@ from datetime import datetime
 from email.utils import format_datetime, parseaddr
 
 import dkim
+import idna
 
 from notifier.settings import ConfigError, Settings
 
 CRLF = "\r\n"
 MAX_LINE = 78
 
-# DKIM covers these (absent ones are signed as absent, so they cannot be added later).
+# DKIM covers these, each one more time than the message has it ("over-signing", RFC 6376
+# 8.15): the extra entry signs the header as absent, so a Subject, To, Reply-To or
+# List-Unsubscribe added later (prepended, where most readers look) breaks the signature.
 DKIM_HEADERS = (
     b"from",
     b"to",
+    b"cc",
+    b"reply-to",
     b"subject",
     b"date",
     b"message-id",
@@ -48,8 +53,9 @@ class HeaderError(ValueError):
     """A header value that would break the message (CR/LF, a malformed address)."""
 
 
-# An ASCII addr-spec (dot-atom local part, hostname domain). Internationalised domains must be
-# given in their IDNA (xn--) form; SMTPUTF8 local parts are not sent.
+# An ASCII addr-spec (dot-atom local part, hostname domain): the common case, checked by one
+# expression. International addresses (RFC 6531/6532: a UTF-8 local part, an IDN domain) are
+# checked by `_international`.
 _ADDRESS = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
@@ -58,9 +64,18 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 _ATOM_TEXT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
 
 
+# A UTF-8 dot-atom local part (RFC 6531 3.3: atext plus any non-ASCII character), and a domain
+# whose labels are letters, digits and hyphens of any script.
+_INTERNATIONAL_LOCAL = re.compile(
+    r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f\s\u2028\u2029])+"
+    r"(?:\.(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f\s\u2028\u2029])+)*"
+)
+
+
 def check_address(address: str) -> str:
-    """`address` if it is a plain addr-spec; HeaderError otherwise (CR/LF, spaces, `<>`, ...)."""
-    if len(address) > 254 or not _ADDRESS.fullmatch(address):
+    """`address` if it is an addr-spec, international ones included (a UTF-8 local part, an IDN
+    domain); HeaderError otherwise (CR/LF, spaces, `<>`, a domain IDNA refuses, ...)."""
+    if len(address) > 254 or not (_ADDRESS.fullmatch(address) or _international(address) is not None):
         raise HeaderError(f"not a valid e-mail address: {address!r}")
     return address
 
@@ -70,6 +85,42 @@ def check_address(address: str) -> str:
 _CONTROLS = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0x85), *range(0x86, 0xA0)]
 _DIRECTION = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 _INVISIBLE = dict.fromkeys([*_CONTROLS, *_DIRECTION])
+
+
+def _international(address: str) -> str | None:
+    """The address with its domain in ASCII (IDNA A-labels, `xn--`), or None when it is not an
+    international addr-spec."""
+    if address.isascii() or not address.isprintable():
+        return None
+    local, at, domain = address.rpartition("@")
+    if not at or not _INTERNATIONAL_LOCAL.fullmatch(local) or len(local.encode()) > 64:
+        return None
+    if not domain.isascii():
+        try:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            return None
+    ascii_form = f"{local}@{domain}"
+    tail = ascii_form.rpartition("@")[2]
+    if not _ADDRESS.fullmatch("x@" + tail):
+        return None
+    return ascii_form
+
+
+def wire_address(address: str) -> str:
+    """The form an address travels in (envelope and headers): its domain in ASCII (`xn--`), the
+    local part as it is (non-ASCII only with SMTPUTF8). HeaderError when it is not an address."""
+    if address.isascii():
+        return check_address(address)
+    converted = _international(address)
+    if converted is None or len(converted) > 254:
+        raise HeaderError(f"not a valid e-mail address: {address!r}")
+    return converted
+
+
+def needs_smtputf8(address: str) -> bool:
+    """Whether sending to `address` needs SMTPUTF8 (RFC 6531): its local part is not ASCII."""
+    return not address.rpartition("@")[0].isascii()
 
 
 def one_line(text: str) -> str:
@@ -129,8 +180,9 @@ def text_header(name: str, text: str) -> str:
 
 
 def mailbox(name: str | None, address: str) -> str:
-    """`Display Name <address>` for From/To: the name quoted or encoded as needed."""
-    check_address(address)
+    """`Display Name <address>` for From/To: the name quoted or encoded as needed, an IDN domain
+    in ASCII (a UTF-8 local part stays UTF-8, RFC 6532: such a message goes only with SMTPUTF8)."""
+    address = wire_address(address)
     display = one_line(name or "")
     if not display:
         return address
@@ -223,7 +275,7 @@ def build(
         encoding, body = _body(text)
         lines.append('Content-Type: text/plain; charset="utf-8"')
         lines.append(f"Content-Transfer-Encoding: {encoding}")
-        return (CRLF.join(lines) + CRLF + CRLF).encode("ascii") + body
+        return (CRLF.join(lines) + CRLF + CRLF).encode("utf-8") + body
     (text_encoding, text_body), (html_encoding, html_body) = _body(text), _body(html)
     boundary = "=_" + secrets.token_hex(12)
     # "=_" never occurs in quoted-printable output; a 7bit body could only contain the random
@@ -234,7 +286,7 @@ def build(
     part_head = f'--{boundary}{CRLF}Content-Type: text/%s; charset="utf-8"{CRLF}Content-Transfer-Encoding: %s{CRLF}{CRLF}'
     return b"".join(
         (
-            (CRLF.join(lines) + CRLF + CRLF).encode("ascii"),
+            (CRLF.join(lines) + CRLF + CRLF).encode("utf-8"),  # UTF-8 only in a RFC 6532 To
             (part_head % ("plain", text_encoding)).encode("ascii"),
             text_body,
             # The CRLF before a delimiter belongs to the delimiter (RFC 2046), not to the body.
@@ -243,6 +295,22 @@ def build(
             f"{CRLF}--{boundary}--{CRLF}".encode("ascii"),
         )
     )
+
+
+_HEADER_START = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
+
+
+def oversigned_headers(message: bytes) -> list[bytes]:
+    """The `h=` list for `message`: each name of DKIM_HEADERS as many times as the header occurs,
+    plus once more (see DKIM_HEADERS)."""
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[: end + 2]
+    counts = dict.fromkeys(DKIM_HEADERS, 1)
+    for match in _HEADER_START.finditer(head):
+        name = match.group(1).lower()
+        if name in counts:
+            counts[name] += 1
+    return [name for name in DKIM_HEADERS for _ in range(counts[name])]
 
 
 class Signer:
@@ -282,7 +350,7 @@ class Signer:
             self.selector,
             self.domain,
             self.private_key,
-            include_headers=list(DKIM_HEADERS),
+            include_headers=oversigned_headers(message),
             signature_algorithm=self.algorithm,
         )
         return signature + message

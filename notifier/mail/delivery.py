@@ -22,11 +22,18 @@ from typing import Any, Literal
 import asyncpg
 from arq import ArqRedis
 
-from notifier import suppression, tokens, verp
+from notifier import queues, suppression, tokens, verp
 from notifier.db import Q
-from notifier.mail import compose, outbox
+from notifier.mail import compose, outbox, smtp_reply
 from notifier.mail.render import OutgoingEmail, Renderers, TemplateError
-from notifier.mail.smtp import Envelope, PermanentFailure, RateLimiter, Sender, TemporaryFailure
+from notifier.mail.send_rate import SendRate
+from notifier.mail.smtp import (
+    DeliveryError,
+    Envelope,
+    PermanentFailure,
+    Sender,
+    TemporaryFailure,
+)
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.delivery")
@@ -35,6 +42,8 @@ log = logging.getLogger("notifier.delivery")
 # leave unrecorded, against one statement per answer (a third of the throughput on the 2-core VM).
 RECORD_INTERVAL = 0.005
 BUILD_TURN_SECONDS = 0.002  # building a batch lets other tasks of the loop run this often
+# How the error of an e-mail the receiving server refused by policy (5.7.x) begins.
+POLICY_PREFIX = "refused by the receiving server's policy (the sender, not the address; nobody suppressed): "
 
 
 @dataclass
@@ -184,7 +193,7 @@ class Delivery:
         self.batch_size = batch_size
         self.signer = compose.Signer.from_settings(settings)
         self.limiter = (
-            RateLimiter(redis, settings.send_rate) if redis is not None and settings.send_rate else None
+            SendRate(redis, settings.send_rate) if redis is not None and settings.send_rate else None
         )
         self._from = {
             "service": compose.parse_mailbox(settings.service_from),
@@ -232,7 +241,12 @@ class Delivery:
         recorder = _Recorder(write, self.record_interval)
         stop = asyncio.Event()
         lanes_done = False
-        sending = asyncio.ensure_future(self._send_rows(rows, now, recorder, stop))
+        # Under a send rate, more urgent mail may hold this batch back: start no send so late that
+        # its answer could come after the lease ran out (and another worker claimed the row).
+        deadline = asyncio.get_running_loop().time() + self.lease_seconds() - self.settings.smtp_timeout
+        sending = asyncio.ensure_future(
+            self._send_rows(rows, now, recorder, stop, queue=queue, deadline=deadline)
+        )
         try:
             try:
                 results = await asyncio.shield(sending)
@@ -268,9 +282,13 @@ class Delivery:
         now: datetime,
         recorder: _Recorder | None = None,
         stop: asyncio.Event | None = None,
+        *,
+        queue: str = queues.SERVICE,
+        deadline: float | None = None,
     ) -> list[Result]:
-        """Send one claimed batch; each SMTP answer goes to `recorder` as it comes in. Returns
-        every row's result (those decided before sending included, which the caller records)."""
+        """Send one claimed batch of `queue`; each SMTP answer goes to `recorder` as it comes in.
+        Returns every row's result (those decided before sending included, which the caller
+        records). No send starts after `deadline` (event loop time)."""
         emails = [OutgoingEmail.from_row(r) for r in rows]
         attempts = {r["id"]: r["attempts"] for r in rows}
         known_ids = {r["id"]: r["message_id"] for r in rows}
@@ -320,12 +338,13 @@ class Delivery:
             try:
                 mid, envelope = self.build_message(email, date, known_ids[email.id])
             except (TemplateError, compose.HeaderError) as exc:
+                why = smtp_reply.redact(str(exc))
                 results[email.id] = Result(
                     email.id,
                     "failed",
                     "failed",
-                    error=f"cannot build the message: {exc}",
-                    detail={"error": str(exc)},
+                    error=f"cannot build the message: {why}",
+                    detail={"error": why},
                 )
                 continue
             except Exception as exc:
@@ -344,15 +363,17 @@ class Delivery:
 
         def answered(i: int, outcome: str | Exception) -> None:
             email, mid, _ = envelopes[i]
-            result = self._result(email.id, mid, attempts[email.id], outcome, now)
+            result = self._result(email, mid, attempts[email.id], outcome, now)
             results[email.id] = result
             if recorder is not None:
                 recorder.add(result)
 
-        outcomes = await self._send_all([envelope for _, _, envelope in envelopes], answered, stop)
+        outcomes = await self._send_all(
+            [envelope for _, _, envelope in envelopes], answered, stop, queue=queue, deadline=deadline
+        )
         for (email, mid, _), outcome in zip(envelopes, outcomes, strict=True):
             if email.id not in results:
-                results[email.id] = self._result(email.id, mid, attempts[email.id], outcome, now)
+                results[email.id] = self._result(email, mid, attempts[email.id], outcome, now)
         return [results[e.id] for e in emails]
 
     def _suppressed(self, email: OutgoingEmail, entries: list[tuple[str, str]]) -> tuple[str, str] | None:
@@ -389,40 +410,32 @@ class Delivery:
         sender = verp.return_path(self.settings.secret, email.id, domain) if domain else from_address
         return mid, Envelope(sender, (email.to_address,), message)
 
-    async def _pace(self, n: int) -> list[float]:
-        """Delays (seconds from now) at which to start each of `n` sends under the global rate."""
-        if self.limiter is None or n == 0:
-            return [0.0] * n
-        first = await self.limiter.reserve(n)
-        interval = 1.0 / self.settings.send_rate
-        return [first + i * interval for i in range(n)]
-
     async def _send_all(
         self,
         envelopes: Sequence[Envelope],
         answered: Callable[[int, str | Exception], None] | None = None,
         stop: asyncio.Event | None = None,
+        *,
+        queue: str = queues.SERVICE,
+        deadline: float | None = None,
     ) -> list[str | Exception]:
         """Send a batch over as many lanes as the SMTP pool has connections; each lane takes the
         next message when its previous one is done (no task per message, no pile-up on the
-        pool). Under a send-rate limit each message waits for its reserved slot. `answered`, when
-        given, is called with each message's index and outcome as its answer arrives. Once `stop`
-        is set no lane starts another message (the unsent count as "not sent")."""
+        pool). Under a send rate each message waits for a slot of the shared schedule, booked a
+        few at a time with `queue`'s priority (`notifier.send_rate`). `answered`, when given, is
+        called with each message's index and outcome as its answer arrives. Once `stop` is set, or
+        when a slot would start after `deadline` (event loop time), no lane starts another message
+        (the unsent count as "not sent" and are retried)."""
         outcomes: list[str | Exception | None] = [None] * len(envelopes)
-        delays = await self._pace(len(envelopes))
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        pacer = self.limiter.pacer(queue, len(envelopes), deadline) if self.limiter and envelopes else None
         order = iter(range(len(envelopes)))
 
         async def lane() -> None:
             for i in order:
                 if stop is not None and stop.is_set():
                     return
-                wait = start + delays[i] - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    if stop is not None and stop.is_set():
-                        return
+                if pacer is not None and (not await pacer.wait() or (stop is not None and stop.is_set())):
+                    return
                 outcome: str | Exception
                 try:
                     outcome = await self.sender.send(envelopes[i])
@@ -434,20 +447,40 @@ class Delivery:
 
         # A TaskGroup, not gather: when a lane fails, gather returns at once while the others may
         # still wait for answers, which would then come after the batch recorded.
-        async with asyncio.TaskGroup() as lanes:
-            for _ in range(min(len(envelopes), self.settings.smtp_pool_size)):
-                lanes.create_task(lane())
+        try:
+            async with asyncio.TaskGroup() as lanes:
+                for _ in range(min(len(envelopes), self.settings.smtp_pool_size)):
+                    lanes.create_task(lane())
+        finally:
+            if pacer is not None:
+                pacer.close()
         return [o if o is not None else TemporaryFailure("not sent") for o in outcomes]
 
     def _result(
-        self, email_id: int, mid: str, attempt: int, outcome: str | Exception, now: datetime
+        self, email: OutgoingEmail, mid: str, attempt: int, outcome: str | Exception, now: datetime
     ) -> Result:
+        email_id = email.id
         if isinstance(outcome, str):
-            return Result(email_id, "sent", "sent", message_id=mid, detail={"reply": outcome[:200]})
-        error = str(outcome)[:500]
+            return Result(
+                email_id, "sent", "sent", message_id=mid, detail={"reply": smtp_reply.redact(outcome)[:200]}
+            )
+        error = smtp_reply.redact(str(outcome))[:500]
+        if (
+            email.account_id is None
+            and email.kind == "service"
+            and isinstance(outcome, DeliveryError)
+            and outcome.code is not None
+        ):
+            # The notice of an erasure: a reply may quote the name too, so keep only its codes.
+            error = smtp_reply.summary(outcome.code, error, outcome.category)
         if isinstance(outcome, PermanentFailure):
             event = "bounced" if outcome.unknown_mailbox else "failed"
-            return Result(email_id, "failed", event, message_id=mid, error=error, detail={"error": error})
+            if outcome.policy:
+                # About the sender (DMARC, SPF, reputation), not the address: nobody is suppressed,
+                # and the console's deliverability page shows these (`POLICY_PREFIX`).
+                error = f"{POLICY_PREFIX}{error}"[:500]
+            detail = {"error": error, "category": outcome.category}
+            return Result(email_id, "failed", event, message_id=mid, error=error, detail=detail)
         if attempt <= len(outbox.RETRY_DELAYS):
             at = now + timedelta(seconds=outbox.RETRY_DELAYS[attempt - 1])
             return Result(
@@ -490,16 +523,21 @@ class Delivery:
         # results, and those rows are then sent again (same Message-ID) when their lease runs
         # out, never lost. One statement, one round trip, unless a hard bounce adds suppressions.
         bounced = [r for r in results if r.event == "bounced"]
-        if not bounced:
+        digest_of = {r["id"]: r["digest_id"] for r in rows if r["digest_id"] is not None}
+        undelivered = [digest_of[r.id] for r in results if r.status == "failed" and r.id in digest_of]
+        if not bounced and not undelivered:
             await self.pool.execute(*args)
             return
         address = {r["id"]: r["to_address"] for r in rows}
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(*args)
-            await conn.execute(
-                Q.add_suppressions,
-                [suppression.address_hash(address[r.id]) for r in bounced],
-                ["all"] * len(bounced),
-                ["hard_bounce"] * len(bounced),
-                [(r.error or "")[:200] for r in bounced],
-            )
+            if bounced:
+                await conn.execute(
+                    Q.add_suppressions,
+                    [suppression.address_hash(address[r.id]) for r in bounced],
+                    ["all"] * len(bounced),
+                    ["hard_bounce"] * len(bounced),
+                    [(r.error or "")[:200] for r in bounced],
+                )
+            if undelivered:
+                await conn.execute(Q.release_digest_messages, undelivered)

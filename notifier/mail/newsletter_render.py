@@ -17,12 +17,12 @@ from typing import Any, cast
 
 import css_inline
 import jinja2
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
+import nh3
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from notifier import templating
+from notifier.mail.sandbox import Budget, MeteredSandbox, metered
 from notifier.settings import Settings
 
 # What marketing's templates may use. Anything else is an error caught when the draft is saved.
@@ -33,30 +33,36 @@ _UNSUBSCRIBE, _PREFERENCES = "@@notifier-unsubscribe-url@@", "@@notifier-prefere
 _SUBJECT = "@@notifier-subject@@"
 _BODY_SLOT = Markup("<!--notifier:body--><!--notifier:end-->")
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
-# Longest string or list a template may build with `*` (powers stay under 4096 bits):
-# the sandbox limits range() but not `'a' * 10**9`, which would take the worker's memory.
-MAX_PRODUCT = 100_000
+# What marketing's HTML body may contain once rendered: the sanitiser (nh3, i.e. ammonia) parses
+# it and writes it out balanced, so an unclosed comment, `<textarea>`, `<style>` or `<div>` ends
+# with the body and can never swallow the footer (unsubscribe, preferences, postal address).
+_ATTRIBUTES = {
+    **nh3.ALLOWED_ATTRIBUTES,
+    "*": {"style", "class", "id", "align", "valign", "width", "height", "bgcolor", "dir", "lang", "title"},
+    "a": {"href", "hreflang", "name", "target"},
+    "table": {"border", "cellpadding", "cellspacing", "summary"},
+    "td": {"colspan", "rowspan", "headers", "nowrap"},
+    "th": {"colspan", "rowspan", "headers", "scope", "nowrap"},
+    "img": {"src", "alt", "border"},
+    "font": {"color", "face", "size"},
+}
+_CLEANER = nh3.Cleaner(
+    tags=nh3.ALLOWED_TAGS | {"font", "tfoot", "section", "main"},
+    attributes=_ATTRIBUTES,
+    url_schemes={"http", "https", "mailto", "tel", "cid", "data"},
+    link_rel=None,
+    strip_comments=True,
+)
 
 
-class _Sandbox(SandboxedEnvironment):
-    """Jinja's sandbox, with `*` and `**` bounded so a template cannot exhaust memory or CPU."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
-        ints = isinstance(left, int) and isinstance(right, int)
-        if operator == "**" and ints and (abs(right) > 64 or abs(left).bit_length() * abs(right) > 4096):
-            raise SecurityError("numbers this large are not allowed in newsletter templates")
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                repeats = isinstance(seq, str | list | tuple) and isinstance(times, int)
-                if repeats and len(seq) * times > MAX_PRODUCT:
-                    raise SecurityError(f"a repeated text longer than {MAX_PRODUCT} is not allowed")
-        return super().call_binop(context, operator, left, right)
+def sanitise(fragment: str) -> str:
+    """Marketing's rendered HTML body, balanced and stripped of scripts, comments and handlers."""
+    cleaned: str = _CLEANER.clean(fragment)
+    return cleaned
 
 
-_SANDBOX_HTML = cast(_Sandbox, templating.environment(None, env_class=_Sandbox))
-_SANDBOX_TEXT = cast(_Sandbox, templating.environment(None, html=False, env_class=_Sandbox))
+_SANDBOX_HTML = cast(MeteredSandbox, templating.environment(None, env_class=MeteredSandbox))
+_SANDBOX_TEXT = cast(MeteredSandbox, templating.environment(None, html=False, env_class=MeteredSandbox))
 _MARKDOWN = MarkdownIt("commonmark", {"html": True, "linkify": False}).enable("table")
 _LAYOUT = templating.environment("mail", keep_trailing_newline=True)
 
@@ -68,6 +74,9 @@ class TemplateProblem(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+    def __reduce__(self) -> tuple[type[TemplateProblem], tuple[str, str]]:
+        return TemplateProblem, (self.field, self.message)  # crosses process boundaries intact
 
 
 @dataclass(frozen=True)
@@ -130,7 +139,7 @@ def html_to_text(fragment: str) -> str:
     return "\n".join(out).strip() + "\n"
 
 
-def _compile(env: SandboxedEnvironment, field: str, source: str) -> jinja2.Template:
+def _compile(env: MeteredSandbox, field: str, source: str) -> jinja2.Template:
     try:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
@@ -149,21 +158,24 @@ class Prepared:
     text_before: str
     text_after: str
 
-    def render(self, personal: Mapping[str, Any]) -> Rendered:
-        """The e-mail for one recipient. `personal` holds PERSONAL_FIELDS. Raises TemplateProblem."""
+    def render(self, personal: Mapping[str, Any], budget: Budget | None = None) -> Rendered:
+        """The e-mail for one recipient. `personal` holds PERSONAL_FIELDS. Subject and body share
+        one budget (sandbox.Budget: steps, characters, CPU time). Raises TemplateProblem."""
         unsubscribe = html.escape(str(personal["unsubscribe_url"]))
         preferences = html.escape(str(personal["preferences_url"]))
-        # Marketing's template is untrusted code: whatever it raises (a sandbox refusal, 1/0,
-        # `{% include %}` without a loader, a range too big) is a problem with the draft.
-        try:
-            subject = " ".join(self.subject.render(personal).split())
-        except Exception as exc:
-            raise TemplateProblem("subject", str(exc) or type(exc).__name__) from None
-        try:
-            body_html = self.body_html.render(personal)
-            body_text = self.body_text.render(personal)
-        except Exception as exc:
-            raise TemplateProblem("body", str(exc) or type(exc).__name__) from None
+        # Marketing's template is untrusted code: whatever it raises (a sandbox refusal, an
+        # exhausted budget, 1/0, `{% include %}` without a loader, a range too big) is a problem
+        # with the draft.
+        with metered(budget):
+            try:
+                subject = " ".join(self.subject.render(personal).split())
+            except Exception as exc:
+                raise TemplateProblem("subject", str(exc) or type(exc).__name__) from None
+            try:
+                body_html = sanitise(self.body_html.render(personal))
+                body_text = self.body_text.render(personal)
+            except Exception as exc:
+                raise TemplateProblem("body", str(exc) or type(exc).__name__) from None
         page = (
             _links(self.html_before, unsubscribe, preferences).replace(_SUBJECT, html.escape(subject))
             + body_html
@@ -238,23 +250,34 @@ def check(settings: Settings, draft: Draft) -> None:
 
 
 class PreparedCache:
-    """Per-process memory of prepared newsletters, keyed by id and version (`updated_at`)."""
+    """Per-process memory of prepared newsletters, keyed by id and version (`updated_at`).
+
+    A version is checked once (rendered for sample data) when it is first prepared; a version
+    that does not render, or not within its budget, is remembered as such, so each of its e-mails
+    fails at once with the same reason instead of spending the budget again."""
 
     def __init__(self, size: int = 8) -> None:
-        self._items: OrderedDict[tuple[int, datetime | None], Prepared] = OrderedDict()
+        self._items: OrderedDict[tuple[int, datetime | None], Prepared | TemplateProblem] = OrderedDict()
         self._size = size
         self.misses = 0
 
     def get(self, settings: Settings, draft: Draft) -> Prepared:
+        """The prepared version. Raises TemplateProblem (remembered) when it does not render."""
         key = (draft.id, draft.version)
         found = self._items.get(key)
         if found is None:
             self.misses += 1
-            found = prepare(settings, draft)
+            try:
+                found = prepare(settings, draft)
+                found.render(sample_personal(settings))
+            except TemplateProblem as exc:
+                found = exc
             self._items[key] = found
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
         self._items.move_to_end(key)
+        if isinstance(found, TemplateProblem):
+            raise TemplateProblem(found.field, found.message)
         return found
 
 

@@ -2,7 +2,7 @@
 
 Callers hand over finished message bytes and get back the server's reply or one of two errors:
 `TemporaryFailure` (retry later) or `PermanentFailure` (stop; `unknown_mailbox` says whether
-to suppress the address).
+to suppress the address). What a refusal means is `smtp_reply.classify`'s to say.
 """
 
 from __future__ import annotations
@@ -16,17 +16,21 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiosmtplib
-from redis.asyncio import Redis
 
+from notifier.mail import compose, smtp_reply
+from notifier.mail.smtp_reply import Category
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.smtp")
 
 
 class DeliveryError(Exception):
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, category: Category | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.category: Category = category or (
+            "permanent" if isinstance(self, PermanentFailure) else "temporary"
+        )
 
 
 class TemporaryFailure(DeliveryError):
@@ -38,16 +42,15 @@ class PermanentFailure(DeliveryError):
 
     @property
     def unknown_mailbox(self) -> bool:
-        """550/551/553 about the recipient (5.1.x): the address does not exist."""
-        text = str(self).lower()
-        return self.code in (550, 551, 553) and (
-            "5.1." in text
-            or "unknown" in text
-            or "no such" in text
-            or "does not exist" in text
-            or "user" in text
-            or "mailbox" in text
-        )
+        """The address does not exist (5.1.1, 5.1.6, 5.1.10, or such wording without a code):
+        the only permanent failure that suppresses it."""
+        return self.category == "bad_mailbox"
+
+    @property
+    def policy(self) -> bool:
+        """The receiving server refused the sender (5.7.x: authentication, DMARC, reputation),
+        not the address."""
+        return self.category == "policy"
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,10 @@ class SMTPSender:
                     ) from None
                 try:
                     reply = await _transaction(client, envelope)
+                except PermanentFailure:
+                    # Refused here (an address this server cannot take): the connection is fine.
+                    await self._reset_or_drop(client)
+                    raise
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     await self._reset_or_drop(client)
                     refused = exc.recipients[0]
@@ -158,11 +165,36 @@ class SMTPSender:
 
 
 def _address(address: str) -> bytes:
-    # The outbox only holds addresses `mail.check_address` accepted; refuse anything that could
-    # still break the command line rather than trusting every caller.
-    if not address.isascii() or any(c in address for c in "\r\n<> "):
-        raise PermanentFailure(f"refusing to send to a malformed address {address!r}")
-    return b"<" + address.encode("ascii") + b">"
+    # The outbox only holds addresses `compose.check_address` accepted; refuse anything that could
+    # still break the command line rather than trusting every caller. An IDN domain goes in its
+    # ASCII form (`xn--`); a UTF-8 local part only after `_transaction` saw SMTPUTF8 offered.
+    if address.isascii():
+        if any(c in address for c in "\r\n<> "):
+            raise PermanentFailure(f"refusing to send to a malformed address {address!r}")
+        return b"<" + address.encode("ascii") + b">"
+    try:
+        return b"<" + compose.wire_address(address).encode("utf-8") + b">"
+    except compose.HeaderError:
+        raise PermanentFailure(f"refusing to send to a malformed address {address!r}") from None
+
+
+class SMTPUTF8Unsupported(PermanentFailure):
+    """The address needs SMTPUTF8 (a UTF-8 local part) and the server does not offer it."""
+
+
+def _mail_options(client: aiosmtplib.SMTP, envelope: Envelope) -> bytes:
+    """` SMTPUTF8` when an address has a UTF-8 local part (RFC 6531) and the server offers it;
+    raises SMTPUTF8Unsupported when it does not (nothing was sent: say so, never retry)."""
+    if envelope.sender.isascii() and all(r.isascii() for r in envelope.recipients):
+        return b""
+    if not any(compose.needs_smtputf8(a) for a in (envelope.sender, *envelope.recipients)):
+        return b""  # only IDN domains, which go in ASCII
+    if not client.supports_extension("smtputf8"):
+        raise SMTPUTF8Unsupported(
+            "not sent: the address has a non-ASCII local part, which needs SMTPUTF8 (RFC 6531), "
+            "and the SMTP server does not offer it"
+        )
+    return b" SMTPUTF8"
 
 
 async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope) -> str:
@@ -174,7 +206,8 @@ async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope) -> str:
             await client.ehlo()
         except aiosmtplib.SMTPHeloError:
             await client.helo()
-    response = await client.execute_command(b"MAIL", b"FROM:" + _address(envelope.sender))
+    options = _mail_options(client, envelope)
+    response = await client.execute_command(b"MAIL", b"FROM:" + _address(envelope.sender) + options)
     if response.code != 250:
         raise aiosmtplib.SMTPResponseException(response.code, response.message)
     for recipient in envelope.recipients:
@@ -193,7 +226,7 @@ def data_bytes(message: bytes) -> bytes:
     """What goes on the wire after DATA: CRLF line ends (lone CR and LF converted), lines that
     begin with "." doubled (RFC 5321 4.5.2), then the terminating ".". The same bytes aiosmtplib's
     `data` writes, but its two regular expressions cost about 0.25 ms on a 22 KB digest, as much
-    as rendering and building it; our messages come with CRLF ends already (`mail.build`), which
+    as rendering and building it; our messages come with CRLF ends already (`compose.build`), which
     a few byte counts confirm, and dot-stuffing is then one `replace`."""
     lf = message.count(b"\n")
     if lf != message.count(b"\r") or lf != message.count(b"\r\n"):
@@ -225,44 +258,14 @@ async def _data(client: aiosmtplib.SMTP, message: bytes) -> str:
 
 
 def _classify(code: int, message: str) -> DeliveryError:
-    """5xx is permanent; 4xx and anything unexpected (aiosmtplib uses -1 for a garbled reply)
-    is temporary."""
-    text = f"{code} {message}"
-    if 500 <= code < 600:
-        return PermanentFailure(text, code)
-    return TemporaryFailure(text, code)
-
-
-# GCRA over Redis: one key holds the time at which the next message may go. Reserving n slots
-# moves it by n intervals and answers how long until the first; the caller spaces the rest.
-_RESERVE = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < t then tat = t end
-local interval = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], string.format('%.6f', tat + interval * n), 'EX', math.ceil(interval * n) + 60)
-return string.format('%.6f', tat - t)
-"""
-
-
-class RateLimiter:
-    """The global send rate (NOTIFIER_SEND_RATE messages/s) shared by every worker process through
-    one Redis key. Callers reserve a whole batch in one round trip, then pace its sends."""
-
-    def __init__(self, redis: Redis, rate: float, key: str = "notifier:send-rate") -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self.redis = redis
-        self.rate = rate
-        self.key = key
-
-    async def reserve(self, n: int) -> float:
-        """Reserve `n` consecutive send slots; returns seconds until the first. Slot i starts
-        `i / rate` seconds after it."""
-        answer = await self.redis.eval(_RESERVE, 1, self.key, repr(1.0 / self.rate), str(n))  # type: ignore[misc]
-        return max(0.0, float(answer))
+    """By `smtp_reply.classify`: a bad mailbox, a policy refusal and other 5xx are permanent; 4xx,
+    a full mailbox (5.2.x, retried later) and anything unexpected (aiosmtplib uses -1 for a
+    garbled reply) are temporary. The text keeps no e-mail address (`smtp_reply.redact`)."""
+    text = smtp_reply.redact(f"{code} {message}")
+    category = smtp_reply.classify(code, message)
+    if category in ("bad_mailbox", "policy", "permanent"):
+        return PermanentFailure(text, code, category)
+    return TemporaryFailure(text, code, category)
 
 
 async def _quietly_close(client: aiosmtplib.SMTP) -> None:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from notifier import templating, tokens
 from notifier.db import Q
-from notifier.resources import SETTINGS
+from notifier.resources import POOL, SETTINGS
 from notifier.settings import Settings
 
 NONCE_SECONDS = 4 * 3600
@@ -95,6 +95,22 @@ async def signed_form(
     if form is None:
         return bad_form(request)
     return found, form
+
+
+async def fresh_form(
+    request: web.Request, purpose: tokens.Purpose, how: str, again: str
+) -> tuple[tokens.Token, Mapping[str, Any]] | web.Response:
+    """`signed_form`, and the form must also come from this site with a current nonce: else the
+    403 page that offers to open `again` (the page the form was on). Nothing is changed then."""
+    posted = await signed_form(request, purpose, how)
+    if isinstance(posted, web.Response):
+        return posted
+    secret = request.app[SETTINGS].secret
+    if not same_origin(request) or not nonce_valid(
+        secret, request.match_info["token"], str(posted[1].get("nonce", ""))
+    ):
+        return render(request, "expired.html", status=403, title="Please try again", again=again)
+    return posted
 
 
 def bad_form(request: web.Request) -> web.Response:
@@ -197,3 +213,27 @@ async def record_event(
         method,
         dict(detail),
     )
+
+
+@dataclass(frozen=True)
+class LinkedMember:
+    """Who a signed link names, as a page's GET sees it."""
+
+    token: str
+    found: tokens.Token
+    member: asyncpg.Record
+    ref: EmailRef
+
+
+async def linked_member(request: web.Request, purpose: tokens.Purpose) -> LinkedMember | None:
+    """The member the link's `{token}` names for `purpose`, with the e-mail it came from; None
+    (show `not_found`) when the token is not genuine or the member is gone."""
+    token = request.match_info["token"]
+    found = tokens.verify(request.app[SETTINGS].keyring, token, purpose)
+    if found is None:
+        return None
+    pool = request.app[POOL]
+    member = await pool.fetchrow(Q.member, found.account_id)
+    if member is None:
+        return None
+    return LinkedMember(token, found, member, await email_ref(pool, found.account_id, request.query.get("e")))

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from notifier import audit, consent, pages, preferences, schedule, tokens
+from notifier import audit, consent, pages, preferences, schedule
 from notifier.db import Q
 from notifier.resources import POOL, SETTINGS
 
@@ -86,16 +86,10 @@ def _page(
 
 async def get_preferences(request: web.Request) -> web.Response:
     """The form, filled with the member's current preferences."""
-    token = request.match_info["token"]
-    found = tokens.verify(request.app[SETTINGS].keyring, token, "preferences")
-    if found is None:
+    linked = await pages.linked_member(request, "preferences")
+    if linked is None:
         return pages.not_found(request)
-    pool = request.app[POOL]
-    member = await pool.fetchrow(Q.member, found.account_id)
-    if member is None:
-        return pages.not_found(request)
-    ref = await pages.email_ref(pool, found.account_id, request.query.get("e"))
-    return _page(request, token, ref, dict(member))
+    return _page(request, linked.token, linked.ref, dict(linked.member))
 
 
 def _changes(form: Any) -> dict[str, Any]:

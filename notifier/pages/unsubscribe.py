@@ -114,21 +114,15 @@ def _context(
 
 async def get_unsubscribe(request: web.Request) -> web.Response:
     """The confirmation page. Changes nothing, whatever follows the link."""
-    token = request.match_info["token"]
-    found = tokens.verify(request.app[SETTINGS].keyring, token, "unsubscribe")
-    if found is None:
+    linked = await pages.linked_member(request, "unsubscribe")
+    if linked is None:
         return pages.not_found(request)
-    pool = request.app[POOL]
-    member = await pool.fetchrow(Q.member, found.account_id)
-    if member is None:
-        return pages.not_found(request)
-    ref = await pages.email_ref(pool, found.account_id, request.query.get("e"))
     return pages.render(
         request,
         "unsubscribe.html",
         title="Unsubscribe",
         state="confirm",
-        **_context(request, token, found, member, ref),
+        **_context(request, linked.token, linked.found, linked.member, linked.ref),
     )
 
 

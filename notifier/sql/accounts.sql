@@ -26,10 +26,21 @@ RETURNING *;
 -- Cascades to messages, digests, consents, emails, events, audit rows and idempotency records.
 DELETE FROM accounts WHERE id = $1;
 
+-- name: delete_unowned_email_events
+-- The events of the outbox rows `delete_unowned_emails_to` deletes (they have no account to
+-- cascade from, and a failure's detail is about that address).
+DELETE FROM events
+WHERE email_id IN (
+    SELECT id FROM emails
+    WHERE account_id IS NULL AND lower(to_address) = lower($1)
+      AND NOT (kind = 'service' AND status IN ('queued', 'sending'))
+);
+
 -- name: delete_unowned_emails_to
--- Outbox rows without an account (test sends, sent notices) addressed to the erased address.
+-- Outbox rows without an account (test sends, notices done with) addressed to the erased address.
 -- A service e-mail still waiting to go stays: the notice that the account was erased is sent
--- detached from the account, and erasing must not cancel it.
+-- detached from the account, and erasing must not cancel it; once it is sent, suppressed or
+-- failed, `record_results` keeps nothing personal of it.
 DELETE FROM emails
 WHERE account_id IS NULL AND lower(to_address) = lower($1)
   AND NOT (kind = 'service' AND status IN ('queued', 'sending'));

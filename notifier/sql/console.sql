@@ -83,6 +83,15 @@ FROM emails WHERE status = 'failed'
 ORDER BY failed_at DESC NULLS LAST, id DESC
 LIMIT $1;
 
+-- name: console_policy_rejections
+-- E-mails the receiving servers refused by policy (5.7.x: the sender's authentication, DMARC,
+-- reputation) in the last 24 hours: how many, and the newest few (see delivery.POLICY_PREFIX).
+SELECT id, kind, last_error, failed_at, count(*) OVER () AS total
+FROM emails
+WHERE status = 'failed' AND failed_at > now() - interval '1 day' AND starts_with(last_error, $1)
+ORDER BY failed_at DESC, id DESC
+LIMIT $2;
+
 -- name: console_failed_count
 SELECT count(*) FROM emails WHERE status = 'failed';
 

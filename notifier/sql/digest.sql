@@ -85,28 +85,35 @@ FOR NO KEY UPDATE SKIP LOCKED;
 --   * record a digest if it has unread, unarchived, undigested messages created before the window's
 --     end (unique (account_id, window_end): an existing one is left alone and the account gets
 --     nothing here);
---   * mark those messages as in it (re-checked under each message's row lock);
+--   * mark those messages as in it (each locked first; one locked by someone else is skipped);
 --   * build the e-mail's content: categories ordered by their newest message, at most $11 messages
 --     each (newest first) with the count and how many more, a snippet of each body, its local time;
 --   * write the outbox row (kind digest, queue $9, template $10, unique per digest).
--- Returns one row per digest: how many messages were counted and marked, and the e-mail's id
--- (NULL when the address cannot be mailed or every message was read meanwhile).
--- The same content in Python: notifier.digest.build_context (previews); a test keeps them equal.
+-- Returns one row per digest: how many messages were marked, and the e-mail's id (NULL when the
+-- address cannot be mailed).
+-- Every join is driven by the batch (at most a batch's accounts and their messages, found by
+-- index), whatever the plan: the statement is prepared once per connection and PostgreSQL plans it
+-- generically from the sixth run, guessing 10 rows for each array and knowing nothing of messages
+-- that arrived since the last ANALYZE (see docs/digests.md, "Concurrency and plans").
+-- The same content in Python: notifier.digest_email.build_context (previews); a test keeps them equal.
 WITH batch AS (
     SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::boolean[])
-        AS b (account_id, window_start, window_end, frequency, timezone, name, email, mailable)
+                         $6::text[], $7::text[], $8::boolean[], $12::text[])
+        AS b (account_id, window_start, window_end, frequency, timezone, name, email, mailable, inbox_url)
 ),
 pending AS (
-    -- Per account through messages_pending_idx (OFFSET 0 keeps the planner from turning this into
-    -- a scan of the whole messages table per batch, which would make a pass quadratic).
+    -- Per account through messages_pending_idx (a LATERAL subquery that locks rows is never
+    -- flattened: one index probe per account, whatever the statistics say). Each message is locked
+    -- here, and one locked by someone else (being read, archived or purged right now) is skipped:
+    -- it stays undigested and goes in the next digest if still unread. So the pass never waits
+    -- for a message row, and what is counted is what gets marked.
     SELECT m.id, b.account_id
     FROM batch b
     CROSS JOIN LATERAL (
         SELECT id FROM messages
         WHERE account_id = b.account_id AND digest_id IS NULL AND read_at IS NULL
           AND archived_at IS NULL AND created_at < b.window_end
-        OFFSET 0
+        FOR NO KEY UPDATE SKIP LOCKED
     ) m
 ),
 counts AS (
@@ -116,13 +123,20 @@ digest AS (
     INSERT INTO digests (account_id, frequency, window_start, window_end, message_count)
     SELECT b.account_id, b.frequency, b.window_start, b.window_end, c.n
     FROM batch b JOIN counts c ON c.account_id = b.account_id
+    -- An address that cannot be mailed gets no digest: its messages stay pending, never marked
+    -- as digested without an e-mail.
+    WHERE b.mailable
     ON CONFLICT (account_id, window_end) DO NOTHING
     RETURNING id, account_id, message_count
 ),
 marked AS (
+    -- By primary key from the locked rows, with no condition on `messages` itself: a condition
+    -- like `digest_id IS NULL` is estimated from statistics, and right after a large intake
+    -- (none yet) it made the planner expect one row and loop over every pending message for
+    -- each one marked. The conditions were checked under the row lock in `pending`.
     UPDATE messages m SET digest_id = d.id
     FROM pending p JOIN digest d ON d.account_id = p.account_id
-    WHERE m.id = p.id AND m.digest_id IS NULL AND m.read_at IS NULL AND m.archived_at IS NULL
+    WHERE m.id = p.id
     RETURNING m.id, m.account_id, m.digest_id, m.category, m.subject, m.body, m.url, m.created_at
 ),
 ranked AS (
@@ -176,7 +190,7 @@ outbox AS (
                'frequency', b.frequency,
                'total', x.total,
                'categories', x.categories,
-               'inbox_url', $12::text,
+               'inbox_url', b.inbox_url,
                'window_start', to_char(b.window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
                'window_end', to_char(b.window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
            ),
@@ -188,18 +202,10 @@ outbox AS (
     ON CONFLICT (digest_id) WHERE digest_id IS NOT NULL DO NOTHING
     RETURNING id, digest_id
 )
-SELECT d.id AS digest_id, d.account_id, d.message_count AS counted,
-       coalesce(x.total, 0) AS marked, o.id AS email_id
+SELECT d.id AS digest_id, d.account_id, coalesce(x.total, 0) AS marked, o.id AS email_id
 FROM digest d
 LEFT JOIN contents x ON x.digest_id = d.id
 LEFT JOIN outbox o ON o.digest_id = d.id;
-
--- name: fix_digest_counts
--- A message read between the snapshot and its row lock is left out of the digest; keep the
--- recorded count equal to what was marked.
-UPDATE digests d SET message_count = c.n
-FROM unnest($1::bigint[], $2::integer[]) AS c (id, n)
-WHERE d.id = c.id AND d.message_count <> c.n;
 
 -- name: known_timezones
 -- The zone names PostgreSQL knows (read once per process: the view reads the zone files).

@@ -33,8 +33,8 @@ SELECT ord, id, account_id, digest_frequency FROM resolved ORDER BY ord;
 
 -- name: inbox_page
 -- Newest first below the cursor id ($2). $3: only unread; $4: one category; $5: 'exclude',
--- 'include' or 'only' archived messages.
-SELECT id, category, subject, body, url, data, created_at, read_at, archived_at
+-- 'include' or 'only' archived messages. Also the member's own view (notifier.inbox.member_page).
+SELECT id, category, subject, body, url, data, created_at, read_at, seen_at, archived_at
 FROM messages
 WHERE account_id = $1
   AND ($2::bigint IS NULL OR id < $2)

@@ -91,6 +91,13 @@ WHERE id = $1 AND status = 'sending'
         WHERE newsletter_id = $1 AND kind = 'newsletter' AND status IN ('queued', 'sending'))
 RETURNING *;
 
+-- name: fail_newsletter
+-- A sending newsletter that does not render in the worker stops, with the reason.
+UPDATE newsletters
+SET status = 'failed', failure = $2, finished_at = now(), updated_at = now()
+WHERE id = $1 AND status = 'sending'
+RETURNING id;
+
 -- name: cancel_newsletter
 UPDATE newsletters
 SET status = 'cancelled', cancelled_at = now(), updated_by = $2, updated_at = now()

@@ -49,8 +49,8 @@ WHERE id = ANY($1::bigint[]) AND status = 'sending' AND locked_until = $2
 -- One statement per group of results (a batch records several as its answers arrive): new states
 -- (only for rows still held under this lease) and their events.
 -- A service e-mail without an account (the notice that an account was erased) keeps no address,
--- subject or data once sent (or suppressed): the member asked to be forgotten. A failed one keeps
--- its address so that an operator can re-drive it.
+-- subject, data or idempotency key once it is done, sent, suppressed or failed alike: the member
+-- asked to be forgotten (issue 17). Error texts come here without addresses (smtp_reply.redact).
 -- The statement turns `synchronous_commit` off for its own transaction (set_config(..., true)):
 -- the commit does not wait for the WAL flush (see `Delivery._record`).
 WITH r AS (
@@ -67,12 +67,14 @@ WITH r AS (
         locked_until = NULL,
         sent_at = CASE WHEN r.status = 'sent' THEN $8 ELSE e.sent_at END,
         failed_at = CASE WHEN r.status = 'failed' THEN $8::timestamptz END,
-        to_address = CASE WHEN e.account_id IS NULL AND e.kind = 'service' AND r.status IN ('sent', 'suppressed')
+        to_address = CASE WHEN e.account_id IS NULL AND e.kind = 'service' AND r.status IN ('sent', 'suppressed', 'failed')
                           THEN '[erased]' ELSE e.to_address END,
-        subject = CASE WHEN e.account_id IS NULL AND e.kind = 'service' AND r.status IN ('sent', 'suppressed')
+        subject = CASE WHEN e.account_id IS NULL AND e.kind = 'service' AND r.status IN ('sent', 'suppressed', 'failed')
                        THEN NULL ELSE e.subject END,
-        context = CASE WHEN e.account_id IS NULL AND e.kind = 'service' AND r.status IN ('sent', 'suppressed')
-                       THEN '{}'::jsonb ELSE e.context END
+        context = CASE WHEN e.account_id IS NULL AND e.kind = 'service' AND r.status IN ('sent', 'suppressed', 'failed')
+                       THEN '{}'::jsonb ELSE e.context END,
+        idempotency_key = CASE WHEN e.account_id IS NULL AND e.kind = 'service' AND r.status IN ('sent', 'suppressed', 'failed')
+                               THEN NULL ELSE e.idempotency_key END
     FROM r
     WHERE e.id = r.id AND e.status = 'sending' AND e.locked_until = $9
     RETURNING e.id, e.account_id, e.newsletter_id
@@ -96,14 +98,14 @@ GROUP BY queue
 UPDATE emails
 SET status = 'queued', attempts = 0, next_attempt_at = $2, last_error = NULL, failed_at = NULL,
     locked_until = NULL
-WHERE id = ANY($1::bigint[]) AND status = 'failed'
+WHERE id = ANY($1::bigint[]) AND status = 'failed' AND to_address <> '[erased]'
 RETURNING id, queue
 
 -- name: retry_failed_since
 UPDATE emails
 SET status = 'queued', attempts = 0, next_attempt_at = $2, last_error = NULL, failed_at = NULL,
     locked_until = NULL
-WHERE status = 'failed' AND failed_at >= $1
+WHERE status = 'failed' AND failed_at >= $1 AND to_address <> '[erased]'
 RETURNING id, queue
 
 -- name: add_suppression
@@ -128,3 +130,9 @@ SELECT id, external_id, email, name, locale FROM accounts WHERE external_id = $1
 -- name: service_email
 SELECT id, status, template, attempts, next_attempt_at, last_error, message_id, created_at, sent_at
 FROM emails WHERE id = $1 AND kind = 'service'
+
+-- name: release_digest_messages
+-- The messages of digests whose e-mail failed for good were never delivered: they are pending
+-- again (for the next digest, and unread in the inbox), not marked as digested.
+UPDATE messages SET digest_id = NULL
+WHERE digest_id = ANY($1::bigint[]) AND read_at IS NULL

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSche
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from notifier import newsletter
-from notifier.api.problems import FieldError
 from notifier.audit import ActorType
+from notifier.errors import FieldError
 from notifier.schedule import Frequency
 
 # Timestamps in UTC as `datetime.isoformat()` writes them (`+00:00`, as the API always has),
@@ -266,6 +266,7 @@ class Newsletter(Answer):
     started_at: Timestamp | None
     finished_at: Timestamp | None
     cancelled_at: Timestamp | None
+    failure: str | None = Field(description="why a `failed` newsletter stopped")
     created_by: str | None
     created_at: Timestamp | None
     updated_at: Timestamp | None

@@ -1,0 +1,367 @@
+"""Connected members and the member API: `python -m bench stream [--scale S]`.
+
+1. Event streams. One `notifier web` process (uvloop, as in production) holds STREAMS member
+   event streams (`GET /member/v1/stream`, one member each), opened over loopback and read by
+   READERS processes of their own (2). Messages are then posted from this process through the
+   API (`POST /v1/accounts/{id}/messages`) at RATE a second for SECONDS, each to a random connected member; the figure is the time from
+   sending the POST to the `message` event arriving on that member's stream (p50, p99), and the
+   web process's resident memory per stream (RSS after opening them all, less RSS before, / N).
+   Goal: 10,000 streams, < 50 KB a stream, p99 < 250 ms at 500 messages/s. Nothing is counted
+   until every stream got its first `counts` event.
+2. `GET /member/v1/messages` (first page, 20 items) at 64 concurrent connections over a messages
+   table of ROWS rows spread over 10,000 members, beside the bare keyset query it runs (the same
+   SELECT straight from asyncpg, 64 tasks over a pool of the web process's size) in the same run.
+   Goal: p99 < 20 ms on 5 million rows (`--scale 10`).
+
+BENCH_STREAM_RATE sets RATE (default 500). `--scale` multiplies STREAMS, ROWS and the durations (0.1 for a quick look; CI runs none of this).
+Everything is loopback, bounded in count and in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import random
+import resource
+import secrets
+import statistics
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from bench.bench_intake import _server
+from bench.common import BenchEnv, Figure
+from notifier.db import create_pool, scratch_database
+from notifier.embedded import free_port
+from notifier.member import tokens
+
+STREAMS = 10_000
+# Messages per second; BENCH_STREAM_RATE=100 measures below the point where intake saturates.
+RATE = float(os.environ.get("BENCH_STREAM_RATE", "500"))
+SECONDS = 20.0
+ROWS = 500_000
+LIST_ACCOUNTS = 10_000
+LIST_CONNECTIONS = 64
+LIST_SECONDS = 10.0
+POOL_SIZE = 10
+OPEN_CONCURRENCY = 200
+OPEN_TIMEOUT = 180.0  # seconds to open every stream, at most
+# The streams are read by processes of their own, apart from the poster: one Python process
+# reading 10,000 streams and posting 500 messages/s was itself the bottleneck.
+READERS = int(os.environ.get("BENCH_STREAM_READERS", "2"))
+SETTLE = 5.0  # seconds after the last post before arrivals are collected
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _prepare(pool: asyncpg.Pool, streams: int, rows: int) -> str:
+    """Accounts `s-1..s-N` (streams) and `l-1..l-M` with ROWS messages (listing); an API key."""
+    from notifier.api import auth
+
+    await pool.execute(
+        "INSERT INTO accounts (external_id, email, name, digest_frequency, created_at) "
+        "SELECT 's-' || i, 's' || i || '@example.com', 'Member ' || i, 'off', now() - interval '1 hour' "
+        "FROM generate_series(1, $1) AS i",
+        streams,
+    )
+    await pool.execute(
+        "INSERT INTO accounts (external_id, email, name, digest_frequency, created_at) "
+        "SELECT 'l-' || i, 'l' || i || '@example.com', 'Lister ' || i, 'off', now() - interval '1 hour' "
+        "FROM generate_series(1, $1) AS i",
+        LIST_ACCOUNTS,
+    )
+    await pool.execute(
+        "INSERT INTO messages (account_id, category, subject, body, url, created_at, read_at) "
+        "SELECT a.id, (ARRAY['news', 'events', 'account'])[1 + g % 3], 'Subject ' || g, "
+        "       'A body of a typical length for an inbox message, about one line long.', "
+        "       'https://example.org/m/' || g, now() - make_interval(secs => $1 - g), "
+        "       CASE WHEN g % 4 = 0 THEN now() END "
+        "FROM generate_series(1, $1) AS g "
+        "JOIN accounts a ON a.external_id = 'l-' || (1 + g % $2)",
+        rows,
+        LIST_ACCOUNTS,
+    )
+    await pool.execute("ANALYZE")
+    _, key = await auth.create_key(pool, "bench", ["messages", "accounts"])
+    return key
+
+
+async def _open_stream(
+    session: aiohttp.ClientSession, base: str, token: str, ready: asyncio.Event, arrived: dict[str, float]
+) -> None:
+    async with session.get(f"{base}/member/v1/stream", params={"token": token}) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"stream answered {resp.status}")
+        event = ""
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                if event == "counts":
+                    ready.set()
+                elif event == "message":
+                    subject = json.loads(line[6:])["subject"]
+                    arrived[subject] = time.monotonic()  # CLOCK_MONOTONIC: the same in every process
+
+
+async def _hold_streams(base: str, member_tokens: list[str], pipe: Connection) -> None:
+    """A reader process: open the streams, say "ready", record arrivals until told to stop, send
+    them back."""
+    arrived: dict[str, float] = {}
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        gate = asyncio.Semaphore(OPEN_CONCURRENCY // READERS)
+        tasks: list[asyncio.Task[None]] = []
+
+        async def opened(token: str) -> None:
+            ready = asyncio.Event()
+            async with gate:
+                tasks.append(asyncio.create_task(_open_stream(session, base, token, ready, arrived)))
+                await ready.wait()
+
+        async with asyncio.timeout(OPEN_TIMEOUT):
+            await asyncio.gather(*(opened(t) for t in member_tokens))
+        pipe.send("ready")
+        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "stop"
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    pipe.send(arrived)
+
+
+def _reader_main(base: str, member_tokens: list[str], pipe: Connection) -> None:
+    _raise_fd_limit()
+    asyncio.run(_hold_streams(base, member_tokens, pipe))
+
+
+async def _streams(env: BenchEnv, base: str, pid: int, secret: str, key: str) -> list[Figure]:
+    n = max(10, round(STREAMS * env.scale))
+    seconds = max(5.0, SECONDS * min(env.scale, 1.0))
+    now = int(time.time())
+    member_tokens = [tokens.mint(secret, f"s-{i}", now + 3600, issued=now) for i in range(1, n + 1)]
+    sent: dict[str, float] = {}
+    rss_before = _rss_kib(pid)
+    loop = asyncio.get_running_loop()
+    context = multiprocessing.get_context("spawn")
+    pipes, readers = [], []
+    started = time.monotonic()
+    for r in range(READERS):
+        mine, theirs = context.Pipe()
+        reader = context.Process(
+            target=_reader_main, args=(base, member_tokens[r::READERS], theirs), daemon=True
+        )
+        reader.start()
+        pipes.append(mine)
+        readers.append(reader)
+    try:
+        for pipe in pipes:
+            if not await loop.run_in_executor(None, pipe.poll, OPEN_TIMEOUT + 30):
+                raise RuntimeError("a reader did not open its streams in time")
+            pipe.recv()
+        open_seconds = time.monotonic() - started
+        await asyncio.sleep(1)
+        rss_after = _rss_kib(pid)
+
+        post_headers = {"Authorization": f"Bearer {key}"}
+        post_errors = 0
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as poster:
+
+            async def post(seq: int) -> None:
+                nonlocal post_errors
+                subject = f"bench {seq}"
+                body = {"category": "news", "subject": subject, "body": "A message for a connected member."}
+                sent[subject] = time.monotonic()
+                account = f"s-{random.randint(1, n)}"
+                async with poster.post(
+                    f"{base}/v1/accounts/{account}/messages", json=body, headers=post_headers
+                ) as r:
+                    if r.status != 201:
+                        post_errors += 1
+                    await r.read()
+
+            total = round(RATE * seconds)
+            pending: set[asyncio.Task[None]] = set()
+            t0 = time.monotonic()
+            for seq in range(total):
+                delay = t0 + seq / RATE - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(post(seq))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.wait(pending, timeout=30)
+            achieved = total / (time.monotonic() - t0)
+        await asyncio.sleep(SETTLE)  # the last events on their way
+        arrived: dict[str, float] = {}
+        for pipe in pipes:
+            pipe.send("stop")
+        for pipe in pipes:
+            if await loop.run_in_executor(None, pipe.poll, 60):
+                arrived.update(pipe.recv())
+    finally:
+        for reader in readers:
+            reader.join(10)
+            if reader.is_alive():
+                reader.kill()
+
+    latencies = [(arrived[s] - sent[s]) * 1000 for s in sent if s in arrived]
+    lost = len(sent) - len(latencies)
+    per_stream = (rss_after - rss_before) / n
+    env.notes.append(
+        f"stream: {n} streams held by {READERS} reader processes, opened in {open_seconds:.1f} s; "
+        f"{len(sent)} messages posted at {achieved:.0f}/s (asked {RATE:.0f}/s), {post_errors} post errors, "
+        f"{lost} events not arrived {SETTLE:.0f} s after the last post; "
+        f"web RSS {rss_before / 1024:.0f} MiB before, {rss_after / 1024:.0f} MiB with the streams"
+    )
+    if not latencies:
+        raise RuntimeError("no event arrived")
+    return [
+        Figure(
+            "stream",
+            f"post-to-event p50 ({n} streams, {RATE:.0f} msg/s)",
+            _percentile(latencies, 50),
+            "ms",
+            goal="-",
+        ),
+        Figure(
+            "stream",
+            f"post-to-event p99 ({n} streams, {RATE:.0f} msg/s)",
+            _percentile(latencies, 99),
+            "ms",
+            goal="< 250 ms",
+        ),
+        Figure("stream", "web process memory per stream", per_stream, "KiB", goal="< 50 KB"),
+    ]
+
+
+async def _listing(env: BenchEnv, base: str, dsn: str, secret: str, rows: int) -> list[Figure]:
+    seconds = max(3.0, LIST_SECONDS * min(env.scale, 1.0))
+    now = int(time.time())
+    member_tokens = [
+        tokens.mint(secret, f"l-{i}", now + 3600, issued=now) for i in range(1, LIST_ACCOUNTS + 1)
+    ]
+    api: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=LIST_CONNECTIONS)) as session:
+
+        async def worker(until: float) -> None:
+            nonlocal errors
+            while time.perf_counter() < until:
+                token = random.choice(member_tokens)
+                t = time.perf_counter()
+                async with session.get(
+                    f"{base}/member/v1/messages",
+                    params={"limit": "20"},
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                api.append((time.perf_counter() - t) * 1000)
+
+        warm = time.perf_counter() + 1
+        await asyncio.gather(*(worker(warm) for _ in range(LIST_CONNECTIONS)))
+        api.clear()
+        until = time.perf_counter() + seconds
+        await asyncio.gather(*(worker(until) for _ in range(LIST_CONNECTIONS)))
+
+    bare: list[float] = []
+    pool = await create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
+    try:
+        ids = [r["id"] for r in await pool.fetch("SELECT id FROM accounts WHERE external_id LIKE 'l-%'")]
+        query = (
+            "SELECT id, category, subject, body, url, created_at, read_at, seen_at, archived_at FROM messages "
+            "WHERE account_id = $1 AND archived_at IS NULL ORDER BY id DESC LIMIT 21"
+        )
+
+        async def keyset(until: float) -> None:
+            while time.perf_counter() < until:
+                t = time.perf_counter()
+                await pool.fetch(query, random.choice(ids))
+                bare.append((time.perf_counter() - t) * 1000)
+
+        await asyncio.gather(*(keyset(time.perf_counter() + 1) for _ in range(LIST_CONNECTIONS)))
+        bare.clear()
+        until = time.perf_counter() + seconds
+        await asyncio.gather(*(keyset(until) for _ in range(LIST_CONNECTIONS)))
+    finally:
+        await pool.close()
+    env.notes.append(
+        f"stream: GET /member/v1/messages over {rows:,} rows: {len(api)} requests in {seconds:.0f} s "
+        f"({errors} errors), p50 {statistics.median(api):.1f} ms; bare keyset query {len(bare)} runs, "
+        f"p50 {statistics.median(bare):.1f} ms (64 tasks, pool of {POOL_SIZE})"
+    )
+    return [
+        Figure(
+            "stream",
+            f"GET /member/v1/messages p99 ({rows:,} rows, {LIST_CONNECTIONS} conns)",
+            _percentile(api, 99),
+            "ms",
+            baseline=_percentile(bare, 99),
+            baseline_name="bare keyset query p99",
+            goal="< 20 ms (5M rows)",
+        )
+    ]
+
+
+async def run(env: BenchEnv) -> list[Figure]:
+    _raise_fd_limit()
+    streams = max(10, round(STREAMS * env.scale))
+    rows = max(10_000, round(ROWS * env.scale))
+    async with scratch_database(env.database_url, "notifier_bench_stream") as dsn:
+        pool = await create_pool(dsn, min_size=1, max_size=4)
+        try:
+            key = await _prepare(pool, streams, rows)
+        finally:
+            await pool.close()
+        secret_key = secrets.token_urlsafe(32)
+        secret = tokens.inbox_secret(secret_key.encode())
+        work = env.workdir / "stream"
+        work.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        server_env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "NOTIFIER_DATABASE_URL": dsn,
+            "NOTIFIER_REDIS_URL": env.redis_url,
+            "NOTIFIER_SECRET_KEY": secret_key,
+            "NOTIFIER_LOG_LEVEL": "WARNING",
+            "NOTIFIER_DB_POOL_MAX": str(POOL_SIZE),
+            "NOTIFIER_API_RATE_LIMIT": "0",
+            "NOTIFIER_DATA_DIR": str(work),
+            "NOTIFIER_HOST": "127.0.0.1",  # loopback only
+        }
+        argv = [sys.executable, "-c", "from notifier.cli import main; main()", "web", "--port", str(port)]
+        base = f"http://127.0.0.1:{port}"
+        with _server(argv, port, server_env, work / "web.log") as pid:
+            figures = await _listing(env, base, dsn, secret, rows)
+            figures = await _streams(env, base, pid, secret, key) + figures
+        with contextlib.suppress(OSError):
+            (work / "web.log").unlink()
+        return figures

@@ -1,0 +1,152 @@
+"""A digest e-mail: what it holds (categories, newest first, counts and "and N more", dates in
+the member's time zone) and how it renders. The pass (notifier/digest.py) builds the content in
+SQL (`build_digests`); `build_context` is the same in Python for previews, and a test keeps the
+two equal. At send time `DigestRenderer` (the worker's renderer for kind "digest") leaves out
+messages read or archived since the pass and renders `templates/mail/digest.*`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import jinja2
+
+from notifier import schedule, tokens
+from notifier.db import Q
+from notifier.mail.render import OutgoingEmail, Rendered, TemplateError, Templates
+from notifier.settings import Settings
+
+TEMPLATE = "digest"
+SNIPPET_CHARS = 160
+
+
+# --- content -----------------------------------------------------------------------------------
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _snippet(body: str) -> tuple[str, bool]:
+    """The body's start on one line, and whether it was cut (the template adds an ellipsis, so
+    that ASCII content stays ASCII and goes out as 7bit, without encoding work)."""
+    text = " ".join(body[:2000].split())
+    if len(text) <= SNIPPET_CHARS:
+        return text, False
+    return text[: SNIPPET_CHARS - 1].rstrip(), True
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _when(at: datetime, tz: ZoneInfo) -> str:
+    # By hand rather than strftime: this runs for every message of every digest of a pass.
+    t = at.astimezone(tz)
+    return f"{_DAYS[t.weekday()]} {t.day} {_MONTHS[t.month - 1]}, {t.hour:02d}:{t.minute:02d}"
+
+
+def build_context(
+    account: Mapping[str, Any],
+    messages: Sequence[Mapping[str, Any]],
+    settings: Settings,
+    window_start: datetime,
+    window_end: datetime,
+) -> dict[str, Any]:
+    """The template context of one digest, as the pass stores it in the outbox row (the pass
+    builds it in SQL, `build_digests`; this Python twin serves previews, and a test keeps the
+    two equal).
+
+    `messages` newest first. Categories are ordered by their newest message; each shows at most
+    `settings.digest_max_per_category` messages, newest first, and how many more there are.
+    """
+    limit = settings.digest_max_per_category
+    tz = schedule.zone(account["timezone"])
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for m in messages:
+        groups.setdefault(m["category"], []).append(m)
+    categories = []
+    for name, items in groups.items():
+        shown = []
+        for m in items[:limit]:
+            snippet, cut = _snippet(m["body"])
+            shown.append(
+                {
+                    "id": m["id"],
+                    "subject": m["subject"],
+                    "snippet": snippet,
+                    "cut": cut,
+                    "url": m["url"],
+                    "when": _when(m["created_at"], tz),
+                }
+            )
+        categories.append(
+            {"name": name, "count": len(items), "messages": shown, "more": len(items) - len(shown)}
+        )
+    return {
+        "name": account["name"],
+        "frequency": account["digest_frequency"],
+        "total": len(messages),
+        "categories": categories,
+        "inbox_url": tokens.inbox_link(settings, account["id"]),
+        "window_start": _iso(window_start),
+        "window_end": _iso(window_end),
+    }
+
+
+# --- rendering at send time ---------------------------------------------------------------------
+
+
+def leave_out(context: Mapping[str, Any], gone: Mapping[str, set[int]]) -> dict[str, Any]:
+    """The context without messages read or archived since the digest was built (`gone`: ids by
+    category), counts and "and N more" adjusted. If nothing would be left, the context as built:
+    the e-mail is already on its way, and an empty digest says less than the original."""
+    categories = []
+    total = 0
+    for category in context["categories"]:
+        ids = gone.get(category["name"], set())
+        count = category["count"] - len(ids)
+        if count <= 0:
+            continue
+        shown = [m for m in category["messages"] if m.get("id") not in ids]
+        categories.append({**category, "count": count, "messages": shown, "more": count - len(shown)})
+        total += count
+    if total == 0:
+        return dict(context)
+    return {**context, "categories": categories, "total": total}
+
+
+def render_digest(templates: Templates, context: Mapping[str, Any]) -> Rendered:
+    """Subject, text and HTML of a digest. The HTML template carries its styles inline already,
+    so no CSS inliner runs (it would cost more than rendering). Raises TemplateError."""
+    try:
+        subject = templates.env.get_template(f"{TEMPLATE}.subject.txt").render(context)
+        text = templates.env.get_template(f"{TEMPLATE}.txt").render(context)
+        html = templates.env.get_template(f"{TEMPLATE}.html").render(context)
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"template {TEMPLATE!r}: {exc.message}", template=TEMPLATE) from None
+    return Rendered(" ".join(subject.split()), text, html)
+
+
+class DigestRenderer:
+    """Delivery's renderer for kind "digest": before each batch, one query finds messages read or
+    archived since their digest was built, and those are left out of the e-mail."""
+
+    def __init__(self, settings: Settings, templates: Templates) -> None:
+        self.templates = templates
+        self._gone: dict[int, dict[str, set[int]]] = {}
+
+    async def prepare(self, pool: asyncpg.Pool, emails: Sequence[OutgoingEmail]) -> None:
+        digest_ids = [e.digest_id for e in emails if e.digest_id is not None]
+        if not digest_ids:
+            return
+        for row in await pool.fetch(Q.digest_messages_gone, digest_ids):
+            self._gone.setdefault(row["digest_id"], {})[row["category"]] = set(row["ids"])
+
+    def render(self, email: OutgoingEmail, context: Mapping[str, Any]) -> Rendered:
+        gone = self._gone.pop(email.digest_id, None) if email.digest_id is not None else None
+        return render_digest(self.templates, leave_out(context, gone) if gone else context)
