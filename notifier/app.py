@@ -12,7 +12,16 @@ from aiohttp.web_log import AccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from notifier.answers import Liveness, Readiness
-from notifier.api import auth, mailbox, openapi, openapi_newsletters, openapi_routes, openapi_webhooks
+from notifier.api import (
+    auth,
+    inbound,
+    mailbox,
+    openapi,
+    openapi_newsletters,
+    openapi_routes,
+    openapi_webhooks,
+    provider_webhooks,
+)
 from notifier.api.problems import MAX_BODY, Handler, problem_middleware
 from notifier.api.problems import redact_path as redact_path  # re-exported: the access logger's helper
 from notifier.api.responses import json_response
@@ -194,6 +203,8 @@ def create_app(settings: Settings) -> web.Application:
     member_api.setup(app)
     inbox_page.setup_routes(app)
     confirm.setup_routes(app)
+    inbound.setup_routes(app)
+    provider_webhooks.setup_routes(app, settings)
     if settings.capture_mail:
         mailbox.setup_routes(app)
     # `/openapi.json` and `/docs`: the public routes above, described by these operations.

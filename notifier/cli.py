@@ -157,6 +157,22 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_inbound(args: argparse.Namespace) -> int:
+    from notifier import inbound
+
+    settings = settings_for(args)
+    settings.require_services()
+    settings.require_secret()
+    if args.port is not None:
+        settings.inbound_smtp_port = args.port
+    if not settings.bounce_domain and not settings.unsubscribe_mailto:
+        raise ConfigError(
+            "notifier inbound has nothing to accept: set NOTIFIER_BOUNCE_DOMAIN and/or NOTIFIER_UNSUBSCRIBE_MAILTO"
+        )
+    await inbound.run(settings)
+    return 0
+
+
 async def cmd_migrate(args: argparse.Namespace) -> int:
     from notifier.db import migrate
     from notifier.resources import open_pool
@@ -314,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "inbound",
+        help="receive bounces, complaints and mailto unsubscribes by SMTP",
+        description="An SMTP server for the bounce domain and the unsubscribe mailto "
+        "(NOTIFIER_INBOUND_SMTP_HOST, NOTIFIER_INBOUND_SMTP_PORT).",
+    )
+    p.add_argument("--port", type=int, default=None, help="port (default NOTIFIER_INBOUND_SMTP_PORT)")
+    p.set_defaults(func=cmd_inbound)
 
     p = sub.add_parser(
         "migrate",

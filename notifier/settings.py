@@ -101,6 +101,29 @@ class Settings(BaseSettings):
     dkim_private_key: SecretStr | None = None
     dkim_private_key_path: Path | None = None
 
+    # Deliverability loop (docs/deliverability.md). With `bounce_domain` set, each e-mail's
+    # envelope sender is a signed `bounces+ID-SIG@bounce_domain` (VERP) and `notifier inbound`
+    # accepts reports for that domain and for `unsubscribe_mailto`.
+    bounce_domain: str | None = None
+    inbound_smtp_host: str = "127.0.0.1"
+    inbound_smtp_port: int = Field(default=2525, ge=0, le=65535)
+    inbound_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # Soft-bounce rule: this many temporary failures of one address within `soft_bounce_days`
+    # suppress it (reason `soft_bounce`).
+    soft_bounce_limit: int = Field(default=3, ge=1)
+    soft_bounce_days: int = Field(default=14, ge=1)
+    # Provider webhooks (`/webhooks/{provider}`); a provider without its setting answers 404.
+    sendgrid_verification_key: str | None = None  # the "Verification Key": base64 DER or PEM
+    mailgun_signing_key: SecretStr | None = None
+    postmark_webhook_username: str | None = None
+    postmark_webhook_password: SecretStr | None = None
+    # SNS topics whose SES events are accepted (comma-separated ARNs): SNS signs every topic's
+    # messages with the same certificate, so the topic is what says they are ours.
+    ses_topic_arns: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # An SNS signing certificate (PEM file) trusted instead of fetching SigningCertURL: for tests
+    # and machines without network; the URL must still be an https SNS host of amazonaws.com.
+    sns_certificate_file: Path | None = None
+
     # Digests and workers
     immediate_coalesce_seconds: int = Field(default=120, ge=0)
     digest_max_per_category: int = Field(default=5, ge=1)
@@ -143,7 +166,7 @@ class Settings(BaseSettings):
             sentinel_hosts(value)  # raises ValueError naming what is wrong
         return value
 
-    @field_validator("old_secret_keys", "test_send_domains", mode="before")
+    @field_validator("old_secret_keys", "test_send_domains", "ses_topic_arns", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         """A list from the environment: comma- or space-separated (or a JSON list)."""
@@ -164,6 +187,16 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"not a domain (use the xn-- form of international ones): {bad[0]!r}")
         return domains
+
+    @field_validator("bounce_domain")
+    @classmethod
+    def _bounce_domain(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        domain = value.strip().lower().rstrip(".")
+        if not _DOMAIN.fullmatch(domain):
+            raise ValueError(f"not a domain (use the xn-- form of international ones): {value!r}")
+        return domain
 
     @field_validator("public_url")
     @classmethod

@@ -16,11 +16,12 @@ import asyncpg
 from notifier.db import Q
 
 ListName = Literal["all", "digest", "newsletter"]
-Reason = Literal["unsubscribed", "hard_bounce", "complaint", "manual", "erased"]
+Reason = Literal["unsubscribed", "hard_bounce", "soft_bounce", "complaint", "manual", "erased"]
 
 # What stops a service message (about the member's own account): the mailbox does not exist or
-# the member complained. An unsubscribe from newsletters or digests does not.
-SERVICE_BLOCKING_REASONS = frozenset({"hard_bounce", "complaint", "manual"})
+# the mailbox keeps failing (the soft-bounce rule), or the member complained. An unsubscribe from
+# newsletters or digests does not.
+SERVICE_BLOCKING_REASONS = frozenset({"hard_bounce", "soft_bounce", "complaint", "manual"})
 
 
 def normalise(address: str) -> str:

@@ -238,12 +238,18 @@ async def test_real_answers_match_the_document(client, spec, pool: asyncpg.Pool,
     await call("POST", f"/v1/newsletters/{draft['id']}/cancel", headers=weak)
     await call("GET", "/v1/newsletters/999999", headers=weak)
 
+    # inbound mail (the deliverability loop)
+    admin = await bearer(pool, "admin", name="mta")
+    mime = {**admin, "Content-Type": "message/rfc822"}
+    await call("POST", "/v1/inbound/mime", data=b"Subject: hi\r\n\r\nhello\r\n", headers=mime)
+    await call("POST", "/v1/inbound/mime", json={"a": 1}, headers=admin)  # 415
+
     # operations
     await call("GET", "/healthz", headers={})
     await call("GET", "/readyz", headers={})
 
     mine = {(op.method, op.path) for op in openapi_routes.operations() if op.path.startswith("/v1/")}
-    assert len(mine) == 19
+    assert len(mine) == 20
     exercised = {(m, p) for (m, p, s) in check.seen if s.startswith("2")}
     assert mine <= exercised, sorted(mine - exercised)
     failures = {(m, p) for (m, p, s) in check.seen if s.startswith("4")}

@@ -32,6 +32,8 @@ from notifier.embedded import free_port
 from notifier.settings import Settings
 
 EXAMPLES = int(os.environ.get("NOTIFIER_FUZZ_EXAMPLES", "10"))
+# `POST /v1/inbound/mime` takes a raw message: fuzz it with text bodies.
+schemathesis.serializer.alias("message/rfc822", "text/plain")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from notifier import accounts, answers, inbox, service
+from notifier.api import inbound
 from notifier.api.openapi import (
     LOCATION,
     REPLAYED,
@@ -403,7 +404,49 @@ def _operations_routes() -> list[Operation]:
     ]
 
 
+def _inbound_operations() -> list[Operation]:
+    return [
+        Operation(
+            "POST",
+            "/v1/inbound/mime",
+            "deliverability",
+            "Read one inbound message: a bounce, delay, complaint or mailto unsubscribe",
+            {
+                200: answer(
+                    inbound.InboundResult,
+                    "what the message did (`ignored`, with why, for anything not ours)",
+                    example={"action": "bounced", "email_id": 4711, "recorded": True, "suppressed": ["all"]},
+                ),
+                400: problem("an empty body, or a `recipient` that is not one printable address"),
+                413: problem("the message is larger than NOTIFIER_INBOUND_MAX_BYTES"),
+                415: problem("the body is not a message (`message/rfc822`)"),
+            },
+            scope="admin",
+            description="For an MTA pipe: the raw message as the MTA received it, with the envelope "
+            "recipient as `?recipient=` when the MTA passes it. RFC 3464 delivery-status reports, "
+            "RFC 5965 feedback reports and mail to the unsubscribe mailto are applied; auto-replies "
+            "and messages not tied to an e-mail of ours (by its signed return path or Message-ID) "
+            "are ignored. See docs/deliverability.md.",
+            parameters=[
+                Param(
+                    "recipient",
+                    "query",
+                    {"type": "string", "maxLength": 320},
+                    "the envelope recipient (the VERP return path the report was sent to)",
+                )
+            ],
+            request=Body({"type": "string"}, inbound.MEDIA[:1]),
+        )
+    ]
+
+
 def operations() -> list[Operation]:
     """The core routes described: accounts and preferences, intake and the inbox, service mail,
     operations."""
-    return [*_account_operations(), *_inbox_operations(), *_service_operations(), *_operations_routes()]
+    return [
+        *_account_operations(),
+        *_inbox_operations(),
+        *_service_operations(),
+        *_inbound_operations(),
+        *_operations_routes(),
+    ]

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import asyncpg
 from arq import ArqRedis
 
-from notifier import queues, suppression, tokens
+from notifier import queues, suppression, tokens, verp
 from notifier.db import Q
 from notifier.mail import compose, outbox, smtp_reply
 from notifier.mail.render import OutgoingEmail, Renderers, TemplateError
@@ -406,7 +406,9 @@ class Delivery:
         )
         if self.signer is not None:
             message = self.signer.sign(message)
-        return mid, Envelope(from_address, (email.to_address,), message)
+        domain = self.settings.bounce_domain  # VERP: the envelope sender names this e-mail, signed
+        sender = verp.return_path(self.settings.secret, email.id, domain) if domain else from_address
+        return mid, Envelope(sender, (email.to_address,), message)
 
     async def _send_all(
         self,
