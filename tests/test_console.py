@@ -540,6 +540,19 @@ async def test_deliverability_shows_rate_and_queue_depths(
 # --- newsletters ---------------------------------------------------------------------------------
 
 
+async def test_a_compose_post_missing_fields_is_shown_not_a_500(client: Client, pool: asyncpg.Pool) -> None:
+    """A hand-made POST without the preheader or the format (not what the form sends) is the
+    form again with the problem, never an error page."""
+    csrf = await sign_in(client, pool, ["newsletters"])
+    for data in (
+        {"csrf": csrf, "subject": "S", "body": "B", "action": "preview"},
+        {"csrf": csrf, "subject": "S", "body": "B", "action": "save"},
+        {"csrf": csrf, "action": "save"},
+    ):
+        resp = await client.post("/console/newsletters/new", data=data, allow_redirects=False)
+        assert resp.status in (200, 303, 422), (data, resp.status, await resp.text())
+
+
 async def test_compose_preview_test_send_send_and_follow(
     client: Client,
     pool: asyncpg.Pool,

@@ -100,6 +100,9 @@ def _form_draft(form: Mapping[str, Any], newsletter_id: int = 0) -> Draft:
     )
 
 
+COMPOSE_FIELDS = ("subject", "preheader", "body", "body_format")
+
+
 async def _compose(
     request: web.Request,
     *,
@@ -108,9 +111,11 @@ async def _compose(
     errors: dict[str, str],
     status: int = 200,
 ) -> web.Response:
+    # A posted form may lack any field (a hand-made request): the page shows each as empty.
+    form = {name: str(form.get(name, "")) for name in COMPOSE_FIELDS}
     subject = html = None
     render_errors: dict[str, str] = {}
-    if len(str(form.get("body", ""))) <= MAX_BODY_CHARS:
+    if len(form["body"]) <= MAX_BODY_CHARS:
         subject, html, render_errors = await _preview(request, _form_draft(form, row["id"] if row else 0))
         errors = {**render_errors, **errors}
     return render(
