@@ -244,7 +244,7 @@ async def cmd_digests(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     settings.require_secret()
     if args.action == "run":
-        return await cli_run(settings, args.at)
+        return await cli_run(settings, args.at, dry_run=args.dry_run, force=args.force)
     return await cli_preview(settings, args.external_id, html=args.html)
 
 
@@ -382,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     digests = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     d = digests.add_parser("run", help="one scheduler pass: build and queue every digest due")
     d.add_argument("--at", type=_instant, help="as of this ISO 8601 time (default: now; no zone means UTC)")
+    d.add_argument("--dry-run", action="store_true", help="count what a pass would find; write nothing")
+    d.add_argument(
+        "--force", action="store_true", help="allow --at more than 5 minutes ahead (sends real mail now)"
+    )
     d = digests.add_parser("preview", help="render an account's next digest without sending it")
     d.add_argument("external_id")
     d.add_argument("--html", action="store_true", help="print the HTML part instead of the text")

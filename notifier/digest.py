@@ -310,12 +310,37 @@ async def preview(
 # --- the command line --------------------------------------------------------------------------
 
 
-async def cli_run(settings: Settings, at: datetime | None) -> int:
-    """`notifier digests run [--at TIME]`: one pass, then print what it did. A pass that fails
-    prints one line on stderr (what was done, and why it stopped) and returns 1."""
+# How far ahead `digests run --at` may look without --force: a pass as of a later time sends real
+# mail now and moves every window it closes to that time.
+AHEAD_WITHOUT_FORCE = timedelta(minutes=5)
+
+
+async def cli_run(
+    settings: Settings, at: datetime | None, *, dry_run: bool = False, force: bool = False
+) -> int:
+    """`notifier digests run [--at TIME] [--dry-run] [--force]`: one pass, then print what it did.
+    A pass that fails prints one line on stderr (what was done, and why it stopped) and returns 1.
+    `--dry-run` counts what a pass would find and writes nothing; a time more than
+    AHEAD_WITHOUT_FORCE ahead is refused (2) without `--force`."""
     from notifier.resources import opened
 
+    now = datetime.now(UTC)
+    if at is not None and at - now > AHEAD_WITHOUT_FORCE and not (force or dry_run):
+        print(
+            f"notifier: error: --at {at.isoformat()} is {_ahead(at - now)} ahead: a pass then sends real "
+            "mail now and moves every window it closes to that time; add --force to do it, or "
+            "--dry-run to see what it would find",
+            file=sys.stderr,
+        )
+        return 2
     async with opened(settings) as res:
+        if dry_run:
+            found = await res.pool.fetchrow(Q.due_at, at or now)
+            print(
+                f"dry run as of {(at or now).isoformat()}: due accounts: {found['due']}  "
+                f"with something to send: {found['with_messages']}  (nothing written)"
+            )
+            return 0
         try:
             result = await run_pass(res.pool, res.redis, settings, at)
         except PassFailed as exc:
@@ -327,6 +352,11 @@ async def cli_run(settings: Settings, at: datetime | None) -> int:
         + (f"  not mailable: {len(result.skipped)}" if result.skipped else "")
     )
     return 0
+
+
+def _ahead(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
 async def cli_preview(settings: Settings, external_id: str, *, html: bool = False) -> int:

@@ -161,13 +161,14 @@ async def test_two_passes_after_a_large_intake_beside_the_worker_give_each_membe
     assert await pool.fetchval("SELECT count(*) FROM accounts WHERE next_digest_at <= $1", now) == 0
 
 
-async def _pass_in_subprocess(settings: Settings, database_url: str) -> tuple[int, str, str]:
+async def _pass_in_subprocess(settings: Settings, database_url: str, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "notifier.cli",
         "digests",
         "run",
+        *args,
         env=_env(settings, NOTIFIER_DATABASE_URL=database_url),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -209,3 +210,28 @@ async def test_a_failing_pass_prints_one_line_and_exits_1(
     code, out, err = await _pass_in_subprocess(settings, database)
     assert (code, err) == (0, "")
     assert out.startswith(f"due accounts: {members}  digests: {members}  ")
+
+
+async def test_a_pass_far_ahead_needs_force_and_a_dry_run_writes_nothing(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, database: str
+) -> None:
+    """`digests run --at` two hours ahead would send real mail now and move every window it
+    closes: refused with one line unless --force; --dry-run says what it would find and writes
+    nothing."""
+    now = datetime.now(UTC)
+    await _hourly_members(pool, now, 3)
+    await pool.execute(
+        "INSERT INTO messages (account_id, category, subject, body, created_at) "
+        "SELECT id, 'news', 'Hello', 'Body', $1 FROM accounts",
+        now - timedelta(minutes=90),
+    )
+    ahead = (now + timedelta(hours=2)).isoformat()
+    code, out, err = await _pass_in_subprocess(settings, database, "--at", ahead)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--force" in err, (code, err)
+    code, out, err = await _pass_in_subprocess(settings, database, "--at", ahead, "--dry-run")
+    assert code == 0, err
+    assert "due accounts: 3" in out and "with something to send: 3" in out and "nothing written" in out
+    assert await pool.fetchval("SELECT count(*) FROM digests") == 0
+    code, out, err = await _pass_in_subprocess(settings, database, "--at", ahead, "--force")
+    assert code == 0, err
+    assert await pool.fetchval("SELECT count(*) FROM digests") == 3, (out, err)

@@ -248,3 +248,15 @@ SELECT digest_id, category, array_agg(id) AS ids
 FROM messages
 WHERE digest_id = ANY($1::bigint[]) AND (read_at IS NOT NULL OR archived_at IS NOT NULL)
 GROUP BY digest_id, category;
+
+-- name: due_at
+-- What a pass as of $1 would find (`notifier digests run --dry-run`): accounts due, and those with
+-- something to send (unread, not archived, not yet digested, created before the window's end, as
+-- `build_digests` selects them). Writes nothing.
+SELECT count(*) AS due,
+       count(*) FILTER (WHERE EXISTS (
+           SELECT 1 FROM messages m
+           WHERE m.account_id = a.id AND m.digest_id IS NULL AND m.read_at IS NULL
+             AND m.archived_at IS NULL AND m.created_at < a.next_digest_at)) AS with_messages
+FROM accounts a
+WHERE a.next_digest_at <= $1;
