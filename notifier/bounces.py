@@ -33,7 +33,7 @@ import asyncpg
 
 from notifier import suppression, tokens
 from notifier.db import Q
-from notifier.mail import compose, outbox
+from notifier.mail import compose, outbox, smtp_reply
 from notifier.settings import Settings
 
 Kind = Literal["bounced", "deferred", "complained", "delivered", "unsubscribe", "ignored"]
@@ -46,7 +46,6 @@ Unsubscribe = Callable[[asyncpg.Connection, int, str, int | None, int | None, st
 
 _MESSAGE_ID = re.compile(r"<?([0-9]{1,18})\.([0-9a-f]{16})@([^>\s]+)>?", re.ASCII)
 _STATUS = re.compile(r"\b([245])\.([0-9]{1,3})\.([0-9]{1,3})\b", re.ASCII)
-_ADDRESSES = re.compile(r"[^\s<>\"'();:,]+@[^\s<>\"'();:,]+")
 _BULK_LISTS: tuple[suppression.ListName, ...] = ("newsletter", "digest")
 
 
@@ -84,26 +83,19 @@ class Outcome:
 
 
 def classify(status: str | None, diagnostic: str = "") -> BounceType:
-    """A failure's type by its RFC 3463 enhanced status code: 5.1.x bad mailbox or domain is
-    hard, 5.7.x policy (authentication, spam, blocked) is policy, everything else (4.x.x, 5.2.x
-    mailbox full, 5.3/5.4/5.5 system and network) is soft. Without a code, the text decides, and
-    only the plain "no such user" phrases count as hard."""
-    code = status or ""
-    if not _STATUS.fullmatch(code):
+    """A permanent failure's type, read as delivery reads an SMTP refusal
+    (`smtp_reply.classify_status`): a bad mailbox (5.1.1, 5.1.6, 5.1.10, or the plain "no such
+    user" wording without a code) is hard, a 5.7.x policy refusal is policy, everything else (a
+    full mailbox, system and network trouble) is soft."""
+    code = status if status and _STATUS.fullmatch(status) else None
+    if code is None:
         found = _STATUS.search(diagnostic)
-        code = found.group(0) if found else ""
-    if code:
-        klass, subject = code.split(".")[:2]
-        if klass == "5" and subject == "1":
-            return "hard"
-        if klass == "5" and subject == "7":
-            return "policy"
-        return "soft"
-    text = diagnostic.lower()
-    if any(
-        p in text for p in ("user unknown", "no such user", "unknown user", "does not exist", "no mailbox")
-    ):
+        code = found.group(0) if found else None
+    category = smtp_reply.classify_status(code, diagnostic)
+    if category == "bad_mailbox":
         return "hard"
+    if category == "policy":
+        return "policy"
     return "soft"
 
 
@@ -111,7 +103,7 @@ def scrub(text: str | None, limit: int = 300) -> str | None:
     """A diagnostic without any address in it (events and suppressions keep none), shortened."""
     if text is None:
         return None
-    return _ADDRESSES.sub("[address]", " ".join(text.split()))[:limit]
+    return smtp_reply.redact(" ".join(text.split()))[:limit]
 
 
 def email_of_message_id(keys: Sequence[bytes], message_id: str) -> int | None:

@@ -67,23 +67,35 @@ def classify(code: int, text: str) -> Category:
     enhanced = enhanced_code(text)
     # The enhanced class must agree with the basic code (RFC 3463 section 2); a 4xx with a
     # 5.x.x code is still temporary, and its detail is then not trusted.
-    if enhanced is not None and enhanced[0] == str(code)[0]:
-        if code < 500:
-            return "temporary"
-        if enhanced in BAD_MAILBOX_CODES:
-            return "bad_mailbox"
-        if enhanced.startswith("5.2."):
-            return "mailbox_full"
-        if enhanced.startswith("5.7."):
-            return "policy"
-        return "permanent"
+    if enhanced is not None and enhanced[0] != str(code)[0]:
+        enhanced = None
     if code < 500:
         return "temporary"
-    if code == 552 or _MAILBOX_FULL.search(text):
+    if enhanced is None and code == 552:
+        return "mailbox_full"
+    return classify_status(enhanced, text, code in (550, 551, 553))
+
+
+def classify_status(status: str | None, text: str, wording_may_say_no_mailbox: bool = True) -> Category:
+    """What a permanent failure means, from its enhanced status code (`5.1.1`, as a delivery-status
+    report or a provider states it), or from the wording when there is none. The one reading of
+    RFC 3463 for in-session replies (`classify`), reports and provider events
+    (`notifier.bounces.classify`)."""
+    if status is not None and status[:1] in "45" and status.count(".") == 2:
+        if status.startswith("4."):
+            return "temporary"
+        if status in BAD_MAILBOX_CODES:
+            return "bad_mailbox"
+        if status.startswith("5.2."):
+            return "mailbox_full"
+        if status.startswith("5.7."):
+            return "policy"
+        return "permanent"
+    if _MAILBOX_FULL.search(text):
         return "mailbox_full"
     if _POLICY.search(text):
         return "policy"
-    if code in (550, 551, 553) and _NO_SUCH_MAILBOX.search(text):
+    if wording_may_say_no_mailbox and _NO_SUCH_MAILBOX.search(text):
         return "bad_mailbox"
     return "permanent"
 
