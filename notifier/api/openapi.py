@@ -26,6 +26,7 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
 from notifier.api.openapi_page import render_docs
+from notifier.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from notifier.api.problems import ProblemDetails
 from notifier.api.responses import JSON, json_response
 
@@ -52,6 +53,17 @@ class Param:
     description: str
     required: bool = False
     example: Any = None
+
+
+# The page parameters of every keyset-paginated list (`{"items", "next_cursor"}`).
+LIMIT = Param(
+    "limit",
+    "query",
+    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    "page size",
+)
+CURSOR = Param("cursor", "query", {"type": "string"}, "the `next_cursor` of the previous page")
+PAGE = (LIMIT, CURSOR)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,7 @@ from typing import Any
 
 from notifier import answers, newsletter
 from notifier.api.newsletters import MAX_TEST_RECIPIENTS, NewsletterIn, NewsletterPatch, SendIn, TestSendIn
-from notifier.api.openapi import LOCATION, RETRY_AFTER, Answer, Body, Operation, Param, answer, problem
-from notifier.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from notifier.api.openapi import LOCATION, PAGE, RETRY_AFTER, Answer, Body, Operation, Param, answer, problem
 
 NEWSLETTER_ID = Param("id", "path", {"type": "string"}, "the newsletter's id", example="12")
 
@@ -82,13 +81,7 @@ def operations() -> list[Operation]:
                 Param(
                     "status", "query", {"enum": list(newsletter.STATUSES)}, "only newsletters in this status"
                 ),
-                Param(
-                    "limit",
-                    "query",
-                    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-                    "page size",
-                ),
-                Param("cursor", "query", {"type": "string"}, "the `next_cursor` of the previous page"),
+                *PAGE,
             ],
         ),
         _op(

@@ -12,6 +12,8 @@ from typing import Any
 from notifier import accounts, answers, inbox, service
 from notifier.api import inbound
 from notifier.api.openapi import (
+    CURSOR,
+    LIMIT,
     LOCATION,
     REPLAYED,
     Answer,
@@ -22,7 +24,6 @@ from notifier.api.openapi import (
     problem,
     text,
 )
-from notifier.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from notifier.api.responses import JSON
 from notifier.preferences import Preferences
 
@@ -36,13 +37,6 @@ EXTERNAL_ID = Param(
     example="reg-1042",
 )
 MESSAGE_ID = Param("id", "path", {"type": "integer"}, "the message id", example=9001)
-LIMIT = Param(
-    "limit",
-    "query",
-    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-    "page size",
-)
-CURSOR = Param("cursor", "query", {"type": "string"}, "the `next_cursor` of the previous page")
 CATEGORY = Param("category", "query", {"type": "string", "maxLength": 64}, "only this category")
 
 _NO_ACCOUNT = problem("no such account")

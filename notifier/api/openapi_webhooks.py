@@ -6,20 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from notifier.api import webhooks as api
-from notifier.api.openapi import LOCATION, Answer, Body, Operation, Param, answer, problem
-from notifier.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from notifier.api.openapi import LOCATION, PAGE, Answer, Body, Operation, Param, answer, problem
 
 ENDPOINT_ID = Param("id", "path", {"type": "string"}, "the endpoint's id", example="4")
 DELIVERY_ID = Param("delivery_id", "path", {"type": "string"}, "the delivery's id", example="1031")
-PAGE = [
-    Param(
-        "limit",
-        "query",
-        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-        "page size",
-    ),
-    Param("cursor", "query", {"type": "string"}, "the `next_cursor` of the previous page"),
-]
 _TIME = "2026-12-01T09:30:00+00:00"
 _IN = {
     "url": "https://crm.example.org/hooks/notifier",
