@@ -219,6 +219,28 @@ async def test_a_member_sees_and_changes_only_their_own_messages(
             await bob_events.next(timeout=0.8)
 
 
+async def test_what_the_producer_marks_reaches_the_members_bell(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, factory: Factory
+) -> None:
+    """A message the organisation's system marks read (`/v1/.../read`, `read-all`) is seen too,
+    as when the member reads it, and the member's open inbox hears that its counts changed."""
+    ann = await factory.account(external_id="ann")
+    first = await factory.message(ann, subject="One")
+    await factory.message(ann, subject="Two")
+    token = await member_token(client, pool, "ann")
+    headers = await bearer(pool, "messages")
+    async with open_stream(client, token) as events:
+        assert (await events.next())[0] == "counts"
+        resp = await client.post(f"/v1/accounts/ann/messages/{first['id']}/read", headers=headers)
+        assert resp.status == 200
+        event, data, _ = await events.next()
+        assert (event, data["unread"], data["unseen"]) == ("counts", 1, 1)
+        resp = await client.post("/v1/accounts/ann/messages/read-all", headers=headers)
+        assert (await resp.json()) == {"marked_read": 1}
+        event, data, _ = await events.next()
+        assert (event, data["unread"], data["unseen"]) == ("counts", 0, 0)
+
+
 async def test_listing_filters_pages_and_marks(
     client: TestClient[Any, Any], pool: asyncpg.Pool, factory: Factory
 ) -> None:

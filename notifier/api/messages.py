@@ -268,13 +268,17 @@ async def unread_counts(request: web.Request) -> web.Response:
     return json_response(200, UnreadCounts(total=sum(categories.values()), categories=categories))
 
 
-async def _one(request: web.Request, query: str) -> web.Response:
+async def _one(request: web.Request, query: str, *, changes: bool = False) -> web.Response:
+    """One message of the path's account, read or changed by `query`; open inboxes of the member
+    hear of a change (`inbox.announce_changed`), as when the member changes it."""
     external_id = external_id_of(request)
     message_id = _message_id(request)
     row = await request.app[POOL].fetchrow(query, external_id, message_id)
     if row is None:
         await account_id_of(request.app[POOL], external_id)  # 404 naming the account if it is that
         raise Problem(404, f"no message {message_id} in the inbox of {external_id!r}")
+    if changes:
+        await inbox.announce_changed(request.app[REDIS], row["account_id"])
     return json_response(200, Message.of_row(row))
 
 
@@ -287,19 +291,19 @@ async def get_message(request: web.Request) -> web.Response:
 @requires("messages")
 async def mark_read(request: web.Request) -> web.Response:
     """POST .../messages/{id}/read: idempotent, keeps the first read time."""
-    return await _one(request, Q.mark_message_read)
+    return await _one(request, Q.mark_message_read, changes=True)
 
 
 @requires("messages")
 async def mark_unread(request: web.Request) -> web.Response:
     """POST .../messages/{id}/unread."""
-    return await _one(request, Q.mark_message_unread)
+    return await _one(request, Q.mark_message_unread, changes=True)
 
 
 @requires("messages")
 async def archive(request: web.Request) -> web.Response:
     """POST .../messages/{id}/archive: idempotent; archived messages leave listings and digests."""
-    return await _one(request, Q.archive_message)
+    return await _one(request, Q.archive_message, changes=True)
 
 
 @requires("messages")
@@ -315,6 +319,7 @@ async def mark_all_read(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     account_id = await account_id_of(pool, external_id_of(request))
     result = await pool.execute(Q.mark_all_read, account_id, category, up_to)
+    await inbox.announce_changed(request.app[REDIS], account_id)
     return json_response(200, MarkedRead(marked_read=int(result.split()[-1])))
 
 

@@ -105,9 +105,9 @@ async def fresh_form(
     posted = await signed_form(request, purpose, how)
     if isinstance(posted, web.Response):
         return posted
-    secret = request.app[SETTINGS].secret
+    keyring = request.app[SETTINGS].keyring
     if not same_origin(request) or not nonce_valid(
-        secret, request.match_info["token"], str(posted[1].get("nonce", ""))
+        keyring, request.match_info["token"], str(posted[1].get("nonce", ""))
     ):
         return render(request, "expired.html", status=403, title="Please try again", again=again)
     return posted

@@ -52,28 +52,28 @@ FROM messages m JOIN accounts a ON a.id = m.account_id
 WHERE a.external_id = $1 AND m.id = $2;
 
 -- name: mark_message_read
--- Idempotent: the first read time is kept.
-UPDATE messages m SET read_at = coalesce(m.read_at, now())
+-- Idempotent: the first read time is kept; a read message is also seen (as the member API marks it).
+UPDATE messages m SET read_at = coalesce(m.read_at, now()), seen_at = coalesce(m.seen_at, now())
 FROM accounts a
 WHERE a.id = m.account_id AND a.external_id = $1 AND m.id = $2
-RETURNING m.id, m.category, m.subject, m.body, m.url, m.data, m.created_at, m.read_at, m.archived_at;
+RETURNING m.account_id, m.id, m.category, m.subject, m.body, m.url, m.data, m.created_at, m.read_at, m.archived_at;
 
 -- name: mark_message_unread
 UPDATE messages m SET read_at = NULL
 FROM accounts a
 WHERE a.id = m.account_id AND a.external_id = $1 AND m.id = $2
-RETURNING m.id, m.category, m.subject, m.body, m.url, m.data, m.created_at, m.read_at, m.archived_at;
+RETURNING m.account_id, m.id, m.category, m.subject, m.body, m.url, m.data, m.created_at, m.read_at, m.archived_at;
 
 -- name: archive_message
 -- Idempotent: the first archive time is kept. Archived messages leave digests and unread counts.
 UPDATE messages m SET archived_at = coalesce(m.archived_at, now())
 FROM accounts a
 WHERE a.id = m.account_id AND a.external_id = $1 AND m.id = $2
-RETURNING m.id, m.category, m.subject, m.body, m.url, m.data, m.created_at, m.read_at, m.archived_at;
+RETURNING m.account_id, m.id, m.category, m.subject, m.body, m.url, m.data, m.created_at, m.read_at, m.archived_at;
 
 -- name: mark_all_read
 -- Unread, unarchived messages of the account (of one category when $2 is set) up to id $3.
-UPDATE messages SET read_at = now()
+UPDATE messages SET read_at = now(), seen_at = coalesce(seen_at, now())
 WHERE account_id = $1 AND read_at IS NULL AND archived_at IS NULL
   AND ($2::text IS NULL OR category = $2)
   AND ($3::bigint IS NULL OR id <= $3);

@@ -230,11 +230,6 @@ UPDATE webhook_endpoints
 SET status = 'disabled', disabled_reason = $2, updated_at = $3
 WHERE id = $1 AND status = 'enabled'
 
--- name: webhook_due_count
-SELECT count(*) FROM webhook_deliveries d JOIN webhook_endpoints ep ON ep.id = d.endpoint_id
-WHERE d.status = 'pending' AND ep.status = 'enabled' AND d.next_attempt_at <= $1
-  AND (d.locked_until IS NULL OR d.locked_until <= $1)
-
 -- name: webhook_console_endpoints
 -- The console's list: each endpoint with its deliveries of the last day by outcome.
 SELECT ep.id, ep.url, ep.description, ep.status, ep.disabled_reason, ep.failing_since, ep.events,
