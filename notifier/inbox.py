@@ -187,7 +187,7 @@ async def purge_messages_before(pool: asyncpg.Pool, before: datetime) -> int:
 # --- the member's own inbox (the member API, the hosted page, the console) ----------------------
 # No aiohttp below: the front doors (notifier.member, notifier.pages.inbox, the console) call these.
 
-# Open inboxes hear of changes through one Redis pub/sub channel: "<account id> <message id>" when
+# Open inboxes hear of changes through one Redis pub/sub channel: "<account id> new" when
 # a message arrived, "<account id> counts" when the member changed something (another tab updates).
 # Redis is only a doorbell: a stream that missed a ring catches up from PostgreSQL.
 INBOX_CHANNEL = "notifier:inbox"
@@ -204,15 +204,16 @@ _ACTIONS: dict[str, str] = {
 
 
 async def announce_created(redis: Any, created: Sequence[CreatedMessage]) -> None:
-    """Ring the inbox doorbell for each new message, after its commit. One round trip, bounded by
-    ANNOUNCE_TIMEOUT; a failure is logged and never reaches the producer (the messages exist, and
-    a stream resuming with Last-Event-ID finds them in PostgreSQL)."""
+    """Ring the inbox doorbell once for each member with new messages, after their commit (a woken
+    stream reads what is new from PostgreSQL, so the ring names no message). One round trip,
+    bounded by ANNOUNCE_TIMEOUT; a failure is logged and never reaches the producer (the messages
+    exist, and a stream resuming with Last-Event-ID finds them in PostgreSQL)."""
     if not created:
         return
     try:
         async with asyncio.timeout(ANNOUNCE_TIMEOUT), redis.pipeline(transaction=False) as pipe:
-            for m in created:
-                pipe.publish(INBOX_CHANNEL, f"{m.account_id} {m.id}")
+            for account_id in dict.fromkeys(m.account_id for m in created):
+                pipe.publish(INBOX_CHANNEL, f"{account_id} new")
             await pipe.execute()
     except Exception as exc:  # Redis down or slow: the inbox catches up from PostgreSQL
         log.warning("announcing %d new inbox messages failed: %s", len(created), type(exc).__name__)
@@ -228,17 +229,14 @@ async def announce_changed(redis: Any, account_id: int) -> None:
         log.warning("announcing an inbox change failed: %s", type(exc).__name__)
 
 
-def parse_announcement(raw: bytes | str) -> tuple[int, int | None] | None:
-    """(account id, message id or None for "counts") of a doorbell ring; None if malformed."""
+def parse_announcement(raw: bytes | str) -> tuple[int, bool] | None:
+    """(account id, whether new messages arrived; else only the counts changed) of a doorbell
+    ring; None if malformed."""
     text = raw.decode() if isinstance(raw, bytes) else raw
     account, _, what = text.partition(" ")
-    if not (account.isdigit() and len(account) <= 18):
+    if not (account.isdigit() and len(account) <= 18) or what not in ("new", "counts"):
         return None
-    if what == "counts":
-        return int(account), None
-    if what.isdigit() and len(what) <= 18:
-        return int(account), int(what)
-    return None
+    return int(account), what == "new"
 
 
 _MEMBER_FIELDS = ("id", "category", "subject", "body", "url")

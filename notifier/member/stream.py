@@ -85,9 +85,9 @@ class Hub:
         parsed = inbox.parse_announcement(raw)
         if parsed is None:
             return
-        account_id, message_id = parsed
+        account_id, arrived = parsed
         for listener in self._listeners.get(account_id, ()):
-            listener.ring(message_id is not None)
+            listener.ring(arrived)
 
     def everyone(self, *, closing: bool = False) -> None:
         """Wake every stream: to catch up (after the subscription was lost) or to close."""
