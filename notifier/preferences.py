@@ -30,7 +30,7 @@ from notifier import audit, schedule
 from notifier.audit import Actor
 from notifier.db import Q
 from notifier.errors import Problem
-from notifier.validation import check_timezone, validation_errors
+from notifier.validation import check_timezone, errors_of
 
 FIELDS = ("digest_frequency", "digest_hour", "digest_weekday", "timezone", "newsletter")
 # Shown by GET; a PUT may send them back (GET, edit, PUT) and they are ignored.
@@ -90,7 +90,7 @@ def validate(before: Mapping[str, Any], changes: Mapping[str, Any]) -> Preferenc
     try:
         return Preferences.model_validate(merged, context={"stored_timezone": before["timezone"]})
     except ValidationError as exc:
-        raise InvalidPreferences(validation_errors(exc)) from None
+        raise InvalidPreferences(errors_of(exc)) from None
 
 
 def _next_window(

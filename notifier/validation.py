@@ -157,19 +157,9 @@ def check_one_line(value: str) -> str:
     return value
 
 
-def validation_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
-    """Pydantic errors as `[{field, message}]`, with dotted field paths (`messages.3.subject`)."""
-    out: list[FieldError] = []
-    for err in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in err["loc"])
-        field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "body")
-        message = err["msg"].removeprefix("Value error, ")
-        out.append({"field": field, "message": message})
-    return out
-
-
 def errors_of(exc: ValidationError, prefix: str = "", *, whole: str = "body") -> list[FieldError]:
-    """`[{field, message}]` like `problems.validation_errors`, with readable pattern messages.
+    """Pydantic errors as `[{field, message}]`, with dotted field paths (`messages.3.subject`) and
+    readable messages for the patterns this module names.
 
     `whole` names an error about the value as a whole (e.g. not an object).
     """

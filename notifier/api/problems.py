@@ -16,7 +16,7 @@ from notifier.api.responses import json_response
 from notifier.errors import FieldError as FieldError
 from notifier.errors import Problem as Problem  # raised by every layer; answered here
 from notifier.errors import status_title as status_title
-from notifier.validation import validation_errors as validation_errors
+from notifier.validation import errors_of
 
 log = logging.getLogger("notifier.web")
 
@@ -108,7 +108,7 @@ def parse_model(model: type[M], data: Any, prefix: str = "") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise Problem(422, "the request body is not valid", errors=validation_errors(exc, prefix)) from None
+        raise Problem(422, "the request body is not valid", errors=errors_of(exc, prefix)) from None
 
 
 # Path segments after these prefixes are bearer secrets (signed tokens): never log them.

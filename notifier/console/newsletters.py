@@ -17,7 +17,6 @@ from pydantic import ValidationError
 
 from notifier import newsletter, newsletter_test_send, queues
 from notifier.api.newsletters import MAX_BODY_CHARS, NewsletterIn, TestSendIn
-from notifier.api.problems import validation_errors
 from notifier.api.responses import json_response
 from notifier.console import chart as console_chart
 from notifier.console.ui import (
@@ -35,7 +34,7 @@ from notifier.db import Q
 from notifier.mail import outbox
 from notifier.mail.newsletter_render import Draft, TemplateProblem, sample_personal
 from notifier.resources import RENDER_POOL
-from notifier.validation import parse_instant
+from notifier.validation import errors_of, parse_instant
 
 LIST_LIMIT = 200
 # While sending, the page reloads itself this often (seconds).
@@ -66,7 +65,7 @@ def _read_draft(form: Mapping[str, str]) -> tuple[NewsletterIn | None, dict[str,
     try:
         return NewsletterIn.model_validate(data), {}
     except ValidationError as exc:
-        return None, {e["field"]: e["message"] for e in validation_errors(exc)}
+        return None, {e["field"]: e["message"] for e in errors_of(exc)}
 
 
 def _draft_of(body: NewsletterIn, newsletter_id: int = 0) -> Draft:
