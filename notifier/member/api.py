@@ -33,6 +33,7 @@ from notifier.api.auth import requires
 from notifier.api.messages import query_category, query_flag
 from notifier.api.pagination import decode_cursor, encode_cursor, page_limit
 from notifier.api.problems import Problem, parse_json, parse_model, read_body
+from notifier.api.responses import json_response
 from notifier.db import Q
 from notifier.member import stream, tokens
 from notifier.member.auth import INBOX_SECRET, member_of
@@ -85,13 +86,15 @@ async def list_messages(request: web.Request) -> web.Response:
         limit=limit,
     )
     next_cursor = encode_cursor(_CURSOR, page.next_before) if page.next_before is not None else None
-    return web.json_response({"items": [inbox.member_item(r) for r in page.rows], "next_cursor": next_cursor})
+    return json_response(
+        200, {"items": [inbox.member_item(r) for r in page.rows], "next_cursor": next_cursor}
+    )
 
 
 async def counts(request: web.Request) -> web.Response:
     """GET /member/v1/counts."""
     member = await member_of(request)
-    return web.json_response(await inbox.member_counts(request.app[POOL], member.account_id))
+    return json_response(200, await inbox.member_counts(request.app[POOL], member.account_id))
 
 
 async def _mark(request: web.Request, action: inbox.MemberAction) -> web.Response:
@@ -101,7 +104,7 @@ async def _mark(request: web.Request, action: inbox.MemberAction) -> web.Respons
     if row is None:
         raise Problem(404, f"no message {message_id} in your inbox")
     await inbox.announce_changed(request.app[REDIS], member.account_id)
-    return web.json_response(inbox.member_item(row))
+    return json_response(200, inbox.member_item(row))
 
 
 async def mark_read(request: web.Request) -> web.Response:
@@ -129,7 +132,7 @@ async def read_all(request: web.Request) -> web.Response:
     member = await member_of(request)
     marked = await inbox.member_read_all(request.app[POOL], member.account_id, query_category(request))
     await inbox.announce_changed(request.app[REDIS], member.account_id)
-    return web.json_response({"marked_read": marked})
+    return json_response(200, {"marked_read": marked})
 
 
 async def seen(request: web.Request) -> web.Response:
@@ -138,7 +141,7 @@ async def seen(request: web.Request) -> web.Response:
     marked = await inbox.member_seen(request.app[POOL], member.account_id)
     if marked:
         await inbox.announce_changed(request.app[REDIS], member.account_id)
-    return web.json_response({"marked_seen": marked})
+    return json_response(200, {"marked_seen": marked})
 
 
 def _preferences_body(prefs: Any) -> dict[str, Any]:
@@ -155,7 +158,7 @@ async def get_preferences(request: web.Request) -> web.Response:
     row = await request.app[POOL].fetchrow(Q.preferences_by_external_id, member.external_id)
     if row is None:  # erased since the token was checked
         raise Problem(401, "the member token is not valid: get a new one")
-    return web.json_response(_preferences_body(row))
+    return json_response(200, _preferences_body(row))
 
 
 async def put_preferences(request: web.Request) -> web.Response:
@@ -178,7 +181,7 @@ async def put_preferences(request: web.Request) -> web.Response:
             )
         except preferences.AccountNotFound:
             raise Problem(401, "the member token is not valid: get a new one") from None
-    return web.json_response(_preferences_body(prefs))
+    return json_response(200, _preferences_body(prefs))
 
 
 # --- tokens for the organisation's backend ----------------------------------------------------
@@ -201,10 +204,10 @@ async def issue_token(request: web.Request) -> web.Response:
     now = int(time.time())
     expires = now + wanted.ttl_seconds
     token = tokens.mint(request.app[INBOX_SECRET], external_id, expires, issued=now)
-    return web.json_response(
+    return json_response(
+        201,
         {"token": token, "expires_at": datetime.fromtimestamp(expires, UTC).isoformat()},
-        status=201,
-        headers={"Cache-Control": "no-store"},
+        {"Cache-Control": "no-store"},
     )
 
 
