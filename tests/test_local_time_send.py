@@ -123,6 +123,9 @@ async def test_each_zone_gets_it_at_its_local_hour_exactly_once(
         await run_worker(queues.BULK)
         delivered |= {m["email"] for m in members[zone]}
         assert sorted(r.recipients[0] for r in smtp.received) == sorted(delivered), zone
+        await newsletter.tick(pool, redis, settings)  # not `sent` while anyone still waits
+        status = await pool.fetchval("SELECT status FROM newsletters WHERE id = $1", newsletter_id)
+        assert status == ("sent" if len(delivered) == 14 else "sending")
     assert len(smtp.received) == 14  # each member once: passes side by side released nobody twice
 
     assert await run_due(local_nine(day, "America/Los_Angeles") + timedelta(days=1)) == 0
