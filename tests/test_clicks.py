@@ -5,6 +5,7 @@ about who clicked."""
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -56,33 +57,30 @@ def test_rendering_rewrites_the_numbered_links_in_both_parts(settings: Settings)
     assert "/c/7/" not in plain.html + plain.text  # without `track_clicks`, nothing is rewritten
 
 
-async def sent_with_clicks(
-    client: Client,
-    pool: asyncpg.Pool,
-    redis: ArqRedis,
-    settings: Settings,
-    factory: Factory,
-    run_worker: BurstWorker,
-    headers: dict[str, str],
-    track_clicks: bool = True,
-) -> dict[str, Any]:
-    draft = await create_newsletter(client, headers, subject="News", body=BODY, track_clicks=track_clicks)
-    assert draft["track_clicks"] is track_clicks
-    return await send_newsletter(client, headers, run_worker, pool, redis, settings, draft["id"])
+Send = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture
+async def send(
+    client: Client, pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, run_worker: BurstWorker
+) -> Send:
+    """`await send(track_clicks=True)`: a newsletter of BODY created and sent through the API to
+    everyone opted in, delivered; the newsletter as GET then shows it."""
+    headers = await bearer(pool, "newsletters")
+
+    async def sent(track_clicks: bool = True) -> dict[str, Any]:
+        draft = await create_newsletter(client, headers, subject="News", body=BODY, track_clicks=track_clicks)
+        assert draft["track_clicks"] is track_clicks
+        return await send_newsletter(client, headers, run_worker, pool, redis, settings, draft["id"])
+
+    return sent
 
 
 async def test_clicks_redirect_count_per_link_and_store_nothing_about_the_member(
-    client: Client,
-    pool: asyncpg.Pool,
-    redis: ArqRedis,
-    settings: Settings,
-    factory: Factory,
-    run_worker: BurstWorker,
-    smtp: MailSink,
+    client: Client, pool: asyncpg.Pool, factory: Factory, smtp: MailSink, send: Send
 ) -> None:
     members = [await factory.account(newsletter=True) for _ in range(2)]
-    headers = await bearer(pool, "newsletters")
-    sent = await sent_with_clicks(client, pool, redis, settings, factory, run_worker, headers)
+    sent = await send()
     nid = sent["id"]
     assert sent["status"] == "sent" and sent["clicks"] == [
         {"link": 0, "url": REPORT, "clicks": 0, "days": []},
@@ -96,7 +94,9 @@ async def test_clicks_redirect_count_per_link_and_store_nothing_about_the_member
         sorted(members, key=lambda m: m["email"]),
         strict=True,
     ):
-        html = received.message.get_body(("html",)).get_content()
+        part = received.message.get_body(("html",))
+        assert part is not None
+        html = part.get_content()
         links = set(re.findall(r'href="(http://127\.0\.0\.1/c/[^"]*)"', html))
         assert links == {f"http://127.0.0.1/c/{nid}/0", f"http://127.0.0.1/c/{nid}/1"}
         assert member["email"] in html  # the personal link stays personal, and is not counted
@@ -115,6 +115,7 @@ async def test_clicks_redirect_count_per_link_and_store_nothing_about_the_member
     resp = await client.get(f"/c/{nid}/0", headers={"Sec-Purpose": "prefetch"}, allow_redirects=False)
     assert resp.status == 302
 
+    headers = await bearer(pool, "newsletters")
     got = await (await client.get(f"/v1/newsletters/{nid}", headers=headers)).json()
     assert [(c["link"], c["clicks"]) for c in got["clicks"]] == [(0, 3), (1, 1)]
     assert len(got["clicks"][0]["days"]) == 1 and got["clicks"][0]["days"][0]["clicks"] == 3
@@ -146,17 +147,11 @@ async def test_clicks_redirect_count_per_link_and_store_nothing_about_the_member
 
 
 async def test_links_not_in_the_newsletter_and_foreign_newsletters_are_404(
-    client: Client,
-    pool: asyncpg.Pool,
-    redis: ArqRedis,
-    settings: Settings,
-    factory: Factory,
-    run_worker: BurstWorker,
+    client: Client, pool: asyncpg.Pool, factory: Factory, send: Send
 ) -> None:
     await factory.account(newsletter=True)
-    headers = await bearer(pool, "newsletters")
-    counted = await sent_with_clicks(client, pool, redis, settings, factory, run_worker, headers)
-    uncounted = await sent_with_clicks(client, pool, redis, settings, factory, run_worker, headers, False)
+    counted = await send()
+    uncounted = await send(track_clicks=False)
     nid = counted["id"]
     for path in (
         f"/c/{nid}/2",  # the newsletter has two links
@@ -178,16 +173,10 @@ async def test_links_not_in_the_newsletter_and_foreign_newsletters_are_404(
 
 
 async def test_console_shows_clicks_per_link_and_sets_the_choice(
-    client: Client,
-    pool: asyncpg.Pool,
-    redis: ArqRedis,
-    settings: Settings,
-    factory: Factory,
-    run_worker: BurstWorker,
+    client: Client, pool: asyncpg.Pool, factory: Factory, send: Send
 ) -> None:
     await factory.account(newsletter=True)
-    headers = await bearer(pool, "newsletters")
-    sent = await sent_with_clicks(client, pool, redis, settings, factory, run_worker, headers)
+    sent = await send()
     await client.get(f"/c/{sent['id']}/1", allow_redirects=False)
     csrf = await sign_in(client, pool, ["newsletters"], name="Marketing Max")
     page = await (await client.get(f"/console/newsletters/{sent['id']}")).text()

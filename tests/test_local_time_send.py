@@ -45,6 +45,7 @@ def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """The `notifier` command sees the test's database, Redis and secret."""
     monkeypatch.setenv("NOTIFIER_DATABASE_URL", settings.database_url or "")
     monkeypatch.setenv("NOTIFIER_REDIS_URL", settings.redis_url or "")
+    assert settings.secret_key is not None
     monkeypatch.setenv("NOTIFIER_SECRET_KEY", settings.secret_key.get_secret_value())
 
 
@@ -119,7 +120,7 @@ async def test_each_zone_gets_it_at_its_local_hour_exactly_once(
         assert await run_due(due - timedelta(seconds=1)) == 0
         await run_worker(queues.BULK)
         assert {r.recipients[0] for r in smtp.received} == delivered, f"early mail before {zone}'s 09:00"
-        assert await asyncio.gather(run_due(due), run_due(due)) == [0, 0]
+        assert list(await asyncio.gather(run_due(due), run_due(due))) == [0, 0]
         await run_worker(queues.BULK)
         delivered |= {m["email"] for m in members[zone]}
         assert sorted(r.recipients[0] for r in smtp.received) == sorted(delivered), zone
@@ -281,3 +282,40 @@ def test_run_due_refuses_a_time_ahead_without_force(
     assert "recipients due: 0" in capsys.readouterr().out
     assert cli.main(["newsletter", "run-due"]) == 0
     assert "released as of" in capsys.readouterr().out
+
+
+async def test_console_sends_at_local_time_and_shows_who_waits(
+    settings: Settings, pool: asyncpg.Pool, redis: ArqRedis, factory: Factory, run_worker: BurstWorker
+) -> None:
+    from aiohttp.test_utils import TestServer
+
+    from notifier.app import create_app
+    from tests.test_console import sign_in
+
+    day = (datetime.now(UTC) + timedelta(days=2)).date()
+    await factory.account(timezone="Asia/Kathmandu", newsletter=True)
+    await factory.account(timezone="America/New_York", newsletter=True)
+    plain_http = settings.model_copy(update={"public_url": "http://127.0.0.1"})  # keeps the session cookie
+    async with TestClient(TestServer(create_app(plain_http))) as client:
+        csrf = await sign_in(client, pool, ["newsletters"], name="Marketing Max")
+        resp = await client.post(
+            "/console/newsletters/new",
+            data={"csrf": csrf, "subject": "S", "body": "B", "body_format": "markdown", "action": "save"},
+            allow_redirects=False,
+        )
+        nid = int(resp.headers["Location"].split("/")[-1].split("?")[0])
+        form = {"csrf": csrf, "when": "local", "local_time": "09:00"}
+        bad = await client.post(f"/console/newsletters/{nid}/send", data={**form, "local_date": "2000-01-01"})
+        assert bad.status == 422 and "past in every time zone" in await bad.text()
+        resp = await client.post(
+            f"/console/newsletters/{nid}/send",
+            data={**form, "local_date": day.isoformat()},
+            allow_redirects=False,
+        )
+        assert resp.headers["Location"].endswith("notice=sending")
+        await run_worker(queues.BULK)
+        await newsletter_local_time.release_due(pool, redis, local_nine(day, "Asia/Kathmandu"))
+        page = await (await client.get(f"/console/newsletters/{nid}")).text()
+        assert "09:00 on " + day.isoformat() in page
+        assert 'data-figure="waiting">1<' in page
+        assert "1 waiting for their local time; the next at" in page
