@@ -147,12 +147,19 @@ async def start(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> i
         started = await conn.fetchrow(Q.start_newsletter, newsletter_id)
         if started is None:
             return None
-        await conn.execute(
-            Q.fan_out_newsletter, newsletter_id, queues.BULK, settings.newsletter_double_opt_in
-        )
+        local = None
         if started["local_time"] is not None:
-            send = LocalSend(started["local_time"], started["local_date"])
-            await newsletter_local_time.hold_until_due(conn, newsletter_id, send)
+            local = LocalSend(started["local_time"], started["local_date"])
+        due = newsletter_local_time.DueInstants.of(local)
+        await conn.execute(
+            Q.fan_out_newsletter,
+            newsletter_id,
+            queues.BULK,
+            settings.newsletter_double_opt_in,
+            due.zones,
+            due.instants,
+            due.otherwise,
+        )
         if started["track_clicks"]:
             await clicks.number_links(conn, started)
         recipients: int = await conn.fetchval(Q.set_newsletter_recipients, newsletter_id)

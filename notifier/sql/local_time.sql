@@ -1,19 +1,6 @@
 -- Newsletters sent at each member's local time: rows wait (`status = 'waiting'`) until their
--- `due_at`, then a release pass queues them for the outbox. See notifier/newsletter_local_time.py.
-
--- name: waiting_time_zones
--- The time zones of a newsletter's frozen audience (a few hundred at most).
-SELECT DISTINCT a.timezone
-FROM emails e JOIN accounts a ON a.id = e.account_id
-WHERE e.newsletter_id = $1 AND e.kind = 'newsletter' AND e.status = 'queued';
-
--- name: hold_until_due
--- Each recipient row of a local-time send waits until its zone's instant ($2 zones, $3 instants).
-UPDATE emails e
-SET status = 'waiting', due_at = z.due_at, next_attempt_at = z.due_at
-FROM accounts a, unnest($2::text[], $3::timestamptz[]) AS z(timezone, due_at)
-WHERE e.newsletter_id = $1 AND e.kind = 'newsletter' AND e.status = 'queued'
-  AND a.id = e.account_id AND a.timezone = z.timezone;
+-- `due_at` (set by `fan_out_newsletter`), then a release pass queues them for the outbox.
+-- See notifier/newsletter_local_time.py.
 
 -- name: release_due_emails
 -- Up to $2 waiting rows due at $1 become queued (due for the outbox now). Rows another pass holds

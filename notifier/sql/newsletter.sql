@@ -56,11 +56,18 @@ LIMIT $2;
 -- Freeze the audience into one outbox row per member, in one statement. Audience: opted in;
 -- when $3 (double opt-in) their latest newsletter consent is granted and confirmed; address not
 -- suppressed for everything or for newsletters. Re-running adds nobody twice.
-INSERT INTO emails (kind, queue, account_id, to_address, template, subject, context, newsletter_id)
+-- A send at each member's local time gives the due instant of every time zone ($4 zones, $5
+-- instants, $6 for a zone not among them): each row then waits until its member's instant
+-- (notifier.newsletter_local_time); with empty arrays and $6 NULL every row is queued now.
+INSERT INTO emails (kind, queue, account_id, to_address, template, subject, context, newsletter_id,
+                    status, due_at, next_attempt_at)
 SELECT 'newsletter', $2, a.id, a.email, 'newsletter', n.subject,
-       jsonb_build_object('name', a.name), n.id
+       jsonb_build_object('name', a.name), n.id,
+       CASE WHEN coalesce(z.due_at, $6) IS NULL THEN 'queued' ELSE 'waiting' END,
+       coalesce(z.due_at, $6), coalesce(z.due_at, $6, now())
 FROM newsletters n
 JOIN accounts a ON a.newsletter
+LEFT JOIN unnest($4::text[], $5::timestamptz[]) AS z(timezone, due_at) ON z.timezone = a.timezone
 WHERE n.id = $1
   AND (NOT $3::boolean OR (
         SELECT c.granted AND c.confirmed_at IS NOT NULL
