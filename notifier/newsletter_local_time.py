@@ -56,11 +56,11 @@ class LocalSend:
     def problem(self, now: datetime) -> str | None:
         """Why this send cannot be accepted at `now` (a sentence naming the date), or None.
         The date may be today or earlier in some zones: those members get it at once."""
-        last = datetime.combine(self.day, self.at, tzinfo=UTC) - LAST_OFFSET
-        if last <= now:
-            return "is past in every time zone (the local time has gone by even at UTC−12)"
-        if datetime.combine(self.day, self.at, tzinfo=UTC) >= LATEST:
+        wall_clock = datetime.combine(self.day, self.at, tzinfo=UTC)
+        if wall_clock >= LATEST:  # first: 9999-12-31 plus twelve hours is no datetime
             return f"must be before {LATEST.date().isoformat()}"
+        if wall_clock - LAST_OFFSET <= now:
+            return "is past in every time zone (the local time has gone by even at UTC−12)"
         return None
 
 

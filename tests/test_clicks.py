@@ -42,7 +42,10 @@ def test_only_whole_http_links_are_counted_each_once() -> None:
     draft = Draft(7, "S", "", BODY, "markdown")
     # Personal links (built with a template tag), mailto: and repeats are not numbered.
     assert trackable_links(draft) == [REPORT, SHOP]
-    html = '<a href="https://a.example/x">a</a> <a class=x href=\'https://b.example/\'>b</a> <a href="#top">t</a>'
+    html = (
+        '<a href="https://a.example/x">a</a> <a class=x href=\'https://b.example/\'>b</a> <a href="#top">t</a>'
+        ' <a href="https://c.example/caf\u00e9">not ASCII</a> <a href="https://d.example/\nx">two lines</a>'
+    )
     assert trackable_links(Draft(7, "S", "", html, "html")) == ["https://a.example/x", "https://b.example/"]
 
 

@@ -182,6 +182,8 @@ def test_due_instant_is_dst_correct(zone: str, day: date, at: time, expected: da
         ({"local_time": "09:00", "date": "10.12.2026"}, ["date"]),
         ({"local_time": "09:00", "date": 20261210}, ["date"]),
         ({"local_time": "09:00", "date": "2100-01-01"}, ["date"]),
+        ({"local_time": "23:59", "date": "9999-12-31"}, ["date"]),
+        ({"local_time": "00:00", "date": "0001-01-01"}, ["date"]),
         ({"local_time": "09:00"}, ["date"]),
         ({"date": "2026-12-10"}, ["local_time"]),
         ({"local_time": "09:00", "date": "2026-12-10", "at": "2026-12-03T09:00:00Z"}, ["at"]),

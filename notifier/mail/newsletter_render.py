@@ -167,12 +167,19 @@ def body_html_source(draft: Draft) -> str:
 
 def trackable_links(draft: Draft) -> list[str]:
     """The links of the body whose clicks can be counted, each once, in order of appearance:
-    absolute http(s) addresses of `<a href>` written out in full, at most 2,048 characters and
+    absolute http(s) addresses of `<a href>` written out in full, in ASCII (percent-encoded), at
+    most 2,048 characters and
     MAX_TRACKED_LINKS of them. A link built with a template tag (`{{ unsubscribe_url }}`, a URL
     with `{{ email }}` in it) is personal and is never counted, nor are mailto:, tel: or anchors."""
     links: dict[str, None] = {}
     for url in _anchor_hrefs(body_html_source(draft)):
-        if len(url) <= 2048 and _TRACKABLE.fullmatch(url) and len(links) < MAX_TRACKED_LINKS:
+        # ASCII only (Markdown percent-encodes its links): the address becomes a Location header.
+        if (
+            len(url) <= 2048
+            and url.isascii()
+            and _TRACKABLE.fullmatch(url)
+            and len(links) < MAX_TRACKED_LINKS
+        ):
             links.setdefault(url, None)
     return list(links)
 
