@@ -1,7 +1,7 @@
 """Local-time sends and click redirects: what they add, against a baseline in the same run.
 
 - Freeze: 100,000 opted-in members (scale 1) spread over 24 time zones. A local-time send's start
-  (fan-out plus the due instant of every row, `hold_until_due`) is timed beside a plain start of
+  (the fan-out giving every row its due instant, `DueInstants`) is timed beside a plain start of
   the same audience, once before and once after; the mean of the two plain starts is the baseline.
 - Release: one `release_due` pass over all the waiting rows (batches of 5,000 under SKIP LOCKED),
   beside one bare `UPDATE` that turns the same rows back to waiting.
