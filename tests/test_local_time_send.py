@@ -321,3 +321,34 @@ async def test_console_sends_at_local_time_and_shows_who_waits(
         assert "09:00 on " + day.isoformat() in page
         assert 'data-figure="waiting">1<' in page
         assert "1 waiting for their local time; the next at" in page
+
+
+async def test_the_tick_releases_members_whose_time_has_already_passed(
+    client: Client,
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+    factory: Factory,
+    run_worker: BurstWorker,
+    smtp: MailSink,
+) -> None:
+    passed = datetime.now(UTC) - timedelta(hours=1)  # as a wall-clock time: gone in UTC, ahead at UTC−12
+    here = await factory.account(timezone="UTC", newsletter=True)
+    await factory.account(timezone="Etc/GMT+12", newsletter=True)
+    headers = await bearer(pool, "newsletters")
+    draft = await create_newsletter(client, headers, subject="S", body="B")
+    resp = await client.post(
+        f"/v1/newsletters/{draft['id']}/send",
+        json={"local_time": passed.strftime("%H:%M"), "date": passed.date().isoformat()},
+        headers=headers,
+    )
+    assert resp.status == 202, await resp.text()
+    await run_worker(queues.BULK)
+    assert smtp.received == []
+    result = await newsletter.tick(pool, redis, settings)  # the bulk queue's cron, as of now
+    assert result["released"] == 1
+    await run_worker(queues.BULK)
+    assert [r.recipients for r in smtp.received] == [[here["email"]]]
+    got = await (await client.get(f"/v1/newsletters/{draft['id']}", headers=headers)).json()
+    assert got["status"] == "sending" and got["figures"]["waiting"] == 1
+    assert datetime.fromisoformat(got["next_due_at"]) > datetime.now(UTC) + timedelta(hours=10)
