@@ -11,13 +11,17 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+import asyncpg
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope as ServerEnvelope
 from aiosmtpd.smtp import Session
 
+from notifier import queues, suppression
 from notifier.embedded import free_port
+from notifier.mail import outbox
+from notifier.mail.delivery import Delivery
 from notifier.mail.smtp import Envelope, PermanentFailure, SMTPSender, TemporaryFailure
 from notifier.settings import Settings
 
@@ -43,6 +47,7 @@ class Responder:
     replies: dict[str, list[str]] = field(default_factory=dict)
     cut_after: str | None = None  # close without replying once this verb (or ".") was read
     always_354: bool = False  # answer DATA with 354 even with no recipient (RFC 2920 says: check)
+    refuse: dict[str, str] = field(default_factory=dict)  # RCPT address -> its reply
     reads: list[list[str]] = field(default_factory=list)  # the commands of each read
     commands: list[str] = field(default_factory=list)
     messages: list[bytes] = field(default_factory=list)
@@ -125,7 +130,10 @@ class Responder:
                         reply = self.reply("MAIL")
                         mail_ok = reply.startswith("250")
                     elif verb == "RCPT":
-                        reply = self.reply("RCPT") if mail_ok else "503 5.5.1 Error: need MAIL command"
+                        address = line.decode().partition("<")[2].rstrip(">")
+                        reply = self.refuse.get(address) or self.reply("RCPT")
+                        if not mail_ok:
+                            reply = "503 5.5.1 Error: need MAIL command"
                         accepted += reply.startswith("25")
                     elif verb == "DATA":
                         if (mail_ok and accepted) or self.always_354:
@@ -357,6 +365,37 @@ async def test_a_cut_after_the_content_is_the_documented_window(
     finally:
         await sender.close()
     assert len(script.messages) == 1
+
+
+async def test_a_batch_through_a_pipelining_server(
+    settings: Settings, pool: asyncpg.Pool, responder: tuple[Responder, int]
+) -> None:
+    """The outbox end to end: each e-mail's own refusal decides its own row only."""
+    script, port = responder
+    script.mode = "joined"
+    script.refuse = {"p3@example.com": "550 5.1.1 no such user", "p4@example.com": "451 4.2.0 greylisted"}
+    async with pool.acquire() as conn:
+        await outbox.add_many(
+            conn,
+            [outbox.NewEmail(kind="service", to_address=f"p{i}@example.com", template="service/selftest") for i in range(6)],
+        )  # fmt: skip
+    two_lanes = settings.model_copy(update={"smtp_port": port, "smtp_pool_size": 2})
+    sender = SMTPSender(two_lanes)
+    try:
+        counts = await Delivery(two_lanes, pool, sender).run(queues.SERVICE)
+    finally:
+        await sender.close()
+    assert (counts.sent, counts.bounced, counts.deferred) == (4, 1, 1)
+    statuses = [r["status"] for r in await pool.fetch("SELECT status FROM emails ORDER BY id")]
+    assert statuses == ["sent", "sent", "sent", "failed", "queued", "sent"]
+    assert await suppression.check(pool, "p3@example.com", ["all"])
+    assert sorted(i for i in range(6) for m in script.messages if f"p{i}@example.com".encode() in m) == [
+        0,
+        1,
+        2,
+        5,
+    ]
+    assert groups(script) and all(g == ["MAIL", "RCPT", "DATA"] for g in groups(script))
 
 
 # --- a real server: aiosmtpd, with and without PIPELINING -------------------------------------
