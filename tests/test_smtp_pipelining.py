@@ -350,6 +350,23 @@ async def test_a_connection_cut_mid_group_loses_nothing_and_sends_nothing_twice(
     assert [b"hello 2" in m for m in script.messages] == [False, True]
 
 
+async def test_a_garbled_reply_in_a_group(settings: Settings, responder: tuple[Responder, int]) -> None:
+    """Nothing after a reply that is not SMTP can be trusted: a temporary failure, and the next
+    message goes over a new connection."""
+    script, port = responder
+    script.mode = "joined"
+    script.replies["RCPT"] = ["hello there"]
+    sender = one_connection(settings, port)
+    try:
+        with pytest.raises(TemporaryFailure):
+            await sender.send(envelope(1))
+        await sender.send(envelope(2))
+    finally:
+        await sender.close()
+    assert script.connections == 2
+    assert len(script.messages) == 1 and b"hello 2" in script.messages[0]
+
+
 async def test_a_cut_after_the_content_is_the_documented_window(
     settings: Settings, responder: tuple[Responder, int]
 ) -> None:
