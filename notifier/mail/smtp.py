@@ -150,17 +150,11 @@ class SMTPSender:
             self._idle.put_nowait(client)
 
     async def _reset_or_drop(self, client: aiosmtplib.SMTP) -> None:
-        if await self._reset(client):
-            self._release(client)
-
-    async def _reset(self, client: aiosmtplib.SMTP) -> bool:
-        """RSET; closes the connection and returns False when that fails."""
         try:
             await client.rset()
-            return True
+            self._release(client)
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             await _quietly_close(client)
-            return False
 
     async def close(self) -> None:
         self._closed = True
@@ -205,15 +199,6 @@ def _mail_options(client: aiosmtplib.SMTP, envelope: Envelope) -> bytes:
     return b" SMTPUTF8"
 
 
-async def _greet(client: aiosmtplib.SMTP) -> None:
-    """EHLO (HELO when refused) unless the connection already did."""
-    if client.is_ehlo_or_helo_needed:
-        try:
-            await client.ehlo()
-        except aiosmtplib.SMTPHeloError:
-            await client.helo()
-
-
 def _pipelines(client: aiosmtplib.SMTP) -> TypeGuard[PipeliningSMTP]:
     """The client can pipeline and the server offers it (known once EHLO was answered)."""
     return isinstance(client, PipeliningSMTP) and client.supports_extension("pipelining")
@@ -224,7 +209,11 @@ async def _transaction(client: aiosmtplib.SMTP, envelope: Envelope) -> str:
     without its per-message address parsing (a third of its CPU), since the addresses were
     validated when the e-mail was queued. Pipelined (`_pipelined`) where the client can and the
     server offers PIPELINING; one command at a time otherwise."""
-    await _greet(client)
+    if client.is_ehlo_or_helo_needed:
+        try:
+            await client.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            await client.helo()
     if _pipelines(client):
         return await _pipelined(client, envelope)
     options = _mail_options(client, envelope)
