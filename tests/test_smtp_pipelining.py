@@ -48,6 +48,7 @@ class Responder:
     cut_after: str | None = None  # close without replying once this verb (or ".") was read
     always_354: bool = False  # answer DATA with 354 even with no recipient (RFC 2920 says: check)
     refuse: dict[str, str] = field(default_factory=dict)  # RCPT address -> its reply
+    unasked: str | None = None  # a reply nobody asked for, written after each message's
     reads: list[list[str]] = field(default_factory=list)  # the commands of each read
     commands: list[str] = field(default_factory=list)
     messages: list[bytes] = field(default_factory=list)
@@ -116,6 +117,8 @@ class Responder:
                         if self.cut_after == ".":
                             return
                         reply = self.reply(".") if accepted else "554 5.5.1 Error: no valid recipients"
+                        if self.unasked:
+                            reply += "\r\n" + self.unasked
                         out.append(reply.encode() + b"\r\n")
                         mail_ok, accepted = False, 0
                         continue
@@ -365,6 +368,22 @@ async def test_a_garbled_reply_in_a_group(settings: Settings, responder: tuple[R
         await sender.close()
     assert script.connections == 2
     assert len(script.messages) == 1 and b"hello 2" in script.messages[0]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_a_reply_nobody_asked_for_is_not_taken_for_the_next(
+    settings: Settings, responder: tuple[Responder, int], pipelining: bool
+) -> None:
+    script, port = responder
+    script.pipelining = pipelining
+    script.unasked = "421 4.4.2 not really closing"
+    sender = one_connection(settings, port)
+    try:
+        for i in range(3):
+            assert "queued" in await sender.send(envelope(i))
+    finally:
+        await sender.close()
+    assert len(script.messages) == 3 and script.connections == 1
 
 
 async def test_a_cut_after_the_content_is_the_documented_window(

@@ -65,6 +65,17 @@ class ReplyQueue(SMTPProtocol):
         if self._arrived is not None and not self._arrived.done():
             self._arrived.set_result(None)
 
+    def drop_unsolicited(self) -> None:
+        """Forget replies nobody asked for (every command's replies are read before the next is
+        written, so what is queued now came unasked, such as a 421 before the server hangs up):
+        they must not be taken for the next command's."""
+        self._replies.clear()
+
+    async def execute_command(self, *args: bytes, timeout: float | None = None) -> SMTPResponse:  # noqa: ASYNC109 (its signature)
+        """aiosmtplib's, after `drop_unsolicited`."""
+        self.drop_unsolicited()
+        return await super().execute_command(*args, timeout=timeout)
+
     async def read_response(self, timeout: float | None = None) -> SMTPResponse:  # noqa: ASYNC109 (its signature)
         """The next reply, in the order the server sent them. Raises SMTPServerDisconnected
         (after QUIT: a 221 instead), SMTPReadTimeoutError, or SMTPResponseException for a garbled
@@ -110,5 +121,6 @@ class PipeliningSMTP(aiosmtplib.SMTP):
         if not isinstance(protocol, ReplyQueue) or protocol._command_lock is None:
             raise aiosmtplib.SMTPServerDisconnected("Server not connected")
         async with protocol._command_lock:
+            protocol.drop_unsolicited()
             protocol.write(data)
             return [await protocol.read_response(timeout=self.timeout) for _ in range(count)]
