@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     smtp_tls: Literal["none", "starttls", "tls"] = "none"
     smtp_timeout: float = Field(default=30.0, gt=0)
     smtp_pool_size: int = Field(default=4, ge=1, le=64)
+    smtp_pipelining: bool = Field(
+        default=True, description="pipeline MAIL/RCPT/DATA (RFC 2920) where the server offers it"
+    )
     send_rate: float = Field(
         default=0.0, ge=0, description="messages per second over all workers; 0 = no limit"
     )
