@@ -6,14 +6,23 @@
 files served as they are. Marketing's own templates (newsletter subjects and bodies) are never
 files: they compile in the sandbox of `notifier.mail.newsletter_render`, which passes its
 sandboxed class here.
+
+Every environment speaks gettext (the Jinja i18n extension, new style, trimmed): templates mark
+their texts with `{% trans %}` / `_()` and plural forms with `{% trans count=n %}…{% pluralize %}`.
+Rendered without a language they read English; a renderer merges `i18n.template_context(locale)`
+into the context for another (notifier/i18n.py). The `number` filter formats a number for the
+context's `locale`; `when` an ISO instant for its `locale` and `time_zone` ("Mo., 1. Juni, 15:00").
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
+
+from notifier import i18n
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 STATIC_DIR = TEMPLATES_DIR / "static"
@@ -40,6 +49,23 @@ def environment(
         "loader": loader,
         "autoescape": autoescape,
         "undefined": jinja2.StrictUndefined,
+        "extensions": ["jinja2.ext.i18n"],
     }
     settings.update(options)
-    return env_class(**settings)
+    env = env_class(**settings)
+    env.policies["ext.i18n.trimmed"] = True
+    env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
+    env.filters["number"] = _number
+    env.filters["when"] = _when
+    return env
+
+
+@jinja2.pass_context
+def _number(context: jinja2.runtime.Context, value: float) -> str:
+    return i18n.format_number(value, context.get("locale") or i18n.DEFAULT)
+
+
+@jinja2.pass_context
+def _when(context: jinja2.runtime.Context, instant: str) -> str:
+    at = datetime.fromisoformat(instant)
+    return i18n.format_when(at, context.get("time_zone") or "UTC", context.get("locale") or i18n.DEFAULT)

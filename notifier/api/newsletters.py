@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from redis import exceptions as redis_exceptions
 
-from notifier import newsletter, newsletter_test_send, queues
+from notifier import i18n, newsletter, newsletter_test_send, queues
 from notifier.answers import Newsletter, NewsletterPage, NewsletterPreview, TestSendQueued
 from notifier.api.auth import api_key_of, requires
 from notifier.api.pagination import decode_cursor, next_cursor, page_limit
@@ -32,6 +32,32 @@ MAX_BODY_CHARS = 512 * 1024
 MAX_TEST_RECIPIENTS = 10
 
 
+def _line_or_none(value: str | None) -> str | None:
+    return None if value is None else check_one_line(value)
+
+
+class VariantIn(BaseModel):
+    """The newsletter for the members of one language (same body format as the newsletter)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str = Field(min_length=1, max_length=300)
+    preheader: str | None = Field(default=None, max_length=300)
+    body: str = Field(min_length=1, max_length=MAX_BODY_CHARS)
+
+    _lines = field_validator("subject", "preheader")(_line_or_none)
+
+
+def _languages(value: dict[str, VariantIn] | None) -> dict[str, VariantIn] | None:
+    unknown = sorted(k for k in value or {} if k not in i18n.LOCALES)
+    if unknown:
+        raise ValueError(f"unknown language {unknown[0]!r}; one of {', '.join(i18n.LOCALES)}")
+    return value
+
+
+Variants = dict[str, VariantIn]
+
+
 class NewsletterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -39,8 +65,10 @@ class NewsletterIn(BaseModel):
     preheader: str = Field(default="", max_length=300)
     body: str = Field(min_length=1, max_length=MAX_BODY_CHARS)
     body_format: Literal["markdown", "html"] = "markdown"
+    variants: Variants | None = Field(default=None, description="by language: what its members get instead")
 
     _lines = field_validator("subject", "preheader")(check_one_line)
+    _variant_languages = field_validator("variants")(_languages)
 
 
 class NewsletterPatch(BaseModel):
@@ -50,11 +78,10 @@ class NewsletterPatch(BaseModel):
     preheader: str | None = Field(default=None, max_length=300)
     body: str | None = Field(default=None, min_length=1, max_length=MAX_BODY_CHARS)
     body_format: Literal["markdown", "html"] | None = None
+    variants: Variants | None = Field(default=None, description="replaces every variant ({} removes them)")
 
-    @field_validator("subject", "preheader")
-    @classmethod
-    def _lines(cls, value: str | None) -> str | None:
-        return None if value is None else check_one_line(value)
+    _lines = field_validator("subject", "preheader")(_line_or_none)
+    _variant_languages = field_validator("variants")(_languages)
 
 
 class SendIn(BaseModel):
@@ -84,13 +111,27 @@ async def render_draft(
         ) from None
 
 
-async def _check(request: web.Request, draft: Draft) -> None:
-    """A 422 naming every field whose template does not render (subject and body at once),
-    found in the render pool within the template budget."""
-    problems = await request.config_dict[RENDER_POOL].problems(draft)
-    if problems:
-        errors = [{"field": field, "message": message} for field, message in problems.items()]
+async def _check(
+    request: web.Request, draft: Draft, variants: Mapping[str, Mapping[str, str]] | None = None
+) -> None:
+    """A 422 naming every field whose template does not render (subject and body at once, of the
+    newsletter and of each language variant: `variants.de.body`), found in the render pool within
+    the template budget."""
+    errors = []
+    for prefix, probe in [("", draft)] + [
+        (f"variants.{locale}.", newsletter.for_language(draft, variants or {}, locale))
+        for locale in sorted(variants or {})
+    ]:
+        problems = await request.config_dict[RENDER_POOL].problems(probe)
+        errors += [{"field": prefix + field, "message": message} for field, message in problems.items()]
+    if errors:
         raise Problem(422, "the newsletter does not render", errors=errors)
+
+
+def _variants(variants: Variants | None) -> dict[str, dict[str, str]] | None:
+    if variants is None:
+        return None
+    return {k: v.model_dump(exclude_none=True) for k, v in variants.items()}
 
 
 def _id(request: web.Request) -> int:
@@ -112,8 +153,12 @@ async def create_newsletter(request: web.Request) -> web.Response:
     """A new draft. Its templates are checked: a syntax error or unknown variable is a 422."""
     body = await read_model(request, NewsletterIn)
     draft = Draft(0, body.subject, body.preheader, body.body, body.body_format)
-    await _check(request, draft)
-    row = await newsletter.create_draft(request.app[POOL], draft, str(api_key_of(request).actor))
+    variants = _variants(body.variants)
+    await _check(request, draft, variants)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        row = await newsletter.create_draft(conn, draft, str(api_key_of(request).actor))
+        if variants:
+            row = await newsletter.set_variants(conn, row["id"], variants)
     return json_response(201, Newsletter.of_row(row), {"Location": f"/v1/newsletters/{row['id']}"})
 
 
@@ -122,10 +167,14 @@ async def edit_newsletter(request: web.Request) -> web.Response:
     """Change a draft's subject, preheader, body or format; 409 once it is scheduled or later."""
     row = await _get(request)
     patch = await read_model(request, NewsletterPatch)
-    merged = {**dict(row), **patch.model_dump(exclude_none=True)}
+    merged = {**dict(row), **patch.model_dump(exclude_none=True, exclude={"variants"})}
     draft = Draft(row["id"], merged["subject"], merged["preheader"], merged["body"], merged["body_format"])
-    await _check(request, draft)
-    updated = await newsletter.update_draft(request.app[POOL], draft, str(api_key_of(request).actor))
+    variants = _variants(patch.variants)
+    await _check(request, draft, row["variants"] if variants is None else variants)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        updated = await newsletter.update_draft(conn, draft, str(api_key_of(request).actor))
+        if updated is not None and variants is not None:
+            updated = await newsletter.set_variants(conn, row["id"], variants)
     if updated is None:
         raise Problem(409, f"the newsletter is {row['status']}; only a draft can be edited")
     return json_response(200, Newsletter.of_row(updated))

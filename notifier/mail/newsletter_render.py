@@ -21,7 +21,7 @@ import nh3
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from notifier import templating
+from notifier import i18n, templating
 from notifier.mail.sandbox import Budget, MeteredSandbox, metered
 from notifier.settings import Settings
 
@@ -89,6 +89,9 @@ class Draft:
     body: str
     body_format: str
     version: datetime | None = None
+    # The language of the layout's own words (the footer); the newsletter's variant for a
+    # language carries that language here (notifier.newsletter.for_language).
+    locale: str = i18n.DEFAULT
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,7 @@ def prepare(settings: Settings, draft: Draft) -> Prepared:
         body_source = draft.body
         text_source = html_to_text(draft.body)
     layout = {
+        **i18n.template_context(draft.locale),
         "subject": _SUBJECT,
         "preheader": draft.preheader,
         "postal_address": settings.postal_address,
@@ -250,20 +254,20 @@ def check(settings: Settings, draft: Draft) -> None:
 
 
 class PreparedCache:
-    """Per-process memory of prepared newsletters, keyed by id and version (`updated_at`).
+    """Per-process memory of prepared newsletters, keyed by id, version (`updated_at`) and language.
 
     A version is checked once (rendered for sample data) when it is first prepared; a version
     that does not render, or not within its budget, is remembered as such, so each of its e-mails
     fails at once with the same reason instead of spending the budget again."""
 
     def __init__(self, size: int = 8) -> None:
-        self._items: OrderedDict[tuple[int, datetime | None], Prepared | TemplateProblem] = OrderedDict()
+        self._items: OrderedDict[tuple[int, datetime | None, str], Prepared | TemplateProblem] = OrderedDict()
         self._size = size
         self.misses = 0
 
     def get(self, settings: Settings, draft: Draft) -> Prepared:
         """The prepared version. Raises TemplateProblem (remembered) when it does not render."""
-        key = (draft.id, draft.version)
+        key = (draft.id, draft.version, draft.locale)
         found = self._items.get(key)
         if found is None:
             self.misses += 1

@@ -1,0 +1,196 @@
+"""Languages: which of the shipped languages a member or a browser gets, the gettext catalogues of
+every text the engine writes itself, and dates and numbers formatted for a language (babel).
+
+The catalogues are `notifier/locale/<lang>/LC_MESSAGES/messages.po`, extracted from the Python
+sources, the templates and the inbox component (`babel.cfg`; `scripts/i18n` extracts and updates,
+docs/i18n.md says how to add a language). They are compiled in memory when first used, once per
+process: a clean checkout or `pip install -e .` needs no build step, and no `.mo` file is kept.
+
+English is the source language: an untranslated message (or an unknown language) reads English.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import babel
+import jinja2
+from babel import dates, numbers
+from babel.messages import extract, mofile, pofile
+from babel.support import Translations
+from markupsafe import Markup
+
+LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+DOMAIN = "messages"
+DEFAULT = "en"
+# The languages shipped, in the order pages list them; one catalogue each under LOCALE_DIR.
+LOCALES: tuple[str, ...] = ("en", "de", "fr", "es")
+# Whose conventions English dates follow: the organisation writes British English ("Mon 1 Jun").
+_FORMAT_LOCALES = {"en": "en_GB"}
+
+
+def N_(message: str) -> str:
+    """Mark `message` for extraction without translating it (module constants translated later)."""
+    return message
+
+
+def normalise(tag: str | None) -> str:
+    """The shipped language a locale tag asks for (`de-DE`, `de_AT`, `DE` → `de`), English for
+    an empty, malformed or unsupported tag (`xx`, `pt-BR`). Never raises."""
+    if not tag:
+        return DEFAULT
+    try:
+        language = babel.core.parse_locale(tag.strip().replace("-", "_"))[0].lower()
+    except ValueError:
+        return DEFAULT
+    return language if language in LOCALES else DEFAULT
+
+
+_WEIGHTED = re.compile(
+    r"^\s*([A-Za-z]{1,8}(?:[-_][A-Za-z0-9]{1,8})*|\*)\s*(?:;\s*q\s*=\s*([0-9.]{1,5}))?\s*$"
+)
+
+
+def negotiate(accept_language: str | None) -> str | None:
+    """The shipped language a browser's `Accept-Language` prefers (quality values honoured,
+    regional tags matched to their language by babel), or None when it names none of them."""
+    if not accept_language:
+        return None
+    weighted: list[tuple[float, int, str]] = []
+    for position, part in enumerate(accept_language[:1000].split(",")[:30]):
+        match = _WEIGHTED.match(part)
+        if match is None or match[1] == "*":
+            continue
+        try:
+            quality = float(match[2]) if match[2] is not None else 1.0
+        except ValueError:
+            continue
+        if quality > 0:
+            weighted.append((-quality, position, match[1].replace("-", "_")))
+    preferred = [tag for _, _, tag in sorted(weighted)]
+    found = babel.negotiate_locale(preferred, list(LOCALES))
+    if found is None:  # babel matches `de_DE` to `de` through aliases only: try the language too
+        found = babel.negotiate_locale([tag.split("_")[0].lower() for tag in preferred], list(LOCALES))
+    return found
+
+
+def choose(member_locale: str | None = None, accept_language: str | None = None) -> str:
+    """The language of a page or e-mail: the member's own locale when there is a member (an
+    unsupported one gets English), else what the browser prefers, else English."""
+    if member_locale is not None:
+        return normalise(member_locale)
+    return negotiate(accept_language) or DEFAULT
+
+
+@lru_cache(maxsize=len(LOCALES))
+def translations(locale: str) -> Translations:
+    """The catalogue of a shipped language, compiled from its `.po` file on first use (per
+    process). An unknown language gets English (the messages themselves)."""
+    language = normalise(locale)
+    path = LOCALE_DIR / language / "LC_MESSAGES" / f"{DOMAIN}.po"
+    with path.open("rb") as source:
+        catalog = pofile.read_po(source, locale=language, domain=DOMAIN)
+    compiled = io.BytesIO()
+    mofile.write_mo(compiled, catalog, use_fuzzy=False)
+    compiled.seek(0)
+    return Translations(compiled, domain=DOMAIN)
+
+
+def gettext(locale: str, message: str) -> str:
+    """`message` in `locale` (English when not translated)."""
+    return translations(locale).gettext(message)
+
+
+# --- templates -------------------------------------------------------------------------------
+
+
+def _template_callables(locale: str) -> dict[str, Callable[..., Any]]:
+    """`gettext`, `_` and `ngettext` as the Jinja i18n extension calls them in its new style:
+    `%(name)s` placeholders filled from keyword arguments, escaped when the template autoescapes."""
+    catalogue = translations(locale)
+
+    def _gettext(context: Any, message: str, /, **variables: Any) -> str:
+        text = catalogue.gettext(message)
+        if context.eval_ctx.autoescape:
+            text = Markup(text)  # noqa: S704 (our own catalogue, as Jinja's i18n does)
+        return text % variables
+
+    def _ngettext(context: Any, singular: str, plural: str, count: int, /, **variables: Any) -> str:
+        variables.setdefault("num", count)
+        text = catalogue.ngettext(singular, plural, count)
+        if context.eval_ctx.autoescape:
+            text = Markup(text)  # noqa: S704 (our own catalogue, as Jinja's i18n does)
+        return text % variables
+
+    gettext_ = jinja2.pass_context(_gettext)
+    return {"gettext": gettext_, "_": gettext_, "ngettext": jinja2.pass_context(_ngettext)}
+
+
+@lru_cache(maxsize=len(LOCALES))
+def _cached_callables(locale: str) -> Mapping[str, Callable[..., Any]]:
+    return _template_callables(locale)
+
+
+def template_context(locale: str | None, timezone: str = "UTC") -> dict[str, Any]:
+    """What a template needs to speak `locale`: `locale` (the shipped language, for `lang=`,
+    numbers and dates), `time_zone` (for the `when` filter) and the gettext callables. Merge it
+    into the render context."""
+    language = normalise(locale)
+    return {"locale": language, "time_zone": timezone, **_cached_callables(language)}
+
+
+# --- dates and numbers -----------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4 * len(LOCALES))
+def _pattern(locale: str, with_year: bool) -> tuple[babel.Locale, str]:
+    """A date and 24-hour time pattern in the order and words of `locale`: weekday, day and
+    month ("Mon 1 Jun, 15:00", "Mo., 1. Juni, 15:00", "lun. 1 juin, 15:00", "lun, 1 jun, 15:00"),
+    or with the year the locale's medium date ("2 Mar 2026, 08:30", "02.03.2026, 08:30")."""
+    data = babel.Locale.parse(_FORMAT_LOCALES.get(locale, locale))
+    date_part = data.date_formats["medium"].pattern if with_year else data.datetime_skeletons["MMMEd"].pattern
+    combined = str(data.datetime_formats["medium"]).replace("{1}", date_part).replace("{0}", "HH:mm")
+    return data, combined
+
+
+def format_when(at: datetime, timezone: str, locale: str, *, with_year: bool = False) -> str:
+    """When a message arrived, in the member's time zone and language: as a digest shows it
+    (weekday, day, month, time), or `with_year` as the inbox page shows it."""
+    data, pattern = _pattern(normalise(locale), with_year)
+    return dates.format_datetime(at, pattern, tzinfo=ZoneInfo(timezone), locale=data)
+
+
+def format_number(value: float, locale: str) -> str:
+    """A number with the grouping and decimal signs of `locale` ("1,234" / "1.234" / "1 234")."""
+    language = normalise(locale)
+    return numbers.format_decimal(value, locale=_FORMAT_LOCALES.get(language, language))
+
+
+# --- the inbox component -----------------------------------------------------------------------
+
+
+COMPONENT_SLOT = "{} /* notifier:catalogues */"
+
+
+def component_script(source: str) -> str:
+    """The `<notifier-inbox>` script with its catalogues written in: for each shipped language
+    but English, msgid → text of every message the script marks (`gettext(...)`, `N_(...)`),
+    from the same catalogues as the rest. Raises ValueError when the script has no slot."""
+    if COMPONENT_SLOT not in source:
+        raise ValueError("the component script has no catalogue slot")
+    found = extract.extract("javascript", io.BytesIO(source.encode()), keywords={"gettext": None, "N_": None})
+    messages = sorted({str(message) for _, message, _, _ in found})
+    catalogues = {
+        locale: {m: translations(locale).gettext(m) for m in messages}
+        for locale in LOCALES
+        if locale != DEFAULT
+    }
+    return source.replace(COMPONENT_SLOT, json.dumps(catalogues, ensure_ascii=False, sort_keys=True))
