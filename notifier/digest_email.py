@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import jinja2
 
-from notifier import i18n, tokens
+from notifier import tokens
 from notifier.db import Q
 from notifier.mail.render import Language, OutgoingEmail, Rendered, TemplateError, Templates, languages
 from notifier.settings import Settings
@@ -114,11 +114,12 @@ def render_digest(templates: Templates, context: Mapping[str, Any], language: La
     for the member's language and time zone by the template's `when` filter. The HTML template
     carries its styles inline already, so no CSS inliner runs (it would cost more than
     rendering). Raises TemplateError."""
-    context = {**context, **i18n.template_context(language.locale, language.timezone)}
+    context = {**context, "time_zone": language.timezone}
+    env = templates.env_for(language.locale)
     try:
-        subject = templates.env.get_template(f"{TEMPLATE}.subject.txt").render(context)
-        text = templates.env.get_template(f"{TEMPLATE}.txt").render(context)
-        html = templates.env.get_template(f"{TEMPLATE}.html").render(context)
+        subject = env.get_template(f"{TEMPLATE}.subject.txt").render(context)
+        text = env.get_template(f"{TEMPLATE}.txt").render(context)
+        html = env.get_template(f"{TEMPLATE}.html").render(context)
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"template {TEMPLATE!r}: {exc.message}", template=TEMPLATE) from None
     return Rendered(" ".join(subject.split()), text, html)

@@ -14,19 +14,15 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import babel
-import jinja2
 from babel import dates, numbers
 from babel.messages import extract, mofile, pofile
 from babel.support import Translations
-from markupsafe import Markup
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 DOMAIN = "messages"
@@ -109,44 +105,6 @@ def gettext(locale: str, message: str) -> str:
     return translations(locale).gettext(message)
 
 
-# --- templates -------------------------------------------------------------------------------
-
-
-def _template_callables(locale: str) -> dict[str, Callable[..., Any]]:
-    """`gettext`, `_` and `ngettext` as the Jinja i18n extension calls them in its new style:
-    `%(name)s` placeholders filled from keyword arguments, escaped when the template autoescapes."""
-    catalogue = translations(locale)
-
-    def _gettext(context: Any, message: str, /, **variables: Any) -> str:
-        text = catalogue.gettext(message)
-        if context.eval_ctx.autoescape:
-            text = Markup(text)  # noqa: S704 (our own catalogue, as Jinja's i18n does)
-        return text % variables
-
-    def _ngettext(context: Any, singular: str, plural: str, count: int, /, **variables: Any) -> str:
-        variables.setdefault("num", count)
-        text = catalogue.ngettext(singular, plural, count)
-        if context.eval_ctx.autoescape:
-            text = Markup(text)  # noqa: S704 (our own catalogue, as Jinja's i18n does)
-        return text % variables
-
-    gettext_ = jinja2.pass_context(_gettext)
-    return {"gettext": gettext_, "_": gettext_, "ngettext": jinja2.pass_context(_ngettext)}
-
-
-@lru_cache(maxsize=len(LOCALES))
-def _cached_callables(locale: str) -> Mapping[str, Callable[..., Any]]:
-    return _template_callables(locale)
-
-
-def template_context(locale: str | None, timezone: str = "UTC") -> dict[str, Any]:
-    """What a template needs to speak `locale`: `locale` (the shipped language, for `lang=`,
-    numbers and dates), `time_zone` (for the `when` filter) and the gettext callables. Merge it
-    into the render context."""
-    language = normalise(locale)
-    return {"locale": language, "time_zone": timezone, **_cached_callables(language)}
-
-
 # --- dates and numbers -----------------------------------------------------------------------
 
 
@@ -168,6 +126,15 @@ def format_when(at: datetime, timezone: str, locale: str, *, with_year: bool = F
     return dates.format_datetime(at, pattern, tzinfo=ZoneInfo(timezone), locale=data)
 
 
+# Digests format the same few instants and counts many times over (text and HTML, a pass's many
+# members): remembered, a digest renders in a fraction of the time babel takes to format anew.
+@lru_cache(maxsize=16384)
+def format_instant(instant: str, timezone: str, locale: str) -> str:
+    """`format_when` of an ISO 8601 instant (`2026-06-01T13:00:00Z`), remembered."""
+    return format_when(datetime.fromisoformat(instant), timezone, locale)
+
+
+@lru_cache(maxsize=4096)
 def format_number(value: float, locale: str) -> str:
     """A number with the grouping and decimal signs of `locale` ("1,234" / "1.234" / "1 234")."""
     language = normalise(locale)

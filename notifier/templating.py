@@ -9,14 +9,14 @@ sandboxed class here.
 
 Every environment speaks gettext (the Jinja i18n extension, new style, trimmed): templates mark
 their texts with `{% trans %}` / `_()` and plural forms with `{% trans count=n %}…{% pluralize %}`.
-Rendered without a language they read English; a renderer merges `i18n.template_context(locale)`
-into the context for another (notifier/i18n.py). The `number` filter formats a number for the
-context's `locale`; `when` an ISO instant for its `locale` and `time_zone` ("Mo., 1. Juni, 15:00").
+An environment speaks one language (`locale`, a global its templates see; English by default):
+a renderer keeps one per language it writes (notifier/i18n.py chooses the language). The
+`number` filter formats a number for that language; `when` an ISO instant for that language in
+the render context's `time_zone` ("Mo., 1. Juni, 15:00").
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,14 @@ def environment(
     *,
     html: bool = True,
     env_class: type[jinja2.Environment] = jinja2.Environment,
+    locale: str = i18n.DEFAULT,
     **options: Any,
 ) -> jinja2.Environment:
     """A Jinja environment over `templates/<folder>` (no loader when `folder` is None, for
     templates compiled from strings). `StrictUndefined` always: a missing variable is an error
     naming it, never an empty string. With `html`, `.html` templates (and, without a folder,
-    every template) are autoescaped. `options` override the rest (trim_blocks, caching, ...)."""
+    every template) are autoescaped. Texts marked for translation read in `locale` (one of
+    `i18n.LOCALES`). `options` override the rest (trim_blocks, caching, ...)."""
     loader = jinja2.FileSystemLoader(TEMPLATES_DIR / folder) if folder is not None else None
     autoescape: Any = (
         (jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False) if folder else True)
@@ -54,7 +56,8 @@ def environment(
     settings.update(options)
     env = env_class(**settings)
     env.policies["ext.i18n.trimmed"] = True
-    env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
+    env.install_gettext_translations(i18n.translations(locale), newstyle=True)  # type: ignore[attr-defined]
+    env.globals["locale"] = i18n.normalise(locale)
     env.filters["number"] = _number
     env.filters["when"] = _when
     return env
@@ -67,5 +70,6 @@ def _number(context: jinja2.runtime.Context, value: float) -> str:
 
 @jinja2.pass_context
 def _when(context: jinja2.runtime.Context, instant: str) -> str:
-    at = datetime.fromisoformat(instant)
-    return i18n.format_when(at, context.get("time_zone") or "UTC", context.get("locale") or i18n.DEFAULT)
+    return i18n.format_instant(
+        instant, context.get("time_zone") or "UTC", context.get("locale") or i18n.DEFAULT
+    )

@@ -64,7 +64,11 @@ def sanitise(fragment: str) -> str:
 _SANDBOX_HTML = cast(MeteredSandbox, templating.environment(None, env_class=MeteredSandbox))
 _SANDBOX_TEXT = cast(MeteredSandbox, templating.environment(None, html=False, env_class=MeteredSandbox))
 _MARKDOWN = MarkdownIt("commonmark", {"html": True, "linkify": False}).enable("table")
-_LAYOUT = templating.environment("mail", keep_trailing_newline=True)
+# The layout (footer) in each language.
+_LAYOUTS = {
+    locale: templating.environment("mail", locale=locale, keep_trailing_newline=True)
+    for locale in i18n.LOCALES
+}
 
 
 class TemplateProblem(ValueError):
@@ -206,14 +210,17 @@ def prepare(settings: Settings, draft: Draft) -> Prepared:
         body_source = draft.body
         text_source = html_to_text(draft.body)
     layout = {
-        **i18n.template_context(draft.locale),
         "subject": _SUBJECT,
         "preheader": draft.preheader,
         "postal_address": settings.postal_address,
         "unsubscribe_url": _UNSUBSCRIBE,
         "preferences_url": _PREFERENCES,
     }
-    shell = _LAYOUT.get_template("newsletter.html").render(**layout, body=_BODY_SLOT)
+    shell = (
+        _LAYOUTS[i18n.normalise(draft.locale)]
+        .get_template("newsletter.html")
+        .render(**layout, body=_BODY_SLOT)
+    )
     document = shell.replace(_BODY_START + _BODY_END, _BODY_START + body_source + _BODY_END)
     inlined = css_inline.inline(document)
     start, end = inlined.find(_BODY_START), inlined.find(_BODY_END)
@@ -224,7 +231,11 @@ def prepare(settings: Settings, draft: Draft) -> Prepared:
         inlined = css_inline.inline(shell)
         start, end = inlined.find(_BODY_START), inlined.find(_BODY_END)
         inlined_body = body_source
-    text_shell = _LAYOUT.get_template("newsletter.txt").render(**layout, body="@@notifier-body@@")
+    text_shell = (
+        _LAYOUTS[i18n.normalise(draft.locale)]
+        .get_template("newsletter.txt")
+        .render(**layout, body="@@notifier-body@@")
+    )
     text_before, _, text_after = text_shell.partition("@@notifier-body@@")
     return Prepared(
         subject=subject,

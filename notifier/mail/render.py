@@ -125,23 +125,34 @@ def _one_line(text: str) -> str:
 
 
 class Templates:
-    """The Jinja environment over `templates/mail/` and the CSS inliner; build one per process."""
+    """The Jinja environments over `templates/mail/` (one per language, made on first use) and
+    the CSS inliner; build one per process."""
 
     def __init__(self, directory: Path = TEMPLATES_DIR) -> None:
         self.directory = directory
-        self.env = templating.environment(
-            None,
-            loader=jinja2.FileSystemLoader(directory),
-            autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
-            trim_blocks=True,
-            lstrip_blocks=True,
-            keep_trailing_newline=True,
-            auto_reload=False,
-            cache_size=-1,
-        )
+        self._envs: dict[str, jinja2.Environment] = {}
+        self.env = self.env_for(i18n.DEFAULT)
         self.inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
         self._exists: dict[str, bool] = {}
-        self._compiled: dict[str, tuple[jinja2.Template, jinja2.Template, jinja2.Template]] = {}
+        self._compiled: dict[tuple[str, str], tuple[jinja2.Template, jinja2.Template, jinja2.Template]] = {}
+
+    def env_for(self, locale: str) -> jinja2.Environment:
+        """The environment whose templates speak `locale` (a shipped language)."""
+        env = self._envs.get(locale)
+        if env is None:
+            env = templating.environment(
+                None,
+                locale=locale,
+                loader=jinja2.FileSystemLoader(self.directory),
+                autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
+                trim_blocks=True,
+                lstrip_blocks=True,
+                keep_trailing_newline=True,
+                auto_reload=False,
+                cache_size=-1,
+            )
+            self._envs[locale] = env
+        return env
 
     def exists(self, name: str) -> bool:
         """Whether e-mail template `name` has its three files (looked up once per process)."""
@@ -179,12 +190,12 @@ class Templates:
         if not self.exists(name):
             raise TemplateError(f"unknown template {name!r}", template=name)
         name = self.localised(name, locale)
-        context = {**context, **i18n.template_context(locale, timezone)}
-        compiled = self._compiled.get(name)
+        context = {**context, "locale": locale, "time_zone": timezone}
+        compiled = self._compiled.get((locale, name))
         if compiled is None:
-            get = self.env.get_template
+            get = self.env_for(locale).get_template
             compiled = (get(f"{name}.subject.txt"), get(f"{name}.txt"), get(f"{name}.html"))
-            self._compiled[name] = compiled
+            self._compiled[locale, name] = compiled
         subject_template, text_template, html_template = compiled
         try:
             subject = subject_template.render(context)

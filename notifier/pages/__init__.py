@@ -30,7 +30,12 @@ from notifier.settings import Settings
 
 NONCE_SECONDS = 4 * 3600
 
-_ENV = templating.environment("pages", autoescape=True, trim_blocks=True, lstrip_blocks=True)
+_ENVS = {
+    locale: templating.environment(
+        "pages", locale=locale, autoescape=True, trim_blocks=True, lstrip_blocks=True
+    )
+    for locale in i18n.LOCALES
+}
 
 # No script runs on these pages; styles are inline in the shared layout; forms post only here.
 CSP = (
@@ -56,9 +61,7 @@ def render(
     for key in ("title", "message"):
         if isinstance(context.get(key), str):
             context[key] = i18n.gettext(language, context[key])
-    html = _ENV.get_template(template).render(
-        postal_address=settings.postal_address, **context, **i18n.template_context(language)
-    )
+    html = _ENVS[language].get_template(template).render(postal_address=settings.postal_address, **context)
     return web.Response(
         text=html,
         status=status,
