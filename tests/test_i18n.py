@@ -228,6 +228,13 @@ async def test_a_german_members_preference_centre_is_in_german(
     assert "<li>Newsletter: abonniert</li>" in html
     # The consent records the wording the member was shown, in German.
     assert await pool.fetchval("SELECT wording FROM consents WHERE account_id = $1", ann["id"]) == wording
+    form.update(nonce=nonce, timezone="Mars/Olympus", digest_hour="25")
+    resp = await client.post(f"/preferences/{token}", data=form)
+    html = await resp.text()
+    assert resp.status == 422 and "Es wurde nichts gespeichert. Bitte korrigieren Sie:" in html
+    assert (
+        "Wählen Sie eine Zeitzone aus der Liste." in html and "Wählen Sie eine Uhrzeit aus der Liste." in html
+    )
 
 
 async def test_pages_without_a_member_follow_accept_language_then_english(client: Client) -> None:

@@ -34,6 +34,14 @@ FREQUENCIES: tuple[tuple[schedule.Frequency, str, str], ...] = (
     ("weekly", N_("Weekly"), N_("one summary a week on the day and hour you choose")),
     ("off", N_("Never"), N_("no summaries; your inbox stays on the website")),
 )
+# What the member should do about a field the domain refused, in their language (the domain's own
+# message, in English, for a field not listed).
+FIX = {
+    "digest_frequency": N_("Choose one of the frequencies shown."),
+    "digest_hour": N_("Choose an hour from the list."),
+    "digest_weekday": N_("Choose a day of the week from the list."),
+    "timezone": N_("Choose a time zone from the list."),
+}
 LABELS = {
     "digest_frequency": N_("How often"),
     "digest_hour": N_("Hour"),
@@ -172,7 +180,10 @@ async def post_preferences(request: web.Request) -> web.Response:
                         conn, kind, found.account_id, ref, "preference-centre", {"list": "newsletter"}
                     )
         except preferences.InvalidPreferences as exc:
-            errors = {e["field"]: e["message"] for e in exc.errors or []}
+            errors = {
+                e["field"]: i18n.gettext(locale, FIX[e["field"]]) if e["field"] in FIX else e["message"]
+                for e in exc.errors or []
+            }
             values = {**dict(before), **changes} if before is not None else changes
             return _page(request, token, ref, values, locale, status=422, errors=errors)
     saved = [
