@@ -71,11 +71,13 @@ def negotiate(accept_language: str | None) -> str | None:
             continue
         if quality > 0:
             weighted.append((-quality, position, match[1].replace("-", "_")))
-    preferred = [tag for _, _, tag in sorted(weighted)]
-    found = babel.negotiate_locale(preferred, list(LOCALES))
-    if found is None:  # babel matches `de_DE` to `de` through aliases only: try the language too
-        found = babel.negotiate_locale([tag.split("_")[0].lower() for tag in preferred], list(LOCALES))
-    return found
+    for _, _, tag in sorted(weighted):
+        # Each tag in the browser's order, then its language alone (babel matches `de_DE` to
+        # `de` only through its aliases): `de-CH, fr;q=0.5` is German, not French.
+        found: str | None = babel.negotiate_locale([tag, tag.split("_")[0].lower()], list(LOCALES))
+        if found is not None:
+            return found
+    return None
 
 
 def choose(member_locale: str | None = None, accept_language: str | None = None) -> str:

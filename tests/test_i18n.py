@@ -56,6 +56,7 @@ def test_a_locale_tag_names_a_shipped_language_or_english(tag: str | None, expec
     ("header", "expected"),
     [
         ("de-DE,de;q=0.9,en;q=0.8", "de"),
+        ("de-CH, fr;q=0.5", "de"),  # a regional tag is its language, before the next one
         ("pt-BR, es;q=0.5, en;q=0.4", "es"),  # the first language shipped, by quality
         ("en;q=0.2, fr;q=0.9", "fr"),
         ("fr;q=0, de", "de"),  # q=0 means "not this one"
