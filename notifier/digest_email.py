@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import jinja2
 
-from notifier import tokens
+from notifier import i18n, tokens
 from notifier.db import Q
 from notifier.mail.render import Language, OutgoingEmail, Rendered, TemplateError, Templates, languages
 from notifier.settings import Settings
@@ -109,17 +109,34 @@ def leave_out(context: Mapping[str, Any], gone: Mapping[str, set[int]]) -> dict[
     return {**context, "categories": categories, "total": total}
 
 
+def _with_times(context: Mapping[str, Any], language: Language) -> dict[str, Any]:
+    """The context with each message's time (`at`, UTC) written for the member (`when`), once for
+    both parts; contexts stored before `at` keep their `when`. (The templates' `when` filter does
+    the same for a renderer that skips this, at twice the cost.)"""
+    zone, locale = language.timezone, language.locale
+    categories = [
+        {
+            **category,
+            "messages": [
+                {**m, "when": i18n.format_instant(m["at"], zone, locale)} if "at" in m else m
+                for m in category["messages"]
+            ],
+        }
+        for category in context["categories"]
+    ]
+    return {**context, "categories": categories, "time_zone": zone}
+
+
 def render_digest(templates: Templates, context: Mapping[str, Any], language: Language) -> Rendered:
-    """Subject, text and HTML of a digest in `language`, each message's time (`at`, UTC) written
-    for the member's language and time zone by the template's `when` filter. The HTML template
-    carries its styles inline already, so no CSS inliner runs (it would cost more than
-    rendering). Raises TemplateError."""
-    context = {**context, "time_zone": language.timezone}
-    env = templates.env_for(language.locale)
+    """Subject, text and HTML of a digest in `language`, each message's time written for the
+    member's language and time zone. The HTML template carries its styles inline already, so no
+    CSS inliner runs (it would cost more than rendering). Raises TemplateError."""
+    context = _with_times(context, language)
+    subject_template, text_template, html_template = templates.compiled(TEMPLATE, language.locale)
     try:
-        subject = env.get_template(f"{TEMPLATE}.subject.txt").render(context)
-        text = env.get_template(f"{TEMPLATE}.txt").render(context)
-        html = env.get_template(f"{TEMPLATE}.html").render(context)
+        subject = subject_template.render(context)
+        text = text_template.render(context)
+        html = html_template.render(context)
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"template {TEMPLATE!r}: {exc.message}", template=TEMPLATE) from None
     return Rendered(" ".join(subject.split()), text, html)

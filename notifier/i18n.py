@@ -139,6 +139,8 @@ def format_instant(instant: str, timezone: str, locale: str) -> str:
 @lru_cache(maxsize=4096)
 def format_number(value: float, locale: str) -> str:
     """A number with the grouping and decimal signs of `locale` ("1,234" / "1.234" / "1 234")."""
+    if isinstance(value, int) and 0 <= value < 1000:
+        return str(value)  # no grouping below a thousand, and every shipped language writes 0-9
     language = normalise(locale)
     return numbers.format_decimal(value, locale=_FORMAT_LOCALES.get(language, language))
 

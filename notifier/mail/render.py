@@ -174,6 +174,15 @@ class Templates:
         base = self.directory / folder
         return sorted(f"{folder}/{p.name.removesuffix('.subject.txt')}" for p in base.glob("*.subject.txt"))
 
+    def compiled(self, name: str, locale: str) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template]:
+        """The subject, text and HTML templates of `name` in `locale` (compiled once per process)."""
+        compiled = self._compiled.get((locale, name))
+        if compiled is None:
+            get = self.env_for(locale).get_template
+            compiled = (get(f"{name}.subject.txt"), get(f"{name}.txt"), get(f"{name}.html"))
+            self._compiled[locale, name] = compiled
+        return compiled
+
     def localised(self, name: str, locale: str) -> str:
         """The variant of template `name` for `locale` (`FOLDER/LOCALE/NAME`) when there is one,
         else `name` itself (whose texts the catalogue of `locale` translates)."""
@@ -191,12 +200,7 @@ class Templates:
             raise TemplateError(f"unknown template {name!r}", template=name)
         name = self.localised(name, locale)
         context = {**context, "locale": locale, "time_zone": timezone}
-        compiled = self._compiled.get((locale, name))
-        if compiled is None:
-            get = self.env_for(locale).get_template
-            compiled = (get(f"{name}.subject.txt"), get(f"{name}.txt"), get(f"{name}.html"))
-            self._compiled[locale, name] = compiled
-        subject_template, text_template, html_template = compiled
+        subject_template, text_template, html_template = self.compiled(name, locale)
         try:
             subject = subject_template.render(context)
             text = text_template.render(context)
