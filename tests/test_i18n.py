@@ -405,5 +405,10 @@ async def test_newsletter_variants_are_validated(client: Client, pool: asyncpg.P
     assert body["subject"] == "S"
     resp = await client.patch(f"/v1/newsletters/{created['id']}", json={"subject": "T"}, headers=headers)
     assert (await resp.json())["variants"] == body["variants"]  # absent: kept
+    preview = await client.get(f"/v1/newsletters/{created['id']}/preview?locale=es", headers=headers)
+    body = await preview.json()
+    assert body["subject"] == "Hola" and "Recibe este boletín porque se suscribió a él." in body["text"]
+    preview = await client.get(f"/v1/newsletters/{created['id']}/preview?locale=pt", headers=headers)
+    assert preview.status == 422 and (await preview.json())["errors"][0]["field"] == "locale"
     resp = await client.patch(f"/v1/newsletters/{created['id']}", json={"variants": {}}, headers=headers)
     assert (await resp.json())["variants"] == {}

@@ -209,8 +209,9 @@ async def get_newsletter(request: web.Request) -> web.Response:
 
 @requires("newsletters")
 async def preview_newsletter(request: web.Request) -> web.Response:
-    """The newsletter as `?account=EXTERNAL_ID` would get it (sample data without `account`):
-    JSON `{subject, html, text}`, or the HTML itself with `?format=html`.
+    """The newsletter as `?account=EXTERNAL_ID` would get it (sample data without `account`), in
+    the variant and footer of `?locale=` (default: the newsletter itself, footer in English): JSON
+    `{subject, html, text}`, or the HTML itself with `?format=html`.
 
     A member's name and address are account data: `?account=` needs a key that may also read
     accounts (`accounts` or `admin`); for any other key it is a 403 before anything is looked up,
@@ -238,7 +239,17 @@ async def preview_newsletter(request: web.Request) -> web.Response:
             "first_name": name.split(" ", 1)[0],
             "email": account["email"],
         }
-    out = await render_draft(request, newsletter.draft_of(row), personal)
+    draft = newsletter.draft_of(row)
+    locale = request.query.get("locale")
+    if locale is not None:
+        if locale not in i18n.LOCALES:
+            raise Problem(
+                422,
+                "unknown language",
+                errors=[{"field": "locale", "message": f"one of {', '.join(i18n.LOCALES)}"}],
+            )
+        draft = newsletter.for_language(draft, row["variants"], locale)
+    out = await render_draft(request, draft, personal)
     if request.query.get("format") == "html":
         # Marketing's HTML may hold anything: shown as an inert document (no script, no forms).
         return web.Response(
