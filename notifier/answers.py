@@ -276,12 +276,23 @@ class LinkClicks(Answer):
     days: list[ClicksOnDay]
 
 
+class NewsletterVariant(Answer):
+    """The newsletter for members of one language."""
+
+    subject: str
+    preheader: str | None = Field(default=None, description="absent: the newsletter's own")
+    body: str
+
+
 class Newsletter(Answer):
     id: int
     subject: str
     preheader: str
     body: str
     body_format: Literal["markdown", "html"]
+    variants: dict[str, NewsletterVariant] = Field(
+        description="by language (en, de, fr, es): what members of that language get instead"
+    )
     status: newsletter.Status
     recipients: int | None = Field(ge=0, description="audience frozen when sending started")
     scheduled_at: Timestamp | None

@@ -14,17 +14,19 @@ taken from the request, so this is no open redirect.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
 
 from notifier.db import Q
-from notifier.mail.newsletter_render import Draft, trackable_links
+from notifier.mail.newsletter_render import MAX_TRACKED_LINKS, Draft, trackable_links
 
 
 async def number_links(conn: asyncpg.Connection, newsletter: Mapping[str, Any]) -> int:
     """Number the newsletter's countable links (`trackable_links`, 0, 1, …) in the transaction
-    that starts it; idempotent. Returns how many links it has."""
+    that starts it, those of every language variant too, so a German reader's click counts as
+    well; idempotent. Returns how many links it has."""
     draft = Draft(
         newsletter["id"],
         newsletter["subject"],
@@ -32,9 +34,12 @@ async def number_links(conn: asyncpg.Connection, newsletter: Mapping[str, Any]) 
         newsletter["body"],
         newsletter["body_format"],
     )
-    links = trackable_links(draft)
-    await conn.execute(Q.insert_newsletter_links, newsletter["id"], list(range(len(links))), links)
-    return len(links)
+    links = dict.fromkeys(trackable_links(draft))
+    for variant in (newsletter.get("variants") or {}).values():
+        links.update(dict.fromkeys(trackable_links(replace(draft, body=variant["body"]))))
+    urls = list(links)[:MAX_TRACKED_LINKS]
+    await conn.execute(Q.insert_newsletter_links, newsletter["id"], list(range(len(urls))), urls)
+    return len(urls)
 
 
 async def follow(pool: asyncpg.Pool, newsletter_id: int, link: int, *, count: bool) -> str | None:

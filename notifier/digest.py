@@ -42,11 +42,11 @@ from typing import Any
 
 import asyncpg
 
-from notifier import queues, schedule, tokens
+from notifier import i18n, queues, schedule, tokens
 from notifier.db import Q
 from notifier.digest_email import TEMPLATE, build_context, render_digest
 from notifier.mail import compose, delivery, outbox
-from notifier.mail.render import OutgoingEmail, Rendered, Templates
+from notifier.mail.render import Language, OutgoingEmail, Rendered, Templates
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.digest")
@@ -303,7 +303,8 @@ async def preview(
     # The context delivery would add at send time (links with signed tokens, postal address).
     email = OutgoingEmail(0, "digest", account["id"], account["email"], TEMPLATE, None, context)
     full, _ = delivery.context_for(settings, email)
-    rendered = render_digest(templates or Templates(), full)
+    language = Language(i18n.normalise(account["locale"]), account["timezone"])
+    rendered = render_digest(templates or Templates(), full, language)
     return Preview(account["id"], due, context, rendered)
 
 

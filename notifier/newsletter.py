@@ -9,6 +9,10 @@ bulk-queue job (or the `newsletter_tick` cron, should the job be lost) moves the
 outbox row per member with one INSERT … SELECT. Delivery (notifier.mail.delivery) then sends the rows
 through the bulk queue; the tick marks the newsletter `sent` once no row is queued or sending.
 Every recipient is a row, so figures come from rows and events, and a crash loses nothing.
+
+A newsletter may carry variants by language (`variants`: subject, preheader and body for `de`,
+`fr`, ...): each member gets the variant of their language, else the newsletter's own subject and
+body; the footer is in the member's language either way (`for_language`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
@@ -108,6 +113,31 @@ async def update_draft(
         updated_by,
         track_clicks,
     )
+    return row
+
+
+def for_language(draft: Draft, variants: Mapping[str, Mapping[str, str]], locale: str) -> Draft:
+    """What a member whose language is `locale` gets: the variant for that language when there is
+    one (its preheader defaults to the newsletter's), else the newsletter itself, with the
+    layout's words in `locale`."""
+    variant = variants.get(locale)
+    if variant is None:
+        return replace(draft, locale=locale)
+    return replace(
+        draft,
+        subject=variant["subject"],
+        preheader=variant.get("preheader") or draft.preheader,
+        body=variant["body"],
+        locale=locale,
+    )
+
+
+async def set_variants(
+    conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int, variants: Mapping[str, Mapping[str, str]]
+) -> asyncpg.Record | None:
+    """Replace a draft's language variants (already checked by the caller); None when it is no
+    longer a draft."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q.set_newsletter_variants, newsletter_id, dict(variants))
     return row
 
 
@@ -222,12 +252,18 @@ class NewsletterRenderer:
         self.settings = settings
         self.cache = PreparedCache()
         self.drafts: OrderedDict[int, Draft] = OrderedDict()
+        self.variants: dict[int, dict[str, dict[str, str]]] = {}
+        self._languages: dict[int, render.Language] = {}
         self.fallback = render.TemplateRenderer(templates)
 
     async def prepare(self, pool: asyncpg.Pool, emails: Sequence[render.OutgoingEmail]) -> None:
+        await self.fallback.prepare(pool, [e for e in emails if e.newsletter_id is None])
         ids = sorted({e.newsletter_id for e in emails if e.newsletter_id is not None})
         if not ids:
             return
+        self._languages.update(await render.languages(pool, [e for e in emails if e.kind == "newsletter"]))
+        for row in await pool.fetch(Q.newsletter_variants, ids):
+            self.variants[row["id"]] = row["variants"]
         rows = await pool.fetch(Q.newsletter_versions, ids)
         for row in rows:
             draft = draft_of(row)
@@ -240,7 +276,8 @@ class NewsletterRenderer:
                 if self.cache.misses != misses:  # once per version, not per batch
                     await fail(pool, draft.id, f"does not render ({exc.field}): {exc.message}")
         while len(self.drafts) > 64:  # the least recently sent go; those being sent stay
-            self.drafts.popitem(last=False)
+            gone, _ = self.drafts.popitem(last=False)
+            self.variants.pop(gone, None)
 
     def render(self, email: render.OutgoingEmail, context: Mapping[str, Any]) -> render.Rendered:
         if email.newsletter_id is None:
@@ -253,6 +290,8 @@ class NewsletterRenderer:
             # A test e-mail goes to an address, not a member: it shows what the preview shows.
             personal = sample
         else:
+            language = self._languages.pop(email.id, None) or render.Language()
+            draft = for_language(draft, self.variants.get(draft.id, {}), language.locale)
             name = str(context.get("name") or "")
             personal = {
                 "name": name,

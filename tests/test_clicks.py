@@ -71,8 +71,10 @@ async def send(
     everyone opted in, delivered; the newsletter as GET then shows it."""
     headers = await bearer(pool, "newsletters")
 
-    async def sent(track_clicks: bool = True) -> dict[str, Any]:
-        draft = await create_newsletter(client, headers, subject="News", body=BODY, track_clicks=track_clicks)
+    async def sent(track_clicks: bool = True, **fields: Any) -> dict[str, Any]:
+        draft = await create_newsletter(
+            client, headers, subject="News", body=BODY, track_clicks=track_clicks, **fields
+        )
         assert draft["track_clicks"] is track_clicks
         return await send_newsletter(client, headers, run_worker, pool, redis, settings, draft["id"])
 
@@ -147,6 +149,19 @@ async def test_clicks_redirect_count_per_link_and_store_nothing_about_the_member
     for member in members:
         assert member["email"] not in stored and member["external_id"] not in stored
     assert "127.0.0.1" not in stored
+
+
+async def test_a_language_variant_links_count_too(factory: Factory, smtp: MailSink, send: Send) -> None:
+    await factory.account(newsletter=True, locale="de")
+    german = "Hallo! [Der Bericht](https://example.org/bericht) und [der Laden](https://shop.example.org/)."
+    sent = await send(variants={"de": {"subject": "Neuigkeiten", "body": german}})
+    nid = sent["id"]
+    assert [c["url"] for c in sent["clicks"]] == [REPORT, SHOP, "https://example.org/bericht"]
+    (received,) = smtp.received
+    part = received.message.get_body(("html",))
+    assert part is not None
+    links = set(re.findall(r'href="(http://127\.0\.0\.1/c/[^"]*)"', part.get_content()))
+    assert links == {f"http://127.0.0.1/c/{nid}/2", f"http://127.0.0.1/c/{nid}/1"}
 
 
 async def test_links_not_in_the_newsletter_and_foreign_newsletters_are_404(

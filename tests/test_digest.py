@@ -91,7 +91,8 @@ async def test_daily_digest_content_and_window_advance(
     assert (news["count"], news["more"]) == (2, 0)
     assert [m["subject"] for m in events["messages"]] == [f"Event {i}" for i in (6, 5, 4, 3, 2)]
     assert (events["count"], events["more"]) == (7, 2)
-    assert events["messages"][0]["when"] == "Mon 1 Jun, 15:00"
+    # Stored in UTC; delivery writes it in the member's zone and language ("Mon 1 Jun, 15:00").
+    assert events["messages"][0]["at"] == "2026-06-01T15:00:00Z"
 
     after = await account(pool, acc["id"])
     assert after["digest_window_start"] == T0 + DAY
@@ -707,9 +708,9 @@ async def test_hourly_and_weekly_windows_in_other_zones_through_passes(
 
 
 def test_contexts_queued_before_the_cut_flag_still_render() -> None:
-    # An e-mail queued by an older pass has no "cut" in its messages; it must still render.
+    # An e-mail queued by an older pass has no "cut" (nor "at") in its messages; it must still render.
     from notifier.digest_email import render_digest
-    from notifier.mail.render import Templates
+    from notifier.mail.render import Language, Templates
 
     message = {"id": 1, "subject": "Old", "snippet": "Old snippet…", "url": None, "when": "Mon 1 Jun, 09:00"}
     context = {
@@ -726,5 +727,6 @@ def test_contexts_queued_before_the_cut_flag_still_render() -> None:
         "postal_address": "",
         "to_address": "ann@example.com",
     }
-    rendered = render_digest(Templates(), context)
+    rendered = render_digest(Templates(), context, Language())
+    assert "Mon 1 Jun, 09:00" in rendered.text
     assert "Old snippet…" in rendered.text and "Old snippet…" in rendered.html

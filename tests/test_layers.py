@@ -48,6 +48,7 @@ DOMAIN = (
     "startup_checks",
     "suppression",
     "templating",
+    "i18n",
     "tokens",
     "validation",
     "verp",

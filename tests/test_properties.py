@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from notifier import digest_email, tokens
 from notifier.mail import compose, newsletter_render
-from notifier.mail.render import Templates
+from notifier.mail.render import Language, Templates
 from notifier.settings import Settings
 
 SECRET = b"property-secret"
@@ -196,7 +196,7 @@ def _digest(value: str, url: str) -> str:
         "preferences_url": "https://example.org/preferences/t",
         "postal_address": value,
     }
-    return digest_email.render_digest(TEMPLATES, context).html
+    return digest_email.render_digest(TEMPLATES, context, Language()).html
 
 
 @given(value=NASTY)

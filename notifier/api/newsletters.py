@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, field_validator
 from redis import exceptions as redis_exceptions
 
-from notifier import clicks, newsletter, newsletter_local_time, newsletter_test_send, queues
+from notifier import clicks, i18n, newsletter, newsletter_local_time, newsletter_test_send, queues
 from notifier.answers import Newsletter, NewsletterPage, NewsletterPreview, TestSendQueued
 from notifier.api.auth import api_key_of, requires
 from notifier.api.pagination import decode_cursor, next_cursor, page_limit
@@ -35,6 +35,32 @@ MAX_TEST_RECIPIENTS = 10
 TRACK_CLICKS = "count clicks per link and day, never by whom (docs/newsletters.md, Clicks)"
 
 
+def _line_or_none(value: str | None) -> str | None:
+    return None if value is None else check_one_line(value)
+
+
+class VariantIn(BaseModel):
+    """The newsletter for the members of one language (same body format as the newsletter)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str = Field(min_length=1, max_length=300)
+    preheader: str | None = Field(default=None, max_length=300)
+    body: str = Field(min_length=1, max_length=MAX_BODY_CHARS)
+
+    _lines = field_validator("subject", "preheader")(_line_or_none)
+
+
+def _languages(value: dict[str, VariantIn] | None) -> dict[str, VariantIn] | None:
+    unknown = sorted(k for k in value or {} if k not in i18n.LOCALES)
+    if unknown:
+        raise ValueError(f"unknown language {unknown[0]!r}; one of {', '.join(i18n.LOCALES)}")
+    return value
+
+
+Variants = dict[str, VariantIn]
+
+
 class NewsletterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -43,8 +69,10 @@ class NewsletterIn(BaseModel):
     body: str = Field(min_length=1, max_length=MAX_BODY_CHARS)
     body_format: Literal["markdown", "html"] = "markdown"
     track_clicks: bool = Field(default=False, description=TRACK_CLICKS)
+    variants: Variants | None = Field(default=None, description="by language: what its members get instead")
 
     _lines = field_validator("subject", "preheader")(check_one_line)
+    _variant_languages = field_validator("variants")(_languages)
 
 
 class NewsletterPatch(BaseModel):
@@ -55,11 +83,10 @@ class NewsletterPatch(BaseModel):
     body: str | None = Field(default=None, min_length=1, max_length=MAX_BODY_CHARS)
     body_format: Literal["markdown", "html"] | None = None
     track_clicks: bool | None = Field(default=None, description=TRACK_CLICKS)
+    variants: Variants | None = Field(default=None, description="replaces every variant ({} removes them)")
 
-    @field_validator("subject", "preheader")
-    @classmethod
-    def _lines(cls, value: str | None) -> str | None:
-        return None if value is None else check_one_line(value)
+    _lines = field_validator("subject", "preheader")(_line_or_none)
+    _variant_languages = field_validator("variants")(_languages)
 
 
 class SendIn(BaseModel):
@@ -117,13 +144,27 @@ async def render_draft(
         ) from None
 
 
-async def _check(request: web.Request, draft: Draft) -> None:
-    """A 422 naming every field whose template does not render (subject and body at once),
-    found in the render pool within the template budget."""
-    problems = await request.config_dict[RENDER_POOL].problems(draft)
-    if problems:
-        errors = [{"field": field, "message": message} for field, message in problems.items()]
+async def _check(
+    request: web.Request, draft: Draft, variants: Mapping[str, Mapping[str, str]] | None = None
+) -> None:
+    """A 422 naming every field whose template does not render (subject and body at once, of the
+    newsletter and of each language variant: `variants.de.body`), found in the render pool within
+    the template budget."""
+    errors = []
+    for prefix, probe in [("", draft)] + [
+        (f"variants.{locale}.", newsletter.for_language(draft, variants or {}, locale))
+        for locale in sorted(variants or {})
+    ]:
+        problems = await request.config_dict[RENDER_POOL].problems(probe)
+        errors += [{"field": prefix + field, "message": message} for field, message in problems.items()]
+    if errors:
         raise Problem(422, "the newsletter does not render", errors=errors)
+
+
+def _variants(variants: Variants | None) -> dict[str, dict[str, str]] | None:
+    if variants is None:
+        return None
+    return {k: v.model_dump(exclude_none=True) for k, v in variants.items()}
 
 
 def _id(request: web.Request) -> int:
@@ -155,10 +196,14 @@ async def create_newsletter(request: web.Request) -> web.Response:
     """A new draft. Its templates are checked: a syntax error or unknown variable is a 422."""
     body = await read_model(request, NewsletterIn)
     draft = Draft(0, body.subject, body.preheader, body.body, body.body_format)
-    await _check(request, draft)
-    row = await newsletter.create_draft(
-        request.app[POOL], draft, str(api_key_of(request).actor), track_clicks=body.track_clicks
-    )
+    variants = _variants(body.variants)
+    await _check(request, draft, variants)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        row = await newsletter.create_draft(
+            conn, draft, str(api_key_of(request).actor), track_clicks=body.track_clicks
+        )
+        if variants:
+            row = await newsletter.set_variants(conn, row["id"], variants)
     return json_response(201, Newsletter.of_row(row), {"Location": f"/v1/newsletters/{row['id']}"})
 
 
@@ -167,12 +212,16 @@ async def edit_newsletter(request: web.Request) -> web.Response:
     """Change a draft's subject, preheader, body or format; 409 once it is scheduled or later."""
     row = await _get(request)
     patch = await read_model(request, NewsletterPatch)
-    merged = {**dict(row), **patch.model_dump(exclude_none=True)}
+    merged = {**dict(row), **patch.model_dump(exclude_none=True, exclude={"variants"})}
     draft = Draft(row["id"], merged["subject"], merged["preheader"], merged["body"], merged["body_format"])
-    await _check(request, draft)
-    updated = await newsletter.update_draft(
-        request.app[POOL], draft, str(api_key_of(request).actor), track_clicks=merged["track_clicks"]
-    )
+    variants = _variants(patch.variants)
+    await _check(request, draft, row["variants"] if variants is None else variants)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        updated = await newsletter.update_draft(
+            conn, draft, str(api_key_of(request).actor), track_clicks=merged["track_clicks"]
+        )
+        if updated is not None and variants is not None:
+            updated = await newsletter.set_variants(conn, row["id"], variants)
     if updated is None:
         raise Problem(409, f"the newsletter is {row['status']}; only a draft can be edited")
     return json_response(200, Newsletter.of_row(updated))
@@ -206,8 +255,9 @@ async def get_newsletter(request: web.Request) -> web.Response:
 
 @requires("newsletters")
 async def preview_newsletter(request: web.Request) -> web.Response:
-    """The newsletter as `?account=EXTERNAL_ID` would get it (sample data without `account`):
-    JSON `{subject, html, text}`, or the HTML itself with `?format=html`.
+    """The newsletter as `?account=EXTERNAL_ID` would get it (sample data without `account`), in
+    the variant and footer of `?locale=` (default: the newsletter itself, footer in English): JSON
+    `{subject, html, text}`, or the HTML itself with `?format=html`.
 
     A member's name and address are account data: `?account=` needs a key that may also read
     accounts (`accounts` or `admin`); for any other key it is a 403 before anything is looked up,
@@ -235,7 +285,17 @@ async def preview_newsletter(request: web.Request) -> web.Response:
             "first_name": name.split(" ", 1)[0],
             "email": account["email"],
         }
-    out = await render_draft(request, newsletter.draft_of(row), personal)
+    draft = newsletter.draft_of(row)
+    locale = request.query.get("locale")
+    if locale is not None:
+        if locale not in i18n.LOCALES:
+            raise Problem(
+                422,
+                "unknown language",
+                errors=[{"field": "locale", "message": f"one of {', '.join(i18n.LOCALES)}"}],
+            )
+        draft = newsletter.for_language(draft, row["variants"], locale)
+    out = await render_draft(request, draft, personal)
     if request.query.get("format") == "html":
         # Marketing's HTML may hold anything: shown as an inert document (no script, no forms).
         return web.Response(

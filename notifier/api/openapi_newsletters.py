@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from notifier import answers, newsletter
+from notifier import answers, i18n, newsletter
 from notifier.api.newsletters import MAX_TEST_RECIPIENTS, NewsletterIn, NewsletterPatch, SendIn, TestSendIn
 from notifier.api.openapi import LOCATION, PAGE, RETRY_AFTER, Answer, Body, Operation, Param, answer, problem
 
@@ -126,6 +126,12 @@ def operations() -> list[Operation]:
                 NEWSLETTER_ID,
                 Param("account", "query", {"type": "string"}, "the external_id of a member to preview for"),
                 Param("format", "query", {"enum": ["json", "html"]}, "`html`: the HTML body itself"),
+                Param(
+                    "locale",
+                    "query",
+                    {"enum": list(i18n.LOCALES)},
+                    "as members of that language get it: its variant if any, the footer in it",
+                ),
             ],
         ),
         _op(

@@ -21,7 +21,7 @@ import nh3
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from notifier import templating
+from notifier import i18n, templating
 from notifier.mail.sandbox import Budget, MeteredSandbox, metered
 from notifier.settings import Settings
 
@@ -64,7 +64,11 @@ def sanitise(fragment: str) -> str:
 _SANDBOX_HTML = cast(MeteredSandbox, templating.environment(None, env_class=MeteredSandbox))
 _SANDBOX_TEXT = cast(MeteredSandbox, templating.environment(None, html=False, env_class=MeteredSandbox))
 _MARKDOWN = MarkdownIt("commonmark", {"html": True, "linkify": False}).enable("table")
-_LAYOUT = templating.environment("mail", keep_trailing_newline=True)
+# The layout (footer) in each language.
+_LAYOUTS = {
+    locale: templating.environment("mail", locale=locale, keep_trailing_newline=True)
+    for locale in i18n.LOCALES
+}
 
 
 class TemplateProblem(ValueError):
@@ -92,6 +96,9 @@ class Draft:
     # The newsletter's numbered links when it counts clicks (`newsletter_links`, link = index):
     # each is rewritten to `{PUBLIC_URL}/c/{id}/{link}`. Empty: links stay as written.
     links: tuple[str, ...] = ()
+    # The language of the layout's own words (the footer); the newsletter's variant for a
+    # language carries that language here (notifier.newsletter.for_language).
+    locale: str = i18n.DEFAULT
 
 
 @dataclass(frozen=True)
@@ -272,7 +279,11 @@ def prepare(settings: Settings, draft: Draft) -> Prepared:
         "unsubscribe_url": _UNSUBSCRIBE,
         "preferences_url": _PREFERENCES,
     }
-    shell = _LAYOUT.get_template("newsletter.html").render(**layout, body=_BODY_SLOT)
+    shell = (
+        _LAYOUTS[i18n.normalise(draft.locale)]
+        .get_template("newsletter.html")
+        .render(**layout, body=_BODY_SLOT)
+    )
     document = shell.replace(_BODY_START + _BODY_END, _BODY_START + body_source + _BODY_END)
     inlined = css_inline.inline(document)
     start, end = inlined.find(_BODY_START), inlined.find(_BODY_END)
@@ -283,7 +294,11 @@ def prepare(settings: Settings, draft: Draft) -> Prepared:
         inlined = css_inline.inline(shell)
         start, end = inlined.find(_BODY_START), inlined.find(_BODY_END)
         inlined_body = body_source
-    text_shell = _LAYOUT.get_template("newsletter.txt").render(**layout, body="@@notifier-body@@")
+    text_shell = (
+        _LAYOUTS[i18n.normalise(draft.locale)]
+        .get_template("newsletter.txt")
+        .render(**layout, body="@@notifier-body@@")
+    )
     text_before, _, text_after = text_shell.partition("@@notifier-body@@")
     return Prepared(
         subject=subject,
@@ -313,20 +328,20 @@ def check(settings: Settings, draft: Draft) -> None:
 
 
 class PreparedCache:
-    """Per-process memory of prepared newsletters, keyed by id and version (`updated_at`).
+    """Per-process memory of prepared newsletters, keyed by id, version (`updated_at`) and language.
 
     A version is checked once (rendered for sample data) when it is first prepared; a version
     that does not render, or not within its budget, is remembered as such, so each of its e-mails
     fails at once with the same reason instead of spending the budget again."""
 
     def __init__(self, size: int = 8) -> None:
-        self._items: OrderedDict[tuple[int, datetime | None], Prepared | TemplateProblem] = OrderedDict()
+        self._items: OrderedDict[tuple[int, datetime | None, str], Prepared | TemplateProblem] = OrderedDict()
         self._size = size
         self.misses = 0
 
     def get(self, settings: Settings, draft: Draft) -> Prepared:
         """The prepared version. Raises TemplateProblem (remembered) when it does not render."""
-        key = (draft.id, draft.version)
+        key = (draft.id, draft.version, draft.locale)
         found = self._items.get(key)
         if found is None:
             self.misses += 1

@@ -87,7 +87,8 @@ FOR NO KEY UPDATE SKIP LOCKED;
 --     nothing here);
 --   * mark those messages as in it (each locked first; one locked by someone else is skipped);
 --   * build the e-mail's content: categories ordered by their newest message, at most $11 messages
---     each (newest first) with the count and how many more, a snippet of each body, its local time;
+--     each (newest first) with the count and how many more, a snippet of each body, when it came
+--     (UTC: delivery writes it in the member's language and time zone);
 --   * write the outbox row (kind digest, queue $9, template $10, unique per digest).
 -- Returns one row per digest: how many messages were marked, and the e-mail's id (NULL when the
 -- address cannot be mailed).
@@ -155,7 +156,7 @@ shown AS (
                'url', r.url,
                'snippet', CASE WHEN length(f.flat) <= 160 THEN f.flat ELSE rtrim(left(f.flat, 159)) END,
                'cut', length(f.flat) > 160,
-               'when', to_char(r.created_at AT TIME ZONE b.timezone, 'Dy FMDD Mon, HH24:MI')
+               'at', to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
            ) AS item
     FROM ranked r
     JOIN batch b ON b.account_id = r.account_id
