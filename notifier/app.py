@@ -17,6 +17,7 @@ from notifier.api import (
     inbound,
     mailbox,
     openapi,
+    openapi_categories,
     openapi_newsletters,
     openapi_routes,
     openapi_webhooks,
@@ -190,9 +191,10 @@ def create_app(settings: Settings) -> web.Application:
     from notifier.pages import confirm, preference_centre, unsubscribe
 
     newsletters.setup_routes(app)
-    from notifier.api import webhooks
+    from notifier.api import categories, webhooks
 
     webhooks.setup_routes(app)
+    categories.setup_routes(app)
     unsubscribe.setup_routes(app)
     preference_centre.setup_routes(app)
     # The member's inbox: the member API and its stream, the token route, the hosted page and the
@@ -214,6 +216,7 @@ def create_app(settings: Settings) -> web.Application:
             *openapi_routes.operations(),
             *openapi_newsletters.operations(),
             *openapi_webhooks.operations(),
+            *openapi_categories.operations(),
         ],
     )
     return app

@@ -33,6 +33,7 @@ pass) is notifier/digest_email.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -42,7 +43,7 @@ from typing import Any
 
 import asyncpg
 
-from notifier import queues, schedule, tokens
+from notifier import categories, digest_windows, queues, tokens
 from notifier.db import Q
 from notifier.digest_email import TEMPLATE, build_context, render_digest
 from notifier.mail import compose, delivery, outbox
@@ -75,16 +76,6 @@ class PassResult:
 # --- the scheduler pass --------------------------------------------------------------------------
 
 
-def _next_after(account: Mapping[str, Any], window_end: datetime, now: datetime) -> datetime | None:
-    return schedule.next_due(
-        account["digest_frequency"],
-        account["digest_hour"],
-        account["digest_weekday"],
-        account["timezone"],
-        max(window_end, now),
-    )
-
-
 def _mailable(address: str) -> bool:
     try:
         compose.check_address(address)
@@ -105,6 +96,48 @@ async def _sql_timezones(conn: asyncpg.Connection) -> frozenset[str]:
 _PG_ZONES: frozenset[str] | None = None
 
 
+class _Plan:
+    """Which categories of one member a pass sends, and their windows after it; memoised per
+    (default frequency, choices, due frequencies): most members share them."""
+
+    def __init__(self, declared: Mapping[str, categories.Category]) -> None:
+        self.declared = declared
+        self.keys = sorted(declared)
+        self._used: dict[tuple[str, str], set[str]] = {}
+        self._sends: dict[tuple[str, str, frozenset[str]], tuple[str, bool, bool]] = {}
+
+    def used(self, default: str, choices: Mapping[str, Any]) -> set[str]:
+        key = (default, json.dumps(choices, sort_keys=True) if choices else "")
+        if key not in self._used:
+            self._used[key] = categories.frequencies_in_use(choices, default, self.declared)
+        return self._used[key]
+
+    def sends(self, default: str, choices: Mapping[str, Any], due: frozenset[str]) -> tuple[str, bool, bool]:
+        """(categories sent, space-separated; whether all are; whether an undeclared one is)."""
+        key = (default, json.dumps(choices, sort_keys=True) if choices else "", due)
+        if key not in self._sends:
+            sending = due | {"immediate"}
+            included = [
+                k
+                for k in self.keys
+                if categories.effective_frequency(k, choices, default, self.declared[k]) in sending
+            ]
+            others = categories.effective_frequency("", {}, default, None) in sending
+            self._sends[key] = (" ".join(included), others and len(included) == len(self.keys), others)
+        return self._sends[key]
+
+
+def _prefs(account: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "digest_frequency": account["digest_frequency"],
+        "digest_hour": account["digest_hour"],
+        "digest_weekday": account["digest_weekday"],
+        "timezone": account["timezone"],
+        "quiet_hours": account["quiet_hours"],
+        "categories": account["digest_categories"],
+    }
+
+
 async def _run_batch(
     conn: asyncpg.Connection, settings: Settings, now: datetime, batch_size: int
 ) -> PassResult:
@@ -114,9 +147,17 @@ async def _run_batch(
         return result
     result.accounts = len(accounts)
     zones = await _sql_timezones(conn)
+    plan = _Plan(await categories.all_categories(conn))
     ids = [a["id"] for a in accounts]
     ends = [a["next_digest_at"] for a in accounts]
     mailable = [_mailable(a["email"]) for a in accounts]
+    windows = [digest_windows.stored(a) for a in accounts]
+    used = [plan.used(a["digest_frequency"], a["digest_categories"]) for a in accounts]
+    due = [frozenset(digest_windows.due(w, now) & u) for w, u in zip(windows, used, strict=True)]
+    sends = [
+        plan.sends(a["digest_frequency"], a["digest_categories"], d)
+        for a, d in zip(accounts, due, strict=True)
+    ]
     rows = await conn.fetch(
         Q.build_digests,
         ids,
@@ -131,6 +172,11 @@ async def _run_batch(
         TEMPLATE,
         settings.digest_max_per_category,
         [tokens.inbox_link(settings, i) for i in ids],
+        [included for included, _, _ in sends],
+        [everything for _, everything, _ in sends],
+        [others for _, _, others in sends],
+        [" ".join(sorted(d)) for d in due],
+        plan.keys,
     )
     unmailable = {a["id"] for a, ok in zip(accounts, mailable, strict=True) if not ok}
     for row in rows:
@@ -140,14 +186,42 @@ async def _run_batch(
         if row["email_id"] is not None:
             result.emails += 1
     result.skipped.extend(sorted(unmailable))
-    await conn.execute(
-        Q.advance_windows,
-        ids,
-        ends,
-        [_next_after(a, end, now) for a, end in zip(accounts, ends, strict=True)],
-        timedelta(seconds=settings.immediate_coalesce_seconds),
+    waiting = await _waiting_immediate(
+        conn, [a for a, u in zip(accounts, used, strict=True) if "immediate" in u], plan
     )
+    nexts: list[datetime | None] = []
+    clocks: list[str] = []
+    for a, w, u, end in zip(accounts, windows, used, ends, strict=True):
+        prefs = _prefs(a)
+        after = digest_windows.advanced(w, u, prefs, end, now)
+        immediate = digest_windows.immediate_due(
+            waiting.get(a["id"]), settings.immediate_coalesce_seconds, prefs
+        )
+        nxt = digest_windows.earliest(after, immediate)
+        nexts.append(nxt)
+        clocks.append(json.dumps(digest_windows.document(after, a["digest_frequency"], end, nxt)))
+    await conn.execute(Q.advance_windows, ids, ends, nexts, clocks)
     return result
+
+
+async def _waiting_immediate(
+    conn: asyncpg.Connection, accounts: Sequence[Mapping[str, Any]], plan: _Plan
+) -> dict[int, datetime]:
+    """The oldest waiting message in an "immediate" category of each of these accounts."""
+    if not accounts:
+        return {}
+    by_id = {a["id"]: a for a in accounts}
+    first: dict[int, datetime] = {}
+    for row in await conn.fetch(Q.waiting_since, list(by_id)):
+        a = by_id[row["account_id"]]
+        frequency = categories.effective_frequency(
+            row["category"], a["digest_categories"], a["digest_frequency"], plan.declared.get(row["category"])
+        )
+        if frequency == "immediate" and (
+            row["account_id"] not in first or row["first"] < first[row["account_id"]]
+        ):
+            first[row["account_id"]] = row["first"]
+    return first
 
 
 async def _drain(
@@ -249,18 +323,27 @@ async def messages_arrived(
     settings: Settings,
     at: datetime | None = None,
 ) -> None:
-    """Intake calls this in the transaction that inserted messages for these accounts: members on
-    "immediate" become due one coalescing window after `at` (default: the transaction's time, as
-    the messages' `created_at`) unless already due sooner, so every message arriving in that
-    window goes out in one e-mail. Others are untouched: no row of theirs is locked or written."""
+    """Intake calls this after messages were stored for these accounts: a member with waiting
+    messages in a category they get at once ("immediate") becomes due one coalescing window after
+    `at` (default: now, as the database says), or at the end of their quiet hours if that falls
+    inside them, unless already due sooner; so every message arriving in that window goes out in
+    one e-mail. Others are untouched: no row of theirs is locked or written."""
     if not account_ids:
         return
-    await conn.execute(
-        Q.schedule_immediate,
-        sorted(set(account_ids)),
-        timedelta(seconds=settings.immediate_coalesce_seconds),
-        at,
-    )
+    plan = _Plan(await categories.all_categories(conn))
+    rows = await conn.fetch(Q.immediate_candidates, sorted(set(account_ids)))
+    candidates = [r for r in rows if "immediate" in plan.used(r["digest_frequency"], r["digest_categories"])]
+    if not candidates:
+        return
+    waiting = await _waiting_immediate(conn, candidates, plan)
+    dues = {
+        r["id"]: digest_windows.immediate_due(at or r["at"], settings.immediate_coalesce_seconds, _prefs(r))
+        for r in candidates
+        if r["id"] in waiting
+    }
+    if dues:
+        ids = sorted(dues)
+        await conn.execute(Q.schedule_due, ids, [dues[i] for i in ids])
 
 
 # --- preview ---------------------------------------------------------------------------------------
