@@ -332,7 +332,9 @@ async def test_preferences_as_the_member(
     assert resp.status == 400
     assert await pool.fetchval("SELECT digest_frequency FROM accounts WHERE id = $1", ann["id"]) == "weekly"
     # Topics and quiet hours (issue 14), with the same rules as the API.
-    await pool.execute("INSERT INTO categories (key, required) VALUES ('registry', true), ('community', false)")
+    await pool.execute(
+        "INSERT INTO categories (key, required) VALUES ('registry', true), ('community', false)"
+    )
     change = {
         "categories": {"community": {"frequency": "off"}},
         "quiet_hours": {"start": "22:00", "end": "07:00", "weekends": True},
