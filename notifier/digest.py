@@ -33,6 +33,7 @@ pass) is notifier/digest_email.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -43,7 +44,7 @@ from typing import Any
 
 import asyncpg
 
-from notifier import categories, digest_windows, queues, tokens
+from notifier import categories, digest_windows, queues, schedule, tokens
 from notifier.db import Q
 from notifier.digest_email import TEMPLATE, build_context, render_digest
 from notifier.mail import compose, delivery, outbox
@@ -351,12 +352,26 @@ async def messages_arrived(
 
 @dataclass(frozen=True)
 class Preview:
-    """The next digest of an account as it would be sent now (None when there is nothing to say)."""
+    """The next digest of an account as it would be sent (context and rendered None when there is
+    nothing to say), and the rules that shaped it."""
 
     account_id: int
     due: datetime | None
     context: dict[str, Any] | None
     rendered: Rendered | None
+    frequencies: dict[str, str] = field(default_factory=dict)  # category -> how often it is e-mailed
+    sent: tuple[str, ...] = ()  # the categories of the messages the next e-mail carries
+    windows: dict[str, datetime] = field(default_factory=dict)  # frequency -> when its window ends
+    quiet_hours: dict[str, Any] | None = None
+
+
+def _window_ends(
+    account: Mapping[str, Any], windows: digest_windows.Windows, used: set[str], at: datetime
+) -> dict[str, datetime]:
+    """When each window in use ends: a frequency newly in use (no window yet) gets one at the next
+    pass, ending at its next scheduled time after `at`."""
+    opened = digest_windows.advanced({}, used - windows.keys(), _prefs(account), at, at)
+    return {f: e for f, (_, e) in sorted({**opened, **windows}.items()) if f in used}
 
 
 class UnknownAccount(LookupError):
@@ -370,24 +385,48 @@ async def preview(
     now: datetime | None = None,
     templates: Templates | None = None,
 ) -> Preview:
-    """Render the account's next digest without recording, marking or sending anything: the
-    messages it would hold if the window closed now (or at its due time, if that is earlier).
-    Raises UnknownAccount."""
+    """Render the account's next digest under its rules without recording, marking or sending
+    anything: the e-mail the pass would send at the account's due time (the windows that end by
+    then, and "immediate" categories), with the messages waiting now (those created before the due
+    time, if that is earlier). Raises UnknownAccount."""
     now = now or datetime.now(UTC)
     account = await pool.fetchrow(Q.preview_account, external_id)
     if account is None:
         raise UnknownAccount(external_id)
+    plan = _Plan(await categories.all_categories(pool))
+    default, choices = account["digest_frequency"], account["digest_categories"]
     due: datetime | None = account["next_digest_at"]
     end = min(due, now) if due is not None else now
-    messages = await pool.fetch(Q.preview_messages, account["id"], end)
+    windows = digest_windows.stored(account)
+    closing = frozenset(digest_windows.due(windows, max(due or now, now)) & plan.used(default, choices))
+    included, everything, others = plan.sends(default, choices, closing)
+    sent = set(included.split())
+    messages = [
+        m
+        for m in await pool.fetch(Q.preview_messages, account["id"], end)
+        if everything or m["category"] in sent or (others and m["category"] not in plan.declared)
+    ]
+    rules = Preview(
+        account["id"],
+        due,
+        None,
+        None,
+        frequencies={
+            k: categories.effective_frequency(k, choices, default, c)
+            for k, c in sorted(plan.declared.items())
+        },
+        sent=tuple(sorted({m["category"] for m in messages})),
+        windows=_window_ends(account, windows, plan.used(default, choices), max(due or now, now)),
+        quiet_hours=account["quiet_hours"],
+    )
     if not messages:
-        return Preview(account["id"], due, None, None)
+        return rules
     context = build_context(account, messages, settings, account["digest_window_start"], end)
     # The context delivery would add at send time (links with signed tokens, postal address).
     email = OutgoingEmail(0, "digest", account["id"], account["email"], TEMPLATE, None, context)
     full, _ = delivery.context_for(settings, email)
     rendered = render_digest(templates or Templates(), full)
-    return Preview(account["id"], due, context, rendered)
+    return dataclasses.replace(rules, context=context, rendered=rendered)
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -442,23 +481,43 @@ def _ahead(delta: timedelta) -> str:
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
-async def cli_preview(settings: Settings, external_id: str, *, html: bool = False) -> int:
-    """`notifier digests preview EXTERNAL_ID`: print the next digest; sends and marks nothing."""
+async def cli_preview(
+    settings: Settings, external_id: str, *, html: bool = False, at: datetime | None = None
+) -> int:
+    """`notifier digests preview EXTERNAL_ID [--at TIME] [--html]`: what the member would get as of
+    `at` (default now) under their rules: when the next e-mail is due, which categories it carries
+    and when the others go, then the e-mail itself. Sends, marks and changes nothing."""
     from notifier.resources import open_pool
     from notifier.settings import ConfigError
 
     pool = await open_pool(settings)
     try:
-        result = await preview(pool, settings, external_id)
+        result = await preview(pool, settings, external_id, now=at)
     except UnknownAccount:
         raise ConfigError(f"no account with external_id {external_id!r}") from None
     finally:
         await pool.close()
     due = result.due.isoformat() if result.due else "not scheduled"
+    print(f"Next e-mail due: {due}")
+    by_frequency: dict[str, list[str]] = {}
+    for category, frequency in result.frequencies.items():
+        by_frequency.setdefault(frequency, []).append(category)
+    for frequency in schedule.FREQUENCIES:
+        names = by_frequency.get(frequency)
+        if not names:
+            continue
+        when = {"off": "never e-mailed", "immediate": "at once"}.get(frequency)
+        if when is None:
+            end = result.windows.get(frequency)
+            when = f"next window ends {end.isoformat()}" if end else "no window open"
+        print(f"  {frequency}: {', '.join(names)} ({when})")
+    if result.quiet_hours:
+        q = result.quiet_hours
+        print(f"Quiet hours: {q['start']} to {q['end']}" + (" and all weekend" if q.get("weekends") else ""))
     if result.rendered is None:
-        print(f"nothing to say: no unread, undigested messages (next digest due: {due})")
+        print("nothing to say: no unread, undigested messages in the categories due")
         return 0
-    print(f"Next digest due: {due}")
+    print(f"Categories in it: {', '.join(result.sent)}")
     print(f"Subject: {result.rendered.subject}\n")
     print(result.rendered.html if html else result.rendered.text)
     return 0

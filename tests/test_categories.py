@@ -3,6 +3,9 @@ the preferences document and in the digest pass (issue 14)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -236,3 +239,41 @@ async def test_each_category_goes_on_its_own_schedule_and_shares_e_mails(
     assert await pool.fetchval("SELECT count(*) FROM emails WHERE kind = 'digest'") == await pool.fetchval(
         "SELECT count(*) FROM digests"
     )
+
+
+async def test_cli_preview_shows_the_rules_and_changes_nothing(
+    pool: asyncpg.Pool, settings: Settings, factory: Factory
+) -> None:
+    await declare(pool, "registry", default_frequency="immediate", required=True)
+    await declare(pool, "community", default_frequency="weekly")
+    await declare(pool, "events")
+    acc = await factory.account(
+        external_id="prev-1",
+        digest_frequency="daily",
+        digest_categories={"events": {"frequency": "off"}},
+        quiet_hours={"start": "22:00", "end": "07:00", "weekends": False},
+        digest_window_start=T0,
+        next_digest_at=T0 + DAY,
+    )
+    for category in ("registry", "community", "events", "news"):
+        await factory.message(acc, category=category, subject=f"About {category}", created_at=T0 + HOUR)
+    before = await pool.fetchrow("SELECT * FROM accounts WHERE id = $1", acc["id"])
+    env = {**os.environ, **settings.to_env()}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "notifier.cli", "digests", "preview", "prev-1", "--at", (T0 + 2 * HOUR).isoformat(),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    assert f"Next e-mail due: {(T0 + DAY).isoformat()}" in text
+    assert "  immediate: registry (at once)" in text
+    assert "  weekly: community (next window ends" in text
+    assert "  off: events (never e-mailed)" in text
+    assert "Quiet hours: 22:00 to 07:00" in text
+    assert "Categories in it: news, registry" in text
+    assert "About registry" in text and "About news" in text
+    assert "About community" not in text and "About events" not in text
+    assert await pool.fetchval("SELECT count(*) FROM digests") == 0
+    assert await pool.fetchval("SELECT count(*) FROM messages WHERE digest_id IS NOT NULL") == 0
+    assert dict(await pool.fetchrow("SELECT * FROM accounts WHERE id = $1", acc["id"])) == dict(before)

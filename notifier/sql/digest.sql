@@ -252,7 +252,7 @@ FROM due WHERE a.id = due.id AND (a.next_digest_at IS NULL OR a.next_digest_at >
 
 -- name: preview_account
 SELECT id, external_id, email, name, locale, digest_frequency, digest_hour, digest_weekday, timezone,
-       digest_window_start, next_digest_at
+       digest_categories, quiet_hours, digest_clocks, digest_window_start, next_digest_at
 FROM accounts
 WHERE external_id = $1;
 
