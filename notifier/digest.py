@@ -154,7 +154,7 @@ async def _run_batch(
     mailable = [_mailable(a["email"]) for a in accounts]
     windows = [digest_windows.stored(a) for a in accounts]
     used = [plan.used(a["digest_frequency"], a["digest_categories"]) for a in accounts]
-    due = [frozenset(digest_windows.due(w, now) & u) for w, u in zip(windows, used, strict=True)]
+    due = [frozenset(digest_windows.due(w, e) & u) for w, u, e in zip(windows, used, ends, strict=True)]
     sends = [
         plan.sends(a["digest_frequency"], a["digest_categories"], d)
         for a, d in zip(accounts, due, strict=True)
@@ -192,9 +192,9 @@ async def _run_batch(
     )
     nexts: list[datetime | None] = []
     clocks: list[str] = []
-    for a, w, u, end in zip(accounts, windows, used, ends, strict=True):
+    for a, w, u, end, closed in zip(accounts, windows, used, ends, due, strict=True):
         prefs = _prefs(a)
-        after = digest_windows.advanced(w, u, prefs, end, now)
+        after = digest_windows.advanced(w, u, prefs, end, now, closed)
         immediate = digest_windows.immediate_due(
             waiting.get(a["id"]), settings.immediate_coalesce_seconds, prefs
         )
@@ -398,7 +398,7 @@ async def preview(
     due: datetime | None = account["next_digest_at"]
     end = min(due, now) if due is not None else now
     windows = digest_windows.stored(account)
-    closing = frozenset(digest_windows.due(windows, max(due or now, now)) & plan.used(default, choices))
+    closing = frozenset(digest_windows.due(windows, due or now) & plan.used(default, choices))
     included, everything, others = plan.sends(default, choices, closing)
     sent = set(included.split())
     messages = [

@@ -103,22 +103,30 @@ def opened(in_use: Iterable[str], prefs: Mapping[str, Any], now: datetime) -> Wi
     return windows
 
 
-def due(windows: Windows, now: datetime) -> set[str]:
-    """The frequencies whose window has ended by `now`."""
-    return {f for f, (_, e) in windows.items() if e <= now}
+def due(windows: Windows, at: datetime) -> set[str]:
+    """The frequencies whose window has ended by `at`. The pass closes those that end by the
+    account's due time (the digest's window end, which is also the messages' cut-off): a window
+    ending a minute later is the next digest's, so its messages are never cut off early."""
+    return {f for f, (_, e) in windows.items() if e <= at}
 
 
 def advanced(
-    windows: Windows, in_use: Iterable[str], prefs: Mapping[str, Any], account_start: datetime, now: datetime
+    windows: Windows,
+    in_use: Iterable[str],
+    prefs: Mapping[str, Any],
+    account_start: datetime,
+    now: datetime,
+    closed: Iterable[str] = (),
 ) -> Windows:
-    """The windows after a pass at `now` closed the due ones: each due window's successor starts at
+    """The windows after a pass at `now` closed those of `closed`: each one's successor starts at
     its end and ends at the next scheduled time after now (one digest for a late pass, not a
     backlog). A frequency newly in use (a category's default changed) opens a window at the
     account's window start; one no longer in use closes."""
     quiet = schedule.Quiet.of(prefs["quiet_hours"])
+    closing = set(closed)
     out: Windows = {}
     for f in sorted(set(in_use) & schedule.SCHEDULED):
-        if f in windows and windows[f][1] > now:
+        if f in windows and f not in closing:
             out[f] = windows[f]
             continue
         s = windows[f][1] if f in windows else account_start
