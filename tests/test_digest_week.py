@@ -195,7 +195,7 @@ async def _simulate(
             )
         accounts[m.key] = row
     pending = _messages()
-    changes_at = [  # in time order
+    changes_at: list[tuple[datetime, str, dict[str, Any]]] = [  # in time order
         (RAISE, "utc", {"categories": {"community": {"frequency": "hourly"}}}),
         (KATHMANDU_CHANGE, "kathmandu", {"timezone": "Asia/Kolkata"}),
         (LOWER, "utc", {"categories": {"events": {"frequency": "weekly"}}}),
