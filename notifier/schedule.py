@@ -103,6 +103,7 @@ def _next_hourly(after: datetime, tz: ZoneInfo) -> datetime:
     return t
 
 
+@lru_cache(maxsize=8192)  # pure; a pass asks the same for most accounts due at the same time
 def next_due(
     frequency: str,
     hour: int,
@@ -162,11 +163,7 @@ class Quiet:
         "weekends": false}`); None when there are none."""
         if not document:
             return None
-        return cls(
-            time.fromisoformat(document["start"]),
-            time.fromisoformat(document["end"]),
-            bool(document.get("weekends")),
-        )
+        return _quiet(document["start"], document["end"], bool(document.get("weekends")))
 
     def holds(self, at: datetime, tz: ZoneInfo) -> bool:
         """True when the instant `at` falls inside the quiet hours in `tz`."""
@@ -198,6 +195,12 @@ class Quiet:
         return at
 
 
+@lru_cache(maxsize=256)
+def _quiet(start: str, end: str, weekends: bool) -> Quiet:
+    return Quiet(time.fromisoformat(start), time.fromisoformat(end), weekends)
+
+
+@lru_cache(maxsize=8192)
 def next_due_quiet(
     frequency: str, hour: int, weekday: int, timezone: str, after: datetime, quiet: Quiet | None
 ) -> datetime | None:

@@ -16,7 +16,7 @@ from arq import ArqRedis
 
 from notifier.audit import MEMBER
 from notifier.categories import Category, effective_frequency
-from notifier.digest import run_pass
+from notifier.digest import messages_arrived, run_pass
 from notifier.preferences import InvalidPreferences, apply_preferences
 from notifier.settings import Settings
 from tests.api_helpers import bearer, new_account
@@ -277,3 +277,34 @@ async def test_cli_preview_shows_the_rules_and_changes_nothing(
     assert await pool.fetchval("SELECT count(*) FROM digests") == 0
     assert await pool.fetchval("SELECT count(*) FROM messages WHERE digest_id IS NOT NULL") == 0
     assert dict(await pool.fetchrow("SELECT * FROM accounts WHERE id = $1", acc["id"])) == dict(before)
+
+
+async def test_unsubscribing_from_digests_drops_the_choices_per_category(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    from notifier.pages import EmailRef
+    from notifier.pages.unsubscribe import unsubscribe
+
+    await declare(pool, "registry", default_frequency="immediate", required=True)
+    await declare(pool, "community")
+    acc = await factory.account(digest_frequency="daily", digest_window_start=T0, next_digest_at=T0 + DAY)
+    async with pool.acquire() as conn:
+        await apply_preferences(
+            conn, acc["id"], {"categories": {"community": {"frequency": "hourly"}}}, MEMBER, "api", now=T0
+        )
+        assert await unsubscribe(conn, acc["id"], "digest", EmailRef(), "one-click")
+    row = await pool.fetchrow(
+        "SELECT digest_frequency, digest_categories FROM accounts WHERE id = $1", acc["id"]
+    )
+    assert (row["digest_frequency"], row["digest_categories"]) == ("off", {})
+    await factory.message(acc, category="community", created_at=T0 + HOUR)
+    registry = await factory.message(acc, category="registry", created_at=T0 + HOUR)
+    async with pool.acquire() as conn:
+        await messages_arrived(conn, [acc["id"]], settings, at=T0 + HOUR)
+    t = T0 + HOUR
+    while t < T0 + 2 * DAY:
+        await run_pass(pool, redis, settings, t)
+        t += HOUR
+    # Only the required category still reaches the member.
+    assert await pool.fetchval("SELECT count(*) FROM messages WHERE digest_id IS NOT NULL") == 1
+    assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", registry["id"]) is not None

@@ -570,7 +570,7 @@ async def test_announcing_never_fails_or_stalls_intake(caplog: pytest.LogCapture
         client = Redis.from_url(url)
         started = time.monotonic()
         async with asyncio.timeout(5):  # a stalling doorbell fails the test, not hangs it
-            await inbox.announce_created(client, [inbox.CreatedMessage(1, 1, "daily")])
+            await inbox.announce_created(client, [inbox.CreatedMessage(1, 1, False)])
             await inbox.announce_changed(client, 1)
         assert time.monotonic() - started < 2 * inbox.ANNOUNCE_TIMEOUT + 0.5, url
         await client.aclose(close_connection_pool=True)
