@@ -308,3 +308,30 @@ async def test_unsubscribing_from_digests_drops_the_choices_per_category(
     # Only the required category still reaches the member.
     assert await pool.fetchval("SELECT count(*) FROM messages WHERE digest_id IS NOT NULL") == 1
     assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", registry["id"]) is not None
+
+
+async def test_an_immediate_category_does_not_move_the_members_daily_window(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
+) -> None:
+    # The usual case: the member's one daily window (kept in the account's columns) and a
+    # required category sent at once. The immediate e-mail must not take the daily window along.
+    await declare(pool, "registry", default_frequency="immediate", required=True)
+    acc = await factory.account(digest_frequency="daily", digest_window_start=T0, next_digest_at=T0 + DAY)
+    news = await factory.message(acc, category="news", created_at=T0 + HOUR)
+    registry = await factory.message(acc, category="registry", created_at=T0 + 2 * HOUR)
+    async with pool.acquire() as conn:
+        await messages_arrived(conn, [acc["id"]], settings, at=T0 + 2 * HOUR)
+    t = T0 + 2 * HOUR
+    while t <= T0 + DAY + HOUR:
+        await run_pass(pool, redis, settings, t)
+        t += timedelta(minutes=15)
+    sent = {
+        r["id"]: r["window_end"]
+        for r in await pool.fetch(
+            "SELECT m.id, d.window_end FROM messages m JOIN digests d ON d.id = m.digest_id"
+        )
+    }
+    assert sent == {
+        registry["id"]: T0 + 2 * HOUR + timedelta(seconds=settings.immediate_coalesce_seconds),
+        news["id"]: T0 + DAY,
+    }

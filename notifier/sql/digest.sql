@@ -239,7 +239,9 @@ FROM accounts WHERE id = ANY($1::bigint[]);
 
 -- name: schedule_due
 -- Make these accounts due at the given times unless already due sooner. Locks in id order (no
--- deadlock between two batches), and only rows whose due time actually moves earlier.
+-- deadlock between two batches), and only rows whose due time actually moves earlier. An account
+-- whose one window lived in its columns (`digest_clocks` empty) gets it written out first, so that
+-- the window's end is not taken for the earlier due time (notifier/digest_windows.py).
 WITH due AS (
     SELECT a.id, d.at FROM accounts a
     JOIN unnest($1::bigint[], $2::timestamptz[]) AS d (id, at) ON d.id = a.id
@@ -247,7 +249,16 @@ WITH due AS (
     ORDER BY a.id
     FOR NO KEY UPDATE OF a
 )
-UPDATE accounts a SET next_digest_at = due.at
+UPDATE accounts a
+SET next_digest_at = due.at,
+    digest_clocks = CASE
+        WHEN a.digest_clocks = '{}' AND a.next_digest_at IS NOT NULL
+             AND a.digest_frequency IN ('hourly', 'daily', 'weekly')
+        THEN jsonb_build_object(a.digest_frequency, jsonb_build_object(
+            'start', to_char(a.digest_window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+            'end', to_char(a.next_digest_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')))
+        ELSE a.digest_clocks
+    END
 FROM due WHERE a.id = due.id AND (a.next_digest_at IS NULL OR a.next_digest_at > due.at);
 
 -- name: preview_account
