@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -181,6 +182,32 @@ async def delivery_only(settings: Settings, pool: asyncpg.Pool, accounts: int) -
 
 
 PLAIN_CONNECTIONS = 8  # the plain loop the issue compares against
+
+
+async def pass_rates(
+    name: str, what: str, sizes: list[int], measure: Callable[[int], Awaitable[float]]
+) -> list[Figure]:
+    """Digests/s of a pass at each size (`measure(size)` gives its seconds), each beside the first
+    size's rate: linear growth is a ratio of 1."""
+    figures: list[Figure] = []
+    rates: list[float] = []
+    for size in sizes:
+        seconds = await measure(size)
+        rates.append(size / seconds)
+        figures.append(
+            Figure(
+                name,
+                f"{what}, {size:,} accounts: digests/s ({seconds:.2f} s)",
+                rates[-1],
+                "digests/s",
+                rates[0],
+                f"{sizes[0]:,} accounts",
+                "ratio ~1 (linear)",
+            )
+        )
+    return figures
+
+
 ROUNDS = 2  # the headline figures are the best of this many rounds (the machine is shared)
 
 
@@ -252,21 +279,9 @@ async def run(env: BenchEnv) -> list[Figure]:
                 env.notes.append(f"digest: sample e-mail {len(message):,} bytes")
 
             sizes = [max(100, int(s * env.scale)) for s in (1_000, 10_000, 50_000)]
-            rates: list[float] = []
-            for size in sizes:
-                seconds = await pass_only(settings, pool, size)
-                rates.append(size / seconds)
-                figures.append(
-                    Figure(
-                        NAME,
-                        f"pass alone, {size:,} accounts: digests/s ({seconds:.2f} s)",
-                        rates[-1],
-                        "digests/s",
-                        rates[0],
-                        f"{sizes[0]:,} accounts",
-                        "ratio ~1 (linear)",
-                    )
-                )
+            figures += await pass_rates(
+                NAME, "pass alone", sizes, lambda size: pass_only(settings, pool, size)
+            )
         finally:
             await pool.close()
     return figures

@@ -70,6 +70,21 @@ class Page(Answer, Generic[T]):
 # --- accounts ---------------------------------------------------------------------------------
 
 
+class CategoryChoice(Answer):
+    """How often the member gets one category."""
+
+    frequency: Frequency
+
+
+class QuietHoursAnswer(Answer):
+    """No e-mail between `start` and `end`, local time (crossing midnight when end < start);
+    with `weekends`, none on Saturday and Sunday either."""
+
+    start: str = Field(examples=["22:00"])
+    end: str = Field(examples=["07:00"])
+    weekends: bool
+
+
 class AccountPreferences(Answer):
     """An account's digest and newsletter preferences."""
 
@@ -78,6 +93,12 @@ class AccountPreferences(Answer):
     digest_weekday: int = Field(ge=1, le=7, description="ISO weekday of weekly digests, 1 = Monday")
     timezone: str = Field(description="an IANA time-zone name", examples=["Europe/Berlin"])
     newsletter: bool
+    categories: dict[str, CategoryChoice] = Field(
+        description="the member's frequency per category; a category left out follows its "
+        "`default_frequency`, else `digest_frequency`",
+        examples=[{"registry": {"frequency": "immediate"}, "community": {"frequency": "weekly"}}],
+    )
+    quiet_hours: QuietHoursAnswer | None = Field(description="null: none")
 
 
 class CurrentPreferences(AccountPreferences):
@@ -328,3 +349,24 @@ class NewsletterPreview(Answer):
 
 class TestSendQueued(Answer):
     emails: list[int] = Field(description="the test e-mails' ids, one per address")
+
+
+# --- categories -------------------------------------------------------------------------------
+
+
+class CategoryAnswer(Answer):
+    """A declared category."""
+
+    key: str = Field(examples=["registry"])
+    labels: dict[str, str] = Field(description="name per language tag")
+    descriptions: dict[str, str] = Field(description="description per language tag")
+    default_frequency: Frequency | None = Field(
+        description="how often members who have not chosen get it; null: the member's default frequency"
+    )
+    required: bool = Field(description="members cannot turn it off")
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class CategoryPage(Page[CategoryAnswer]):
+    pass

@@ -17,6 +17,7 @@ from notifier.api import (
     inbound,
     mailbox,
     openapi,
+    openapi_categories,
     openapi_newsletters,
     openapi_routes,
     openapi_webhooks,
@@ -191,9 +192,10 @@ def create_app(settings: Settings) -> web.Application:
 
     newsletters.setup_routes(app)
     clicks.setup_routes(app)
-    from notifier.api import webhooks
+    from notifier.api import categories, webhooks
 
     webhooks.setup_routes(app)
+    categories.setup_routes(app)
     unsubscribe.setup_routes(app)
     preference_centre.setup_routes(app)
     # The member's inbox: the member API and its stream, the token route, the hosted page and the
@@ -215,6 +217,7 @@ def create_app(settings: Settings) -> web.Application:
             *openapi_routes.operations(),
             *openapi_newsletters.operations(),
             *openapi_webhooks.operations(),
+            *openapi_categories.operations(),
         ],
     )
     return app

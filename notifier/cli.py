@@ -245,7 +245,7 @@ async def cmd_digests(args: argparse.Namespace) -> int:
     settings.require_secret()
     if args.action == "run":
         return await cli_run(settings, args.at, dry_run=args.dry_run, force=args.force)
-    return await cli_preview(settings, args.external_id, html=args.html)
+    return await cli_preview(settings, args.external_id, html=args.html, at=args.at)
 
 
 def _instant(value: str) -> datetime:
@@ -389,8 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--force", action="store_true", help="allow --at more than 5 minutes ahead (sends real mail now)"
     )
-    d = digests.add_parser("preview", help="render an account's next digest without sending it")
+    d = digests.add_parser(
+        "preview", help="what an account would get under its rules, and when; sends and changes nothing"
+    )
     d.add_argument("external_id")
+    d.add_argument("--at", type=_instant, help="as of this ISO 8601 time (default: now; no zone means UTC)")
     d.add_argument("--html", action="store_true", help="print the HTML part instead of the text")
     p.set_defaults(func=cmd_digests)
 

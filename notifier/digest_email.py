@@ -17,7 +17,15 @@ import jinja2
 
 from notifier import i18n, tokens
 from notifier.db import Q
-from notifier.mail.render import Language, OutgoingEmail, Rendered, TemplateError, Templates, languages
+from notifier.mail.render import (
+    Language,
+    NothingToSend,
+    OutgoingEmail,
+    Rendered,
+    TemplateError,
+    Templates,
+    languages,
+)
 from notifier.settings import Settings
 
 TEMPLATE = "digest"
@@ -92,8 +100,9 @@ def build_context(
 
 def leave_out(context: Mapping[str, Any], gone: Mapping[str, set[int]]) -> dict[str, Any]:
     """The context without messages read or archived since the digest was built (`gone`: ids by
-    category), counts and "and N more" adjusted. If nothing would be left, the context as built:
-    the e-mail is already on its way, and an empty digest says less than the original."""
+    category), counts and "and N more" adjusted. Raises NothingToSend when nothing is left: a
+    digest held back (a temporary failure, a queue) must not tell a member about messages they
+    have read since."""
     categories = []
     total = 0
     for category in context["categories"]:
@@ -105,7 +114,7 @@ def leave_out(context: Mapping[str, Any], gone: Mapping[str, set[int]]) -> dict[
         categories.append({**category, "count": count, "messages": shown, "more": count - len(shown)})
         total += count
     if total == 0:
-        return dict(context)
+        raise NothingToSend("every message of the digest was read or archived before it was sent")
     return {**context, "categories": categories, "total": total}
 
 

@@ -39,7 +39,7 @@ class CreatedMessage(NamedTuple):
 
     id: int
     account_id: int
-    digest_frequency: str
+    maybe_immediate: bool  # the member may get this message's category at once
 
 
 async def messages_created(
@@ -50,7 +50,7 @@ async def messages_created(
     transaction of its own). Never raises: a failure is logged (the messages exist, and the
     digest pass still finds them at the next window)."""
     await announce_created(redis, created)
-    ids = [m.account_id for m in created if m.digest_frequency == "immediate"]
+    ids = [m.account_id for m in created if m.maybe_immediate]
     if not ids:
         return
     try:
@@ -146,7 +146,7 @@ async def insert_batch(
     conn: asyncpg.Connection | asyncpg.Pool, valid: list[tuple[int, BatchItem]], *, in_transaction: bool
 ) -> list[asyncpg.Record]:
     """Insert the valid items of a batch in one statement; the rows (id, account_id,
-    digest_frequency, ...) of those whose account exists. Raises a 409 Problem when an account is
+    maybe_immediate, ...) of those whose account exists. Raises a 409 Problem when an account is
     erased meanwhile inside a transaction (the client retries)."""
     if not valid:
         return []

@@ -25,7 +25,7 @@ from arq import ArqRedis
 from notifier import queues, suppression, tokens, verp
 from notifier.db import Q
 from notifier.mail import compose, outbox, smtp_reply
-from notifier.mail.render import OutgoingEmail, Renderers, TemplateError
+from notifier.mail.render import NothingToSend, OutgoingEmail, Renderers, TemplateError
 from notifier.mail.send_rate import SendRate
 from notifier.mail.smtp import (
     DeliveryError,
@@ -49,7 +49,7 @@ POLICY_PREFIX = "refused by the receiving server's policy (the sender, not the a
 @dataclass
 class Result:
     id: int
-    status: Literal["sent", "failed", "suppressed", "queued"]
+    status: Literal["sent", "failed", "suppressed", "queued", "cancelled"]
     event: str
     message_id: str | None = None
     error: str | None = None
@@ -64,9 +64,15 @@ class Counts:
     deferred: int = 0
     suppressed: int = 0
     bounced: int = 0
+    cancelled: int = 0
 
     def add(self, result: Result) -> None:
-        attribute = {"queued": "deferred", "sent": "sent", "suppressed": "suppressed"}.get(result.status)
+        attribute = {
+            "queued": "deferred",
+            "sent": "sent",
+            "suppressed": "suppressed",
+            "cancelled": "cancelled",
+        }.get(result.status)
         if attribute is None:
             attribute = "bounced" if result.event == "bounced" else "failed"
         setattr(self, attribute, getattr(self, attribute) + 1)
@@ -337,6 +343,9 @@ class Delivery:
                 turn = loop.time()
             try:
                 mid, envelope = self.build_message(email, date, known_ids[email.id])
+            except NothingToSend as exc:
+                results[email.id] = Result(email.id, "cancelled", "cancelled", error=str(exc))
+                continue
             except (TemplateError, compose.HeaderError) as exc:
                 why = smtp_reply.redact(str(exc))
                 results[email.id] = Result(

@@ -217,6 +217,11 @@ class Templates:
         return self.inliner.inline(html)
 
 
+class NothingToSend(Exception):
+    """A renderer's verdict that an e-mail is no longer needed (a digest whose every message was
+    read since it was built): delivery records it as cancelled, sends nothing, and does not retry."""
+
+
 class Renderer(Protocol):
     """Turns claimed outbox rows into subject, text and HTML.
 
@@ -224,7 +229,7 @@ class Renderer(Protocol):
     in one query); `render` runs per e-mail and must be cheap and synchronous. `context` is the
     row's context merged with what delivery adds (`unsubscribe_url`, `preferences_url`,
     `public_url`, `postal_address`, `to_address`). Raise TemplateError to fail that e-mail
-    permanently.
+    permanently, NothingToSend to cancel it.
     """
 
     async def prepare(self, pool: asyncpg.Pool, emails: Sequence[OutgoingEmail]) -> None: ...

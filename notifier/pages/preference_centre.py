@@ -1,6 +1,7 @@
 """The preference centre, `GET` / `POST /preferences/{token}`: a server-rendered form (no
 JavaScript, no cookie) where a member lowers their digest frequency instead of leaving, changes
-the hour, weekday and time zone, and opts in or out of the newsletter.
+the hour, weekday and time zone, chooses how often each declared category reaches them, sets
+quiet hours, and opts in or out of the newsletter.
 
 POST checks the form's nonce and origin (see notifier.pages), saves through
 `preferences.apply_preferences` (audit actor: the member; newsletter consent with the wording
@@ -16,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from babel import dates
 
-from notifier import audit, consent, i18n, pages, preferences, schedule
+from notifier import audit, categories, consent, i18n, pages, preferences, schedule
 from notifier.db import Q
 from notifier.resources import POOL, SETTINGS
 
@@ -48,7 +49,16 @@ LABELS = {
     "digest_weekday": N_("Day of the week"),
     "timezone": N_("Time zone"),
     "newsletter": N_("Newsletter"),
+    "categories": N_("Topics"),
+    "quiet_hours": N_("Quiet hours"),
 }
+# The form's fields for a category's frequency: `category.<key>`; "" is the default.
+CATEGORY_FIELD = "category."
+
+
+@lru_cache(maxsize=1)
+def timezones() -> list[str]:
+    return sorted(schedule.timezone_names())
 
 
 def weekdays(locale: str) -> list[str]:
@@ -57,24 +67,67 @@ def weekdays(locale: str) -> list[str]:
     return [names[n][:1].upper() + names[n][1:] for n in range(7)]
 
 
-@lru_cache(maxsize=1)
-def timezones() -> list[str]:
-    return sorted(schedule.timezone_names())
-
-
 def _describe(field: str, value: Any, locale: str) -> str:
+    """A saved value as the member reads it, in their language."""
     if field == "digest_frequency":
-        return i18n.gettext(locale, next(label for key, label, _ in FREQUENCIES if key == value))
+        label = next((label for key, label, _ in FREQUENCIES if key == value), None)
+        return i18n.gettext(locale, label) if label else str(value)
     if field == "digest_hour":
         return f"{int(value):02d}:00"
     if field == "digest_weekday":
         return weekdays(locale)[int(value) - 1]
     if field == "newsletter":
         return i18n.gettext(locale, N_("subscribed") if value else N_("not subscribed"))
+    if field == "categories":
+        chosen = [
+            f"{key}: {_describe('digest_frequency', c['frequency'], locale)}"
+            for key, c in sorted(value.items())
+        ]
+        return ", ".join(chosen) or i18n.gettext(locale, N_("all as the defaults"))
+    if field == "quiet_hours":
+        if not value:
+            return i18n.gettext(locale, N_("no quiet hours"))
+        text = (
+            N_("%(start)s to %(end)s and all weekend")
+            if value.get("weekends")
+            else N_("%(start)s to %(end)s")
+        )
+        return i18n.gettext(locale, text) % {"start": value["start"], "end": value["end"]}
     return str(value)
 
 
-def _page(
+def _label(texts: dict[str, str], locale: str, key: str) -> str:
+    """The text for the member's language, else its base language, else English, else `key`."""
+    return texts.get(locale) or texts.get(locale.split("-")[0]) or texts.get("en") or key
+
+
+def _topics(declared: list[Any], values: dict[str, Any], locale: str) -> list[dict[str, Any]]:
+    """One row per declared category for the form: its label and description in the member's
+    language, what "default" means for this member, and the member's choice ("" for default)."""
+    choices = values.get("categories") or {}
+    rows = []
+    for c in declared:
+        default = categories.effective_frequency(
+            c["key"],
+            {},
+            values["digest_frequency"],
+            categories.Category(c["key"], c["default_frequency"], c["required"]),
+        )
+        chosen = choices.get(c["key"])
+        rows.append(
+            {
+                "key": c["key"],
+                "label": _label(c["labels"], locale, c["key"]),
+                "description": _label(c["descriptions"], locale, ""),
+                "required": c["required"],
+                "default": _describe("digest_frequency", default, locale),
+                "chosen": chosen.get("frequency") if isinstance(chosen, dict) else "",
+            }
+        )
+    return rows
+
+
+async def _page(
     request: web.Request,
     token: str,
     ref: pages.EmailRef,
@@ -86,6 +139,7 @@ def _page(
     errors: dict[str, str] | None = None,
 ) -> web.Response:
     settings = request.app[SETTINGS]
+    declared = await request.app[POOL].fetch(Q.categories_for_member)
     return pages.render(
         request,
         "preferences.html",
@@ -99,6 +153,8 @@ def _page(
         weekdays=list(enumerate(weekdays(locale), start=1)),
         hours=range(24),
         timezones=timezones(),
+        topics=_topics(declared, values, locale),
+        quiet=values.get("quiet_hours") or None,
         wording=i18n.gettext(locale, consent.WORDING),
         double_opt_in=settings.newsletter_double_opt_in,
         saved=saved,
@@ -112,7 +168,7 @@ async def get_preferences(request: web.Request) -> web.Response:
     if linked is None:
         return pages.not_found(request)
     locale = i18n.normalise(linked.locale)
-    return _page(request, linked.token, linked.ref, dict(linked.member), locale)
+    return await _page(request, linked.token, linked.ref, dict(linked.member), locale)
 
 
 def _changes(form: Any) -> dict[str, Any]:
@@ -124,6 +180,23 @@ def _changes(form: Any) -> dict[str, Any]:
         if field in form:
             raw = str(form[field]).strip()
             changes[field] = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 4 else raw
+    chosen = {
+        str(name)[len(CATEGORY_FIELD) :]: ({"frequency": str(value)} if value else None)
+        for name, value in form.items()
+        if str(name).startswith(CATEGORY_FIELD)
+    }
+    if chosen:
+        changes["categories"] = chosen
+    if "quiet_form" in form:  # the quiet-hours fieldset was on the page that was posted
+        changes["quiet_hours"] = (
+            {
+                "start": str(form.get("quiet_start", "")),
+                "end": str(form.get("quiet_end", "")),
+                "weekends": form.get("quiet_weekends") == "yes",
+            }
+            if form.get("quiet") == "yes"
+            else None
+        )
     return changes
 
 
@@ -185,7 +258,12 @@ async def post_preferences(request: web.Request) -> web.Response:
                 for e in exc.errors or []
             }
             values = {**dict(before), **changes} if before is not None else changes
-            return _page(request, token, ref, values, locale, status=422, errors=errors)
+            if isinstance(changes.get("categories"), dict) and before is not None:
+                values["categories"] = {
+                    **before["categories"],
+                    **{k: v for k, v in changes["categories"].items() if v is not None},
+                }
+            return await _page(request, token, ref, values, locale, status=422, errors=errors)
     saved = [
         {"label": i18n.gettext(locale, LABELS[k]), "value": _describe(k, v["after"], locale)}
         for k, v in changed.items()
@@ -197,7 +275,7 @@ async def post_preferences(request: web.Request) -> web.Response:
                 "value": i18n.gettext(locale, N_("confirm with the link we are e-mailing you")),
             }
         )
-    return _page(request, token, ref, {**dict(before), **after}, locale, saved=saved)
+    return await _page(request, token, ref, {**dict(before), **after}, locale, saved=saved)
 
 
 def setup_routes(app: web.Application) -> None:

@@ -48,6 +48,12 @@ async def unsubscribe(
         changes: dict[str, Any] = {}
         if list_name in ("digest", "all") and before["digest_frequency"] != "off":
             changes["digest_frequency"] = "off"
+        if list_name in ("digest", "all"):
+            # A frequency chosen per category would outlive "off": those choices go too (a
+            # required category still reaches the member, as it always does).
+            chosen = {k: None for k, c in before["categories"].items() if c.get("frequency") != "off"}
+            if chosen:
+                changes["categories"] = chosen
         if list_name in ("newsletter", "all") and before["newsletter"]:
             changes["newsletter"] = False
         if not changes:

@@ -1,13 +1,23 @@
 -- name: insert_message
--- One round trip: resolve the account and insert; no row means no such account.
+-- One round trip: resolve the account, declare the category if it is new (with the defaults:
+-- docs/digests.md, "Categories") and insert; no row means no such account. `maybe_immediate`:
+-- the member may get this category at once (checked precisely by digest.messages_arrived).
 WITH account AS (
-    SELECT id, digest_frequency FROM accounts WHERE external_id = $1
+    SELECT id, digest_frequency, digest_categories FROM accounts WHERE external_id = $1
+), declared AS (
+    INSERT INTO categories (key)
+    SELECT $2 FROM account WHERE NOT EXISTS (SELECT 1 FROM categories WHERE key = $2)
+    ON CONFLICT DO NOTHING
 ), inserted AS (
     INSERT INTO messages (account_id, category, subject, body, url, data)
     SELECT id, $2, $3, $4, $5, $6 FROM account
     RETURNING id, account_id, category, subject, body, url, data, created_at
 )
-SELECT inserted.*, account.digest_frequency FROM inserted, account;
+SELECT inserted.*,
+       (account.digest_frequency = 'immediate' OR account.digest_categories <> '{}'
+        OR EXISTS (SELECT 1 FROM categories WHERE key = $2 AND default_frequency = 'immediate'))
+           AS maybe_immediate
+FROM inserted, account;
 
 -- name: insert_messages_batch
 -- Many messages in one statement, passed as one JSON array (text) of {account, category, subject,
@@ -21,15 +31,26 @@ WITH items AS (
             AS (account text, category text, subject text, body text, url text, data jsonb)
     ) WITH ORDINALITY AS i (account, category, subject, body, url, data, ord)
 ), resolved AS MATERIALIZED (
-    SELECT nextval('messages_id_seq') AS id, i.ord, a.id AS account_id, a.digest_frequency,
+    SELECT nextval('messages_id_seq') AS id, i.ord, a.id AS account_id,
+           (a.digest_frequency = 'immediate' OR a.digest_categories <> '{}') AS maybe_immediate,
            i.category, i.subject, i.body, i.url, i.data
     FROM items i JOIN accounts a ON a.external_id = i.account
     ORDER BY i.ord  -- ids follow the input order (nextval runs after the sort)
+), declared AS (
+    -- New categories are declared with the defaults (docs/digests.md, "Categories").
+    INSERT INTO categories (key)
+    SELECT DISTINCT r.category FROM resolved r
+    WHERE NOT EXISTS (SELECT 1 FROM categories c WHERE c.key = r.category)
+    ON CONFLICT DO NOTHING
 ), inserted AS (
     INSERT INTO messages (id, account_id, category, subject, body, url, data)
     SELECT id, account_id, category, subject, body, url, data FROM resolved
 )
-SELECT ord, id, account_id, digest_frequency FROM resolved ORDER BY ord;
+SELECT r.ord, r.id, r.account_id,
+       (r.maybe_immediate OR EXISTS (
+           SELECT 1 FROM categories c WHERE c.key = r.category AND c.default_frequency = 'immediate'))
+           AS maybe_immediate
+FROM resolved r ORDER BY r.ord;
 
 -- name: inbox_page
 -- Newest first below the cursor id ($2). $3: only unread; $4: one category; $5: 'exclude',

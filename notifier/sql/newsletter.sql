@@ -185,11 +185,13 @@ INSERT INTO events (kind, account_id, email_id, newsletter_id, method, detail)
 VALUES ($1, $2, $3, $4, $5, $6);
 
 -- name: member_for_update
-SELECT id, email, name, digest_frequency, digest_hour, digest_weekday, timezone, newsletter
+SELECT id, email, name, locale, digest_frequency, digest_hour, digest_weekday, timezone, newsletter,
+       digest_categories AS categories, quiet_hours
 FROM accounts WHERE id = $1 FOR UPDATE;
 
 -- name: member
-SELECT id, email, name, digest_frequency, digest_hour, digest_weekday, timezone, newsletter
+SELECT id, email, name, locale, digest_frequency, digest_hour, digest_weekday, timezone, newsletter,
+       digest_categories AS categories, quiet_hours
 FROM accounts WHERE id = $1;
 
 -- name: last_digest_frequency
