@@ -54,6 +54,7 @@ DOMAIN = (
     "webhooks",
     "heartbeat",
     "embedded",
+    "member_import",
 )
 
 

@@ -1,0 +1,155 @@
+-- name: import_start
+INSERT INTO imports (actor_type, actor, source) VALUES ($1, $2, $3) RETURNING id;
+
+-- name: import_duplicates
+-- A second row for the same external_id is refused (the first one counts), naming the first row.
+WITH numbered AS (
+    SELECT row_no, min(row_no) OVER (PARTITION BY external_id) AS first_row
+    FROM import_rows WHERE import_id = $1
+), moved AS (
+    DELETE FROM import_rows r USING numbered n
+    WHERE r.import_id = $1 AND r.row_no = n.row_no AND n.row_no <> n.first_row
+    RETURNING r.row_no, n.first_row
+)
+INSERT INTO import_errors (import_id, row_no, field, reason)
+SELECT $1, row_no, 'external_id', format('appears again (first on row %s)', first_row) FROM moved;
+
+-- name: import_incomplete
+-- A row for a member not yet known must give an e-mail address and a name.
+WITH moved AS (
+    DELETE FROM import_rows r
+    WHERE r.import_id = $1 AND (r.email IS NULL OR r.name IS NULL)
+      AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.external_id = r.external_id)
+    RETURNING r.row_no, r.email IS NULL AS no_email, r.name IS NULL AS no_name
+)
+INSERT INTO import_errors (import_id, row_no, field, reason)
+SELECT $1, m.row_no, f.field, 'is required for a new member'
+FROM moved m, LATERAL (VALUES ('email', m.no_email), ('name', m.no_name)) AS f (field, missing)
+WHERE f.missing;
+
+-- name: import_update
+-- Members already known: correct the fields the file gives that differ, audit each correction
+-- with its before/after (as `accounts.correct` does), and count matched and updated rows.
+-- Returns the ids whose time zone moved (their digest window follows, in Python).
+WITH src AS (
+    SELECT a.id, a.email AS e0, a.name AS n0, a.timezone AS t0, a.locale AS l0,
+           coalesce(r.email, a.email) AS e1, coalesce(r.name, a.name) AS n1,
+           coalesce(r.timezone, a.timezone) AS t1, coalesce(r.locale, a.locale) AS l1
+    FROM import_rows r JOIN accounts a ON a.external_id = r.external_id
+    WHERE r.import_id = $1
+    FOR UPDATE OF a
+), changed AS (
+    SELECT id, e1, n1, t1, l1, t0 <> t1 AS moved,
+           CASE WHEN e0 <> e1 THEN jsonb_build_object('email', jsonb_build_object('before', e0, 'after', e1)) ELSE '{}' END
+        || CASE WHEN n0 <> n1 THEN jsonb_build_object('name', jsonb_build_object('before', n0, 'after', n1)) ELSE '{}' END
+        || CASE WHEN t0 <> t1 THEN jsonb_build_object('timezone', jsonb_build_object('before', t0, 'after', t1)) ELSE '{}' END
+        || CASE WHEN l0 <> l1 THEN jsonb_build_object('locale', jsonb_build_object('before', l0, 'after', l1)) ELSE '{}' END
+           AS changes
+    FROM src
+    WHERE (e0, n0, t0, l0) IS DISTINCT FROM (e1, n1, t1, l1)
+), updated AS (
+    UPDATE accounts a SET email = c.e1, name = c.n1, timezone = c.t1, locale = c.l1, updated_at = now()
+    FROM changed c WHERE a.id = c.id
+    RETURNING a.id
+), audited AS (
+    INSERT INTO audit_log (account_id, actor_type, actor, action, changes)
+    SELECT id, $2, $3, 'account.updated', changes FROM changed
+)
+SELECT (SELECT count(*) FROM src)::int AS matched,
+       (SELECT count(*) FROM updated)::int AS updated,
+       (SELECT coalesce(array_agg(id), '{}') FROM changed WHERE moved) AS moved;
+
+-- name: import_insert
+-- Members not yet known: register them with the file's time zone and locale (else $4, $5, the
+-- API's defaults) and audit each as `accounts.create_account` does. Returns one row per distinct
+-- digest schedule of the new accounts (their first window is opened by `import_open_windows`).
+WITH inserted AS (
+    INSERT INTO accounts (external_id, email, name, timezone, locale)
+    SELECT r.external_id, r.email, r.name, coalesce(r.timezone, $4), coalesce(r.locale, $5)
+    FROM import_rows r
+    WHERE r.import_id = $1
+      AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.external_id = r.external_id)
+    ON CONFLICT (external_id) DO NOTHING
+    RETURNING *
+), audited AS (
+    INSERT INTO audit_log (account_id, actor_type, actor, action, changes)
+    SELECT id, $2, $3, 'account.created', jsonb_build_object(
+        'external_id', jsonb_build_object('before', NULL, 'after', external_id),
+        'email', jsonb_build_object('before', NULL, 'after', email),
+        'name', jsonb_build_object('before', NULL, 'after', name),
+        'timezone', jsonb_build_object('before', NULL, 'after', timezone),
+        'locale', jsonb_build_object('before', NULL, 'after', locale))
+    FROM inserted
+)
+SELECT digest_frequency, digest_hour, digest_weekday, timezone, digest_window_start, count(*)::int AS n
+FROM inserted
+GROUP BY 1, 2, 3, 4, 5;
+
+-- name: import_open_windows
+-- The first digest window of the accounts this transaction registered from the import: each
+-- (frequency, hour, weekday, time zone) gets the end computed by `schedule.next_due`.
+UPDATE accounts a SET next_digest_at = m.due
+FROM import_rows r,
+     unnest($2::text[], $3::smallint[], $4::smallint[], $5::text[], $6::timestamptz[])
+         AS m (frequency, hour, weekday, timezone, due)
+WHERE r.import_id = $1 AND a.external_id = r.external_id
+  AND a.created_at = transaction_timestamp()
+  AND (a.digest_frequency, a.digest_hour, a.digest_weekday, a.timezone)
+      = (m.frequency, m.hour, m.weekday, m.timezone);
+
+-- name: import_moved_windows
+-- The schedules of accounts whose time zone the import corrected (`preferences.follow_timezone`).
+SELECT id, digest_frequency, digest_hour, digest_weekday, timezone, digest_window_start
+FROM accounts WHERE id = ANY($1::bigint[]) AND next_digest_at IS NOT NULL;
+
+-- name: import_move_windows
+UPDATE accounts a SET next_digest_at = m.due
+FROM unnest($1::bigint[], $2::timestamptz[]) AS m (id, due)
+WHERE a.id = m.id;
+
+-- name: import_opt_in
+-- Opt the imported members in to the newsletter with the consent wording ($4, $5) and source
+-- `import`, as `preferences.apply_preferences` records an opt-in; members who ever opted out are
+-- left out (an import must not overrule a member's own choice) and counted.
+WITH members AS (
+    SELECT a.id, a.newsletter,
+           EXISTS (SELECT 1 FROM consents c
+                   WHERE c.account_id = a.id AND c.topic = 'newsletter' AND NOT c.granted) AS refused
+    FROM import_rows r JOIN accounts a ON a.external_id = r.external_id
+    WHERE r.import_id = $1
+), updated AS (
+    UPDATE accounts a SET newsletter = true, updated_at = now()
+    FROM members m WHERE a.id = m.id AND NOT m.newsletter AND NOT m.refused
+    RETURNING a.id
+), consented AS (
+    INSERT INTO consents (account_id, granted, source, wording, wording_version)
+    SELECT id, true, 'import', $4, $5 FROM updated
+), audited AS (
+    INSERT INTO audit_log (account_id, actor_type, actor, action, changes)
+    SELECT id, $2, $3, 'preferences.update',
+           '{"newsletter": {"before": false, "after": true}, "source": "import"}'::jsonb
+    FROM updated
+)
+SELECT (SELECT count(*) FROM updated)::int AS opted_in,
+       (SELECT count(*) FROM members WHERE NOT newsletter AND refused)::int AS kept_out;
+
+-- name: import_failed_count
+SELECT count(DISTINCT row_no)::int FROM import_errors WHERE import_id = $1;
+
+-- name: import_error_report
+SELECT row_no, field, reason FROM import_errors WHERE import_id = $1 ORDER BY row_no, field;
+
+-- name: import_finish
+-- The staging rows go in the transaction that wrote them; the history keeps the counts only.
+WITH gone_rows AS (
+    DELETE FROM import_rows WHERE import_id = $1
+), gone_errors AS (
+    DELETE FROM import_errors WHERE import_id = $1
+)
+UPDATE imports
+SET created = $2, updated = $3, unchanged = $4, failed = $5, opted_in = $6, finished_at = now()
+WHERE id = $1;
+
+-- name: recent_imports
+SELECT id, actor_type, actor, source, created, updated, unchanged, failed, opted_in, started_at, finished_at
+FROM imports ORDER BY id DESC LIMIT $1;
