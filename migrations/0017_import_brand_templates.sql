@@ -34,3 +34,16 @@ CREATE UNLOGGED TABLE import_errors (
     field       text NOT NULL,
     reason      text NOT NULL
 );
+
+-- The house style set in the console (notifier.brand): one row; a NULL column falls back to the
+-- NOTIFIER_BRAND_* setting. Values are checked on the way in and again when read.
+CREATE TABLE brand (
+    id            boolean PRIMARY KEY DEFAULT true CHECK (id),
+    name          text,
+    logo_url      text,
+    primary_color text CHECK (primary_color ~ '^#[0-9a-f]{6}$'),
+    accent_color  text CHECK (accent_color ~ '^#[0-9a-f]{6}$'),
+    footer_text   text,
+    updated_by    text NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);

@@ -127,6 +127,30 @@ def check_locale(value: str) -> str:
     return value.replace("_", "-")
 
 
+_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+# The host of an https URL shown as an image on pages (and named in their Content-Security-Policy):
+# letters, digits, dots and hyphens, an optional port; nothing that could end a CSP directive.
+_HTTPS_IMAGE = re.compile(
+    r"https://[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?(?::\d{1,5})?/[^\s\x00-\x1f\x7f\"'<>\\`]*"
+)
+
+
+def check_colour(value: str) -> str:
+    """A colour written `#rrggbb`, lower-cased; `ValueError` otherwise (nothing that could leave a
+    CSS declaration)."""
+    if not _COLOUR.fullmatch(value):
+        raise ValueError("must be a colour written #rrggbb, such as #1d4ed8")
+    return value.lower()
+
+
+def check_https_image(value: str) -> str:
+    """An absolute https URL with a plain host name and a path (`https://www.example.org/logo.png`),
+    without spaces, quotes or angle brackets; `ValueError` otherwise."""
+    if len(value) > MAX_URL or not _HTTPS_IMAGE.fullmatch(value):
+        raise ValueError("must be an https:// URL of an image, such as https://www.example.org/logo.png")
+    return value
+
+
 def check_data(value: dict[str, Any]) -> dict[str, Any]:
     """A JSON object of at most MAX_DATA_BYTES when encoded."""
     encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)

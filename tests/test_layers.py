@@ -55,6 +55,7 @@ DOMAIN = (
     "heartbeat",
     "embedded",
     "member_import",
+    "brand",
 )
 
 

@@ -191,3 +191,38 @@ def test_the_cli_imports_prints_counts_and_writes_the_error_report(
     assert main(["members", "import", str(path), "--opt-in"]) == 2
     assert main(["members", "import", str(path)]) == 1
     assert "0 created, 0 updated, 2 unchanged, 6 failed (nothing changed)" in capsys.readouterr().out
+
+
+async def test_the_console_upload_imports_and_lists_the_bad_rows(
+    settings: Settings, pool: asyncpg.Pool, redis: Any
+) -> None:
+    from aiohttp import FormData
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from notifier.app import create_app
+    from tests.test_console import sign_in
+
+    app = create_app(settings.model_copy(update={"public_url": "http://127.0.0.1"}))
+    async with TestClient(TestServer(app)) as client:
+        csrf = await sign_in(client, pool, ["admin"], name="Olga")
+
+        def upload(**fields: str) -> FormData:
+            form = FormData()
+            form.add_field("csrf", csrf)
+            for name, value in fields.items():
+                form.add_field(name, value)
+            form.add_field("file", member_csv(GOOD_AND_BAD), filename="members.csv", content_type="text/csv")
+            return form
+
+        resp = await client.post("/console/import", data=upload(dry_run="on"))
+        html = await resp.text()
+        assert resp.status == 200 and "Dry run: nothing was written" in html
+        assert '<th scope="row" class="num">3</th><td><code>email</code></td>' in html
+        assert await pool.fetchval("SELECT count(*) FROM accounts") == 0
+        resp = await client.post("/console/import", data=upload(opt_in="on", consent_wording="News, monthly"))
+        html = await resp.text()
+        assert "2 created, 0 updated, 0 unchanged, 6 failed; 2 opted in" in html
+        assert await pool.fetchval("SELECT actor FROM audit_log LIMIT 1") == "Olga (import)"
+        assert await pool.fetchval("SELECT count(*) FROM consents WHERE source = 'import'") == 2
+        resp = await client.post("/console/import", data=upload(opt_in="on"))
+        assert resp.status == 422 and "consent wording" in await resp.text()

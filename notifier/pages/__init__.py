@@ -21,8 +21,9 @@ import asyncpg
 from aiohttp import web
 
 from notifier import templating, tokens
+from notifier.brand import Brand
 from notifier.db import Q
-from notifier.resources import POOL, SETTINGS
+from notifier.resources import BRAND, POOL, SETTINGS
 from notifier.settings import Settings
 
 NONCE_SECONDS = 4 * 3600
@@ -30,23 +31,28 @@ NONCE_SECONDS = 4 * 3600
 _ENV = templating.environment("pages", autoescape=True, trim_blocks=True, lstrip_blocks=True)
 
 # No script runs on these pages; styles are inline in the shared layout; forms post only here.
+# Images come from this site and the brand's logo origin (checked to be a plain https host).
 CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'{logo}; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
 
 
 def render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
-    """An HTML page from `templates/pages/`, never cached, with a strict Content-Security-Policy."""
+    """An HTML page from `templates/pages/` in the house style, never cached, with a strict
+    Content-Security-Policy."""
     settings: Settings = request.app[SETTINGS]
-    html = _ENV.get_template(template).render(postal_address=settings.postal_address, **context)
+    cache = request.config_dict.get(BRAND)
+    brand = cache.current if cache is not None else Brand.from_settings(settings)
+    html = _ENV.get_template(template).render(postal_address=settings.postal_address, brand=brand, **context)
+    logo = f" {brand.logo_origin}" if brand.logo_origin else ""
     return web.Response(
         text=html,
         status=status,
         content_type="text/html",
         headers={
             "Cache-Control": "no-store",
-            "Content-Security-Policy": CSP,
+            "Content-Security-Policy": CSP.format(logo=logo),
             "X-Robots-Tag": "noindex, nofollow",
             # Not no-referrer: with it, browsers send `Origin: null` on the form's POST and the
             # origin check could not tell our own form from a forged one. Nothing leaves the site.
