@@ -47,3 +47,18 @@ CREATE TABLE brand (
     updated_by    text NOT NULL,
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
+
+-- Reusable newsletter templates: a saved subject, preheader and body a draft starts from
+-- (notifier.newsletter_templates). A draft copies them; the template stays as it was.
+CREATE TABLE newsletter_templates (
+    id          bigserial PRIMARY KEY,
+    name        text NOT NULL UNIQUE,
+    subject     text NOT NULL,
+    preheader   text NOT NULL DEFAULT '',
+    body        text NOT NULL,
+    body_format text NOT NULL DEFAULT 'markdown' CHECK (body_format IN ('markdown', 'html')),
+    created_by  text NOT NULL,
+    updated_by  text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);

@@ -56,6 +56,7 @@ DOMAIN = (
     "embedded",
     "member_import",
     "brand",
+    "newsletter_templates",
 )
 
 

@@ -109,6 +109,7 @@ def test_every_list_answer_is_items_and_next_cursor(spec) -> None:
         "AuditPage",
         "InboxPage",
         "NewsletterPage",
+        "NewsletterTemplatePage",
         "WebhookDeliveryPage",
         "WebhookEndpointPage",
     ]

@@ -213,7 +213,7 @@ async def mailbox_source(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     """Mount the console at /console on `app`."""
-    from notifier.console import complaints, deliverability, imports, members, webhooks
+    from notifier.console import complaints, deliverability, imports, members, newsletter_templates, webhooks
     from notifier.console import newsletters as console_newsletters
 
     console = web.Application(middlewares=[console_middleware])
@@ -226,6 +226,7 @@ def setup(app: web.Application) -> None:
     console.router.add_get("/mailbox/{name}", mailbox_message)
     console.router.add_get("/mailbox/{name}/source", mailbox_source)
     console_newsletters.setup_routes(console)
+    newsletter_templates.setup_routes(console)
     members.setup_routes(console)
     imports.setup_routes(console)
     deliverability.setup_routes(console)
