@@ -41,6 +41,7 @@ from notifier.accounts import NewAccount
 from notifier.consent import WORDING, WORDING_VERSION
 from notifier.db import Q
 from notifier.errors import FieldError
+from notifier.preferences import Preferences
 from notifier.settings import Settings
 from notifier.validation import Email, ExternalId, Locale, Name, TimeZone, check_one_line, errors_of
 
@@ -347,11 +348,7 @@ async def _merge(
     result.updated = updated["updated"]
     result.unchanged = updated["matched"] - updated["updated"]
     await _follow_timezones(conn, updated["moved"])
-    groups = await conn.fetch(
-        Q.import_insert, import_id, actor.type, actor.name, _DEFAULTS["timezone"], _DEFAULTS["locale"]
-    )
-    result.created = sum(g["n"] for g in groups)
-    await _open_windows(conn, import_id, groups)
+    result.created = await _register(conn, import_id, actor)
     if opt_in is not None:
         opted = await conn.fetchrow(
             Q.import_opt_in, import_id, actor.type, actor.name, opt_in.wording, opt_in.version
@@ -360,33 +357,33 @@ async def _merge(
     result.failed = await conn.fetchval(Q.import_failed_count, import_id)
 
 
-async def _open_windows(conn: asyncpg.Connection, import_id: int, groups: Sequence[asyncpg.Record]) -> None:
-    """Open the first digest window of the new accounts, one `schedule.next_due` per distinct
-    schedule (a few hundred time zones at most), as `preferences.start_schedule` does for one."""
+async def _register(conn: asyncpg.Connection, import_id: int, actor: audit.Actor) -> int:
+    """Register the members not yet known, each with its first digest window open as
+    `preferences.start_schedule` opens it: from the transaction's time to `schedule.next_due` of
+    the default schedule in the member's time zone (computed once per time zone). Returns how
+    many were registered."""
+    zones = await conn.fetch(Q.import_new_timezones, import_id, _DEFAULTS["timezone"])
+    default = Preferences()
     due = [
-        (
-            g,
-            schedule.next_due(
-                g["digest_frequency"],
-                g["digest_hour"],
-                g["digest_weekday"],
-                g["timezone"],
-                g["digest_window_start"],
-            ),
+        schedule.next_due(
+            default.digest_frequency, default.digest_hour, default.digest_weekday, z["timezone"], z["now"]
         )
-        for g in groups
+        for z in zones
     ]
-    due = [(g, end) for g, end in due if end is not None]
-    if due:
-        await conn.execute(
-            Q.import_open_windows,
-            import_id,
-            [g["digest_frequency"] for g, _ in due],
-            [g["digest_hour"] for g, _ in due],
-            [g["digest_weekday"] for g, _ in due],
-            [g["timezone"] for g, _ in due],
-            [end for _, end in due],
-        )
+    created: int = await conn.fetchval(
+        Q.import_insert,
+        import_id,
+        actor.type,
+        actor.name,
+        _DEFAULTS["timezone"],
+        _DEFAULTS["locale"],
+        default.digest_frequency,
+        default.digest_hour,
+        default.digest_weekday,
+        [z["timezone"] for z in zones],
+        due,
+    )
+    return created
 
 
 async def _follow_timezones(conn: asyncpg.Connection, ids: Sequence[int], batch: int = 1000) -> None:

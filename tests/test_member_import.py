@@ -226,3 +226,23 @@ async def test_the_console_upload_imports_and_lists_the_bad_rows(
         assert await pool.fetchval("SELECT count(*) FROM consents WHERE source = 'import'") == 2
         resp = await client.post("/console/import", data=upload(opt_in="on"))
         assert resp.status == 422 and "consent wording" in await resp.text()
+
+
+async def test_an_imported_member_gets_the_schedule_an_api_registration_gets(
+    client: Any, pool: asyncpg.Pool
+) -> None:
+    from tests.api_helpers import bearer, new_account
+
+    headers = await bearer(pool, "accounts")
+    zones = ("Asia/Tokyo", "America/New_York")
+    for i, zone in enumerate(zones):
+        resp = await client.post("/v1/accounts", json=new_account(f"api{i}", timezone=zone), headers=headers)
+        assert resp.status == 201
+    await run(
+        pool, member_csv([[f"imp{i}", f"imp{i}@example.com", "Imported", z] for i, z in enumerate(zones)])
+    )
+    query = "SELECT digest_frequency, digest_hour, digest_weekday, next_digest_at FROM accounts WHERE external_id = $1"
+    for i, zone in enumerate(zones):
+        api, imported = await pool.fetchrow(query, f"m-api{i}"), await pool.fetchrow(query, f"imp{i}")
+        assert imported is not None and api is not None and imported["next_digest_at"] is not None
+        assert tuple(imported) == tuple(api), zone

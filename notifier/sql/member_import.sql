@@ -59,14 +59,25 @@ SELECT (SELECT count(*) FROM src)::int AS matched,
        (SELECT count(*) FROM updated)::int AS updated,
        (SELECT coalesce(array_agg(id), '{}') FROM changed WHERE moved) AS moved;
 
+-- name: import_new_timezones
+-- The time zones of the members the import will register ($2: the default), and the
+-- transaction's time, at which their first digest window opens.
+SELECT DISTINCT coalesce(r.timezone, $2) AS timezone, transaction_timestamp() AS now
+FROM import_rows r
+WHERE r.import_id = $1 AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.external_id = r.external_id);
+
 -- name: import_insert
 -- Members not yet known: register them with the file's time zone and locale (else $4, $5, the
--- API's defaults) and audit each as `accounts.create_account` does. Returns one row per distinct
--- digest schedule of the new accounts (their first window is opened by `import_open_windows`).
+-- API's defaults) and the default schedule ($6-$8), their first digest window open from now to
+-- the end computed for their time zone ($9, $10: `import_new_timezones`), and audit each as
+-- `accounts.create_account` does. Returns how many were registered.
 WITH inserted AS (
-    INSERT INTO accounts (external_id, email, name, timezone, locale)
-    SELECT r.external_id, r.email, r.name, coalesce(r.timezone, $4), coalesce(r.locale, $5)
+    INSERT INTO accounts (external_id, email, name, timezone, locale,
+                          digest_frequency, digest_hour, digest_weekday, digest_window_start, next_digest_at)
+    SELECT r.external_id, r.email, r.name, coalesce(r.timezone, $4), coalesce(r.locale, $5),
+           $6, $7, $8, transaction_timestamp(), d.due
     FROM import_rows r
+    LEFT JOIN unnest($9::text[], $10::timestamptz[]) AS d (timezone, due) ON d.timezone = coalesce(r.timezone, $4)
     WHERE r.import_id = $1
       AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.external_id = r.external_id)
     ON CONFLICT (external_id) DO NOTHING
@@ -81,21 +92,7 @@ WITH inserted AS (
         'locale', jsonb_build_object('before', NULL, 'after', locale))
     FROM inserted
 )
-SELECT digest_frequency, digest_hour, digest_weekday, timezone, digest_window_start, count(*)::int AS n
-FROM inserted
-GROUP BY 1, 2, 3, 4, 5;
-
--- name: import_open_windows
--- The first digest window of the accounts this transaction registered from the import: each
--- (frequency, hour, weekday, time zone) gets the end computed by `schedule.next_due`.
-UPDATE accounts a SET next_digest_at = m.due
-FROM import_rows r,
-     unnest($2::text[], $3::smallint[], $4::smallint[], $5::text[], $6::timestamptz[])
-         AS m (frequency, hour, weekday, timezone, due)
-WHERE r.import_id = $1 AND a.external_id = r.external_id
-  AND a.created_at = transaction_timestamp()
-  AND (a.digest_frequency, a.digest_hour, a.digest_weekday, a.timezone)
-      = (m.frequency, m.hour, m.weekday, m.timezone);
+SELECT count(*)::int FROM inserted;
 
 -- name: import_moved_windows
 -- The schedules of accounts whose time zone the import corrected (`preferences.follow_timezone`).
