@@ -213,7 +213,15 @@ async def mailbox_source(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     """Mount the console at /console on `app`."""
-    from notifier.console import complaints, deliverability, imports, members, newsletter_templates, webhooks
+    from notifier.console import (
+        brand,
+        complaints,
+        deliverability,
+        imports,
+        members,
+        newsletter_templates,
+        webhooks,
+    )
     from notifier.console import newsletters as console_newsletters
 
     console = web.Application(middlewares=[console_middleware])
@@ -229,6 +237,7 @@ def setup(app: web.Application) -> None:
     newsletter_templates.setup_routes(console)
     members.setup_routes(console)
     imports.setup_routes(console)
+    brand.setup_routes(console)
     deliverability.setup_routes(console)
     complaints.setup_routes(console)
     webhooks.setup_routes(console)

@@ -1,23 +1,15 @@
-"""Console pages for the house style and member import (admin).
-
-`/console/import` uploads a CSV file and runs `notifier.member_import.import_csv`, the same
-import as `notifier members import`, with the signed-in operator as the actor; the result page
-shows the counts and the bad rows. `/console/brand` stores the brand overrides
-(`notifier.brand`) and puts them in force in this process at once (the others within
-`brand.REFRESH_SECONDS`).
-"""
+"""The console's member import (admin): `/console/import` uploads a CSV file and runs
+`notifier.member_import.import_csv`, the same import as `notifier members import`, with the
+signed-in operator as the actor; the result page shows the counts and the bad rows."""
 
 from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.web_request import FileField
-from pydantic import ValidationError
 
-from notifier import audit, brand, member_import
-from notifier.console.ui import page, pool_of, posted, redirect, render, session_of, settings_of
+from notifier import audit, member_import
+from notifier.console.ui import page, pool_of, posted, render, session_of
 from notifier.db import Q
-from notifier.resources import BRAND
-from notifier.validation import errors_of
 
 RECENT_IMPORTS = 10
 
@@ -82,54 +74,6 @@ async def import_upload(request: web.Request) -> web.Response:
     )
 
 
-async def _brand_page(
-    request: web.Request,
-    *,
-    status: int = 200,
-    form: dict[str, str] | None = None,
-    errors: dict[str, str] | None = None,
-) -> web.Response:
-    stored = await brand.stored(pool_of(request))
-    values = (
-        form
-        if form is not None
-        else {k: (stored[k] or "") if stored else "" for k in brand.BrandForm.model_fields}
-    )
-    return render(
-        request,
-        "brand.html",
-        status=status,
-        form=values,
-        errors=errors or {},
-        defaults=brand.Brand.from_settings(settings_of(request)),
-        current=request.config_dict[BRAND].current,
-        stored=stored,
-    )
-
-
-@page("admin")
-async def brand_form(request: web.Request) -> web.Response:
-    """GET /console/brand: the house style in force, and the form to change it."""
-    return await _brand_page(request)
-
-
-@page("admin")
-async def brand_save(request: web.Request) -> web.Response:
-    """POST /console/brand: check and store the overrides (blank: the setting applies)."""
-    data = await posted(request)
-    form = {k: v for k, v in data.items() if isinstance(v, str) and k in brand.BrandForm.model_fields}
-    try:
-        checked = brand.BrandForm.of_form(form)
-    except ValidationError as exc:
-        errors = {e["field"]: e["message"] for e in errors_of(exc)}
-        return await _brand_page(request, status=422, form=form, errors=errors)
-    saved = await brand.save(pool_of(request), settings_of(request), checked, str(session_of(request).actor))
-    request.config_dict[BRAND].set(saved)
-    raise redirect("/console/brand", "saved")
-
-
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/import", import_form)
     app.router.add_post("/import", import_upload)
-    app.router.add_get("/brand", brand_form)
-    app.router.add_post("/brand", brand_save)
