@@ -217,23 +217,31 @@ class _CountingReader(io.RawIOBase):
         return n or 0
 
 
-def _chunks(reader: Iterator[list[str]], size: int) -> Iterator[list[tuple[int, list[str]]]]:
-    """Rows with their spreadsheet number (the header is row 1), `size` at a time."""
-    chunk: list[tuple[int, list[str]]] = []
+Row = tuple[int, list[str] | str]  # spreadsheet row number; its cells, or why it is not CSV
+
+
+def _chunks(reader: Iterator[list[str]], size: int) -> Iterator[list[Row]]:
+    """Rows with their spreadsheet number (the header is row 1), `size` at a time. A record the
+    CSV reader refuses (a cell over its size limit) is passed on as its reason, and reading goes
+    on with the next one."""
+    chunk: list[Row] = []
     row_no = 1
-    try:
-        for cells in reader:
-            row_no += 1
-            if not cells:  # a blank line
-                continue
-            chunk.append((row_no, cells))
-            if len(chunk) >= size:
-                yield chunk
-                chunk = []
-    except csv.Error as exc:
-        raise ImportRefused(f"row {row_no + 1} is not CSV: {exc}") from None
-    except UnicodeDecodeError:
-        raise ImportRefused(f"the file is not UTF-8 text (near row {row_no + 1})") from None
+    while True:
+        row_no += 1
+        try:
+            cells: list[str] | str = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            cells = f"is not CSV: {exc}"
+        except UnicodeDecodeError:
+            raise ImportRefused(f"the file is not UTF-8 text (near row {row_no})") from None
+        if not cells:  # a blank line
+            continue
+        chunk.append((row_no, cells))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
     if chunk:
         yield chunk
 
@@ -319,7 +327,7 @@ async def import_csv(
 async def _stage(
     conn: asyncpg.Connection,
     import_id: int,
-    chunk: Sequence[tuple[int, list[str]]],
+    chunk: Sequence[Row],
     plan: Mapping[int, str],
     width: int,
 ) -> None:
@@ -327,7 +335,11 @@ async def _stage(
     good: list[tuple[Any, ...]] = []
     bad: list[tuple[Any, ...]] = []
     for row_no, cells in chunk:
-        values, errors = check_row(cells, plan, width)
+        values: dict[str, Any] = {}
+        if isinstance(cells, str):
+            errors = [FieldError(field="row", message=cells)]
+        else:
+            values, errors = check_row(cells, plan, width)
         if errors:
             bad.extend((import_id, row_no, e["field"], e["message"]) for e in errors)
         else:

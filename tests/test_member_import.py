@@ -246,3 +246,20 @@ async def test_an_imported_member_gets_the_schedule_an_api_registration_gets(
         api, imported = await pool.fetchrow(query, f"m-api{i}"), await pool.fetchrow(query, f"imp{i}")
         assert imported is not None and api is not None and imported["next_digest_at"] is not None
         assert tuple(imported) == tuple(api), zone
+
+
+async def test_hostile_cells_fail_their_row_only(pool: asyncpg.Pool) -> None:
+    huge = "x" * 200_000  # over the CSV reader's cell limit
+    data = (
+        "external_id,email,name\n"
+        "m-1,ada@example.com,Ada\n"
+        f"m-2,b@example.com,{huge}\n"
+        "m-3,c@example.com,Null\x00Byte\n"
+        "m-4,d@example.com,\u202eevil\n"
+        "m-5,e@example.com,Eve\n"
+    ).encode()
+    result = await run(pool, data)
+    assert (result.created, result.failed) == (2, 3)
+    assert [(row, field) for row, field, _ in result.errors] == [(3, "row"), (4, "name"), (5, "name")]
+    assert "field limit" in result.errors[0][2]
+    assert await pool.fetchval("SELECT array_agg(external_id ORDER BY id) FROM accounts") == ["m-1", "m-5"]
