@@ -29,14 +29,22 @@ WHERE f.missing;
 
 -- name: import_update
 -- Members already known: correct the fields the file gives that differ, audit each correction
--- with its before/after (as `accounts.correct` does), and count matched and updated rows.
--- Returns the ids whose time zone moved (their digest window follows, in Python).
-WITH src AS (
-    SELECT a.id, a.email AS e0, a.name AS n0, a.timezone AS t0, a.locale AS l0,
-           coalesce(r.email, a.email) AS e1, coalesce(r.name, a.name) AS n1,
-           coalesce(r.timezone, a.timezone) AS t1, coalesce(r.locale, a.locale) AS l1
+-- with its before/after (as `accounts.correct` does), and count matched and updated rows. Only
+-- rows that differ are locked (locking every matched row would write each one, unchanged or not);
+-- the difference is taken again on the locked, latest version. Returns the ids whose time zone
+-- moved (their digest window follows, in Python).
+WITH joined AS (
+    SELECT a.id, r.email, r.name, r.timezone, r.locale,
+           (a.email, a.name, a.timezone, a.locale) IS DISTINCT FROM
+           (coalesce(r.email, a.email), coalesce(r.name, a.name),
+            coalesce(r.timezone, a.timezone), coalesce(r.locale, a.locale)) AS differs
     FROM import_rows r JOIN accounts a ON a.external_id = r.external_id
     WHERE r.import_id = $1
+), src AS (
+    SELECT a.id, a.email AS e0, a.name AS n0, a.timezone AS t0, a.locale AS l0,
+           coalesce(j.email, a.email) AS e1, coalesce(j.name, a.name) AS n1,
+           coalesce(j.timezone, a.timezone) AS t1, coalesce(j.locale, a.locale) AS l1
+    FROM accounts a JOIN joined j ON j.id = a.id AND j.differs
     FOR UPDATE OF a
 ), changed AS (
     SELECT id, e1, n1, t1, l1, t0 <> t1 AS moved,
@@ -55,7 +63,7 @@ WITH src AS (
     INSERT INTO audit_log (account_id, actor_type, actor, action, changes)
     SELECT id, $2, $3, 'account.updated', changes FROM changed
 )
-SELECT (SELECT count(*) FROM src)::int AS matched,
+SELECT (SELECT count(*) FROM joined)::int AS matched,
        (SELECT count(*) FROM updated)::int AS updated,
        (SELECT coalesce(array_agg(id), '{}') FROM changed WHERE moved) AS moved;
 
