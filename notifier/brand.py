@@ -14,6 +14,7 @@ own process at once.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, fields
 from typing import Annotated, Any
@@ -25,6 +26,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 from notifier.db import Q
 from notifier.settings import Settings
 from notifier.validation import ONE_LINE, check_colour, check_https_image
+
+log = logging.getLogger("notifier.brand")
 
 REFRESH_SECONDS = 15.0
 MAX_NAME = 100
@@ -127,11 +130,16 @@ class BrandCache:
         self._read_at = float("-inf")
 
     async def refresh(self, pool: asyncpg.Pool, *, force: bool = False) -> Brand:
-        """The brand, read again when stale (or `force`); returns `current`."""
+        """The brand, read again when stale (or `force`); returns `current`. When it cannot be
+        read (the database away, or not yet migrated), the brand in force stays and the next call
+        after `max_age` tries again: a house style never stops a page or an e-mail."""
         now = time.monotonic()
         if force or now - self._read_at >= self.max_age:
-            self.current = await load(pool, self.settings)
             self._read_at = now
+            try:
+                self.current = await load(pool, self.settings)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("brand not read, keeping the one in force: %s", type(exc).__name__)
         return self.current
 
     def set(self, brand: Brand) -> None:

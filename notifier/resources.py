@@ -40,10 +40,7 @@ async def brand_ctx(app: web.Application) -> AsyncIterator[None]:
     async def keep_fresh() -> None:
         while True:
             await asyncio.sleep(cache.max_age)
-            try:
-                await cache.refresh(app[POOL])
-            except (OSError, asyncpg.PostgresError) as exc:  # the next round tries again
-                log.warning("brand not refreshed: %s", type(exc).__name__)
+            await cache.refresh(app[POOL])
 
     task = asyncio.create_task(keep_fresh())
     try:
