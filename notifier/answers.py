@@ -341,6 +341,25 @@ class NewsletterPage(Page[Newsletter]):
     """A page of newsletters, newest first."""
 
 
+class NewsletterTemplate(Answer):
+    """A saved subject, preheader and body that newsletter drafts start from."""
+
+    id: int
+    name: str
+    subject: str
+    preheader: str
+    body: str
+    body_format: Literal["markdown", "html"]
+    created_by: str
+    updated_by: str
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class NewsletterTemplatePage(Page[NewsletterTemplate]):
+    """A page of newsletter templates, newest first."""
+
+
 class NewsletterPreview(Answer):
     subject: str
     html: str

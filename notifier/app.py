@@ -26,7 +26,7 @@ from notifier.api import (
 from notifier.api.problems import MAX_BODY, Handler, problem_middleware
 from notifier.api.problems import redact_path as redact_path  # re-exported: the access logger's helper
 from notifier.api.responses import json_response
-from notifier.resources import POOL, REDIS, SETTINGS, open_pool, open_redis, render_pool_ctx
+from notifier.resources import POOL, REDIS, SETTINGS, brand_ctx, open_pool, open_redis, render_pool_ctx
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.web")
@@ -165,6 +165,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[MAX_BODY] = settings.max_body_bytes
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(brand_ctx)
     app.cleanup_ctx.append(render_pool_ctx)
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/healthz", healthz)

@@ -284,6 +284,27 @@ async def cmd_newsletter(args: argparse.Namespace) -> int:
     return await cli_send(settings, args.id, wait=not args.no_wait)
 
 
+async def cmd_members(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from notifier.member_import import cli_import
+
+    settings = settings_for(args)
+    settings.require_services()
+    if args.opt_in and not args.consent_wording:
+        raise ConfigError("--opt-in needs --consent-wording TEXT: the words the members agreed to")
+    if args.consent_wording and not args.opt_in:
+        raise ConfigError("--consent-wording goes with --opt-in")
+    return await cli_import(
+        settings,
+        Path(args.file),
+        maps=args.map,
+        opt_in_wording=args.consent_wording if args.opt_in else None,
+        dry_run=args.dry_run,
+        report_path=Path(args.errors) if args.errors else None,
+    )
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -426,6 +447,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="allow --at more than 5 minutes ahead (sends real mail now)"
     )
     p.set_defaults(func=cmd_newsletter)
+
+    p = sub.add_parser("members", help="import members from a CSV file", description="Members.")
+    mb = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    m = mb.add_parser(
+        "import",
+        help="create or update members by external_id from a CSV file (docs/import.md)",
+        description="Create or update members by external_id from a UTF-8 CSV file with a header row. "
+        "Columns named external_id, email, name, timezone, locale map to those fields; --map maps others. "
+        "Bad rows are reported (row, field, reason) and the good rows imported; a second run of the same "
+        "file changes nothing. Exit code 0: all rows imported, 1: some rows failed, 2: refused.",
+    )
+    m.add_argument("file", help="the CSV file")
+    m.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="COLUMN=FIELD",
+        help="map a CSV column to external_id, email, name, timezone, locale or attributes.KEY (repeatable)",
+    )
+    m.add_argument("--dry-run", action="store_true", help="check and count everything; write nothing")
+    m.add_argument(
+        "--opt-in", action="store_true", help="opt the members in to the newsletter (source import)"
+    )
+    m.add_argument(
+        "--consent-wording", metavar="TEXT", help="with --opt-in: the wording the members agreed to"
+    )
+    m.add_argument("--errors", metavar="FILE.csv", help="write every bad row (row,field,reason) to this file")
+    p.set_defaults(func=cmd_members)
 
     p = sub.add_parser(
         "inbox-secret",

@@ -44,7 +44,7 @@ from typing import Any
 
 import asyncpg
 
-from notifier import categories, digest_windows, i18n, queues, schedule, tokens
+from notifier import brand, categories, digest_windows, i18n, queues, schedule, tokens
 from notifier.db import Q
 from notifier.digest_email import TEMPLATE, build_context, render_digest
 from notifier.mail import compose, delivery, outbox
@@ -424,7 +424,7 @@ async def preview(
     context = build_context(account, messages, settings, account["digest_window_start"], end)
     # The context delivery would add at send time (links with signed tokens, postal address).
     email = OutgoingEmail(0, "digest", account["id"], account["email"], TEMPLATE, None, context)
-    full, _ = delivery.context_for(settings, email)
+    full, _ = delivery.context_for(settings, email, await brand.load(pool, settings))
     language = Language(i18n.normalise(account["locale"]), account["timezone"])
     rendered = render_digest(templates or Templates(), full, language)
     return dataclasses.replace(rules, context=context, rendered=rendered)

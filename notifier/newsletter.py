@@ -301,7 +301,8 @@ class NewsletterRenderer:
                 "preferences_url": context.get("preferences_url") or sample["preferences_url"],
             }
         try:
-            out = self.cache.get(self.settings, draft).render(personal)
+            branded = replace(draft, brand=context.get("brand"))
+            out = self.cache.get(self.settings, branded).render(personal)
         except TemplateProblem as exc:
             raise render.TemplateError(
                 f"the newsletter does not render ({exc.field}): {exc.message}", template="newsletter"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 from typing import Any
 
@@ -84,3 +86,14 @@ class Factory:
             first + n - 1,
             *fields.values(),
         )
+
+
+def member_csv(
+    rows: list[list[str]], header: tuple[str, ...] = ("external_id", "email", "name", "timezone")
+) -> bytes:
+    """A member import file: a header row and `rows`, as UTF-8 CSV bytes."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue().encode()

@@ -55,6 +55,9 @@ DOMAIN = (
     "webhooks",
     "heartbeat",
     "embedded",
+    "member_import",
+    "brand",
+    "newsletter_templates",
 )
 
 

@@ -110,6 +110,7 @@ def test_every_list_answer_is_items_and_next_cursor(spec) -> None:
         "CategoryPage",
         "InboxPage",
         "NewsletterPage",
+        "NewsletterTemplatePage",
         "WebhookDeliveryPage",
         "WebhookEndpointPage",
     ]

@@ -12,8 +12,23 @@ from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, field_validator
 from redis import exceptions as redis_exceptions
 
-from notifier import clicks, i18n, newsletter, newsletter_local_time, newsletter_test_send, queues
-from notifier.answers import Newsletter, NewsletterPage, NewsletterPreview, TestSendQueued
+from notifier import (
+    clicks,
+    i18n,
+    newsletter,
+    newsletter_local_time,
+    newsletter_templates,
+    newsletter_test_send,
+    queues,
+)
+from notifier.answers import (
+    Newsletter,
+    NewsletterPage,
+    NewsletterPreview,
+    NewsletterTemplate,
+    NewsletterTemplatePage,
+    TestSendQueued,
+)
 from notifier.api.auth import api_key_of, requires
 from notifier.api.pagination import decode_cursor, next_cursor, page_limit
 from notifier.api.problems import Problem, read_model
@@ -87,6 +102,23 @@ class NewsletterPatch(BaseModel):
 
     _lines = field_validator("subject", "preheader")(_line_or_none)
     _variant_languages = field_validator("variants")(_languages)
+
+
+class NewsletterTemplateIn(NewsletterIn):
+    """A template: a name and what a draft holds."""
+
+    name: str = Field(min_length=1, max_length=100)
+
+    _name = field_validator("name")(check_one_line)
+
+
+class NewsletterTemplatePatch(NewsletterPatch):
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+
+    @field_validator("name")
+    @classmethod
+    def _one_line_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_one_line(value)
 
 
 class SendIn(BaseModel):
@@ -393,6 +425,86 @@ async def cancel_newsletter(request: web.Request) -> web.Response:
     return json_response(200, await _followed(request, cancelled))
 
 
+# --- templates a draft starts from ------------------------------------------------------------
+
+
+def _template_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise Problem(404, "no newsletter template with that id")
+    return int(raw)
+
+
+def _draft_of(body: NewsletterIn) -> Draft:
+    return Draft(0, body.subject, body.preheader, body.body, body.body_format)
+
+
+@requires("newsletters")
+async def create_template(request: web.Request) -> web.Response:
+    """A new template; its subject and body must render (422 naming the field); 409 for a name in use."""
+    body = await read_model(request, NewsletterTemplateIn)
+    await _check(request, _draft_of(body))
+    row = await newsletter_templates.create(
+        request.app[POOL], body.name, _draft_of(body), str(api_key_of(request).actor)
+    )
+    return json_response(
+        201, NewsletterTemplate.of_row(row), {"Location": f"/v1/newsletter-templates/{row['id']}"}
+    )
+
+
+@requires("newsletters")
+async def list_templates(request: web.Request) -> web.Response:
+    """Newest first; `?limit=` and `?cursor=` page."""
+    limit = page_limit(request)
+    before = decode_cursor("newsletter-templates", request.query.get("cursor"))
+    rows = await request.app[POOL].fetch(Q.list_newsletter_templates, before, limit + 1)
+    items = [NewsletterTemplate.of_row(r) for r in rows[:limit]]
+    return json_response(
+        200, NewsletterTemplatePage(items=items, next_cursor=next_cursor("newsletter-templates", rows, limit))
+    )
+
+
+@requires("newsletters")
+async def get_template(request: web.Request) -> web.Response:
+    row = await newsletter_templates.get(request.app[POOL], _template_id(request))
+    return json_response(200, NewsletterTemplate.of_row(row))
+
+
+@requires("newsletters")
+async def edit_template(request: web.Request) -> web.Response:
+    """Change fields of a template (drafts already started from it keep their copy)."""
+    row = await newsletter_templates.get(request.app[POOL], _template_id(request))
+    patch = await read_model(request, NewsletterTemplatePatch)
+    merged = NewsletterTemplateIn.model_validate(
+        {
+            k: v
+            for k, v in {**dict(row), **patch.model_dump(exclude_none=True)}.items()
+            if k in NewsletterTemplateIn.model_fields
+        }
+    )
+    await _check(request, _draft_of(merged))
+    updated = await newsletter_templates.update(
+        request.app[POOL], row["id"], merged.name, _draft_of(merged), str(api_key_of(request).actor)
+    )
+    return json_response(200, NewsletterTemplate.of_row(updated))
+
+
+@requires("newsletters")
+async def delete_template(request: web.Request) -> web.Response:
+    """Delete a template; drafts started from it are not touched. 204."""
+    await newsletter_templates.delete(request.app[POOL], _template_id(request))
+    return web.Response(status=204)
+
+
+@requires("newsletters")
+async def draft_from_template(request: web.Request) -> web.Response:
+    """A new newsletter draft holding a copy of the template: 201 with the newsletter."""
+    row = await newsletter_templates.start_draft(
+        request.app[POOL], _template_id(request), str(api_key_of(request).actor)
+    )
+    return json_response(201, Newsletter.of_row(row), {"Location": f"/v1/newsletters/{row['id']}"})
+
+
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/newsletters", create_newsletter)
     app.router.add_get("/v1/newsletters", list_newsletters)
@@ -403,3 +515,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/newsletters/{id}/send", send_newsletter)
     app.router.add_post("/v1/newsletters/{id}/unschedule", unschedule_newsletter)
     app.router.add_post("/v1/newsletters/{id}/cancel", cancel_newsletter)
+    app.router.add_post("/v1/newsletter-templates", create_template)
+    app.router.add_get("/v1/newsletter-templates", list_templates)
+    app.router.add_get("/v1/newsletter-templates/{id}", get_template)
+    app.router.add_patch("/v1/newsletter-templates/{id}", edit_template)
+    app.router.add_delete("/v1/newsletter-templates/{id}", delete_template)
+    app.router.add_post("/v1/newsletter-templates/{id}/draft", draft_from_template)

@@ -8,7 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 from notifier import answers, i18n, newsletter
-from notifier.api.newsletters import MAX_TEST_RECIPIENTS, NewsletterIn, NewsletterPatch, SendIn, TestSendIn
+from notifier.api.newsletters import (
+    MAX_TEST_RECIPIENTS,
+    NewsletterIn,
+    NewsletterPatch,
+    NewsletterTemplateIn,
+    NewsletterTemplatePatch,
+    SendIn,
+    TestSendIn,
+)
 from notifier.api.openapi import LOCATION, PAGE, RETRY_AFTER, Answer, Body, Operation, Param, answer, problem
 
 NEWSLETTER_ID = Param("id", "path", {"type": "string"}, "the newsletter's id", example="12")
@@ -181,5 +189,98 @@ def operations() -> list[Operation]:
             "Cancel",
             "Rows not yet claimed are cancelled.",
             {200: answer(one, "cancelled, with figures"), 404: _MISSING, 409: _CONFLICT},
+        ),
+        *template_operations(),
+    ]
+
+
+TEMPLATE_ID = Param("id", "path", {"type": "string"}, "the template's id", example="3")
+_TEMPLATE = {"name": "Monthly news", **_DRAFT}
+TEMPLATE_EXAMPLE = {
+    "id": 3,
+    **_TEMPLATE,
+    "created_by": "api_key:marketing",
+    "updated_by": "api_key:marketing",
+    "created_at": _TIME,
+    "updated_at": _TIME,
+}
+_NO_TEMPLATE = problem("no newsletter template with that id")
+
+
+def template_operations() -> list[Operation]:
+    """The newsletter template routes described."""
+    base = "/v1/newsletter-templates"
+    one = answers.NewsletterTemplate
+    with_id = {"parameters": [TEMPLATE_ID]}
+    return [
+        _op(
+            "POST",
+            base,
+            "Save a newsletter template",
+            "A named subject, preheader and body that drafts start from; checked like a draft's "
+            "(a template that does not render is a 422 naming the field). 409 when the name is taken.",
+            {
+                201: answer(one, "the template", LOCATION, example=TEMPLATE_EXAMPLE),
+                409: problem("another template has that name"),
+                422: _INVALID,
+            },
+            parameters=[],
+            request=Body(NewsletterTemplateIn, example=_TEMPLATE),
+        ),
+        _op(
+            "GET",
+            base,
+            "List newsletter templates",
+            "Newest first, keyset-paginated: pass `next_cursor` as `cursor` until it is null.",
+            {
+                200: answer(
+                    answers.NewsletterTemplatePage,
+                    "a page",
+                    example={"items": [TEMPLATE_EXAMPLE], "next_cursor": None},
+                ),
+                422: problem("bad limit or cursor"),
+            },
+            parameters=list(PAGE),
+        ),
+        _op(
+            "GET",
+            f"{base}/{{id}}",
+            "A newsletter template",
+            "",
+            {200: answer(one, "the template"), 404: _NO_TEMPLATE},
+            **with_id,
+        ),
+        _op(
+            "PATCH",
+            f"{base}/{{id}}",
+            "Edit a newsletter template",
+            "Fields left out keep their value; drafts already started from it keep their copy.",
+            {
+                200: answer(one, "the template"),
+                404: _NO_TEMPLATE,
+                409: problem("another template has that name"),
+                422: _INVALID,
+            },
+            request=Body(NewsletterTemplatePatch, example={"name": "Monthly news (2027)"}),
+            **with_id,
+        ),
+        _op(
+            "DELETE",
+            f"{base}/{{id}}",
+            "Delete a newsletter template",
+            "Drafts started from it are not touched.",
+            {204: Answer("deleted"), 404: _NO_TEMPLATE},
+            **with_id,
+        ),
+        _op(
+            "POST",
+            f"{base}/{{id}}/draft",
+            "Start a draft from a template",
+            "A new newsletter draft holding a copy of the template's subject, preheader and body.",
+            {
+                201: answer(answers.Newsletter, "the new draft", LOCATION, example=NEWSLETTER_EXAMPLE),
+                404: _NO_TEMPLATE,
+            },
+            **with_id,
         ),
     ]

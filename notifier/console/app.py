@@ -213,7 +213,15 @@ async def mailbox_source(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     """Mount the console at /console on `app`."""
-    from notifier.console import complaints, deliverability, members, webhooks
+    from notifier.console import (
+        brand,
+        complaints,
+        deliverability,
+        imports,
+        members,
+        newsletter_templates,
+        webhooks,
+    )
     from notifier.console import newsletters as console_newsletters
 
     console = web.Application(middlewares=[console_middleware])
@@ -226,7 +234,10 @@ def setup(app: web.Application) -> None:
     console.router.add_get("/mailbox/{name}", mailbox_message)
     console.router.add_get("/mailbox/{name}/source", mailbox_source)
     console_newsletters.setup_routes(console)
+    newsletter_templates.setup_routes(console)
     members.setup_routes(console)
+    imports.setup_routes(console)
+    brand.setup_routes(console)
     deliverability.setup_routes(console)
     complaints.setup_routes(console)
     webhooks.setup_routes(console)

@@ -22,6 +22,7 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from notifier import i18n, templating
+from notifier.brand import Brand
 from notifier.mail.sandbox import Budget, MeteredSandbox, metered
 from notifier.settings import Settings
 
@@ -43,12 +44,24 @@ _ATTRIBUTES = {
     "table": {"border", "cellpadding", "cellspacing", "summary"},
     "td": {"colspan", "rowspan", "headers", "nowrap"},
     "th": {"colspan", "rowspan", "headers", "scope", "nowrap"},
-    "img": {"src", "alt", "border"},
+    "img": {"src", "alt", "border", "width", "height"},
     "font": {"color", "face", "size"},
 }
+
+
+def _https_images(tag: str, attribute: str, value: str) -> str | None:
+    """An image loads only over https: `http:` leaks who reads over the network, `data:` and
+    `cid:` carry what a list server should not (tracking pixels, oversized inline payloads), so
+    any other `src` is dropped and the image shows its alt text."""
+    if tag == "img" and attribute == "src" and not value.strip().lower().startswith("https://"):
+        return None
+    return value
+
+
 _CLEANER = nh3.Cleaner(
     tags=nh3.ALLOWED_TAGS | {"font", "tfoot", "section", "main"},
     attributes=_ATTRIBUTES,
+    attribute_filter=_https_images,
     url_schemes={"http", "https", "mailto", "tel", "cid", "data"},
     link_rel=None,
     strip_comments=True,
@@ -99,6 +112,7 @@ class Draft:
     # The language of the layout's own words (the footer); the newsletter's variant for a
     # language carries that language here (notifier.newsletter.for_language).
     locale: str = i18n.DEFAULT
+    brand: Brand | None = None  # the house style; None: the NOTIFIER_BRAND_* settings
 
 
 @dataclass(frozen=True)
@@ -273,6 +287,7 @@ def prepare(settings: Settings, draft: Draft) -> Prepared:
         body_source = _track_html(body_source, targets)
         text_source = _track_text(text_source, targets)
     layout = {
+        "brand": draft.brand or Brand.from_settings(settings),
         "subject": _SUBJECT,
         "preheader": draft.preheader,
         "postal_address": settings.postal_address,
@@ -328,20 +343,23 @@ def check(settings: Settings, draft: Draft) -> None:
 
 
 class PreparedCache:
-    """Per-process memory of prepared newsletters, keyed by id, version (`updated_at`) and language.
+    """Per-process memory of prepared newsletters, keyed by id, version (`updated_at`), language
+    and brand.
 
     A version is checked once (rendered for sample data) when it is first prepared; a version
     that does not render, or not within its budget, is remembered as such, so each of its e-mails
     fails at once with the same reason instead of spending the budget again."""
 
     def __init__(self, size: int = 8) -> None:
-        self._items: OrderedDict[tuple[int, datetime | None, str], Prepared | TemplateProblem] = OrderedDict()
+        self._items: OrderedDict[
+            tuple[int, datetime | None, str, Brand | None], Prepared | TemplateProblem
+        ] = OrderedDict()
         self._size = size
         self.misses = 0
 
     def get(self, settings: Settings, draft: Draft) -> Prepared:
         """The prepared version. Raises TemplateProblem (remembered) when it does not render."""
-        key = (draft.id, draft.version, draft.locale)
+        key = (draft.id, draft.version, draft.locale, draft.brand)
         found = self._items.get(key)
         if found is None:
             self.misses += 1

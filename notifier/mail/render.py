@@ -31,6 +31,7 @@ import css_inline
 import jinja2
 
 from notifier import i18n, templating
+from notifier.brand import BrandCache
 from notifier.db import Q
 from notifier.settings import Settings
 
@@ -264,12 +265,17 @@ RendererFactory = Callable[[Settings, Templates], Renderer]
 @dataclass
 class Renderers:
     """The renderers of one worker process, by kind: `factories[kind](settings, templates)` is
-    built on first use; kinds without a factory use TemplateRenderer."""
+    built on first use; kinds without a factory use TemplateRenderer. `brand` is the process's
+    house style, refreshed by delivery before each batch."""
 
     settings: Settings
     factories: Mapping[str, RendererFactory] = field(default_factory=dict)
     templates: Templates = field(default_factory=Templates)
     _built: dict[str, Renderer] = field(default_factory=dict)
+    brand: BrandCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.brand = BrandCache(self.settings)
 
     def use(self, kind: str, renderer: Renderer) -> None:
         """Use `renderer` for `kind` in this process, whatever is registered (tests, previews)."""

@@ -24,8 +24,9 @@ import asyncpg
 from aiohttp import web
 
 from notifier import i18n, templating, tokens
+from notifier.brand import Brand
 from notifier.db import Q
-from notifier.resources import POOL, SETTINGS
+from notifier.resources import BRAND, POOL, SETTINGS
 from notifier.settings import Settings
 
 NONCE_SECONDS = 4 * 3600
@@ -38,8 +39,9 @@ _ENVS = {
 }
 
 # No script runs on these pages; styles are inline in the shared layout; forms post only here.
+# Images come from this site and the brand's logo origin (checked to be a plain https host).
 CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'{logo}; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
 
@@ -52,16 +54,23 @@ def render(
     locale: str | None = None,
     **context: Any,
 ) -> web.Response:
-    """An HTML page from `templates/pages/`, never cached, with a strict Content-Security-Policy,
-    in the language `i18n.choose` picks: the member's `locale` when given, else the browser's.
-    `title` and `message`, when given, are English messages (marked with `i18n.N_`) translated
-    here."""
+    """An HTML page from `templates/pages/` in the house style, never cached, with a strict
+    Content-Security-Policy, in the language `i18n.choose` picks: the member's `locale` when
+    given, else the browser's. `title` and `message`, when given, are English messages (marked
+    with `i18n.N_`) translated here."""
     settings: Settings = request.app[SETTINGS]
     language = i18n.choose(locale, request.headers.get("Accept-Language"))
     for key in ("title", "message"):
         if isinstance(context.get(key), str):
             context[key] = i18n.gettext(language, context[key])
-    html = _ENVS[language].get_template(template).render(postal_address=settings.postal_address, **context)
+    cache = request.config_dict.get(BRAND)
+    brand = cache.current if cache is not None else Brand.from_settings(settings)
+    html = (
+        _ENVS[language]
+        .get_template(template)
+        .render(postal_address=settings.postal_address, brand=brand, **context)
+    )
+    logo = f" {brand.logo_origin}" if brand.logo_origin else ""
     return web.Response(
         text=html,
         status=status,
@@ -71,7 +80,7 @@ def render(
             # Without a member, the browser's languages chose it.
             **({"Vary": "Accept-Language"} if locale is None else {}),
             "Cache-Control": "no-store",
-            "Content-Security-Policy": CSP,
+            "Content-Security-Policy": CSP.format(logo=logo),
             "X-Robots-Tag": "noindex, nofollow",
             # Not no-referrer: with it, browsers send `Origin: null` on the form's POST and the
             # origin check could not tell our own form from a forged one. Nothing leaves the site.
