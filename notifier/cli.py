@@ -175,6 +175,7 @@ async def cmd_inbound(args: argparse.Namespace) -> int:
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
     from notifier.db import migrate
+    from notifier.inbox import maintain_partitions
     from notifier.resources import open_pool
 
     settings = settings_for(args)
@@ -183,9 +184,12 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         async with pool.acquire() as conn:
             applied = await migrate(conn)
+        partitions = await maintain_partitions(pool)
     finally:
         await pool.close()
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(map(str, applied))}" if applied else ""))
+    if partitions:
+        print(f"inbox partitions created or sealed: {', '.join(partitions)}")
     return 0
 
 
