@@ -89,10 +89,13 @@ ORDER BY category;
 -- One bounded slice of the retention purge's row deletes (oldest first), so no statement holds
 -- locks for long: what is left after whole months were dropped (the month that straddles the
 -- limit, and strays in the DEFAULT partition).
-WITH doomed AS (
-    SELECT id, created_at FROM messages WHERE created_at < $1 ORDER BY created_at LIMIT $2
-)
-DELETE FROM messages m USING doomed WHERE m.id = doomed.id AND m.created_at = doomed.created_at;
+-- The slice is the oldest $2 rows and any that share the last one's time, deleted by a range of
+-- the created_at index (a join by key would scan every partition).
+DELETE FROM messages
+WHERE created_at < $1
+  AND created_at <= coalesce(
+        (SELECT created_at FROM messages WHERE created_at < $1 ORDER BY created_at OFFSET $2 - 1 LIMIT 1),
+        $1);
 
 -- name: drop_message_partitions
 -- The retention purge's whole months: every month partition that ended at or before $1, dropped.
