@@ -154,13 +154,17 @@ async def _database(admin_url: str, label: str, stored: int) -> tuple[str, str, 
             )
             for lo in range(own + 1, stored + 1, CHUNK):
                 hi = min(stored, lo + CHUNK - 1)
-                account = f"{ACCOUNTS + 1} + (g * 7919) % {FILLER_ACCOUNTS}"
+                account = f"{ACCOUNTS + 1} + (g::bigint * 7919) % {FILLER_ACCOUNTS}"
                 await conn.execute(insert.format(account=account, lo=lo, hi=hi), first, stored, *texts)
                 print(
                     f"  large: {hi:,} of {stored:,} messages ({time.monotonic() - started:.0f} s)", flush=True
                 )
         await conn.execute("VACUUM ANALYZE messages")
         await conn.execute("ANALYZE accounts")
+    except BaseException:
+        await conn.close()
+        await _drop_database(admin_url, name)
+        raise
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)

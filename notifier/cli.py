@@ -27,9 +27,11 @@ Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int | None] | int |
 
 
 def _setup_logging(settings: Settings) -> None:
+    from notifier.access_log import LOG_FORMAT
+
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     logging.getLogger("aiosmtpd").setLevel(logging.WARNING)
