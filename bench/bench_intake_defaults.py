@@ -33,7 +33,7 @@ from bench.bench_intake import (
     _server,
     _wrk,
 )
-from bench.common import BenchEnv, Figure
+from bench.common import BenchEnv, Figure, note_wrk_errors, web_env
 from notifier.embedded import free_port
 
 BURST_LUA = """
@@ -59,18 +59,7 @@ async def run(env: BenchEnv) -> list[Figure]:
         burst = work / "burst.lua"
         burst.write_text(BURST_LUA % {"body": json.dumps(MESSAGE), "key": key} + DONE_LUA)
         base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        defaults = {
-            **base_env,
-            "NOTIFIER_DATABASE_URL": dsn,
-            "NOTIFIER_REDIS_URL": env.redis_url,
-            "NOTIFIER_SECRET_KEY": secrets.token_urlsafe(32),
-            "NOTIFIER_DB_POOL_MAX": str(POOL_SIZE),
-            "NOTIFIER_API_RATE_LIMIT": "0",  # the per-key limit would cap the measurement
-            "NOTIFIER_DATA_DIR": str(work),
-            "NOTIFIER_PUBLIC_URL": "https://notifier.example.org",
-            "NOTIFIER_SERVICE_FROM": "Example <service@example.org>",
-            "NOTIFIER_NEWSLETTER_FROM": "Example News <news@example.org>",
-        }
+        defaults = web_env(dsn, env.redis_url, secrets.token_urlsafe(32), work, POOL_SIZE)
         defaults.pop("NOTIFIER_LOG_LEVEL", None)
         web = [sys.executable, "-c", "from notifier.cli import main; main()", "web"]
         ports = {"defaults": free_port(), "no-log": free_port(), "bare": free_port()}
@@ -102,12 +91,7 @@ async def run(env: BenchEnv) -> list[Figure]:
     finally:
         await _drop_database(env.database_url, name)
 
-    for who, rs in results.items():
-        for r in rs:
-            if r["status_errors"] or r["socket_errors"]:
-                env.notes.append(
-                    f"intake_defaults {who}: {r['status_errors']} non-2xx, {r['socket_errors']} errors"
-                )
+    note_wrk_errors(env, "intake_defaults", results)
     env.notes.append(f"intake_defaults: the defaults server wrote {log_lines:,} log lines")
     best = {who: max(rs, key=lambda r: r["rps"]) for who, rs in results.items()}
     cpu = {who: sum(r["cpu_us"] for r in rs) / len(rs) for who, rs in results.items()}

@@ -48,7 +48,7 @@ from bench.bench_intake import (
     _server,
     _wrk,
 )
-from bench.common import BenchEnv, Figure
+from bench.common import BenchEnv, Figure, create_database, note_wrk_errors, web_env
 from notifier.embedded import free_port
 
 FULL = 50_000_000  # messages stored at --scale 1
@@ -113,16 +113,10 @@ async def _database(admin_url: str, label: str, stored: int) -> tuple[str, str, 
     each) and, when `stored` is larger, filler accounts and messages over MONTHS months up to it.
     Returns its name, DSN, an API key and the seconds the fill took."""
     from notifier.api import auth
-    from notifier.db import migrate, with_database
+    from notifier.db import migrate
     from notifier.inbox import maintain_partitions
 
-    name = f"notifier_bench_large_{label}_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = with_database(admin_url, name)
+    name, dsn = await create_database(admin_url, f"notifier_bench_large_{label}")
     conn = await asyncpg.connect(dsn, command_timeout=None)
     started = time.monotonic()
     try:
@@ -271,19 +265,7 @@ async def run(env: BenchEnv) -> list[Figure]:
         base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
         def notifier_env(dsn: str) -> dict[str, str]:
-            return {
-                **base_env,
-                "NOTIFIER_DATABASE_URL": dsn,
-                "NOTIFIER_REDIS_URL": env.redis_url,
-                "NOTIFIER_SECRET_KEY": secret_key,
-                "NOTIFIER_LOG_LEVEL": "WARNING",
-                "NOTIFIER_DB_POOL_MAX": str(POOL_SIZE),
-                "NOTIFIER_API_RATE_LIMIT": "0",
-                "NOTIFIER_DATA_DIR": str(work),
-                "NOTIFIER_PUBLIC_URL": "https://notifier.example.org",
-                "NOTIFIER_SERVICE_FROM": "Example <service@example.org>",
-                "NOTIFIER_NEWSLETTER_FROM": "Example News <news@example.org>",
-            }
+            return web_env(dsn, env.redis_url, secret_key, work, POOL_SIZE)
 
         ports = {"small": free_port(), "large": free_port(), "bare": free_port()}
         web = [sys.executable, "-c", "from notifier.cli import main; main()", "web"]
@@ -328,12 +310,7 @@ async def run(env: BenchEnv) -> list[Figure]:
         for name in names:
             await _drop_database(env.database_url, name)
 
-    for key, rs in results.items():
-        for r in rs:
-            if r["status_errors"] or r["socket_errors"]:
-                env.notes.append(
-                    f"large {key}: {r['status_errors']} non-2xx, {r['socket_errors']} socket errors"
-                )
+    note_wrk_errors(env, "large", results)
     best = {key: max(rs, key=lambda r: r["rps"]) for key, rs in results.items()}
     p99 = {key: min(r["p99_us"] for r in rs) / 1000 for key, rs in results.items()}
     n = f"{total / 1e6:.1f}M"
