@@ -49,9 +49,12 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
 $$;
 
 -- The three functions below change the set of partitions: one at a time (several workers run
--- the cron jobs), under this transaction-level advisory lock.
+-- the cron jobs), under this transaction-level advisory lock. Their brief locks on `messages`
+-- wait at most 3 s for a long reader (so the inbox never queues behind them for longer); a
+-- timeout fails the job, which runs again the next night.
 CREATE FUNCTION messages_partitions_lock() RETURNS void LANGUAGE sql AS $$
-    SELECT pg_advisory_xact_lock(hashtext('notifier messages partitions'))
+    SELECT pg_advisory_xact_lock(hashtext('notifier messages partitions'));
+    SELECT set_config('lock_timeout', '3s', true);
 $$;
 
 -- Month partitions from the month of `first` to `months_ahead` months after the month of `now_`.
@@ -172,6 +175,7 @@ BEGIN
     CREATE TABLE messages_default PARTITION OF messages DEFAULT;
     SELECT coalesce(min(created_at), now()) INTO first FROM messages_unpartitioned;
     PERFORM messages_create_partitions(greatest(first, now() - interval '20 years'), now(), 3);
+    PERFORM set_config('lock_timeout', '0', true);  -- the migration waits as long as it must
     INSERT INTO messages SELECT * FROM messages_unpartitioned;
 
     ALTER TABLE messages ADD PRIMARY KEY (id, created_at);
@@ -184,6 +188,7 @@ BEGIN
     DROP TABLE messages_unpartitioned;
     ALTER SEQUENCE messages_id_seq OWNED BY messages.id;
     PERFORM messages_seal_partitions(now() - interval '1 day');
+    PERFORM set_config('lock_timeout', '0', true);
 END
 $$;
 
