@@ -344,3 +344,14 @@ async def test_hot_queries_are_index_scans_on_a_large_table(own_pool: asyncpg.Po
                     assert not any(rel in holding for _, rel in scans)
                 elif not name.startswith("insert"):
                     assert any(rel in holding and "Index" in kind for kind, rel in scans), f"{name}: {scans}"
+
+
+async def test_the_service_worker_makes_partitions_ahead_every_night(own_pool: asyncpg.Pool) -> None:
+    from notifier.queues import SERVICE
+    from workers import CRON_JOBS, jobs
+
+    nightly = {job.name: job for job in CRON_JOBS[SERVICE]}["inbox-partitions"]
+    assert nightly.run_at_startup and nightly.coroutine is jobs.inbox_partitions
+    await own_pool.execute("DROP TABLE " + part(month_start(datetime.now(UTC), 3)))
+    assert await jobs.inbox_partitions({"pool": own_pool}) == [part(month_start(datetime.now(UTC), 3))]
+    assert await jobs.inbox_partitions({"pool": own_pool}) == []
