@@ -102,7 +102,13 @@ async def run(env: BenchEnv) -> list[Figure]:
             try:
                 await add_members(pool, n)
                 row = await pool.fetchrow(
-                    Q.insert_newsletter, "News for {{ first_name }}", "This month", BODY, "markdown", "bench"
+                    Q.insert_newsletter,
+                    "News for {{ first_name }}",
+                    "This month",
+                    BODY,
+                    "markdown",
+                    "bench",
+                    False,
                 )
                 assert row is not None
                 newsletter_id = row["id"]
@@ -129,7 +135,9 @@ async def run(env: BenchEnv) -> list[Figure]:
                 after = await baseline_send(port, envelope.message, n // 2)
                 base_rate = (before + after) / 2
                 # The fan-out alone: a second newsletter's audience frozen in one statement.
-                second = await pool.fetchrow(Q.insert_newsletter, "Again", "", "Again", "markdown", "bench")
+                second = await pool.fetchrow(
+                    Q.insert_newsletter, "Again", "", "Again", "markdown", "bench", False
+                )
                 assert second is not None
                 fan_start = time.perf_counter()
                 await newsletter.start(pool, settings, second["id"])

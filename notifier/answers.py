@@ -12,7 +12,7 @@ Every list answer is a `Page`: `{"items": [...], "next_cursor": ...}`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from typing import Annotated, Any, Generic, Literal, NotRequired, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema, with_config
@@ -29,6 +29,13 @@ Timestamp = Annotated[
     datetime,
     PlainSerializer(lambda value: value.astimezone(UTC).isoformat(), return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+# A wall-clock time of day as `HH:MM`.
+ClockTime = Annotated[
+    time,
+    PlainSerializer(lambda value: value.strftime("%H:%M"), return_type=str),
+    WithJsonSchema({"type": "string", "pattern": "^[0-2][0-9]:[0-5][0-9]$", "example": "09:00"}),
 ]
 
 ErasureReason = Literal["request", "child", "retention", "other"]
@@ -248,10 +255,25 @@ class NewsletterFigures(Answer):
     suppressed: int = Field(ge=0)
     pending: int = Field(ge=0)
     cancelled: int = Field(ge=0)
+    waiting: int = Field(ge=0, description="of `pending`: recipients whose local time has not come")
     bounced: int = Field(ge=0)
     complained: int = Field(ge=0)
     unsubscribed: int = Field(ge=0)
     resubscribed: int = Field(ge=0)
+
+
+class ClicksOnDay(Answer):
+    day: date = Field(description="the day in UTC")
+    clicks: int = Field(ge=0)
+
+
+class LinkClicks(Answer):
+    """One link of a newsletter that counts clicks: how often it was followed, never by whom."""
+
+    link: int = Field(ge=0, description="its number in `/c/{newsletter}/{link}`")
+    url: str = Field(description="where it leads")
+    clicks: int = Field(ge=0, description="all days together")
+    days: list[ClicksOnDay]
 
 
 class Newsletter(Answer):
@@ -267,6 +289,16 @@ class Newsletter(Answer):
     finished_at: Timestamp | None
     cancelled_at: Timestamp | None
     failure: str | None = Field(description="why a `failed` newsletter stopped")
+    track_clicks: bool = Field(description="whether clicks on its links are counted (per link and day)")
+    local_time: ClockTime | None = Field(description="sent at this time in each member's time zone")
+    local_date: date | None = Field(description="the day of `local_time`")
+    next_due_at: Timestamp | None = Field(
+        default=None, description="with GET and cancel: when the next waiting recipient's local time comes"
+    )
+    clicks: list[LinkClicks] | None = Field(
+        default=None,
+        description="with GET and cancel: each counted link's clicks (empty unless `track_clicks`)",
+    )
     created_by: str | None
     created_at: Timestamp | None
     updated_at: Timestamp | None

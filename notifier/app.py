@@ -183,9 +183,10 @@ def create_app(settings: Settings) -> web.Application:
 
     messages.setup_routes(app)
     from notifier.api import newsletters
-    from notifier.pages import confirm, preference_centre, unsubscribe
+    from notifier.pages import clicks, confirm, preference_centre, unsubscribe
 
     newsletters.setup_routes(app)
+    clicks.setup_routes(app)
     from notifier.api import webhooks
 
     webhooks.setup_routes(app)

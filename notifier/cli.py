@@ -280,10 +280,13 @@ async def cmd_outbox(args: argparse.Namespace) -> int:
 
 async def cmd_newsletter(args: argparse.Namespace) -> int:
     from notifier.newsletter import cli_send
+    from notifier.newsletter_local_time import cli_run_due
 
     settings = settings_for(args)
     settings.require_secret()
     settings.require_services()
+    if args.action == "run-due":
+        return await cli_run_due(settings, args.at, dry_run=args.dry_run, force=args.force)
     return await cli_send(settings, args.id, wait=not args.no_wait)
 
 
@@ -406,11 +409,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_outbox)
 
-    p = sub.add_parser("newsletter", help="send a newsletter and follow it", description="Newsletters.")
+    p = sub.add_parser(
+        "newsletter",
+        aliases=["newsletters"],
+        help="send a newsletter and follow it; release local-time sends",
+        description="Newsletters.",
+    )
     nl = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     n = nl.add_parser("send", help="start sending now and show a progress bar until it is sent")
     n.add_argument("id", type=int, help="the newsletter's id")
     n.add_argument("--no-wait", action="store_true", help="start it and print its figures once")
+    n = nl.add_parser(
+        "run-due",
+        help="one release pass: queue the recipients of local-time sends whose hour has come",
+    )
+    n.add_argument("--at", type=_instant, help="as of this ISO 8601 time (default: now; no zone means UTC)")
+    n.add_argument("--dry-run", action="store_true", help="count the recipients due; write nothing")
+    n.add_argument(
+        "--force", action="store_true", help="allow --at more than 5 minutes ahead (sends real mail now)"
+    )
     p.set_defaults(func=cmd_newsletter)
 
     p = sub.add_parser(

@@ -22,10 +22,11 @@ from typing import Any, Literal, get_args
 
 import asyncpg
 
-from notifier import consent, queues
+from notifier import clicks, consent, newsletter_local_time, queues
 from notifier.db import Q
 from notifier.mail import outbox, render
 from notifier.mail.newsletter_render import Draft, PreparedCache, TemplateProblem, sample_personal
+from notifier.newsletter_local_time import LocalSend
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.newsletter")
@@ -47,6 +48,7 @@ def draft_of(row: Mapping[str, Any]) -> Draft:
         body=row["body"],
         body_format=row["body_format"],
         version=row["updated_at"],
+        links=tuple(row.get("links") or ()),
     )
 
 
@@ -75,19 +77,27 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int) -> as
 
 
 async def create_draft(
-    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, created_by: str
+    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, created_by: str, *, track_clicks: bool = False
 ) -> asyncpg.Record:
-    """Store a new draft (its templates already checked by the caller, off the event loop)."""
+    """Store a new draft (its templates already checked by the caller, off the event loop);
+    `track_clicks`: count clicks on its links (notifier.clicks)."""
     row: asyncpg.Record = await conn.fetchrow(
-        Q.insert_newsletter, draft.subject, draft.preheader, draft.body, draft.body_format, created_by
+        Q.insert_newsletter,
+        draft.subject,
+        draft.preheader,
+        draft.body,
+        draft.body_format,
+        created_by,
+        track_clicks,
     )
     return row
 
 
 async def update_draft(
-    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, updated_by: str
+    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, updated_by: str, *, track_clicks: bool = False
 ) -> asyncpg.Record | None:
-    """Change draft `draft.id`; None when it is no longer a draft (scheduled or later)."""
+    """Change draft `draft.id` (and whether it counts clicks); None when it is no longer a draft
+    (scheduled or later)."""
     row: asyncpg.Record | None = await conn.fetchrow(
         Q.update_newsletter_draft,
         draft.id,
@@ -96,6 +106,7 @@ async def update_draft(
         draft.body,
         draft.body_format,
         updated_by,
+        track_clicks,
     )
     return row
 
@@ -109,10 +120,17 @@ async def unschedule(
 
 
 async def schedule(
-    conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int, at: datetime, actor: str
+    conn: asyncpg.Connection | asyncpg.Pool,
+    newsletter_id: int,
+    at: datetime,
+    actor: str,
+    local: LocalSend | None = None,
 ) -> asyncpg.Record:
-    """Schedule a draft (or move a schedule). Raises StateConflict if it is past that."""
-    row = await conn.fetchrow(Q.schedule_newsletter, newsletter_id, at, actor)
+    """Schedule a draft (or move a schedule) to start at `at`; with `local`, each recipient then
+    waits for that local time (newsletter_local_time). Raises StateConflict if it is past that."""
+    row = await conn.fetchrow(
+        Q.schedule_newsletter, newsletter_id, at, actor, local and local.at, local and local.day
+    )
     if row is None:
         raise StateConflict("only a draft or scheduled newsletter can be scheduled")
     return row
@@ -129,9 +147,21 @@ async def start(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> i
         started = await conn.fetchrow(Q.start_newsletter, newsletter_id)
         if started is None:
             return None
+        local = None
+        if started["local_time"] is not None:
+            local = LocalSend(started["local_time"], started["local_date"])
+        due = newsletter_local_time.DueInstants.of(local)
         await conn.execute(
-            Q.fan_out_newsletter, newsletter_id, queues.BULK, settings.newsletter_double_opt_in
+            Q.fan_out_newsletter,
+            newsletter_id,
+            queues.BULK,
+            settings.newsletter_double_opt_in,
+            due.zones,
+            due.instants,
+            due.otherwise,
         )
+        if started["track_clicks"]:
+            await clicks.number_links(conn, started)
         recipients: int = await conn.fetchval(Q.set_newsletter_recipients, newsletter_id)
     log.info("newsletter %s sending to %s recipients", newsletter_id, recipients)
     return recipients
@@ -248,16 +278,23 @@ async def tick(
     pool: asyncpg.Pool, redis: Any, settings: Settings, now: datetime | None = None
 ) -> dict[str, Any]:
     """One pass of the newsletter clock: start due scheduled newsletters (and ring the bulk queue),
-    mark finished ones `sent`, queue double opt-in confirmations. Idempotent; any worker may run it."""
+    release recipients whose local time has come, mark finished ones `sent`, queue double opt-in
+    confirmations. Idempotent; any worker may run it."""
     started = await start_due(pool, settings, now)
     for newsletter_id in started:
         await outbox.ring(redis, queues.BULK, 1000)
         log.info("newsletter %s started on schedule", newsletter_id)
+    released = await newsletter_local_time.release_due(pool, redis, now)
     finished = await finish_done(pool)
     confirmations = await consent.send_confirmations(pool, settings)
     if confirmations:
         await outbox.ring(redis, queues.SERVICE, confirmations)
-    return {"started": started, "finished": finished, "confirmations": confirmations}
+    return {
+        "started": started,
+        "released": released.total,
+        "finished": finished,
+        "confirmations": confirmations,
+    }
 
 
 # --- `notifier newsletter send ID` -------------------------------------------------------------

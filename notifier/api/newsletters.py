@@ -3,15 +3,16 @@ send now or schedule, cancel. The domain lives in notifier.newsletter."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import UTC, datetime, time
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, field_validator
 from redis import exceptions as redis_exceptions
 
-from notifier import newsletter, newsletter_test_send, queues
+from notifier import clicks, newsletter, newsletter_local_time, newsletter_test_send, queues
 from notifier.answers import Newsletter, NewsletterPage, NewsletterPreview, TestSendQueued
 from notifier.api.auth import api_key_of, requires
 from notifier.api.pagination import decode_cursor, next_cursor, page_limit
@@ -25,11 +26,13 @@ from notifier.mail.newsletter_render import (
     TemplateProblem,
     sample_personal,
 )
+from notifier.newsletter_local_time import LocalSend, parse_day, parse_local_time
 from notifier.resources import POOL, REDIS, RENDER_POOL, SETTINGS
 from notifier.validation import Instant, check_one_line
 
 MAX_BODY_CHARS = 512 * 1024
 MAX_TEST_RECIPIENTS = 10
+TRACK_CLICKS = "count clicks per link and day, never by whom (docs/newsletters.md, Clicks)"
 
 
 class NewsletterIn(BaseModel):
@@ -39,6 +42,7 @@ class NewsletterIn(BaseModel):
     preheader: str = Field(default="", max_length=300)
     body: str = Field(min_length=1, max_length=MAX_BODY_CHARS)
     body_format: Literal["markdown", "html"] = "markdown"
+    track_clicks: bool = Field(default=False, description=TRACK_CLICKS)
 
     _lines = field_validator("subject", "preheader")(check_one_line)
 
@@ -50,6 +54,7 @@ class NewsletterPatch(BaseModel):
     preheader: str | None = Field(default=None, max_length=300)
     body: str | None = Field(default=None, min_length=1, max_length=MAX_BODY_CHARS)
     body_format: Literal["markdown", "html"] | None = None
+    track_clicks: bool | None = Field(default=None, description=TRACK_CLICKS)
 
     @field_validator("subject", "preheader")
     @classmethod
@@ -61,6 +66,34 @@ class SendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     at: Instant | None = Field(default=None, description="when to send; absent or past: now")
+    local_time: Annotated[time, BeforeValidator(parse_local_time)] | None = Field(
+        default=None,
+        description="HH:MM: start now and deliver at this time in each member's time zone, on `date`",
+        json_schema_extra={"type": "string", "example": "09:00"},
+    )
+    date: Annotated[dt.date, BeforeValidator(parse_day)] | None = Field(
+        default=None,
+        description="YYYY-MM-DD: the day of `local_time`",
+        json_schema_extra={"example": "2026-12-10"},
+    )
+
+    def local(self, now: datetime) -> LocalSend | None:
+        """The local-time send asked for, or None; Problem 422 naming the field that is wrong."""
+        if self.local_time is None and self.date is None:
+            return None
+        errors = []
+        if self.at is not None:
+            errors.append({"field": "at", "message": "give either `at` or `local_time` and `date`, not both"})
+        for name in ("local_time", "date"):
+            if getattr(self, name) is None:
+                errors.append({"field": name, "message": "is required with `local_time` and `date`"})
+        if errors or self.local_time is None or self.date is None:
+            raise Problem(422, "the send time is not valid", errors=errors)
+        send = LocalSend(self.local_time, self.date)
+        reason = send.problem(now)
+        if reason:
+            raise Problem(422, "the send time is not valid", errors=[{"field": "date", "message": reason}])
+        return send
 
 
 class TestSendIn(BaseModel):
@@ -100,6 +133,16 @@ def _id(request: web.Request) -> int:
     return int(raw)
 
 
+async def _followed(request: web.Request, row: Any) -> Newsletter:
+    """The newsletter with its figures, what still waits for its local time, and its clicks."""
+    pool = request.app[POOL]
+    figures = await newsletter.figures(pool, row["id"])
+    _, next_due_at = await newsletter_local_time.waiting(pool, row["id"])
+    return Newsletter.of_row(
+        row, figures=figures, next_due_at=next_due_at, clicks=await clicks.per_link(pool, row["id"])
+    )
+
+
 async def _get(request: web.Request) -> Any:
     row = await newsletter.get(request.app[POOL], _id(request))
     if row is None:
@@ -113,7 +156,9 @@ async def create_newsletter(request: web.Request) -> web.Response:
     body = await read_model(request, NewsletterIn)
     draft = Draft(0, body.subject, body.preheader, body.body, body.body_format)
     await _check(request, draft)
-    row = await newsletter.create_draft(request.app[POOL], draft, str(api_key_of(request).actor))
+    row = await newsletter.create_draft(
+        request.app[POOL], draft, str(api_key_of(request).actor), track_clicks=body.track_clicks
+    )
     return json_response(201, Newsletter.of_row(row), {"Location": f"/v1/newsletters/{row['id']}"})
 
 
@@ -125,7 +170,9 @@ async def edit_newsletter(request: web.Request) -> web.Response:
     merged = {**dict(row), **patch.model_dump(exclude_none=True)}
     draft = Draft(row["id"], merged["subject"], merged["preheader"], merged["body"], merged["body_format"])
     await _check(request, draft)
-    updated = await newsletter.update_draft(request.app[POOL], draft, str(api_key_of(request).actor))
+    updated = await newsletter.update_draft(
+        request.app[POOL], draft, str(api_key_of(request).actor), track_clicks=merged["track_clicks"]
+    )
     if updated is None:
         raise Problem(409, f"the newsletter is {row['status']}; only a draft can be edited")
     return json_response(200, Newsletter.of_row(updated))
@@ -154,8 +201,7 @@ async def list_newsletters(request: web.Request) -> web.Response:
 async def get_newsletter(request: web.Request) -> web.Response:
     """The newsletter with its figures, derived from its outbox rows and events (live while sending)."""
     row = await _get(request)
-    figures = await newsletter.figures(request.app[POOL], row["id"])
-    return json_response(200, Newsletter.of_row(row, figures=figures))
+    return json_response(200, await _followed(request, row))
 
 
 @requires("newsletters")
@@ -242,18 +288,21 @@ async def test_send(request: web.Request) -> web.Response:
 
 @requires("newsletters")
 async def send_newsletter(request: web.Request) -> web.Response:
-    """Send now (no body, or `at` absent or past) or schedule (`at` in the future). Sending is
-    started by a bulk worker; follow it with GET. 202 when sending starts, 200 when scheduled,
+    """Send now (no body, or `at` absent or past) or schedule (`at` in the future); with
+    `local_time` and `date`, start now and deliver to each member at that time in their own zone
+    (422 naming the field when the date is past everywhere). Sending is started by a bulk worker;
+    follow it with GET. 202 when sending starts, 200 when scheduled,
     409 when the newsletter is already sending, sent or cancelled."""
     row = await _get(request)
     has_body = request.can_read_body and (request.content_length or 0) > 0
     body = await read_model(request, SendIn) if has_body else SendIn()
     await _check(request, newsletter.draft_of(row))
     now = datetime.now(UTC)
+    local = body.local(now)
     at = body.at or now
     try:
         scheduled = await newsletter.schedule(
-            request.app[POOL], row["id"], at, str(api_key_of(request).actor)
+            request.app[POOL], row["id"], at, str(api_key_of(request).actor), local
         )
     except newsletter.StateConflict:
         raise Problem(409, f"the newsletter is {row['status']}; it cannot be sent again") from None
@@ -281,8 +330,7 @@ async def cancel_newsletter(request: web.Request) -> web.Response:
         cancelled = await newsletter.cancel(request.app[POOL], row["id"], str(api_key_of(request).actor))
     except newsletter.StateConflict:
         raise Problem(409, f"the newsletter is {row['status']}; it cannot be cancelled") from None
-    figures = await newsletter.figures(request.app[POOL], row["id"])
-    return json_response(200, Newsletter.of_row(cancelled, figures=figures))
+    return json_response(200, await _followed(request, cancelled))
 
 
 def setup_routes(app: web.Application) -> None:

@@ -29,6 +29,10 @@ NEWSLETTER_EXAMPLE = {
     "started_at": None,
     "finished_at": None,
     "cancelled_at": None,
+    "failure": None,
+    "track_clicks": False,
+    "local_time": None,
+    "local_date": None,
     "created_by": "api_key:marketing",
     "created_at": _TIME,
     "updated_at": _TIME,
@@ -88,7 +92,9 @@ def operations() -> list[Operation]:
             "GET",
             base,
             "A newsletter and its figures",
-            "Figures come from the outbox rows and events, live while it sends.",
+            "Figures come from the outbox rows and events, live while it sends; `figures.waiting` "
+            "and `next_due_at` show a local-time send's recipients still waiting for their hour; "
+            "`clicks` each counted link's clicks per day (never by whom).",
             {200: answer(one, "the newsletter"), 404: _MISSING},
         ),
         _op(
@@ -143,7 +149,9 @@ def operations() -> list[Operation]:
             "POST",
             f"{base}/send",
             "Send now or schedule",
-            "No body or a past `at`: sending starts (202). A future `at`: scheduled (200).",
+            "No body or a past `at`: sending starts (202). A future `at`: scheduled (200). "
+            "`local_time` and `date`: the audience is frozen now (202) and each member gets it at "
+            "that time on that date in their own time zone; a date past in every zone is a 422.",
             {
                 200: answer(one, "scheduled"),
                 202: answer(one, "sending starts"),

@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier import newsletter, newsletter_test_send, queues
+from notifier import clicks, newsletter, newsletter_local_time, newsletter_test_send, queues
 from notifier.api.newsletters import MAX_BODY_CHARS, NewsletterIn, TestSendIn
 from notifier.api.responses import json_response
 from notifier.console import chart as console_chart
@@ -61,11 +61,17 @@ def _read_draft(form: Mapping[str, str]) -> tuple[NewsletterIn | None, dict[str,
         "preheader": form.get("preheader", "").strip(),
         "body": form.get("body", ""),
         "body_format": form.get("body_format", "markdown"),
+        "track_clicks": form.get("track_clicks") == "on",
     }
     try:
         return NewsletterIn.model_validate(data), {}
     except ValidationError as exc:
         return None, {e["field"]: e["message"] for e in errors_of(exc)}
+
+
+def _clicks_field(form: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The form with `track_clicks` as a bool, whether it came from a row or a posted checkbox."""
+    return {**form, "track_clicks": form.get("track_clicks") in (True, "on")}
 
 
 def _draft_of(body: NewsletterIn, newsletter_id: int = 0) -> Draft:
@@ -111,7 +117,8 @@ async def _compose(
     status: int = 200,
 ) -> web.Response:
     # A posted form may lack any field (a hand-made request): the page shows each as empty.
-    form = {name: str(form.get(name, "")) for name in COMPOSE_FIELDS}
+    track_clicks = _clicks_field(form)["track_clicks"]
+    form = {name: str(form.get(name, "")) for name in COMPOSE_FIELDS} | {"track_clicks": track_clicks}
     subject = html = None
     render_errors: dict[str, str] = {}
     if len(form["body"]) <= MAX_BODY_CHARS:
@@ -147,7 +154,9 @@ async def create(request: web.Request) -> web.Response:
     _, _, render_errors = await _preview(request, _draft_of(body))
     if render_errors:
         return await _compose(request, row=None, form=form, errors=render_errors, status=422)
-    row = await newsletter.create_draft(pool_of(request), _draft_of(body), str(session_of(request).actor))
+    row = await newsletter.create_draft(
+        pool_of(request), _draft_of(body), str(session_of(request).actor), track_clicks=body.track_clicks
+    )
     raise redirect(f"/console/newsletters/{row['id']}", "created")
 
 
@@ -164,6 +173,7 @@ async def show(request: web.Request) -> web.Response:
     )
     _, html, _ = await _preview(request, newsletter.draft_of(row))
     done = figures["sent"] + figures["failed"] + figures["suppressed"] + figures["cancelled"]
+    _, next_due_at = await newsletter_local_time.waiting(pool, row["id"])
     return render(
         request,
         "newsletter.html",
@@ -176,6 +186,8 @@ async def show(request: web.Request) -> web.Response:
         chart=chart,
         legend=console_chart.legend(),
         preview_html=html,
+        next_due_at=next_due_at,
+        clicks=await clicks.per_link(pool, row["id"]),
     )
 
 
@@ -191,7 +203,10 @@ async def save(request: web.Request) -> web.Response:
     if render_errors:
         return await _compose(request, row=row, form=form, errors=render_errors, status=422)
     updated = await newsletter.update_draft(
-        pool_of(request), _draft_of(body, row["id"]), str(session_of(request).actor)
+        pool_of(request),
+        _draft_of(body, row["id"]),
+        str(session_of(request).actor),
+        track_clicks=body.track_clicks,
     )
     if updated is None:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; only a draft can be edited.")
@@ -255,32 +270,56 @@ async def test_send(request: web.Request) -> web.Response:
 
 
 def _when(form: Mapping[str, str]) -> datetime | None:
-    """The schedule time of the send form (UTC, `datetime-local`), None for now; ValueError
-    naming what is wrong (the same bounds as the API's `at`)."""
-    if form.get("when", "now") == "now":
+    """The schedule time of the send form (UTC, `datetime-local`), None for now (and for a
+    local-time send); ValueError naming what is wrong (the same bounds as the API's `at`)."""
+    if form.get("when", "now") in ("now", "local"):
         return None
     return parse_instant(form.get("at", ""), naive="utc")
 
 
+def _local(form: Mapping[str, str], now: datetime) -> newsletter_local_time.LocalSend | None:
+    """The local-time send of the form (`when=local`), or None; ValueError naming what is wrong
+    (the API's rules)."""
+    if form.get("when") != "local":
+        return None
+    send = newsletter_local_time.LocalSend(
+        newsletter_local_time.parse_local_time(form.get("local_time", "")),
+        newsletter_local_time.parse_day(form.get("local_date", "")),
+    )
+    reason = send.problem(now)
+    if reason:
+        raise ValueError(reason)
+    return send
+
+
 @page("newsletters")
 async def send(request: web.Request) -> web.Response:
-    """POST /console/newsletters/{id}/send: send now, or schedule (`when=later`, `at` in UTC)."""
+    """POST /console/newsletters/{id}/send: send now, schedule (`when=later`, `at` in UTC), or
+    at each member's local time (`when=local`, `local_time` and `local_date`)."""
     row = await _newsletter(request)
     form = await form_of(request)
+    now = datetime.now(UTC)
     try:
         at = _when(form)
     except ValueError as exc:
         raise web.HTTPUnprocessableEntity(
             text=f"Give the date and time to send at (UTC): it {exc}."
         ) from None
+    try:
+        local = _local(form, now)
+    except ValueError as exc:
+        raise web.HTTPUnprocessableEntity(
+            text=f"Give the local time and the date to send at: the time or date {exc}."
+        ) from None
     _, _, render_errors = await _preview(request, newsletter.draft_of(row))
     if render_errors:
         raise web.HTTPUnprocessableEntity(
             text="The newsletter does not render: " + "; ".join(render_errors.values())
         )
-    now = datetime.now(UTC)
     try:
-        await newsletter.schedule(pool_of(request), row["id"], at or now, str(session_of(request).actor))
+        await newsletter.schedule(
+            pool_of(request), row["id"], at or now, str(session_of(request).actor), local
+        )
     except newsletter.StateConflict:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; it cannot be sent again.") from None
     if at is None or at <= now:

@@ -89,6 +89,9 @@ class Draft:
     body: str
     body_format: str
     version: datetime | None = None
+    # The newsletter's numbered links when it counts clicks (`newsletter_links`, link = index):
+    # each is rewritten to `{PUBLIC_URL}/c/{id}/{link}`. Empty: links stay as written.
+    links: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,66 @@ def html_to_text(fragment: str) -> str:
         if line or (out and out[-1]):
             out.append(line)
     return "\n".join(out).strip() + "\n"
+
+
+# Click counting (notifier.clicks): the links of a body that can be counted, and their rewriting.
+MAX_TRACKED_LINKS = 500
+_ANCHOR = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
+_ANCHOR_HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
+_TRACKABLE = re.compile(r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s\x00-\x1f\x7f\"'<>{}]+$")
+_TEXT_URL = re.compile(r"https?://[^\s<>()\[\]\"']+", re.IGNORECASE)
+
+
+def _anchor_hrefs(fragment: str) -> list[str]:
+    """The `href` of every `<a>` tag of an HTML fragment, unescaped, in order."""
+    found = []
+    for tag in _ANCHOR.finditer(fragment):
+        href = _ANCHOR_HREF.search(tag.group(0))
+        if href:
+            found.append(html.unescape(href.group(3)))
+    return found
+
+
+def body_html_source(draft: Draft) -> str:
+    """The body as an HTML template (Markdown converted, Jinja tags intact)."""
+    return markdown_to_html(draft.body) if draft.body_format == "markdown" else draft.body
+
+
+def trackable_links(draft: Draft) -> list[str]:
+    """The links of the body whose clicks can be counted, each once, in order of appearance:
+    absolute http(s) addresses of `<a href>` written out in full, in ASCII (percent-encoded), at
+    most 2,048 characters and
+    MAX_TRACKED_LINKS of them. A link built with a template tag (`{{ unsubscribe_url }}`, a URL
+    with `{{ email }}` in it) is personal and is never counted, nor are mailto:, tel: or anchors."""
+    links: dict[str, None] = {}
+    for url in _anchor_hrefs(body_html_source(draft)):
+        # ASCII only (Markdown percent-encodes its links): the address becomes a Location header.
+        if (
+            len(url) <= 2048
+            and url.isascii()
+            and _TRACKABLE.fullmatch(url)
+            and len(links) < MAX_TRACKED_LINKS
+        ):
+            links.setdefault(url, None)
+    return list(links)
+
+
+def _track_html(fragment: str, targets: Mapping[str, str]) -> str:
+    """`fragment` with each `<a href>` found in `targets` pointing to its counting address."""
+
+    def anchor(tag: re.Match[str]) -> str:
+        def href(m: re.Match[str]) -> str:
+            target = targets.get(html.unescape(m.group(3)))
+            return m.group(0) if target is None else f'{m.group(1)}"{html.escape(target)}"'
+
+        return _ANCHOR_HREF.sub(href, tag.group(0), count=1)
+
+    return _ANCHOR.sub(anchor, fragment)
+
+
+def _track_text(text: str, targets: Mapping[str, str]) -> str:
+    """The text part with each address found in `targets` (as written) replaced by its counting one."""
+    return _TEXT_URL.sub(lambda m: targets.get(m.group(0), m.group(0)), text)
 
 
 def _compile(env: MeteredSandbox, field: str, source: str) -> jinja2.Template:
@@ -196,12 +259,12 @@ def _links(part: str, unsubscribe: str, preferences: str) -> str:
 def prepare(settings: Settings, draft: Draft) -> Prepared:
     """Compile marketing's templates and render the shared layout once. Raises TemplateProblem."""
     subject = _compile(_SANDBOX_TEXT, "subject", draft.subject)
-    if draft.body_format == "markdown":
-        body_source = markdown_to_html(draft.body)
-        text_source = draft.body.strip() + "\n"
-    else:
-        body_source = draft.body
-        text_source = html_to_text(draft.body)
+    body_source = body_html_source(draft)
+    text_source = draft.body.strip() + "\n" if draft.body_format == "markdown" else html_to_text(draft.body)
+    if draft.links:
+        targets = {url: f"{settings.public_url}/c/{draft.id}/{i}" for i, url in enumerate(draft.links)}
+        body_source = _track_html(body_source, targets)
+        text_source = _track_text(text_source, targets)
     layout = {
         "subject": _SUBJECT,
         "preheader": draft.preheader,
