@@ -312,7 +312,7 @@ async def test_hot_queries_are_index_scans_on_a_large_table(own_pool: asyncpg.Po
         ),
         "advance_windows": (ids, [now] * n, [now] * n, timedelta(minutes=5)),
         "purge_messages_before": (month_start(now, -3) + timedelta(days=3), 5000),
-        "fan_out_newsletter": (newsletter, "notifier:bulk", False),  # reads no message at all
+        "fan_out_newsletter": (newsletter, "notifier:bulk", False, [], [], None),  # reads no message
     }
     queries["inbox_page_next"] = (account, some["id"], True, "news", "exclude", 50)
     holding = {name for name, rows in (await partitions(pool)).items() if rows}
