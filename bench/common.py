@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 
@@ -153,3 +154,52 @@ async def plain_loop_rate(port: int, message: bytes, n: int, connections: int = 
     start = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(connections)))
     return n / (time.perf_counter() - start)
+
+
+def web_env(
+    database_url: str, redis_url: str, secret_key: str, workdir: Path, pool_size: int
+) -> dict[str, str]:
+    """The environment of a benchmarked `notifier web`: logging at WARNING (the access log off;
+    drop NOTIFIER_LOG_LEVEL for the defaults), the per-key rate limit off (it would cap the
+    measurement) and what production's start-up checks ask for (notifier.startup_checks)."""
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "NOTIFIER_DATABASE_URL": database_url,
+        "NOTIFIER_REDIS_URL": redis_url,
+        "NOTIFIER_SECRET_KEY": secret_key,
+        "NOTIFIER_LOG_LEVEL": "WARNING",
+        "NOTIFIER_DB_POOL_MAX": str(pool_size),
+        "NOTIFIER_API_RATE_LIMIT": "0",
+        "NOTIFIER_DATA_DIR": str(workdir),
+        "NOTIFIER_PUBLIC_URL": "https://notifier.example.org",
+        "NOTIFIER_SERVICE_FROM": "Example <service@example.org>",
+        "NOTIFIER_NEWSLETTER_FROM": "Example News <news@example.org>",
+    }
+
+
+def note_wrk_errors(env: BenchEnv, label: str, results: dict[str, list[dict[str, Any]]]) -> None:
+    """A note for every wrk run (bench_intake's result dicts) that saw non-2xx answers or socket errors."""
+    for who, runs in results.items():
+        for r in runs:
+            if r["status_errors"] or r["socket_errors"]:
+                env.notes.append(
+                    f"{label} {who}: {r['status_errors']} non-2xx, {r['socket_errors']} socket errors"
+                )
+
+
+async def create_database(admin_url: str, prefix: str) -> tuple[str, str]:
+    """A new empty database `<prefix>_<random>` on the server of `admin_url`: its name and DSN."""
+    import secrets
+
+    import asyncpg
+
+    from notifier.db import with_database
+
+    name = f"{prefix}_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return name, with_database(admin_url, name)

@@ -11,6 +11,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_log import AccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
+from notifier.access_log import ACCESS
 from notifier.answers import Liveness, Readiness
 from notifier.api import (
     auth,
@@ -45,15 +46,10 @@ class RedactingAccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        remote = request.remote or "-"
-        self.logger.info(
-            '%s "%s %s" %s %s %.1fms',
-            remote,
-            request.method,
-            redact_path(request.path_qs),
-            response.status,
-            response.body_length,
-            time * 1000,
+        # One preformatted line into a buffer written about every 0.1 s (notifier.access_log).
+        ACCESS.write(
+            f'{request.remote or "-"} "{request.method} {redact_path(request.path_qs)}" '
+            f"{response.status} {response.body_length} {time * 1000:.1f}ms"
         )
 
 

@@ -27,9 +27,11 @@ Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int | None] | int |
 
 
 def _setup_logging(settings: Settings) -> None:
+    from notifier.access_log import LOG_FORMAT
+
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     logging.getLogger("aiosmtpd").setLevel(logging.WARNING)
@@ -175,6 +177,7 @@ async def cmd_inbound(args: argparse.Namespace) -> int:
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
     from notifier.db import migrate
+    from notifier.inbox import maintain_partitions
     from notifier.resources import open_pool
 
     settings = settings_for(args)
@@ -183,9 +186,12 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         async with pool.acquire() as conn:
             applied = await migrate(conn)
+        partitions = await maintain_partitions(pool)
     finally:
         await pool.close()
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(map(str, applied))}" if applied else ""))
+    if partitions:
+        print(f"inbox partitions created or sealed: {', '.join(partitions)}")
     return 0
 
 

@@ -108,10 +108,10 @@ pending AS (
     -- here, and one locked by someone else (being read, archived or purged right now) is skipped:
     -- it stays undigested and goes in the next digest if still unread. So the pass never waits
     -- for a message row, and what is counted is what gets marked.
-    SELECT m.id, b.account_id
+    SELECT m.id, m.created_at, b.account_id
     FROM batch b
     CROSS JOIN LATERAL (
-        SELECT id FROM messages
+        SELECT id, created_at FROM messages
         WHERE account_id = b.account_id AND digest_id IS NULL AND read_at IS NULL
           AND archived_at IS NULL AND created_at < b.window_end
           AND (b.all_due OR CASE WHEN category = ANY(string_to_array(b.included, ' ')) THEN true
@@ -134,13 +134,14 @@ digest AS (
     RETURNING id, account_id, message_count
 ),
 marked AS (
-    -- By primary key from the locked rows, with no condition on `messages` itself: a condition
+    -- By primary key (id, created_at: the partition too) from the locked rows, with no condition
+    -- on `messages` itself otherwise: a condition
     -- like `digest_id IS NULL` is estimated from statistics, and right after a large intake
     -- (none yet) it made the planner expect one row and loop over every pending message for
     -- each one marked. The conditions were checked under the row lock in `pending`.
     UPDATE messages m SET digest_id = d.id
     FROM pending p JOIN digest d ON d.account_id = p.account_id
-    WHERE m.id = p.id
+    WHERE m.id = p.id AND m.created_at = p.created_at
     RETURNING m.id, m.account_id, m.digest_id, m.category, m.subject, m.body, m.url, m.created_at
 ),
 ranked AS (
