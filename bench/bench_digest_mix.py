@@ -1,8 +1,9 @@
 """Digests with issue 14's realistic mix: the accounts of `bench digest` (20 unread messages in 4
 categories each, all due) under declared categories on different frequencies: `news` on the
 member's daily, `events` weekly by default, `comments` hourly for every third member, `groups`
-turned off by every fourth, and every fifth member with quiet hours (22:00-07:00, not holding
-at the due time). Every daily, weekly and hourly window ends at the same moment, so each member
+turned off by every fourth, every fifth member with quiet hours (22:00-07:00, not holding
+at the due time), and the members spread over four languages (en, de, fr, es: each digest
+rendered with its own catalogue and babel's dates). Every daily, weekly and hourly window ends at the same moment, so each member
 gets one digest (what exactly-once per moment promises); the pass decides per member and per
 category which messages go.
 
@@ -43,6 +44,7 @@ async def seed_mix(pool: asyncpg.Pool, accounts: int) -> int:
         """
         UPDATE accounts SET
             digest_weekday = 2,
+            locale = (ARRAY['en', 'de', 'fr', 'es'])[1 + id % 4],
             digest_categories =
                 CASE WHEN id % 3 = 0 THEN '{"comments": {"frequency": "hourly"}}'::jsonb ELSE '{}' END
                 || CASE WHEN id % 4 = 1 THEN '{"groups": {"frequency": "off"}}'::jsonb ELSE '{}' END,
