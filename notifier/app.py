@@ -17,6 +17,7 @@ from notifier.api import (
     inbound,
     mailbox,
     openapi,
+    openapi_lists,
     openapi_newsletters,
     openapi_routes,
     openapi_webhooks,
@@ -190,6 +191,9 @@ def create_app(settings: Settings) -> web.Application:
     from notifier.pages import confirm, preference_centre, unsubscribe
 
     newsletters.setup_routes(app)
+    from notifier.api import lists
+
+    lists.setup_routes(app)
     from notifier.api import webhooks
 
     webhooks.setup_routes(app)
@@ -213,6 +217,7 @@ def create_app(settings: Settings) -> web.Application:
         [
             *openapi_routes.operations(),
             *openapi_newsletters.operations(),
+            *openapi_lists.operations(),
             *openapi_webhooks.operations(),
         ],
     )

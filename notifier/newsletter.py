@@ -17,12 +17,13 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 import asyncpg
 
-from notifier import consent, queues
+from notifier import audience, consent, queues
 from notifier.db import Q
 from notifier.mail import outbox, render
 from notifier.mail.newsletter_render import Draft, PreparedCache, TemplateProblem, sample_personal
@@ -74,12 +75,41 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int) -> as
     return row
 
 
+@dataclass(frozen=True)
+class Target:
+    """Who a newsletter goes to: members of any of `lists` (keys; none: the default list)
+    matching `segment` (an inline rule) or the saved segment `segment_key` (neither: all of them).
+    Checked by `audience.check_targeting`."""
+
+    lists: tuple[str, ...] = ()
+    segment: Any = None
+    segment_key: str | None = None
+
+
 async def create_draft(
-    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, created_by: str
+    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, created_by: str, target: Target = Target()
 ) -> asyncpg.Record:
-    """Store a new draft (its templates already checked by the caller, off the event loop)."""
+    """Store a new draft (its templates and target already checked by the caller)."""
     row: asyncpg.Record = await conn.fetchrow(
-        Q.insert_newsletter, draft.subject, draft.preheader, draft.body, draft.body_format, created_by
+        Q.insert_newsletter,
+        draft.subject,
+        draft.preheader,
+        draft.body,
+        draft.body_format,
+        created_by,
+        list(target.lists),
+        target.segment,
+        target.segment_key,
+    )
+    return row
+
+
+async def retarget(
+    conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int, target: Target, updated_by: str
+) -> asyncpg.Record | None:
+    """Set a draft's audience (checked by the caller); None when it is no longer a draft."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        Q.target_newsletter, newsletter_id, list(target.lists), target.segment, target.segment_key, updated_by
     )
     return row
 
@@ -129,9 +159,8 @@ async def start(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> i
         started = await conn.fetchrow(Q.start_newsletter, newsletter_id)
         if started is None:
             return None
-        await conn.execute(
-            Q.fan_out_newsletter, newsletter_id, queues.BULK, settings.newsletter_double_opt_in
-        )
+        list_ids, rule = await audience.targeting(conn, started)
+        await audience.freeze(conn, newsletter_id, list_ids, rule, settings.newsletter_double_opt_in)
         recipients: int = await conn.fetchval(Q.set_newsletter_recipients, newsletter_id)
     log.info("newsletter %s sending to %s recipients", newsletter_id, recipients)
     return recipients

@@ -108,7 +108,9 @@ def test_every_list_answer_is_items_and_next_cursor(spec) -> None:
     assert sorted(pages) == [
         "AuditPage",
         "InboxPage",
+        "NewsListPage",
         "NewsletterPage",
+        "SegmentPage",
         "WebhookDeliveryPage",
         "WebhookEndpointPage",
     ]

@@ -11,8 +11,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from redis import exceptions as redis_exceptions
 
-from notifier import newsletter, newsletter_test_send, queues
-from notifier.answers import Newsletter, NewsletterPage, NewsletterPreview, TestSendQueued
+from notifier import audience, newsletter, newsletter_test_send, queues
+from notifier.answers import AudienceCount, Newsletter, NewsletterPage, NewsletterPreview, TestSendQueued
 from notifier.api.auth import api_key_of, requires
 from notifier.api.pagination import decode_cursor, next_cursor, page_limit
 from notifier.api.problems import Problem, read_model
@@ -39,8 +39,16 @@ class NewsletterIn(BaseModel):
     preheader: str = Field(default="", max_length=300)
     body: str = Field(min_length=1, max_length=MAX_BODY_CHARS)
     body_format: Literal["markdown", "html"] = "markdown"
+    lists: list[str] = Field(
+        default_factory=list, max_length=20, description="list keys; none: the default list `newsletter`"
+    )
+    segment: dict[str, Any] | None = Field(default=None, description="an inline segment rule")
+    segment_key: str | None = Field(default=None, max_length=40, description="a saved segment")
 
     _lines = field_validator("subject", "preheader")(check_one_line)
+
+    def target(self) -> newsletter.Target:
+        return newsletter.Target(tuple(self.lists), self.segment, self.segment_key)
 
 
 class NewsletterPatch(BaseModel):
@@ -50,6 +58,23 @@ class NewsletterPatch(BaseModel):
     preheader: str | None = Field(default=None, max_length=300)
     body: str | None = Field(default=None, min_length=1, max_length=MAX_BODY_CHARS)
     body_format: Literal["markdown", "html"] | None = None
+    lists: list[str] | None = Field(default=None, max_length=20)
+    segment: dict[str, Any] | None = Field(default=None, description="null removes the segment")
+    segment_key: str | None = Field(default=None, max_length=40, description="null removes it")
+
+    def target(self, row: Mapping[str, Any]) -> newsletter.Target | None:
+        """The audience after this patch, or None when the patch leaves it alone."""
+        given = self.model_fields_set & {"lists", "segment", "segment_key"}
+        if not given:
+            return None
+        lists = self.lists if "lists" in given and self.lists is not None else row["lists"]
+        segment = self.segment if "segment" in given else row["segment"]
+        segment_key = self.segment_key if "segment_key" in given else row["segment_key"]
+        if "segment" in given and self.segment is not None and "segment_key" not in given:
+            segment_key = None  # a new inline rule replaces a saved one
+        if "segment_key" in given and self.segment_key is not None and "segment" not in given:
+            segment = None
+        return newsletter.Target(tuple(lists), segment, segment_key)
 
     @field_validator("subject", "preheader")
     @classmethod
@@ -112,8 +137,10 @@ async def create_newsletter(request: web.Request) -> web.Response:
     """A new draft. Its templates are checked: a syntax error or unknown variable is a 422."""
     body = await read_model(request, NewsletterIn)
     draft = Draft(0, body.subject, body.preheader, body.body, body.body_format)
+    target = body.target()
+    await audience.check_targeting(request.app[POOL], target.lists, target.segment, target.segment_key)
     await _check(request, draft)
-    row = await newsletter.create_draft(request.app[POOL], draft, str(api_key_of(request).actor))
+    row = await newsletter.create_draft(request.app[POOL], draft, str(api_key_of(request).actor), target)
     return json_response(201, Newsletter.of_row(row), {"Location": f"/v1/newsletters/{row['id']}"})
 
 
@@ -124,11 +151,29 @@ async def edit_newsletter(request: web.Request) -> web.Response:
     patch = await read_model(request, NewsletterPatch)
     merged = {**dict(row), **patch.model_dump(exclude_none=True)}
     draft = Draft(row["id"], merged["subject"], merged["preheader"], merged["body"], merged["body_format"])
+    target = patch.target(row)
+    if target is not None:
+        await audience.check_targeting(request.app[POOL], target.lists, target.segment, target.segment_key)
     await _check(request, draft)
-    updated = await newsletter.update_draft(request.app[POOL], draft, str(api_key_of(request).actor))
+    actor = str(api_key_of(request).actor)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        updated = await newsletter.update_draft(conn, draft, actor)
+        if updated is not None and target is not None:
+            updated = await newsletter.retarget(conn, row["id"], target, actor)
     if updated is None:
         raise Problem(409, f"the newsletter is {row['status']}; only a draft can be edited")
     return json_response(200, Newsletter.of_row(updated))
+
+
+@requires("newsletters")
+async def newsletter_audience(request: web.Request) -> web.Response:
+    """How many members the newsletter would reach if sending started now (its lists and
+    segment, minus the suppressed); once sending started, `recipients` is the frozen figure."""
+    row = await _get(request)
+    pool = request.app[POOL]
+    list_ids, rule = await audience.targeting(pool, row)
+    total = await audience.count(pool, list_ids, rule, request.app[SETTINGS].newsletter_double_opt_in)
+    return json_response(200, AudienceCount(count=total))
 
 
 @requires("newsletters")
@@ -291,6 +336,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/newsletters/{id}", get_newsletter)
     app.router.add_patch("/v1/newsletters/{id}", edit_newsletter)
     app.router.add_get("/v1/newsletters/{id}/preview", preview_newsletter)
+    app.router.add_get("/v1/newsletters/{id}/audience", newsletter_audience)
     app.router.add_post("/v1/newsletters/{id}/test", test_send)
     app.router.add_post("/v1/newsletters/{id}/send", send_newsletter)
     app.router.add_post("/v1/newsletters/{id}/unschedule", unschedule_newsletter)

@@ -20,9 +20,12 @@ _DRAFT = {
     "body_format": "markdown",
 }
 _TIME = "2026-12-01T09:30:00+00:00"
-NEWSLETTER_EXAMPLE = {
+NEWSLETTER_EXAMPLE: dict[str, Any] = {
     "id": 12,
     **_DRAFT,
+    "lists": [],
+    "segment": None,
+    "segment_key": None,
     "status": "draft",
     "recipients": None,
     "scheduled_at": None,
@@ -121,6 +124,14 @@ def operations() -> list[Operation]:
                 Param("account", "query", {"type": "string"}, "the external_id of a member to preview for"),
                 Param("format", "query", {"enum": ["json", "html"]}, "`html`: the HTML body itself"),
             ],
+        ),
+        _op(
+            "GET",
+            f"{base}/audience",
+            "Count the audience",
+            "How many members its lists and segment reach now, minus the suppressed (frozen as "
+            "`recipients` when sending starts).",
+            {200: answer(answers.AudienceCount, "the count", example={"count": 1250}), 404: _MISSING},
         ),
         _op(
             "POST",

@@ -1,0 +1,399 @@
+"""Lists, member attributes and segments (issue #18): the lists API, per-list consent, a newsletter
+to a list and a segment delivered over real SMTP, one-click unsubscribe from one list, hostile
+segment rules, attributes, and the migration of the newsletter consent to the default list."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from arq import ArqRedis
+
+from notifier import segments, suppression, tokens
+from notifier.db import MIGRATIONS_DIR, migrate, scratch_database
+from notifier.settings import Settings
+from tests.api_helpers import bearer, create_newsletter, send_newsletter
+from tests.conftest import BurstWorker, MailSink, Services
+
+GERMANY = {"attr": "country", "op": "eq", "value": "DE"}
+
+
+@pytest.fixture
+async def headers(pool: asyncpg.Pool) -> dict[str, str]:
+    return await bearer(pool, "newsletters", "accounts", name="marketing")
+
+
+async def make_list(
+    client: TestClient[Any, Any], headers: dict[str, str], key: str, **fields: Any
+) -> dict[str, Any]:
+    resp = await client.post("/v1/lists", json={"key": key, "name": key.title(), **fields}, headers=headers)
+    assert resp.status == 201, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def member(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    name: str,
+    lists: dict[str, bool],
+    **attributes: Any,
+) -> dict[str, Any]:
+    """A member registered with `attributes`, opted in to `lists` through the preferences API."""
+    body = {
+        "external_id": name,
+        "email": f"{name}@example.com",
+        "name": name.title(),
+        "attributes": attributes,
+    }
+    resp = await client.post("/v1/accounts", json=body, headers=headers)
+    assert resp.status == 201, await resp.text()
+    resp = await client.put(f"/v1/accounts/{name}/preferences", json={"lists": lists}, headers=headers)
+    assert resp.status == 200, await resp.text()
+    account: dict[str, Any] = await resp.json()
+    return account
+
+
+def path_of(header: str) -> str:
+    """The https URL of a List-Unsubscribe header, as a path on the test server."""
+    url = urlsplit(header.split(",")[0].strip("<> "))
+    return f"{url.path}?{url.query}"
+
+
+async def test_lists_are_created_read_edited_and_archived(
+    client: TestClient[Any, Any], headers: dict[str, str]
+) -> None:
+    offers = await make_list(client, headers, "offers", description="Discounts.", double_opt_in=True)
+    assert offers["default"] is False and offers["double_opt_in"] is True and offers["subscribers"] == 0
+    assert (
+        await client.post("/v1/lists", json={"key": "offers", "name": "x"}, headers=headers)
+    ).status == 409
+    for bad, field in [
+        ({"key": "Offers!", "name": "x"}, "key"),
+        ({"key": "digest", "name": "x"}, "key"),
+        ({"key": "ok", "name": ""}, "name"),
+        ({"key": "ok", "name": "two\nlines"}, "name"),
+        ({"key": "ok", "name": "x", "double_opt_in": "yes"}, "double_opt_in"),
+    ]:
+        resp = await client.post("/v1/lists", json=bad, headers=headers)
+        assert resp.status == 422, (bad, await resp.text())
+        assert [e["field"] for e in (await resp.json())["errors"]] == [field]
+    resp = await client.get("/v1/lists", headers=headers)
+    assert [(x["key"], x["default"]) for x in (await resp.json())["items"]] == [
+        ("newsletter", True),
+        ("offers", False),
+    ]
+    resp = await client.patch("/v1/lists/offers", json={"name": "Member offers"}, headers=headers)
+    assert resp.status == 200 and (await resp.json())["name"] == "Member offers"
+    assert (await client.get("/v1/lists/nothing", headers=headers)).status == 404
+    assert (await client.post("/v1/lists/newsletter/archive", headers=headers)).status == 409
+    resp = await client.delete("/v1/lists/offers", headers=headers)
+    assert resp.status == 200 and (await resp.json())["archived_at"] is not None
+    resp = await client.get("/v1/lists", headers=headers)
+    assert [x["key"] for x in (await resp.json())["items"]] == ["newsletter"]
+    resp = await client.get("/v1/lists?archived=true", headers=headers)
+    assert [x["key"] for x in (await resp.json())["items"]] == ["newsletter", "offers"]
+
+
+async def test_a_newsletter_to_list_a_and_germany_reaches_exactly_those_members_once(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+    run_worker: BurstWorker,
+    smtp: MailSink,
+) -> None:
+    await make_list(client, headers, "alpha")
+    await make_list(client, headers, "beta")
+    await member(client, headers, "ann", {"alpha": True}, country="DE")
+    await member(client, headers, "bob", {"alpha": True, "beta": True}, country="DE", plan="pro")
+    await member(client, headers, "cat", {"alpha": True}, country="FR")
+    await member(client, headers, "dan", {"beta": True}, country="DE")
+    await member(client, headers, "eve", {"alpha": True}, country="DE")
+    await member(client, headers, "fay", {}, country="DE")
+    await member(client, headers, "gil", {"newsletter": True}, country="DE")
+    await suppression.add(pool, "eve@example.com", "complaint", "newsletter")
+
+    resp = await client.post(
+        "/v1/segments/count", json={"lists": ["alpha"], "segment": GERMANY}, headers=headers
+    )
+    assert resp.status == 200 and await resp.json() == {"count": 2}
+    created = await create_newsletter(
+        client, headers, subject="Hallo", body="Hallo {{ first_name }}", lists=["alpha"], segment=GERMANY
+    )
+    assert created["lists"] == ["alpha"] and created["segment"] == GERMANY
+    resp = await client.get(f"/v1/newsletters/{created['id']}/audience", headers=headers)
+    assert await resp.json() == {"count": 2}
+
+    sent = await send_newsletter(client, headers, run_worker, pool, redis, settings, created["id"])
+    assert sent["status"] == "sent" and sent["recipients"] == 2
+    assert sorted(r.recipients[0] for r in smtp.received) == ["ann@example.com", "bob@example.com"]
+    messages = {r.recipients[0]: r.message for r in smtp.received}
+    assert {str(m["List-Id"]) for m in messages.values()} == {"<alpha.notifier.localhost>"}
+
+    # Bob leaves alpha by one-click (RFC 8058) and stays on beta.
+    resp = await client.post(
+        path_of(str(messages["bob@example.com"]["List-Unsubscribe"])), data={"List-Unsubscribe": "One-Click"}
+    )
+    assert resp.status == 200 and "You are unsubscribed" in await resp.text()
+    resp = await client.get("/v1/accounts/bob/preferences", headers=headers)
+    assert (await resp.json())["lists"] == {"newsletter": False, "alpha": False, "beta": True}
+    consents = await pool.fetch(
+        """SELECT l.key, c.granted, c.source FROM consents c JOIN lists l ON l.id = c.list_id
+           JOIN accounts a ON a.id = c.account_id WHERE a.external_id = 'bob' ORDER BY c.id"""
+    )
+    assert [tuple(r) for r in consents] == [
+        ("alpha", True, "api"),
+        ("beta", True, "api"),
+        ("alpha", False, "one-click"),
+    ]
+    event = await pool.fetchrow("SELECT detail, newsletter_id FROM events WHERE kind = 'unsubscribed'")
+    assert event["detail"]["list"] == "alpha" and event["newsletter_id"] == created["id"]
+
+    # A saved segment over two lists: each member once, through the first of the lists they are on.
+    resp = await client.post(
+        "/v1/segments", json={"key": "germany", "name": "Germany", "rule": GERMANY}, headers=headers
+    )
+    assert resp.status == 201, await resp.text()
+    smtp.clear()
+    second = await create_newsletter(
+        client, headers, subject="Zwei", body="Hallo", lists=["alpha", "beta"], segment_key="germany"
+    )
+    sent = await send_newsletter(client, headers, run_worker, pool, redis, settings, second["id"])
+    assert sent["recipients"] == 3
+    got = sorted((r.recipients[0], str(r.message["List-Id"])) for r in smtp.received)
+    assert got == [
+        ("ann@example.com", "<alpha.notifier.localhost>"),
+        ("bob@example.com", "<beta.notifier.localhost>"),
+        ("dan@example.com", "<beta.notifier.localhost>"),
+    ]
+    assert (await client.delete("/v1/segments/germany", headers=headers)).status == 409
+
+
+async def test_newsletters_without_lists_still_go_to_the_default_list(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+    run_worker: BurstWorker,
+    smtp: MailSink,
+) -> None:
+    await make_list(client, headers, "alpha")
+    await member(client, headers, "ann", {"newsletter": True})
+    await member(client, headers, "bob", {"alpha": True})
+    created = await create_newsletter(client, headers, subject="Old way", body="Hi")
+    sent = await send_newsletter(client, headers, run_worker, pool, redis, settings, created["id"])
+    assert sent["recipients"] == 1 and [r.recipients[0] for r in smtp.received] == ["ann@example.com"]
+    assert str(smtp.received[0].message["List-Id"]) == "<newsletter.notifier.localhost>"
+
+
+@pytest.mark.parametrize(
+    ("rule", "fields"),
+    [
+        ({"attr": "country'; DROP TABLE accounts; --", "op": "eq", "value": "DE"}, ["segment.attr"]),
+        ({"attr": "country", "op": "like", "value": "%"}, ["segment.op"]),
+        ({"attr": "country", "op": "eq; DELETE FROM accounts", "value": 1}, ["segment.op"]),
+        ({"field": "email) OR (TRUE", "op": "eq", "value": "x"}, ["segment.field"]),
+        ({"field": "created_at", "op": "gt", "value": "yesterday"}, ["segment.value"]),
+        ({"field": "locale", "op": "lt", "value": "de"}, ["segment.op"]),
+        ({"attr": "tags", "op": "in", "value": []}, ["segment.value"]),
+        ({"attr": "x", "op": "eq", "value": {"$ne": 1}}, ["segment.value"]),
+        ({"attr": "x", "op": "eq", "value": "a\u0000b"}, ["segment.value"]),
+        ({"attr": "x", "op": "exists", "value": 1}, ["segment.value"]),
+        ({"attr": "x", "field": "locale", "op": "eq", "value": 1}, ["segment"]),
+        ({"attr": "x", "op": "eq", "value": 1, "sql": "1=1"}, ["segment.sql"]),
+        ({"all": "x"}, ["segment.all"]),
+        ({"any": []}, ["segment.any"]),
+        ({"all": [GERMANY], "any": [GERMANY]}, ["segment"]),
+        (
+            {"all": [GERMANY, {"attr": "plan", "op": "eq"}, {"attr": "plan", "op": "bogus", "value": 1}]},
+            ["segment.all.1.value", "segment.all.2.op"],
+        ),
+        ({"not": {"not": {"not": {"not": {"not": {"not": GERMANY}}}}}}, ["segment.not.not.not.not.not.not"]),
+        ({"any": [GERMANY] * (segments.MAX_CONDITIONS + 1)}, [f"segment.any.{segments.MAX_CONDITIONS}"]),
+    ],
+)
+async def test_hostile_segment_rules_are_422_with_field_errors(
+    client: TestClient[Any, Any], headers: dict[str, str], pool: asyncpg.Pool, rule: Any, fields: list[str]
+) -> None:
+    resp = await client.post("/v1/segments/count", json={"segment": rule}, headers=headers)
+    assert resp.status == 422, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    assert [e["field"] for e in (await resp.json())["errors"]] == fields
+    resp = await client.post(
+        "/v1/newsletters", json={"subject": "x", "body": "y", "segment": rule}, headers=headers
+    )
+    assert resp.status == 422
+    resp = await client.post(
+        "/v1/segments", json={"key": "bad", "name": "Bad", "rule": rule}, headers=headers
+    )
+    assert resp.status == 422
+    assert [e["field"] for e in (await resp.json())["errors"]] == [
+        f.replace("segment", "rule", 1) for f in fields
+    ]
+    assert await pool.fetchval("SELECT count(*) FROM newsletters") == 0
+    assert await pool.fetchval("SELECT count(*) FROM segments") == 0
+
+
+async def test_hostile_values_are_only_ever_parameters(
+    client: TestClient[Any, Any], headers: dict[str, str]
+) -> None:
+    await member(client, headers, "ann", {"newsletter": True}, country="DE", note="x' OR '1'='1")
+    for value in ["DE' OR '1'='1", 'DE"; DROP TABLE accounts; --', "$1", "' || (SELECT 1) || '"]:
+        rule = {
+            "any": [
+                {"attr": "country", "op": "eq", "value": value},
+                {"field": "locale", "op": "in", "value": [value]},
+            ]
+        }
+        resp = await client.post("/v1/segments/count", json={"segment": rule}, headers=headers)
+        assert resp.status == 200 and await resp.json() == {"count": 0}, value
+    rule = {"attr": "note", "op": "eq", "value": "x' OR '1'='1"}
+    resp = await client.post("/v1/segments/count", json={"segment": rule}, headers=headers)
+    assert await resp.json() == {"count": 1}
+
+
+async def test_every_operator_selects_what_it_says(
+    client: TestClient[Any, Any], headers: dict[str, str], pool: asyncpg.Pool
+) -> None:
+    await member(client, headers, "ann", {"newsletter": True}, country="DE", age=30, tags=["a", "b"])
+    await member(client, headers, "bob", {"newsletter": True}, country="FR", age=41)
+    await member(client, headers, "cat", {"newsletter": True}, age="old")
+    await pool.execute(
+        "UPDATE accounts SET locale = 'de', timezone = 'Europe/Berlin' WHERE external_id = 'ann'"
+    )
+    await pool.execute("UPDATE accounts SET created_at = '2020-01-01T00:00:00Z' WHERE external_id = 'bob'")
+
+    async def who(rule: Any) -> int:
+        resp = await client.post("/v1/segments/count", json={"segment": rule}, headers=headers)
+        assert resp.status == 200, await resp.text()
+        return int((await resp.json())["count"])
+
+    assert await who({"attr": "country", "op": "ne", "value": "DE"}) == 2  # absent counts as different
+    assert await who({"attr": "country", "op": "in", "value": ["DE", "FR"]}) == 2
+    assert await who({"attr": "age", "op": "gte", "value": 30}) == 2  # "old" is not a number
+    assert await who({"attr": "age", "op": "lt", "value": 41}) == 1
+    assert await who({"attr": "tags", "op": "contains", "value": "b"}) == 1
+    assert await who({"attr": "country", "op": "exists"}) == 2
+    assert await who({"not": {"attr": "country", "op": "exists"}}) == 1
+    assert await who({"field": "locale", "op": "eq", "value": "de"}) == 1
+    assert await who({"field": "timezone", "op": "in", "value": ["Europe/Berlin", "UTC"]}) == 3
+    assert await who({"field": "created_at", "op": "lt", "value": "2021-01-01"}) == 1
+    assert (
+        await who(
+            {"all": [{"field": "created_at", "op": "gte", "value": "2021-01-01T00:00:00+00:00"}, GERMANY]}
+        )
+        == 1
+    )
+
+
+async def test_attributes_are_validated_merged_audited_exported_and_erased(
+    client: TestClient[Any, Any], headers: dict[str, str], pool: asyncpg.Pool
+) -> None:
+    await make_list(client, headers, "alpha")
+    await member(client, headers, "ann", {"alpha": True}, country="DE", plan="pro")
+    resp = await client.patch(
+        "/v1/accounts/ann", json={"attributes": {"plan": None, "tags": ["x", 2, True]}}, headers=headers
+    )
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["attributes"] == {"country": "DE", "tags": ["x", 2, True]}
+    audit = await pool.fetchval("SELECT changes FROM audit_log WHERE action = 'account.updated'")
+    assert audit["attributes"]["before"] == {"country": "DE", "plan": "pro"}
+    for bad, field in [
+        ({"Bad-Key": 1}, "attributes.Bad-Key"),
+        ({"nested": {"a": 1}}, "attributes.nested"),
+        ({"tags": [[1]]}, "attributes.tags.0"),
+        ({"big": "x" * 400, **{f"k{i}": "y" * 400 for i in range(10)}}, "attributes"),
+        ({"nul": "a\u0000"}, "attributes.nul"),
+    ]:
+        resp = await client.patch("/v1/accounts/ann", json={"attributes": bad}, headers=headers)
+        assert resp.status == 422, (bad, await resp.text())
+        assert field in [e["field"] for e in (await resp.json())["errors"]]
+    resp = await client.post(
+        "/v1/accounts",
+        json={"external_id": "x", "email": "x@example.com", "name": "X", "attributes": []},
+        headers=headers,
+    )
+    assert resp.status == 422
+    export = await (await client.get("/v1/accounts/ann/export", headers=headers)).json()
+    assert export["account"]["attributes"]["country"] == "DE"
+    assert [(x["list"], x["subscribed"]) for x in export["lists"]] == [("alpha", True)]
+    assert (await client.delete("/v1/accounts/ann", headers=headers)).status == 200
+    assert await pool.fetchval("SELECT count(*) FROM list_members") == 0
+    assert await pool.fetchval("SELECT count(*) FROM consents") == 0
+
+
+async def test_preferences_refuse_unknown_lists_and_a_disagreeing_newsletter(
+    client: TestClient[Any, Any], headers: dict[str, str], pool: asyncpg.Pool
+) -> None:
+    await member(client, headers, "ann", {})
+    for body, field in [
+        ({"lists": {"nope": True}}, "lists.nope"),
+        ({"lists": {"newsletter": "yes"}}, "lists.newsletter"),
+        ({"lists": ["newsletter"]}, "lists"),
+        ({"lists": {"newsletter": True}, "newsletter": False}, "newsletter"),
+    ]:
+        resp = await client.put("/v1/accounts/ann/preferences", json=body, headers=headers)
+        assert resp.status == 422, (body, await resp.text())
+        assert [e["field"] for e in (await resp.json())["errors"]] == [field]
+    resp = await client.put(
+        "/v1/accounts/ann/preferences", json={"lists": {"newsletter": True}}, headers=headers
+    )
+    body = await resp.json()
+    assert body["newsletter"] is True and body["lists"] == {"newsletter": True}
+
+
+def test_list_tokens_name_the_list_and_refuse_tampering() -> None:
+    secret = b"k" * 32
+    token = tokens.sign(secret, "unsubscribe", 42, "list", 7)
+    found = tokens.verify(secret, token, "unsubscribe")
+    assert found is not None and (found.list, found.account_id, found.list_id) == ("list", 42, 7)
+    old = tokens.sign(secret, "unsubscribe", 42, "newsletter")
+    assert len(old) == 35 and tokens.verify(secret, old, "unsubscribe").list_id is None  # type: ignore[union-attr]
+    raw = bytearray(tokens.base64.urlsafe_b64decode(token + "=="))
+    raw[13] ^= 1  # another list id under the same MAC
+    forged = tokens.base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
+    assert tokens.verify(secret, forged, "unsubscribe") is None
+    with pytest.raises(ValueError):
+        tokens.sign(secret, "unsubscribe", 42, "list")
+
+
+async def test_the_migration_moves_the_newsletter_consent_to_the_default_list(
+    services: Services, tmp_path: Path
+) -> None:
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if int(path.name[:4]) < 15:
+            shutil.copy(path, before)
+    async with scratch_database(services.admin_url, "notifier_migration", migrated=False) as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn, before)
+            ann = await conn.fetchval(
+                "INSERT INTO accounts (external_id, email, name, newsletter) VALUES ('ann', 'ann@example.com', 'Ann', true) RETURNING id"
+            )
+            await conn.execute(
+                "INSERT INTO consents (account_id, granted, source, wording) VALUES ($1, true, 'api', 'Yes')",
+                ann,
+            )
+            await conn.execute(
+                "INSERT INTO accounts (external_id, email, name) VALUES ('bob', 'bob@example.com', 'Bob')"
+            )
+            assert await migrate(conn) == [
+                v for v in sorted(int(p.name[:4]) for p in MIGRATIONS_DIR.glob("*.sql")) if v >= 15
+            ]
+            default = await conn.fetchrow("SELECT * FROM lists WHERE is_default")
+            assert default["key"] == "newsletter" and default["archived_at"] is None
+            rows = await conn.fetch("SELECT account_id, list_id, topic, wording FROM consents")
+            assert [tuple(r) for r in rows] == [(ann, default["id"], "newsletter", "Yes")]
+            assert await conn.fetchval("SELECT attributes FROM accounts WHERE id = $1", ann) == "{}"
+        finally:
+            await conn.close()
