@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from arq import ArqRedis
 
-from notifier import segments, suppression, tokens
+from notifier import newsletter, queues, segments, suppression, tokens
 from notifier.db import MIGRATIONS_DIR, migrate, scratch_database
 from notifier.settings import Settings
 from tests.api_helpers import bearer, create_newsletter, send_newsletter
@@ -397,3 +397,67 @@ async def test_the_migration_moves_the_newsletter_consent_to_the_default_list(
             assert await conn.fetchval("SELECT attributes FROM accounts WHERE id = $1", ann) == "{}"
         finally:
             await conn.close()
+
+
+async def test_a_double_opt_in_list_counts_a_member_once_confirmed(
+    client: TestClient[Any, Any],
+    headers: dict[str, str],
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+    run_worker: BurstWorker,
+    smtp: MailSink,
+) -> None:
+    await make_list(client, headers, "offers", double_opt_in=True)
+    await member(client, headers, "ann", {"offers": True})
+    await member(client, headers, "bob", {"offers": True})
+    count = {"lists": ["offers"]}
+    assert await (await client.post("/v1/segments/count", json=count, headers=headers)).json() == {"count": 0}
+    ticked = await newsletter.tick(pool, redis, settings)  # the default list's setting is off
+    assert ticked["confirmations"] == 2
+    assert (await newsletter.tick(pool, redis, settings))["confirmations"] == 0
+    await run_worker(queues.SERVICE)
+    text = next(
+        r.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        for r in smtp.received
+        if r.recipients[0] == "ann@example.com"
+    )
+    url = next(line for line in text.splitlines() if "/confirm/" in line).strip()
+    path = url[url.index("/confirm/") :]
+    nonce = (await (await client.get(path)).text()).split('name="nonce" value="')[1].split('"')[0]
+    assert (await client.post(path, data={"nonce": nonce})).status == 200
+    assert await (await client.post("/v1/segments/count", json=count, headers=headers)).json() == {"count": 1}
+    confirmed = await pool.fetch("SELECT list_id FROM consents WHERE confirmed_at IS NOT NULL")
+    assert len(confirmed) == 1 and confirmed[0]["list_id"] is not None
+
+
+async def test_the_preference_centre_and_the_member_api_show_every_list(
+    client: TestClient[Any, Any], headers: dict[str, str], pool: asyncpg.Pool, settings: Settings
+) -> None:
+    from tests.test_preference_centre import form_data, open_centre
+
+    await make_list(client, headers, "alpha", description="Alpha news.")
+    await make_list(client, headers, "beta")
+    ann = await member(client, headers, "ann", {"beta": True})
+    account_id = await pool.fetchval("SELECT id FROM accounts WHERE external_id = 'ann'")
+    assert ann["lists"] == {"newsletter": False, "alpha": False, "beta": True}
+    token, nonce = await open_centre(client, settings, account_id)
+    page = await (await client.get(f"/preferences/{token}")).text()
+    assert 'name="list-alpha"' in page and "Send me “Alpha”. Alpha news." in page
+    resp = await client.post(f"/preferences/{token}", data=form_data(nonce, **{"list-alpha": "yes"}))
+    assert resp.status == 200, await resp.text()
+    text = await resp.text()
+    assert "Alpha" in text and "Beta" in text
+    resp = await client.get("/v1/accounts/ann/preferences", headers=headers)
+    assert (await resp.json())["lists"] == {"newsletter": False, "alpha": True, "beta": False}
+    rows = await pool.fetch(
+        "SELECT l.key, c.granted, c.source, c.wording FROM consents c JOIN lists l ON l.id = c.list_id "
+        "WHERE c.source = 'preference-centre' ORDER BY l.key"
+    )
+    assert [(r["key"], r["granted"]) for r in rows] == [("alpha", True), ("beta", False)]
+    assert rows[0]["wording"].startswith("Send me “Alpha”")
+    kinds = await pool.fetch("SELECT kind, detail->>'list' AS list FROM events ORDER BY id")
+    assert [(r["kind"], r["list"]) for r in kinds if r["list"]] == [
+        ("resubscribed", "alpha"),
+        ("unsubscribed", "beta"),
+    ]

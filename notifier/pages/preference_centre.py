@@ -1,6 +1,7 @@
 """The preference centre, `GET` / `POST /preferences/{token}`: a server-rendered form (no
 JavaScript, no cookie) where a member lowers their digest frequency instead of leaving, changes
-the hour, weekday and time zone, and opts in or out of the newsletter.
+the hour, weekday and time zone, and opts in or out of the newsletter and of every other list
+(each with its own wording, `lists.wording`).
 
 POST checks the form's nonce and origin (see notifier.pages), saves through
 `preferences.apply_preferences` (audit actor: the member; newsletter consent with the wording
@@ -15,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from notifier import audit, consent, pages, preferences, schedule
+from notifier import audit, consent, lists, pages, preferences, schedule
 from notifier.db import Q
 from notifier.resources import POOL, SETTINGS
 
@@ -63,6 +64,7 @@ def _page(
     status: int = 200,
     saved: list[dict[str, str]] | None = None,
     errors: dict[str, str] | None = None,
+    other_lists: list[dict[str, Any]] | None = None,
 ) -> web.Response:
     settings = request.app[SETTINGS]
     return pages.render(
@@ -81,7 +83,19 @@ def _page(
         double_opt_in=settings.newsletter_double_opt_in,
         saved=saved,
         errors=errors or {},
+        other_lists=other_lists or [],
     )
+
+
+async def _other_lists(conn: Any, account_id: int) -> list[dict[str, Any]]:
+    """Every list but the default (shown as the newsletter), with the member's choice and the
+    wording they agree to."""
+    return [
+        {"key": r["key"], "name": r["name"], "wording": lists.wording(r), "subscribed": r["subscribed"],
+         "double_opt_in": r["double_opt_in"]}
+        for r in await lists.memberships(conn, account_id)
+        if not r["is_default"]
+    ]  # fmt: skip
 
 
 async def get_preferences(request: web.Request) -> web.Response:
@@ -89,11 +103,14 @@ async def get_preferences(request: web.Request) -> web.Response:
     linked = await pages.linked_member(request, "preferences")
     if linked is None:
         return pages.not_found(request)
-    return _page(request, linked.token, linked.ref, dict(linked.member))
+    other = await _other_lists(request.app[POOL], linked.found.account_id)
+    return _page(request, linked.token, linked.ref, dict(linked.member), other_lists=other)
 
 
-def _changes(form: Any) -> dict[str, Any]:
+def _changes(form: Any, other_lists: list[dict[str, Any]]) -> dict[str, Any]:
     changes: dict[str, Any] = {"newsletter": form.get("newsletter") == "yes"}
+    if other_lists:
+        changes["lists"] = {x["key"]: form.get(f"list-{x['key']}") == "yes" for x in other_lists}
     for field in ("digest_frequency", "timezone"):
         if field in form:
             changes[field] = str(form[field])
@@ -119,8 +136,9 @@ async def post_preferences(request: web.Request) -> web.Response:
         return pages.render(
             request, "expired.html", status=403, title="Please try again", again=request.path_qs
         )
-    changes = _changes(form)
     async with request.app[POOL].acquire() as conn:
+        other_before = await _other_lists(conn, found.account_id)
+        changes = _changes(form, other_before)
         ref = await pages.email_ref(conn, found.account_id, request.query.get("e"))
         try:
             async with conn.transaction():
@@ -151,14 +169,30 @@ async def post_preferences(request: web.Request) -> web.Response:
                     await pages.record_event(
                         conn, kind, found.account_id, ref, "preference-centre", {"list": "newsletter"}
                     )
+                other_after = await _other_lists(conn, found.account_id)
+                left_or_joined = [
+                    x
+                    for x, y in zip(other_before, other_after, strict=True)
+                    if x["subscribed"] != y["subscribed"]
+                ]
+                for x in left_or_joined:
+                    kind = "unsubscribed" if x["subscribed"] else "resubscribed"
+                    await pages.record_event(
+                        conn, kind, found.account_id, ref, "preference-centre", {"list": x["key"]}
+                    )
         except preferences.InvalidPreferences as exc:
             errors = {e["field"]: e["message"] for e in exc.errors or []}
             values = {**dict(before), **changes} if before is not None else changes
-            return _page(request, token, ref, values, status=422, errors=errors)
+            return _page(request, token, ref, values, status=422, errors=errors, other_lists=other_before)
     saved = [{"label": LABELS[k], "value": _describe(k, v["after"])} for k, v in changed.items()]
+    saved += [
+        {"label": x["name"], "value": _describe("newsletter", not x["subscribed"])} for x in left_or_joined
+    ]
     if settings.newsletter_double_opt_in and changed.get("newsletter", {}).get("after"):
         saved.append({"label": "Next step", "value": "confirm with the link we are e-mailing you"})
-    return _page(request, token, ref, {**dict(before), **after}, saved=saved)
+    if any(x["double_opt_in"] and not x["subscribed"] for x in left_or_joined):
+        saved.append({"label": "Next step", "value": "confirm with the link we are e-mailing you"})
+    return _page(request, token, ref, {**dict(before), **after}, saved=saved, other_lists=other_after)
 
 
 def setup_routes(app: web.Application) -> None:
