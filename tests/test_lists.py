@@ -461,3 +461,52 @@ async def test_the_preference_centre_and_the_member_api_show_every_list(
         ("resubscribed", "alpha"),
         ("unsubscribed", "beta"),
     ]
+
+
+async def test_the_console_makes_lists_counts_a_drafts_audience_and_shows_a_members_lists(
+    pool: asyncpg.Pool, settings: Settings, redis: ArqRedis
+) -> None:
+    from aiohttp.test_utils import TestServer
+
+    from notifier.app import create_app
+    from tests.test_console import sign_in
+
+    app = create_app(settings.model_copy(update={"public_url": "http://127.0.0.1"}))
+    async with TestClient(TestServer(app)) as console:
+        csrf = await sign_in(console, pool, ["admin"])
+        resp = await console.post("/console/lists", data={"csrf": csrf, "key": "Bad Key", "name": "x"})
+        assert resp.status == 422 and 'aria-invalid="true"' in await resp.text()
+        resp = await console.post(
+            "/console/lists", data={"csrf": csrf, "key": "alpha", "name": "Alpha", "double_opt_in": "yes"}
+        )
+        assert resp.status == 200 and "Alpha" in await resp.text()
+        assert await pool.fetchval("SELECT double_opt_in FROM lists WHERE key = 'alpha'") is True
+        api = await bearer(pool, "newsletters", "accounts")
+        await member(console, api, "ann", {"alpha": True, "newsletter": True}, country="DE")
+        await member(console, api, "bob", {"newsletter": True}, country="FR")
+        page = await (await console.get("/console/members/ann")).text()
+        assert "Alpha" in page and "<code>country</code>: " in page, page[page.find("Attributes") :][:300]
+
+        created = await create_newsletter(console, api, subject="S", body="B")
+        page = await (await console.get(f"/console/newsletters/{created['id']}")).text()
+        assert "would reach <strong>2</strong> members" in page
+        target = f"/console/newsletters/{created['id']}/audience"
+        resp = await console.post(
+            target, data={"csrf": csrf, "list": "newsletter", "segment": '{"attr": "country", "op": "like"}'}
+        )
+        assert resp.status == 422 and "segment.op" in await resp.text()
+        resp = await console.post(target, data={"csrf": csrf, "list": "newsletter", "segment": "{not json"})
+        assert resp.status == 422
+        resp = await console.post(
+            target,
+            data={
+                "csrf": csrf,
+                "list": "newsletter",
+                "segment": '{"attr": "country", "op": "eq", "value": "DE"}',
+            },
+        )
+        assert resp.status == 200 and "would reach <strong>1</strong> member " in await resp.text()
+        row = await pool.fetchrow("SELECT lists, segment FROM newsletters")
+        assert row["lists"] == ["newsletter"] and row["segment"] == GERMANY
+        resp = await console.post("/console/lists/alpha/archive", data={"csrf": csrf})
+        assert resp.status == 200 and "archived" in await resp.text()

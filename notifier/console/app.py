@@ -214,6 +214,7 @@ async def mailbox_source(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """Mount the console at /console on `app`."""
     from notifier.console import complaints, deliverability, members, webhooks
+    from notifier.console import lists as console_lists
     from notifier.console import newsletters as console_newsletters
 
     console = web.Application(middlewares=[console_middleware])
@@ -226,6 +227,7 @@ def setup(app: web.Application) -> None:
     console.router.add_get("/mailbox/{name}", mailbox_message)
     console.router.add_get("/mailbox/{name}/source", mailbox_source)
     console_newsletters.setup_routes(console)
+    console_lists.setup_routes(console)
     members.setup_routes(console)
     deliverability.setup_routes(console)
     complaints.setup_routes(console)

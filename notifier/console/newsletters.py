@@ -7,6 +7,7 @@ models, `newsletter_render`, `newsletter`); this module only turns forms into th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier import newsletter, newsletter_test_send, queues
+from notifier import audience, newsletter, newsletter_test_send, queues
 from notifier.api.newsletters import MAX_BODY_CHARS, NewsletterIn, TestSendIn
 from notifier.api.responses import json_response
 from notifier.console import chart as console_chart
@@ -24,6 +25,7 @@ from notifier.console.ui import (
     number,
     page,
     pool_of,
+    posted,
     redirect,
     redis_of,
     render,
@@ -31,6 +33,7 @@ from notifier.console.ui import (
     settings_of,
 )
 from notifier.db import Q
+from notifier.errors import Problem
 from notifier.mail import outbox
 from notifier.mail.newsletter_render import Draft, TemplateProblem, sample_personal
 from notifier.resources import RENDER_POOL
@@ -109,6 +112,7 @@ async def _compose(
     form: Mapping[str, Any],
     errors: dict[str, str],
     status: int = 200,
+    segment_text: str | None = None,
 ) -> web.Response:
     # A posted form may lack any field (a hand-made request): the page shows each as empty.
     form = {name: str(form.get(name, "")) for name in COMPOSE_FIELDS}
@@ -117,6 +121,9 @@ async def _compose(
     if len(form["body"]) <= MAX_BODY_CHARS:
         subject, html, render_errors = await _preview(request, _form_draft(form, row["id"] if row else 0))
         errors = {**render_errors, **errors}
+    targeting: dict[str, Any] = {}
+    if row is not None:
+        targeting = await _audience(request, row, segment_text, errors)
     return render(
         request,
         "newsletter_compose.html",
@@ -127,7 +134,56 @@ async def _compose(
         preview_subject=subject,
         preview_html=html,
         preview_errors=render_errors,
+        **targeting,
     )
+
+
+async def _audience(
+    request: web.Request, row: asyncpg.Record, segment_text: str | None, errors: dict[str, str]
+) -> dict[str, Any]:
+    """The audience panel of a draft: every list, the chosen ones, the segment as text and how
+    many members sending now would reach (None when the form's segment has errors)."""
+    pool = pool_of(request)
+    all_lists = await pool.fetch(Q.all_lists, False)
+    chosen = list(row["lists"]) or [r["key"] for r in all_lists if r["is_default"]]
+    count = None
+    if "segment" not in errors:
+        list_ids, rule = await audience.targeting(pool, row)
+        count = await audience.count(pool, list_ids, rule, settings_of(request).newsletter_double_opt_in)
+    if segment_text is None:
+        segment_text = json.dumps(row["segment"], ensure_ascii=False) if row["segment"] is not None else ""
+    return {
+        "all_lists": all_lists,
+        "chosen_lists": chosen,
+        "segment_text": segment_text,
+        "audience_count": count,
+    }
+
+
+@page("newsletters")
+async def save_audience(request: web.Request) -> web.Response:
+    """POST /console/newsletters/{id}/audience: the draft's lists and segment; the page again
+    with the segment's faults (422) when it is not valid."""
+    row = await _newsletter(request)
+    data = await posted(request)
+    keys = [str(k) for k in data.getall("list", []) if isinstance(k, str)][:20]
+    text = str(data.get("segment", "")).strip()
+    rule: Any = None
+    try:
+        rule = json.loads(text) if text else None
+        await audience.check_targeting(pool_of(request), keys, rule, None)
+    except ValueError:
+        errors = {"segment": 'not JSON: write a rule such as {"attr": "country", "op": "eq", "value": "DE"}'}
+        return await _compose(request, row=row, form=dict(row), errors=errors, status=422, segment_text=text)
+    except Problem as exc:
+        message = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors or [])
+        return await _compose(
+            request, row=row, form=dict(row), errors={"segment": message}, status=422, segment_text=text
+        )
+    target = newsletter.Target(tuple(keys), rule, None)
+    if await newsletter.retarget(pool_of(request), row["id"], target, str(session_of(request).actor)) is None:
+        raise web.HTTPConflict(text=f"The newsletter is {row['status']}; only a draft can be changed.")
+    raise redirect(f"/console/newsletters/{row['id']}", "audience saved")
 
 
 @page("newsletters")
@@ -320,6 +376,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/newsletters/{id}", show)
     app.router.add_post("/newsletters/{id}", save)
     app.router.add_post("/newsletters/{id}/test", test_send)
+    app.router.add_post("/newsletters/{id}/audience", save_audience)
     app.router.add_post("/newsletters/{id}/send", send)
     app.router.add_post("/newsletters/{id}/unschedule", unschedule)
     app.router.add_post("/newsletters/{id}/cancel", cancel)
