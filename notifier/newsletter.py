@@ -91,7 +91,7 @@ async def create_draft(
 ) -> asyncpg.Record:
     """Store a new draft (its templates and target already checked by the caller)."""
     row: asyncpg.Record = await conn.fetchrow(
-        Q.insert_newsletter,
+        Q.insert_targeted_newsletter,
         draft.subject,
         draft.preheader,
         draft.body,

@@ -510,3 +510,13 @@ async def test_the_console_makes_lists_counts_a_drafts_audience_and_shows_a_memb
         assert row["lists"] == ["newsletter"] and row["segment"] == GERMANY
         resp = await console.post("/console/lists/alpha/archive", data={"csrf": csrf})
         assert resp.status == 200 and "archived" in await resp.text()
+
+
+async def test_the_export_of_a_member_whose_preferences_changed_is_whole(
+    client: TestClient[Any, Any], headers: dict[str, str]
+) -> None:
+    await member(client, headers, "ann", {"newsletter": True})
+    resp = await client.get("/v1/accounts/ann/export", headers=headers)
+    assert resp.status == 200, await resp.text()
+    audit = (await resp.json())["audit"]
+    assert [a["changes"].get("source") for a in audit if a["action"] == "preferences.update"] == ["api"]

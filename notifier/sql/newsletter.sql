@@ -1,6 +1,13 @@
 -- Newsletters: drafts, the status machine, the frozen audience (fan-out) and the figures.
 
 -- name: insert_newsletter
+-- A draft to the default list (benches and the chaos stage use this one).
+INSERT INTO newsletters (subject, preheader, body, body_format, created_by, updated_by)
+VALUES ($1, $2, $3, $4, $5, $5)
+RETURNING *;
+
+-- name: insert_targeted_newsletter
+-- A draft to lists $6 (keys; empty: the default list) and segment $7 or saved segment $8.
 INSERT INTO newsletters (subject, preheader, body, body_format, created_by, updated_by,
                          lists, segment, segment_key)
 VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)
