@@ -22,7 +22,12 @@ from notifier.mail.newsletter_render import Draft
 
 NAME = "segments"
 COUNTRIES = ["DE", "FR", "NL", "AT", "BE", "DK", "ES", "IT", "PL", "SE"]  # DE: one member in ten
-GERMANY = {"all": [{"attr": "country", "op": "eq", "value": "DE"}, {"field": "locale", "op": "in", "value": ["en", "de"]}]}
+GERMANY = {
+    "all": [
+        {"attr": "country", "op": "eq", "value": "DE"},
+        {"field": "locale", "op": "in", "value": ["en", "de"]},
+    ]
+}
 BASELINE = """
 INSERT INTO emails (kind, queue, account_id, to_address, template, subject, context, newsletter_id)
 SELECT 'newsletter', $2, a.id, a.email, 'newsletter', 'x', jsonb_build_object('name', a.name), $1

@@ -520,3 +520,25 @@ async def test_the_export_of_a_member_whose_preferences_changed_is_whole(
     assert resp.status == 200, await resp.text()
     audit = (await resp.json())["audit"]
     assert [a["changes"].get("source") for a in audit if a["action"] == "preferences.update"] == ["api"]
+
+
+async def test_the_member_api_shows_and_changes_every_list_with_its_wording(
+    client: TestClient[Any, Any], headers: dict[str, str], pool: asyncpg.Pool
+) -> None:
+    from tests.test_member_inbox import auth, member_token
+
+    await make_list(client, headers, "alpha", description="Alpha news.")
+    await member(client, headers, "ann", {})
+    token = auth(await member_token(client, pool, "ann"))
+    prefs = await (await client.get("/member/v1/preferences", headers=token)).json()
+    assert prefs["lists"] == {"newsletter": False, "alpha": False}
+    resp = await client.put("/member/v1/preferences", json={"lists": {"alpha": True}}, headers=token)
+    assert resp.status == 200 and (await resp.json())["lists"] == {"newsletter": False, "alpha": True}
+    row = await pool.fetchrow(
+        "SELECT source, wording, wording_version FROM consents WHERE list_id IS NOT NULL"
+    )
+    assert row["wording"].startswith("Send me “Alpha”. Alpha news.") and row["wording_version"].startswith(
+        "list:alpha:"
+    )
+    resp = await client.put("/member/v1/preferences", json={"lists": {"gamma": True}}, headers=token)
+    assert resp.status == 422 and [e["field"] for e in (await resp.json())["errors"]] == ["lists.gamma"]

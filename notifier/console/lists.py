@@ -46,7 +46,7 @@ async def create(request: web.Request) -> web.Response:
     except Problem as exc:
         errors = {e["field"]: e["message"] for e in exc.errors or []} or {"key": exc.detail}
         return await _index(request, status=422 if exc.status == 422 else 409, form=dict(form), errors=errors)
-    raise redirect("/console/lists", "created")
+    raise redirect("/console/lists", "list-created")
 
 
 @page("newsletters")
@@ -54,7 +54,7 @@ async def archive(request: web.Request) -> web.Response:
     """POST /console/lists/{key}/archive: no longer shown to members nor sent to."""
     await form_of(request)
     await lists.archive(pool_of(request), request.match_info["key"][:40])
-    raise redirect("/console/lists", "archived")
+    raise redirect("/console/lists", "list-archived")
 
 
 def setup_routes(app: web.Application) -> None:

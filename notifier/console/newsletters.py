@@ -183,7 +183,7 @@ async def save_audience(request: web.Request) -> web.Response:
     target = newsletter.Target(tuple(keys), rule, None)
     if await newsletter.retarget(pool_of(request), row["id"], target, str(session_of(request).actor)) is None:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; only a draft can be changed.")
-    raise redirect(f"/console/newsletters/{row['id']}", "audience saved")
+    raise redirect(f"/console/newsletters/{row['id']}", "audience-saved")
 
 
 @page("newsletters")
