@@ -367,6 +367,7 @@ async def test_marketing_makes_a_list_and_targets_a_draft_at_it_with_a_segment(
     client: Client, browser: Any, pool: asyncpg.Pool, factory: Factory, shots: Path
 ) -> None:
     from notifier import audit, preferences
+    from notifier.mail.newsletter_render import Draft
 
     _, key = await auth.create_key(pool, "Marketing Max", ["newsletters"])
     journey = await open_journey(browser, client, shots)
@@ -395,7 +396,7 @@ async def test_marketing_makes_a_list_and_targets_a_draft_at_it_with_a_segment(
                 conn, member["id"], {"lists": {"garden": True}}, audit.MEMBER, "api"
             )
     draft = await newsletter.create_draft(
-        pool, newsletter.Draft(0, "Seeds", "", "Hello {{ first_name }}", "markdown"), "test"
+        pool, Draft(0, "Seeds", "", "Hello {{ first_name }}", "markdown"), "test"
     )
     await page.goto(f"{journey.base}/console/newsletters/{draft['id']}")
     await page.get_by_label("Garden news").check()
