@@ -543,3 +543,30 @@ async def test_the_member_api_shows_and_changes_every_list_with_its_wording(
     )
     resp = await client.put("/member/v1/preferences", json={"lists": {"gamma": True}}, headers=token)
     assert resp.status == 422 and [e["field"] for e in (await resp.json())["errors"]] == ["lists.gamma"]
+
+
+async def test_mailto_and_provider_unsubscribes_leave_the_list_of_the_email(
+    client: TestClient[Any, Any], headers: dict[str, str], pool: asyncpg.Pool, factory: Any
+) -> None:
+    from notifier.api.inbound import unsubscribe_member
+
+    alpha = await make_list(client, headers, "alpha")
+    await make_list(client, headers, "beta")
+    await member(client, headers, "ann", {"alpha": True, "beta": True, "newsletter": True})
+    ann = await pool.fetchrow("SELECT * FROM accounts WHERE external_id = 'ann'")
+    ids = dict(await pool.fetch("SELECT key, id FROM lists"))
+    assert alpha["key"] == "alpha"
+    email = await factory.email(
+        ann,
+        kind="newsletter",
+        queue=queues.BULK,
+        status="sent",
+        context={"name": "Ann", "list": "alpha", "list_id": ids["alpha"]},
+    )
+    async with pool.acquire() as conn:
+        # A provider's unsubscribe event names the e-mail: the list it came through is left.
+        assert await unsubscribe_member(conn, ann["id"], "newsletter", email["id"], None, "ses") is True
+        # A mailto to a list token (`list:ID`): that list.
+        assert await unsubscribe_member(conn, ann["id"], f"list:{ids['beta']}", None, None, "mailto") is True
+    resp = await client.get("/v1/accounts/ann/preferences", headers=headers)
+    assert (await resp.json())["lists"] == {"newsletter": True, "alpha": False, "beta": False}

@@ -177,3 +177,8 @@ WHERE l.id = $1;
 INSERT INTO lists (key, name, description, is_default)
 VALUES ('newsletter', 'Newsletter', 'News and information about the organisation, about once a month.', true)
 ON CONFLICT DO NOTHING;
+
+-- name: list_of_email
+-- The list (other than the default) a newsletter e-mail $1 to member $2 was sent through.
+SELECT (context->>'list_id')::bigint FROM emails
+WHERE id = $1 AND account_id = $2 AND kind = 'newsletter' AND context->>'list_id' IS NOT NULL;
