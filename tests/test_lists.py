@@ -326,6 +326,7 @@ async def test_attributes_are_validated_merged_audited_exported_and_erased(
     export = await (await client.get("/v1/accounts/ann/export", headers=headers)).json()
     assert export["account"]["attributes"]["country"] == "DE"
     assert [(x["list"], x["subscribed"]) for x in export["lists"]] == [("alpha", True)]
+    assert [(c["list"], c["granted"]) for c in export["consents"]] == [("alpha", True)]
     assert (await client.delete("/v1/accounts/ann", headers=headers)).status == 200
     assert await pool.fetchval("SELECT count(*) FROM list_members") == 0
     assert await pool.fetchval("SELECT count(*) FROM consents") == 0
