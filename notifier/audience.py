@@ -24,11 +24,13 @@ _COUNT_PARAMS = 2  # audience_members: $1 lists, $2 double opt-in of the default
 _FAN_OUT_PARAMS = 4  # fan_out_newsletter adds $3 the newsletter, $4 the queue
 
 
-def _members_sql(rule: Any, first_param: int) -> tuple[str, list[Any]]:
+def _members_sql(rule: Any, first_param: int, extra: str = "") -> tuple[str, list[Any]]:
+    """`audience_members` with the compiled rule (parameters from `$first_param`) and an
+    optional further condition of the caller's own text in place of `TRUE /*segment*/`."""
     compiled = segments.EVERYONE if rule is None else segments.compile_rule(rule, first_param)
     sql = Q.audience_members
     assert _SEGMENT_MARK in sql
-    return sql.replace(_SEGMENT_MARK, compiled.sql), compiled.params
+    return sql.replace(_SEGMENT_MARK, f"{extra}({compiled.sql})"), compiled.params
 
 
 async def count(
@@ -40,6 +42,26 @@ async def count(
         f"SELECT count(*) FROM ({sql}) m", list(list_ids), default_double_opt_in, *params
     )
     return total
+
+
+async def reachable(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    row: Mapping[str, Any],
+    addresses: Sequence[str],
+    default_double_opt_in: bool,
+) -> set[str]:
+    """Of `addresses` (trimmed, lower-cased), those of members the newsletter `row` would reach
+    now (its lists, their consent, its segment, not suppressed): who may get its test-sends."""
+    list_ids, rule = await targeting(conn, row)
+    sql, params = _members_sql(rule, _COUNT_PARAMS + 2, "lower(a.email) = ANY($3::text[]) AND ")
+    rows = await conn.fetch(
+        f"SELECT DISTINCT lower(m.email) AS address FROM ({sql}) m",
+        list_ids,
+        default_double_opt_in,
+        list(addresses),
+        *params,
+    )
+    return {r["address"] for r in rows}
 
 
 async def freeze(

@@ -571,3 +571,21 @@ async def test_mailto_and_provider_unsubscribes_leave_the_list_of_the_email(
         assert await unsubscribe_member(conn, ann["id"], f"list:{ids['beta']}", None, None, "mailto") is True
     resp = await client.get("/v1/accounts/ann/preferences", headers=headers)
     assert (await resp.json())["lists"] == {"newsletter": True, "alpha": False, "beta": False}
+
+
+async def test_test_sends_go_to_members_the_newsletter_reaches(
+    client: TestClient[Any, Any], headers: dict[str, str]
+) -> None:
+    await make_list(client, headers, "alpha")
+    await member(client, headers, "ann", {"alpha": True}, country="DE")
+    await member(client, headers, "bob", {"alpha": True}, country="FR")
+    await member(client, headers, "cat", {"newsletter": True}, country="DE")
+    created = await create_newsletter(
+        client, headers, subject="S", body="B", lists=["alpha"], segment=GERMANY
+    )
+    to = ["ann@example.com", "bob@example.com", "cat@example.com"]
+    resp = await client.post(f"/v1/newsletters/{created['id']}/test", json={"to": to}, headers=headers)
+    assert resp.status == 422
+    assert [e["field"] for e in (await resp.json())["errors"]] == ["to.1", "to.2"]
+    resp = await client.post(f"/v1/newsletters/{created['id']}/test", json={"to": to[:1]}, headers=headers)
+    assert resp.status == 202, await resp.text()

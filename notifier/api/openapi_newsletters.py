@@ -138,7 +138,7 @@ def operations() -> list[Operation]:
             f"{base}/test",
             "Test-send",
             f"To up to {MAX_TEST_RECIPIENTS} addresses, subject prefixed [TEST]; the e-mails go "
-            "through the outbox like any other. Only to members subscribed to the newsletter or "
+            "through the outbox like any other. Only to members the newsletter reaches (its lists and segment) or "
             "addresses at the test-send domains (NOTIFIER_TEST_SEND_DOMAINS), none suppressed; at most "
             "NOTIFIER_TEST_SEND_PER_HOUR recipients an hour per API key.",
             {
