@@ -406,4 +406,18 @@ async def test_marketing_makes_a_list_and_targets_a_draft_at_it_with_a_segment(
     assert await page.get_by_role("status").first.inner_text() == "Audience saved."
     assert "would reach 1 member " in await page.locator("#audience-count").inner_text()
     await journey.check("audience")
+    # The count follows the editing (a few lines of JavaScript), without saving.
+    await page.get_by_label("Segment").fill('{"attr": "country", "op": "in", "value": ["DE", "FR"]}')
+    await page.wait_for_function(
+        "() => document.getElementById('audience-count').textContent.includes('would reach 2 members')"
+    )
+    await page.get_by_label("Segment").fill('{"attr": "country", "op": "like"}')
+    await page.wait_for_function(
+        "() => document.getElementById('audience-count').textContent.includes('segment.op')"
+    )
+    assert await pool.fetchval("SELECT segment FROM newsletters") == {
+        "attr": "country",
+        "op": "eq",
+        "value": "DE",
+    }
     journey.assert_screenshots()

@@ -508,6 +508,13 @@ async def test_the_console_makes_lists_counts_a_drafts_audience_and_shows_a_memb
             },
         )
         assert resp.status == 200 and "would reach <strong>1</strong> member " in await resp.text()
+        live = await console.post(
+            "/console/newsletters/count",
+            data={"csrf": csrf, "list": "newsletter", "segment": '{"attr": "country", "op": "exists"}'},
+        )
+        assert live.status == 200 and await live.json() == {"count": 2}
+        live = await console.post("/console/newsletters/count", data={"csrf": csrf, "list": "nope"})
+        assert live.status == 422 and "lists.0" in (await live.json())["error"]
         row = await pool.fetchrow("SELECT lists, segment FROM newsletters")
         assert row["lists"] == ["newsletter"] and row["segment"] == GERMANY
         resp = await console.post("/console/lists/alpha/archive", data={"csrf": csrf})

@@ -160,30 +160,60 @@ async def _audience(
     }
 
 
+class _AudienceForm:
+    """The audience form (checked lists, segment as JSON text), checked as the API checks it."""
+
+    def __init__(self, keys: list[str], text: str, rule: Any, error: str | None) -> None:
+        self.keys, self.text, self.rule, self.error = keys, text, rule, error
+
+
+async def _audience_form(request: web.Request) -> _AudienceForm:
+    data = await posted(request)
+    keys = [str(k) for k in data.getall("list", []) if isinstance(k, str)][:20]
+    text = str(data.get("segment", "")).strip()
+    try:
+        rule = json.loads(text) if text else None
+        await audience.check_targeting(pool_of(request), keys, rule, None)
+    except ValueError:
+        example = '{"attr": "country", "op": "eq", "value": "DE"}'
+        return _AudienceForm(keys, text, None, f"not JSON: write a rule such as {example}")
+    except Problem as exc:
+        return _AudienceForm(
+            keys, text, None, "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors or [])
+        )
+    return _AudienceForm(keys, text, rule, None)
+
+
 @page("newsletters")
 async def save_audience(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}/audience: the draft's lists and segment; the page again
     with the segment's faults (422) when it is not valid."""
     row = await _newsletter(request)
-    data = await posted(request)
-    keys = [str(k) for k in data.getall("list", []) if isinstance(k, str)][:20]
-    text = str(data.get("segment", "")).strip()
-    rule: Any = None
-    try:
-        rule = json.loads(text) if text else None
-        await audience.check_targeting(pool_of(request), keys, rule, None)
-    except ValueError:
-        errors = {"segment": 'not JSON: write a rule such as {"attr": "country", "op": "eq", "value": "DE"}'}
-        return await _compose(request, row=row, form=dict(row), errors=errors, status=422, segment_text=text)
-    except Problem as exc:
-        message = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors or [])
+    posted_form = await _audience_form(request)
+    if posted_form.error is not None:
+        errors = {"segment": posted_form.error}
         return await _compose(
-            request, row=row, form=dict(row), errors={"segment": message}, status=422, segment_text=text
+            request, row=row, form=dict(row), errors=errors, status=422, segment_text=posted_form.text
         )
-    target = newsletter.Target(tuple(keys), rule, None)
+    target = newsletter.Target(tuple(posted_form.keys), posted_form.rule, None)
     if await newsletter.retarget(pool_of(request), row["id"], target, str(session_of(request).actor)) is None:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; only a draft can be changed.")
     raise redirect(f"/console/newsletters/{row['id']}", "audience-saved")
+
+
+@page("newsletters")
+async def live_count(request: web.Request) -> web.Response:
+    """POST /console/newsletters/count: how many members the audience form as it stands would
+    reach now, as JSON for the page's script: `{count}`, or 422 `{error}`. Saves nothing."""
+    posted_form = await _audience_form(request)
+    if posted_form.error is not None:
+        return json_response(422, {"error": posted_form.error})
+    pool = pool_of(request)
+    list_ids, rule = await audience.targeting(
+        pool, {"lists": posted_form.keys, "segment": posted_form.rule, "segment_key": None}
+    )
+    total = await audience.count(pool, list_ids, rule, settings_of(request).newsletter_double_opt_in)
+    return json_response(200, {"count": total})
 
 
 @page("newsletters")
@@ -373,6 +403,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/newsletters/new", new)
     app.router.add_post("/newsletters/new", create)
     app.router.add_post("/newsletters/preview", live_preview)
+    app.router.add_post("/newsletters/count", live_count)
     app.router.add_get("/newsletters/{id}", show)
     app.router.add_post("/newsletters/{id}", save)
     app.router.add_post("/newsletters/{id}/test", test_send)
