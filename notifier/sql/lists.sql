@@ -123,9 +123,10 @@ DELETE FROM segments WHERE key = $1 RETURNING id;
 -- default list (NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN): each member of any of the lists once, with
 -- the first of them they belong to (list_id NULL for the default list, whose members are
 -- `accounts.newsletter`); confirmed where the list asks for it; not suppressed for all mail or
--- newsletters; matching the segment, whose compiled condition replaces `TRUE /*segment*/`
--- (notifier/audience.py; its parameters follow the statement's own).
-SELECT a.id AS account_id, a.email, a.name, t.list_id, t.list_key
+-- newsletters; matching the segment, whose compiled condition replaces the marked TRUE
+-- (notifier/audience.py; its parameters follow the statement's own). `timezone` and `locale`
+-- are for the fan-out (a send at each member's local time, a language's variant).
+SELECT a.id AS account_id, a.email, a.name, a.timezone, a.locale, t.list_id, t.list_key
 FROM accounts a
 CROSS JOIN LATERAL (
     SELECT CASE WHEN l.is_default THEN NULL ELSE l.id END AS list_id, l.key AS list_key

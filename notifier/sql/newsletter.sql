@@ -74,7 +74,7 @@ SELECT 'newsletter', $4::text, m.account_id, m.email, 'newsletter', n.subject,
 FROM newsletters n
 CROSS JOIN (
     /*audience*/ SELECT NULL::bigint AS account_id, ''::text AS email, ''::text AS name,
-           NULL::bigint AS list_id, ''::text AS list_key
+           ''::text AS timezone, ''::text AS locale, NULL::bigint AS list_id, ''::text AS list_key
     WHERE $1::bigint[] IS NULL AND $2::boolean /*end*/
 ) m
 WHERE n.id = $3
