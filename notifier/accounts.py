@@ -17,7 +17,7 @@ from typing import Any, get_args
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from notifier import audit, newsletter, preferences, suppression
+from notifier import attributes, audit, newsletter, preferences, suppression
 from notifier.answers import (
     Account,
     AccountPreferences,
@@ -47,6 +47,17 @@ class NewAccount(BaseModel):
     name: Name = Field(description="one line, trimmed")
     timezone: TimeZone = Field(default="UTC", description="an IANA time-zone name")
     locale: Locale = Field(default="en", description="a language tag")
+    attributes: dict[str, Any] = Field(
+        default_factory=dict,
+        description="up to 50 keys `^[a-z][a-z0-9_]{0,39}$`, values a string, number, boolean or a "
+        "list of those; at most 4 KiB as JSON",
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_attributes(value)
+        return value
 
 
 class AccountPatch(BaseModel):
@@ -58,13 +69,22 @@ class AccountPatch(BaseModel):
     name: Name | None = None
     timezone: TimeZone | None = None
     locale: Locale | None = None
+    attributes: dict[str, Any] | None = Field(
+        default=None, description="merged into the attributes: a key set to null is removed"
+    )
 
-    @field_validator("*", mode="before")
+    @field_validator("email", "name", "timezone", "locale", "attributes", mode="before")
     @classmethod
     def _no_null(cls, value: Any) -> Any:
         if value is None:
             raise ValueError("must not be null (these fields cannot be removed)")
         return value
+
+
+def _check_attributes(value: Any) -> None:
+    errors = attributes.problems(value)
+    if errors:
+        raise Problem(422, "the request body is not valid", errors=errors)
 
 
 def public_account(row: asyncpg.Record) -> Account:
@@ -102,6 +122,8 @@ async def create_account(conn: asyncpg.Connection, new: NewAccount, actor: audit
     )
     if row is None:
         raise Problem(409, f"an account with external_id {new.external_id!r} already exists")
+    if new.attributes:
+        row = await conn.fetchrow(Q.update_account_attributes, row["id"], new.attributes)
     # The registering transaction's time (the row's default window start) opens the first window.
     await preferences.start_schedule(conn, row, row["digest_window_start"])
     row = await conn.fetchrow(Q.get_account_by_id, row["id"])
@@ -117,10 +139,15 @@ async def correct(
     zone changed and audit it; call inside a transaction. Returns the account as it is after;
     nothing is written when nothing changes."""
     fields = patch.model_dump(exclude_unset=True)
+    if "attributes" in fields:
+        fields["attributes"] = attributes.merge(before["attributes"], fields["attributes"])
+        _check_attributes(fields["attributes"])
     changes = audit.diff(dict(before), fields)
     if not changes:
         return before
     values = {name: fields.get(name, before[name]) for name in CORRECTABLE}
+    if "attributes" in changes:
+        await conn.execute(Q.update_account_attributes, before["id"], fields["attributes"])
     after: asyncpg.Record = await conn.fetchrow(
         Q.update_account,
         before["id"],
@@ -197,6 +224,7 @@ async def export_account(conn: asyncpg.Connection, account: asyncpg.Record) -> d
             "account": public,
             "preferences": public.preferences,
             "consents": [jsonable(r) for r in await conn.fetch(Q.export_consents, account_id)],
+            "lists": [jsonable(r) for r in await conn.fetch(Q.export_list_memberships, account_id)],
             "messages": [jsonable(r) for r in await conn.fetch(Q.export_messages, account_id)],
             "digests": [jsonable(r) for r in await conn.fetch(Q.export_digests, account_id)],
             "emails": [jsonable(r) for r in await conn.fetch(Q.export_emails, account_id)],

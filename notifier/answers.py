@@ -105,6 +105,10 @@ class CurrentPreferences(AccountPreferences):
     """The preferences and when the next digest is due."""
 
     next_digest_at: Timestamp | None = Field(description="null: no digest scheduled")
+    lists: dict[str, bool] = Field(
+        description="every list not archived (key: subscribed); the default list `newsletter` is `newsletter`",
+        examples=[{"newsletter": True, "offers": False}],
+    )
 
 
 class Account(Answer):
@@ -115,6 +119,10 @@ class Account(Answer):
     name: str = Field(examples=["Ann Example"])
     timezone: str = Field(examples=["Europe/Berlin"])
     locale: str = Field(examples=["de"])
+    attributes: dict[str, Any] = Field(
+        description="the producer's attributes of the member, for segments",
+        examples=[{"country": "DE", "plan": "pro", "interests": ["cycling", "books"]}],
+    )
     preferences: AccountPreferences
     created_at: Timestamp
     updated_at: Timestamp
@@ -140,7 +148,9 @@ class AuditEntry(Answer):
     actor_type: ActorType
     actor: str = Field(description="the API key's name, `signed link`, ...", examples=["registry"])
     action: str = Field(examples=["account.created", "account.updated"])
-    changes: dict[str, dict[str, Any]] = Field(description="`{field: {before, after}}`")
+    changes: dict[str, Any] = Field(
+        description="`{field: {before, after}}`, and `source` (where a preference change came from)"
+    )
     created_at: Timestamp
 
 
@@ -165,6 +175,7 @@ class Export(Answer):
     account: Account
     preferences: AccountPreferences
     consents: list[dict[str, Any]]
+    lists: list[dict[str, Any]] = Field(description="list memberships: list key, subscribed, when")
     messages: list[dict[str, Any]]
     digests: list[dict[str, Any]]
     emails: list[dict[str, Any]]
@@ -305,6 +316,44 @@ class NewsletterVariant(Answer):
     body: str
 
 
+class AudienceCount(Answer):
+    """How many members an audience reaches now."""
+
+    count: int = Field(ge=0)
+
+
+class NewsList(Answer):
+    """A list members opt in to."""
+
+    key: str = Field(examples=["offers"])
+    name: str = Field(examples=["Offers"])
+    description: str
+    double_opt_in: bool = Field(description="an opt-in counts once confirmed (the default list: the setting)")
+    default: bool = Field(description="the list that was the newsletter consent; `newsletter` in preferences")
+    archived_at: Timestamp | None
+    subscribers: int | None = Field(default=None, description="members subscribed (one list's GET only)")
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class NewsListPage(Page[NewsList]):
+    """Every list, the default first, in one page."""
+
+
+class Segment(Answer):
+    """A saved segment."""
+
+    key: str = Field(examples=["germany"])
+    name: str = Field(examples=["Members in Germany"])
+    rule: dict[str, Any] = Field(examples=[{"attr": "country", "op": "eq", "value": "DE"}])
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class SegmentPage(Page[Segment]):
+    """Every saved segment by key, in one page."""
+
+
 class Newsletter(Answer):
     id: int
     subject: str
@@ -314,6 +363,9 @@ class Newsletter(Answer):
     variants: dict[str, NewsletterVariant] = Field(
         description="by language (en, de, fr, es): what members of that language get instead"
     )
+    lists: list[str] = Field(description="list keys; empty: the default list `newsletter`")
+    segment: dict[str, Any] | None = Field(description="the inline segment rule, if any")
+    segment_key: str | None = Field(description="the saved segment, if any")
     status: newsletter.Status
     recipients: int | None = Field(ge=0, description="audience frozen when sending started")
     scheduled_at: Timestamp | None

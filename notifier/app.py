@@ -19,6 +19,7 @@ from notifier.api import (
     mailbox,
     openapi,
     openapi_categories,
+    openapi_lists,
     openapi_newsletters,
     openapi_routes,
     openapi_webhooks,
@@ -189,7 +190,9 @@ def create_app(settings: Settings) -> web.Application:
 
     newsletters.setup_routes(app)
     clicks.setup_routes(app)
-    from notifier.api import categories, webhooks
+    from notifier.api import categories, lists, webhooks
+
+    lists.setup_routes(app)
 
     webhooks.setup_routes(app)
     categories.setup_routes(app)
@@ -213,6 +216,7 @@ def create_app(settings: Settings) -> web.Application:
         [
             *openapi_routes.operations(),
             *openapi_newsletters.operations(),
+            *openapi_lists.operations(),
             *openapi_webhooks.operations(),
             *openapi_categories.operations(),
         ],

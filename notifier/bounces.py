@@ -173,8 +173,10 @@ async def _unsubscribe(
     if row is None or row["account_id"] != found.account_id:
         row = None  # the e-mail named is not this member's: the unsubscribe stands, unattributed
     email_id, newsletter_id = (row["id"], row["newsletter_id"]) if row is not None else (None, None)
-    changed = await unsubscribe(conn, found.account_id, found.list, email_id, newsletter_id, "mailto")
-    return Outcome("unsubscribed", f"list {found.list}", recorded=changed)
+    # A list token names its list by id (`list:ID`), which the unsubscribe path takes.
+    list_name = found.list if found.list_id is None else f"list:{found.list_id}"
+    changed = await unsubscribe(conn, found.account_id, list_name, email_id, newsletter_id, "mailto")
+    return Outcome("unsubscribed", f"list {list_name}", recorded=changed)
 
 
 async def _provider_unsubscribe(

@@ -4,7 +4,7 @@ Every opt-in and opt-out is a `consents` row written by `preferences.apply_prefe
 source and the wording (and its version) shown. With NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN an opt-in
 counts only once confirmed: `send_confirmations` (run by the bulk queue's tick) writes one
 confirmation e-mail per unconfirmed opt-in, whatever its source (API, preference centre,
-resubscribe link); the page `/confirm/{token}` (notifier/pages/confirm.py) shows a button (link
+resubscribe link), and so does every list whose `double_opt_in` is set; the page `/confirm/{token}` (notifier/pages/confirm.py) shows a button (link
 scanners change nothing) and its POST stamps the opt-in confirmed. Only confirmed members are in the audience.
 """
 
@@ -30,14 +30,21 @@ CONFIRM_TEMPLATE = "newsletter/confirm"
 
 
 async def send_confirmations(pool: asyncpg.Pool, settings: Settings, limit: int = 500) -> int:
-    """With double opt-in on: queue a confirmation e-mail for each opt-in that is neither
-    confirmed nor already asked about. Idempotent; returns how many e-mails it queued."""
-    if not settings.newsletter_double_opt_in:
-        return 0
-    rows = await pool.fetch(Q.unconfirmed_opt_ins, limit)
+    """Queue a confirmation e-mail for each opt-in that is neither confirmed nor already asked
+    about: to the default list when NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN is on, to every list whose
+    `double_opt_in` is set. Idempotent; returns how many e-mails it queued."""
+    rows = list(await pool.fetch(Q.unconfirmed_opt_ins, limit)) if settings.newsletter_double_opt_in else []
+    rows += await pool.fetch(Q.unconfirmed_list_opt_ins, limit)
     for row in rows:
-        token = tokens.sign(settings.secret, "confirm", row["account_id"], "newsletter")
-        context = {"name": row["name"], "confirm_url": f"{settings.public_url}/confirm/{token}"}
+        list_id = row.get("list_id")
+        token = tokens.sign(
+            settings.secret, "confirm", row["account_id"], "list" if list_id else "newsletter", list_id
+        )
+        context = {
+            "name": row["name"],
+            "confirm_url": f"{settings.public_url}/confirm/{token}",
+            "list_name": row.get("list_name") or "the newsletter",
+        }
         await pool.execute(
             Q.insert_confirmation_email,
             row["account_id"],
@@ -50,6 +57,9 @@ async def send_confirmations(pool: asyncpg.Pool, settings: Settings, limit: int 
     return len(rows)
 
 
-async def confirm(conn: asyncpg.Connection, account_id: int) -> bool:
-    """Confirm the member's latest opt-in; False when there is none to confirm."""
+async def confirm(conn: asyncpg.Connection, account_id: int, list_id: int | None = None) -> bool:
+    """Confirm the member's latest opt-in to the newsletter (or to the list `list_id`); False
+    when there is none to confirm."""
+    if list_id is not None:
+        return await conn.fetchval(Q.confirm_list_opt_in, account_id, list_id) is not None
     return await conn.fetchval(Q.confirm_opt_in, account_id) is not None

@@ -21,13 +21,13 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 import asyncpg
 
-from notifier import clicks, consent, newsletter_local_time, queues
+from notifier import audience, clicks, consent, newsletter_local_time, queues
 from notifier.db import Q
 from notifier.mail import outbox, render
 from notifier.mail.newsletter_render import Draft, PreparedCache, TemplateProblem, sample_personal
@@ -81,19 +81,48 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int) -> as
     return row
 
 
+@dataclass(frozen=True)
+class Target:
+    """Who a newsletter goes to: members of any of `lists` (keys; none: the default list)
+    matching `segment` (an inline rule) or the saved segment `segment_key` (neither: all of them).
+    Checked by `audience.check_targeting`."""
+
+    lists: tuple[str, ...] = ()
+    segment: Any = None
+    segment_key: str | None = None
+
+
 async def create_draft(
-    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, created_by: str, *, track_clicks: bool = False
+    conn: asyncpg.Connection | asyncpg.Pool,
+    draft: Draft,
+    created_by: str,
+    target: Target = Target(),
+    *,
+    track_clicks: bool = False,
 ) -> asyncpg.Record:
-    """Store a new draft (its templates already checked by the caller, off the event loop);
-    `track_clicks`: count clicks on its links (notifier.clicks)."""
+    """Store a new draft (its templates and target already checked by the caller, off the event
+    loop); `track_clicks`: count clicks on its links (notifier.clicks)."""
     row: asyncpg.Record = await conn.fetchrow(
-        Q.insert_newsletter,
+        Q.insert_targeted_newsletter,
         draft.subject,
         draft.preheader,
         draft.body,
         draft.body_format,
         created_by,
+        list(target.lists),
+        target.segment,
+        target.segment_key,
         track_clicks,
+    )
+    return row
+
+
+async def retarget(
+    conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int, target: Target, updated_by: str
+) -> asyncpg.Record | None:
+    """Set a draft's audience (checked by the caller); None when it is no longer a draft."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        Q.target_newsletter, newsletter_id, list(target.lists), target.segment, target.segment_key, updated_by
     )
     return row
 
@@ -181,15 +210,8 @@ async def start(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> i
         if started["local_time"] is not None:
             local = LocalSend(started["local_time"], started["local_date"])
         due = newsletter_local_time.DueInstants.of(local)
-        await conn.execute(
-            Q.fan_out_newsletter,
-            newsletter_id,
-            queues.BULK,
-            settings.newsletter_double_opt_in,
-            due.zones,
-            due.instants,
-            due.otherwise,
-        )
+        list_ids, rule = await audience.targeting(conn, started)
+        await audience.freeze(conn, newsletter_id, list_ids, rule, settings.newsletter_double_opt_in, due)
         if started["track_clicks"]:
             await clicks.number_links(conn, started)
         recipients: int = await conn.fetchval(Q.set_newsletter_recipients, newsletter_id)

@@ -4,8 +4,9 @@ A test-send shows the newsletter as it stands to the people who prepare it; it m
 way to mail anyone, again and again, or to reach someone who left:
 
 - recipients are addresses at the test-send domains (`Settings.test_send_allowed_domains`: the
-  organisation's own, by default the domain of NEWSLETTER_FROM) or members subscribed to the
-  newsletter (opted in, and confirmed under double opt-in);
+  organisation's own, by default the domain of NEWSLETTER_FROM) or members the newsletter would
+  reach now (`audience.reachable`: on one of its lists, confirmed where the list asks for it,
+  matching its segment);
 - an address on the suppression list for newsletters or for everything (unsubscribed, bounced,
   complained, erased) is refused, also at an allowed domain;
 - at most `Settings.test_send_per_hour` recipients an hour per API key (a console session counts
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import asyncpg
 from redis.asyncio import Redis
 
-from notifier import queues, suppression
+from notifier import audience, queues, suppression
 from notifier.db import Q
 from notifier.mail import compose, outbox
 from notifier.ratelimit import Window
@@ -69,14 +70,17 @@ def _ascii_domain(domain: str) -> str:
         return domain
 
 
-async def refusals(pool: asyncpg.Pool, settings: Settings, addresses: Sequence[str]) -> list[Refusal]:
-    """The addresses of `addresses` that may not get a test-send, with the reason (see the module)."""
+async def refusals(
+    pool: asyncpg.Pool, settings: Settings, newsletter_id: int, addresses: Sequence[str]
+) -> list[Refusal]:
+    """The addresses of `addresses` that may not get a test-send of the newsletter, with the
+    reason (see the module)."""
     allowed = settings.test_send_allowed_domains
     normalised = [suppression.normalise(a) for a in addresses]
-    members = {
-        r["address"]
-        for r in await pool.fetch(Q.test_send_subscribers, normalised, settings.newsletter_double_opt_in)
-    }
+    row = await pool.fetchrow(Q.get_newsletter, newsletter_id)
+    members = (
+        await audience.reachable(pool, row, normalised, settings.newsletter_double_opt_in) if row else set()
+    )
     suppressed = await suppression.lookup(pool, addresses)
     out: list[Refusal] = []
     for i, address in enumerate(addresses):
@@ -98,7 +102,7 @@ async def refusals(pool: asyncpg.Pool, settings: Settings, addresses: Sequence[s
             out.append(
                 Refusal(
                     i,
-                    "test-sends go to members subscribed to the newsletter or to addresses at the "
+                    "test-sends go to members the newsletter reaches or to addresses at the "
                     f"test-send domains (NOTIFIER_TEST_SEND_DOMAINS: {where})",
                 )
             )
@@ -121,7 +125,7 @@ async def queue(
     """Queue a test-send of the newsletter to `addresses` (distinct, in order) on behalf of API key
     `key_id`; the new outbox ids. Ring `queues.SERVICE` afterwards. Raises RecipientsRefused or
     QuotaUsed, and then nothing is queued or counted."""
-    refused = await refusals(pool, settings, addresses)
+    refused = await refusals(pool, settings, newsletter_id, addresses)
     if refused:
         raise RecipientsRefused(refused)
     window = quota(settings)

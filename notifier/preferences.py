@@ -27,7 +27,7 @@ from pydantic import (
     field_validator,
 )
 
-from notifier import audit, categories, digest_windows, schedule
+from notifier import audit, categories, digest_windows, lists, schedule
 from notifier.audit import Actor
 from notifier.db import Q
 from notifier.errors import FieldError, Problem
@@ -230,6 +230,35 @@ async def _replan(
     return start, nxt, digest_windows.document(windows, after["digest_frequency"], start, nxt)
 
 
+async def _list_changes(
+    conn: asyncpg.Connection, changes: Mapping[str, Any]
+) -> tuple[Mapping[str, Any], dict[str, bool], dict[str, asyncpg.Record]]:
+    """Split `lists` off a change: the default list's entry becomes `newsletter` (422 when both
+    are given and disagree); returns (the other changes, the other lists' wishes, lists by key)."""
+    if not isinstance(changes, Mapping) or "lists" not in changes:
+        return changes, {}, {}
+    rest = {k: v for k, v in changes.items() if k != "lists"}
+    by_key = {r["key"]: r for r in await conn.fetch(Q.all_lists, True)}
+    try:
+        wanted = lists.parse_changes(changes["lists"], by_key)
+    except Problem as exc:
+        raise InvalidPreferences(exc.errors or []) from None
+    default = next(key for key, r in by_key.items() if r["is_default"])
+    if default in wanted:
+        subscribed = wanted.pop(default)
+        if rest.get("newsletter", subscribed) != subscribed:
+            message = f"disagrees with lists.{default}, the same list"
+            raise InvalidPreferences([{"field": "newsletter", "message": message}])
+        rest["newsletter"] = subscribed
+    return rest, wanted, by_key
+
+
+async def list_document(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) -> dict[str, bool]:
+    """`{key: subscribed}` of every list not archived, the default list first (the preferences
+    document's `lists`)."""
+    return {r["key"]: r["subscribed"] for r in await lists.memberships(conn, account_id)}
+
+
 async def apply_preferences(
     conn: asyncpg.Connection,
     account_id: int,
@@ -244,8 +273,10 @@ async def apply_preferences(
     """Validate and save a change of preferences for one account, atomically, and return the
     preferences now in force (the fields of FIELDS plus `next_digest_at`).
 
-    `changes` holds any subset of FIELDS (read-only fields from GET are ignored; `categories` is
-    merged per category, `null` removing a choice). In one transaction (a savepoint if the
+    `changes` holds any subset of FIELDS and lists (`{key: bool}`; the default list's key is the
+    same as `newsletter`; read-only fields from GET are ignored; `categories` is merged per
+    category, `null` removing a choice). Lists other than the default are written by
+    `lists.set_memberships`. In one transaction (a savepoint if the
     caller has one open) it locks the account, writes the new values, writes an audit row
     (`preferences.update`, before/after of each changed field, by `actor`), reschedules the open
     digest window, and, when `newsletter` changes, records a consent row with `source` (e.g.
@@ -265,8 +296,13 @@ async def apply_preferences(
         row = await conn.fetchrow(Q.preferences_for_update, account_id)
         if row is None:
             raise AccountNotFound(account_id)
+        changes, wanted, by_key = await _list_changes(conn, changes)
         declared = await categories.all_categories(conn)
         after = validate(row, changes, declared).model_dump()
+        if wanted:
+            await lists.set_memberships(
+                conn, account_id, wanted, by_key, actor, source, with_wording=wording is not None
+            )
         changed = audit.diff(current(row), after)
         if not changed:
             return {**current(row), "next_digest_at": row["next_digest_at"]}

@@ -24,13 +24,15 @@ from typing import Literal
 from notifier.settings import Settings
 
 Purpose = Literal["unsubscribe", "preferences", "confirm", "inbox"]
-ListName = Literal["digest", "newsletter", "all"]
+# `list`: one of the lists of notifier/lists.py other than the default (`newsletter`), by id.
+ListName = Literal["digest", "newsletter", "all", "list"]
 
 _PURPOSES: dict[str, int] = {"unsubscribe": 1, "preferences": 2, "confirm": 3, "inbox": 4}
-_LISTS: dict[str, int] = {"digest": 1, "newsletter": 2, "all": 3}
+_LISTS: dict[str, int] = {"digest": 1, "newsletter": 2, "all": 3, "list": 4}
 _PURPOSE_NAMES = {v: k for k, v in _PURPOSES.items()}
 _LIST_NAMES = {v: k for k, v in _LISTS.items()}
 _LAYOUT = struct.Struct(">BBQ")  # version+purpose, list, account id
+_LIST_ID = struct.Struct(">I")  # follows the layout when the list is `list`: the list's id
 _MAC_BYTES = 16
 _VERSION = 1
 
@@ -40,15 +42,23 @@ class Token:
     purpose: Purpose
     list: ListName
     account_id: int
+    list_id: int | None = None  # set when `list` is "list"
 
 
 def _mac(secret: bytes, payload: bytes) -> bytes:
     return hmac.new(secret, b"notifier-token:" + payload, hashlib.sha256).digest()[:_MAC_BYTES]
 
 
-def sign(secret: bytes, purpose: Purpose, account_id: int, list_name: ListName = "all") -> str:
-    """A token for `purpose` naming the account and list."""
+def sign(
+    secret: bytes, purpose: Purpose, account_id: int, list_name: ListName = "all", list_id: int | None = None
+) -> str:
+    """A token for `purpose` naming the account and list (`list` with the list's `list_id`; 40
+    characters then, 35 otherwise)."""
+    if (list_name == "list") != (list_id is not None):
+        raise ValueError("a list id goes with the list name `list`, and only with it")
     payload = _LAYOUT.pack((_VERSION << 4) | _PURPOSES[purpose], _LISTS[list_name], account_id)
+    if list_id is not None:
+        payload += _LIST_ID.pack(list_id)
     return base64.urlsafe_b64encode(payload + _mac(secret, payload)).decode().rstrip("=")
 
 
@@ -62,20 +72,27 @@ def verify(keys: bytes | Sequence[bytes], token: str, purpose: Purpose) -> Token
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         return None
-    if len(raw) != _LAYOUT.size + _MAC_BYTES:
+    if len(raw) not in (_LAYOUT.size + _MAC_BYTES, _LAYOUT.size + _LIST_ID.size + _MAC_BYTES):
         return None
     # The decoder skips characters outside the alphabet, accepts `+/` and padding, and ignores
     # the spare bits of the last character: only the one canonical spelling is the token.
     if base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
         return None
-    payload, mac = raw[: _LAYOUT.size], raw[_LAYOUT.size :]
+    payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
     keyring = (keys,) if isinstance(keys, bytes) else keys
     if not any(hmac.compare_digest(mac, _mac(key, payload)) for key in keyring):
         return None
-    head, list_code, account_id = _LAYOUT.unpack(payload)
+    head, list_code, account_id = _LAYOUT.unpack(payload[: _LAYOUT.size])
     if head >> 4 != _VERSION or _PURPOSE_NAMES.get(head & 0x0F) != purpose or list_code not in _LIST_NAMES:
         return None
-    return Token(purpose, _LIST_NAMES[list_code], account_id)  # type: ignore[arg-type]
+    list_id = None
+    if len(payload) > _LAYOUT.size:
+        if _LIST_NAMES[list_code] != "list":
+            return None
+        (list_id,) = _LIST_ID.unpack(payload[_LAYOUT.size :])
+    elif _LIST_NAMES[list_code] == "list":
+        return None
+    return Token(purpose, _LIST_NAMES[list_code], account_id, list_id)  # type: ignore[arg-type]
 
 
 def inbox_link(settings: Settings, account_id: int) -> str:

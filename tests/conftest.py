@@ -32,7 +32,7 @@ from pydantic import SecretStr
 
 from notifier import queues
 from notifier.app import create_app
-from notifier.db import scratch_database
+from notifier.db import Q, scratch_database
 from notifier.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from notifier.resources import open_redis
 from notifier.settings import Settings
@@ -90,8 +90,9 @@ async def _tables(session_pool: asyncpg.Pool) -> str:
 
 @pytest.fixture
 async def pool(session_pool: asyncpg.Pool, _tables: str) -> asyncpg.Pool:
-    """The session pool over empty tables."""
+    """The session pool over empty tables, but for the rows migrations seed (the default list)."""
     await session_pool.execute(f"TRUNCATE {_tables} RESTART IDENTITY CASCADE")
+    await session_pool.execute(Q.insert_default_list)
     return session_pool
 
 

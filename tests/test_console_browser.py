@@ -361,3 +361,63 @@ async def test_complaints_and_webhooks_pages_pass_axe(
         await journey.check(name.lower())
     assert "Disabled:" in await page.locator("main").inner_text()
     journey.assert_screenshots()
+
+
+async def test_marketing_makes_a_list_and_targets_a_draft_at_it_with_a_segment(
+    client: Client, browser: Any, pool: asyncpg.Pool, factory: Factory, shots: Path
+) -> None:
+    from notifier import audit, preferences
+    from notifier.mail.newsletter_render import Draft
+
+    _, key = await auth.create_key(pool, "Marketing Max", ["newsletters"])
+    journey = await open_journey(browser, client, shots)
+    page = journey.page
+    await journey.sign_in(key)
+    await journey.submit(page.get_by_role("navigation", name="Main").get_by_role("link", name="Lists"))
+    assert await page.get_by_role("heading", level=1).inner_text() == "Lists"
+    await journey.check("lists")
+
+    # A key that breaks the rule: the form again, the field marked and described.
+    await page.get_by_label("Key").fill("Garden News")
+    await page.get_by_label("Name", exact=True).fill("Garden news")
+    await journey.submit(page.get_by_role("button", name="Create list"))
+    assert await page.get_by_label("Key").get_attribute("aria-invalid") == "true"
+    await journey.check("lists-error")
+    await page.get_by_label("Key").fill("garden")
+    await page.get_by_label("Description").fill("What grows, twice a month.")
+    await journey.submit(page.get_by_role("button", name="Create list"))
+    assert await page.get_by_role("status").inner_text() == "List created."
+    assert await page.get_by_role("cell", name="garden", exact=True).count() == 1
+
+    for name, country in (("Ada", "DE"), ("Bea", "FR")):
+        member = await factory.account(name=name, attributes={"country": country})
+        async with pool.acquire() as conn:
+            await preferences.apply_preferences(
+                conn, member["id"], {"lists": {"garden": True}}, audit.MEMBER, "api"
+            )
+    draft = await newsletter.create_draft(
+        pool, Draft(0, "Seeds", "", "Hello {{ first_name }}", "markdown"), "test"
+    )
+    await page.goto(f"{journey.base}/console/newsletters/{draft['id']}")
+    await page.get_by_label("Garden news").check()
+    await page.get_by_label("Newsletter").uncheck()
+    await page.get_by_label("Segment").fill('{"attr": "country", "op": "eq", "value": "DE"}')
+    await journey.submit(page.get_by_role("button", name="Save audience and count"))
+    assert await page.get_by_role("status").first.inner_text() == "Audience saved."
+    assert "would reach 1 member " in await page.locator("#audience-count").inner_text()
+    await journey.check("audience")
+    # The count follows the editing (a few lines of JavaScript), without saving.
+    await page.get_by_label("Segment").fill('{"attr": "country", "op": "in", "value": ["DE", "FR"]}')
+    await page.wait_for_function(
+        "() => document.getElementById('audience-count').textContent.includes('would reach 2 members')"
+    )
+    await page.get_by_label("Segment").fill('{"attr": "country", "op": "like"}')
+    await page.wait_for_function(
+        "() => document.getElementById('audience-count').textContent.includes('segment.op')"
+    )
+    assert await pool.fetchval("SELECT segment FROM newsletters") == {
+        "attr": "country",
+        "op": "eq",
+        "value": "DE",
+    }
+    journey.assert_screenshots()

@@ -109,8 +109,10 @@ def test_every_list_answer_is_items_and_next_cursor(spec) -> None:
         "AuditPage",
         "CategoryPage",
         "InboxPage",
+        "NewsListPage",
         "NewsletterPage",
         "NewsletterTemplatePage",
+        "SegmentPage",
         "WebhookDeliveryPage",
         "WebhookEndpointPage",
     ]

@@ -46,6 +46,7 @@ async def test_get_shows_defaults_and_next_due(
         "newsletter": False,
         "categories": {},
         "quiet_hours": None,
+        "lists": {"newsletter": False},
         "next_digest_at": "2026-06-02T08:00:00+00:00",
     }
 

@@ -19,6 +19,7 @@ from notifier.answers import Answer
 from notifier.api.auth import requires
 from notifier.api.problems import Problem
 from notifier.api.responses import json_response
+from notifier.db import Q
 from notifier.pages import unsubscribe
 from notifier.resources import POOL, SETTINGS
 
@@ -44,9 +45,16 @@ async def unsubscribe_member(
     method: str,
 ) -> bool:
     """The member pages' unsubscribe path (`bounces.Unsubscribe`), for mail to the
-    List-Unsubscribe mailto and providers' unsubscribe events."""
+    List-Unsubscribe mailto and providers' unsubscribe events. A list token's list arrives as
+    `list:ID`; a newsletter e-mail sent through a list other than the default leaves that list."""
     ref = pages.EmailRef(email_id, newsletter_id)
-    return await unsubscribe.unsubscribe(conn, account_id, list_name, ref, method)
+    list_id: int | None = None
+    if list_name.startswith("list:"):
+        list_name, list_id = "list", int(list_name.removeprefix("list:"))
+    elif list_name == "newsletter" and email_id is not None:
+        list_id = await conn.fetchval(Q.list_of_email, email_id, account_id)
+        list_name = "list" if list_id is not None else list_name
+    return await unsubscribe.unsubscribe(conn, account_id, list_name, ref, method, list_id)
 
 
 def answer(outcome: bounces.Outcome) -> InboundResult:

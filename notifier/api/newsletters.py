@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, fi
 from redis import exceptions as redis_exceptions
 
 from notifier import (
+    audience,
     clicks,
     i18n,
     newsletter,
@@ -22,6 +23,7 @@ from notifier import (
     queues,
 )
 from notifier.answers import (
+    AudienceCount,
     Newsletter,
     NewsletterPage,
     NewsletterPreview,
@@ -85,9 +87,17 @@ class NewsletterIn(BaseModel):
     body_format: Literal["markdown", "html"] = "markdown"
     track_clicks: bool = Field(default=False, description=TRACK_CLICKS)
     variants: Variants | None = Field(default=None, description="by language: what its members get instead")
+    lists: list[str] = Field(
+        default_factory=list, max_length=20, description="list keys; none: the default list `newsletter`"
+    )
+    segment: dict[str, Any] | None = Field(default=None, description="an inline segment rule")
+    segment_key: str | None = Field(default=None, max_length=40, description="a saved segment")
 
     _lines = field_validator("subject", "preheader")(check_one_line)
     _variant_languages = field_validator("variants")(_languages)
+
+    def target(self) -> newsletter.Target:
+        return newsletter.Target(tuple(self.lists), self.segment, self.segment_key)
 
 
 class NewsletterPatch(BaseModel):
@@ -99,6 +109,23 @@ class NewsletterPatch(BaseModel):
     body_format: Literal["markdown", "html"] | None = None
     track_clicks: bool | None = Field(default=None, description=TRACK_CLICKS)
     variants: Variants | None = Field(default=None, description="replaces every variant ({} removes them)")
+    lists: list[str] | None = Field(default=None, max_length=20)
+    segment: dict[str, Any] | None = Field(default=None, description="null removes the segment")
+    segment_key: str | None = Field(default=None, max_length=40, description="null removes it")
+
+    def target(self, row: Mapping[str, Any]) -> newsletter.Target | None:
+        """The audience after this patch, or None when the patch leaves it alone."""
+        given = self.model_fields_set & {"lists", "segment", "segment_key"}
+        if not given:
+            return None
+        lists = self.lists if "lists" in given and self.lists is not None else row["lists"]
+        segment = self.segment if "segment" in given else row["segment"]
+        segment_key = self.segment_key if "segment_key" in given else row["segment_key"]
+        if "segment" in given and self.segment is not None and "segment_key" not in given:
+            segment_key = None  # a new inline rule replaces a saved one
+        if "segment_key" in given and self.segment_key is not None and "segment" not in given:
+            segment = None
+        return newsletter.Target(tuple(lists), segment, segment_key)
 
     _lines = field_validator("subject", "preheader")(_line_or_none)
     _variant_languages = field_validator("variants")(_languages)
@@ -228,11 +255,13 @@ async def create_newsletter(request: web.Request) -> web.Response:
     """A new draft. Its templates are checked: a syntax error or unknown variable is a 422."""
     body = await read_model(request, NewsletterIn)
     draft = Draft(0, body.subject, body.preheader, body.body, body.body_format)
+    target = body.target()
+    await audience.check_targeting(request.app[POOL], target.lists, target.segment, target.segment_key)
     variants = _variants(body.variants)
     await _check(request, draft, variants)
     async with request.app[POOL].acquire() as conn, conn.transaction():
         row = await newsletter.create_draft(
-            conn, draft, str(api_key_of(request).actor), track_clicks=body.track_clicks
+            conn, draft, str(api_key_of(request).actor), target, track_clicks=body.track_clicks
         )
         if variants:
             row = await newsletter.set_variants(conn, row["id"], variants)
@@ -246,17 +275,32 @@ async def edit_newsletter(request: web.Request) -> web.Response:
     patch = await read_model(request, NewsletterPatch)
     merged = {**dict(row), **patch.model_dump(exclude_none=True, exclude={"variants"})}
     draft = Draft(row["id"], merged["subject"], merged["preheader"], merged["body"], merged["body_format"])
+    target = patch.target(row)
+    if target is not None:
+        await audience.check_targeting(request.app[POOL], target.lists, target.segment, target.segment_key)
     variants = _variants(patch.variants)
     await _check(request, draft, row["variants"] if variants is None else variants)
+    actor = str(api_key_of(request).actor)
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        updated = await newsletter.update_draft(
-            conn, draft, str(api_key_of(request).actor), track_clicks=merged["track_clicks"]
-        )
+        updated = await newsletter.update_draft(conn, draft, actor, track_clicks=merged["track_clicks"])
         if updated is not None and variants is not None:
             updated = await newsletter.set_variants(conn, row["id"], variants)
+        if updated is not None and target is not None:
+            updated = await newsletter.retarget(conn, row["id"], target, actor)
     if updated is None:
         raise Problem(409, f"the newsletter is {row['status']}; only a draft can be edited")
     return json_response(200, Newsletter.of_row(updated))
+
+
+@requires("newsletters")
+async def newsletter_audience(request: web.Request) -> web.Response:
+    """How many members the newsletter would reach if sending started now (its lists and
+    segment, minus the suppressed); once sending started, `recipients` is the frozen figure."""
+    row = await _get(request)
+    pool = request.app[POOL]
+    list_ids, rule = await audience.targeting(pool, row)
+    total = await audience.count(pool, list_ids, rule, request.app[SETTINGS].newsletter_double_opt_in)
+    return json_response(200, AudienceCount(count=total))
 
 
 @requires("newsletters")
@@ -511,6 +555,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/newsletters/{id}", get_newsletter)
     app.router.add_patch("/v1/newsletters/{id}", edit_newsletter)
     app.router.add_get("/v1/newsletters/{id}/preview", preview_newsletter)
+    app.router.add_get("/v1/newsletters/{id}/audience", newsletter_audience)
     app.router.add_post("/v1/newsletters/{id}/test", test_send)
     app.router.add_post("/v1/newsletters/{id}/send", send_newsletter)
     app.router.add_post("/v1/newsletters/{id}/unschedule", unschedule_newsletter)

@@ -28,9 +28,12 @@ _DRAFT = {
     "body_format": "markdown",
 }
 _TIME = "2026-12-01T09:30:00+00:00"
-NEWSLETTER_EXAMPLE = {
+NEWSLETTER_EXAMPLE: dict[str, Any] = {
     "id": 12,
     **_DRAFT,
+    "lists": [],
+    "segment": None,
+    "segment_key": None,
     "status": "draft",
     "recipients": None,
     "scheduled_at": None,
@@ -143,11 +146,19 @@ def operations() -> list[Operation]:
             ],
         ),
         _op(
+            "GET",
+            f"{base}/audience",
+            "Count the audience",
+            "How many members its lists and segment reach now, minus the suppressed (frozen as "
+            "`recipients` when sending starts).",
+            {200: answer(answers.AudienceCount, "the count", example={"count": 1250}), 404: _MISSING},
+        ),
+        _op(
             "POST",
             f"{base}/test",
             "Test-send",
             f"To up to {MAX_TEST_RECIPIENTS} addresses, subject prefixed [TEST]; the e-mails go "
-            "through the outbox like any other. Only to members subscribed to the newsletter or "
+            "through the outbox like any other. Only to members the newsletter reaches (its lists and segment) or "
             "addresses at the test-send domains (NOTIFIER_TEST_SEND_DOMAINS), none suppressed; at most "
             "NOTIFIER_TEST_SEND_PER_HOUR recipients an hour per API key.",
             {

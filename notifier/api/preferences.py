@@ -13,12 +13,12 @@ from notifier.api.auth import api_key_of, requires
 from notifier.api.problems import Problem, read_json
 from notifier.api.responses import json_response
 from notifier.db import Q
-from notifier.preferences import AccountNotFound, InvalidPreferences, apply_preferences
+from notifier.preferences import AccountNotFound, InvalidPreferences, apply_preferences, list_document
 from notifier.resources import POOL
 
 
-def _body(prefs: Mapping[str, Any]) -> CurrentPreferences:
-    return CurrentPreferences.of_row(prefs, next_digest_at=prefs.get("next_digest_at"))
+def _body(prefs: Mapping[str, Any], lists: dict[str, bool]) -> CurrentPreferences:
+    return CurrentPreferences.of_row(prefs, next_digest_at=prefs.get("next_digest_at"), lists=lists)
 
 
 @requires("accounts")
@@ -27,12 +27,13 @@ async def get_preferences(request: web.Request) -> web.Response:
     row = await request.app[POOL].fetchrow(Q.preferences_by_external_id, request.match_info["external_id"])
     if row is None:
         raise Problem(404, "no account with that external_id")
-    return json_response(200, _body(row))
+    return json_response(200, _body(row, await list_document(request.app[POOL], row["id"])))
 
 
 @requires("accounts")
 async def put_preferences(request: web.Request) -> web.Response:
-    """Change any of the preferences (fields left out keep their value); 422 names bad fields."""
+    """Change any of the preferences (fields left out keep their value), and list memberships
+    (`lists`: `{key: bool}`); 422 names bad fields."""
     body = await read_json(request)
     if not isinstance(body, dict):
         raise InvalidPreferences([{"field": "body", "message": "must be a JSON object"}])
@@ -44,7 +45,8 @@ async def put_preferences(request: web.Request) -> web.Response:
             prefs = await apply_preferences(conn, account_id, body, api_key_of(request).actor, "api")
         except AccountNotFound:
             raise Problem(404, "no account with that external_id") from None
-    return json_response(200, _body(prefs))
+        lists = await list_document(conn, account_id)
+    return json_response(200, _body(prefs, lists))
 
 
 def setup_routes(app: web.Application) -> None:

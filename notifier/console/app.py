@@ -222,6 +222,7 @@ def setup(app: web.Application) -> None:
         newsletter_templates,
         webhooks,
     )
+    from notifier.console import lists as console_lists
     from notifier.console import newsletters as console_newsletters
 
     console = web.Application(middlewares=[console_middleware])
@@ -235,6 +236,7 @@ def setup(app: web.Application) -> None:
     console.router.add_get("/mailbox/{name}/source", mailbox_source)
     console_newsletters.setup_routes(console)
     newsletter_templates.setup_routes(console)
+    console_lists.setup_routes(console)
     members.setup_routes(console)
     imports.setup_routes(console)
     brand.setup_routes(console)

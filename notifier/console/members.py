@@ -10,7 +10,7 @@ import json
 
 from aiohttp import web
 
-from notifier import accounts, audit, inbox, suppression
+from notifier import accounts, audit, inbox, lists, suppression
 from notifier.console.ui import form_of, member_url, page, pool_of, redirect, render, session_of
 from notifier.db import Q
 
@@ -53,6 +53,7 @@ async def profile(request: web.Request) -> web.Response:
         "member.html",
         account=account,
         consents=await pool.fetch(Q.console_account_consents, account_id, 10),
+        lists=await lists.memberships(pool, account_id),
         inbox_counts=await pool.fetchrow(Q.console_account_inbox_counts, account_id),
         inbox=await pool.fetch(Q.console_account_inbox, account_id, SECTION_LIMIT),
         member_counts=await inbox.member_counts(pool, account_id),

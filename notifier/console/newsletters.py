@@ -7,6 +7,7 @@ models, `newsletter_render`, `newsletter`); this module only turns forms into th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier import clicks, newsletter, newsletter_local_time, newsletter_test_send, queues
+from notifier import audience, clicks, newsletter, newsletter_local_time, newsletter_test_send, queues
 from notifier.api.newsletters import MAX_BODY_CHARS, NewsletterIn, TestSendIn
 from notifier.api.responses import json_response
 from notifier.console import chart as console_chart
@@ -24,6 +25,7 @@ from notifier.console.ui import (
     number,
     page,
     pool_of,
+    posted,
     redirect,
     redis_of,
     render,
@@ -31,6 +33,7 @@ from notifier.console.ui import (
     settings_of,
 )
 from notifier.db import Q
+from notifier.errors import Problem
 from notifier.mail import outbox
 from notifier.mail.newsletter_render import Draft, TemplateProblem, sample_personal
 from notifier.resources import RENDER_POOL
@@ -115,6 +118,7 @@ async def _compose(
     form: Mapping[str, Any],
     errors: dict[str, str],
     status: int = 200,
+    segment_text: str | None = None,
 ) -> web.Response:
     # A posted form may lack any field (a hand-made request): the page shows each as empty.
     track_clicks = _clicks_field(form)["track_clicks"]
@@ -124,6 +128,9 @@ async def _compose(
     if len(form["body"]) <= MAX_BODY_CHARS:
         subject, html, render_errors = await _preview(request, _form_draft(form, row["id"] if row else 0))
         errors = {**render_errors, **errors}
+    targeting: dict[str, Any] = {}
+    if row is not None:
+        targeting = await _audience(request, row, segment_text, errors)
     return render(
         request,
         "newsletter_compose.html",
@@ -134,7 +141,86 @@ async def _compose(
         preview_subject=subject,
         preview_html=html,
         preview_errors=render_errors,
+        **targeting,
     )
+
+
+async def _audience(
+    request: web.Request, row: asyncpg.Record, segment_text: str | None, errors: dict[str, str]
+) -> dict[str, Any]:
+    """The audience panel of a draft: every list, the chosen ones, the segment as text and how
+    many members sending now would reach (None when the form's segment has errors)."""
+    pool = pool_of(request)
+    all_lists = await pool.fetch(Q.all_lists, False)
+    chosen = list(row["lists"]) or [r["key"] for r in all_lists if r["is_default"]]
+    count = None
+    if "segment" not in errors:
+        list_ids, rule = await audience.targeting(pool, row)
+        count = await audience.count(pool, list_ids, rule, settings_of(request).newsletter_double_opt_in)
+    if segment_text is None:
+        segment_text = json.dumps(row["segment"], ensure_ascii=False) if row["segment"] is not None else ""
+    return {
+        "all_lists": all_lists,
+        "chosen_lists": chosen,
+        "segment_text": segment_text,
+        "audience_count": count,
+    }
+
+
+class _AudienceForm:
+    """The audience form (checked lists, segment as JSON text), checked as the API checks it."""
+
+    def __init__(self, keys: list[str], text: str, rule: Any, error: str | None) -> None:
+        self.keys, self.text, self.rule, self.error = keys, text, rule, error
+
+
+async def _audience_form(request: web.Request) -> _AudienceForm:
+    data = await posted(request)
+    keys = [str(k) for k in data.getall("list", []) if isinstance(k, str)][:20]
+    text = str(data.get("segment", "")).strip()
+    try:
+        rule = json.loads(text) if text else None
+        await audience.check_targeting(pool_of(request), keys, rule, None)
+    except ValueError:
+        example = '{"attr": "country", "op": "eq", "value": "DE"}'
+        return _AudienceForm(keys, text, None, f"not JSON: write a rule such as {example}")
+    except Problem as exc:
+        return _AudienceForm(
+            keys, text, None, "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors or [])
+        )
+    return _AudienceForm(keys, text, rule, None)
+
+
+@page("newsletters")
+async def save_audience(request: web.Request) -> web.Response:
+    """POST /console/newsletters/{id}/audience: the draft's lists and segment; the page again
+    with the segment's faults (422) when it is not valid."""
+    row = await _newsletter(request)
+    posted_form = await _audience_form(request)
+    if posted_form.error is not None:
+        errors = {"segment": posted_form.error}
+        return await _compose(
+            request, row=row, form=dict(row), errors=errors, status=422, segment_text=posted_form.text
+        )
+    target = newsletter.Target(tuple(posted_form.keys), posted_form.rule, None)
+    if await newsletter.retarget(pool_of(request), row["id"], target, str(session_of(request).actor)) is None:
+        raise web.HTTPConflict(text=f"The newsletter is {row['status']}; only a draft can be changed.")
+    raise redirect(f"/console/newsletters/{row['id']}", "audience-saved")
+
+
+@page("newsletters")
+async def live_count(request: web.Request) -> web.Response:
+    """POST /console/newsletters/count: how many members the audience form as it stands would
+    reach now, as JSON for the page's script: `{count}`, or 422 `{error}`. Saves nothing."""
+    posted_form = await _audience_form(request)
+    if posted_form.error is not None:
+        return json_response(422, {"error": posted_form.error})
+    pool = pool_of(request)
+    list_ids, rule = await audience.targeting(
+        pool, {"lists": posted_form.keys, "segment": posted_form.rule, "segment_key": None}
+    )
+    total = await audience.count(pool, list_ids, rule, settings_of(request).newsletter_double_opt_in)
+    return json_response(200, {"count": total})
 
 
 @page("newsletters")
@@ -356,9 +442,11 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/newsletters/new", new)
     app.router.add_post("/newsletters/new", create)
     app.router.add_post("/newsletters/preview", live_preview)
+    app.router.add_post("/newsletters/count", live_count)
     app.router.add_get("/newsletters/{id}", show)
     app.router.add_post("/newsletters/{id}", save)
     app.router.add_post("/newsletters/{id}/test", test_send)
+    app.router.add_post("/newsletters/{id}/audience", save_audience)
     app.router.add_post("/newsletters/{id}/send", send)
     app.router.add_post("/newsletters/{id}/unschedule", unschedule)
     app.router.add_post("/newsletters/{id}/cancel", cancel)

@@ -62,6 +62,9 @@ NOTICES = {
     "not-suppressed": "That entry was already gone.",
     "redriven": "Failed e-mails queued again.",
     "nothing-redriven": "Nothing to re-drive: those e-mails are no longer failed.",
+    "list-created": "List created.",
+    "list-archived": "List archived.",
+    "audience-saved": "Audience saved.",
 }
 
 # Over `templates/` itself: the console's templates name theirs as `console/...`.

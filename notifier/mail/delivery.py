@@ -95,10 +95,15 @@ def context_for(
         "to_address": email.to_address,
         "brand": brand or Brand.from_settings(s),
     }
-    headers = [("List-Id", f"<{email.kind}.{s.list_id_domain}>")]
+    # A newsletter names the list the member gets it through (notifier/audience.py): its own
+    # List-Id, and links that leave that list only. The default list stays `newsletter`.
+    list_id = email.context.get("list_id") if email.kind == "newsletter" else None
+    list_key = email.context.get("list") if list_id is not None else email.kind
+    headers = [("List-Id", f"<{list_key}.{s.list_id_domain}>")]
     if policy.list_name is not None and email.account_id is not None:
-        unsubscribe = tokens.sign(s.secret, "unsubscribe", email.account_id, policy.list_name)
-        preferences = tokens.sign(s.secret, "preferences", email.account_id, policy.list_name)
+        list_name: tokens.ListName = "list" if list_id is not None else policy.list_name
+        unsubscribe = tokens.sign(s.secret, "unsubscribe", email.account_id, list_name, list_id)
+        preferences = tokens.sign(s.secret, "preferences", email.account_id, list_name, list_id)
         # `?e=ID` names the e-mail the link came from (not a secret: it is checked against the
         # token's account), so unsubscribes from the header and the footer alike are attributed
         # to this e-mail and its newsletter.

@@ -144,10 +144,11 @@ async def seen(request: web.Request) -> web.Response:
     return json_response(200, {"marked_seen": marked})
 
 
-def _preferences_body(prefs: Any) -> dict[str, Any]:
+def _preferences_body(prefs: Any, lists: dict[str, bool]) -> dict[str, Any]:
     due = prefs["next_digest_at"]
     return {
         **preferences.current(prefs),
+        "lists": lists,
         "next_digest_at": due.astimezone(UTC).isoformat() if due else None,
     }
 
@@ -158,7 +159,8 @@ async def get_preferences(request: web.Request) -> web.Response:
     row = await request.app[POOL].fetchrow(Q.preferences_by_external_id, member.external_id)
     if row is None:  # erased since the token was checked
         raise Problem(401, "the member token is not valid: get a new one")
-    return json_response(200, _preferences_body(row))
+    lists = await preferences.list_document(request.app[POOL], member.account_id)
+    return json_response(200, _preferences_body(row, lists))
 
 
 async def put_preferences(request: web.Request) -> web.Response:
@@ -181,7 +183,8 @@ async def put_preferences(request: web.Request) -> web.Response:
             )
         except preferences.AccountNotFound:
             raise Problem(401, "the member token is not valid: get a new one") from None
-    return json_response(200, _preferences_body(prefs))
+        lists = await preferences.list_document(conn, member.account_id)
+    return json_response(200, _preferences_body(prefs, lists))
 
 
 # --- tokens for the organisation's backend ----------------------------------------------------

@@ -40,13 +40,17 @@ async def post_confirm(request: web.Request) -> web.Response:
             request, "expired.html", status=403, title=i18n.N_("Please try again"), again=request.path
         )
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        done = await confirm(conn, found.account_id)
+        done = await confirm(conn, found.account_id, found.list_id)
         if done:
             await pages.record_event(
                 conn, "confirmed", found.account_id, pages.EmailRef(), "confirm-link", {}
             )
             await audit.record(
-                conn, found.account_id, audit.MEMBER, "consent.confirm", {"topic": "newsletter"}
+                conn,
+                found.account_id,
+                audit.MEMBER,
+                "consent.confirm",
+                {"topic": "newsletter" if found.list_id is None else f"list:{found.list_id}"},
             )
         locale = await pages.member_locale(conn, found.account_id)
     return pages.render(

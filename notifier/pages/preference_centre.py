@@ -1,7 +1,8 @@
 """The preference centre, `GET` / `POST /preferences/{token}`: a server-rendered form (no
 JavaScript, no cookie) where a member lowers their digest frequency instead of leaving, changes
 the hour, weekday and time zone, chooses how often each declared category reaches them, sets
-quiet hours, and opts in or out of the newsletter.
+quiet hours, and opts in or out of the newsletter and of every other list (each with its own
+wording, `lists.wording`).
 
 POST checks the form's nonce and origin (see notifier.pages), saves through
 `preferences.apply_preferences` (audit actor: the member; newsletter consent with the wording
@@ -17,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from babel import dates
 
-from notifier import audit, categories, consent, i18n, pages, preferences, schedule
+from notifier import audit, categories, consent, i18n, lists, pages, preferences, schedule
 from notifier.db import Q
 from notifier.resources import POOL, SETTINGS
 
@@ -137,6 +138,7 @@ async def _page(
     status: int = 200,
     saved: list[dict[str, str]] | None = None,
     errors: dict[str, str] | None = None,
+    other_lists: list[dict[str, Any]] | None = None,
 ) -> web.Response:
     settings = request.app[SETTINGS]
     declared = await request.app[POOL].fetch(Q.categories_for_member)
@@ -159,7 +161,19 @@ async def _page(
         double_opt_in=settings.newsletter_double_opt_in,
         saved=saved,
         errors=errors or {},
+        other_lists=other_lists or [],
     )
+
+
+async def _other_lists(conn: Any, account_id: int) -> list[dict[str, Any]]:
+    """Every list but the default (shown as the newsletter), with the member's choice and the
+    wording they agree to."""
+    return [
+        {"key": r["key"], "name": r["name"], "wording": lists.wording(r), "subscribed": r["subscribed"],
+         "double_opt_in": r["double_opt_in"]}
+        for r in await lists.memberships(conn, account_id)
+        if not r["is_default"]
+    ]  # fmt: skip
 
 
 async def get_preferences(request: web.Request) -> web.Response:
@@ -168,11 +182,14 @@ async def get_preferences(request: web.Request) -> web.Response:
     if linked is None:
         return pages.not_found(request)
     locale = i18n.normalise(linked.locale)
-    return await _page(request, linked.token, linked.ref, dict(linked.member), locale)
+    other = await _other_lists(request.app[POOL], linked.found.account_id)
+    return await _page(request, linked.token, linked.ref, dict(linked.member), locale, other_lists=other)
 
 
-def _changes(form: Any) -> dict[str, Any]:
+def _changes(form: Any, other_lists: list[dict[str, Any]]) -> dict[str, Any]:
     changes: dict[str, Any] = {"newsletter": form.get("newsletter") == "yes"}
+    if other_lists:
+        changes["lists"] = {x["key"]: form.get(f"list-{x['key']}") == "yes" for x in other_lists}
     for field in ("digest_frequency", "timezone"):
         if field in form:
             changes[field] = str(form[field])
@@ -217,8 +234,9 @@ async def post_preferences(request: web.Request) -> web.Response:
         return pages.render(
             request, "expired.html", status=403, title=N_("Please try again"), again=request.path_qs
         )
-    changes = _changes(form)
     async with request.app[POOL].acquire() as conn:
+        other_before = await _other_lists(conn, found.account_id)
+        changes = _changes(form, other_before)
         ref = await pages.email_ref(conn, found.account_id, request.query.get("e"))
         locale = i18n.normalise(await pages.member_locale(conn, found.account_id))
         # The member consents to the wording as the page showed it, in their language.
@@ -252,6 +270,17 @@ async def post_preferences(request: web.Request) -> web.Response:
                     await pages.record_event(
                         conn, kind, found.account_id, ref, "preference-centre", {"list": "newsletter"}
                     )
+                other_after = await _other_lists(conn, found.account_id)
+                left_or_joined = [
+                    x
+                    for x, y in zip(other_before, other_after, strict=True)
+                    if x["subscribed"] != y["subscribed"]
+                ]
+                for x in left_or_joined:
+                    kind = "unsubscribed" if x["subscribed"] else "resubscribed"
+                    await pages.record_event(
+                        conn, kind, found.account_id, ref, "preference-centre", {"list": x["key"]}
+                    )
         except preferences.InvalidPreferences as exc:
             errors = {
                 e["field"]: i18n.gettext(locale, FIX[e["field"]]) if e["field"] in FIX else e["message"]
@@ -263,19 +292,29 @@ async def post_preferences(request: web.Request) -> web.Response:
                     **before["categories"],
                     **{k: v for k, v in changes["categories"].items() if v is not None},
                 }
-            return await _page(request, token, ref, values, locale, status=422, errors=errors)
+            return await _page(
+                request, token, ref, values, locale, status=422, errors=errors, other_lists=other_before
+            )
     saved = [
         {"label": i18n.gettext(locale, LABELS[k]), "value": _describe(k, v["after"], locale)}
         for k, v in changed.items()
     ]
-    if settings.newsletter_double_opt_in and changed.get("newsletter", {}).get("after"):
+    saved += [
+        {"label": x["name"], "value": _describe("newsletter", not x["subscribed"], locale)}
+        for x in left_or_joined
+    ]
+    if (settings.newsletter_double_opt_in and changed.get("newsletter", {}).get("after")) or any(
+        x["double_opt_in"] and not x["subscribed"] for x in left_or_joined
+    ):
         saved.append(
             {
                 "label": i18n.gettext(locale, N_("Next step")),
                 "value": i18n.gettext(locale, N_("confirm with the link we are e-mailing you")),
             }
         )
-    return await _page(request, token, ref, {**dict(before), **after}, locale, saved=saved)
+    return await _page(
+        request, token, ref, {**dict(before), **after}, locale, saved=saved, other_lists=other_after
+    )
 
 
 def setup_routes(app: web.Application) -> None:

@@ -37,10 +37,16 @@ LIST_LABELS = {
 
 
 async def unsubscribe(
-    conn: asyncpg.Connection, account_id: int, list_name: str, ref: pages.EmailRef, method: str
+    conn: asyncpg.Connection,
+    account_id: int,
+    list_name: str,
+    ref: pages.EmailRef,
+    method: str,
+    list_id: int | None = None,
 ) -> bool:
-    """Take the member off `list_name`. Idempotent: True when something changed (then one
-    `unsubscribed` event is written), False when already off. Raises preferences.AccountNotFound."""
+    """Take the member off `list_name` (`list`: the list `list_id` only). Idempotent: True when
+    something changed (then one `unsubscribed` event is written), False when already off.
+    Raises preferences.AccountNotFound."""
     async with conn.transaction():
         before = await conn.fetchrow(Q.member_for_update, account_id)
         if before is None:
@@ -56,6 +62,11 @@ async def unsubscribe(
                 changes["categories"] = chosen
         if list_name in ("newsletter", "all") and before["newsletter"]:
             changes["newsletter"] = False
+        if list_name == "list" and list_id is not None:
+            row = await conn.fetchrow(Q.list_membership, list_id, account_id)
+            if row is not None and row["subscribed"]:
+                changes["lists"] = {row["key"]: False}
+                list_name = row["key"]
         if not changes:
             return False
         await preferences.apply_preferences(conn, account_id, changes, audit.MEMBER, method)
@@ -67,10 +78,16 @@ async def unsubscribe(
 
 
 async def resubscribe(
-    conn: asyncpg.Connection, account_id: int, list_name: str, ref: pages.EmailRef, method: str
+    conn: asyncpg.Connection,
+    account_id: int,
+    list_name: str,
+    ref: pages.EmailRef,
+    method: str,
+    list_id: int | None = None,
 ) -> bool:
-    """Undo an unsubscribe: the newsletter opt-in again (with the consent wording), digests back
-    at the frequency they had (daily if unknown). Idempotent like `unsubscribe`."""
+    """Undo an unsubscribe: the newsletter (or the list `list_id`) opt-in again with the consent
+    wording, digests back at the frequency they had (daily if unknown). Idempotent like
+    `unsubscribe`; an archived list is not joined again."""
     async with conn.transaction():
         before = await conn.fetchrow(Q.member_for_update, account_id)
         if before is None:
@@ -81,16 +98,22 @@ async def resubscribe(
             changes["digest_frequency"] = previous if previous and previous != "off" else "daily"
         if list_name in ("newsletter", "all") and not before["newsletter"]:
             changes["newsletter"] = True
+        if list_name == "list" and list_id is not None:
+            row = await conn.fetchrow(Q.list_membership, list_id, account_id)
+            if row is not None and not row["subscribed"] and row["archived_at"] is None:
+                changes["lists"] = {row["key"]: True}
+                list_name = row["key"]
         if not changes:
             return False
+        # The wording shown: the newsletter's, and each list's own (`lists.wording`).
         await preferences.apply_preferences(
             conn,
             account_id,
             changes,
             audit.MEMBER,
             method,
-            wording=consent.WORDING if "newsletter" in changes else None,
-            wording_version=consent.WORDING_VERSION if "newsletter" in changes else None,
+            wording=consent.WORDING,
+            wording_version=consent.WORDING_VERSION,
         )
         await pages.record_event(
             conn, "resubscribed", account_id, ref, method, {"list": list_name, "changes": sorted(changes)}
@@ -99,17 +122,27 @@ async def resubscribe(
 
 
 def _context(
-    request: web.Request, token: str, found: tokens.Token, member: Any, ref: pages.EmailRef
+    request: web.Request,
+    token: str,
+    found: tokens.Token,
+    member: Any,
+    ref: pages.EmailRef,
+    listed: Any = None,
 ) -> dict[str, Any]:
+    """What the page shows; `listed` is the `list_membership` row of a `list` token."""
     settings = request.app[SETTINGS]
     prefs_token = tokens.sign(settings.secret, "preferences", found.account_id, "all")
-    subscribed = {
-        "digest": member["digest_frequency"] != "off",
-        "newsletter": member["newsletter"],
-        "all": member["digest_frequency"] != "off" or member["newsletter"],
-    }[found.list]
+    if found.list == "list":
+        label, subscribed = (f"“{listed['name']}”", listed["subscribed"]) if listed else ("this list", False)
+    else:
+        label = LIST_LABELS[found.list]
+        subscribed = {
+            "digest": member["digest_frequency"] != "off",
+            "newsletter": member["newsletter"],
+            "all": member["digest_frequency"] != "off" or member["newsletter"],
+        }[found.list]
     return {
-        "list_label": LIST_LABELS[found.list],
+        "list_label": label,
         "list_name": found.list,
         "subscribed": subscribed,
         "action": f"/u/{token}{ref.query()}",
@@ -129,8 +162,22 @@ async def get_unsubscribe(request: web.Request) -> web.Response:
         locale=linked.locale,
         title=i18n.N_("Unsubscribe"),
         state="confirm",
-        **_context(request, linked.token, linked.found, linked.member, linked.ref),
+        **_context(
+            request,
+            linked.token,
+            linked.found,
+            linked.member,
+            linked.ref,
+            await _listed(request.app[POOL], linked.found),
+        ),
     )
+
+
+async def _listed(conn: asyncpg.Connection | asyncpg.Pool, found: tokens.Token) -> Any:
+    """The list a `list` token names, with the member's membership; None for other tokens."""
+    if found.list_id is None:
+        return None
+    return await conn.fetchrow(Q.list_membership, found.list_id, found.account_id)
 
 
 async def post_unsubscribe(request: web.Request) -> web.Response:
@@ -157,11 +204,11 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
                         title=i18n.N_("Please try again"),
                         again=request.path_qs,
                     )
-                await resubscribe(conn, found.account_id, found.list, ref, "unsubscribe-page")
+                await resubscribe(conn, found.account_id, found.list, ref, "unsubscribe-page", found.list_id)
                 state = "resubscribed"
             elif form.get("List-Unsubscribe") == "One-Click":
                 method = "unsubscribe-page" if form.get("via") == "page" else "one-click"
-                await unsubscribe(conn, found.account_id, found.list, ref, method)
+                await unsubscribe(conn, found.account_id, found.list, ref, method, found.list_id)
                 state = "done"
             else:
                 return pages.render(
@@ -175,13 +222,14 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
             return pages.not_found(request)
         member = await conn.fetchrow(Q.member, found.account_id)
         locale = await pages.member_locale(conn, found.account_id)
+        listed = await _listed(conn, found)
     return pages.render(
         request,
         "unsubscribe.html",
         locale=locale,
         title=i18n.N_("Unsubscribed") if state == "done" else i18n.N_("Subscribed again"),
         state=state,
-        **_context(request, token, found, member, ref),
+        **_context(request, token, found, member, ref, listed),
     )
 
 
@@ -221,7 +269,9 @@ async def inbound_unsubscribe(request: web.Request) -> web.Response:
         )
     async with request.app[POOL].acquire() as conn:
         try:
-            changed = await unsubscribe(conn, found.account_id, found.list, pages.EmailRef(), "mailto")
+            changed = await unsubscribe(
+                conn, found.account_id, found.list, pages.EmailRef(), "mailto", found.list_id
+            )
         except preferences.AccountNotFound:
             raise Problem(404, "the member no longer exists") from None
     return json_response(200, {"unsubscribed": True, "changed": changed, "list": found.list})

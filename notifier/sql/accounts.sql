@@ -62,8 +62,11 @@ ORDER BY id DESC
 LIMIT $3;
 
 -- name: export_consents
-SELECT id, topic, granted, source, wording, wording_version, confirmed_at, created_at
-FROM consents WHERE account_id = $1 ORDER BY id;
+-- `list`: the key of the list the consent is for.
+SELECT c.id, c.topic, l.key AS list, c.granted, c.source, c.wording, c.wording_version,
+       c.confirmed_at, c.created_at
+FROM consents c LEFT JOIN lists l ON l.id = c.list_id
+WHERE c.account_id = $1 ORDER BY c.id;
 
 -- name: export_messages
 SELECT id, category, subject, body, url, data, created_at, read_at, archived_at, digest_id

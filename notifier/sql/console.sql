@@ -31,8 +31,10 @@ ORDER BY (external_id = $1 OR lower(email) = lower($1)) DESC, lower(email), id
 LIMIT $3;
 
 -- name: console_account_consents
-SELECT topic, granted, source, wording, wording_version, confirmed_at, created_at
-FROM consents WHERE account_id = $1 ORDER BY id DESC LIMIT $2;
+SELECT coalesce(l.key, c.topic) AS topic, c.granted, c.source, c.wording, c.wording_version,
+       c.confirmed_at, c.created_at
+FROM consents c LEFT JOIN lists l ON l.id = c.list_id
+WHERE c.account_id = $1 ORDER BY c.id DESC LIMIT $2;
 
 -- name: console_account_inbox_counts
 SELECT count(*) AS total,

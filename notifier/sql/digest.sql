@@ -25,8 +25,9 @@ SET digest_frequency = $2, digest_hour = $3, digest_weekday = $4, timezone = $5,
 WHERE id = $1;
 
 -- name: insert_consent
-INSERT INTO consents (account_id, topic, granted, source, wording, wording_version)
-VALUES ($1, 'newsletter', $2, $3, $4, $5);
+-- The default list's consent (topic `newsletter`); other lists: `insert_list_consent`.
+INSERT INTO consents (account_id, topic, granted, source, wording, wording_version, list_id)
+VALUES ($1, 'newsletter', $2, $3, $4, $5, (SELECT id FROM lists WHERE is_default));
 
 -- name: has_pending_messages
 SELECT EXISTS (

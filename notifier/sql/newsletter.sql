@@ -1,8 +1,17 @@
 -- Newsletters: drafts, the status machine, the frozen audience (fan-out) and the figures.
 
 -- name: insert_newsletter
+-- A draft to the default list (benches and the chaos stage use this one); $6: count clicks.
 INSERT INTO newsletters (subject, preheader, body, body_format, created_by, updated_by, track_clicks)
 VALUES ($1, $2, $3, $4, $5, $5, $6)
+RETURNING *;
+
+-- name: insert_targeted_newsletter
+-- A draft to lists $6 (keys; empty: the default list) and segment $7 or saved segment $8; $9:
+-- count clicks.
+INSERT INTO newsletters (subject, preheader, body, body_format, created_by, updated_by,
+                         lists, segment, segment_key, track_clicks)
+VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9)
 RETURNING *;
 
 -- name: update_newsletter_draft
@@ -10,6 +19,13 @@ RETURNING *;
 UPDATE newsletters
 SET subject = $2, preheader = $3, body = $4, body_format = $5, updated_by = $6, updated_at = now(),
     track_clicks = $7
+WHERE id = $1 AND status = 'draft'
+RETURNING *;
+
+-- name: target_newsletter
+-- A draft's audience: lists (keys; empty: the default list) and an inline or saved segment.
+UPDATE newsletters
+SET lists = $2, segment = $3, segment_key = $4, updated_by = $5, updated_at = now()
 WHERE id = $1 AND status = 'draft'
 RETURNING *;
 
@@ -53,33 +69,28 @@ ORDER BY scheduled_at, id
 LIMIT $2;
 
 -- name: fan_out_newsletter
--- Freeze the audience into one outbox row per member, in one statement. Audience: opted in;
--- when $3 (double opt-in) their latest newsletter consent is granted and confirmed; address not
--- suppressed for everything or for newsletters. Re-running adds nobody twice.
--- A send at each member's local time gives the due instant of every time zone ($4 zones, $5
--- instants, $6 for a zone not among them): each row then waits until its member's instant
--- (notifier.newsletter_local_time); with empty arrays and $6 NULL every row is queued now.
+-- Freeze the audience into one outbox row per member, in one statement: notifier/audience.py
+-- puts `audience_members` (lists $1, double opt-in $2, the segment from $8) in place of the empty
+-- stub between the markers; $3 is the newsletter, $4 the queue. Each row's context names the list
+-- the member gets it through (List-Id, one-click unsubscribe). Re-running adds nobody twice.
+-- A send at each member's local time gives the due instant of every time zone ($5 zones, $6
+-- instants, $7 for a zone not among them): each row then waits until its member's instant
+-- (notifier.newsletter_local_time); with empty arrays and $7 NULL every row is queued now.
 INSERT INTO emails (kind, queue, account_id, to_address, template, subject, context, newsletter_id,
                     status, due_at, next_attempt_at)
-SELECT 'newsletter', $2, a.id, a.email, 'newsletter', n.subject,
-       jsonb_build_object('name', a.name), n.id,
-       CASE WHEN coalesce(z.due_at, $6) IS NULL THEN 'queued' ELSE 'waiting' END,
-       coalesce(z.due_at, $6), coalesce(z.due_at, $6, now())
+SELECT 'newsletter', $4::text, m.account_id, m.email, 'newsletter', n.subject,
+       jsonb_build_object('name', m.name, 'list', m.list_key, 'list_id', m.list_id), n.id,
+       CASE WHEN coalesce(z.due_at, $7::timestamptz) IS NULL THEN 'queued' ELSE 'waiting' END,
+       coalesce(z.due_at, $7::timestamptz), coalesce(z.due_at, $7::timestamptz, now())
 FROM newsletters n
-JOIN accounts a ON a.newsletter
-LEFT JOIN unnest($4::text[], $5::timestamptz[]) AS z(timezone, due_at) ON z.timezone = a.timezone
-WHERE n.id = $1
-  AND (NOT $3::boolean OR (
-        SELECT c.granted AND c.confirmed_at IS NOT NULL
-        FROM consents c
-        WHERE c.account_id = a.id AND c.topic = 'newsletter'
-        ORDER BY c.id DESC
-        LIMIT 1) IS TRUE)
-  AND NOT EXISTS (
-        SELECT 1 FROM suppressions s
-        WHERE s.address_hash = sha256(convert_to(lower(btrim(a.email)), 'UTF8'))
-          AND s.list IN ('all', 'newsletter'))
-ORDER BY a.id
+CROSS JOIN (
+    /*audience*/ SELECT NULL::bigint AS account_id, ''::text AS email, ''::text AS name,
+           ''::text AS timezone, ''::text AS locale, NULL::bigint AS list_id, ''::text AS list_key
+    WHERE $1::bigint[] IS NULL AND $2::boolean /*end*/
+) m
+LEFT JOIN unnest($5::text[], $6::timestamptz[]) AS z(timezone, due_at) ON z.timezone = m.timezone
+WHERE n.id = $3
+ORDER BY m.account_id
 ON CONFLICT (newsletter_id, account_id) WHERE newsletter_id IS NOT NULL AND kind = 'newsletter'
 DO NOTHING;
 

@@ -81,6 +81,39 @@
   });
 })();
 
+// A draft's audience: the count follows the lists and the segment as they are edited (the
+// "Save audience and count" button does the same without this script). Nothing is saved.
+(function () {
+  "use strict";
+  var form = document.querySelector("form[data-live-count]");
+  var shown = document.getElementById("audience-count");
+  if (!form || !shown || !window.fetch) return;
+  var url = form.getAttribute("data-live-count");
+  var timer = null;
+  function refresh() {
+    fetch(url, { method: "POST", body: new FormData(form), credentials: "same-origin" })
+      .then(function (response) { return response.json(); })
+      .then(function (data) {
+        if (typeof data.count === "number") {
+          shown.textContent = "Sending now would reach " + data.count.toLocaleString("en") +
+            (data.count === 1 ? " member" : " members") +
+            " (subscribed to any of the lists, matching the segment, not suppressed).";
+        } else {
+          shown.textContent = "The audience cannot be counted: " + (data.error || "the segment is not valid") + ".";
+        }
+      })
+      .catch(function () {});
+  }
+  form.addEventListener("input", function () {
+    clearTimeout(timer);
+    timer = setTimeout(refresh, 400);
+  });
+  form.addEventListener("change", function () {
+    clearTimeout(timer);
+    timer = setTimeout(refresh, 100);
+  });
+})();
+
 // While a newsletter sends, its figures update in place every few seconds (no page reload, so
 // nothing moves under the keyboard); "Pause updates" stops that. Without this script the page
 // offers a "Refresh now" link.

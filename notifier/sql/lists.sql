@@ -1,0 +1,185 @@
+-- Lists, list membership, member attributes and saved segments.
+
+-- name: insert_list
+-- No row when the key is taken.
+INSERT INTO lists (key, name, description, double_opt_in)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (key) DO NOTHING
+RETURNING *;
+
+-- name: get_list
+SELECT * FROM lists WHERE key = $1;
+
+-- name: all_lists
+-- The default list first, then by key; $1: archived ones too.
+SELECT * FROM lists WHERE $1::boolean OR archived_at IS NULL ORDER BY is_default DESC, key;
+
+-- name: lists_by_key
+SELECT * FROM lists WHERE key = ANY($1::text[]);
+
+-- name: lists_by_id
+SELECT * FROM lists WHERE id = ANY($1::bigint[]) ORDER BY array_position($1::bigint[], id);
+
+-- name: update_list
+UPDATE lists SET name = $2, description = $3, double_opt_in = $4, updated_at = now()
+WHERE key = $1
+RETURNING *;
+
+-- name: archive_list
+-- The default list is never archived; archiving twice keeps the first time.
+UPDATE lists SET archived_at = coalesce(archived_at, now()), updated_at = now()
+WHERE key = $1 AND NOT is_default
+RETURNING *;
+
+-- name: list_subscribers
+SELECT count(*) FROM list_members WHERE list_id = $1 AND subscribed;
+
+-- name: default_list_subscribers
+SELECT count(*) FROM accounts WHERE newsletter;
+
+-- name: memberships_of_account
+-- Every list not archived and whether the member is subscribed (the default list: `newsletter`).
+SELECT l.*, CASE WHEN l.is_default THEN a.newsletter ELSE coalesce(m.subscribed, false) END AS subscribed
+FROM accounts a
+CROSS JOIN lists l
+LEFT JOIN list_members m ON m.list_id = l.id AND m.account_id = a.id
+WHERE a.id = $1 AND l.archived_at IS NULL
+ORDER BY l.is_default DESC, l.key;
+
+-- name: set_list_member
+-- One row back (`before`: the previous state) only when the membership changes.
+WITH before AS (
+    SELECT subscribed FROM list_members WHERE list_id = $1 AND account_id = $2 FOR UPDATE
+)
+INSERT INTO list_members (list_id, account_id, subscribed)
+SELECT $1, $2, $3 WHERE coalesce((SELECT subscribed FROM before), false) <> $3
+ON CONFLICT (list_id, account_id) DO UPDATE SET subscribed = EXCLUDED.subscribed, updated_at = now()
+RETURNING NOT subscribed AS before;
+
+-- name: insert_list_consent
+INSERT INTO consents (account_id, topic, granted, source, wording, wording_version, list_id)
+VALUES ($1, 'list', $2, $3, $4, $5, $6);
+
+-- name: cancel_queued_list_newsletters_of_account
+-- A member leaving list $2 gets nothing more still queued that was sent to them for that list.
+UPDATE emails SET status = 'cancelled', last_error = 'the member left the list'
+WHERE account_id = $1 AND kind = 'newsletter' AND status = 'queued'
+  AND (context->>'list_id')::bigint = $2;
+
+-- name: unconfirmed_list_opt_ins
+-- Members subscribed to a double opt-in list whose latest consent for it is unconfirmed and
+-- not yet asked about.
+SELECT a.id AS account_id, a.email, a.name, c.id AS consent_id, l.id AS list_id, l.name AS list_name
+FROM lists l
+JOIN list_members m ON m.list_id = l.id AND m.subscribed
+JOIN accounts a ON a.id = m.account_id
+CROSS JOIN LATERAL (
+    SELECT id, granted, confirmed_at FROM consents
+    WHERE account_id = a.id AND list_id = l.id
+    ORDER BY id DESC LIMIT 1) c
+WHERE l.double_opt_in AND NOT l.is_default AND l.archived_at IS NULL
+  AND c.granted AND c.confirmed_at IS NULL
+  AND NOT EXISTS (
+        SELECT 1 FROM emails e
+        WHERE e.account_id = a.id AND e.kind = 'confirmation' AND e.idempotency_key = 'confirm:' || c.id)
+LIMIT $1;
+
+-- name: confirm_list_opt_in
+UPDATE consents SET confirmed_at = now()
+WHERE id = (SELECT id FROM consents WHERE account_id = $1 AND list_id = $2 ORDER BY id DESC LIMIT 1)
+  AND granted AND confirmed_at IS NULL
+RETURNING id;
+
+-- name: export_list_memberships
+SELECT l.key AS list, m.subscribed, m.updated_at
+FROM list_members m JOIN lists l ON l.id = m.list_id
+WHERE m.account_id = $1 ORDER BY l.key;
+
+-- name: update_account_attributes
+UPDATE accounts SET attributes = $2, updated_at = now() WHERE id = $1
+RETURNING *;
+
+-- name: insert_segment
+INSERT INTO segments (key, name, rule) VALUES ($1, $2, $3)
+ON CONFLICT (key) DO NOTHING
+RETURNING *;
+
+-- name: get_segment
+SELECT * FROM segments WHERE key = $1;
+
+-- name: all_segments
+SELECT * FROM segments ORDER BY key;
+
+-- name: update_segment
+UPDATE segments SET name = $2, rule = $3, updated_at = now() WHERE key = $1
+RETURNING *;
+
+-- name: delete_segment
+-- Refused (foreign key) while a newsletter names it.
+DELETE FROM segments WHERE key = $1 RETURNING id;
+
+-- name: audience_members
+-- The audience of lists $1 (ids, in the newsletter's order) with $2 = double opt-in of the
+-- default list (NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN): each member of any of the lists once, with
+-- the first of them they belong to (list_id NULL for the default list, whose members are
+-- `accounts.newsletter`); confirmed where the list asks for it; not suppressed for all mail or
+-- newsletters; matching the segment, whose compiled condition replaces the marked TRUE
+-- (notifier/audience.py; its parameters follow the statement's own). `timezone` and `locale`
+-- are for the fan-out (a send at each member's local time, a language's variant).
+SELECT a.id AS account_id, a.email, a.name, a.timezone, a.locale, t.list_id, t.list_key
+FROM accounts a
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN l.is_default THEN NULL ELSE l.id END AS list_id, l.key AS list_key
+    FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, pos)
+    JOIN lists l ON l.id = u.id AND l.archived_at IS NULL
+    WHERE CASE WHEN l.is_default THEN
+              a.newsletter AND (NOT $2::boolean OR (
+                  SELECT c.granted AND c.confirmed_at IS NOT NULL FROM consents c
+                  WHERE c.account_id = a.id AND c.topic = 'newsletter'
+                  ORDER BY c.id DESC LIMIT 1) IS TRUE)
+          ELSE
+              EXISTS (SELECT 1 FROM list_members m
+                      WHERE m.list_id = l.id AND m.account_id = a.id AND m.subscribed)
+              AND (NOT l.double_opt_in OR (
+                  SELECT c.granted AND c.confirmed_at IS NOT NULL FROM consents c
+                  WHERE c.account_id = a.id AND c.list_id = l.id
+                  ORDER BY c.id DESC LIMIT 1) IS TRUE)
+          END
+    ORDER BY u.pos
+    LIMIT 1
+) t
+WHERE (TRUE /*segment*/)
+  AND NOT EXISTS (
+        SELECT 1 FROM suppressions s
+        WHERE s.address_hash = sha256(convert_to(lower(btrim(a.email)), 'UTF8'))
+          AND s.list IN ('all', 'newsletter'))
+
+-- name: default_list_id
+SELECT id FROM lists WHERE is_default;
+
+-- name: segment_rule
+SELECT rule FROM segments WHERE key = $1;
+
+-- name: live_list_ids
+-- The ids of the lists named by keys $1 that are not archived, in that order.
+SELECT coalesce(array_agg(l.id ORDER BY u.pos), '{}')
+FROM unnest($1::text[]) WITH ORDINALITY AS u(key, pos)
+JOIN lists l ON l.key = u.key AND l.archived_at IS NULL;
+
+-- name: list_membership
+-- The list $1 and whether member $2 is subscribed to it (never a member: false).
+SELECT l.id, l.key, l.name, l.archived_at, coalesce(m.subscribed, false) AS subscribed
+FROM lists l
+LEFT JOIN list_members m ON m.list_id = l.id AND m.account_id = $2
+WHERE l.id = $1;
+
+-- name: insert_default_list
+-- The default list as migration 0015 made it (for a database emptied by tests); idempotent.
+INSERT INTO lists (key, name, description, is_default)
+VALUES ('newsletter', 'Newsletter', 'News and information about the organisation, about once a month.', true)
+ON CONFLICT DO NOTHING;
+
+-- name: list_of_email
+-- The list (other than the default) a newsletter e-mail $1 to member $2 was sent through.
+SELECT (context->>'list_id')::bigint FROM emails
+WHERE id = $1 AND account_id = $2 AND kind = 'newsletter' AND context->>'list_id' IS NOT NULL;
