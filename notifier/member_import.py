@@ -16,8 +16,9 @@ The whole import is one transaction: a dry run rolls it back, and a second run o
 finds every row unchanged and writes nothing but its `imports` history row.
 
 Columns map to fields by name (`external_id`, `email`, `name`, `timezone`, `locale`) or by an
-explicit map (`Email Address=email`); `attributes.KEY` maps are parsed and staged (as a JSON
-object) for the account attributes of the lists branch: `ATTRIBUTES_SEAM` below.
+explicit map (`Email Address=email`); `attributes.KEY` columns set account attributes (text
+values, merged into the member's attributes as a PATCH does; keys and sizes by the API's rules,
+notifier/attributes.py).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import IO, Any
 import asyncpg
 from pydantic import TypeAdapter, ValidationError
 
-from notifier import audit, schedule
+from notifier import attributes, audit, schedule
 from notifier.accounts import NewAccount
 from notifier.consent import WORDING, WORDING_VERSION
 from notifier.db import Q
@@ -50,10 +51,6 @@ ATTRIBUTE_PREFIX = "attributes."
 CHUNK_ROWS = 5000
 ERRORS_KEPT = 1000  # errors held in `ImportResult.errors`; a report file receives them all
 MAX_WORDING = 2000
-# Account attributes (`attributes.KEY` columns) are staged in `import_rows.attributes` but not
-# merged yet: the `accounts.attributes` column arrives with the lists branch (migration 0015).
-# Until then a map to `attributes.*` is refused with this sentence rather than silently dropped.
-ATTRIBUTES_SEAM = "account attributes are not in this database yet (they arrive with lists, 0015)"
 STAGED_COLUMNS = ("import_id", "row_no", "external_id", "email", "name", "timezone", "locale", "attributes")
 ERROR_COLUMNS = ("import_id", "row_no", "field", "reason")
 REPORT_HEADER = ("row", "field", "reason")
@@ -139,7 +136,7 @@ def parse_maps(maps: Sequence[str]) -> dict[str, str]:
 
 def _attribute_key(target: str) -> str | None:
     key = target.removeprefix(ATTRIBUTE_PREFIX)
-    if target.startswith(ATTRIBUTE_PREFIX) and key and key.replace("_", "a").isalnum() and len(key) <= 64:
+    if target.startswith(ATTRIBUTE_PREFIX) and attributes.KEY.fullmatch(key):
         return key
     return None
 
@@ -177,7 +174,7 @@ def check_row(
     if len(cells) != width:
         return {}, [{"field": "row", "message": f"has {len(cells)} cells; the header has {width}"}]
     values: dict[str, Any] = {}
-    attributes: dict[str, str] = {}
+    found: dict[str, str] = {}
     errors: list[FieldError] = []
     for index, target in plan.items():
         cell = cells[index].strip()
@@ -186,7 +183,7 @@ def check_row(
         key = _attribute_key(target)
         if key is not None:
             try:
-                attributes[key] = check_one_line(cell)
+                found[key] = check_one_line(cell)
             except ValueError as exc:
                 errors.append({"field": target, "message": str(exc)})
             continue
@@ -196,8 +193,9 @@ def check_row(
             errors.extend(errors_of(exc, target))
     if "external_id" not in values and not any(e["field"] == "external_id" for e in errors):
         errors.append({"field": "external_id", "message": "is required"})
-    if attributes:
-        values["attributes"] = json.dumps(attributes, ensure_ascii=False)
+    if found:
+        errors.extend(attributes.problems(found))
+        values["attributes"] = json.dumps(found, ensure_ascii=False)
     return values, errors
 
 
@@ -266,7 +264,7 @@ async def import_csv(
     `ImportResult.errors` (and all of them as CSV to `report`) and counted as failed; the good
     rows are imported. Idempotent: the same
     file again creates and updates nothing. Raises ImportRefused (nothing written) when the file
-    cannot be read as CSV, lacks an external_id column, or maps to attributes this database lacks.
+    cannot be read as CSV or lacks an external_id column.
     """
     if opt_in is not None and (not opt_in.wording.strip() or len(opt_in.wording) > MAX_WORDING):
         raise ImportRefused(f"the consent wording must be 1 to {MAX_WORDING} characters")
@@ -284,8 +282,6 @@ async def import_csv(
     except csv.Error as exc:
         raise ImportRefused(f"the header row is not CSV: {exc}") from None
     plan, ignored = column_plan(header, maps or {})
-    if any(_attribute_key(t) for t in plan.values()):
-        raise ImportRefused(ATTRIBUTES_SEAM)
     result = ImportResult(ignored_columns=ignored, dry_run=dry_run)
     tx = conn.transaction()
     await tx.start()

@@ -153,9 +153,36 @@ async def test_columns_map_by_name_and_the_file_is_refused_whole_when_it_cannot_
         parse_maps(["Notes=password"])
     with pytest.raises(ImportRefused, match="UTF-8"):
         await run(pool, b"external_id,email,name\nm-2,a@example.com,\xff\xfe\n")
-    with pytest.raises(ImportRefused, match="attributes"):
-        await run(pool, member_csv([["m-3", "DE"]], header=("external_id", "attributes.country")))
     assert await pool.fetchval("SELECT count(*) FROM accounts") == 1
+
+
+async def test_attribute_columns_set_attributes_merged_audited_and_checked(
+    pool: asyncpg.Pool, factory: Factory
+) -> None:
+    await factory.account(external_id="m-1", email="ada@example.com", name="Ada")
+    await pool.execute("UPDATE accounts SET attributes = '{\"plan\": \"gold\"}' WHERE external_id = 'm-1'")
+    header = ("external_id", "email", "name", "attributes.country", "attributes.city")
+    rows = [
+        ["m-1", "", "", "DE", ""],
+        ["m-2", "bob@example.com", "Bob", "FR", "Lyon"],
+        ["m-3", "cy@example.com", "Cy", "x" * 501, ""],
+    ]
+    result = await run(pool, member_csv(rows, header=header))
+    assert (result.created, result.updated, result.failed) == (1, 1, 1)
+    assert [(row, field) for row, field, _ in result.errors] == [(4, "attributes.country")]
+    got = {
+        r["external_id"]: r["attributes"]
+        for r in await pool.fetch("SELECT external_id, attributes FROM accounts")
+    }
+    assert got == {"m-1": {"plan": "gold", "country": "DE"}, "m-2": {"country": "FR", "city": "Lyon"}}
+    audited = await pool.fetchval(
+        "SELECT l.changes FROM audit_log l JOIN accounts a ON a.id = l.account_id"
+        " WHERE a.external_id = 'm-1' AND l.action = 'account.updated'"
+    )
+    assert audited["attributes"] == {"before": {"plan": "gold"}, "after": {"plan": "gold", "country": "DE"}}
+    assert not (await run(pool, member_csv(rows, header=header))).changed
+    with pytest.raises(ImportRefused, match="not a field"):
+        parse_maps(["Country=attributes.Bad-Key"])
 
 
 async def test_chunks_stream_the_file_and_report_progress(pool: asyncpg.Pool) -> None:

@@ -34,29 +34,33 @@ WHERE f.missing;
 -- the difference is taken again on the locked, latest version. Returns the ids whose time zone
 -- moved (their digest window follows, in Python).
 WITH joined AS (
-    SELECT a.id, r.email, r.name, r.timezone, r.locale,
-           (a.email, a.name, a.timezone, a.locale) IS DISTINCT FROM
+    SELECT a.id, r.email, r.name, r.timezone, r.locale, r.attributes::jsonb AS attributes,
+           (a.email, a.name, a.timezone, a.locale, a.attributes) IS DISTINCT FROM
            (coalesce(r.email, a.email), coalesce(r.name, a.name),
-            coalesce(r.timezone, a.timezone), coalesce(r.locale, a.locale)) AS differs
+            coalesce(r.timezone, a.timezone), coalesce(r.locale, a.locale),
+            a.attributes || coalesce(r.attributes::jsonb, '{}')) AS differs
     FROM import_rows r JOIN accounts a ON a.external_id = r.external_id
     WHERE r.import_id = $1
 ), src AS (
-    SELECT a.id, a.email AS e0, a.name AS n0, a.timezone AS t0, a.locale AS l0,
+    SELECT a.id, a.email AS e0, a.name AS n0, a.timezone AS t0, a.locale AS l0, a.attributes AS x0,
            coalesce(j.email, a.email) AS e1, coalesce(j.name, a.name) AS n1,
-           coalesce(j.timezone, a.timezone) AS t1, coalesce(j.locale, a.locale) AS l1
+           coalesce(j.timezone, a.timezone) AS t1, coalesce(j.locale, a.locale) AS l1,
+           a.attributes || coalesce(j.attributes, '{}') AS x1
     FROM accounts a JOIN joined j ON j.id = a.id AND j.differs
     FOR UPDATE OF a
 ), changed AS (
-    SELECT id, e1, n1, t1, l1, t0 <> t1 AS moved,
+    SELECT id, e1, n1, t1, l1, x1, t0 <> t1 AS moved,
            CASE WHEN e0 <> e1 THEN jsonb_build_object('email', jsonb_build_object('before', e0, 'after', e1)) ELSE '{}' END
         || CASE WHEN n0 <> n1 THEN jsonb_build_object('name', jsonb_build_object('before', n0, 'after', n1)) ELSE '{}' END
         || CASE WHEN t0 <> t1 THEN jsonb_build_object('timezone', jsonb_build_object('before', t0, 'after', t1)) ELSE '{}' END
         || CASE WHEN l0 <> l1 THEN jsonb_build_object('locale', jsonb_build_object('before', l0, 'after', l1)) ELSE '{}' END
+        || CASE WHEN x0 <> x1 THEN jsonb_build_object('attributes', jsonb_build_object('before', x0, 'after', x1)) ELSE '{}' END
            AS changes
     FROM src
-    WHERE (e0, n0, t0, l0) IS DISTINCT FROM (e1, n1, t1, l1)
+    WHERE (e0, n0, t0, l0, x0) IS DISTINCT FROM (e1, n1, t1, l1, x1)
 ), updated AS (
-    UPDATE accounts a SET email = c.e1, name = c.n1, timezone = c.t1, locale = c.l1, updated_at = now()
+    UPDATE accounts a SET email = c.e1, name = c.n1, timezone = c.t1, locale = c.l1, attributes = c.x1,
+                          updated_at = now()
     FROM changed c WHERE a.id = c.id
     RETURNING a.id
 ), audited AS (
@@ -80,10 +84,10 @@ WHERE r.import_id = $1 AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.external
 -- the end computed for their time zone ($9, $10: `import_new_timezones`), and audit each as
 -- `accounts.create_account` does. Returns how many were registered.
 WITH inserted AS (
-    INSERT INTO accounts (external_id, email, name, timezone, locale,
+    INSERT INTO accounts (external_id, email, name, timezone, locale, attributes,
                           digest_frequency, digest_hour, digest_weekday, digest_window_start, next_digest_at)
     SELECT r.external_id, r.email, r.name, coalesce(r.timezone, $4), coalesce(r.locale, $5),
-           $6, $7, $8, transaction_timestamp(), d.due
+           coalesce(r.attributes::jsonb, '{}'), $6, $7, $8, transaction_timestamp(), d.due
     FROM import_rows r
     LEFT JOIN unnest($9::text[], $10::timestamptz[]) AS d (timezone, due) ON d.timezone = coalesce(r.timezone, $4)
     WHERE r.import_id = $1
@@ -98,6 +102,8 @@ WITH inserted AS (
         'name', jsonb_build_object('before', NULL, 'after', name),
         'timezone', jsonb_build_object('before', NULL, 'after', timezone),
         'locale', jsonb_build_object('before', NULL, 'after', locale))
+        || CASE WHEN attributes <> '{}' THEN jsonb_build_object(
+               'attributes', jsonb_build_object('before', NULL, 'after', attributes)) ELSE '{}' END
     FROM inserted
 )
 SELECT count(*)::int FROM inserted;
