@@ -1,9 +1,13 @@
-"""Segments: a JSON rule selecting members by attributes, locale, time zone and registration
-date, validated with field-level errors and compiled to a parameterised SQL condition.
+"""Segments: a JSON rule selecting members by attributes, locale, time zone, registration date
+and category preferences, validated with field-level errors and compiled to a parameterised SQL condition.
 
     rule      := {"all": [rule, ...]} | {"any": [rule, ...]} | {"not": rule} | condition
     condition := {"attr": KEY, "op": OP, "value": VALUE}
                | {"field": "locale" | "timezone" | "created_at", "op": OP, "value": VALUE}
+               | {"category": KEY, "op": "eq" | "ne" | "in", "value": FREQUENCY | "default"}
+
+A category condition reads the frequency the member chose for that category in their preferences
+(`categories`), `default` when they chose none (their own frequency or the category's applies).
 
 Operators: `eq`, `ne`, `in` (value: a list), `lt`, `lte`, `gt`, `gte`, `contains` (a list
 attribute holds the value) and `exists` (no value; attributes only). The compiled SQL never holds
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from notifier import attributes
+from notifier import attributes, schedule
 from notifier.errors import FieldError, Problem
 
 MAX_DEPTH = 6
@@ -34,7 +38,10 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "timezone": ("eq", "ne", "in"),
     "created_at": ("lt", "lte", "gt", "gte"),
 }
-_CONDITION_KEYS = frozenset({"attr", "field", "op", "value"})
+_CONDITION_KEYS = frozenset({"attr", "field", "category", "op", "value"})
+_KINDS = ("attr", "field", "category")
+CATEGORY_OPS = ("eq", "ne", "in")
+CATEGORY_CHOICES = (*schedule.FREQUENCIES, "default")
 
 
 class InvalidSegment(Problem):
@@ -95,19 +102,42 @@ class _Compiler:
             self.fail(where, f"a segment has at most {MAX_CONDITIONS} conditions")
         unknown = sorted(str(k)[:40] for k in node if k not in _CONDITION_KEYS)
         for key in unknown:
-            self.fail(f"{where}.{key}", "unknown key: a rule is all, any, not, or attr/field, op, value")
+            self.fail(
+                f"{where}.{key}", "unknown key: a rule is all, any, not, or attr/field/category, op, value"
+            )
         op = node.get("op")
         if op not in OPS:
             return self.fail(f"{where}.op", f"must be one of {', '.join(OPS)}")
-        if ("attr" in node) == ("field" in node):
-            return self.fail(where, "a condition names either `attr` or `field`")
+        if sum(kind in node for kind in _KINDS) != 1:
+            return self.fail(where, "a condition names one of `attr`, `field` or `category`")
         if op == "exists" and "value" in node:
             return self.fail(f"{where}.value", "`exists` takes no value")
         if op != "exists" and "value" not in node:
             return self.fail(f"{where}.value", "is required")
         if "attr" in node:
             return self.attribute(node["attr"], op, node.get("value"), where)
+        if "category" in node:
+            return self.category(node["category"], op, node.get("value"), where)
         return self.column(node["field"], op, node.get("value"), where)
+
+    def category(self, key: Any, op: str, value: Any, where: str) -> str:
+        if not isinstance(key, str) or not attributes.KEY.fullmatch(key):
+            return self.fail(f"{where}.category", attributes.KEY_RULE)
+        if op not in CATEGORY_OPS:
+            return self.fail(f"{where}.op", f"a category allows {', '.join(CATEGORY_OPS)}")
+        values = value if op == "in" else [value]
+        if (
+            not isinstance(values, list)
+            or not values
+            or len(values) > len(CATEGORY_CHOICES)
+            or any(v not in CATEGORY_CHOICES for v in values)
+        ):
+            shape = "a list of " if op == "in" else ""
+            return self.fail(f"{where}.value", f"must be {shape}one of {', '.join(CATEGORY_CHOICES)}")
+        chosen = f"coalesce({self.alias}.digest_categories -> {self.param(key, 'text')} ->> 'frequency', 'default')"
+        if op == "ne":
+            return f"{chosen} <> {self.param(value, 'text')}"
+        return f"{chosen} = ANY({self.param(list(values), 'text[]')})"
 
     def attribute(self, key: Any, op: str, value: Any, where: str) -> str:
         if not isinstance(key, str) or not attributes.KEY.fullmatch(key):

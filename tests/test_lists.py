@@ -209,6 +209,10 @@ async def test_newsletters_without_lists_still_go_to_the_default_list(
         ({"attr": "x", "op": "eq", "value": "a\u0000b"}, ["segment.value"]),
         ({"attr": "x", "op": "exists", "value": 1}, ["segment.value"]),
         ({"attr": "x", "field": "locale", "op": "eq", "value": 1}, ["segment"]),
+        ({"category": "news", "attr": "x", "op": "eq", "value": "off"}, ["segment"]),
+        ({"category": "news", "op": "gt", "value": "off"}, ["segment.op"]),
+        ({"category": "news", "op": "eq", "value": "sometimes"}, ["segment.value"]),
+        ({"category": "News'--", "op": "eq", "value": "off"}, ["segment.category"]),
         ({"attr": "x", "op": "eq", "value": 1, "sql": "1=1"}, ["segment.sql"]),
         ({"all": "x"}, ["segment.all"]),
         ({"any": []}, ["segment.any"]),
@@ -287,6 +291,19 @@ async def test_every_operator_selects_what_it_says(
     assert await who({"field": "locale", "op": "eq", "value": "de"}) == 1
     assert await who({"field": "timezone", "op": "in", "value": ["Europe/Berlin", "UTC"]}) == 3
     assert await who({"field": "created_at", "op": "lt", "value": "2021-01-01"}) == 1
+    # Category preferences: what each member chose for a category ("default": nothing chosen).
+    await pool.execute(
+        """UPDATE accounts SET digest_categories = '{"community": {"frequency": "off"}}'
+           WHERE external_id = 'ann'"""
+    )
+    await pool.execute(
+        """UPDATE accounts SET digest_categories = '{"community": {"frequency": "weekly"}}'
+           WHERE external_id = 'bob'"""
+    )
+    assert await who({"category": "community", "op": "eq", "value": "off"}) == 1
+    assert await who({"category": "community", "op": "ne", "value": "off"}) == 2
+    assert await who({"category": "community", "op": "in", "value": ["weekly", "default"]}) == 2
+    assert await who({"category": "events", "op": "eq", "value": "default"}) == 3
     assert (
         await who(
             {"all": [{"field": "created_at", "op": "gte", "value": "2021-01-01T00:00:00+00:00"}, GERMANY]}
