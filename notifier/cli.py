@@ -299,13 +299,14 @@ async def cmd_members(args: argparse.Namespace) -> int:
     settings.require_services()
     if args.opt_in and not args.consent_wording:
         raise ConfigError("--opt-in needs --consent-wording TEXT: the words the members agreed to")
-    if args.consent_wording and not args.opt_in:
-        raise ConfigError("--consent-wording goes with --opt-in")
+    if (args.consent_wording or args.list) and not args.opt_in:
+        raise ConfigError("--consent-wording and --list go with --opt-in")
     return await cli_import(
         settings,
         Path(args.file),
         maps=args.map,
         opt_in_wording=args.consent_wording if args.opt_in else None,
+        opt_in_list=args.list,
         dry_run=args.dry_run,
         report_path=Path(args.errors) if args.errors else None,
     )
@@ -475,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dry-run", action="store_true", help="check and count everything; write nothing")
     m.add_argument(
         "--opt-in", action="store_true", help="opt the members in to the newsletter (source import)"
+    )
+    m.add_argument(
+        "--list", metavar="KEY", help="with --opt-in: the list to opt them in to (default: the newsletter)"
     )
     m.add_argument(
         "--consent-wording", metavar="TEXT", help="with --opt-in: the wording the members agreed to"

@@ -37,11 +37,11 @@ from typing import IO, Any
 import asyncpg
 from pydantic import TypeAdapter, ValidationError
 
-from notifier import attributes, audit, schedule
+from notifier import attributes, audit, lists, schedule
 from notifier.accounts import NewAccount
 from notifier.consent import WORDING, WORDING_VERSION
 from notifier.db import Q
-from notifier.errors import FieldError
+from notifier.errors import FieldError, Problem
 from notifier.preferences import Preferences
 from notifier.settings import Settings
 from notifier.validation import Email, ExternalId, Locale, Name, TimeZone, check_one_line, errors_of
@@ -111,9 +111,11 @@ class ImportResult:
 
 @dataclass(frozen=True)
 class OptIn:
-    """Opt the imported members in to the newsletter, recording this wording as their consent."""
+    """Opt the imported members in to a list (None: the newsletter, the default list), recording
+    this wording as their consent."""
 
     wording: str
+    list_key: str | None = None
 
     @property
     def version(self) -> str | None:
@@ -358,9 +360,27 @@ async def _merge(
     await _follow_timezones(conn, updated["moved"])
     result.created = await _register(conn, import_id, actor)
     if opt_in is not None:
-        opted = await conn.fetchrow(
-            Q.import_opt_in, import_id, actor.type, actor.name, opt_in.wording, opt_in.version
-        )
+        target = None
+        if opt_in.list_key is not None:
+            try:
+                (target,) = await lists.resolve(conn, [opt_in.list_key], "list")
+            except Problem as exc:
+                raise ImportRefused((exc.errors or [{"message": exc.detail}])[0]["message"]) from None
+        if target is None or target["is_default"]:
+            opted = await conn.fetchrow(
+                Q.import_opt_in, import_id, actor.type, actor.name, opt_in.wording, opt_in.version
+            )
+        else:
+            opted = await conn.fetchrow(
+                Q.import_list_opt_in,
+                import_id,
+                actor.type,
+                actor.name,
+                target["id"],
+                opt_in.wording,
+                None,
+                target["key"],
+            )
         result.opted_in, result.kept_out = opted["opted_in"], opted["kept_out"]
     result.failed = await conn.fetchval(Q.import_failed_count, import_id)
 
@@ -429,6 +449,7 @@ async def cli_import(
     *,
     maps: Sequence[str] = (),
     opt_in_wording: str | None = None,
+    opt_in_list: str | None = None,
     dry_run: bool = False,
     report_path: Path | None = None,
 ) -> int:
@@ -457,7 +478,7 @@ async def cli_import(
                         source=path.name,
                         actor=ACTOR,
                         maps=parsed,
-                        opt_in=OptIn(opt_in_wording) if opt_in_wording is not None else None,
+                        opt_in=OptIn(opt_in_wording, opt_in_list) if opt_in_wording is not None else None,
                         dry_run=dry_run,
                         progress=show,
                         total_bytes=os.fstat(file.fileno()).st_size,

@@ -133,9 +133,42 @@ async def test_opt_in_records_consent_and_leaves_members_who_opted_out(
         " WHERE a.external_id = 'm-1'"
     )
     assert tuple(consent) == (True, "import", "Yes, send me the newsletter")
+    default_list = await pool.fetchval("SELECT id FROM lists WHERE is_default")
+    assert await pool.fetchval("SELECT list_id FROM consents WHERE source = 'import'") == default_list
     assert await pool.fetchval("SELECT newsletter FROM accounts WHERE external_id = 'm-9'") is False
     again = await run(pool, member_csv(rows), opt_in=OptIn("Yes, send me the newsletter"))
     assert again.opted_in == 0 and not again.changed
+
+
+async def test_opt_in_to_another_list_records_its_consent_and_leaves_who_left_it(
+    pool: asyncpg.Pool, factory: Factory
+) -> None:
+    offers = await pool.fetchval("INSERT INTO lists (key, name) VALUES ('offers', 'Offers') RETURNING id")
+    left = await factory.account(external_id="m-9", email="left@example.com", name="Left")
+    await pool.execute(
+        "INSERT INTO consents (account_id, topic, granted, source, list_id) VALUES ($1, 'list', false, 'one-click', $2)",
+        left["id"],
+        offers,
+    )
+    rows = [["m-1", "ada@example.com", "Ada", "UTC"], ["m-9", "left@example.com", "Left", "UTC"]]
+    result = await run(pool, member_csv(rows), opt_in=OptIn("Yes, send me offers", "offers"))
+    assert (result.opted_in, result.kept_out) == (1, 1)
+    members = await pool.fetch(
+        "SELECT a.external_id FROM list_members m JOIN accounts a ON a.id = m.account_id"
+        " WHERE m.list_id = $1 AND m.subscribed",
+        offers,
+    )
+    assert [m["external_id"] for m in members] == ["m-1"]
+    consent = await pool.fetchrow(
+        "SELECT c.topic, c.granted, c.source, c.wording, c.list_id FROM consents c"
+        " JOIN accounts a ON a.id = c.account_id WHERE a.external_id = 'm-1'"
+    )
+    assert tuple(consent) == ("list", True, "import", "Yes, send me offers", offers)
+    assert await pool.fetchval("SELECT newsletter FROM accounts WHERE external_id = 'm-1'") is False
+    again = await run(pool, member_csv(rows), opt_in=OptIn("Yes, send me offers", "offers"))
+    assert again.opted_in == 0 and not again.changed
+    with pytest.raises(ImportRefused, match="no list"):
+        await run(pool, member_csv(rows), opt_in=OptIn("Yes", "nope"))
 
 
 async def test_columns_map_by_name_and_the_file_is_refused_whole_when_it_cannot_be_read(

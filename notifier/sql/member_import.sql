@@ -119,9 +119,9 @@ FROM unnest($1::bigint[], $2::timestamptz[]) AS m (id, due)
 WHERE a.id = m.id;
 
 -- name: import_opt_in
--- Opt the imported members in to the newsletter with the consent wording ($4, $5) and source
--- `import`, as `preferences.apply_preferences` records an opt-in; members who ever opted out are
--- left out (an import must not overrule a member's own choice) and counted.
+-- Opt the imported members in to the newsletter (the default list) with the consent wording
+-- ($4, $5) and source `import`, as `preferences.apply_preferences` records an opt-in; members who
+-- ever opted out are left out (an import must not overrule a member's own choice) and counted.
 WITH members AS (
     SELECT a.id, a.newsletter,
            EXISTS (SELECT 1 FROM consents c
@@ -133,8 +133,8 @@ WITH members AS (
     FROM members m WHERE a.id = m.id AND NOT m.newsletter AND NOT m.refused
     RETURNING a.id
 ), consented AS (
-    INSERT INTO consents (account_id, granted, source, wording, wording_version)
-    SELECT id, true, 'import', $4, $5 FROM updated
+    INSERT INTO consents (account_id, topic, granted, source, wording, wording_version, list_id)
+    SELECT id, 'newsletter', true, 'import', $4, $5, (SELECT id FROM lists WHERE is_default) FROM updated
 ), audited AS (
     INSERT INTO audit_log (account_id, actor_type, actor, action, changes)
     SELECT id, $2, $3, 'preferences.update',
@@ -164,3 +164,32 @@ WHERE id = $1;
 -- name: recent_imports
 SELECT id, actor_type, actor, source, created, updated, unchanged, failed, opted_in, started_at, finished_at
 FROM imports ORDER BY id DESC LIMIT $1;
+
+-- name: import_list_opt_in
+-- The same for another list ($4, its key $7): membership, a consent row naming the list, an audit
+-- row `lists.update`; members who ever left that list are left out and counted. On a list with
+-- double opt-in an imported member counts once confirmed, as any other opt-in to it.
+WITH members AS (
+    SELECT a.id, coalesce(lm.subscribed, false) AS subscribed,
+           EXISTS (SELECT 1 FROM consents c
+                   WHERE c.account_id = a.id AND c.list_id = $4 AND NOT c.granted) AS refused
+    FROM import_rows r
+    JOIN accounts a ON a.external_id = r.external_id
+    LEFT JOIN list_members lm ON lm.list_id = $4 AND lm.account_id = a.id
+    WHERE r.import_id = $1
+), updated AS (
+    INSERT INTO list_members (list_id, account_id, subscribed)
+    SELECT $4, id, true FROM members WHERE NOT subscribed AND NOT refused
+    ON CONFLICT (list_id, account_id) DO UPDATE SET subscribed = true, updated_at = now()
+    RETURNING account_id AS id
+), consented AS (
+    INSERT INTO consents (account_id, topic, granted, source, wording, wording_version, list_id)
+    SELECT id, 'list', true, 'import', $5, $6, $4 FROM updated
+), audited AS (
+    INSERT INTO audit_log (account_id, actor_type, actor, action, changes)
+    SELECT id, $2, $3, 'lists.update',
+           jsonb_build_object($7::text, jsonb_build_object('before', false, 'after', true), 'source', 'import')
+    FROM updated
+)
+SELECT (SELECT count(*) FROM updated)::int AS opted_in,
+       (SELECT count(*) FROM members WHERE NOT subscribed AND refused)::int AS kept_out;
