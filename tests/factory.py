@@ -84,3 +84,24 @@ class Factory:
             first + n - 1,
             *fields.values(),
         )
+
+    async def console_user(self, role: str = "marketing", **fields: Any) -> asyncpg.Record:
+        """Insert a console user with `role` (invited); any column may be overridden."""
+        n = next(_seq)
+        row: dict[str, Any] = {
+            "email": f"{role}{n}@example.org",
+            "name": f"{role.title()} Person {n}",
+            "role": role,
+            "invited_by": "system:tests",
+            **fields,
+        }
+        return await self._insert("console_users", row)
+
+    async def newsletter(self, **fields: Any) -> asyncpg.Record:
+        """Insert a newsletter (a draft unless `status` says otherwise); any column may be overridden."""
+        row: dict[str, Any] = {
+            "subject": f"Newsletter {next(_seq)}",
+            "body": "Hello {{ first_name }}",
+            **fields,
+        }
+        return await self._insert("newsletters", row)

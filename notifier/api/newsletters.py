@@ -220,7 +220,7 @@ async def test_send(request: web.Request) -> web.Response:
             request.app[SETTINGS],
             row["id"],
             addresses,
-            api_key_of(request).id,
+            f"key:{api_key_of(request).id}",
         )
     except newsletter_test_send.RecipientsRefused as exc:
         errors = [

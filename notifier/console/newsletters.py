@@ -22,7 +22,6 @@ from notifier.console import chart as console_chart
 from notifier.console.ui import (
     form_of,
     number,
-    page,
     pool_of,
     redirect,
     redis_of,
@@ -80,7 +79,6 @@ async def _newsletter(request: web.Request) -> asyncpg.Record:
     return row
 
 
-@page("newsletters")
 async def index(request: web.Request) -> web.Response:
     """GET /console/newsletters: every newsletter, newest first, with status and figures."""
     rows = await pool_of(request).fetch(Q.console_newsletters, LIST_LIMIT)
@@ -130,14 +128,12 @@ async def _compose(
     )
 
 
-@page("newsletters")
 async def new(request: web.Request) -> web.Response:
     """GET /console/newsletters/new: an empty compose form."""
     form = {"subject": "", "preheader": "", "body": "Hello {{ first_name }},\n\n", "body_format": "markdown"}
     return await _compose(request, row=None, form=form, errors={})
 
 
-@page("newsletters")
 async def create(request: web.Request) -> web.Response:
     """POST /console/newsletters/new: preview (action=preview) or save a new draft."""
     form = await form_of(request)
@@ -151,7 +147,6 @@ async def create(request: web.Request) -> web.Response:
     raise redirect(f"/console/newsletters/{row['id']}", "created")
 
 
-@page("newsletters")
 async def show(request: web.Request) -> web.Response:
     """GET /console/newsletters/{id}: edit a draft, or follow and read the figures of the rest."""
     row = await _newsletter(request)
@@ -179,7 +174,6 @@ async def show(request: web.Request) -> web.Response:
     )
 
 
-@page("newsletters")
 async def save(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}: preview (action=preview) or save the draft."""
     row = await _newsletter(request)
@@ -198,7 +192,6 @@ async def save(request: web.Request) -> web.Response:
     raise redirect(f"/console/newsletters/{row['id']}", "saved")
 
 
-@page("newsletters")
 async def live_preview(request: web.Request) -> web.Response:
     """POST /console/newsletters/preview: the form as it stands, rendered, as JSON for the live
     preview script: `{subject, html}`, or 422 with `errors` naming every field that is wrong
@@ -216,7 +209,6 @@ async def live_preview(request: web.Request) -> web.Response:
     return json_response(200, {"subject": subject, "html": html})
 
 
-@page("newsletters")
 async def test_send(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}/test: the newsletter as it stands to up to 10 addresses."""
     row = await _newsletter(request)
@@ -241,7 +233,7 @@ async def test_send(request: web.Request) -> web.Response:
             settings_of(request),
             row["id"],
             addresses,
-            session_of(request).key_id,
+            session_of(request).quota_owner,
         )
     except newsletter_test_send.RecipientsRefused as exc:
         reasons = "; ".join(f"{addresses[r.index]} {r.message}" for r in exc.refusals)
@@ -262,7 +254,6 @@ def _when(form: Mapping[str, str]) -> datetime | None:
     return parse_instant(form.get("at", ""), naive="utc")
 
 
-@page("newsletters")
 async def send(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}/send: send now, or schedule (`when=later`, `at` in UTC)."""
     row = await _newsletter(request)
@@ -289,7 +280,6 @@ async def send(request: web.Request) -> web.Response:
     raise redirect(f"/console/newsletters/{row['id']}", "scheduled")
 
 
-@page("newsletters")
 async def unschedule(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}/unschedule: back to draft."""
     row = await _newsletter(request)
@@ -301,7 +291,6 @@ async def unschedule(request: web.Request) -> web.Response:
     raise redirect(f"/console/newsletters/{row['id']}", "unscheduled")
 
 
-@page("newsletters")
 async def cancel(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}/cancel: nobody not yet sent to gets it."""
     row = await _newsletter(request)
@@ -310,16 +299,3 @@ async def cancel(request: web.Request) -> web.Response:
     except newsletter.StateConflict:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; it cannot be cancelled.") from None
     raise redirect(f"/console/newsletters/{row['id']}", "cancelled")
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/newsletters", index)
-    app.router.add_get("/newsletters/new", new)
-    app.router.add_post("/newsletters/new", create)
-    app.router.add_post("/newsletters/preview", live_preview)
-    app.router.add_get("/newsletters/{id}", show)
-    app.router.add_post("/newsletters/{id}", save)
-    app.router.add_post("/newsletters/{id}/test", test_send)
-    app.router.add_post("/newsletters/{id}/send", send)
-    app.router.add_post("/newsletters/{id}/unschedule", unschedule)
-    app.router.add_post("/newsletters/{id}/cancel", cancel)
