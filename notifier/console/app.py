@@ -2,7 +2,7 @@
 
 This module holds ROUTES, the one table of every console route and who may open it, the home
 page, static files and the development mailbox. Sign-in and sessions are in `console.sign_in`
-(with `console.sessions`), the pages in `console.newsletters`, `members`, `deliverability`,
+(with `console.sessions` and `console.oidc`), the pages in `console.newsletters`, `members`, `deliverability`,
 `complaints`, `webhooks` and `users`; `console.ui` holds the middleware that refuses a request
 whose route's declared access the session lacks.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from notifier.console import complaints, deliverability, members, sign_in, users, webhooks
+from notifier.console import complaints, deliverability, members, oidc, sign_in, users, webhooks
 from notifier.console import newsletters as console_newsletters
 from notifier.console.sessions import Access
 from notifier.console.ui import (
@@ -128,6 +128,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/sign-in/link", sign_in.ask_for_link, "public"),
     Route("GET", "/sign-in/link", sign_in.link_page, "public"),
     Route("POST", "/sign-in/link/use", sign_in.use_link, "public"),
+    Route("GET", "/sign-in/oidc", oidc.start, "public"),
+    Route("GET", "/sign-in/oidc/callback", oidc.callback, "public"),
     Route("POST", "/sign-out", sign_in.sign_out, "signed-in"),
     Route("GET", "/sessions", sign_in.my_sessions, "signed-in"),
     Route("POST", "/sessions/sign-out-everywhere", sign_in.sign_out_everywhere, "signed-in"),
