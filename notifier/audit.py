@@ -27,6 +27,14 @@ class Actor:
         return f"{self.type}:{self.name}"
 
 
+def person_of(actor: str) -> str:
+    """The person behind an actor as stored (`str(Actor)`): a console user's without the role
+    they had (`console:ada@example.org (marketing)` → `console:ada@example.org`), others whole."""
+    if actor.startswith("console:"):
+        return actor.split(" (", 1)[0]
+    return actor
+
+
 SYSTEM = Actor("system", "notifier")
 MEMBER = Actor("member", "signed link")
 

@@ -22,7 +22,8 @@ from typing import Any, Literal, get_args
 
 import asyncpg
 
-from notifier import consent, queues
+from notifier import audit, consent, queues
+from notifier.audit import Actor
 from notifier.db import Q
 from notifier.mail import outbox, render
 from notifier.mail.newsletter_render import Draft, PreparedCache, TemplateProblem, sample_personal
@@ -118,21 +119,77 @@ async def schedule(
     return row
 
 
+class NotAllowed(Exception):
+    """The person may not do this to the newsletter (four-eyes: the author approving their own)."""
+
+
+class _Held(Exception):
+    """Raised inside `start`'s transaction to undo a start that needed an approval."""
+
+
+def needs_approval(settings: Settings, recipients: int, row: Mapping[str, Any]) -> bool:
+    """Four-eyes sending: with NOTIFIER_FOUR_EYES_RECIPIENTS set, a newsletter to more than that
+    many recipients needs a second person's approval before it can start."""
+    limit = settings.four_eyes_recipients
+    return limit is not None and recipients > limit and row["approved_at"] is None
+
+
+async def approve(conn: asyncpg.Connection, newsletter_id: int, actor: Actor) -> asyncpg.Record:
+    """Record `actor`'s approval (call inside a transaction; audited as `newsletter.approved`).
+    Raises NotAllowed when `actor` is the person who wrote or last edited it, StateConflict when
+    it is past scheduling."""
+    row = await get(conn, newsletter_id)
+    if row is None or row["status"] not in ("draft", "scheduled"):
+        raise StateConflict("only a draft or scheduled newsletter can be approved")
+    me = audit.person_of(str(actor))
+    if me in {audit.person_of(row["created_by"] or ""), audit.person_of(row["updated_by"] or "")}:
+        raise NotAllowed("the author of a newsletter cannot approve it; a second person must")
+    approved: asyncpg.Record = await conn.fetchrow(Q.approve_newsletter, newsletter_id, str(actor))
+    await audit.record(conn, None, actor, "newsletter.approved", {"newsletter_id": newsletter_id})
+    return approved
+
+
+async def audience_size(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> int:
+    """How many members the newsletter would go to if it started now: the fan-out itself, in a
+    transaction that is rolled back (so there is one definition of the audience)."""
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            await conn.execute(
+                Q.fan_out_newsletter, newsletter_id, queues.BULK, settings.newsletter_double_opt_in
+            )
+            count: int = await conn.fetchval(Q.newsletter_fan_out_count, newsletter_id)
+            return count
+        finally:
+            await transaction.rollback()
+
+
 async def start(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> int | None:
     """Move a draft or scheduled newsletter to `sending` and freeze its audience, atomically.
 
     Idempotent and safe under concurrency: of any number of callers one does the work; the others
     (and calls on a newsletter already started, sent or cancelled) return None. Returns the number
-    of recipients otherwise.
+    of recipients otherwise. A newsletter that needs an approval it lacks (`needs_approval`) does
+    not start: it goes back to draft, and the answer is None.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        started = await conn.fetchrow(Q.start_newsletter, newsletter_id)
-        if started is None:
-            return None
-        await conn.execute(
-            Q.fan_out_newsletter, newsletter_id, queues.BULK, settings.newsletter_double_opt_in
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            started = await conn.fetchrow(Q.start_newsletter, newsletter_id)
+            if started is None:
+                return None
+            await conn.execute(
+                Q.fan_out_newsletter, newsletter_id, queues.BULK, settings.newsletter_double_opt_in
+            )
+            recipients: int = await conn.fetchval(Q.set_newsletter_recipients, newsletter_id)
+            if needs_approval(settings, recipients, started):
+                raise _Held
+    except _Held:
+        await pool.execute(Q.hold_newsletter, newsletter_id)
+        log.warning(
+            "newsletter %s held: %s recipients need a second person's approval", newsletter_id, recipients
         )
-        recipients: int = await conn.fetchval(Q.set_newsletter_recipients, newsletter_id)
+        return None
     log.info("newsletter %s sending to %s recipients", newsletter_id, recipients)
     return recipients
 

@@ -142,6 +142,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/newsletters/{id}", _news.save, "marketing"),
     Route("POST", "/newsletters/{id}/test", _news.test_send, "marketing"),
     Route("POST", "/newsletters/{id}/send", _news.send, "marketing"),
+    Route("POST", "/newsletters/{id}/approve", _news.approve, "marketing"),
     Route("POST", "/newsletters/{id}/unschedule", _news.unschedule, "marketing"),
     Route("POST", "/newsletters/{id}/cancel", _news.cancel, "marketing"),
     # support: members

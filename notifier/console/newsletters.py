@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier import newsletter, newsletter_test_send, queues
+from notifier import audit, newsletter, newsletter_test_send, queues
 from notifier.api.newsletters import MAX_BODY_CHARS, NewsletterIn, TestSendIn
 from notifier.api.responses import json_response
 from notifier.console import chart as console_chart
@@ -26,6 +26,7 @@ from notifier.console.ui import (
     redirect,
     redis_of,
     render,
+    require_fresh,
     session_of,
     settings_of,
 )
@@ -125,7 +126,18 @@ async def _compose(
         preview_subject=subject,
         preview_html=html,
         preview_errors=render_errors,
+        **_approval(request, row),
     )
+
+
+def _approval(request: web.Request, row: asyncpg.Record | None) -> dict[str, Any]:
+    """What the approval panel needs: the four-eyes limit (None: off) and whether this person may
+    approve (not the author or last editor)."""
+    me = audit.person_of(str(session_of(request).actor))
+    authors = (
+        {audit.person_of(row["created_by"] or ""), audit.person_of(row["updated_by"] or "")} if row else set()
+    )
+    return {"four_eyes": settings_of(request).four_eyes_recipients, "may_approve": me not in authors}
 
 
 async def new(request: web.Request) -> web.Response:
@@ -171,6 +183,7 @@ async def show(request: web.Request) -> web.Response:
         chart=chart,
         legend=console_chart.legend(),
         preview_html=html,
+        **_approval(request, row),
     )
 
 
@@ -269,6 +282,7 @@ async def send(request: web.Request) -> web.Response:
         raise web.HTTPUnprocessableEntity(
             text="The newsletter does not render: " + "; ".join(render_errors.values())
         )
+    await _check_send(request, row)
     now = datetime.now(UTC)
     try:
         await newsletter.schedule(pool_of(request), row["id"], at or now, str(session_of(request).actor))
@@ -278,6 +292,38 @@ async def send(request: web.Request) -> web.Response:
         await redis_of(request).enqueue_job(queues.NEWSLETTER_START_JOB, row["id"], _queue_name=queues.BULK)
         raise redirect(f"/console/newsletters/{row['id']}", "sending")
     raise redirect(f"/console/newsletters/{row['id']}", "scheduled")
+
+
+async def _check_send(request: web.Request, row: asyncpg.Record) -> None:
+    """Before a send: four-eyes (409 without a second person's approval above
+    NOTIFIER_FOUR_EYES_RECIPIENTS) and a fresh sign-in above NOTIFIER_CONSOLE_FRESH_RECIPIENTS.
+    The audience is counted only when one of them may apply."""
+    settings = settings_of(request)
+    if settings.four_eyes_recipients is None and session_of(request).fresh(settings):
+        return
+    recipients = await newsletter.audience_size(pool_of(request), settings, row["id"])
+    if newsletter.needs_approval(settings, recipients, row):
+        raise web.HTTPConflict(
+            text=f"This newsletter would go to {recipients:,} recipients: above "
+            f"{settings.four_eyes_recipients:,} it needs a second person's approval before it is sent."
+        )
+    if recipients > settings.console_fresh_recipients:
+        require_fresh(request, f"/console/newsletters/{row['id']}")
+
+
+async def approve(request: web.Request) -> web.Response:
+    """POST /console/newsletters/{id}/approve: a second person approves (four-eyes sending)."""
+    row = await _newsletter(request)
+    try:
+        async with pool_of(request).acquire() as conn, conn.transaction():
+            await newsletter.approve(conn, row["id"], session_of(request).actor)
+    except newsletter.NotAllowed as exc:
+        raise web.HTTPForbidden(text=f"{exc}.") from None
+    except newsletter.StateConflict:
+        raise web.HTTPConflict(
+            text=f"The newsletter is {row['status']}; it can no longer be approved."
+        ) from None
+    raise redirect(f"/console/newsletters/{row['id']}", "approved")
 
 
 async def unschedule(request: web.Request) -> web.Response:

@@ -8,9 +8,24 @@ RETURNING *;
 -- name: update_newsletter_draft
 -- Only a draft can be edited; a scheduled one goes back to draft by cancelling its schedule.
 UPDATE newsletters
-SET subject = $2, preheader = $3, body = $4, body_format = $5, updated_by = $6, updated_at = now()
+SET subject = $2, preheader = $3, body = $4, body_format = $5, updated_by = $6, updated_at = now(),
+    approved_by = NULL, approved_at = NULL  -- an approval is of what was read: an edit needs a new one
 WHERE id = $1 AND status = 'draft'
 RETURNING *;
+
+-- name: approve_newsletter
+-- Four-eyes sending: a second person's approval of a draft or scheduled newsletter.
+UPDATE newsletters SET approved_by = $2, approved_at = now()
+WHERE id = $1 AND status IN ('draft', 'scheduled')
+RETURNING *;
+
+-- name: hold_newsletter
+-- A newsletter that needed an approval it did not have goes back to draft instead of starting.
+UPDATE newsletters SET status = 'draft', scheduled_at = NULL, updated_at = now()
+WHERE id = $1 AND status IN ('draft', 'scheduled');
+
+-- name: newsletter_fan_out_count
+SELECT count(*) FROM emails WHERE newsletter_id = $1 AND kind = 'newsletter';
 
 -- name: get_newsletter
 SELECT * FROM newsletters WHERE id = $1;
