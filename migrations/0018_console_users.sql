@@ -19,6 +19,7 @@ CREATE UNIQUE INDEX console_users_email_idx ON console_users (email);
 CREATE TABLE console_sign_in_links (
     token_hash   bytea PRIMARY KEY,
     user_id      bigint NOT NULL REFERENCES console_users (id) ON DELETE CASCADE,
+    next_path    text NOT NULL DEFAULT '/console/',  -- the console page to land on after sign-in
     created_at   timestamptz NOT NULL DEFAULT now(),
     expires_at   timestamptz NOT NULL,
     used_at      timestamptz

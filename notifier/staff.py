@@ -156,16 +156,18 @@ def link_hash(token: str, nonce: str) -> bytes:
     return hashlib.sha256(f"{token}:{nonce}".encode()).digest()
 
 
-async def send_link(conn: asyncpg.Connection, public_url: str, email: str, nonce: str) -> bool:
-    """Queue a sign-in link for `email` bound to `nonce` when the address is an invited or active
-    user (call inside a transaction; ring the service queue after commit). True when a link was
+async def send_link(
+    conn: asyncpg.Connection, public_url: str, email: str, nonce: str, next_path: str = "/console/"
+) -> bool:
+    """Queue a sign-in link for `email` bound to `nonce` (landing on `next_path`, a console path
+    the caller checked) when the address is an invited or active user (call inside a transaction; ring the service queue after commit). True when a link was
     queued; the caller answers the same either way, so nobody learns who is a user."""
     user = await by_email(conn, email)
     if user is None or user["status"] == "disabled":
         return False
     token = secrets.token_urlsafe(32)
     await conn.execute(Q.staff_purge_links)
-    await conn.execute(Q.staff_insert_link, link_hash(token, nonce), user["id"], LINK_SECONDS)
+    await conn.execute(Q.staff_insert_link, link_hash(token, nonce), user["id"], LINK_SECONDS, next_path)
     await _mail(
         conn,
         user,
@@ -177,7 +179,8 @@ async def send_link(conn: asyncpg.Connection, public_url: str, email: str, nonce
 
 
 async def use_link(conn: asyncpg.Connection | asyncpg.Pool, token: str, nonce: str) -> asyncpg.Record | None:
-    """The user a magic link signs in, marking the link used; None when the link is unknown, used,
+    """The user a magic link signs in (with `next_path`, where to land), marking the link used;
+    None when the link is unknown, used,
     expired, asked for by another browser, or its user disabled."""
     if not token or not nonce or len(token) > 100 or len(nonce) > 100:
         return None

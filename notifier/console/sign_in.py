@@ -200,7 +200,9 @@ async def ask_for_link(request: web.Request) -> web.Response:
         return response
     nonce = text_cookie(request, LINK_COOKIE) or secrets.token_urlsafe(24)
     async with pool_of(request).acquire() as conn, conn.transaction():
-        sent = await staff.send_link(conn, settings_of(request).public_url, email, nonce)
+        sent = await staff.send_link(
+            conn, settings_of(request).public_url, email, nonce, safe_next(form.get("next"))
+        )
     if sent:
         await outbox.ring(redis, queues.SERVICE)
     response = render(request, "link_sent.html", next=safe_next(form.get("next")))
@@ -232,7 +234,7 @@ async def use_link(request: web.Request) -> web.Response:
             "asked for in another browser. Ask for a new one here.",
             status=401,
         )
-    response = await open_user_session(request, user, "link", None)
+    response = await open_user_session(request, user, "link", safe_next(user["next_path"]))
     response.del_cookie(LINK_COOKIE, path="/console")
     raise response
 

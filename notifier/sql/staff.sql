@@ -25,8 +25,8 @@ RETURNING id, email, name, role, status;
 DELETE FROM console_sign_in_links WHERE expires_at < now() - interval '1 day';
 
 -- name: staff_insert_link
-INSERT INTO console_sign_in_links (token_hash, user_id, expires_at)
-VALUES ($1, $2, now() + make_interval(secs => $3));
+INSERT INTO console_sign_in_links (token_hash, user_id, expires_at, next_path)
+VALUES ($1, $2, now() + make_interval(secs => $3), $4);
 
 -- name: staff_use_link
 -- Spend a link once: unused, unexpired, its user not disabled.
@@ -34,7 +34,7 @@ UPDATE console_sign_in_links l SET used_at = now()
 FROM console_users u
 WHERE l.token_hash = $1 AND l.used_at IS NULL AND l.expires_at > now()
   AND u.id = l.user_id AND u.status <> 'disabled'
-RETURNING u.id, u.email, u.name, u.role, u.status;
+RETURNING u.id, u.email, u.name, u.role, u.status, l.next_path;
 
 -- name: staff_signed_in
 UPDATE console_users
