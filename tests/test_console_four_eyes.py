@@ -60,12 +60,15 @@ async def test_a_large_newsletter_needs_a_second_persons_approval(
     assert approved.status == 303
     row = await pool.fetchrow("SELECT approved_by, approved_at FROM newsletters")
     assert row["approved_by"] == "console:bob@example.org (marketing)" and row["approved_at"] is not None
-    audit_row = await pool.fetchrow("SELECT actor, action, changes, console_user_id FROM audit_log")
-    assert (audit_row["action"], audit_row["console_user_id"]) == ("newsletter.approved", second["id"])
-    assert (
-        "Approved by console:bob@example.org (marketing)"
-        in await (await client.get(path, headers=ann)).text()
+    audit_row = await pool.fetchrow(
+        "SELECT actor, action, changes, console_user_id FROM audit_log WHERE action = 'newsletter.approved'"
     )
+    assert (audit_row["action"], audit_row["console_user_id"]) == ("newsletter.approved", second["id"])
+    shown = await (await client.get(path, headers=ann)).text()
+    assert "Approved by console:bob@example.org (marketing)" in shown
+    # The newsletter's history names each person: who wrote it, who approved it.
+    assert "Bob Second (bob@example.org (marketing))" in shown
+    assert f"{author['name']} (ann@example.org (marketing))" in shown
 
     sent = await _post(client, ann, f"{path}/send", when="now")
     assert sent.status == 303

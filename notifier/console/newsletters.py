@@ -126,18 +126,23 @@ async def _compose(
         preview_subject=subject,
         preview_html=html,
         preview_errors=render_errors,
-        **_approval(request, row),
+        **await _approval(request, row),
     )
 
 
-def _approval(request: web.Request, row: asyncpg.Record | None) -> dict[str, Any]:
-    """What the approval panel needs: the four-eyes limit (None: off) and whether this person may
-    approve (not the author or last editor)."""
+async def _approval(request: web.Request, row: asyncpg.Record | None) -> dict[str, Any]:
+    """What the approval and history panels need: the four-eyes limit (None: off), whether this
+    person may approve (not the author or last editor), and who did what to the newsletter."""
+    history = await pool_of(request).fetch(Q.console_newsletter_audit, row["id"], 50) if row else []
     me = audit.person_of(str(session_of(request).actor))
     authors = (
         {audit.person_of(row["created_by"] or ""), audit.person_of(row["updated_by"] or "")} if row else set()
     )
-    return {"four_eyes": settings_of(request).four_eyes_recipients, "may_approve": me not in authors}
+    return {
+        "four_eyes": settings_of(request).four_eyes_recipients,
+        "may_approve": me not in authors,
+        "history": history,
+    }
 
 
 async def new(request: web.Request) -> web.Response:
@@ -155,8 +160,27 @@ async def create(request: web.Request) -> web.Response:
     _, _, render_errors = await _preview(request, _draft_of(body))
     if render_errors:
         return await _compose(request, row=None, form=form, errors=render_errors, status=422)
-    row = await newsletter.create_draft(pool_of(request), _draft_of(body), str(session_of(request).actor))
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        row = await newsletter.create_draft(conn, _draft_of(body), str(session_of(request).actor))
+        await _audit(request, conn, row["id"], "created", subject=body.subject)
     raise redirect(f"/console/newsletters/{row['id']}", "created")
+
+
+async def _audit(
+    request: web.Request,
+    conn: asyncpg.Connection | asyncpg.Pool,
+    newsletter_id: int,
+    action: str,
+    **changes: Any,
+) -> None:
+    """Record what the person did to the newsletter (`newsletter.<action>`), shown on its page."""
+    await audit.record(
+        conn,
+        None,
+        session_of(request).actor,
+        f"newsletter.{action}",
+        {"newsletter_id": newsletter_id, **changes},
+    )
 
 
 async def show(request: web.Request) -> web.Response:
@@ -183,7 +207,7 @@ async def show(request: web.Request) -> web.Response:
         chart=chart,
         legend=console_chart.legend(),
         preview_html=html,
-        **_approval(request, row),
+        **await _approval(request, row),
     )
 
 
@@ -197,9 +221,13 @@ async def save(request: web.Request) -> web.Response:
     _, _, render_errors = await _preview(request, _draft_of(body, row["id"]))
     if render_errors:
         return await _compose(request, row=row, form=form, errors=render_errors, status=422)
-    updated = await newsletter.update_draft(
-        pool_of(request), _draft_of(body, row["id"]), str(session_of(request).actor)
-    )
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        updated = await newsletter.update_draft(
+            conn, _draft_of(body, row["id"]), str(session_of(request).actor)
+        )
+        if updated is not None:
+            changed = sorted(audit.diff(dict(row), body.model_dump()))
+            await _audit(request, conn, row["id"], "edited", fields=changed)
     if updated is None:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; only a draft can be edited.")
     raise redirect(f"/console/newsletters/{row['id']}", "saved")
@@ -285,7 +313,9 @@ async def send(request: web.Request) -> web.Response:
     await _check_send(request, row)
     now = datetime.now(UTC)
     try:
-        await newsletter.schedule(pool_of(request), row["id"], at or now, str(session_of(request).actor))
+        async with pool_of(request).acquire() as conn, conn.transaction():
+            await newsletter.schedule(conn, row["id"], at or now, str(session_of(request).actor))
+            await _audit(request, conn, row["id"], "scheduled", at=(at or now).isoformat())
     except newsletter.StateConflict:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; it cannot be sent again.") from None
     if at is None or at <= now:
@@ -329,7 +359,10 @@ async def approve(request: web.Request) -> web.Response:
 async def unschedule(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}/unschedule: back to draft."""
     row = await _newsletter(request)
-    updated = await newsletter.unschedule(pool_of(request), row["id"], str(session_of(request).actor))
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        updated = await newsletter.unschedule(conn, row["id"], str(session_of(request).actor))
+        if updated is not None:
+            await _audit(request, conn, row["id"], "unscheduled")
     if updated is None:
         raise web.HTTPConflict(
             text=f"The newsletter is {row['status']}; only a scheduled one can be unscheduled."
@@ -344,4 +377,5 @@ async def cancel(request: web.Request) -> web.Response:
         await newsletter.cancel(pool_of(request), row["id"], str(session_of(request).actor))
     except newsletter.StateConflict:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; it cannot be cancelled.") from None
+    await _audit(request, pool_of(request), row["id"], "cancelled")
     raise redirect(f"/console/newsletters/{row['id']}", "cancelled")

@@ -82,6 +82,13 @@ SELECT a.id, a.actor_type, a.actor, a.action, a.changes, a.created_at, u.name AS
 FROM audit_log a LEFT JOIN console_users u ON u.id = a.console_user_id
 WHERE a.account_id = $1 ORDER BY a.id DESC LIMIT $2;
 
+-- name: console_newsletter_audit
+-- Who did what to a newsletter in the console, newest first, with the person's name.
+SELECT a.actor_type, a.actor, a.action, a.changes, a.created_at, u.name AS person
+FROM audit_log a LEFT JOIN console_users u ON u.id = a.console_user_id
+WHERE a.account_id IS NULL AND a.action LIKE 'newsletter.%' AND a.changes->>'newsletter_id' = ($1::bigint)::text
+ORDER BY a.id DESC LIMIT $2;
+
 -- name: console_suppressions_for
 SELECT address_hash, list, reason, detail, created_at FROM suppressions WHERE address_hash = $1 ORDER BY list;
 
