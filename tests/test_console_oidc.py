@@ -190,3 +190,11 @@ async def test_without_settings_there_is_no_single_sign_on(
     async with TestClient(TestServer(create_app(plain))) as client:
         assert "Sign in with your organisation" not in await (await client.get("/console/sign-in")).text()
         assert (await client.get("/console/sign-in/oidc")).status == 404
+
+
+async def test_starting_sign_ins_is_throttled_per_client(client: Client, settings: Settings) -> None:
+    """Each start keeps a record in Redis for ten minutes, so a client cannot start without end."""
+    for _ in range(settings.console_link_per_client):
+        assert (await client.get("/console/sign-in/oidc", allow_redirects=False)).status == 303
+    throttled = await client.get("/console/sign-in/oidc", allow_redirects=False)
+    assert throttled.status == 429 and int(throttled.headers["Retry-After"]) > 0

@@ -177,6 +177,7 @@ def setup(app: web.Application) -> None:
     for route in ROUTES:
         access[console.router.add_route(route.method, route.path, route.handler)] = route.access
     console[ROUTE_ACCESS] = access
+    console[oidc.PROVIDERS] = {}
     app.router.add_get("/console", _to_home)
     app.add_subapp("/console", console)
 

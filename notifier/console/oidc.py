@@ -27,7 +27,7 @@ from joserfc import errors as jose_errors
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from notifier import staff
+from notifier import ratelimit, staff
 from notifier.api.headers import text_cookie
 from notifier.console import sign_in
 from notifier.console.ui import pool_of, redis_of, settings_of
@@ -53,9 +53,9 @@ class _Provider:
     fetched: float
 
 
-# Discovery documents and key sets by issuer, kept an hour; keys are fetched again once when a
-# token names a key that is not in the set (the issuer rotated its keys).
-_PROVIDERS: dict[str, _Provider] = {}
+# Discovery documents and key sets by issuer, kept on the console app for an hour; keys are
+# fetched again once when a token names a key that is not in the set (the issuer rotated them).
+PROVIDERS = web.AppKey("console_oidc_providers", dict[str, _Provider])
 
 
 def _redirect_uri(settings: Settings) -> str:
@@ -76,15 +76,16 @@ async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
 
 
 async def _provider(
-    session: aiohttp.ClientSession, settings: Settings, *, fresh_keys: bool = False
+    request: web.Request, session: aiohttp.ClientSession, *, fresh_keys: bool = False
 ) -> _Provider:
-    issuer = (settings.oidc_issuer or "").rstrip("/")
-    cached = _PROVIDERS.get(issuer)
+    providers = request.app[PROVIDERS]
+    issuer = (settings_of(request).oidc_issuer or "").rstrip("/")
+    cached = providers.get(issuer)
     if cached is None or time.monotonic() - cached.fetched > _CACHE_SECONDS:
         metadata = await _get_json(session, f"{issuer}/.well-known/openid-configuration")
         if metadata.get("issuer", "").rstrip("/") != issuer:
             raise Refused("the identity provider's discovery document names another issuer")
-        cached = _PROVIDERS[issuer] = _Provider(metadata, None, time.monotonic())
+        cached = providers[issuer] = _Provider(metadata, None, time.monotonic())
     if cached.keys is None or fresh_keys:
         cached.keys = KeySet.import_key_set(await _get_json(session, cached.metadata["jwks_uri"]))  # type: ignore[arg-type]
     return cached
@@ -106,7 +107,7 @@ async def start(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="Single sign-on is not set up for this console.")
     try:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
-            provider = await _provider(session, settings)
+            provider = await _provider(request, session)
     except (Refused, aiohttp.ClientError, TimeoutError, ValueError) as exc:
         log.warning("console OIDC discovery failed: %s", exc)
         return await sign_in.sign_in_form(
@@ -114,6 +115,18 @@ async def start(request: web.Request) -> web.Response:
             error="The identity provider cannot be reached. Try again, or ask for a link by e-mail.",
             status=503,
         )
+    # Each start keeps a record in Redis: counted with the sign-in links asked for per client.
+    wait = await sign_in.link_windows(request)[1].take(
+        redis_of(request), ratelimit.client_key(request.remote)
+    )
+    if wait:
+        response = await sign_in.sign_in_form(
+            request,
+            error=f"Too many sign-ins started here: try again in {max(1, round(wait / 60))} minute(s).",
+            status=429,
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
     state, nonce, verifier, binding = (secrets.token_urlsafe(32) for _ in range(4))
     flow = {
         "nonce": nonce,
@@ -170,18 +183,19 @@ async def _exchange(
 
 
 async def verified_claims(
-    session: aiohttp.ClientSession, settings: Settings, id_token: str, nonce: str
+    request: web.Request, session: aiohttp.ClientSession, id_token: str, nonce: str
 ) -> dict[str, Any]:
     """The ID token's claims once joserfc has checked its signature by the issuer's keys, the
     issuer, the audience, expiry and issue time, and the nonce. Raises Refused saying which
     check failed."""
-    provider = await _provider(session, settings)
+    settings = settings_of(request)
+    provider = await _provider(request, session)
     assert provider.keys is not None
     try:
         try:
             token = jwt.decode(id_token, provider.keys, algorithms=ALGORITHMS)
         except (jose_errors.InvalidKeyIdError, ValueError):
-            provider = await _provider(session, settings, fresh_keys=True)
+            provider = await _provider(request, session, fresh_keys=True)
             assert provider.keys is not None
             token = jwt.decode(id_token, provider.keys, algorithms=ALGORITHMS)
     except jose_errors.BadSignatureError:
@@ -262,9 +276,9 @@ async def _finish(request: web.Request, settings: Settings) -> tuple[Any, str]:
         raise Refused("the identity provider sent no sign-in code")
     try:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
-            provider = await _provider(session, settings)
+            provider = await _provider(request, session)
             id_token = await _exchange(session, settings, provider, code, flow["verifier"])
-            claims = await verified_claims(session, settings, id_token, flow["nonce"])
+            claims = await verified_claims(request, session, id_token, flow["nonce"])
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise Refused(f"the identity provider cannot be reached ({type(exc).__name__})") from None
     email = _address_of(settings, claims)
