@@ -41,10 +41,13 @@ BY_SECTION: dict[str, Access] = {
     "failed": "operator",
     "complaints": "operator",
     "webhooks": "operator",
-    # admin: users, keys, settings, captured mail (it holds working member links)
+    # admin: users, keys, settings (the brand is one), bulk imports of members, captured mail
+    # (it holds working member links)
     "users": "admin",
     "keys": "admin",
     "settings": "admin",
+    "brand": "admin",
+    "import": "admin",
     "mailbox": "admin",
 }
 
