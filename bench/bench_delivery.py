@@ -53,15 +53,15 @@ def fresh_database(admin_url: str) -> contextlib.AbstractAsyncContextManager[str
     return scratch_database(admin_url, "notifier_bench_delivery")
 
 
-def bench_settings(dsn: str, redis_url: str, smtp_port: int) -> Settings:
-    return Settings(
+def bench_settings(dsn: str, redis_url: str, smtp_port: int, *, defaults: bool = False) -> Settings:
+    """Settings for a bench worker; with `defaults`, the SMTP pool and pipelining a user gets."""
+    settings = Settings(
         env="test",
         database_url=dsn,
         redis_url=redis_url,
         secret_key=SecretStr("bench-secret-key-not-for-production"),
         smtp_host="127.0.0.1",
         smtp_port=smtp_port,
-        smtp_pool_size=CONNECTIONS,
         public_url="https://notifier.bench",
         service_from="Example Org <service@example.org>",
         newsletter_from="Example News <news@example.org>",
@@ -70,6 +70,7 @@ def bench_settings(dsn: str, redis_url: str, smtp_port: int) -> Settings:
         db_pool_max=6,
         log_level="WARNING",
     )
+    return settings if defaults else settings.model_copy(update={"smtp_pool_size": CONNECTIONS})
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import BenchEnv, Figure
+from bench.common import BenchEnv, Figure, create_database
 from notifier.embedded import free_port
 
 CONNECTIONS = 64
@@ -246,15 +246,9 @@ def _wrk(port: int, script: Path, connections: int, seconds: float) -> dict[str,
 async def _prepare_database(admin_url: str) -> tuple[str, str, str]:
     """A fresh migrated database with accounts acct-1..N (ids 1..N) and an API key."""
     from notifier.api import auth
-    from notifier.db import migrate, with_database
+    from notifier.db import migrate
 
-    name = f"notifier_bench_intake_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = with_database(admin_url, name)
+    name, dsn = await create_database(admin_url, "notifier_bench_intake")
     conn = await asyncpg.connect(dsn)
     try:
         await migrate(conn)

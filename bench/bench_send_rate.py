@@ -72,7 +72,9 @@ async def run_case(env: BenchEnv, port: int, n: int, samples: int, rate: float, 
             )
             _, key = await auth.create_key(pool, "bench", ["service"])
             headers = {"Authorization": f"Bearer {key}"}
-            row = await pool.fetchrow(Q.insert_newsletter, "News {{ first_name }}", "", BODY, "markdown", "b")
+            row = await pool.fetchrow(
+                Q.insert_newsletter, "News {{ first_name }}", "", BODY, "markdown", "b", False
+            )
             assert row is not None
             async with TestClient(TestServer(create_app(settings))) as client:
                 with worker_process(settings, "service,digest"), worker_process(settings, "bulk"):

@@ -7,15 +7,21 @@ and noisy: compare ratios, not absolute numbers. `python -m bench` runs them all
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import aiosmtplib
 
 from notifier.embedded import free_port
 
@@ -73,11 +79,33 @@ def smtp_sink_path() -> str:
 
 @contextlib.contextmanager
 def smtp_sink(backlog: int = 256) -> Iterator[int]:
-    """Run Postfix's smtp-sink on a free loopback port; yields the port. It accepts everything."""
+    """Run Postfix's smtp-sink on a free loopback port; yields the port. It accepts everything
+    (and offers PIPELINING)."""
+    with counting_smtp_sink(backlog) as sink:
+        yield sink.port
+
+
+@dataclass
+class Sink:
+    port: int
+    counters: Path
+
+    def delivered(self) -> int:
+        """Messages the sink accepted so far (its `-c` counter, written when "." is received)."""
+        found = re.findall(rb"mesg=(\d+)", self.counters.read_bytes()[-200:])
+        return int(found[-1]) if found else 0
+
+
+@contextlib.contextmanager
+def counting_smtp_sink(backlog: int = 256) -> Iterator[Sink]:
+    """Postfix's smtp-sink on a free loopback port, counting what it accepted: for exactly-once
+    checks at the receiving end."""
     port = free_port()
+    counters = Path(tempfile.mkstemp(prefix="smtp-sink-", suffix=".txt")[1])
+    out = counters.open("wb")
     proc = subprocess.Popen(
         [smtp_sink_path(), "-c", "-u", "root", f"127.0.0.1:{port}", str(backlog)],
-        stdout=subprocess.DEVNULL,
+        stdout=out,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
@@ -86,7 +114,92 @@ def smtp_sink(backlog: int = 256) -> Iterator[int]:
             break
         time.sleep(0.05)
     try:
-        yield port
+        yield Sink(port, counters)
     finally:
         proc.terminate()
         proc.wait(5)
+        out.close()
+        counters.unlink()
+
+
+def smtp_source_rate(port: int, message: bytes, n: int, sessions: int = 16) -> float:
+    """Postfix's `smtp-source` (C, no pipelining) sending `n` messages of `message`'s size over
+    `sessions` connections kept open (`-d`); messages per second. The transport's limit here."""
+    path = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+    with tempfile.NamedTemporaryFile("wb", suffix=".eml") as fh:
+        fh.write(message.replace(b"\r\n", b"\n"))  # it appends CRLF to each line
+        fh.flush()
+        start = time.perf_counter()
+        subprocess.run(
+            [path, "-d", "-s", str(sessions), "-m", str(n), "-F", fh.name, "-f", "news@example.org",
+             "-t", "reader@example.com", f"127.0.0.1:{port}"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        return n / (time.perf_counter() - start)
+
+
+async def plain_loop_rate(port: int, message: bytes, n: int, connections: int = 8) -> float:
+    """The plain Python client: aiosmtplib's `sendmail` over `connections` connections, each taking
+    the next of `n` pre-built messages; no database. Messages per second."""
+    left = iter(range(n))
+
+    async def one() -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30)
+        await client.connect()
+        for i in left:
+            await client.sendmail("news@example.org", [f"reader{i}@example.com"], message)
+        await client.quit()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(connections)))
+    return n / (time.perf_counter() - start)
+
+
+def web_env(
+    database_url: str, redis_url: str, secret_key: str, workdir: Path, pool_size: int
+) -> dict[str, str]:
+    """The environment of a benchmarked `notifier web`: logging at WARNING (the access log off;
+    drop NOTIFIER_LOG_LEVEL for the defaults), the per-key rate limit off (it would cap the
+    measurement) and what production's start-up checks ask for (notifier.startup_checks)."""
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "NOTIFIER_DATABASE_URL": database_url,
+        "NOTIFIER_REDIS_URL": redis_url,
+        "NOTIFIER_SECRET_KEY": secret_key,
+        "NOTIFIER_LOG_LEVEL": "WARNING",
+        "NOTIFIER_DB_POOL_MAX": str(pool_size),
+        "NOTIFIER_API_RATE_LIMIT": "0",
+        "NOTIFIER_DATA_DIR": str(workdir),
+        "NOTIFIER_PUBLIC_URL": "https://notifier.example.org",
+        "NOTIFIER_SERVICE_FROM": "Example <service@example.org>",
+        "NOTIFIER_NEWSLETTER_FROM": "Example News <news@example.org>",
+    }
+
+
+def note_wrk_errors(env: BenchEnv, label: str, results: dict[str, list[dict[str, Any]]]) -> None:
+    """A note for every wrk run (bench_intake's result dicts) that saw non-2xx answers or socket errors."""
+    for who, runs in results.items():
+        for r in runs:
+            if r["status_errors"] or r["socket_errors"]:
+                env.notes.append(
+                    f"{label} {who}: {r['status_errors']} non-2xx, {r['socket_errors']} socket errors"
+                )
+
+
+async def create_database(admin_url: str, prefix: str) -> tuple[str, str]:
+    """A new empty database `<prefix>_<random>` on the server of `admin_url`: its name and DSN."""
+    import secrets
+
+    import asyncpg
+
+    from notifier.db import with_database
+
+    name = f"{prefix}_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return name, with_database(admin_url, name)

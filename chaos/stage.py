@@ -251,7 +251,7 @@ async def add_digest_members(pool: asyncpg.Pool, n: int) -> None:
 async def send_newsletter(s: Stage) -> int:
     """Draft, schedule for now and ring `newsletter_start` on the bulk queue (as the API does)."""
     row = await s.pool.fetchrow(
-        Q.insert_newsletter, "News for {{ first_name }}", "", NEWSLETTER_BODY, "markdown", "chaos"
+        Q.insert_newsletter, "News for {{ first_name }}", "", NEWSLETTER_BODY, "markdown", "chaos", False
     )
     assert row is not None
     await newsletter.schedule(s.pool, row["id"], datetime.now(UTC), "chaos")

@@ -69,7 +69,9 @@ class AccountPatch(BaseModel):
 
 def public_account(row: asyncpg.Record) -> Account:
     """The public view of an account row (its internal id stays internal)."""
-    return Account.of_row(row, preferences=AccountPreferences.of_row(row))
+    return Account.of_row(
+        row, preferences=AccountPreferences.of_row(row, categories=row["digest_categories"])
+    )
 
 
 async def find_account(

@@ -12,7 +12,7 @@ Every list answer is a `Page`: `{"items": [...], "next_cursor": ...}`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from typing import Annotated, Any, Generic, Literal, NotRequired, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema, with_config
@@ -29,6 +29,13 @@ Timestamp = Annotated[
     datetime,
     PlainSerializer(lambda value: value.astimezone(UTC).isoformat(), return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+# A wall-clock time of day as `HH:MM`.
+ClockTime = Annotated[
+    time,
+    PlainSerializer(lambda value: value.strftime("%H:%M"), return_type=str),
+    WithJsonSchema({"type": "string", "pattern": "^[0-2][0-9]:[0-5][0-9]$", "example": "09:00"}),
 ]
 
 ErasureReason = Literal["request", "child", "retention", "other"]
@@ -63,6 +70,21 @@ class Page(Answer, Generic[T]):
 # --- accounts ---------------------------------------------------------------------------------
 
 
+class CategoryChoice(Answer):
+    """How often the member gets one category."""
+
+    frequency: Frequency
+
+
+class QuietHoursAnswer(Answer):
+    """No e-mail between `start` and `end`, local time (crossing midnight when end < start);
+    with `weekends`, none on Saturday and Sunday either."""
+
+    start: str = Field(examples=["22:00"])
+    end: str = Field(examples=["07:00"])
+    weekends: bool
+
+
 class AccountPreferences(Answer):
     """An account's digest and newsletter preferences."""
 
@@ -71,6 +93,12 @@ class AccountPreferences(Answer):
     digest_weekday: int = Field(ge=1, le=7, description="ISO weekday of weekly digests, 1 = Monday")
     timezone: str = Field(description="an IANA time-zone name", examples=["Europe/Berlin"])
     newsletter: bool
+    categories: dict[str, CategoryChoice] = Field(
+        description="the member's frequency per category; a category left out follows its "
+        "`default_frequency`, else `digest_frequency`",
+        examples=[{"registry": {"frequency": "immediate"}, "community": {"frequency": "weekly"}}],
+    )
+    quiet_hours: QuietHoursAnswer | None = Field(description="null: none")
 
 
 class CurrentPreferences(AccountPreferences):
@@ -248,10 +276,33 @@ class NewsletterFigures(Answer):
     suppressed: int = Field(ge=0)
     pending: int = Field(ge=0)
     cancelled: int = Field(ge=0)
+    waiting: int = Field(ge=0, description="of `pending`: recipients whose local time has not come")
     bounced: int = Field(ge=0)
     complained: int = Field(ge=0)
     unsubscribed: int = Field(ge=0)
     resubscribed: int = Field(ge=0)
+
+
+class ClicksOnDay(Answer):
+    day: date = Field(description="the day in UTC")
+    clicks: int = Field(ge=0)
+
+
+class LinkClicks(Answer):
+    """One link of a newsletter that counts clicks: how often it was followed, never by whom."""
+
+    link: int = Field(ge=0, description="its number in `/c/{newsletter}/{link}`")
+    url: str = Field(description="where it leads")
+    clicks: int = Field(ge=0, description="all days together")
+    days: list[ClicksOnDay]
+
+
+class NewsletterVariant(Answer):
+    """The newsletter for members of one language."""
+
+    subject: str
+    preheader: str | None = Field(default=None, description="absent: the newsletter's own")
+    body: str
 
 
 class Newsletter(Answer):
@@ -260,6 +311,9 @@ class Newsletter(Answer):
     preheader: str
     body: str
     body_format: Literal["markdown", "html"]
+    variants: dict[str, NewsletterVariant] = Field(
+        description="by language (en, de, fr, es): what members of that language get instead"
+    )
     status: newsletter.Status
     recipients: int | None = Field(ge=0, description="audience frozen when sending started")
     scheduled_at: Timestamp | None
@@ -267,6 +321,16 @@ class Newsletter(Answer):
     finished_at: Timestamp | None
     cancelled_at: Timestamp | None
     failure: str | None = Field(description="why a `failed` newsletter stopped")
+    track_clicks: bool = Field(description="whether clicks on its links are counted (per link and day)")
+    local_time: ClockTime | None = Field(description="sent at this time in each member's time zone")
+    local_date: date | None = Field(description="the day of `local_time`")
+    next_due_at: Timestamp | None = Field(
+        default=None, description="with GET and cancel: when the next waiting recipient's local time comes"
+    )
+    clicks: list[LinkClicks] | None = Field(
+        default=None,
+        description="with GET and cancel: each counted link's clicks (empty unless `track_clicks`)",
+    )
     created_by: str | None
     created_at: Timestamp | None
     updated_at: Timestamp | None
@@ -277,6 +341,25 @@ class NewsletterPage(Page[Newsletter]):
     """A page of newsletters, newest first."""
 
 
+class NewsletterTemplate(Answer):
+    """A saved subject, preheader and body that newsletter drafts start from."""
+
+    id: int
+    name: str
+    subject: str
+    preheader: str
+    body: str
+    body_format: Literal["markdown", "html"]
+    created_by: str
+    updated_by: str
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class NewsletterTemplatePage(Page[NewsletterTemplate]):
+    """A page of newsletter templates, newest first."""
+
+
 class NewsletterPreview(Answer):
     subject: str
     html: str
@@ -285,3 +368,24 @@ class NewsletterPreview(Answer):
 
 class TestSendQueued(Answer):
     emails: list[int] = Field(description="the test e-mails' ids, one per address")
+
+
+# --- categories -------------------------------------------------------------------------------
+
+
+class CategoryAnswer(Answer):
+    """A declared category."""
+
+    key: str = Field(examples=["registry"])
+    labels: dict[str, str] = Field(description="name per language tag")
+    descriptions: dict[str, str] = Field(description="description per language tag")
+    default_frequency: Frequency | None = Field(
+        description="how often members who have not chosen get it; null: the member's default frequency"
+    )
+    required: bool = Field(description="members cannot turn it off")
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class CategoryPage(Page[CategoryAnswer]):
+    pass

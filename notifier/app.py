@@ -11,12 +11,14 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_log import AccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
+from notifier.access_log import ACCESS
 from notifier.answers import Liveness, Readiness
 from notifier.api import (
     auth,
     inbound,
     mailbox,
     openapi,
+    openapi_categories,
     openapi_newsletters,
     openapi_routes,
     openapi_webhooks,
@@ -25,7 +27,7 @@ from notifier.api import (
 from notifier.api.problems import MAX_BODY, Handler, problem_middleware
 from notifier.api.problems import redact_path as redact_path  # re-exported: the access logger's helper
 from notifier.api.responses import json_response
-from notifier.resources import POOL, REDIS, SETTINGS, open_pool, open_redis, render_pool_ctx
+from notifier.resources import POOL, REDIS, SETTINGS, brand_ctx, open_pool, open_redis, render_pool_ctx
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.web")
@@ -44,15 +46,10 @@ class RedactingAccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        remote = request.remote or "-"
-        self.logger.info(
-            '%s "%s %s" %s %s %.1fms',
-            remote,
-            request.method,
-            redact_path(request.path_qs),
-            response.status,
-            response.body_length,
-            time * 1000,
+        # One preformatted line into a buffer written about every 0.1 s (notifier.access_log).
+        ACCESS.write(
+            f'{request.remote or "-"} "{request.method} {redact_path(request.path_qs)}" '
+            f"{response.status} {response.body_length} {time * 1000:.1f}ms"
         )
 
 
@@ -165,6 +162,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[MAX_BODY] = settings.max_body_bytes
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(brand_ctx)
     app.cleanup_ctx.append(render_pool_ctx)
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/healthz", healthz)
@@ -188,12 +186,14 @@ def create_app(settings: Settings) -> web.Application:
 
     messages.setup_routes(app)
     from notifier.api import newsletters
-    from notifier.pages import confirm, preference_centre, unsubscribe
+    from notifier.pages import clicks, confirm, preference_centre, unsubscribe
 
     newsletters.setup_routes(app)
-    from notifier.api import webhooks
+    clicks.setup_routes(app)
+    from notifier.api import categories, webhooks
 
     webhooks.setup_routes(app)
+    categories.setup_routes(app)
     unsubscribe.setup_routes(app)
     preference_centre.setup_routes(app)
     # The member's inbox: the member API and its stream, the token route, the hosted page and the
@@ -215,6 +215,7 @@ def create_app(settings: Settings) -> web.Application:
             *openapi_routes.operations(),
             *openapi_newsletters.operations(),
             *openapi_webhooks.operations(),
+            *openapi_categories.operations(),
         ],
     )
     return app

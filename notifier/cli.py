@@ -27,9 +27,11 @@ Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int | None] | int |
 
 
 def _setup_logging(settings: Settings) -> None:
+    from notifier.access_log import LOG_FORMAT
+
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     logging.getLogger("aiosmtpd").setLevel(logging.WARNING)
@@ -175,6 +177,7 @@ async def cmd_inbound(args: argparse.Namespace) -> int:
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
     from notifier.db import migrate
+    from notifier.inbox import maintain_partitions
     from notifier.resources import open_pool
 
     settings = settings_for(args)
@@ -183,9 +186,12 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         async with pool.acquire() as conn:
             applied = await migrate(conn)
+        partitions = await maintain_partitions(pool)
     finally:
         await pool.close()
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(map(str, applied))}" if applied else ""))
+    if partitions:
+        print(f"inbox partitions created or sealed: {', '.join(partitions)}")
     return 0
 
 
@@ -284,7 +290,7 @@ async def cmd_digests(args: argparse.Namespace) -> int:
     settings.require_secret()
     if args.action == "run":
         return await cli_run(settings, args.at, dry_run=args.dry_run, force=args.force)
-    return await cli_preview(settings, args.external_id, html=args.html)
+    return await cli_preview(settings, args.external_id, html=args.html, at=args.at)
 
 
 def _instant(value: str) -> datetime:
@@ -313,11 +319,35 @@ async def cmd_outbox(args: argparse.Namespace) -> int:
 
 async def cmd_newsletter(args: argparse.Namespace) -> int:
     from notifier.newsletter import cli_send
+    from notifier.newsletter_local_time import cli_run_due
 
     settings = settings_for(args)
     settings.require_secret()
     settings.require_services()
+    if args.action == "run-due":
+        return await cli_run_due(settings, args.at, dry_run=args.dry_run, force=args.force)
     return await cli_send(settings, args.id, wait=not args.no_wait)
+
+
+async def cmd_members(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from notifier.member_import import cli_import
+
+    settings = settings_for(args)
+    settings.require_services()
+    if args.opt_in and not args.consent_wording:
+        raise ConfigError("--opt-in needs --consent-wording TEXT: the words the members agreed to")
+    if args.consent_wording and not args.opt_in:
+        raise ConfigError("--consent-wording goes with --opt-in")
+    return await cli_import(
+        settings,
+        Path(args.file),
+        maps=args.map,
+        opt_in_wording=args.consent_wording if args.opt_in else None,
+        dry_run=args.dry_run,
+        report_path=Path(args.errors) if args.errors else None,
+    )
 
 
 # --- the parser ------------------------------------------------------------------------------
@@ -444,8 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--force", action="store_true", help="allow --at more than 5 minutes ahead (sends real mail now)"
     )
-    d = digests.add_parser("preview", help="render an account's next digest without sending it")
+    d = digests.add_parser(
+        "preview", help="what an account would get under its rules, and when; sends and changes nothing"
+    )
     d.add_argument("external_id")
+    d.add_argument("--at", type=_instant, help="as of this ISO 8601 time (default: now; no zone means UTC)")
     d.add_argument("--html", action="store_true", help="print the HTML part instead of the text")
     p.set_defaults(func=cmd_digests)
 
@@ -458,12 +491,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_outbox)
 
-    p = sub.add_parser("newsletter", help="send a newsletter and follow it", description="Newsletters.")
+    p = sub.add_parser(
+        "newsletter",
+        aliases=["newsletters"],
+        help="send a newsletter and follow it; release local-time sends",
+        description="Newsletters.",
+    )
     nl = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     n = nl.add_parser("send", help="start sending now and show a progress bar until it is sent")
     n.add_argument("id", type=int, help="the newsletter's id")
     n.add_argument("--no-wait", action="store_true", help="start it and print its figures once")
+    n = nl.add_parser(
+        "run-due",
+        help="one release pass: queue the recipients of local-time sends whose hour has come",
+    )
+    n.add_argument("--at", type=_instant, help="as of this ISO 8601 time (default: now; no zone means UTC)")
+    n.add_argument("--dry-run", action="store_true", help="count the recipients due; write nothing")
+    n.add_argument(
+        "--force", action="store_true", help="allow --at more than 5 minutes ahead (sends real mail now)"
+    )
     p.set_defaults(func=cmd_newsletter)
+
+    p = sub.add_parser("members", help="import members from a CSV file", description="Members.")
+    mb = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    m = mb.add_parser(
+        "import",
+        help="create or update members by external_id from a CSV file (docs/import.md)",
+        description="Create or update members by external_id from a UTF-8 CSV file with a header row. "
+        "Columns named external_id, email, name, timezone, locale map to those fields; --map maps others. "
+        "Bad rows are reported (row, field, reason) and the good rows imported; a second run of the same "
+        "file changes nothing. Exit code 0: all rows imported, 1: some rows failed, 2: refused.",
+    )
+    m.add_argument("file", help="the CSV file")
+    m.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="COLUMN=FIELD",
+        help="map a CSV column to external_id, email, name, timezone, locale or attributes.KEY (repeatable)",
+    )
+    m.add_argument("--dry-run", action="store_true", help="check and count everything; write nothing")
+    m.add_argument(
+        "--opt-in", action="store_true", help="opt the members in to the newsletter (source import)"
+    )
+    m.add_argument(
+        "--consent-wording", metavar="TEXT", help="with --opt-in: the wording the members agreed to"
+    )
+    m.add_argument("--errors", metavar="FILE.csv", help="write every bad row (row,field,reason) to this file")
+    p.set_defaults(func=cmd_members)
 
     p = sub.add_parser(
         "inbox-secret",

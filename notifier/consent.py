@@ -14,13 +14,14 @@ import logging
 
 import asyncpg
 
-from notifier import queues, tokens
+from notifier import i18n, queues, tokens
 from notifier.db import Q
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.consent")
 
-WORDING = (
+# In English; the preference centre shows it in the member's language and records what it showed.
+WORDING = i18n.N_(
     "Send me the newsletter: news and information about the organisation, about once a month. "
     "I can unsubscribe at any time with the link in every issue."
 )

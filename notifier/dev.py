@@ -20,6 +20,7 @@ import asyncpg
 from aiohttp import web
 
 from notifier import devenv, queues
+from notifier.access_log import LOG_FORMAT
 from notifier.app import RedactingAccessLogger, create_app
 from notifier.db import Q, create_pool, migrate_dsn
 from notifier.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -50,9 +51,7 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
     from workers import run_workers
 
     settings = dev_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs initdb's whole output
     settings.require_secret()

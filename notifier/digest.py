@@ -33,6 +33,8 @@ pass) is notifier/digest_email.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -42,11 +44,11 @@ from typing import Any
 
 import asyncpg
 
-from notifier import queues, schedule, tokens
+from notifier import brand, categories, digest_windows, i18n, queues, schedule, tokens
 from notifier.db import Q
 from notifier.digest_email import TEMPLATE, build_context, render_digest
 from notifier.mail import compose, delivery, outbox
-from notifier.mail.render import OutgoingEmail, Rendered, Templates
+from notifier.mail.render import Language, OutgoingEmail, Rendered, Templates
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.digest")
@@ -75,16 +77,6 @@ class PassResult:
 # --- the scheduler pass --------------------------------------------------------------------------
 
 
-def _next_after(account: Mapping[str, Any], window_end: datetime, now: datetime) -> datetime | None:
-    return schedule.next_due(
-        account["digest_frequency"],
-        account["digest_hour"],
-        account["digest_weekday"],
-        account["timezone"],
-        max(window_end, now),
-    )
-
-
 def _mailable(address: str) -> bool:
     try:
         compose.check_address(address)
@@ -105,6 +97,48 @@ async def _sql_timezones(conn: asyncpg.Connection) -> frozenset[str]:
 _PG_ZONES: frozenset[str] | None = None
 
 
+class _Plan:
+    """Which categories of one member a pass sends, and their windows after it; memoised per
+    (default frequency, choices, due frequencies): most members share them."""
+
+    def __init__(self, declared: Mapping[str, categories.Category]) -> None:
+        self.declared = declared
+        self.keys = sorted(declared)
+        self._used: dict[tuple[str, str], set[str]] = {}
+        self._sends: dict[tuple[str, str, frozenset[str]], tuple[str, bool, bool]] = {}
+
+    def used(self, default: str, choices: Mapping[str, Any]) -> set[str]:
+        key = (default, json.dumps(choices, sort_keys=True) if choices else "")
+        if key not in self._used:
+            self._used[key] = categories.frequencies_in_use(choices, default, self.declared)
+        return self._used[key]
+
+    def sends(self, default: str, choices: Mapping[str, Any], due: frozenset[str]) -> tuple[str, bool, bool]:
+        """(categories sent, space-separated; whether all are; whether an undeclared one is)."""
+        key = (default, json.dumps(choices, sort_keys=True) if choices else "", due)
+        if key not in self._sends:
+            sending = due | {"immediate"}
+            included = [
+                k
+                for k in self.keys
+                if categories.effective_frequency(k, choices, default, self.declared[k]) in sending
+            ]
+            others = categories.effective_frequency("", {}, default, None) in sending
+            self._sends[key] = (" ".join(included), others and len(included) == len(self.keys), others)
+        return self._sends[key]
+
+
+def _prefs(account: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "digest_frequency": account["digest_frequency"],
+        "digest_hour": account["digest_hour"],
+        "digest_weekday": account["digest_weekday"],
+        "timezone": account["timezone"],
+        "quiet_hours": account["quiet_hours"],
+        "categories": account["digest_categories"],
+    }
+
+
 async def _run_batch(
     conn: asyncpg.Connection, settings: Settings, now: datetime, batch_size: int
 ) -> PassResult:
@@ -114,9 +148,17 @@ async def _run_batch(
         return result
     result.accounts = len(accounts)
     zones = await _sql_timezones(conn)
+    plan = _Plan(await categories.all_categories(conn))
     ids = [a["id"] for a in accounts]
     ends = [a["next_digest_at"] for a in accounts]
     mailable = [_mailable(a["email"]) for a in accounts]
+    windows = [digest_windows.stored(a) for a in accounts]
+    used = [plan.used(a["digest_frequency"], a["digest_categories"]) for a in accounts]
+    due = [frozenset(digest_windows.due(w, e) & u) for w, u, e in zip(windows, used, ends, strict=True)]
+    sends = [
+        plan.sends(a["digest_frequency"], a["digest_categories"], d)
+        for a, d in zip(accounts, due, strict=True)
+    ]
     rows = await conn.fetch(
         Q.build_digests,
         ids,
@@ -131,6 +173,11 @@ async def _run_batch(
         TEMPLATE,
         settings.digest_max_per_category,
         [tokens.inbox_link(settings, i) for i in ids],
+        [included for included, _, _ in sends],
+        [everything for _, everything, _ in sends],
+        [others for _, _, others in sends],
+        [" ".join(sorted(d)) for d in due],
+        plan.keys,
     )
     unmailable = {a["id"] for a, ok in zip(accounts, mailable, strict=True) if not ok}
     for row in rows:
@@ -140,14 +187,42 @@ async def _run_batch(
         if row["email_id"] is not None:
             result.emails += 1
     result.skipped.extend(sorted(unmailable))
-    await conn.execute(
-        Q.advance_windows,
-        ids,
-        ends,
-        [_next_after(a, end, now) for a, end in zip(accounts, ends, strict=True)],
-        timedelta(seconds=settings.immediate_coalesce_seconds),
+    waiting = await _waiting_immediate(
+        conn, [a for a, u in zip(accounts, used, strict=True) if "immediate" in u], plan
     )
+    nexts: list[datetime | None] = []
+    clocks: list[str] = []
+    for a, w, u, end, closed in zip(accounts, windows, used, ends, due, strict=True):
+        prefs = _prefs(a)
+        after = digest_windows.advanced(w, u, prefs, end, now, closed)
+        immediate = digest_windows.immediate_due(
+            waiting.get(a["id"]), settings.immediate_coalesce_seconds, prefs
+        )
+        nxt = digest_windows.earliest(after, immediate)
+        nexts.append(nxt)
+        clocks.append(json.dumps(digest_windows.document(after, a["digest_frequency"], end, nxt)))
+    await conn.execute(Q.advance_windows, ids, ends, nexts, clocks)
     return result
+
+
+async def _waiting_immediate(
+    conn: asyncpg.Connection, accounts: Sequence[Mapping[str, Any]], plan: _Plan
+) -> dict[int, datetime]:
+    """The oldest waiting message in an "immediate" category of each of these accounts."""
+    if not accounts:
+        return {}
+    by_id = {a["id"]: a for a in accounts}
+    first: dict[int, datetime] = {}
+    for row in await conn.fetch(Q.waiting_since, list(by_id)):
+        a = by_id[row["account_id"]]
+        frequency = categories.effective_frequency(
+            row["category"], a["digest_categories"], a["digest_frequency"], plan.declared.get(row["category"])
+        )
+        if frequency == "immediate" and (
+            row["account_id"] not in first or row["first"] < first[row["account_id"]]
+        ):
+            first[row["account_id"]] = row["first"]
+    return first
 
 
 async def _drain(
@@ -249,18 +324,27 @@ async def messages_arrived(
     settings: Settings,
     at: datetime | None = None,
 ) -> None:
-    """Intake calls this in the transaction that inserted messages for these accounts: members on
-    "immediate" become due one coalescing window after `at` (default: the transaction's time, as
-    the messages' `created_at`) unless already due sooner, so every message arriving in that
-    window goes out in one e-mail. Others are untouched: no row of theirs is locked or written."""
+    """Intake calls this after messages were stored for these accounts: a member with waiting
+    messages in a category they get at once ("immediate") becomes due one coalescing window after
+    `at` (default: now, as the database says), or at the end of their quiet hours if that falls
+    inside them, unless already due sooner; so every message arriving in that window goes out in
+    one e-mail. Others are untouched: no row of theirs is locked or written."""
     if not account_ids:
         return
-    await conn.execute(
-        Q.schedule_immediate,
-        sorted(set(account_ids)),
-        timedelta(seconds=settings.immediate_coalesce_seconds),
-        at,
-    )
+    plan = _Plan(await categories.all_categories(conn))
+    rows = await conn.fetch(Q.immediate_candidates, sorted(set(account_ids)))
+    candidates = [r for r in rows if "immediate" in plan.used(r["digest_frequency"], r["digest_categories"])]
+    if not candidates:
+        return
+    waiting = await _waiting_immediate(conn, candidates, plan)
+    dues = {
+        r["id"]: digest_windows.immediate_due(at or r["at"], settings.immediate_coalesce_seconds, _prefs(r))
+        for r in candidates
+        if r["id"] in waiting
+    }
+    if dues:
+        ids = sorted(dues)
+        await conn.execute(Q.schedule_due, ids, [dues[i] for i in ids])
 
 
 # --- preview ---------------------------------------------------------------------------------------
@@ -268,12 +352,26 @@ async def messages_arrived(
 
 @dataclass(frozen=True)
 class Preview:
-    """The next digest of an account as it would be sent now (None when there is nothing to say)."""
+    """The next digest of an account as it would be sent (context and rendered None when there is
+    nothing to say), and the rules that shaped it."""
 
     account_id: int
     due: datetime | None
     context: dict[str, Any] | None
     rendered: Rendered | None
+    frequencies: dict[str, str] = field(default_factory=dict)  # category -> how often it is e-mailed
+    sent: tuple[str, ...] = ()  # the categories of the messages the next e-mail carries
+    windows: dict[str, datetime] = field(default_factory=dict)  # frequency -> when its window ends
+    quiet_hours: dict[str, Any] | None = None
+
+
+def _window_ends(
+    account: Mapping[str, Any], windows: digest_windows.Windows, used: set[str], at: datetime
+) -> dict[str, datetime]:
+    """When each window in use ends: a frequency newly in use (no window yet) gets one at the next
+    pass, ending at its next scheduled time after `at`."""
+    opened = digest_windows.advanced({}, used - windows.keys(), _prefs(account), at, at)
+    return {f: e for f, (_, e) in sorted({**opened, **windows}.items()) if f in used}
 
 
 class UnknownAccount(LookupError):
@@ -287,24 +385,49 @@ async def preview(
     now: datetime | None = None,
     templates: Templates | None = None,
 ) -> Preview:
-    """Render the account's next digest without recording, marking or sending anything: the
-    messages it would hold if the window closed now (or at its due time, if that is earlier).
-    Raises UnknownAccount."""
+    """Render the account's next digest under its rules without recording, marking or sending
+    anything: the e-mail the pass would send at the account's due time (the windows that end by
+    then, and "immediate" categories), with the messages waiting now (those created before the due
+    time, if that is earlier). Raises UnknownAccount."""
     now = now or datetime.now(UTC)
     account = await pool.fetchrow(Q.preview_account, external_id)
     if account is None:
         raise UnknownAccount(external_id)
+    plan = _Plan(await categories.all_categories(pool))
+    default, choices = account["digest_frequency"], account["digest_categories"]
     due: datetime | None = account["next_digest_at"]
     end = min(due, now) if due is not None else now
-    messages = await pool.fetch(Q.preview_messages, account["id"], end)
+    windows = digest_windows.stored(account)
+    closing = frozenset(digest_windows.due(windows, due or now) & plan.used(default, choices))
+    included, everything, others = plan.sends(default, choices, closing)
+    sent = set(included.split())
+    messages = [
+        m
+        for m in await pool.fetch(Q.preview_messages, account["id"], end)
+        if everything or m["category"] in sent or (others and m["category"] not in plan.declared)
+    ]
+    rules = Preview(
+        account["id"],
+        due,
+        None,
+        None,
+        frequencies={
+            k: categories.effective_frequency(k, choices, default, c)
+            for k, c in sorted(plan.declared.items())
+        },
+        sent=tuple(sorted({m["category"] for m in messages})),
+        windows=_window_ends(account, windows, plan.used(default, choices), max(due or now, now)),
+        quiet_hours=account["quiet_hours"],
+    )
     if not messages:
-        return Preview(account["id"], due, None, None)
+        return rules
     context = build_context(account, messages, settings, account["digest_window_start"], end)
     # The context delivery would add at send time (links with signed tokens, postal address).
     email = OutgoingEmail(0, "digest", account["id"], account["email"], TEMPLATE, None, context)
-    full, _ = delivery.context_for(settings, email)
-    rendered = render_digest(templates or Templates(), full)
-    return Preview(account["id"], due, context, rendered)
+    full, _ = delivery.context_for(settings, email, await brand.load(pool, settings))
+    language = Language(i18n.normalise(account["locale"]), account["timezone"])
+    rendered = render_digest(templates or Templates(), full, language)
+    return dataclasses.replace(rules, context=context, rendered=rendered)
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -359,23 +482,43 @@ def _ahead(delta: timedelta) -> str:
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
-async def cli_preview(settings: Settings, external_id: str, *, html: bool = False) -> int:
-    """`notifier digests preview EXTERNAL_ID`: print the next digest; sends and marks nothing."""
+async def cli_preview(
+    settings: Settings, external_id: str, *, html: bool = False, at: datetime | None = None
+) -> int:
+    """`notifier digests preview EXTERNAL_ID [--at TIME] [--html]`: what the member would get as of
+    `at` (default now) under their rules: when the next e-mail is due, which categories it carries
+    and when the others go, then the e-mail itself. Sends, marks and changes nothing."""
     from notifier.resources import open_pool
     from notifier.settings import ConfigError
 
     pool = await open_pool(settings)
     try:
-        result = await preview(pool, settings, external_id)
+        result = await preview(pool, settings, external_id, now=at)
     except UnknownAccount:
         raise ConfigError(f"no account with external_id {external_id!r}") from None
     finally:
         await pool.close()
     due = result.due.isoformat() if result.due else "not scheduled"
+    print(f"Next e-mail due: {due}")
+    by_frequency: dict[str, list[str]] = {}
+    for category, frequency in result.frequencies.items():
+        by_frequency.setdefault(frequency, []).append(category)
+    for frequency in schedule.FREQUENCIES:
+        names = by_frequency.get(frequency)
+        if not names:
+            continue
+        when = {"off": "never e-mailed", "immediate": "at once"}.get(frequency)
+        if when is None:
+            end = result.windows.get(frequency)
+            when = f"next window ends {end.isoformat()}" if end else "no window open"
+        print(f"  {frequency}: {', '.join(names)} ({when})")
+    if result.quiet_hours:
+        q = result.quiet_hours
+        print(f"Quiet hours: {q['start']} to {q['end']}" + (" and all weekend" if q.get("weekends") else ""))
     if result.rendered is None:
-        print(f"nothing to say: no unread, undigested messages (next digest due: {due})")
+        print("nothing to say: no unread, undigested messages in the categories due")
         return 0
-    print(f"Next digest due: {due}")
+    print(f"Categories in it: {', '.join(result.sent)}")
     print(f"Subject: {result.rendered.subject}\n")
     print(result.rendered.html if html else result.rendered.text)
     return 0

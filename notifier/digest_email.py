@@ -1,8 +1,9 @@
-"""A digest e-mail: what it holds (categories, newest first, counts and "and N more", dates in
-the member's time zone) and how it renders. The pass (notifier/digest.py) builds the content in
-SQL (`build_digests`); `build_context` is the same in Python for previews, and a test keeps the
-two equal. At send time `DigestRenderer` (the worker's renderer for kind "digest") leaves out
-messages read or archived since the pass and renders `templates/mail/digest.*`.
+"""A digest e-mail: what it holds (categories, newest first, counts and "and N more", when each
+message arrived) and how it renders. The pass (notifier/digest.py) builds the content in SQL
+(`build_digests`); `build_context` is the same in Python for previews, and a test keeps the two
+equal. At send time `DigestRenderer` (the worker's renderer for kind "digest") leaves out
+messages read or archived since the pass and renders `templates/mail/digest.*` in the member's
+language, with dates for their language and time zone (notifier/i18n.py).
 """
 
 from __future__ import annotations
@@ -10,14 +11,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
 import jinja2
 
-from notifier import schedule, tokens
+from notifier import i18n, tokens
 from notifier.db import Q
-from notifier.mail.render import OutgoingEmail, Rendered, TemplateError, Templates
+from notifier.mail.render import (
+    Language,
+    NothingToSend,
+    OutgoingEmail,
+    Rendered,
+    TemplateError,
+    Templates,
+    languages,
+)
 from notifier.settings import Settings
 
 TEMPLATE = "digest"
@@ -40,16 +48,6 @@ def _snippet(body: str) -> tuple[str, bool]:
     return text[: SNIPPET_CHARS - 1].rstrip(), True
 
 
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def _when(at: datetime, tz: ZoneInfo) -> str:
-    # By hand rather than strftime: this runs for every message of every digest of a pass.
-    t = at.astimezone(tz)
-    return f"{_DAYS[t.weekday()]} {t.day} {_MONTHS[t.month - 1]}, {t.hour:02d}:{t.minute:02d}"
-
-
 def build_context(
     account: Mapping[str, Any],
     messages: Sequence[Mapping[str, Any]],
@@ -65,7 +63,6 @@ def build_context(
     `settings.digest_max_per_category` messages, newest first, and how many more there are.
     """
     limit = settings.digest_max_per_category
-    tz = schedule.zone(account["timezone"])
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for m in messages:
         groups.setdefault(m["category"], []).append(m)
@@ -81,7 +78,7 @@ def build_context(
                     "snippet": snippet,
                     "cut": cut,
                     "url": m["url"],
-                    "when": _when(m["created_at"], tz),
+                    "at": _iso(m["created_at"]),
                 }
             )
         categories.append(
@@ -103,8 +100,9 @@ def build_context(
 
 def leave_out(context: Mapping[str, Any], gone: Mapping[str, set[int]]) -> dict[str, Any]:
     """The context without messages read or archived since the digest was built (`gone`: ids by
-    category), counts and "and N more" adjusted. If nothing would be left, the context as built:
-    the e-mail is already on its way, and an empty digest says less than the original."""
+    category), counts and "and N more" adjusted. Raises NothingToSend when nothing is left: a
+    digest held back (a temporary failure, a queue) must not tell a member about messages they
+    have read since."""
     categories = []
     total = 0
     for category in context["categories"]:
@@ -116,17 +114,38 @@ def leave_out(context: Mapping[str, Any], gone: Mapping[str, set[int]]) -> dict[
         categories.append({**category, "count": count, "messages": shown, "more": count - len(shown)})
         total += count
     if total == 0:
-        return dict(context)
+        raise NothingToSend("every message of the digest was read or archived before it was sent")
     return {**context, "categories": categories, "total": total}
 
 
-def render_digest(templates: Templates, context: Mapping[str, Any]) -> Rendered:
-    """Subject, text and HTML of a digest. The HTML template carries its styles inline already,
-    so no CSS inliner runs (it would cost more than rendering). Raises TemplateError."""
+def _with_times(context: Mapping[str, Any], language: Language) -> dict[str, Any]:
+    """The context with each message's time (`at`, UTC) written for the member (`when`), once for
+    both parts; contexts stored before `at` keep their `when`. (The templates' `when` filter does
+    the same for a renderer that skips this, at twice the cost.)"""
+    zone, locale = language.timezone, language.locale
+    categories = [
+        {
+            **category,
+            "messages": [
+                {**m, "when": i18n.format_instant(m["at"], zone, locale)} if "at" in m else m
+                for m in category["messages"]
+            ],
+        }
+        for category in context["categories"]
+    ]
+    return {**context, "categories": categories, "time_zone": zone}
+
+
+def render_digest(templates: Templates, context: Mapping[str, Any], language: Language) -> Rendered:
+    """Subject, text and HTML of a digest in `language`, each message's time written for the
+    member's language and time zone. The HTML template carries its styles inline already, so no
+    CSS inliner runs (it would cost more than rendering). Raises TemplateError."""
+    context = _with_times(context, language)
+    subject_template, text_template, html_template = templates.compiled(TEMPLATE, language.locale)
     try:
-        subject = templates.env.get_template(f"{TEMPLATE}.subject.txt").render(context)
-        text = templates.env.get_template(f"{TEMPLATE}.txt").render(context)
-        html = templates.env.get_template(f"{TEMPLATE}.html").render(context)
+        subject = subject_template.render(context)
+        text = text_template.render(context)
+        html = html_template.render(context)
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"template {TEMPLATE!r}: {exc.message}", template=TEMPLATE) from None
     return Rendered(" ".join(subject.split()), text, html)
@@ -139,8 +158,10 @@ class DigestRenderer:
     def __init__(self, settings: Settings, templates: Templates) -> None:
         self.templates = templates
         self._gone: dict[int, dict[str, set[int]]] = {}
+        self._languages: dict[int, Language] = {}
 
     async def prepare(self, pool: asyncpg.Pool, emails: Sequence[OutgoingEmail]) -> None:
+        self._languages.update(await languages(pool, emails))
         digest_ids = [e.digest_id for e in emails if e.digest_id is not None]
         if not digest_ids:
             return
@@ -149,4 +170,5 @@ class DigestRenderer:
 
     def render(self, email: OutgoingEmail, context: Mapping[str, Any]) -> Rendered:
         gone = self._gone.pop(email.digest_id, None) if email.digest_id is not None else None
-        return render_digest(self.templates, leave_out(context, gone) if gone else context)
+        language = self._languages.pop(email.id, None) or Language()
+        return render_digest(self.templates, leave_out(context, gone) if gone else context, language)

@@ -39,7 +39,7 @@ class CreatedMessage(NamedTuple):
 
     id: int
     account_id: int
-    digest_frequency: str
+    maybe_immediate: bool  # the member may get this message's category at once
 
 
 async def messages_created(
@@ -50,7 +50,7 @@ async def messages_created(
     transaction of its own). Never raises: a failure is logged (the messages exist, and the
     digest pass still finds them at the next window)."""
     await announce_created(redis, created)
-    ids = [m.account_id for m in created if m.digest_frequency == "immediate"]
+    ids = [m.account_id for m in created if m.maybe_immediate]
     if not ids:
         return
     try:
@@ -146,7 +146,7 @@ async def insert_batch(
     conn: asyncpg.Connection | asyncpg.Pool, valid: list[tuple[int, BatchItem]], *, in_transaction: bool
 ) -> list[asyncpg.Record]:
     """Insert the valid items of a batch in one statement; the rows (id, account_id,
-    digest_frequency, ...) of those whose account exists. Raises a 409 Problem when an account is
+    maybe_immediate, ...) of those whose account exists. Raises a 409 Problem when an account is
     erased meanwhile inside a transaction (the client retries)."""
     if not valid:
         return []
@@ -168,20 +168,43 @@ async def insert_batch(
 # --- retention -------------------------------------------------------------------------------
 
 PURGE_SLICE = 5000
+PARTITIONS_AHEAD = 3  # months of partitions that exist before their first message (docs/scaling.md)
 
 
-async def purge_messages_before(pool: asyncpg.Pool, before: datetime) -> int:
-    """Delete inbox messages created before `before`, in slices of PURGE_SLICE; returns how many.
+class Purged(NamedTuple):
+    """What one retention purge removed: whole month partitions, and rows deleted one by one."""
 
-    Idempotent and safe to run from several workers at once (each slice is its own statement).
+    partitions: list[str]
+    rows: int
+
+
+async def purge_messages_before(pool: asyncpg.Pool, before: datetime) -> Purged:
+    """Remove inbox messages created before `before`: every month partition that ended by then is
+    dropped whole (detached and dropped, no row by row delete), and the rest (the month that
+    straddles `before`, strays in the DEFAULT partition) is deleted in slices of PURGE_SLICE.
+
+    Idempotent and safe to run from several workers at once (each step is its own statement).
     """
+    dropped = [r["name"] for r in await pool.fetch(Q.drop_message_partitions, before)]
     total = 0
     while True:
         result: str = await pool.execute(Q.purge_messages_before, before, PURGE_SLICE)
         deleted = int(result.split()[-1])
         total += deleted
         if deleted < PURGE_SLICE:
-            return total
+            return Purged(dropped, total)
+
+
+async def maintain_partitions(pool: asyncpg.Pool, months_ahead: int = PARTITIONS_AHEAD) -> list[str]:
+    """Make the inbox's month partitions exist from this month to `months_ahead` months ahead, and
+    seal the months that ended (their id range recorded and enforced, so lookups by id skip them).
+    Idempotent; `notifier migrate` and a daily cron job run it. Returns what it created and sealed.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        created = [r["name"] for r in await conn.fetch(Q.create_message_partitions, months_ahead)]
+    async with pool.acquire() as conn, conn.transaction():
+        sealed = [r["name"] for r in await conn.fetch(Q.seal_message_partitions)]
+    return created + sealed
 
 
 # --- the member's own inbox (the member API, the hosted page, the console) ----------------------

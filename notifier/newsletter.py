@@ -9,6 +9,10 @@ bulk-queue job (or the `newsletter_tick` cron, should the job be lost) moves the
 outbox row per member with one INSERT … SELECT. Delivery (notifier.mail.delivery) then sends the rows
 through the bulk queue; the tick marks the newsletter `sent` once no row is queued or sending.
 Every recipient is a row, so figures come from rows and events, and a crash loses nothing.
+
+A newsletter may carry variants by language (`variants`: subject, preheader and body for `de`,
+`fr`, ...): each member gets the variant of their language, else the newsletter's own subject and
+body; the footer is in the member's language either way (`for_language`).
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 import asyncpg
 
-from notifier import audit, consent, queues
+from notifier import audit, clicks, consent, newsletter_local_time, queues
 from notifier.audit import Actor
 from notifier.db import Q
 from notifier.mail import outbox, render
 from notifier.mail.newsletter_render import Draft, PreparedCache, TemplateProblem, sample_personal
+from notifier.newsletter_local_time import LocalSend
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier.newsletter")
@@ -48,6 +54,7 @@ def draft_of(row: Mapping[str, Any]) -> Draft:
         body=row["body"],
         body_format=row["body_format"],
         version=row["updated_at"],
+        links=tuple(row.get("links") or ()),
     )
 
 
@@ -76,19 +83,27 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int) -> as
 
 
 async def create_draft(
-    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, created_by: str
+    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, created_by: str, *, track_clicks: bool = False
 ) -> asyncpg.Record:
-    """Store a new draft (its templates already checked by the caller, off the event loop)."""
+    """Store a new draft (its templates already checked by the caller, off the event loop);
+    `track_clicks`: count clicks on its links (notifier.clicks)."""
     row: asyncpg.Record = await conn.fetchrow(
-        Q.insert_newsletter, draft.subject, draft.preheader, draft.body, draft.body_format, created_by
+        Q.insert_newsletter,
+        draft.subject,
+        draft.preheader,
+        draft.body,
+        draft.body_format,
+        created_by,
+        track_clicks,
     )
     return row
 
 
 async def update_draft(
-    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, updated_by: str
+    conn: asyncpg.Connection | asyncpg.Pool, draft: Draft, updated_by: str, *, track_clicks: bool = False
 ) -> asyncpg.Record | None:
-    """Change draft `draft.id`; None when it is no longer a draft (scheduled or later)."""
+    """Change draft `draft.id` (and whether it counts clicks); None when it is no longer a draft
+    (scheduled or later)."""
     row: asyncpg.Record | None = await conn.fetchrow(
         Q.update_newsletter_draft,
         draft.id,
@@ -97,7 +112,33 @@ async def update_draft(
         draft.body,
         draft.body_format,
         updated_by,
+        track_clicks,
     )
+    return row
+
+
+def for_language(draft: Draft, variants: Mapping[str, Mapping[str, str]], locale: str) -> Draft:
+    """What a member whose language is `locale` gets: the variant for that language when there is
+    one (its preheader defaults to the newsletter's), else the newsletter itself, with the
+    layout's words in `locale`."""
+    variant = variants.get(locale)
+    if variant is None:
+        return replace(draft, locale=locale)
+    return replace(
+        draft,
+        subject=variant["subject"],
+        preheader=variant.get("preheader") or draft.preheader,
+        body=variant["body"],
+        locale=locale,
+    )
+
+
+async def set_variants(
+    conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int, variants: Mapping[str, Mapping[str, str]]
+) -> asyncpg.Record | None:
+    """Replace a draft's language variants (already checked by the caller); None when it is no
+    longer a draft."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q.set_newsletter_variants, newsletter_id, dict(variants))
     return row
 
 
@@ -110,10 +151,17 @@ async def unschedule(
 
 
 async def schedule(
-    conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int, at: datetime, actor: str
+    conn: asyncpg.Connection | asyncpg.Pool,
+    newsletter_id: int,
+    at: datetime,
+    actor: str,
+    local: LocalSend | None = None,
 ) -> asyncpg.Record:
-    """Schedule a draft (or move a schedule). Raises StateConflict if it is past that."""
-    row = await conn.fetchrow(Q.schedule_newsletter, newsletter_id, at, actor)
+    """Schedule a draft (or move a schedule) to start at `at`; with `local`, each recipient then
+    waits for that local time (newsletter_local_time). Raises StateConflict if it is past that."""
+    row = await conn.fetchrow(
+        Q.schedule_newsletter, newsletter_id, at, actor, local and local.at, local and local.day
+    )
     if row is None:
         raise StateConflict("only a draft or scheduled newsletter can be scheduled")
     return row
@@ -149,6 +197,23 @@ async def approve(conn: asyncpg.Connection, newsletter_id: int, actor: Actor) ->
     return approved
 
 
+async def _fan_out(
+    conn: asyncpg.Connection, settings: Settings, newsletter_id: int, local: LocalSend | None
+) -> None:
+    """Freeze the newsletter's audience into outbox rows, each waiting for its member's `local`
+    time when there is one. Call inside a transaction."""
+    due = newsletter_local_time.DueInstants.of(local)
+    await conn.execute(
+        Q.fan_out_newsletter,
+        newsletter_id,
+        queues.BULK,
+        settings.newsletter_double_opt_in,
+        due.zones,
+        due.instants,
+        due.otherwise,
+    )
+
+
 async def audience_size(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> int:
     """How many members the newsletter would go to if it started now: the fan-out itself, in a
     transaction that is rolled back (so there is one definition of the audience)."""
@@ -156,9 +221,7 @@ async def audience_size(pool: asyncpg.Pool, settings: Settings, newsletter_id: i
         transaction = conn.transaction()
         await transaction.start()
         try:
-            await conn.execute(
-                Q.fan_out_newsletter, newsletter_id, queues.BULK, settings.newsletter_double_opt_in
-            )
+            await _fan_out(conn, settings, newsletter_id, None)  # when they get it does not change who
             count: int = await conn.fetchval(Q.newsletter_fan_out_count, newsletter_id)
             return count
         finally:
@@ -178,9 +241,12 @@ async def start(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> i
             started = await conn.fetchrow(Q.start_newsletter, newsletter_id)
             if started is None:
                 return None
-            await conn.execute(
-                Q.fan_out_newsletter, newsletter_id, queues.BULK, settings.newsletter_double_opt_in
-            )
+            local = None
+            if started["local_time"] is not None:
+                local = LocalSend(started["local_time"], started["local_date"])
+            await _fan_out(conn, settings, newsletter_id, local)
+            if started["track_clicks"]:
+                await clicks.number_links(conn, started)
             recipients: int = await conn.fetchval(Q.set_newsletter_recipients, newsletter_id)
             if needs_approval(settings, recipients, started):
                 raise _Held
@@ -249,12 +315,18 @@ class NewsletterRenderer:
         self.settings = settings
         self.cache = PreparedCache()
         self.drafts: OrderedDict[int, Draft] = OrderedDict()
+        self.variants: dict[int, dict[str, dict[str, str]]] = {}
+        self._languages: dict[int, render.Language] = {}
         self.fallback = render.TemplateRenderer(templates)
 
     async def prepare(self, pool: asyncpg.Pool, emails: Sequence[render.OutgoingEmail]) -> None:
+        await self.fallback.prepare(pool, [e for e in emails if e.newsletter_id is None])
         ids = sorted({e.newsletter_id for e in emails if e.newsletter_id is not None})
         if not ids:
             return
+        self._languages.update(await render.languages(pool, [e for e in emails if e.kind == "newsletter"]))
+        for row in await pool.fetch(Q.newsletter_variants, ids):
+            self.variants[row["id"]] = row["variants"]
         rows = await pool.fetch(Q.newsletter_versions, ids)
         for row in rows:
             draft = draft_of(row)
@@ -267,7 +339,8 @@ class NewsletterRenderer:
                 if self.cache.misses != misses:  # once per version, not per batch
                     await fail(pool, draft.id, f"does not render ({exc.field}): {exc.message}")
         while len(self.drafts) > 64:  # the least recently sent go; those being sent stay
-            self.drafts.popitem(last=False)
+            gone, _ = self.drafts.popitem(last=False)
+            self.variants.pop(gone, None)
 
     def render(self, email: render.OutgoingEmail, context: Mapping[str, Any]) -> render.Rendered:
         if email.newsletter_id is None:
@@ -280,6 +353,8 @@ class NewsletterRenderer:
             # A test e-mail goes to an address, not a member: it shows what the preview shows.
             personal = sample
         else:
+            language = self._languages.pop(email.id, None) or render.Language()
+            draft = for_language(draft, self.variants.get(draft.id, {}), language.locale)
             name = str(context.get("name") or "")
             personal = {
                 "name": name,
@@ -289,7 +364,8 @@ class NewsletterRenderer:
                 "preferences_url": context.get("preferences_url") or sample["preferences_url"],
             }
         try:
-            out = self.cache.get(self.settings, draft).render(personal)
+            branded = replace(draft, brand=context.get("brand"))
+            out = self.cache.get(self.settings, branded).render(personal)
         except TemplateProblem as exc:
             raise render.TemplateError(
                 f"the newsletter does not render ({exc.field}): {exc.message}", template="newsletter"
@@ -305,16 +381,23 @@ async def tick(
     pool: asyncpg.Pool, redis: Any, settings: Settings, now: datetime | None = None
 ) -> dict[str, Any]:
     """One pass of the newsletter clock: start due scheduled newsletters (and ring the bulk queue),
-    mark finished ones `sent`, queue double opt-in confirmations. Idempotent; any worker may run it."""
+    release recipients whose local time has come, mark finished ones `sent`, queue double opt-in
+    confirmations. Idempotent; any worker may run it."""
     started = await start_due(pool, settings, now)
     for newsletter_id in started:
         await outbox.ring(redis, queues.BULK, 1000)
         log.info("newsletter %s started on schedule", newsletter_id)
+    released = await newsletter_local_time.release_due(pool, redis, now)
     finished = await finish_done(pool)
     confirmations = await consent.send_confirmations(pool, settings)
     if confirmations:
         await outbox.ring(redis, queues.SERVICE, confirmations)
-    return {"started": started, "finished": finished, "confirmations": confirmations}
+    return {
+        "started": started,
+        "released": released.total,
+        "finished": finished,
+        "confirmations": confirmations,
+    }
 
 
 # --- `notifier newsletter send ID` -------------------------------------------------------------

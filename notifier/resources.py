@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from arq import ArqRedis
 from arq import create_pool as create_redis_pool
 from arq.connections import RedisSettings
 
+from notifier.brand import BrandCache
 from notifier.db import create_pool
 from notifier.mail.render_pool import RenderPool
 from notifier.settings import ConfigError, Settings, sentinel_hosts
@@ -25,11 +27,33 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", ArqRedis)
 RENDER_POOL = web.AppKey("render_pool", RenderPool)
+BRAND = web.AppKey("brand", BrandCache)
+
+
+async def brand_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The web process's house style (notifier.brand): read at start-up, then again every
+    REFRESH_SECONDS by a background task, so that a change saved in one process's console reaches
+    the pages of every process."""
+    cache = app[BRAND] = BrandCache(app[SETTINGS])
+    await cache.refresh(app[POOL])
+
+    async def keep_fresh() -> None:
+        while True:
+            await asyncio.sleep(cache.max_age)
+            await cache.refresh(app[POOL])
+
+    task = asyncio.create_task(keep_fresh())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def render_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     """The web process's RenderPool (its children start on the first render), closed on clean-up."""
-    app[RENDER_POOL] = RenderPool(app[SETTINGS])
+    app[RENDER_POOL] = RenderPool(app[SETTINGS], brand=app[BRAND])
     try:
         yield
     finally:

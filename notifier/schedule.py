@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
 # The one definition of the digest frequencies (the schema's CHECK in migrations/0001 lists the
@@ -101,6 +103,7 @@ def _next_hourly(after: datetime, tz: ZoneInfo) -> datetime:
     return t
 
 
+@lru_cache(maxsize=8192)  # pure; a pass asks the same for most accounts due at the same time
 def next_due(
     frequency: str,
     hour: int,
@@ -142,6 +145,94 @@ def next_due(
     return candidate
 
 
+# --- quiet hours ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """A member's quiet hours: local wall-clock `start` to `end` (a window that crosses midnight
+    when end < start), and with `weekends` all of Saturday and Sunday as well."""
+
+    start: time
+    end: time
+    weekends: bool = False
+
+    @classmethod
+    def of(cls, document: Mapping[str, Any] | None) -> Quiet | None:
+        """The quiet hours of a stored preferences document (`{"start": "22:00", "end": "07:00",
+        "weekends": false}`); None when there are none."""
+        if not document:
+            return None
+        return _quiet(document["start"], document["end"], bool(document.get("weekends")))
+
+    def holds(self, at: datetime, tz: ZoneInfo) -> bool:
+        """True when the instant `at` falls inside the quiet hours in `tz`."""
+        local = at.astimezone(tz)
+        if self.weekends and local.isoweekday() >= 6:
+            return True
+        wall = local.time().replace(tzinfo=None)
+        if self.start == self.end:
+            return False
+        if self.start < self.end:
+            return self.start <= wall < self.end
+        return wall >= self.start or wall < self.end
+
+    def end_after(self, at: datetime, tz: ZoneInfo) -> datetime:
+        """The first instant at or after `at` outside the quiet hours (`at` itself when it is
+        outside). Local times in a spring-forward gap resolve as `local_instant` does."""
+        for _ in range(8):  # a weekend and a window on each side of it at most
+            if not self.holds(at, tz):
+                return at
+            local = at.astimezone(tz)
+            day = local.date()
+            if self.weekends and local.isoweekday() >= 6:
+                nxt = local_instant(day + timedelta(days=8 - local.isoweekday()), time(0), tz)
+            elif self.start < self.end or local.time().replace(tzinfo=None) < self.end:
+                nxt = local_instant(day, self.end, tz)
+            else:
+                nxt = local_instant(day + timedelta(days=1), self.end, tz)
+            at = nxt if nxt > at else at + timedelta(minutes=1)
+        return at
+
+
+@lru_cache(maxsize=256)
+def _quiet(start: str, end: str, weekends: bool) -> Quiet:
+    return Quiet(time.fromisoformat(start), time.fromisoformat(end), weekends)
+
+
+@lru_cache(maxsize=8192)
+def next_due_quiet(
+    frequency: str, hour: int, weekday: int, timezone: str, after: datetime, quiet: Quiet | None
+) -> datetime | None:
+    """`next_due` with quiet hours: a daily or weekly time that falls inside them moves to their
+    end; an hourly one is folded into the first hourly time after them."""
+    due = next_due(frequency, hour, weekday, timezone, after)
+    if due is None or quiet is None:
+        return due
+    tz = zone(timezone)
+    for _ in range(8):
+        if not quiet.holds(due, tz):
+            return due
+        due = quiet.end_after(due, tz)
+        if frequency == "hourly" and due.astimezone(tz).minute != 0:
+            due = _next_hourly(due, tz)
+    return due
+
+
+def same_period(frequency: str, a: datetime, b: datetime, timezone: str) -> bool:
+    """True when `a` and `b` fall in the same local period of `frequency` in `timezone`: the same
+    hour (hourly), day (daily) or ISO week (weekly)."""
+    tz = zone(timezone)
+    la, lb = a.astimezone(tz), b.astimezone(tz)
+    if frequency == "hourly":
+        return (la.date(), la.hour) == (lb.date(), lb.hour)
+    if frequency == "daily":
+        return la.date() == lb.date()
+    if frequency == "weekly":
+        return la.isocalendar()[:2] == lb.isocalendar()[:2]
+    return False
+
+
 def reschedule(
     frequency: str,
     hour: int,
@@ -149,12 +240,20 @@ def reschedule(
     timezone: str,
     window_start: datetime,
     now: datetime,
+    *,
+    quiet: Quiet | None = None,
+    last_sent: datetime | None = None,
 ) -> datetime | None:
     """The end of the open window under (possibly new) preferences: the first scheduled time
     after the window's start, so lowering daily to weekly skips tonight's daily digest; if that
     time has already passed (raising weekly to hourly late in a window), the next one after
-    `now` instead, so a change never triggers a burst of catch-up digests."""
-    due = next_due(frequency, hour, weekday, timezone, window_start)
+    `now` instead, so a change never triggers a burst of catch-up digests. Quiet hours move it as
+    `next_due_quiet` says. Never in the local period of the last digest of this frequency
+    (`last_sent`): a member moving from Asia/Kathmandu to Asia/Kolkata 15 minutes after the 08:00
+    digest gets the next one tomorrow, not at 08:00 Kolkata time today."""
+    due = next_due_quiet(frequency, hour, weekday, timezone, window_start, quiet)
     if due is not None and due <= now:
-        due = next_due(frequency, hour, weekday, timezone, now)
+        due = next_due_quiet(frequency, hour, weekday, timezone, now, quiet)
+    if due is not None and last_sent is not None and same_period(frequency, due, last_sent, timezone):
+        due = next_due_quiet(frequency, hour, weekday, timezone, due, quiet)
     return due

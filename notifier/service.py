@@ -4,7 +4,10 @@
 
 The request validates by rendering the template (StrictUndefined), so an unknown template or a
 missing variable is a 422 that names it; then it stores the outbox row (honouring
-`Idempotency-Key`) and rings the service queue. The worker renders again at send time.
+`Idempotency-Key`) and rings the service queue. The worker renders again at send time, in the
+member's language: the template's texts from the catalogues, or its variant for that language
+when there is one (`templates/mail/service/de/welcome.*`; others fall back to the shared
+template). The variant is checked with the request too.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
-from notifier import queues
+from notifier import i18n, queues
 from notifier.db import Q
 from notifier.errors import Problem
 from notifier.mail import delivery, outbox
@@ -24,7 +27,7 @@ from notifier.settings import Settings
 
 # Variables delivery provides; `data` may not override them.
 RESERVED = frozenset(
-    {"account", "public_url", "postal_address", "to_address", "unsubscribe_url", "preferences_url"}
+    {"account", "locale", "public_url", "postal_address", "to_address", "unsubscribe_url", "preferences_url"}
 )
 # Stored without the account, so that erasing the account (which deletes its e-mails) does not
 # take the notice of the erasure with it.
@@ -83,6 +86,7 @@ async def queue(
     account = await conn.fetchrow(Q.service_account, body.account)
     if account is None:
         raise Problem(404, f"no account with external_id {body.account!r}")
+    locale = i18n.normalise(account["locale"])
     context = {
         **body.data,
         "account": {
@@ -90,12 +94,14 @@ async def queue(
             "external_id": account["external_id"],
             "email": account["email"],
         },
+        # For an e-mail that outlives its account (the erasure notice): the language to write in.
+        "locale": locale,
     }
     detached = body.template in DETACHED
     account_id = None if detached else account["id"]
     probe = OutgoingEmail(0, "service", account_id, account["email"], name, None, context)
     try:
-        templates.render(name, delivery.context_for(settings, probe)[0])
+        templates.render(name, delivery.context_for(settings, probe)[0], locale)
     except TemplateError as exc:
         variable = exc.variable or "?"
         raise Problem(

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from notifier.validation import check_colour, check_https_image, check_one_line
+
 _DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
 
 
@@ -70,6 +72,9 @@ class Settings(BaseSettings):
     smtp_tls: Literal["none", "starttls", "tls"] = "none"
     smtp_timeout: float = Field(default=30.0, gt=0)
     smtp_pool_size: int = Field(default=4, ge=1, le=64)
+    smtp_pipelining: bool = Field(
+        default=True, description="pipeline MAIL/RCPT/DATA (RFC 2920) where the server offers it"
+    )
     send_rate: float = Field(
         default=0.0, ge=0, description="messages per second over all workers; 0 = no limit"
     )
@@ -95,6 +100,13 @@ class Settings(BaseSettings):
     newsletter_from: str = "Notifier News <news@localhost>"
     unsubscribe_mailto: str | None = None
     postal_address: str = ""
+    # The house style (notifier.brand, docs/console.md#brand): the defaults of every e-mail layout
+    # and member page; the console's brand page overrides each of them.
+    brand_name: str = Field(default="", max_length=100, description="the organisation's name")
+    brand_logo_url: str | None = Field(default=None, description="an https:// URL of the logo image")
+    brand_primary_color: str = Field(default="#1d4ed8", description="#rrggbb: links, buttons, the top bar")
+    brand_accent_color: str = Field(default="#b45309", description="#rrggbb: quotes, rules, highlights")
+    brand_footer_text: str = Field(default="", max_length=500, description="a line above the postal address")
     list_id_domain: str = "notifier.localhost"
     dkim_domain: str | None = None
     dkim_selector: str | None = None
@@ -221,6 +233,21 @@ class Settings(BaseSettings):
         if not _DOMAIN.fullmatch(domain):
             raise ValueError(f"not a domain (use the xn-- form of international ones): {value!r}")
         return domain
+
+    @field_validator("brand_primary_color", "brand_accent_color")
+    @classmethod
+    def _check_colour(cls, value: str) -> str:
+        return check_colour(value)
+
+    @field_validator("brand_logo_url")
+    @classmethod
+    def _check_logo(cls, value: str | None) -> str | None:
+        return check_https_image(value) if value else None
+
+    @field_validator("brand_name", "brand_footer_text")
+    @classmethod
+    def _check_brand_text(cls, value: str) -> str:
+        return check_one_line(value.strip())
 
     @field_validator("public_url")
     @classmethod

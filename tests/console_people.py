@@ -24,6 +24,14 @@ async def session_cookie(pool: asyncpg.Pool, settings: Settings, row: asyncpg.Re
     return {"Cookie": f"{sessions.SESSION_COOKIE}={sid}"}
 
 
+async def as_person(
+    client: Client, pool: asyncpg.Pool, settings: Settings, row: asyncpg.Record
+) -> tuple[dict[str, str], str]:
+    """A fresh session of the console user `row`: its `Cookie` header and its CSRF token."""
+    headers = await session_cookie(pool, settings, row)
+    return headers, csrf_of(await (await client.get("/console/sessions", headers=headers)).text())
+
+
 def csrf_of(html: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', html)
     assert found, "no CSRF field on the page"

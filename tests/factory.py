@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 from typing import Any
 
@@ -105,3 +107,27 @@ class Factory:
             **fields,
         }
         return await self._insert("newsletters", row)
+
+    async def newsletter_template(self, **fields: Any) -> asyncpg.Record:
+        """Insert a reusable newsletter template; any column may be overridden."""
+        n = next(_seq)
+        row: dict[str, Any] = {
+            "name": f"Template {n}",
+            "subject": f"Subject {n}",
+            "body": "Hello {{ first_name }}",
+            "created_by": "system:tests",
+            "updated_by": "system:tests",
+            **fields,
+        }
+        return await self._insert("newsletter_templates", row)
+
+
+def member_csv(
+    rows: list[list[str]], header: tuple[str, ...] = ("external_id", "email", "name", "timezone")
+) -> bytes:
+    """A member import file: a header row and `rows`, as UTF-8 CSV bytes."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue().encode()

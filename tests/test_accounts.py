@@ -39,6 +39,8 @@ async def test_register_creates_account_with_default_preferences(client, headers
         "digest_weekday": 1,
         "timezone": "Europe/Berlin",
         "newsletter": False,
+        "categories": {},
+        "quiet_hours": None,
     }
     resp = await client.get("/v1/accounts/u-1", headers=headers)
     assert resp.status == 200 and (await resp.json()) == body

@@ -4,6 +4,7 @@ approval (who, when) is shown and audited; and a send to many needs a fresh sign
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import asyncpg
@@ -14,6 +15,7 @@ from arq import ArqRedis
 from notifier import newsletter
 from notifier.api import auth
 from notifier.app import create_app
+from notifier.newsletter_local_time import LocalSend
 from notifier.settings import Settings
 from tests.console_people import Client, csrf_of, session_cookie
 from tests.factory import Factory
@@ -111,6 +113,32 @@ async def test_the_start_itself_refuses_an_unapproved_large_newsletter(
     # At or under the limit no approval is needed.
     small = settings.model_copy(update={"four_eyes_recipients": 3})
     assert await newsletter.start(pool, small, row["id"]) == 3
+
+
+async def test_a_held_local_time_send_with_clicks_leaves_nothing_behind(
+    pool: asyncpg.Pool, factory: Factory, settings: Settings
+) -> None:
+    """Held back to draft, a send at each member's local time that counts clicks leaves no waiting
+    row, no numbered link and no local time; approved, it starts with every row waiting."""
+    await factory.members(3, newsletter=True)
+    row = await factory.newsletter(body="Read [more](https://example.org/more)", track_clicks=True)
+    local = LocalSend(time(9, 0), (datetime.now(UTC) + timedelta(days=2)).date())
+    await newsletter.schedule(pool, row["id"], row["created_at"], "api_key:producer", local)
+    assert await newsletter.start(pool, settings, row["id"]) is None
+    held = await newsletter.get(pool, row["id"])
+    assert held is not None and (held["status"], held["local_time"], held["local_date"]) == (
+        "draft",
+        None,
+        None,
+    )
+    assert await pool.fetchval("SELECT count(*) FROM emails") == 0
+    assert await pool.fetchval("SELECT count(*) FROM newsletter_links") == 0
+    assert await newsletter.audience_size(pool, settings, row["id"]) == 3
+    await pool.execute("UPDATE newsletters SET approved_at = now(), approved_by = 'console:second'")
+    await newsletter.schedule(pool, row["id"], row["created_at"], "api_key:producer", local)
+    assert await newsletter.start(pool, settings, row["id"]) == 3
+    assert await pool.fetchval("SELECT count(*) FROM emails WHERE status = 'waiting'") == 3
+    assert await pool.fetchval("SELECT count(*) FROM newsletter_links") == 1
 
 
 async def test_the_api_refuses_to_send_an_unapproved_large_newsletter(

@@ -85,6 +85,8 @@ async def _fill(path: str, factory: Factory) -> str:
     values = {"{id}": str(newsletter["id"]), "{external_id}": member["external_id"], "{name}": "none.eml"}
     if path.startswith("/users/"):
         values["{id}"] = str(user["id"])
+    if path.startswith("/templates/"):
+        values["{id}"] = str((await factory.newsletter_template())["id"])
     for name, value in values.items():
         path = path.replace(name, value)
     return "/console" + path

@@ -18,9 +18,12 @@ from notifier import queues, tokens
 from notifier.audit import MEMBER
 from notifier.db import create_pool
 from notifier.digest import messages_arrived, preview, run_pass
+from notifier.mail.delivery import Delivery
+from notifier.mail.smtp import SMTPSender
 from notifier.preferences import apply_preferences
 from notifier.settings import Settings
 from tests.factory import Factory
+from workers import jobs
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)  # a Monday, 08:00 UTC
 DAY = timedelta(days=1)
@@ -91,7 +94,8 @@ async def test_daily_digest_content_and_window_advance(
     assert (news["count"], news["more"]) == (2, 0)
     assert [m["subject"] for m in events["messages"]] == [f"Event {i}" for i in (6, 5, 4, 3, 2)]
     assert (events["count"], events["more"]) == (7, 2)
-    assert events["messages"][0]["when"] == "Mon 1 Jun, 15:00"
+    # Stored in UTC; delivery writes it in the member's zone and language ("Mon 1 Jun, 15:00").
+    assert events["messages"][0]["at"] == "2026-06-01T15:00:00Z"
 
     after = await account(pool, acc["id"])
     assert after["digest_window_start"] == T0 + DAY
@@ -252,16 +256,38 @@ async def test_read_before_the_pass_is_left_out_and_read_before_sending_too(
     assert got.message["Subject"] == "7 new messages in your inbox"
 
 
-async def test_everything_read_before_sending_sends_the_digest_as_built(
-    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory, smtp: Any, run_worker: Any
+async def test_a_digest_held_back_is_dropped_when_all_read_and_shortened_when_some(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory, smtp: Any
 ) -> None:
-    acc = await daily(factory)
-    await factory.message(acc, subject="Only one", created_at=T0 + timedelta(hours=1))
+    # Issue 14: a digest held by a temporary failure went out hours later, after the member had
+    # read everything in it ("2 unread messages").
+    ann = await daily(factory)
+    bob = await daily(factory)
+    for acc in (ann, bob):
+        for i in range(2):
+            await factory.message(acc, subject=f"{acc['name']} {i}", created_at=T0 + timedelta(hours=1 + i))
     await run_pass(pool, redis, settings, T0 + DAY)
-    await pool.execute("UPDATE messages SET read_at = now()")
-    await run_worker(queues.DIGEST)
+    smtp.replies.extend(["451 4.3.0 try later", "451 4.3.0 try later"])
+    delivery = Delivery(settings, pool, SMTPSender(settings), renderers=jobs.renderers(settings))
+    now = datetime.now(UTC)
+    assert (await delivery.run(queues.DIGEST, now=now)).deferred == 2
+    assert smtp.received == []
+    await pool.execute("UPDATE messages SET read_at = now() WHERE account_id = $1", ann["id"])
+    await pool.execute(
+        "UPDATE messages SET read_at = now() WHERE account_id = $1 AND subject LIKE '% 0'", bob["id"]
+    )
+    counts = await delivery.run(queues.DIGEST, now=now + timedelta(hours=1))
+    assert (counts.sent, counts.cancelled) == (1, 1)
     [got] = smtp.received
-    assert "Only one" in got.message.get_body(("plain",)).get_content()
+    assert got.recipients == [bob["email"]]
+    text = got.message.get_body(("plain",)).get_content()
+    assert f"{bob['name']} 1" in text and f"{bob['name']} 0" not in text
+    assert got.message["Subject"] == "1 new message in your inbox: news"
+    statuses = await pool.fetch("SELECT account_id, status FROM emails ORDER BY account_id")
+    assert [(r["account_id"], r["status"]) for r in statuses] == [
+        (ann["id"], "cancelled"),
+        (bob["id"], "sent"),
+    ]
 
 
 # --- exactly once under concurrency ---------------------------------------------------------------
@@ -707,9 +733,9 @@ async def test_hourly_and_weekly_windows_in_other_zones_through_passes(
 
 
 def test_contexts_queued_before_the_cut_flag_still_render() -> None:
-    # An e-mail queued by an older pass has no "cut" in its messages; it must still render.
+    # An e-mail queued by an older pass has no "cut" (nor "at") in its messages; it must still render.
     from notifier.digest_email import render_digest
-    from notifier.mail.render import Templates
+    from notifier.mail.render import Language, Templates
 
     message = {"id": 1, "subject": "Old", "snippet": "Old snippet…", "url": None, "when": "Mon 1 Jun, 09:00"}
     context = {
@@ -726,5 +752,6 @@ def test_contexts_queued_before_the_cut_flag_still_render() -> None:
         "postal_address": "",
         "to_address": "ann@example.com",
     }
-    rendered = render_digest(Templates(), context)
+    rendered = render_digest(Templates(), context, Language())
+    assert "Mon 1 Jun, 09:00" in rendered.text
     assert "Old snippet…" in rendered.text and "Old snippet…" in rendered.html

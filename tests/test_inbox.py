@@ -212,9 +212,9 @@ async def test_retention_purge_deletes_only_old_messages(factory, pool, monkeypa
     old = [await factory.message(ann, created_at=now - timedelta(days=400 + i)) for i in range(5)]
     young = await factory.message(ann, created_at=now - timedelta(days=10))
     monkeypatch.setattr(inbox, "PURGE_SLICE", 2)  # several slices
-    assert await inbox.purge_messages_before(pool, now - timedelta(days=365)) == len(old)
+    assert (await inbox.purge_messages_before(pool, now - timedelta(days=365))).rows == len(old)
     assert [r["id"] for r in await pool.fetch("SELECT id FROM messages")] == [young["id"]]
-    assert await inbox.purge_messages_before(pool, now - timedelta(days=365)) == 0
+    assert (await inbox.purge_messages_before(pool, now - timedelta(days=365))).rows == 0
 
 
 async def test_retention_job_uses_the_setting(factory, pool, settings) -> None:

@@ -49,12 +49,16 @@ DOMAIN = (
     "startup_checks",
     "suppression",
     "templating",
+    "i18n",
     "tokens",
     "validation",
     "verp",
     "webhooks",
     "heartbeat",
     "embedded",
+    "member_import",
+    "brand",
+    "newsletter_templates",
 )
 
 

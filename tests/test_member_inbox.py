@@ -331,6 +331,23 @@ async def test_preferences_as_the_member(
     )
     assert resp.status == 400
     assert await pool.fetchval("SELECT digest_frequency FROM accounts WHERE id = $1", ann["id"]) == "weekly"
+    # Topics and quiet hours (issue 14), with the same rules as the API.
+    await pool.execute(
+        "INSERT INTO categories (key, required) VALUES ('registry', true), ('community', false)"
+    )
+    change = {
+        "categories": {"community": {"frequency": "off"}},
+        "quiet_hours": {"start": "22:00", "end": "07:00", "weekends": True},
+    }
+    resp = await client.put("/member/v1/preferences", json=change, headers=token)
+    assert resp.status == 200, await resp.text()
+    got = await (await client.get("/member/v1/preferences", headers=token)).json()
+    assert {k: got[k] for k in change} == change
+    resp = await client.put(
+        "/member/v1/preferences", json={"categories": {"registry": {"frequency": "off"}}}, headers=token
+    )
+    assert resp.status == 422
+    assert [e["field"] for e in (await resp.json())["errors"]] == ["categories.registry.frequency"]
 
 
 async def test_intake_url_is_http_only(
@@ -553,7 +570,7 @@ async def test_announcing_never_fails_or_stalls_intake(caplog: pytest.LogCapture
         client = Redis.from_url(url)
         started = time.monotonic()
         async with asyncio.timeout(5):  # a stalling doorbell fails the test, not hangs it
-            await inbox.announce_created(client, [inbox.CreatedMessage(1, 1, "daily")])
+            await inbox.announce_created(client, [inbox.CreatedMessage(1, 1, False)])
             await inbox.announce_changed(client, 1)
         assert time.monotonic() - started < 2 * inbox.ANNOUNCE_TIMEOUT + 0.5, url
         await client.aclose(close_connection_pool=True)

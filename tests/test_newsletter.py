@@ -64,7 +64,7 @@ async def test_create_edit_list_and_get(client: TestClient[Any, Any], headers: d
     assert got["subject"] == "Changed"
     assert got["figures"] == {
         "recipients": 0, "sent": 0, "failed": 0, "suppressed": 0, "pending": 0, "cancelled": 0,
-        "bounced": 0, "complained": 0, "unsubscribed": 0, "resubscribed": 0,
+        "waiting": 0, "bounced": 0, "complained": 0, "unsubscribed": 0, "resubscribed": 0,
     }  # fmt: skip
     assert (await client.get("/v1/newsletters/999999", headers=headers)).status == 404
     assert (await client.get("/v1/newsletters/abc", headers=headers)).status == 404

@@ -107,8 +107,10 @@ def test_every_list_answer_is_items_and_next_cursor(spec) -> None:
     pages = [name for name in spec["components"]["schemas"] if name.endswith("Page")]
     assert sorted(pages) == [
         "AuditPage",
+        "CategoryPage",
         "InboxPage",
         "NewsletterPage",
+        "NewsletterTemplatePage",
         "WebhookDeliveryPage",
         "WebhookEndpointPage",
     ]

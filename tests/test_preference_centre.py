@@ -3,6 +3,7 @@ through apply_preferences (audit, consent, events), invalid values shown back, f
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from html.parser import HTMLParser
@@ -11,7 +12,7 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from notifier import consent, pages, tokens
+from notifier import consent, i18n, pages, tokens
 from notifier.settings import Settings
 from tests.factory import Factory
 
@@ -85,7 +86,7 @@ async def test_page_is_accessible_and_sets_no_cookie(
     html = await resp.text()
     form = parse(html)
     assert form.html_lang == "en" and form.scripts == 0
-    assert form.fieldsets == form.legends == 3
+    assert form.fieldsets == form.legends == 4  # how often, when, quiet hours, newsletter
     visible = [i for i in form.inputs if i.get("type") != "hidden"]
     assert visible and all(i.get("id") in form.labels_for for i in visible), "every field has a label"
     assert re.search(r'value="weekly"[^>]*checked', html)
@@ -210,3 +211,67 @@ async def test_with_double_opt_in_the_page_says_to_confirm(
     assert "confirm with the link we are e-mailing you" in await resp.text()
     row = await pool.fetchrow("SELECT granted, confirmed_at FROM consents WHERE account_id = $1", ann["id"])
     assert row["granted"] and row["confirmed_at"] is None
+
+
+async def test_topics_and_quiet_hours(
+    client: TestClient[Any, Any], factory: Factory, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    await pool.execute(
+        """INSERT INTO categories (key, labels, descriptions, default_frequency, required) VALUES
+           ('registry', '{"en": "Certificates", "de": "Zertifikate"}', '{"de": "Ablauf"}', 'immediate', true),
+           ('community', '{}', '{}', 'weekly', false)"""
+    )
+    ann = await factory.account(digest_frequency="daily", locale="de-CH")
+    token, nonce = await open_centre(client, settings, ann["id"])
+    html = await (await client.get(f"/preferences/{token}")).text()
+    form = parse(html)
+    assert form.fieldsets == form.legends == 5
+    visible = [i for i in form.inputs if i.get("type") != "hidden"]
+    assert all(i.get("id") in form.labels_for for i in visible), "every field has a label"
+    # In the member's language (de-CH reads German): the topic's own label and the page's words.
+    assert "Zertifikate (erforderlich: kann nicht abgeschaltet werden)" in html and "Ablauf" in html
+    de = functools.partial(i18n.gettext, "de")
+    assert f"Standard ({de('As messages arrive')})" in html and f"Standard ({de('Weekly')})" in html
+    registry = html[
+        html.index('name="category.registry"') : html.index(
+            "</select>", html.index('name="category.registry"')
+        )
+    ]
+    assert 'value="off"' not in registry
+
+    resp = await client.post(
+        f"/preferences/{token}",
+        data=form_data(nonce, **{"category.registry": "", "category.community": "off", "quiet_form": "1",
+                                 "quiet": "yes", "quiet_start": "22:30", "quiet_end": "06:45"}),
+    )  # fmt: skip
+    assert resp.status == 200, await resp.text()
+    html = await resp.text()
+    assert f"Themen: community: {de('Never')}" in html and "Ruhezeiten: 22:30 bis 06:45" in html
+    row = await pool.fetchrow("SELECT digest_categories, quiet_hours FROM accounts WHERE id = $1", ann["id"])
+    assert row["digest_categories"] == {"community": {"frequency": "off"}}
+    assert row["quiet_hours"] == {"start": "22:30", "end": "06:45", "weekends": False}
+    audit_row = await pool.fetchrow("SELECT changes FROM audit_log WHERE account_id = $1", ann["id"])
+    assert set(audit_row["changes"]) == {"categories", "quiet_hours", "source"}
+
+    # Off for the required one (a forged form): 422, the form again with the message, nothing saved.
+    resp = await client.post(
+        f"/preferences/{token}",
+        data=form_data(nonce, **{"category.registry": "off", "quiet_form": "1"}),
+    )
+    assert resp.status == 422
+    assert "this category is required" in await resp.text()
+    assert await pool.fetchval("SELECT quiet_hours FROM accounts WHERE id = $1", ann["id"]) is not None
+    # Unticking quiet hours removes them; a bad time is shown back.
+    resp = await client.post(
+        f"/preferences/{token}",
+        data=form_data(
+            nonce, **{"quiet_form": "1", "quiet": "yes", "quiet_start": "25:00", "quiet_end": "07:00"}
+        ),
+    )
+    assert (
+        resp.status == 422
+        and 'id="quiet_hours.start" name="quiet_start" value="25:00" aria-invalid="true"'
+        in (await resp.text())
+    )
+    resp = await client.post(f"/preferences/{token}", data=form_data(nonce, quiet_form="1"))
+    assert resp.status == 200 and "Ruhezeiten: keine Ruhezeiten" in await resp.text()

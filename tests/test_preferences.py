@@ -44,6 +44,8 @@ async def test_get_shows_defaults_and_next_due(
         "digest_weekday": 1,
         "timezone": "UTC",
         "newsletter": False,
+        "categories": {},
+        "quiet_hours": None,
         "next_digest_at": "2026-06-02T08:00:00+00:00",
     }
 

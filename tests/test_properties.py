@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from notifier import digest_email, tokens
 from notifier.mail import compose, newsletter_render
-from notifier.mail.render import Templates
+from notifier.mail.render import Language, Templates
 from notifier.settings import Settings
 
 SECRET = b"property-secret"
@@ -196,7 +196,7 @@ def _digest(value: str, url: str) -> str:
         "preferences_url": "https://example.org/preferences/t",
         "postal_address": value,
     }
-    return digest_email.render_digest(TEMPLATES, context).html
+    return digest_email.render_digest(TEMPLATES, context, Language()).html
 
 
 @given(value=NASTY)
@@ -317,3 +317,44 @@ def test_known_sandbox_escapes_are_refused(body: str) -> None:
     draft = newsletter_render.Draft(1, "News", "", body, "html")
     with pytest.raises(newsletter_render.TemplateProblem):
         newsletter_render.prepare(NEWSLETTER_SETTINGS, draft).render(PERSONAL)
+
+
+_LOCAL_CHARS = st.sampled_from(list("abcXYZ019.!#$%&'*+-/=?^_`{|}~\"@ é"))
+_DOMAINS = st.sampled_from(
+    [
+        "example.com",
+        "EXAMPLE.org",
+        "mail.example.co.uk",
+        "example",
+        "localhost",
+        "-bad.com",
+        "a..b.com",
+        "example.com.",
+        "xn--bcher-kva.example",
+        "bücher.example",
+        "1.2.3.4",
+        "[1.2.3.4]",
+        "ex_ample.com",
+        "",
+    ]
+)
+
+
+@given(local=st.text(_LOCAL_CHARS, max_size=70), domain=_DOMAINS)
+@example(local="a" * 65, domain="example.com")
+@example(local=".a", domain="example.com")
+@settings(max_examples=400, deadline=None)
+def test_the_email_fast_path_answers_as_the_library_does(local: str, domain: str) -> None:
+    """`normalize_email`'s fast path (ASCII dot-atom, cached domain) gives email-validator's answer."""
+    from notifier.validation import _validated, normalize_email
+
+    address = f"{local}@{domain}"
+    try:
+        expected: str | None = _validated(address) if len(address) <= 254 else None
+    except ValueError:
+        expected = None
+    try:
+        got: str | None = normalize_email(address)
+    except ValueError:
+        got = None
+    assert got == expected

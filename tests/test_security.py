@@ -40,9 +40,9 @@ def v1_routes(app: web.Application) -> list[tuple[str, str, str | None]]:
 
 
 def fill(path: str, **values: str) -> str:
-    """The template with its `{name}` parameters replaced (`external_id`, `id` and `delivery_id`
-    by default)."""
-    values = {"external_id": "m-1", "id": "1", "delivery_id": "1", **values}
+    """The template with its `{name}` parameters replaced (`external_id`, `id`, `delivery_id` and
+    `key` by default)."""
+    values = {"external_id": "m-1", "id": "1", "delivery_id": "1", "key": "news", **values}
     return re.sub(r"\{(\w+)[^}]*\}", lambda m: values[m[1]], path)
 
 

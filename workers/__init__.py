@@ -58,6 +58,15 @@ CRON_JOBS: dict[str, list[CronJob]] = {
         cron(jobs.outbox_sweep, name="outbox-sweep", second={15, 45}, timeout=30, max_tries=1),
         cron(jobs.idempotency_purge, name="idempotency-purge", minute=17, second=0, timeout=300, max_tries=1),
         cron(jobs.inbox_retention, name="inbox-retention", hour=3, minute=41, second=0, timeout=3600),
+        cron(
+            jobs.inbox_partitions,
+            name="inbox-partitions",
+            hour=3,
+            minute=11,
+            second=0,
+            run_at_startup=True,
+            timeout=600,
+        ),
     ],
     queues.DIGEST: [
         cron(jobs.digest_pass, name="digest-pass", second=0, timeout=300, max_tries=1),

@@ -92,15 +92,28 @@ async def idempotency_purge(ctx: dict[str, Any]) -> int:
 
 
 async def inbox_retention(ctx: dict[str, Any]) -> int:
-    """Cron: purge inbox messages older than NOTIFIER_RETENTION_DAYS (the privacy policy's purge)."""
+    """Cron: purge inbox messages older than NOTIFIER_RETENTION_DAYS (the privacy policy's purge):
+    whole month partitions dropped, the boundary month's rows deleted. Returns the rows deleted."""
     settings = ctx["settings"]
     before = datetime.now(UTC) - timedelta(days=settings.retention_days)
-    deleted = await inbox.purge_messages_before(ctx["pool"], before)
-    if deleted:
+    purged = await inbox.purge_messages_before(ctx["pool"], before)
+    if purged.partitions or purged.rows:
         log.info(
-            "retention purge deleted %d inbox messages older than %d days", deleted, settings.retention_days
+            "retention purge dropped %d month partition(s) (%s) and deleted %d inbox messages older than %d days",
+            len(purged.partitions),
+            ", ".join(purged.partitions) or "none",
+            purged.rows,
+            settings.retention_days,
         )
-    return deleted
+    return purged.rows
+
+
+async def inbox_partitions(ctx: dict[str, Any]) -> list[str]:
+    """Cron: create the inbox's month partitions ahead and seal the months that ended."""
+    changed = await inbox.maintain_partitions(ctx["pool"])
+    if changed:
+        log.info("inbox partitions created or sealed: %s", ", ".join(changed))
+    return changed
 
 
 async def beat(ctx: dict[str, Any]) -> int:

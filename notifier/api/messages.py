@@ -107,7 +107,7 @@ async def post_message(request: web.Request) -> web.Response:
         request.app[POOL],
         request.app[REDIS],
         request.app[SETTINGS],
-        [CreatedMessage(row["id"], row["account_id"], row["digest_frequency"])],
+        [CreatedMessage(row["id"], row["account_id"], row["maybe_immediate"])],
     )
     return response
 
@@ -197,7 +197,7 @@ async def post_batch(request: web.Request) -> web.Response:
             status, body = _batch_answer(size, valid, results, rows)
             response = idem.respond(status, body)
     if rows:
-        created = [CreatedMessage(r["id"], r["account_id"], r["digest_frequency"]) for r in rows]
+        created = [CreatedMessage(r["id"], r["account_id"], r["maybe_immediate"]) for r in rows]
         await inbox.messages_created(request.app[POOL], request.app[REDIS], request.app[SETTINGS], created)
     return response
 

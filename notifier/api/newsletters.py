@@ -3,16 +3,32 @@ send now or schedule, cancel. The domain lives in notifier.newsletter."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import UTC, datetime, time
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, field_validator
 from redis import exceptions as redis_exceptions
 
-from notifier import newsletter, newsletter_test_send, queues
-from notifier.answers import Newsletter, NewsletterPage, NewsletterPreview, TestSendQueued
+from notifier import (
+    clicks,
+    i18n,
+    newsletter,
+    newsletter_local_time,
+    newsletter_templates,
+    newsletter_test_send,
+    queues,
+)
+from notifier.answers import (
+    Newsletter,
+    NewsletterPage,
+    NewsletterPreview,
+    NewsletterTemplate,
+    NewsletterTemplatePage,
+    TestSendQueued,
+)
 from notifier.api.auth import api_key_of, requires
 from notifier.api.pagination import decode_cursor, next_cursor, page_limit
 from notifier.api.problems import Problem, read_model
@@ -25,11 +41,39 @@ from notifier.mail.newsletter_render import (
     TemplateProblem,
     sample_personal,
 )
+from notifier.newsletter_local_time import LocalSend, parse_day, parse_local_time
 from notifier.resources import POOL, REDIS, RENDER_POOL, SETTINGS
 from notifier.validation import Instant, check_one_line
 
 MAX_BODY_CHARS = 512 * 1024
 MAX_TEST_RECIPIENTS = 10
+TRACK_CLICKS = "count clicks per link and day, never by whom (docs/newsletters.md, Clicks)"
+
+
+def _line_or_none(value: str | None) -> str | None:
+    return None if value is None else check_one_line(value)
+
+
+class VariantIn(BaseModel):
+    """The newsletter for the members of one language (same body format as the newsletter)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str = Field(min_length=1, max_length=300)
+    preheader: str | None = Field(default=None, max_length=300)
+    body: str = Field(min_length=1, max_length=MAX_BODY_CHARS)
+
+    _lines = field_validator("subject", "preheader")(_line_or_none)
+
+
+def _languages(value: dict[str, VariantIn] | None) -> dict[str, VariantIn] | None:
+    unknown = sorted(k for k in value or {} if k not in i18n.LOCALES)
+    if unknown:
+        raise ValueError(f"unknown language {unknown[0]!r}; one of {', '.join(i18n.LOCALES)}")
+    return value
+
+
+Variants = dict[str, VariantIn]
 
 
 class NewsletterIn(BaseModel):
@@ -39,8 +83,11 @@ class NewsletterIn(BaseModel):
     preheader: str = Field(default="", max_length=300)
     body: str = Field(min_length=1, max_length=MAX_BODY_CHARS)
     body_format: Literal["markdown", "html"] = "markdown"
+    track_clicks: bool = Field(default=False, description=TRACK_CLICKS)
+    variants: Variants | None = Field(default=None, description="by language: what its members get instead")
 
     _lines = field_validator("subject", "preheader")(check_one_line)
+    _variant_languages = field_validator("variants")(_languages)
 
 
 class NewsletterPatch(BaseModel):
@@ -50,10 +97,27 @@ class NewsletterPatch(BaseModel):
     preheader: str | None = Field(default=None, max_length=300)
     body: str | None = Field(default=None, min_length=1, max_length=MAX_BODY_CHARS)
     body_format: Literal["markdown", "html"] | None = None
+    track_clicks: bool | None = Field(default=None, description=TRACK_CLICKS)
+    variants: Variants | None = Field(default=None, description="replaces every variant ({} removes them)")
 
-    @field_validator("subject", "preheader")
+    _lines = field_validator("subject", "preheader")(_line_or_none)
+    _variant_languages = field_validator("variants")(_languages)
+
+
+class NewsletterTemplateIn(NewsletterIn):
+    """A template: a name and what a draft holds."""
+
+    name: str = Field(min_length=1, max_length=100)
+
+    _name = field_validator("name")(check_one_line)
+
+
+class NewsletterTemplatePatch(NewsletterPatch):
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+
+    @field_validator("name")
     @classmethod
-    def _lines(cls, value: str | None) -> str | None:
+    def _one_line_name(cls, value: str | None) -> str | None:
         return None if value is None else check_one_line(value)
 
 
@@ -61,6 +125,34 @@ class SendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     at: Instant | None = Field(default=None, description="when to send; absent or past: now")
+    local_time: Annotated[time, BeforeValidator(parse_local_time)] | None = Field(
+        default=None,
+        description="HH:MM: start now and deliver at this time in each member's time zone, on `date`",
+        json_schema_extra={"type": "string", "example": "09:00"},
+    )
+    date: Annotated[dt.date, BeforeValidator(parse_day)] | None = Field(
+        default=None,
+        description="YYYY-MM-DD: the day of `local_time`",
+        json_schema_extra={"example": "2026-12-10"},
+    )
+
+    def local(self, now: datetime) -> LocalSend | None:
+        """The local-time send asked for, or None; Problem 422 naming the field that is wrong."""
+        if self.local_time is None and self.date is None:
+            return None
+        errors = []
+        if self.at is not None:
+            errors.append({"field": "at", "message": "give either `at` or `local_time` and `date`, not both"})
+        for name in ("local_time", "date"):
+            if getattr(self, name) is None:
+                errors.append({"field": name, "message": "is required with `local_time` and `date`"})
+        if errors or self.local_time is None or self.date is None:
+            raise Problem(422, "the send time is not valid", errors=errors)
+        send = LocalSend(self.local_time, self.date)
+        reason = send.problem(now)
+        if reason:
+            raise Problem(422, "the send time is not valid", errors=[{"field": "date", "message": reason}])
+        return send
 
 
 class TestSendIn(BaseModel):
@@ -84,13 +176,27 @@ async def render_draft(
         ) from None
 
 
-async def _check(request: web.Request, draft: Draft) -> None:
-    """A 422 naming every field whose template does not render (subject and body at once),
-    found in the render pool within the template budget."""
-    problems = await request.config_dict[RENDER_POOL].problems(draft)
-    if problems:
-        errors = [{"field": field, "message": message} for field, message in problems.items()]
+async def _check(
+    request: web.Request, draft: Draft, variants: Mapping[str, Mapping[str, str]] | None = None
+) -> None:
+    """A 422 naming every field whose template does not render (subject and body at once, of the
+    newsletter and of each language variant: `variants.de.body`), found in the render pool within
+    the template budget."""
+    errors = []
+    for prefix, probe in [("", draft)] + [
+        (f"variants.{locale}.", newsletter.for_language(draft, variants or {}, locale))
+        for locale in sorted(variants or {})
+    ]:
+        problems = await request.config_dict[RENDER_POOL].problems(probe)
+        errors += [{"field": prefix + field, "message": message} for field, message in problems.items()]
+    if errors:
         raise Problem(422, "the newsletter does not render", errors=errors)
+
+
+def _variants(variants: Variants | None) -> dict[str, dict[str, str]] | None:
+    if variants is None:
+        return None
+    return {k: v.model_dump(exclude_none=True) for k, v in variants.items()}
 
 
 def _id(request: web.Request) -> int:
@@ -98,6 +204,16 @@ def _id(request: web.Request) -> int:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise Problem(404, "no newsletter with that id")
     return int(raw)
+
+
+async def _followed(request: web.Request, row: Any) -> Newsletter:
+    """The newsletter with its figures, what still waits for its local time, and its clicks."""
+    pool = request.app[POOL]
+    figures = await newsletter.figures(pool, row["id"])
+    _, next_due_at = await newsletter_local_time.waiting(pool, row["id"])
+    return Newsletter.of_row(
+        row, figures=figures, next_due_at=next_due_at, clicks=await clicks.per_link(pool, row["id"])
+    )
 
 
 async def _get(request: web.Request) -> Any:
@@ -112,8 +228,14 @@ async def create_newsletter(request: web.Request) -> web.Response:
     """A new draft. Its templates are checked: a syntax error or unknown variable is a 422."""
     body = await read_model(request, NewsletterIn)
     draft = Draft(0, body.subject, body.preheader, body.body, body.body_format)
-    await _check(request, draft)
-    row = await newsletter.create_draft(request.app[POOL], draft, str(api_key_of(request).actor))
+    variants = _variants(body.variants)
+    await _check(request, draft, variants)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        row = await newsletter.create_draft(
+            conn, draft, str(api_key_of(request).actor), track_clicks=body.track_clicks
+        )
+        if variants:
+            row = await newsletter.set_variants(conn, row["id"], variants)
     return json_response(201, Newsletter.of_row(row), {"Location": f"/v1/newsletters/{row['id']}"})
 
 
@@ -122,10 +244,16 @@ async def edit_newsletter(request: web.Request) -> web.Response:
     """Change a draft's subject, preheader, body or format; 409 once it is scheduled or later."""
     row = await _get(request)
     patch = await read_model(request, NewsletterPatch)
-    merged = {**dict(row), **patch.model_dump(exclude_none=True)}
+    merged = {**dict(row), **patch.model_dump(exclude_none=True, exclude={"variants"})}
     draft = Draft(row["id"], merged["subject"], merged["preheader"], merged["body"], merged["body_format"])
-    await _check(request, draft)
-    updated = await newsletter.update_draft(request.app[POOL], draft, str(api_key_of(request).actor))
+    variants = _variants(patch.variants)
+    await _check(request, draft, row["variants"] if variants is None else variants)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        updated = await newsletter.update_draft(
+            conn, draft, str(api_key_of(request).actor), track_clicks=merged["track_clicks"]
+        )
+        if updated is not None and variants is not None:
+            updated = await newsletter.set_variants(conn, row["id"], variants)
     if updated is None:
         raise Problem(409, f"the newsletter is {row['status']}; only a draft can be edited")
     return json_response(200, Newsletter.of_row(updated))
@@ -154,14 +282,14 @@ async def list_newsletters(request: web.Request) -> web.Response:
 async def get_newsletter(request: web.Request) -> web.Response:
     """The newsletter with its figures, derived from its outbox rows and events (live while sending)."""
     row = await _get(request)
-    figures = await newsletter.figures(request.app[POOL], row["id"])
-    return json_response(200, Newsletter.of_row(row, figures=figures))
+    return json_response(200, await _followed(request, row))
 
 
 @requires("newsletters")
 async def preview_newsletter(request: web.Request) -> web.Response:
-    """The newsletter as `?account=EXTERNAL_ID` would get it (sample data without `account`):
-    JSON `{subject, html, text}`, or the HTML itself with `?format=html`.
+    """The newsletter as `?account=EXTERNAL_ID` would get it (sample data without `account`), in
+    the variant and footer of `?locale=` (default: the newsletter itself, footer in English): JSON
+    `{subject, html, text}`, or the HTML itself with `?format=html`.
 
     A member's name and address are account data: `?account=` needs a key that may also read
     accounts (`accounts` or `admin`); for any other key it is a 403 before anything is looked up,
@@ -189,7 +317,17 @@ async def preview_newsletter(request: web.Request) -> web.Response:
             "first_name": name.split(" ", 1)[0],
             "email": account["email"],
         }
-    out = await render_draft(request, newsletter.draft_of(row), personal)
+    draft = newsletter.draft_of(row)
+    locale = request.query.get("locale")
+    if locale is not None:
+        if locale not in i18n.LOCALES:
+            raise Problem(
+                422,
+                "unknown language",
+                errors=[{"field": "locale", "message": f"one of {', '.join(i18n.LOCALES)}"}],
+            )
+        draft = newsletter.for_language(draft, row["variants"], locale)
+    out = await render_draft(request, draft, personal)
     if request.query.get("format") == "html":
         # Marketing's HTML may hold anything: shown as an inert document (no script, no forms).
         return web.Response(
@@ -242,10 +380,12 @@ async def test_send(request: web.Request) -> web.Response:
 
 @requires("newsletters")
 async def send_newsletter(request: web.Request) -> web.Response:
-    """Send now (no body, or `at` absent or past) or schedule (`at` in the future). Sending is
-    started by a bulk worker; follow it with GET. 202 when sending starts, 200 when scheduled,
-    409 when the newsletter is already sending, sent or cancelled, or needs a second person's
-    approval (NOTIFIER_FOUR_EYES_RECIPIENTS) that it does not have."""
+    """Send now (no body, or `at` absent or past) or schedule (`at` in the future); with
+    `local_time` and `date`, start now and deliver to each member at that time in their own zone
+    (422 naming the field when the date is past everywhere). Sending is started by a bulk worker;
+    follow it with GET. 202 when sending starts, 200 when scheduled, 409 when the newsletter is
+    already sending, sent or cancelled, or needs a second person's approval
+    (NOTIFIER_FOUR_EYES_RECIPIENTS) that it does not have."""
     row = await _get(request)
     has_body = request.can_read_body and (request.content_length or 0) > 0
     body = await read_model(request, SendIn) if has_body else SendIn()
@@ -260,10 +400,11 @@ async def send_newsletter(request: web.Request) -> web.Response:
                 "it needs a second person's approval in the console first",
             )
     now = datetime.now(UTC)
+    local = body.local(now)
     at = body.at or now
     try:
         scheduled = await newsletter.schedule(
-            request.app[POOL], row["id"], at, str(api_key_of(request).actor)
+            request.app[POOL], row["id"], at, str(api_key_of(request).actor), local
         )
     except newsletter.StateConflict:
         raise Problem(409, f"the newsletter is {row['status']}; it cannot be sent again") from None
@@ -291,8 +432,87 @@ async def cancel_newsletter(request: web.Request) -> web.Response:
         cancelled = await newsletter.cancel(request.app[POOL], row["id"], str(api_key_of(request).actor))
     except newsletter.StateConflict:
         raise Problem(409, f"the newsletter is {row['status']}; it cannot be cancelled") from None
-    figures = await newsletter.figures(request.app[POOL], row["id"])
-    return json_response(200, Newsletter.of_row(cancelled, figures=figures))
+    return json_response(200, await _followed(request, cancelled))
+
+
+# --- templates a draft starts from ------------------------------------------------------------
+
+
+def _template_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise Problem(404, "no newsletter template with that id")
+    return int(raw)
+
+
+def _draft_of(body: NewsletterIn) -> Draft:
+    return Draft(0, body.subject, body.preheader, body.body, body.body_format)
+
+
+@requires("newsletters")
+async def create_template(request: web.Request) -> web.Response:
+    """A new template; its subject and body must render (422 naming the field); 409 for a name in use."""
+    body = await read_model(request, NewsletterTemplateIn)
+    await _check(request, _draft_of(body))
+    row = await newsletter_templates.create(
+        request.app[POOL], body.name, _draft_of(body), str(api_key_of(request).actor)
+    )
+    return json_response(
+        201, NewsletterTemplate.of_row(row), {"Location": f"/v1/newsletter-templates/{row['id']}"}
+    )
+
+
+@requires("newsletters")
+async def list_templates(request: web.Request) -> web.Response:
+    """Newest first; `?limit=` and `?cursor=` page."""
+    limit = page_limit(request)
+    before = decode_cursor("newsletter-templates", request.query.get("cursor"))
+    rows = await request.app[POOL].fetch(Q.list_newsletter_templates, before, limit + 1)
+    items = [NewsletterTemplate.of_row(r) for r in rows[:limit]]
+    return json_response(
+        200, NewsletterTemplatePage(items=items, next_cursor=next_cursor("newsletter-templates", rows, limit))
+    )
+
+
+@requires("newsletters")
+async def get_template(request: web.Request) -> web.Response:
+    row = await newsletter_templates.get(request.app[POOL], _template_id(request))
+    return json_response(200, NewsletterTemplate.of_row(row))
+
+
+@requires("newsletters")
+async def edit_template(request: web.Request) -> web.Response:
+    """Change fields of a template (drafts already started from it keep their copy)."""
+    row = await newsletter_templates.get(request.app[POOL], _template_id(request))
+    patch = await read_model(request, NewsletterTemplatePatch)
+    merged = NewsletterTemplateIn.model_validate(
+        {
+            k: v
+            for k, v in {**dict(row), **patch.model_dump(exclude_none=True)}.items()
+            if k in NewsletterTemplateIn.model_fields
+        }
+    )
+    await _check(request, _draft_of(merged))
+    updated = await newsletter_templates.update(
+        request.app[POOL], row["id"], merged.name, _draft_of(merged), str(api_key_of(request).actor)
+    )
+    return json_response(200, NewsletterTemplate.of_row(updated))
+
+
+@requires("newsletters")
+async def delete_template(request: web.Request) -> web.Response:
+    """Delete a template; drafts started from it are not touched. 204."""
+    await newsletter_templates.delete(request.app[POOL], _template_id(request))
+    return web.Response(status=204)
+
+
+@requires("newsletters")
+async def draft_from_template(request: web.Request) -> web.Response:
+    """A new newsletter draft holding a copy of the template: 201 with the newsletter."""
+    row = await newsletter_templates.start_draft(
+        request.app[POOL], _template_id(request), str(api_key_of(request).actor)
+    )
+    return json_response(201, Newsletter.of_row(row), {"Location": f"/v1/newsletters/{row['id']}"})
 
 
 def setup_routes(app: web.Application) -> None:
@@ -305,3 +525,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/newsletters/{id}/send", send_newsletter)
     app.router.add_post("/v1/newsletters/{id}/unschedule", unschedule_newsletter)
     app.router.add_post("/v1/newsletters/{id}/cancel", cancel_newsletter)
+    app.router.add_post("/v1/newsletter-templates", create_template)
+    app.router.add_get("/v1/newsletter-templates", list_templates)
+    app.router.add_get("/v1/newsletter-templates/{id}", get_template)
+    app.router.add_patch("/v1/newsletter-templates/{id}", edit_template)
+    app.router.add_delete("/v1/newsletter-templates/{id}", delete_template)
+    app.router.add_post("/v1/newsletter-templates/{id}/draft", draft_from_template)

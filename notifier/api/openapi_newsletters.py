@@ -7,8 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from notifier import answers, newsletter
-from notifier.api.newsletters import MAX_TEST_RECIPIENTS, NewsletterIn, NewsletterPatch, SendIn, TestSendIn
+from notifier import answers, i18n, newsletter
+from notifier.api.newsletters import (
+    MAX_TEST_RECIPIENTS,
+    NewsletterIn,
+    NewsletterPatch,
+    NewsletterTemplateIn,
+    NewsletterTemplatePatch,
+    SendIn,
+    TestSendIn,
+)
 from notifier.api.openapi import LOCATION, PAGE, RETRY_AFTER, Answer, Body, Operation, Param, answer, problem
 
 NEWSLETTER_ID = Param("id", "path", {"type": "string"}, "the newsletter's id", example="12")
@@ -29,6 +37,10 @@ NEWSLETTER_EXAMPLE = {
     "started_at": None,
     "finished_at": None,
     "cancelled_at": None,
+    "failure": None,
+    "track_clicks": False,
+    "local_time": None,
+    "local_date": None,
     "created_by": "api_key:marketing",
     "created_at": _TIME,
     "updated_at": _TIME,
@@ -88,7 +100,9 @@ def operations() -> list[Operation]:
             "GET",
             base,
             "A newsletter and its figures",
-            "Figures come from the outbox rows and events, live while it sends.",
+            "Figures come from the outbox rows and events, live while it sends; `figures.waiting` "
+            "and `next_due_at` show a local-time send's recipients still waiting for their hour; "
+            "`clicks` each counted link's clicks per day (never by whom).",
             {200: answer(one, "the newsletter"), 404: _MISSING},
         ),
         _op(
@@ -120,6 +134,12 @@ def operations() -> list[Operation]:
                 NEWSLETTER_ID,
                 Param("account", "query", {"type": "string"}, "the external_id of a member to preview for"),
                 Param("format", "query", {"enum": ["json", "html"]}, "`html`: the HTML body itself"),
+                Param(
+                    "locale",
+                    "query",
+                    {"enum": list(i18n.LOCALES)},
+                    "as members of that language get it: its variant if any, the footer in it",
+                ),
             ],
         ),
         _op(
@@ -143,7 +163,9 @@ def operations() -> list[Operation]:
             "POST",
             f"{base}/send",
             "Send now or schedule",
-            "No body or a past `at`: sending starts (202). A future `at`: scheduled (200).",
+            "No body or a past `at`: sending starts (202). A future `at`: scheduled (200). "
+            "`local_time` and `date`: the audience is frozen now (202) and each member gets it at "
+            "that time on that date in their own time zone; a date past in every zone is a 422.",
             {
                 200: answer(one, "scheduled"),
                 202: answer(one, "sending starts"),
@@ -167,5 +189,98 @@ def operations() -> list[Operation]:
             "Cancel",
             "Rows not yet claimed are cancelled.",
             {200: answer(one, "cancelled, with figures"), 404: _MISSING, 409: _CONFLICT},
+        ),
+        *template_operations(),
+    ]
+
+
+TEMPLATE_ID = Param("id", "path", {"type": "string"}, "the template's id", example="3")
+_TEMPLATE = {"name": "Monthly news", **_DRAFT}
+TEMPLATE_EXAMPLE = {
+    "id": 3,
+    **_TEMPLATE,
+    "created_by": "api_key:marketing",
+    "updated_by": "api_key:marketing",
+    "created_at": _TIME,
+    "updated_at": _TIME,
+}
+_NO_TEMPLATE = problem("no newsletter template with that id")
+
+
+def template_operations() -> list[Operation]:
+    """The newsletter template routes described."""
+    base = "/v1/newsletter-templates"
+    one = answers.NewsletterTemplate
+    with_id = {"parameters": [TEMPLATE_ID]}
+    return [
+        _op(
+            "POST",
+            base,
+            "Save a newsletter template",
+            "A named subject, preheader and body that drafts start from; checked like a draft's "
+            "(a template that does not render is a 422 naming the field). 409 when the name is taken.",
+            {
+                201: answer(one, "the template", LOCATION, example=TEMPLATE_EXAMPLE),
+                409: problem("another template has that name"),
+                422: _INVALID,
+            },
+            parameters=[],
+            request=Body(NewsletterTemplateIn, example=_TEMPLATE),
+        ),
+        _op(
+            "GET",
+            base,
+            "List newsletter templates",
+            "Newest first, keyset-paginated: pass `next_cursor` as `cursor` until it is null.",
+            {
+                200: answer(
+                    answers.NewsletterTemplatePage,
+                    "a page",
+                    example={"items": [TEMPLATE_EXAMPLE], "next_cursor": None},
+                ),
+                422: problem("bad limit or cursor"),
+            },
+            parameters=list(PAGE),
+        ),
+        _op(
+            "GET",
+            f"{base}/{{id}}",
+            "A newsletter template",
+            "",
+            {200: answer(one, "the template"), 404: _NO_TEMPLATE},
+            **with_id,
+        ),
+        _op(
+            "PATCH",
+            f"{base}/{{id}}",
+            "Edit a newsletter template",
+            "Fields left out keep their value; drafts already started from it keep their copy.",
+            {
+                200: answer(one, "the template"),
+                404: _NO_TEMPLATE,
+                409: problem("another template has that name"),
+                422: _INVALID,
+            },
+            request=Body(NewsletterTemplatePatch, example={"name": "Monthly news (2027)"}),
+            **with_id,
+        ),
+        _op(
+            "DELETE",
+            f"{base}/{{id}}",
+            "Delete a newsletter template",
+            "Drafts started from it are not touched.",
+            {204: Answer("deleted"), 404: _NO_TEMPLATE},
+            **with_id,
+        ),
+        _op(
+            "POST",
+            f"{base}/{{id}}/draft",
+            "Start a draft from a template",
+            "A new newsletter draft holding a copy of the template's subject, preheader and body.",
+            {
+                201: answer(answers.Newsletter, "the new draft", LOCATION, example=NEWSLETTER_EXAMPLE),
+                404: _NO_TEMPLATE,
+            },
+            **with_id,
         ),
     ]

@@ -51,6 +51,8 @@ _PREFERENCES = {
     "digest_weekday": 1,
     "timezone": "Europe/Berlin",
     "newsletter": False,
+    "categories": {"registry": {"frequency": "immediate"}, "community": {"frequency": "weekly"}},
+    "quiet_hours": {"start": "22:00", "end": "07:00", "weekends": False},
 }
 ACCOUNT_EXAMPLE = {
     "external_id": "reg-1042",
@@ -217,7 +219,9 @@ def _account_operations() -> list[Operation]:
                 404: _NO_ACCOUNT,
                 422: _INVALID,
             },
-            description="Any of the five preferences; fields left out keep their value, and "
+            description="Any of the preferences; fields left out keep their value (`categories` "
+            "is merged per category, `null` removing a choice; choosing `off` for a required "
+            "category is a 422 naming `categories.<key>.frequency`), and "
             "`next_digest_at` (from GET) may be sent back and is ignored. Validated together; "
             "audited; a change of newsletter is a consent record; the open digest window is rescheduled.",
             request=Body(Preferences, example={"digest_frequency": "weekly", "newsletter": True}),

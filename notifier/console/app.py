@@ -2,9 +2,10 @@
 
 This module holds ROUTES, the one table of every console route and who may open it, the home
 page, static files and the development mailbox. Sign-in and sessions are in `console.sign_in`
-(with `console.sessions` and `console.oidc`), the pages in `console.newsletters`, `members`, `deliverability`,
-`complaints`, `webhooks` and `users`; `console.ui` holds the middleware that refuses a request
-whose route's declared access the session lacks.
+(with `console.sessions` and `console.oidc`), the pages in `console.newsletters`,
+`newsletter_templates`, `members`, `imports`, `deliverability`, `complaints`, `webhooks`, `brand`
+and `users`; `console.ui` holds the middleware that refuses a request whose route's declared
+access the session lacks.
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ from typing import Any
 
 from aiohttp import web
 
-from notifier.console import complaints, deliverability, members, oidc, sign_in, users, webhooks
+from notifier.console import (
+    brand,
+    complaints,
+    deliverability,
+    imports,
+    members,
+    oidc,
+    sign_in,
+    users,
+    webhooks,
+)
+from notifier.console import newsletter_templates as _templates
 from notifier.console import newsletters as console_newsletters
 from notifier.console.sessions import Access
 from notifier.console.ui import (
@@ -145,6 +157,14 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/newsletters/{id}/approve", _news.approve, "marketing"),
     Route("POST", "/newsletters/{id}/unschedule", _news.unschedule, "marketing"),
     Route("POST", "/newsletters/{id}/cancel", _news.cancel, "marketing"),
+    # marketing: newsletter templates
+    Route("GET", "/templates", _templates.index, "marketing"),
+    Route("GET", "/templates/new", _templates.new, "marketing"),
+    Route("POST", "/templates/new", _templates.create, "marketing"),
+    Route("GET", "/templates/{id}", _templates.edit, "marketing"),
+    Route("POST", "/templates/{id}", _templates.save, "marketing"),
+    Route("POST", "/templates/{id}/draft", _templates.start_draft, "marketing"),
+    Route("POST", "/templates/{id}/delete", _templates.delete, "marketing"),
     # support: members
     Route("GET", "/members", members.find, "support"),
     Route("GET", "/members/{external_id}", members.profile, "support"),
@@ -160,10 +180,14 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/failed/redrive", deliverability.redrive, "operator"),
     Route("GET", "/complaints", complaints.complaints, "operator"),
     Route("GET", "/webhooks", webhooks.endpoints, "operator"),
-    # admin: users, and captured mail (it holds working member links)
+    # admin: users, the brand, member imports, and captured mail (it holds working member links)
     Route("GET", "/users", users.index, "admin"),
     Route("POST", "/users", users.invite, "admin"),
     Route("POST", "/users/{id}", users.change, "admin"),
+    Route("GET", "/brand", brand.brand_form, "admin"),
+    Route("POST", "/brand", brand.brand_save, "admin"),
+    Route("GET", "/import", imports.import_form, "admin"),
+    Route("POST", "/import", imports.import_upload, "admin"),
     Route("GET", "/mailbox", mailbox, "admin"),
     Route("GET", "/mailbox/{name}", mailbox_message, "admin"),
     Route("GET", "/mailbox/{name}/source", mailbox_source, "admin"),

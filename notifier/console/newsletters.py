@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier import audit, newsletter, newsletter_test_send, queues
+from notifier import audit, clicks, newsletter, newsletter_local_time, newsletter_test_send, queues
 from notifier.api.newsletters import MAX_BODY_CHARS, NewsletterIn, TestSendIn
 from notifier.api.responses import json_response
 from notifier.console import chart as console_chart
@@ -61,11 +61,17 @@ def _read_draft(form: Mapping[str, str]) -> tuple[NewsletterIn | None, dict[str,
         "preheader": form.get("preheader", "").strip(),
         "body": form.get("body", ""),
         "body_format": form.get("body_format", "markdown"),
+        "track_clicks": form.get("track_clicks") == "on",
     }
     try:
         return NewsletterIn.model_validate(data), {}
     except ValidationError as exc:
         return None, {e["field"]: e["message"] for e in errors_of(exc)}
+
+
+def _clicks_field(form: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The form with `track_clicks` as a bool, whether it came from a row or a posted checkbox."""
+    return {**form, "track_clicks": form.get("track_clicks") in (True, "on")}
 
 
 def _draft_of(body: NewsletterIn, newsletter_id: int = 0) -> Draft:
@@ -110,7 +116,8 @@ async def _compose(
     status: int = 200,
 ) -> web.Response:
     # A posted form may lack any field (a hand-made request): the page shows each as empty.
-    form = {name: str(form.get(name, "")) for name in COMPOSE_FIELDS}
+    track_clicks = _clicks_field(form)["track_clicks"]
+    form = {name: str(form.get(name, "")) for name in COMPOSE_FIELDS} | {"track_clicks": track_clicks}
     subject = html = None
     render_errors: dict[str, str] = {}
     if len(form["body"]) <= MAX_BODY_CHARS:
@@ -161,7 +168,9 @@ async def create(request: web.Request) -> web.Response:
     if render_errors:
         return await _compose(request, row=None, form=form, errors=render_errors, status=422)
     async with pool_of(request).acquire() as conn, conn.transaction():
-        row = await newsletter.create_draft(conn, _draft_of(body), str(session_of(request).actor))
+        row = await newsletter.create_draft(
+            conn, _draft_of(body), str(session_of(request).actor), track_clicks=body.track_clicks
+        )
         await _audit(request, conn, row["id"], "created", subject=body.subject)
     raise redirect(f"/console/newsletters/{row['id']}", "created")
 
@@ -195,6 +204,7 @@ async def show(request: web.Request) -> web.Response:
     )
     _, html, _ = await _preview(request, newsletter.draft_of(row))
     done = figures["sent"] + figures["failed"] + figures["suppressed"] + figures["cancelled"]
+    _, next_due_at = await newsletter_local_time.waiting(pool, row["id"])
     return render(
         request,
         "newsletter.html",
@@ -207,6 +217,8 @@ async def show(request: web.Request) -> web.Response:
         chart=chart,
         legend=console_chart.legend(),
         preview_html=html,
+        next_due_at=next_due_at,
+        clicks=await clicks.per_link(pool, row["id"]),
         **await _approval(request, row),
     )
 
@@ -223,7 +235,7 @@ async def save(request: web.Request) -> web.Response:
         return await _compose(request, row=row, form=form, errors=render_errors, status=422)
     async with pool_of(request).acquire() as conn, conn.transaction():
         updated = await newsletter.update_draft(
-            conn, _draft_of(body, row["id"]), str(session_of(request).actor)
+            conn, _draft_of(body, row["id"]), str(session_of(request).actor), track_clicks=body.track_clicks
         )
         if updated is not None:
             changed = sorted(audit.diff(dict(row), body.model_dump()))
@@ -288,22 +300,45 @@ async def test_send(request: web.Request) -> web.Response:
 
 
 def _when(form: Mapping[str, str]) -> datetime | None:
-    """The schedule time of the send form (UTC, `datetime-local`), None for now; ValueError
-    naming what is wrong (the same bounds as the API's `at`)."""
-    if form.get("when", "now") == "now":
+    """The schedule time of the send form (UTC, `datetime-local`), None for now (and for a
+    local-time send); ValueError naming what is wrong (the same bounds as the API's `at`)."""
+    if form.get("when", "now") in ("now", "local"):
         return None
     return parse_instant(form.get("at", ""), naive="utc")
 
 
+def _local(form: Mapping[str, str], now: datetime) -> newsletter_local_time.LocalSend | None:
+    """The local-time send of the form (`when=local`), or None; ValueError naming what is wrong
+    (the API's rules)."""
+    if form.get("when") != "local":
+        return None
+    send = newsletter_local_time.LocalSend(
+        newsletter_local_time.parse_local_time(form.get("local_time", "")),
+        newsletter_local_time.parse_day(form.get("local_date", "")),
+    )
+    reason = send.problem(now)
+    if reason:
+        raise ValueError(reason)
+    return send
+
+
 async def send(request: web.Request) -> web.Response:
-    """POST /console/newsletters/{id}/send: send now, or schedule (`when=later`, `at` in UTC)."""
+    """POST /console/newsletters/{id}/send: send now, schedule (`when=later`, `at` in UTC), or
+    at each member's local time (`when=local`, `local_time` and `local_date`)."""
     row = await _newsletter(request)
     form = await form_of(request)
+    now = datetime.now(UTC)
     try:
         at = _when(form)
     except ValueError as exc:
         raise web.HTTPUnprocessableEntity(
             text=f"Give the date and time to send at (UTC): it {exc}."
+        ) from None
+    try:
+        local = _local(form, now)
+    except ValueError as exc:
+        raise web.HTTPUnprocessableEntity(
+            text=f"Give the local time and the date to send at: the time or date {exc}."
         ) from None
     _, _, render_errors = await _preview(request, newsletter.draft_of(row))
     if render_errors:
@@ -311,11 +346,13 @@ async def send(request: web.Request) -> web.Response:
             text="The newsletter does not render: " + "; ".join(render_errors.values())
         )
     await _check_send(request, row)
-    now = datetime.now(UTC)
     try:
         async with pool_of(request).acquire() as conn, conn.transaction():
-            await newsletter.schedule(conn, row["id"], at or now, str(session_of(request).actor))
-            await _audit(request, conn, row["id"], "scheduled", at=(at or now).isoformat())
+            await newsletter.schedule(conn, row["id"], at or now, str(session_of(request).actor), local)
+            when = {"at": (at or now).isoformat()}
+            if local is not None:
+                when |= {"local_time": local.at.isoformat("minutes"), "local_date": local.day.isoformat()}
+            await _audit(request, conn, row["id"], "scheduled", **when)
     except newsletter.StateConflict:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; it cannot be sent again.") from None
     if at is None or at <= now:

@@ -52,6 +52,7 @@ NOTICES = {
     "signed-out": "You are signed out.",
     "saved": "Saved.",
     "created": "Draft created.",
+    "template-deleted": "Template deleted; drafts started from it are unchanged.",
     "test-sent": "Test e-mail queued.",
     "scheduled": "Newsletter scheduled.",
     "sending": "Sending has started.",

@@ -23,9 +23,10 @@ import asyncpg
 from arq import ArqRedis
 
 from notifier import queues, suppression, tokens, verp
+from notifier.brand import Brand
 from notifier.db import Q
 from notifier.mail import compose, outbox, smtp_reply
-from notifier.mail.render import OutgoingEmail, Renderers, TemplateError
+from notifier.mail.render import NothingToSend, OutgoingEmail, Renderers, TemplateError
 from notifier.mail.send_rate import SendRate
 from notifier.mail.smtp import (
     DeliveryError,
@@ -49,7 +50,7 @@ POLICY_PREFIX = "refused by the receiving server's policy (the sender, not the a
 @dataclass
 class Result:
     id: int
-    status: Literal["sent", "failed", "suppressed", "queued"]
+    status: Literal["sent", "failed", "suppressed", "queued", "cancelled"]
     event: str
     message_id: str | None = None
     error: str | None = None
@@ -64,18 +65,27 @@ class Counts:
     deferred: int = 0
     suppressed: int = 0
     bounced: int = 0
+    cancelled: int = 0
 
     def add(self, result: Result) -> None:
-        attribute = {"queued": "deferred", "sent": "sent", "suppressed": "suppressed"}.get(result.status)
+        attribute = {
+            "queued": "deferred",
+            "sent": "sent",
+            "suppressed": "suppressed",
+            "cancelled": "cancelled",
+        }.get(result.status)
         if attribute is None:
             attribute = "bounced" if result.event == "bounced" else "failed"
         setattr(self, attribute, getattr(self, attribute) + 1)
 
 
-def context_for(settings: Settings, email: OutgoingEmail) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+def context_for(
+    settings: Settings, email: OutgoingEmail, brand: Brand | None = None
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """The render context of an e-mail (its own context plus `public_url`, `postal_address`,
-    `to_address` and, for kinds a member may leave, `unsubscribe_url` and `preferences_url`)
-    and the list headers it gets (List-Id; List-Unsubscribe and List-Unsubscribe-Post)."""
+    `to_address`, `brand` (the settings' when not given) and, for kinds a member may leave,
+    `unsubscribe_url` and `preferences_url`) and the list headers it gets (List-Id;
+    List-Unsubscribe and List-Unsubscribe-Post)."""
     s = settings
     policy = outbox.POLICIES[email.kind]
     context: dict[str, Any] = {
@@ -83,6 +93,7 @@ def context_for(settings: Settings, email: OutgoingEmail) -> tuple[dict[str, Any
         "public_url": s.public_url,
         "postal_address": s.postal_address,
         "to_address": email.to_address,
+        "brand": brand or Brand.from_settings(s),
     }
     headers = [("List-Id", f"<{email.kind}.{s.list_id_domain}>")]
     if policy.list_name is not None and email.account_id is not None:
@@ -318,6 +329,8 @@ class Delivery:
             else:
                 to_send.append(email)
 
+        if to_send:
+            await self.renderers.brand.refresh(self.pool)
         by_kind: dict[str, list[OutgoingEmail]] = {}
         for email in to_send:
             by_kind.setdefault(email.kind, []).append(email)
@@ -337,6 +350,9 @@ class Delivery:
                 turn = loop.time()
             try:
                 mid, envelope = self.build_message(email, date, known_ids[email.id])
+            except NothingToSend as exc:
+                results[email.id] = Result(email.id, "cancelled", "cancelled", error=str(exc))
+                continue
             except (TemplateError, compose.HeaderError) as exc:
                 why = smtp_reply.redact(str(exc))
                 results[email.id] = Result(
@@ -389,7 +405,7 @@ class Delivery:
     def build_message(self, email: OutgoingEmail, date: str, known_id: str | None) -> tuple[str, Envelope]:
         """Render and build one e-mail (DKIM-signed when configured): its Message-ID and envelope.
         Raises TemplateError or HeaderError."""
-        context, headers = context_for(self.settings, email)
+        context, headers = context_for(self.settings, email, self.renderers.brand.current)
         rendered = self.renderers.for_kind(email.kind).render(email, context)
         sender_kind = outbox.POLICIES[email.kind].sender
         _, from_address = self._from[sender_kind]

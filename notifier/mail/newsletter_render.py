@@ -21,7 +21,8 @@ import nh3
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from notifier import templating
+from notifier import i18n, templating
+from notifier.brand import Brand
 from notifier.mail.sandbox import Budget, MeteredSandbox, metered
 from notifier.settings import Settings
 
@@ -43,12 +44,24 @@ _ATTRIBUTES = {
     "table": {"border", "cellpadding", "cellspacing", "summary"},
     "td": {"colspan", "rowspan", "headers", "nowrap"},
     "th": {"colspan", "rowspan", "headers", "scope", "nowrap"},
-    "img": {"src", "alt", "border"},
+    "img": {"src", "alt", "border", "width", "height"},
     "font": {"color", "face", "size"},
 }
+
+
+def _https_images(tag: str, attribute: str, value: str) -> str | None:
+    """An image loads only over https: `http:` leaks who reads over the network, `data:` and
+    `cid:` carry what a list server should not (tracking pixels, oversized inline payloads), so
+    any other `src` is dropped and the image shows its alt text."""
+    if tag == "img" and attribute == "src" and not value.strip().lower().startswith("https://"):
+        return None
+    return value
+
+
 _CLEANER = nh3.Cleaner(
     tags=nh3.ALLOWED_TAGS | {"font", "tfoot", "section", "main"},
     attributes=_ATTRIBUTES,
+    attribute_filter=_https_images,
     url_schemes={"http", "https", "mailto", "tel", "cid", "data"},
     link_rel=None,
     strip_comments=True,
@@ -64,7 +77,11 @@ def sanitise(fragment: str) -> str:
 _SANDBOX_HTML = cast(MeteredSandbox, templating.environment(None, env_class=MeteredSandbox))
 _SANDBOX_TEXT = cast(MeteredSandbox, templating.environment(None, html=False, env_class=MeteredSandbox))
 _MARKDOWN = MarkdownIt("commonmark", {"html": True, "linkify": False}).enable("table")
-_LAYOUT = templating.environment("mail", keep_trailing_newline=True)
+# The layout (footer) in each language.
+_LAYOUTS = {
+    locale: templating.environment("mail", locale=locale, keep_trailing_newline=True)
+    for locale in i18n.LOCALES
+}
 
 
 class TemplateProblem(ValueError):
@@ -89,6 +106,13 @@ class Draft:
     body: str
     body_format: str
     version: datetime | None = None
+    # The newsletter's numbered links when it counts clicks (`newsletter_links`, link = index):
+    # each is rewritten to `{PUBLIC_URL}/c/{id}/{link}`. Empty: links stay as written.
+    links: tuple[str, ...] = ()
+    # The language of the layout's own words (the footer); the newsletter's variant for a
+    # language carries that language here (notifier.newsletter.for_language).
+    locale: str = i18n.DEFAULT
+    brand: Brand | None = None  # the house style; None: the NOTIFIER_BRAND_* settings
 
 
 @dataclass(frozen=True)
@@ -137,6 +161,66 @@ def html_to_text(fragment: str) -> str:
         if line or (out and out[-1]):
             out.append(line)
     return "\n".join(out).strip() + "\n"
+
+
+# Click counting (notifier.clicks): the links of a body that can be counted, and their rewriting.
+MAX_TRACKED_LINKS = 500
+_ANCHOR = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
+_ANCHOR_HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
+_TRACKABLE = re.compile(r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s\x00-\x1f\x7f\"'<>{}]+$")
+_TEXT_URL = re.compile(r"https?://[^\s<>()\[\]\"']+", re.IGNORECASE)
+
+
+def _anchor_hrefs(fragment: str) -> list[str]:
+    """The `href` of every `<a>` tag of an HTML fragment, unescaped, in order."""
+    found = []
+    for tag in _ANCHOR.finditer(fragment):
+        href = _ANCHOR_HREF.search(tag.group(0))
+        if href:
+            found.append(html.unescape(href.group(3)))
+    return found
+
+
+def body_html_source(draft: Draft) -> str:
+    """The body as an HTML template (Markdown converted, Jinja tags intact)."""
+    return markdown_to_html(draft.body) if draft.body_format == "markdown" else draft.body
+
+
+def trackable_links(draft: Draft) -> list[str]:
+    """The links of the body whose clicks can be counted, each once, in order of appearance:
+    absolute http(s) addresses of `<a href>` written out in full, in ASCII (percent-encoded), at
+    most 2,048 characters and
+    MAX_TRACKED_LINKS of them. A link built with a template tag (`{{ unsubscribe_url }}`, a URL
+    with `{{ email }}` in it) is personal and is never counted, nor are mailto:, tel: or anchors."""
+    links: dict[str, None] = {}
+    for url in _anchor_hrefs(body_html_source(draft)):
+        # ASCII only (Markdown percent-encodes its links): the address becomes a Location header.
+        if (
+            len(url) <= 2048
+            and url.isascii()
+            and _TRACKABLE.fullmatch(url)
+            and len(links) < MAX_TRACKED_LINKS
+        ):
+            links.setdefault(url, None)
+    return list(links)
+
+
+def _track_html(fragment: str, targets: Mapping[str, str]) -> str:
+    """`fragment` with each `<a href>` found in `targets` pointing to its counting address."""
+
+    def anchor(tag: re.Match[str]) -> str:
+        def href(m: re.Match[str]) -> str:
+            target = targets.get(html.unescape(m.group(3)))
+            return m.group(0) if target is None else f'{m.group(1)}"{html.escape(target)}"'
+
+        return _ANCHOR_HREF.sub(href, tag.group(0), count=1)
+
+    return _ANCHOR.sub(anchor, fragment)
+
+
+def _track_text(text: str, targets: Mapping[str, str]) -> str:
+    """The text part with each address found in `targets` (as written) replaced by its counting one."""
+    return _TEXT_URL.sub(lambda m: targets.get(m.group(0), m.group(0)), text)
 
 
 def _compile(env: MeteredSandbox, field: str, source: str) -> jinja2.Template:
@@ -196,20 +280,25 @@ def _links(part: str, unsubscribe: str, preferences: str) -> str:
 def prepare(settings: Settings, draft: Draft) -> Prepared:
     """Compile marketing's templates and render the shared layout once. Raises TemplateProblem."""
     subject = _compile(_SANDBOX_TEXT, "subject", draft.subject)
-    if draft.body_format == "markdown":
-        body_source = markdown_to_html(draft.body)
-        text_source = draft.body.strip() + "\n"
-    else:
-        body_source = draft.body
-        text_source = html_to_text(draft.body)
+    body_source = body_html_source(draft)
+    text_source = draft.body.strip() + "\n" if draft.body_format == "markdown" else html_to_text(draft.body)
+    if draft.links:
+        targets = {url: f"{settings.public_url}/c/{draft.id}/{i}" for i, url in enumerate(draft.links)}
+        body_source = _track_html(body_source, targets)
+        text_source = _track_text(text_source, targets)
     layout = {
+        "brand": draft.brand or Brand.from_settings(settings),
         "subject": _SUBJECT,
         "preheader": draft.preheader,
         "postal_address": settings.postal_address,
         "unsubscribe_url": _UNSUBSCRIBE,
         "preferences_url": _PREFERENCES,
     }
-    shell = _LAYOUT.get_template("newsletter.html").render(**layout, body=_BODY_SLOT)
+    shell = (
+        _LAYOUTS[i18n.normalise(draft.locale)]
+        .get_template("newsletter.html")
+        .render(**layout, body=_BODY_SLOT)
+    )
     document = shell.replace(_BODY_START + _BODY_END, _BODY_START + body_source + _BODY_END)
     inlined = css_inline.inline(document)
     start, end = inlined.find(_BODY_START), inlined.find(_BODY_END)
@@ -220,7 +309,11 @@ def prepare(settings: Settings, draft: Draft) -> Prepared:
         inlined = css_inline.inline(shell)
         start, end = inlined.find(_BODY_START), inlined.find(_BODY_END)
         inlined_body = body_source
-    text_shell = _LAYOUT.get_template("newsletter.txt").render(**layout, body="@@notifier-body@@")
+    text_shell = (
+        _LAYOUTS[i18n.normalise(draft.locale)]
+        .get_template("newsletter.txt")
+        .render(**layout, body="@@notifier-body@@")
+    )
     text_before, _, text_after = text_shell.partition("@@notifier-body@@")
     return Prepared(
         subject=subject,
@@ -250,20 +343,23 @@ def check(settings: Settings, draft: Draft) -> None:
 
 
 class PreparedCache:
-    """Per-process memory of prepared newsletters, keyed by id and version (`updated_at`).
+    """Per-process memory of prepared newsletters, keyed by id, version (`updated_at`), language
+    and brand.
 
     A version is checked once (rendered for sample data) when it is first prepared; a version
     that does not render, or not within its budget, is remembered as such, so each of its e-mails
     fails at once with the same reason instead of spending the budget again."""
 
     def __init__(self, size: int = 8) -> None:
-        self._items: OrderedDict[tuple[int, datetime | None], Prepared | TemplateProblem] = OrderedDict()
+        self._items: OrderedDict[
+            tuple[int, datetime | None, str, Brand | None], Prepared | TemplateProblem
+        ] = OrderedDict()
         self._size = size
         self.misses = 0
 
     def get(self, settings: Settings, draft: Draft) -> Prepared:
         """The prepared version. Raises TemplateProblem (remembered) when it does not render."""
-        key = (draft.id, draft.version)
+        key = (draft.id, draft.version, draft.locale, draft.brand)
         found = self._items.get(key)
         if found is None:
             self.misses += 1

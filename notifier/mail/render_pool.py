@@ -20,8 +20,10 @@ import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from typing import Any
 
+from notifier.brand import BrandCache
 from notifier.mail.newsletter_render import Draft, Rendered, TemplateProblem, field_problems, prepare
 from notifier.settings import Settings
 
@@ -55,9 +57,14 @@ class RenderPool:
     """Child processes that render newsletters; one per web process (see the module docstring)."""
 
     def __init__(
-        self, settings: Settings, processes: int = PROCESSES, timeout: float = TIMEOUT_SECONDS
+        self,
+        settings: Settings,
+        processes: int = PROCESSES,
+        timeout: float = TIMEOUT_SECONDS,
+        brand: BrandCache | None = None,
     ) -> None:
         self.settings = settings
+        self.brand = brand or BrandCache(settings)
         self.processes = processes
         self.timeout = timeout
         self._executor: ProcessPoolExecutor | None = None
@@ -72,14 +79,18 @@ class RenderPool:
     async def render(self, draft: Draft, personal: Mapping[str, Any]) -> Rendered:
         """The draft rendered for `personal`, off the event loop. Raises TemplateProblem when it
         does not render, or does not within its budget."""
-        rendered: Rendered = await self._call(_render, self.settings, draft, dict(personal))
+        rendered: Rendered = await self._call(_render, self.settings, self._branded(draft), dict(personal))
         return rendered
 
     async def problems(self, draft: Draft) -> dict[str, str]:
         """Every field of the draft that does not render for the sample member (subject and body
         at once, within the budget), off the event loop; empty when it renders."""
-        found: dict[str, str] = await self._call(_problems, self.settings, draft)
+        found: dict[str, str] = await self._call(_problems, self.settings, self._branded(draft))
         return found
+
+    def _branded(self, draft: Draft) -> Draft:
+        """The draft in the house style in force (a preview shows what members will get)."""
+        return draft if draft.brand is not None else replace(draft, brand=self.brand.current)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         for attempt in (1, 2):

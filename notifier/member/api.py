@@ -26,7 +26,7 @@ import aiohttp_cors
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from notifier import audit, consent, inbox, preferences
+from notifier import audit, consent, i18n, inbox, preferences
 from notifier.accounts import account_id_of
 from notifier.api.accounts import external_id_of
 from notifier.api.auth import requires
@@ -218,7 +218,8 @@ _SCRIPT = web.AppKey("inbox_script", bytes)
 
 
 async def component(request: web.Request) -> web.Response:
-    """GET /static/inbox.js: the `<notifier-inbox>` custom element (read once per process)."""
+    """GET /static/inbox.js: the `<notifier-inbox>` custom element with its words in every shipped
+    language (read and filled in once per process)."""
     body = request.app[_SCRIPT]
     etag = hashlib.sha256(body).hexdigest()[:32]
     if request.headers.get("If-None-Match") == f'"{etag}"':
@@ -252,7 +253,7 @@ def setup(app: web.Application) -> None:
     """Add the member API, its event stream, the token route and CORS for the inbox origins."""
     settings = app[SETTINGS]
     app[INBOX_SECRET] = tokens.inbox_secret(settings.secret)
-    app[_SCRIPT] = COMPONENT.read_bytes()
+    app[_SCRIPT] = i18n.component_script(COMPONENT.read_text(encoding="utf-8")).encode()
     app.router.add_get("/static/inbox.js", component)
     app.router.add_post("/v1/accounts/{external_id}/inbox-token", issue_token)
     stream.setup(app)

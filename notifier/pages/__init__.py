@@ -1,5 +1,8 @@
-"""What the member-facing pages share: templates, strict headers, CSRF nonces, the Origin check
-and the e-mail a link came from.
+"""What the member-facing pages share: templates in the member's language, strict headers, CSRF
+nonces, the Origin check and the e-mail a link came from.
+
+A page speaks the language of the member it is about (their `locale`); a page about no one (an
+invalid link) speaks what the browser's `Accept-Language` prefers, else English (notifier.i18n).
 
 The pages are reached through signed links in e-mails and set no cookie. Forms are protected
 against cross-site requests by a per-token nonce (an HMAC of the token and the time the form was
@@ -20,33 +23,64 @@ from urllib.parse import urlsplit
 import asyncpg
 from aiohttp import web
 
-from notifier import templating, tokens
+from notifier import i18n, templating, tokens
+from notifier.brand import Brand
 from notifier.db import Q
-from notifier.resources import POOL, SETTINGS
+from notifier.resources import BRAND, POOL, SETTINGS
 from notifier.settings import Settings
 
 NONCE_SECONDS = 4 * 3600
 
-_ENV = templating.environment("pages", autoescape=True, trim_blocks=True, lstrip_blocks=True)
+_ENVS = {
+    locale: templating.environment(
+        "pages", locale=locale, autoescape=True, trim_blocks=True, lstrip_blocks=True
+    )
+    for locale in i18n.LOCALES
+}
 
 # No script runs on these pages; styles are inline in the shared layout; forms post only here.
+# Images come from this site and the brand's logo origin (checked to be a plain https host).
 CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'{logo}; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
 
 
-def render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
-    """An HTML page from `templates/pages/`, never cached, with a strict Content-Security-Policy."""
+def render(
+    request: web.Request,
+    template: str,
+    *,
+    status: int = 200,
+    locale: str | None = None,
+    **context: Any,
+) -> web.Response:
+    """An HTML page from `templates/pages/` in the house style, never cached, with a strict
+    Content-Security-Policy, in the language `i18n.choose` picks: the member's `locale` when
+    given, else the browser's. `title` and `message`, when given, are English messages (marked
+    with `i18n.N_`) translated here."""
     settings: Settings = request.app[SETTINGS]
-    html = _ENV.get_template(template).render(postal_address=settings.postal_address, **context)
+    language = i18n.choose(locale, request.headers.get("Accept-Language"))
+    for key in ("title", "message"):
+        if isinstance(context.get(key), str):
+            context[key] = i18n.gettext(language, context[key])
+    cache = request.config_dict.get(BRAND)
+    brand = cache.current if cache is not None else Brand.from_settings(settings)
+    html = (
+        _ENVS[language]
+        .get_template(template)
+        .render(postal_address=settings.postal_address, brand=brand, **context)
+    )
+    logo = f" {brand.logo_origin}" if brand.logo_origin else ""
     return web.Response(
         text=html,
         status=status,
         content_type="text/html",
         headers={
+            "Content-Language": language,
+            # Without a member, the browser's languages chose it.
+            **({"Vary": "Accept-Language"} if locale is None else {}),
             "Cache-Control": "no-store",
-            "Content-Security-Policy": CSP,
+            "Content-Security-Policy": CSP.format(logo=logo),
             "X-Robots-Tag": "noindex, nofollow",
             # Not no-referrer: with it, browsers send `Origin: null` on the form's POST and the
             # origin check could not tell our own form from a forged one. Nothing leaves the site.
@@ -57,7 +91,7 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
 
 def not_found(request: web.Request) -> web.Response:
     """The page for a forged, altered or outdated link: 404, says what to do, never a 500."""
-    return render(request, "invalid.html", status=404, title="This link is not valid")
+    return render(request, "invalid.html", status=404, title=i18n.N_("This link is not valid"))
 
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -85,11 +119,7 @@ async def signed_form(
         return not_found(request)
     if request.content_type not in FORM_TYPES:
         return render(
-            request,
-            "invalid.html",
-            status=415,
-            title="Send the form as a web form",
-            message=f"Nothing was changed: {how}.",
+            request, "invalid.html", status=415, title=i18n.N_("Send the form as a web form"), how=how
         )
     form = await read_form(request)
     if form is None:
@@ -109,7 +139,7 @@ async def fresh_form(
     if not same_origin(request) or not nonce_valid(
         keyring, request.match_info["token"], str(posted[1].get("nonce", ""))
     ):
-        return render(request, "expired.html", status=403, title="Please try again", again=again)
+        return render(request, "expired.html", status=403, title=i18n.N_("Please try again"), again=again)
     return posted
 
 
@@ -119,8 +149,8 @@ def bad_form(request: web.Request) -> web.Response:
         request,
         "invalid.html",
         status=400,
-        title="This request is not a web form",
-        message="Nothing was changed: the form could not be read. Open the page again and resubmit.",
+        title=i18n.N_("This request is not a web form"),
+        message=i18n.N_("Nothing was changed: the form could not be read. Open the page again and resubmit."),
     )
 
 
@@ -223,6 +253,7 @@ class LinkedMember:
     found: tokens.Token
     member: asyncpg.Record
     ref: EmailRef
+    locale: str | None
 
 
 async def linked_member(request: web.Request, purpose: tokens.Purpose) -> LinkedMember | None:
@@ -236,4 +267,11 @@ async def linked_member(request: web.Request, purpose: tokens.Purpose) -> Linked
     member = await pool.fetchrow(Q.member, found.account_id)
     if member is None:
         return None
-    return LinkedMember(token, found, member, await email_ref(pool, found.account_id, request.query.get("e")))
+    ref = await email_ref(pool, found.account_id, request.query.get("e"))
+    return LinkedMember(token, found, member, ref, await member_locale(pool, found.account_id))
+
+
+async def member_locale(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) -> str | None:
+    """The locale the member chose, or None when the member is gone (pages then ask the browser)."""
+    locale: str | None = await conn.fetchval(Q.account_locale, account_id)
+    return locale

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from notifier import audit, pages, tokens
+from notifier import audit, i18n, pages, tokens
 from notifier.consent import confirm
 from notifier.resources import POOL, SETTINGS
 
@@ -18,7 +18,8 @@ async def get_confirm(request: web.Request) -> web.Response:
     return pages.render(
         request,
         "confirm.html",
-        title="Confirm your newsletter subscription",
+        locale=await pages.member_locale(request.app[POOL], found.account_id),
+        title=i18n.N_("Confirm your newsletter subscription"),
         done=False,
         nonce=pages.form_nonce(request.app[SETTINGS].secret, request.match_info["token"]),
     )
@@ -28,14 +29,16 @@ async def post_confirm(request: web.Request) -> web.Response:
     """Confirm the opt-in named by the token (the form's nonce and origin are checked)."""
     token = request.match_info["token"]
     settings = request.app[SETTINGS]
-    posted = await pages.signed_form(request, "confirm", "press the button on the confirmation page")
+    posted = await pages.signed_form(request, "confirm", i18n.N_("press the button on the confirmation page"))
     if isinstance(posted, web.Response):
         return posted
     found, form = posted
     if not pages.same_origin(request) or not pages.nonce_valid(
         settings.keyring, token, str(form.get("nonce", ""))
     ):
-        return pages.render(request, "expired.html", status=403, title="Please try again", again=request.path)
+        return pages.render(
+            request, "expired.html", status=403, title=i18n.N_("Please try again"), again=request.path
+        )
     async with request.app[POOL].acquire() as conn, conn.transaction():
         done = await confirm(conn, found.account_id)
         if done:
@@ -45,8 +48,15 @@ async def post_confirm(request: web.Request) -> web.Response:
             await audit.record(
                 conn, found.account_id, audit.MEMBER, "consent.confirm", {"topic": "newsletter"}
             )
+        locale = await pages.member_locale(conn, found.account_id)
     return pages.render(
-        request, "confirm.html", title="Subscription confirmed", done=True, confirmed=done, nonce=""
+        request,
+        "confirm.html",
+        locale=locale,
+        title=i18n.N_("Subscription confirmed"),
+        done=True,
+        confirmed=done,
+        nonce="",
     )
 
 

@@ -15,12 +15,12 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from notifier import inbox, pages, tokens
+from notifier import i18n, inbox, pages, tokens
 from notifier.db import Q
 from notifier.resources import POOL, REDIS, SETTINGS
 
 PAGE_SIZE = 20
-VIEWS = (("unread", "Unread"), ("all", "All"), ("archived", "Archived"))
+VIEWS = (("unread", i18n.N_("Unread")), ("all", i18n.N_("All")), ("archived", i18n.N_("Archived")))
 ACTIONS = ("read", "unread", "archive", "unarchive")
 
 
@@ -69,15 +69,20 @@ async def get_inbox(request: web.Request) -> web.Response:
         archived=inbox.MEMBER_VIEWS[view],
         limit=PAGE_SIZE,
     )
+    language = i18n.normalise(account["locale"])
     items = [
-        {**inbox.member_item(r), "when": inbox.member_time(r["created_at"], account["timezone"])}
+        {
+            **inbox.member_item(r),
+            "when": i18n.format_when(r["created_at"], account["timezone"], language, with_year=True),
+        }
         for r in page.rows
     ]
     base = f"/inbox/{token}"
     return pages.render(
         request,
         "inbox.html",
-        title="Your inbox",
+        locale=language,
+        title=i18n.N_("Your inbox"),
         name=account["name"],
         timezone=account["timezone"],
         action=base,
@@ -102,7 +107,7 @@ async def post_inbox(request: web.Request) -> web.Response:
     for a message that is not the member's, 422 for an unknown action."""
     token = request.match_info["token"]
     posted = await pages.fresh_form(
-        request, "inbox", "use the buttons of your inbox page", again=f"/inbox/{token}"
+        request, "inbox", i18n.N_("use the buttons of your inbox page"), again=f"/inbox/{token}"
     )
     if isinstance(posted, web.Response):
         return posted
@@ -124,16 +129,16 @@ async def post_inbox(request: web.Request) -> web.Response:
                 request,
                 "invalid.html",
                 status=404,
-                title="This message is not in your inbox",
-                message="Nothing was changed. Open your inbox again from the link in your e-mail.",
+                title=i18n.N_("This message is not in your inbox"),
+                message=i18n.N_("Nothing was changed. Open your inbox again from the link in your e-mail."),
             )
     else:
         return pages.render(
             request,
             "invalid.html",
             status=422,
-            title="Unknown action",
-            message="Nothing was changed: use the buttons of your inbox page.",
+            title=i18n.N_("Unknown action"),
+            message=i18n.N_("Nothing was changed: use the buttons of your inbox page."),
         )
     await inbox.announce_changed(request.app[REDIS], found.account_id)
     back = str(form.get("back", ""))

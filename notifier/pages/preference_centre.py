@@ -1,6 +1,7 @@
 """The preference centre, `GET` / `POST /preferences/{token}`: a server-rendered form (no
 JavaScript, no cookie) where a member lowers their digest frequency instead of leaving, changes
-the hour, weekday and time zone, and opts in or out of the newsletter.
+the hour, weekday and time zone, chooses how often each declared category reaches them, sets
+quiet hours, and opts in or out of the newsletter.
 
 POST checks the form's nonce and origin (see notifier.pages), saves through
 `preferences.apply_preferences` (audit actor: the member; newsletter consent with the wording
@@ -14,27 +15,45 @@ from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
+from babel import dates
 
-from notifier import audit, consent, pages, preferences, schedule
+from notifier import audit, categories, consent, i18n, pages, preferences, schedule
 from notifier.db import Q
 from notifier.resources import POOL, SETTINGS
 
-# How the centre names each of schedule.FREQUENCIES, in the order it shows them.
+N_ = i18n.N_
+# How the centre names each of schedule.FREQUENCIES, in the order it shows them (English messages,
+# translated when the page is rendered).
 FREQUENCIES: tuple[tuple[schedule.Frequency, str, str], ...] = (
-    ("immediate", "As messages arrive", "one e-mail per new message, grouped when several come at once"),
-    ("hourly", "Hourly", "at most one summary an hour"),
-    ("daily", "Daily", "one summary a day at the hour you choose"),
-    ("weekly", "Weekly", "one summary a week on the day and hour you choose"),
-    ("off", "Never", "no summaries; your inbox stays on the website"),
+    (
+        "immediate",
+        N_("As messages arrive"),
+        N_("one e-mail per new message, grouped when several come at once"),
+    ),
+    ("hourly", N_("Hourly"), N_("at most one summary an hour")),
+    ("daily", N_("Daily"), N_("one summary a day at the hour you choose")),
+    ("weekly", N_("Weekly"), N_("one summary a week on the day and hour you choose")),
+    ("off", N_("Never"), N_("no summaries; your inbox stays on the website")),
 )
-WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-LABELS = {
-    "digest_frequency": "How often",
-    "digest_hour": "Hour",
-    "digest_weekday": "Day of the week",
-    "timezone": "Time zone",
-    "newsletter": "Newsletter",
+# What the member should do about a field the domain refused, in their language (the domain's own
+# message, in English, for a field not listed).
+FIX = {
+    "digest_frequency": N_("Choose one of the frequencies shown."),
+    "digest_hour": N_("Choose an hour from the list."),
+    "digest_weekday": N_("Choose a day of the week from the list."),
+    "timezone": N_("Choose a time zone from the list."),
 }
+LABELS = {
+    "digest_frequency": N_("How often"),
+    "digest_hour": N_("Hour"),
+    "digest_weekday": N_("Day of the week"),
+    "timezone": N_("Time zone"),
+    "newsletter": N_("Newsletter"),
+    "categories": N_("Topics"),
+    "quiet_hours": N_("Quiet hours"),
+}
+# The form's fields for a category's frequency: `category.<key>`; "" is the default.
+CATEGORY_FIELD = "category."
 
 
 @lru_cache(maxsize=1)
@@ -42,42 +61,101 @@ def timezones() -> list[str]:
     return sorted(schedule.timezone_names())
 
 
-def _describe(field: str, value: Any) -> str:
+def weekdays(locale: str) -> list[str]:
+    """Monday to Sunday, named in `locale` (babel's calendar data, capitalised for a list)."""
+    names = dates.get_day_names("wide", locale=locale)
+    return [names[n][:1].upper() + names[n][1:] for n in range(7)]
+
+
+def _describe(field: str, value: Any, locale: str) -> str:
+    """A saved value as the member reads it, in their language."""
     if field == "digest_frequency":
-        return next(label for key, label, _ in FREQUENCIES if key == value)
+        label = next((label for key, label, _ in FREQUENCIES if key == value), None)
+        return i18n.gettext(locale, label) if label else str(value)
     if field == "digest_hour":
         return f"{int(value):02d}:00"
     if field == "digest_weekday":
-        return WEEKDAYS[int(value) - 1]
+        return weekdays(locale)[int(value) - 1]
     if field == "newsletter":
-        return "subscribed" if value else "not subscribed"
+        return i18n.gettext(locale, N_("subscribed") if value else N_("not subscribed"))
+    if field == "categories":
+        chosen = [
+            f"{key}: {_describe('digest_frequency', c['frequency'], locale)}"
+            for key, c in sorted(value.items())
+        ]
+        return ", ".join(chosen) or i18n.gettext(locale, N_("all as the defaults"))
+    if field == "quiet_hours":
+        if not value:
+            return i18n.gettext(locale, N_("no quiet hours"))
+        text = (
+            N_("%(start)s to %(end)s and all weekend")
+            if value.get("weekends")
+            else N_("%(start)s to %(end)s")
+        )
+        return i18n.gettext(locale, text) % {"start": value["start"], "end": value["end"]}
     return str(value)
 
 
-def _page(
+def _label(texts: dict[str, str], locale: str, key: str) -> str:
+    """The text for the member's language, else its base language, else English, else `key`."""
+    return texts.get(locale) or texts.get(locale.split("-")[0]) or texts.get("en") or key
+
+
+def _topics(declared: list[Any], values: dict[str, Any], locale: str) -> list[dict[str, Any]]:
+    """One row per declared category for the form: its label and description in the member's
+    language, what "default" means for this member, and the member's choice ("" for default)."""
+    choices = values.get("categories") or {}
+    rows = []
+    for c in declared:
+        default = categories.effective_frequency(
+            c["key"],
+            {},
+            values["digest_frequency"],
+            categories.Category(c["key"], c["default_frequency"], c["required"]),
+        )
+        chosen = choices.get(c["key"])
+        rows.append(
+            {
+                "key": c["key"],
+                "label": _label(c["labels"], locale, c["key"]),
+                "description": _label(c["descriptions"], locale, ""),
+                "required": c["required"],
+                "default": _describe("digest_frequency", default, locale),
+                "chosen": chosen.get("frequency") if isinstance(chosen, dict) else "",
+            }
+        )
+    return rows
+
+
+async def _page(
     request: web.Request,
     token: str,
     ref: pages.EmailRef,
     values: dict[str, Any],
+    locale: str,
     *,
     status: int = 200,
     saved: list[dict[str, str]] | None = None,
     errors: dict[str, str] | None = None,
 ) -> web.Response:
     settings = request.app[SETTINGS]
+    declared = await request.app[POOL].fetch(Q.categories_for_member)
     return pages.render(
         request,
         "preferences.html",
         status=status,
-        title="Your e-mail preferences",
+        locale=locale,
+        title=N_("Your e-mail preferences"),
         action=f"/preferences/{token}{ref.query()}",
         nonce=pages.form_nonce(settings.secret, token),
         values=values,
         frequencies=FREQUENCIES,
-        weekdays=list(enumerate(WEEKDAYS, start=1)),
+        weekdays=list(enumerate(weekdays(locale), start=1)),
         hours=range(24),
         timezones=timezones(),
-        wording=consent.WORDING,
+        topics=_topics(declared, values, locale),
+        quiet=values.get("quiet_hours") or None,
+        wording=i18n.gettext(locale, consent.WORDING),
         double_opt_in=settings.newsletter_double_opt_in,
         saved=saved,
         errors=errors or {},
@@ -89,7 +167,8 @@ async def get_preferences(request: web.Request) -> web.Response:
     linked = await pages.linked_member(request, "preferences")
     if linked is None:
         return pages.not_found(request)
-    return _page(request, linked.token, linked.ref, dict(linked.member))
+    locale = i18n.normalise(linked.locale)
+    return await _page(request, linked.token, linked.ref, dict(linked.member), locale)
 
 
 def _changes(form: Any) -> dict[str, Any]:
@@ -101,6 +180,23 @@ def _changes(form: Any) -> dict[str, Any]:
         if field in form:
             raw = str(form[field]).strip()
             changes[field] = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 4 else raw
+    chosen = {
+        str(name)[len(CATEGORY_FIELD) :]: ({"frequency": str(value)} if value else None)
+        for name, value in form.items()
+        if str(name).startswith(CATEGORY_FIELD)
+    }
+    if chosen:
+        changes["categories"] = chosen
+    if "quiet_form" in form:  # the quiet-hours fieldset was on the page that was posted
+        changes["quiet_hours"] = (
+            {
+                "start": str(form.get("quiet_start", "")),
+                "end": str(form.get("quiet_end", "")),
+                "weekends": form.get("quiet_weekends") == "yes",
+            }
+            if form.get("quiet") == "yes"
+            else None
+        )
     return changes
 
 
@@ -109,7 +205,9 @@ async def post_preferences(request: web.Request) -> web.Response:
     for invalid values, 200 with the saved values otherwise."""
     token = request.match_info["token"]
     settings = request.app[SETTINGS]
-    posted = await pages.signed_form(request, "preferences", "submit the preference form from its page")
+    posted = await pages.signed_form(
+        request, "preferences", i18n.N_("submit the preference form from its page")
+    )
     if isinstance(posted, web.Response):
         return posted
     found, form = posted
@@ -117,11 +215,14 @@ async def post_preferences(request: web.Request) -> web.Response:
         settings.keyring, token, str(form.get("nonce", ""))
     ):
         return pages.render(
-            request, "expired.html", status=403, title="Please try again", again=request.path_qs
+            request, "expired.html", status=403, title=N_("Please try again"), again=request.path_qs
         )
     changes = _changes(form)
     async with request.app[POOL].acquire() as conn:
         ref = await pages.email_ref(conn, found.account_id, request.query.get("e"))
+        locale = i18n.normalise(await pages.member_locale(conn, found.account_id))
+        # The member consents to the wording as the page showed it, in their language.
+        wording = i18n.gettext(locale, consent.WORDING)
         try:
             async with conn.transaction():
                 before = await conn.fetchrow(Q.member_for_update, found.account_id)
@@ -133,7 +234,7 @@ async def post_preferences(request: web.Request) -> web.Response:
                     changes,
                     audit.MEMBER,
                     "preference-centre",
-                    wording=consent.WORDING,
+                    wording=wording,
                     wording_version=consent.WORDING_VERSION,
                 )
                 changed = audit.diff(dict(before), {k: after[k] for k in preferences.FIELDS})
@@ -152,13 +253,29 @@ async def post_preferences(request: web.Request) -> web.Response:
                         conn, kind, found.account_id, ref, "preference-centre", {"list": "newsletter"}
                     )
         except preferences.InvalidPreferences as exc:
-            errors = {e["field"]: e["message"] for e in exc.errors or []}
+            errors = {
+                e["field"]: i18n.gettext(locale, FIX[e["field"]]) if e["field"] in FIX else e["message"]
+                for e in exc.errors or []
+            }
             values = {**dict(before), **changes} if before is not None else changes
-            return _page(request, token, ref, values, status=422, errors=errors)
-    saved = [{"label": LABELS[k], "value": _describe(k, v["after"])} for k, v in changed.items()]
+            if isinstance(changes.get("categories"), dict) and before is not None:
+                values["categories"] = {
+                    **before["categories"],
+                    **{k: v for k, v in changes["categories"].items() if v is not None},
+                }
+            return await _page(request, token, ref, values, locale, status=422, errors=errors)
+    saved = [
+        {"label": i18n.gettext(locale, LABELS[k]), "value": _describe(k, v["after"], locale)}
+        for k, v in changed.items()
+    ]
     if settings.newsletter_double_opt_in and changed.get("newsletter", {}).get("after"):
-        saved.append({"label": "Next step", "value": "confirm with the link we are e-mailing you"})
-    return _page(request, token, ref, {**dict(before), **after}, saved=saved)
+        saved.append(
+            {
+                "label": i18n.gettext(locale, N_("Next step")),
+                "value": i18n.gettext(locale, N_("confirm with the link we are e-mailing you")),
+            }
+        )
+    return await _page(request, token, ref, {**dict(before), **after}, locale, saved=saved)
 
 
 def setup_routes(app: web.Application) -> None:

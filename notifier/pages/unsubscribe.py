@@ -22,7 +22,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from notifier import audit, consent, pages, preferences, tokens
+from notifier import audit, consent, i18n, pages, preferences, tokens
 from notifier.api.auth import requires
 from notifier.api.problems import Problem, read_model
 from notifier.api.responses import json_response
@@ -30,9 +30,9 @@ from notifier.db import Q
 from notifier.resources import POOL, SETTINGS
 
 LIST_LABELS = {
-    "digest": "inbox summary e-mails (digests)",
-    "newsletter": "the newsletter",
-    "all": "digests and the newsletter",
+    "digest": i18n.N_("inbox summary e-mails (digests)"),
+    "newsletter": i18n.N_("the newsletter"),
+    "all": i18n.N_("digests and the newsletter"),
 }
 
 
@@ -48,6 +48,12 @@ async def unsubscribe(
         changes: dict[str, Any] = {}
         if list_name in ("digest", "all") and before["digest_frequency"] != "off":
             changes["digest_frequency"] = "off"
+        if list_name in ("digest", "all"):
+            # A frequency chosen per category would outlive "off": those choices go too (a
+            # required category still reaches the member, as it always does).
+            chosen = {k: None for k, c in before["categories"].items() if c.get("frequency") != "off"}
+            if chosen:
+                changes["categories"] = chosen
         if list_name in ("newsletter", "all") and before["newsletter"]:
             changes["newsletter"] = False
         if not changes:
@@ -120,7 +126,8 @@ async def get_unsubscribe(request: web.Request) -> web.Response:
     return pages.render(
         request,
         "unsubscribe.html",
-        title="Unsubscribe",
+        locale=linked.locale,
+        title=i18n.N_("Unsubscribe"),
         state="confirm",
         **_context(request, linked.token, linked.found, linked.member, linked.ref),
     )
@@ -131,7 +138,7 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
     token = request.match_info["token"]
     settings = request.app[SETTINGS]
     posted = await pages.signed_form(
-        request, "unsubscribe", "post `List-Unsubscribe=One-Click` as a web form"
+        request, "unsubscribe", i18n.N_("post `List-Unsubscribe=One-Click` as a web form")
     )
     if isinstance(posted, web.Response):
         return posted
@@ -144,7 +151,11 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
                 nonce = str(form.get("nonce", ""))
                 if not pages.same_origin(request) or not pages.nonce_valid(settings.keyring, token, nonce):
                     return pages.render(
-                        request, "expired.html", status=403, title="Please try again", again=request.path_qs
+                        request,
+                        "expired.html",
+                        status=403,
+                        title=i18n.N_("Please try again"),
+                        again=request.path_qs,
                     )
                 await resubscribe(conn, found.account_id, found.list, ref, "unsubscribe-page")
                 state = "resubscribed"
@@ -157,16 +168,18 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
                     request,
                     "invalid.html",
                     status=400,
-                    title="This request is not an unsubscribe",
-                    message="Nothing was changed: the form lacks `List-Unsubscribe=One-Click`.",
+                    title=i18n.N_("This request is not an unsubscribe"),
+                    message=i18n.N_("Nothing was changed: the form lacks `List-Unsubscribe=One-Click`."),
                 )
         except preferences.AccountNotFound:
             return pages.not_found(request)
         member = await conn.fetchrow(Q.member, found.account_id)
+        locale = await pages.member_locale(conn, found.account_id)
     return pages.render(
         request,
         "unsubscribe.html",
-        title="Unsubscribed" if state == "done" else "Subscribed again",
+        locale=locale,
+        title=i18n.N_("Unsubscribed") if state == "done" else i18n.N_("Subscribed again"),
         state=state,
         **_context(request, token, found, member, ref),
     )

@@ -164,7 +164,7 @@ CROSS JOIN LATERAL (  -- what erased members counted (newsletter_erased_figures)
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE e.status = 'sent') AS sent,
            count(*) FILTER (WHERE e.status = 'failed') AS failed,
-           count(*) FILTER (WHERE e.status IN ('queued', 'sending')) AS pending
+           count(*) FILTER (WHERE e.status IN ('waiting', 'queued', 'sending')) AS pending
     FROM emails e WHERE e.newsletter_id = n.id AND e.kind = 'newsletter'
 ) f ON n.status IN ('sending', 'sent', 'cancelled')
 LEFT JOIN LATERAL (

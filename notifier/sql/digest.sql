@@ -3,14 +3,14 @@
 
 -- name: preferences_for_update
 SELECT id, digest_frequency, digest_hour, digest_weekday, timezone, newsletter,
-       digest_window_start, next_digest_at
+       digest_categories AS categories, quiet_hours, digest_clocks, digest_window_start, next_digest_at
 FROM accounts
 WHERE id = $1
 FOR NO KEY UPDATE;
 
 -- name: preferences_by_external_id
 SELECT id, digest_frequency, digest_hour, digest_weekday, timezone, newsletter,
-       digest_window_start, next_digest_at
+       digest_categories AS categories, quiet_hours, digest_clocks, digest_window_start, next_digest_at
 FROM accounts
 WHERE external_id = $1;
 
@@ -20,7 +20,8 @@ SELECT id FROM accounts WHERE external_id = $1;
 -- name: update_preferences
 UPDATE accounts
 SET digest_frequency = $2, digest_hour = $3, digest_weekday = $4, timezone = $5, newsletter = $6,
-    digest_window_start = $7, next_digest_at = $8, updated_at = now()
+    digest_window_start = $7, next_digest_at = $8, digest_categories = $9, quiet_hours = $10,
+    digest_clocks = $11, updated_at = now()
 WHERE id = $1;
 
 -- name: insert_consent
@@ -34,23 +35,16 @@ SELECT EXISTS (
 );
 
 -- name: start_schedule
--- A new account's first window opens at $2 and ends at $3 (NULL for off and immediate).
-UPDATE accounts SET digest_window_start = $2, next_digest_at = $3 WHERE id = $1;
+-- An account's windows: the account's window start $2, next due time $3 (NULL: none) and the
+-- windows per frequency $4 (notifier/digest_windows.py; empty when the columns say it all).
+UPDATE accounts SET digest_window_start = $2, next_digest_at = $3, digest_clocks = $4 WHERE id = $1;
 
--- name: schedule_immediate
--- Messages arrived for these accounts at $3 (default: the transaction's time): members on
--- "immediate" get an e-mail one coalescing window ($2) after the first message that is not yet
--- due. Locks in id order (no deadlock between two batches), and only rows whose due time
--- actually moves earlier.
-WITH due AS (
-    SELECT id FROM accounts
-    WHERE id = ANY($1::bigint[]) AND digest_frequency = 'immediate'
-      AND (next_digest_at IS NULL OR next_digest_at > coalesce($3::timestamptz, now()) + $2::interval)
-    ORDER BY id
-    FOR NO KEY UPDATE
-)
-UPDATE accounts a SET next_digest_at = coalesce($3::timestamptz, now()) + $2::interval
-FROM due WHERE a.id = due.id;
+-- name: last_digest_per_frequency
+-- When the last digest of each frequency was due (a change never makes a second one in its period).
+SELECT f AS frequency, max(d.window_end) AS last
+FROM digests d CROSS JOIN LATERAL unnest(coalesce(d.frequencies, ARRAY[d.frequency])) AS f
+WHERE d.account_id = $1
+GROUP BY f;
 
 -- name: repair_immediate
 -- The safety net behind the intake hook (which runs after commit and may fail): members on
@@ -72,7 +66,7 @@ WHERE a.id = p.account_id AND a.digest_frequency = 'immediate' AND a.next_digest
 -- them and takes the next ones. NO KEY UPDATE: intake inserting messages (a foreign-key share
 -- lock on the account) neither blocks nor is blocked by the pass.
 SELECT id, external_id, email, name, locale, digest_frequency, digest_hour, digest_weekday, timezone,
-       digest_window_start, next_digest_at
+       digest_categories, quiet_hours, digest_clocks, digest_window_start, next_digest_at
 FROM accounts
 WHERE next_digest_at <= $1
 ORDER BY next_digest_at
@@ -87,10 +81,15 @@ FOR NO KEY UPDATE SKIP LOCKED;
 --     nothing here);
 --   * mark those messages as in it (each locked first; one locked by someone else is skipped);
 --   * build the e-mail's content: categories ordered by their newest message, at most $11 messages
---     each (newest first) with the count and how many more, a snippet of each body, its local time;
+--     each (newest first) with the count and how many more, a snippet of each body, when it came
+--     (UTC: delivery writes it in the member's language and time zone);
 --   * write the outbox row (kind digest, queue $9, template $10, unique per digest).
 -- Returns one row per digest: how many messages were marked, and the e-mail's id (NULL when the
 -- address cannot be mailed).
+-- Which messages: per account, every category when $14 (all due) is true; otherwise those named in
+-- $13 (space-separated; category keys have no spaces), and a category not among the declared ones
+-- ($17, read when the batch began) when $15 is true. $16: the frequencies whose windows close
+-- (space-separated), recorded with the digest.
 -- Every join is driven by the batch (at most a batch's accounts and their messages, found by
 -- index), whatever the plan: the statement is prepared once per connection and PostgreSQL plans it
 -- generically from the sixth run, guessing 10 rows for each array and knowing nothing of messages
@@ -98,8 +97,10 @@ FOR NO KEY UPDATE SKIP LOCKED;
 -- The same content in Python: notifier.digest_email.build_context (previews); a test keeps them equal.
 WITH batch AS (
     SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::boolean[], $12::text[])
-        AS b (account_id, window_start, window_end, frequency, timezone, name, email, mailable, inbox_url)
+                         $6::text[], $7::text[], $8::boolean[], $12::text[], $13::text[], $14::boolean[],
+                         $15::boolean[], $16::text[])
+        AS b (account_id, window_start, window_end, frequency, timezone, name, email, mailable, inbox_url,
+              included, all_due, others_due, frequencies)
 ),
 pending AS (
     -- Per account through messages_pending_idx (a LATERAL subquery that locks rows is never
@@ -107,12 +108,15 @@ pending AS (
     -- here, and one locked by someone else (being read, archived or purged right now) is skipped:
     -- it stays undigested and goes in the next digest if still unread. So the pass never waits
     -- for a message row, and what is counted is what gets marked.
-    SELECT m.id, b.account_id
+    SELECT m.id, m.created_at, b.account_id
     FROM batch b
     CROSS JOIN LATERAL (
-        SELECT id FROM messages
+        SELECT id, created_at FROM messages
         WHERE account_id = b.account_id AND digest_id IS NULL AND read_at IS NULL
           AND archived_at IS NULL AND created_at < b.window_end
+          AND (b.all_due OR CASE WHEN category = ANY(string_to_array(b.included, ' ')) THEN true
+                                 WHEN category = ANY($17::text[]) THEN false
+                                 ELSE b.others_due END)
         FOR NO KEY UPDATE SKIP LOCKED
     ) m
 ),
@@ -120,8 +124,8 @@ counts AS (
     SELECT account_id, count(*) AS n FROM pending GROUP BY account_id
 ),
 digest AS (
-    INSERT INTO digests (account_id, frequency, window_start, window_end, message_count)
-    SELECT b.account_id, b.frequency, b.window_start, b.window_end, c.n
+    INSERT INTO digests (account_id, frequency, frequencies, window_start, window_end, message_count)
+    SELECT b.account_id, b.frequency, string_to_array(b.frequencies, ' '), b.window_start, b.window_end, c.n
     FROM batch b JOIN counts c ON c.account_id = b.account_id
     -- An address that cannot be mailed gets no digest: its messages stay pending, never marked
     -- as digested without an e-mail.
@@ -130,13 +134,14 @@ digest AS (
     RETURNING id, account_id, message_count
 ),
 marked AS (
-    -- By primary key from the locked rows, with no condition on `messages` itself: a condition
+    -- By primary key (id, created_at: the partition too) from the locked rows, with no condition
+    -- on `messages` itself otherwise: a condition
     -- like `digest_id IS NULL` is estimated from statistics, and right after a large intake
     -- (none yet) it made the planner expect one row and loop over every pending message for
     -- each one marked. The conditions were checked under the row lock in `pending`.
     UPDATE messages m SET digest_id = d.id
     FROM pending p JOIN digest d ON d.account_id = p.account_id
-    WHERE m.id = p.id
+    WHERE m.id = p.id AND m.created_at = p.created_at
     RETURNING m.id, m.account_id, m.digest_id, m.category, m.subject, m.body, m.url, m.created_at
 ),
 ranked AS (
@@ -155,7 +160,7 @@ shown AS (
                'url', r.url,
                'snippet', CASE WHEN length(f.flat) <= 160 THEN f.flat ELSE rtrim(left(f.flat, 159)) END,
                'cut', length(f.flat) > 160,
-               'when', to_char(r.created_at AT TIME ZONE b.timezone, 'Dy FMDD Mon, HH24:MI')
+               'at', to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
            ) AS item
     FROM ranked r
     JOIN batch b ON b.account_id = r.account_id
@@ -212,24 +217,55 @@ LEFT JOIN outbox o ON o.digest_id = d.id;
 SELECT name FROM pg_timezone_names;
 
 -- name: advance_windows
--- Close the claimed windows: the next one starts at the old end and ends at the given time.
--- Members on "immediate" (no clock) get a due time only if messages are still waiting, e.g. one
--- that arrived after the window's end while this pass was running.
+-- Close the claimed windows: the account's next window starts at the old end; its next due time
+-- and windows per frequency were computed by the pass (notifier/digest_windows.py).
 UPDATE accounts a
-SET digest_window_start = b.window_end,
-    next_digest_at = CASE
-        WHEN a.digest_frequency = 'immediate' THEN (
-            SELECT min(m.created_at) + $4::interval FROM messages m
-            WHERE m.account_id = a.id AND m.digest_id IS NULL AND m.read_at IS NULL
-              AND m.archived_at IS NULL)
-        ELSE b.next_due
-    END
-FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) AS b (id, window_end, next_due)
+SET digest_window_start = b.window_end, next_digest_at = b.next_due, digest_clocks = b.clocks::jsonb
+FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::text[])
+    AS b (id, window_end, next_due, clocks)
 WHERE a.id = b.id AND a.id = ANY($1::bigint[]);  -- the second test lets the planner use the key
+
+-- name: waiting_since
+-- The oldest waiting (unread, unarchived, undigested) message per account and category: when
+-- "immediate" categories are due.
+SELECT account_id, category, min(created_at) AS first
+FROM messages
+WHERE account_id = ANY($1::bigint[]) AND digest_id IS NULL AND read_at IS NULL AND archived_at IS NULL
+GROUP BY account_id, category;
+
+-- name: immediate_candidates
+-- Accounts that may have an "immediate" category, with what decides it, and the transaction's time.
+SELECT id, digest_frequency, digest_hour, digest_weekday, timezone, digest_categories, quiet_hours,
+       now() AS at
+FROM accounts WHERE id = ANY($1::bigint[]);
+
+-- name: schedule_due
+-- Make these accounts due at the given times unless already due sooner. Locks in id order (no
+-- deadlock between two batches), and only rows whose due time actually moves earlier. An account
+-- whose one window lived in its columns (`digest_clocks` empty) gets it written out first, so that
+-- the window's end is not taken for the earlier due time (notifier/digest_windows.py).
+WITH due AS (
+    SELECT a.id, d.at FROM accounts a
+    JOIN unnest($1::bigint[], $2::timestamptz[]) AS d (id, at) ON d.id = a.id
+    WHERE a.next_digest_at IS NULL OR a.next_digest_at > d.at
+    ORDER BY a.id
+    FOR NO KEY UPDATE OF a
+)
+UPDATE accounts a
+SET next_digest_at = due.at,
+    digest_clocks = CASE
+        WHEN a.digest_clocks = '{}' AND a.next_digest_at IS NOT NULL
+             AND a.digest_frequency IN ('hourly', 'daily', 'weekly')
+        THEN jsonb_build_object(a.digest_frequency, jsonb_build_object(
+            'start', to_char(a.digest_window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+            'end', to_char(a.next_digest_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')))
+        ELSE a.digest_clocks
+    END
+FROM due WHERE a.id = due.id AND (a.next_digest_at IS NULL OR a.next_digest_at > due.at);
 
 -- name: preview_account
 SELECT id, external_id, email, name, locale, digest_frequency, digest_hour, digest_weekday, timezone,
-       digest_window_start, next_digest_at
+       digest_categories, quiet_hours, digest_clocks, digest_window_start, next_digest_at
 FROM accounts
 WHERE external_id = $1;
 

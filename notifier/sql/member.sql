@@ -10,7 +10,7 @@ SELECT id, external_id, name, timezone, locale, created_at FROM accounts WHERE e
 
 -- name: member_message
 SELECT id, category, subject, body, url, created_at, read_at, seen_at, archived_at
-FROM messages WHERE account_id = $1 AND id = $2;
+FROM messages WHERE account_id = $1 AND id = $2 AND messages_by_id(created_at, $2);
 
 -- name: member_counts
 -- Unread and unseen counts per category of the messages not archived.
@@ -25,23 +25,23 @@ ORDER BY category;
 -- name: member_mark_read
 -- Idempotent: the first read time is kept; a read message is also seen.
 UPDATE messages SET read_at = coalesce(read_at, now()), seen_at = coalesce(seen_at, now())
-WHERE account_id = $1 AND id = $2
+WHERE account_id = $1 AND id = $2 AND messages_by_id(created_at, $2)
 RETURNING id, category, subject, body, url, created_at, read_at, seen_at, archived_at;
 
 -- name: member_mark_unread
 UPDATE messages SET read_at = NULL
-WHERE account_id = $1 AND id = $2
+WHERE account_id = $1 AND id = $2 AND messages_by_id(created_at, $2)
 RETURNING id, category, subject, body, url, created_at, read_at, seen_at, archived_at;
 
 -- name: member_archive
 -- Idempotent: the first archive time is kept. Archived messages leave digests and counts.
 UPDATE messages SET archived_at = coalesce(archived_at, now())
-WHERE account_id = $1 AND id = $2
+WHERE account_id = $1 AND id = $2 AND messages_by_id(created_at, $2)
 RETURNING id, category, subject, body, url, created_at, read_at, seen_at, archived_at;
 
 -- name: member_unarchive
 UPDATE messages SET archived_at = NULL
-WHERE account_id = $1 AND id = $2
+WHERE account_id = $1 AND id = $2 AND messages_by_id(created_at, $2)
 RETURNING id, category, subject, body, url, created_at, read_at, seen_at, archived_at;
 
 -- name: member_read_all

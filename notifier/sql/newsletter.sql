@@ -1,14 +1,15 @@
 -- Newsletters: drafts, the status machine, the frozen audience (fan-out) and the figures.
 
 -- name: insert_newsletter
-INSERT INTO newsletters (subject, preheader, body, body_format, created_by, updated_by)
-VALUES ($1, $2, $3, $4, $5, $5)
+INSERT INTO newsletters (subject, preheader, body, body_format, created_by, updated_by, track_clicks)
+VALUES ($1, $2, $3, $4, $5, $5, $6)
 RETURNING *;
 
 -- name: update_newsletter_draft
 -- Only a draft can be edited; a scheduled one goes back to draft by cancelling its schedule.
 UPDATE newsletters
 SET subject = $2, preheader = $3, body = $4, body_format = $5, updated_by = $6, updated_at = now(),
+    track_clicks = $7,
     approved_by = NULL, approved_at = NULL  -- an approval is of what was read: an edit needs a new one
 WHERE id = $1 AND status = 'draft'
 RETURNING *;
@@ -21,7 +22,8 @@ RETURNING *;
 
 -- name: hold_newsletter
 -- A newsletter that needed an approval it did not have goes back to draft instead of starting.
-UPDATE newsletters SET status = 'draft', scheduled_at = NULL, updated_at = now()
+UPDATE newsletters
+SET status = 'draft', scheduled_at = NULL, local_time = NULL, local_date = NULL, updated_at = now()
 WHERE id = $1 AND status IN ('draft', 'scheduled');
 
 -- name: newsletter_fan_out_count
@@ -38,14 +40,17 @@ ORDER BY id DESC
 LIMIT $3;
 
 -- name: schedule_newsletter
+-- $4, $5: the local time and date of a send at each member's local time (both NULL otherwise).
 UPDATE newsletters
-SET status = 'scheduled', scheduled_at = $2, updated_by = $3, updated_at = now()
+SET status = 'scheduled', scheduled_at = $2, updated_by = $3, updated_at = now(),
+    local_time = $4, local_date = $5
 WHERE id = $1 AND status IN ('draft', 'scheduled')
 RETURNING *;
 
 -- name: unschedule_newsletter
 UPDATE newsletters
-SET status = 'draft', scheduled_at = NULL, updated_by = $2, updated_at = now()
+SET status = 'draft', scheduled_at = NULL, local_time = NULL, local_date = NULL, updated_by = $2,
+    updated_at = now()
 WHERE id = $1 AND status = 'scheduled'
 RETURNING *;
 
@@ -67,11 +72,18 @@ LIMIT $2;
 -- Freeze the audience into one outbox row per member, in one statement. Audience: opted in;
 -- when $3 (double opt-in) their latest newsletter consent is granted and confirmed; address not
 -- suppressed for everything or for newsletters. Re-running adds nobody twice.
-INSERT INTO emails (kind, queue, account_id, to_address, template, subject, context, newsletter_id)
+-- A send at each member's local time gives the due instant of every time zone ($4 zones, $5
+-- instants, $6 for a zone not among them): each row then waits until its member's instant
+-- (notifier.newsletter_local_time); with empty arrays and $6 NULL every row is queued now.
+INSERT INTO emails (kind, queue, account_id, to_address, template, subject, context, newsletter_id,
+                    status, due_at, next_attempt_at)
 SELECT 'newsletter', $2, a.id, a.email, 'newsletter', n.subject,
-       jsonb_build_object('name', a.name), n.id
+       jsonb_build_object('name', a.name), n.id,
+       CASE WHEN coalesce(z.due_at, $6) IS NULL THEN 'queued' ELSE 'waiting' END,
+       coalesce(z.due_at, $6), coalesce(z.due_at, $6, now())
 FROM newsletters n
 JOIN accounts a ON a.newsletter
+LEFT JOIN unnest($4::text[], $5::timestamptz[]) AS z(timezone, due_at) ON z.timezone = a.timezone
 WHERE n.id = $1
   AND (NOT $3::boolean OR (
         SELECT c.granted AND c.confirmed_at IS NOT NULL
@@ -97,13 +109,13 @@ RETURNING recipients;
 SELECT id FROM newsletters WHERE status = 'sending' ORDER BY id;
 
 -- name: finish_newsletter
--- `sent` only when no recipient row is still queued or sending.
+-- `sent` only when no recipient row is still waiting (for its local time), queued or sending.
 UPDATE newsletters
 SET status = 'sent', finished_at = now(), updated_at = now()
 WHERE id = $1 AND status = 'sending'
   AND NOT EXISTS (
         SELECT 1 FROM emails
-        WHERE newsletter_id = $1 AND kind = 'newsletter' AND status IN ('queued', 'sending'))
+        WHERE newsletter_id = $1 AND kind = 'newsletter' AND status IN ('waiting', 'queued', 'sending'))
 RETURNING *;
 
 -- name: fail_newsletter
@@ -120,17 +132,19 @@ WHERE id = $1 AND status IN ('draft', 'scheduled', 'sending')
 RETURNING *;
 
 -- name: cancel_newsletter_emails
--- Rows not yet handed to a worker are cancelled; a row being sent right now finishes.
+-- Rows not yet handed to a worker (or still waiting for their local time) are cancelled; a row
+-- being sent right now finishes.
 UPDATE emails SET status = 'cancelled'
-WHERE newsletter_id = $1 AND kind = 'newsletter' AND status = 'queued';
+WHERE newsletter_id = $1 AND kind = 'newsletter' AND status IN ('waiting', 'queued');
 
 -- name: newsletter_delivery_figures
 SELECT count(*) AS recipients,
        count(*) FILTER (WHERE status = 'sent') AS sent,
        count(*) FILTER (WHERE status = 'failed') AS failed,
        count(*) FILTER (WHERE status = 'suppressed') AS suppressed,
-       count(*) FILTER (WHERE status IN ('queued', 'sending')) AS pending,
-       count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+       count(*) FILTER (WHERE status IN ('waiting', 'queued', 'sending')) AS pending,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       count(*) FILTER (WHERE status = 'waiting') AS waiting
 FROM emails
 WHERE newsletter_id = $1 AND kind = 'newsletter';
 
@@ -147,7 +161,8 @@ WHERE newsletter_id = $1;
 -- rows go: one recipient, their row's status (a row still to send never goes: cancelled) and one
 -- per kind of event, as `newsletter_event_figures` counts members.
 WITH mine AS (
-    SELECT newsletter_id, CASE WHEN status IN ('queued', 'sending') THEN 'cancelled' ELSE status END AS status
+    SELECT newsletter_id,
+           CASE WHEN status IN ('waiting', 'queued', 'sending') THEN 'cancelled' ELSE status END AS status
     FROM emails
     WHERE account_id = $1 AND kind = 'newsletter' AND newsletter_id IS NOT NULL
 ), counted AS (
@@ -171,8 +186,11 @@ SELECT figure, count FROM newsletter_erased_figures WHERE newsletter_id = $1;
 SELECT id, external_id, email, name, newsletter FROM accounts WHERE external_id = $1;
 
 -- name: newsletter_versions
--- What a renderer needs of the newsletters of a claimed batch.
-SELECT id, subject, preheader, body, body_format, updated_at FROM newsletters WHERE id = ANY($1::bigint[]);
+-- What a renderer needs of the newsletters of a claimed batch; `links`: the numbered links to
+-- rewrite for counting clicks (notifier.clicks), in link order.
+SELECT n.id, n.subject, n.preheader, n.body, n.body_format, n.updated_at,
+       ARRAY(SELECT l.url FROM newsletter_links l WHERE l.newsletter_id = n.id ORDER BY l.link) AS links
+FROM newsletters n WHERE n.id = ANY($1::bigint[]);
 
 -- name: email_of_account
 -- The e-mail a member's link came from (`?e=`), only if it was sent to that member.
@@ -183,11 +201,13 @@ INSERT INTO events (kind, account_id, email_id, newsletter_id, method, detail)
 VALUES ($1, $2, $3, $4, $5, $6);
 
 -- name: member_for_update
-SELECT id, email, name, digest_frequency, digest_hour, digest_weekday, timezone, newsletter
+SELECT id, email, name, locale, digest_frequency, digest_hour, digest_weekday, timezone, newsletter,
+       digest_categories AS categories, quiet_hours
 FROM accounts WHERE id = $1 FOR UPDATE;
 
 -- name: member
-SELECT id, email, name, digest_frequency, digest_hour, digest_weekday, timezone, newsletter
+SELECT id, email, name, locale, digest_frequency, digest_hour, digest_weekday, timezone, newsletter,
+       digest_categories AS categories, quiet_hours
 FROM accounts WHERE id = $1;
 
 -- name: last_digest_frequency
@@ -223,6 +243,7 @@ WHERE id = (SELECT id FROM consents WHERE account_id = $1 AND topic = 'newslette
 RETURNING id;
 
 -- name: cancel_queued_newsletters_of_account
--- A member who opts out while a newsletter is sending gets nothing more that is still queued.
+-- A member who opts out while a newsletter is sending gets nothing more that is still queued
+-- (or waiting for their local time).
 UPDATE emails SET status = 'cancelled', last_error = 'the member opted out'
-WHERE account_id = $1 AND kind = 'newsletter' AND status = 'queued';
+WHERE account_id = $1 AND kind = 'newsletter' AND status IN ('waiting', 'queued');

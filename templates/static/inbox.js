@@ -5,7 +5,8 @@
  *   <notifier-inbox api="https://notifier.example.org" token="MEMBER-TOKEN"></notifier-inbox>
  *
  * Attributes: api (where notifier answers), token (a member token), locale and time-zone
- * (default: the page's language and the member's time zone from their preferences).
+ * (default: the page's language and the member's time zone from their preferences). The locale
+ * also picks the component's words: English, German, French or Spanish (else English).
  * Events it dispatches: notifier-inbox-unauthorized (the token expired: set a new one).
  * Theming: the CSS custom properties --notifier-inbox-* listed in STYLE below.
  */
@@ -14,7 +15,13 @@
   if (customElements.get("notifier-inbox")) return;
 
   const PAGE = 20;
-  const VIEWS = [["unread", "Unread"], ["all", "All"], ["archived", "Archived"]];
+  // The component's words by language, written in by the server from notifier's gettext
+  // catalogues (msgid -> text; docs/i18n.md). A message missing here reads English.
+  const CATALOGUES = {} /* notifier:catalogues */;
+  const catalogueFor = (tag) => CATALOGUES[String(tag || "").toLowerCase().split(/[-_]/)[0]] || {};
+  // Marks the English words for extraction; `this.gettext` translates them.
+  const N_ = (message) => message;
+  const VIEWS = [["unread", N_("Unread")], ["all", N_("All")], ["archived", N_("Archived")]];
   const STYLE = `
     :host { --_accent: var(--notifier-inbox-accent, #1d4ed8); --_accent-fg: var(--notifier-inbox-accent-fg, #ffffff);
       --_bg: var(--notifier-inbox-bg, #ffffff); --_fg: var(--notifier-inbox-fg, #111827);
@@ -109,15 +116,16 @@
       this.badge = el("span", { class: "badge", "aria-hidden": "true", hidden: true });
       this.bell.append(this.badge);
       this.live = el("div", { class: "sr", role: "status", "aria-live": "polite", "aria-atomic": "true" });
-      this.heading = el("h2", { id: "title", text: "Notifications" });
-      this.markAll = el("button", { class: "link", type: "button", text: "Mark all as read", onclick: () => this.readAll() });
-      this.closeButton = el("button", { class: "close", type: "button", "aria-label": "Close notifications", text: "×", onclick: () => this.close(true) });
-      this.views = el("div", { class: "bar", role: "group", "aria-label": "Show" });
-      this.categories = el("div", { class: "bar", role: "group", "aria-label": "Category" });
+      this.strings = {};
+      this.heading = el("h2", { id: "title" });
+      this.markAll = el("button", { class: "link", type: "button", onclick: () => this.readAll() });
+      this.closeButton = el("button", { class: "close", type: "button", text: "×", onclick: () => this.close(true) });
+      this.views = el("div", { class: "bar", role: "group" });
+      this.categories = el("div", { class: "bar", role: "group" });
       this.list = el("ul", { "aria-labelledby": "title" });
       this.empty = el("p", { class: "empty", hidden: true });
       this.problem = el("p", { class: "problem", role: "alert", hidden: true });
-      this.more = el("button", { class: "more", type: "button", text: "Load more", hidden: true, onclick: () => this.load(true) });
+      this.more = el("button", { class: "more", type: "button", hidden: true, onclick: () => this.load(true) });
       this.panel = el("section", { id: "panel", class: "panel", role: "dialog", "aria-labelledby": "title", hidden: true },
         el("div", { class: "head" }, this.heading, this.markAll, this.closeButton), this.views, this.categories,
         el("div", { class: "scroll" }, this.problem, this.list, this.empty, this.more));
@@ -131,12 +139,25 @@
     connectedCallback() {
       this.locale = this.getAttribute("locale") || (this.closest("[lang]") || document.documentElement).lang || navigator.language || "en";
       this.timeZone = this.getAttribute("time-zone") || undefined;
+      this.strings = catalogueFor(this.locale);
+      this.heading.textContent = this.gettext("Notifications");
+      this.markAll.textContent = this.gettext("Mark all as read");
+      this.closeButton.setAttribute("aria-label", this.gettext("Close notifications"));
+      this.views.setAttribute("aria-label", this.gettext("Show"));
+      this.categories.setAttribute("aria-label", this.gettext("Category"));
+      this.more.textContent = this.gettext("Load more");
       this.renderViews();
       this.updateBadge();
       document.addEventListener("click", this.onDocumentClick);
       document.addEventListener("keydown", this.onDocumentKey);
       this.ticker = setInterval(() => this.refreshTimes(), 60000);
       this.start();
+    }
+
+    /** `message` in the component's language, `%(name)s` filled from `values`. */
+    gettext(message, values) {
+      const text = this.strings[message] || message;
+      return values ? text.replace(/%\((\w+)\)s/g, (_, key) => String(values[key])) : text;
     }
 
     disconnectedCallback() {
@@ -204,7 +225,7 @@
     }
 
     arrived(item) {
-      this.announce(`New message: ${item.subject}`);
+      this.announce(this.gettext("New message: %(subject)s", { subject: item.subject }));
       if (!this.state.loaded || this.state.items.some((m) => m.id === item.id)) return;
       if (this.state.view === "archived" || (this.state.category && item.category !== this.state.category)) return;
       this.state.items.unshift(item);
@@ -222,7 +243,7 @@
       const n = this.state.counts.unread || 0;
       this.badge.textContent = n > 99 ? "99+" : String(n);
       this.badge.hidden = n === 0;
-      this.bell.setAttribute("aria-label", n === 0 ? "Notifications, none unread" : `Notifications, ${n} unread`);
+      this.bell.setAttribute("aria-label", n === 0 ? this.gettext("Notifications, none unread") : this.gettext("Notifications, %(n)s unread", { n }));
       this.markAll.hidden = n === 0;
     }
 
@@ -245,7 +266,7 @@
 
     renderViews() {
       this.views.replaceChildren(...VIEWS.map(([key, label]) => el("button", {
-        class: "chip", type: "button", "aria-pressed": String(this.state.view === key), text: label,
+        class: "chip", type: "button", "aria-pressed": String(this.state.view === key), text: this.gettext(label),
         onclick: () => { this.state.view = key; this.renderViews(); this.load(false); },
       })));
     }
@@ -260,7 +281,7 @@
         onclick: () => { this.state.category = name; this.renderCategories(); this.load(false); },
       });
       const unread = this.state.counts.by_category || {};
-      this.categories.replaceChildren(chip(null, "Every category"),
+      this.categories.replaceChildren(chip(null, this.gettext("Every category")),
         ...[...names].sort().map((name) => chip(name, unread[name] ? `${name} (${unread[name]})` : name)));
     }
 
@@ -277,7 +298,7 @@
         page = await this.call("GET", `/member/v1/messages?${params}`);
         this.problem.hidden = true;
       } catch (e) {
-        this.problem.textContent = "Your notifications could not be loaded. Try again in a moment.";
+        this.problem.textContent = this.gettext("Your notifications could not be loaded. Try again in a moment.");
         this.problem.hidden = false;
         return;
       }
@@ -297,7 +318,7 @@
       this.state.loaded = true;
       this.more.hidden = !page.next_cursor;
       this.empty.hidden = this.state.items.length > 0;
-      this.empty.textContent = { unread: "You are all caught up.", all: "No notifications yet.", archived: "Nothing archived." }[this.state.view];
+      this.empty.textContent = { unread: this.gettext("You are all caught up."), all: this.gettext("No notifications yet."), archived: this.gettext("Nothing archived.") }[this.state.view];
       this.renderCategories();
       if (focusAfter >= 0) {
         const next = this.list.children[focusAfter];
@@ -311,9 +332,9 @@
       const time = el("time", { datetime: m.created_at, title: this.fullTime(m.created_at), text: this.relative(m.created_at) });
       const actions = el("div", { class: "actions" });
       const button = (act, label) => el("button", { type: "button", "data-act": act, "aria-describedby": `m-${m.id}`, text: label, onclick: () => this.act(m.id, act) });
-      if (m.archived_at) actions.append(button("unarchive", "Move to inbox"));
-      else actions.append(m.read_at ? button("unread", "Mark as unread") : button("read", "Mark as read"), button("archive", "Archive"));
-      const unreadLabel = m.read_at ? null : el("span", { class: "sr", text: "Unread: " });
+      if (m.archived_at) actions.append(button("unarchive", this.gettext("Move to inbox")));
+      else actions.append(m.read_at ? button("unread", this.gettext("Mark as unread")) : button("read", this.gettext("Mark as read")), button("archive", this.gettext("Archive")));
+      const unreadLabel = m.read_at ? null : el("span", { class: "sr", text: `${this.gettext("Unread:")} ` });
       if (unreadLabel) heading.prepend(unreadLabel);
       return el("li", { class: m.read_at ? "read" : "unread", "data-id": String(m.id) },
         el("article", { "aria-labelledby": `m-${m.id}` }, heading, el("p", { class: "meta" }, `${m.category} · `, time),
@@ -325,7 +346,7 @@
       try {
         updated = await this.call("POST", `/member/v1/messages/${id}/${act}`);
       } catch (e) {
-        this.announce("That did not work. Try again in a moment.");
+        this.announce(this.gettext("That did not work. Try again in a moment."));
         return;
       }
       const index = this.state.items.findIndex((m) => m.id === id);
@@ -340,7 +361,7 @@
       }
       if (gone) (focusTarget ? focusTarget.querySelector("button") : this.closeButton).focus();
       this.empty.hidden = this.state.items.length > 0;
-      this.announce({ read: "Marked as read.", unread: "Marked as unread.", archive: "Archived.", unarchive: "Moved to inbox." }[act]);
+      this.announce({ read: this.gettext("Marked as read."), unread: this.gettext("Marked as unread."), archive: this.gettext("Archived."), unarchive: this.gettext("Moved to inbox.") }[act]);
       this.refreshCounts();
     }
 
@@ -348,11 +369,11 @@
       try {
         await this.call("POST", `/member/v1/read-all${this.state.category ? `?category=${encodeURIComponent(this.state.category)}` : ""}`);
       } catch (e) {
-        this.announce("That did not work. Try again in a moment.");
+        this.announce(this.gettext("That did not work. Try again in a moment."));
         return;
       }
       this.closeButton.focus();  // before the button hides itself (nothing unread is left)
-      this.announce("Everything is marked as read.");
+      this.announce(this.gettext("Everything is marked as read."));
       await this.refreshCounts();
       await this.load(false);
     }

@@ -1,0 +1,501 @@
+"""Member import from a CSV file: create or update accounts by `external_id`, in bulk.
+
+`import_csv` reads the file in chunks (memory stays flat in the file's size), checks each cell
+with the API's own rules (`notifier.validation`: e-mail address, name, time zone, locale), and
+copies the good rows into the staging table `import_rows` with PostgreSQL COPY; a bad cell
+becomes an `import_errors` row (row number, field, reason) and never stops the other rows. Set-
+based SQL then refuses what needs the whole file or the database (a repeated external_id, a new
+member without e-mail or name), corrects the known members whose fields differ, registers the
+new ones, and optionally opts them in to the newsletter with the consent wording and source
+`import`. Every change is audited as the API audits it (actor `system:import` from the CLI,
+the signed-in person from the console: `console:<address> (<role>) (import)` with their user
+id), new accounts get their first digest window as `preferences.start_schedule` opens it, and a
+corrected time zone moves the window as `preferences.follow_timezone` does.
+
+The whole import is one transaction: a dry run rolls it back, and a second run of the same file
+finds every row unchanged and writes nothing but its `imports` history row.
+
+Columns map to fields by name (`external_id`, `email`, `name`, `timezone`, `locale`) or by an
+explicit map (`Email Address=email`); `attributes.KEY` maps are parsed and staged (as a JSON
+object) for the account attributes of the lists branch: `ATTRIBUTES_SEAM` below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import asyncpg
+from pydantic import TypeAdapter, ValidationError
+
+from notifier import audit, schedule
+from notifier.accounts import NewAccount
+from notifier.consent import WORDING, WORDING_VERSION
+from notifier.db import Q
+from notifier.errors import FieldError
+from notifier.preferences import Preferences
+from notifier.settings import Settings
+from notifier.validation import Email, ExternalId, Locale, Name, TimeZone, check_one_line, errors_of
+
+FIELDS = ("external_id", "email", "name", "timezone", "locale")
+ATTRIBUTE_PREFIX = "attributes."
+CHUNK_ROWS = 5000
+ERRORS_KEPT = 1000  # errors held in `ImportResult.errors`; a report file receives them all
+MAX_WORDING = 2000
+# Account attributes (`attributes.KEY` columns) are staged in `import_rows.attributes` but not
+# merged yet: the `accounts.attributes` column arrives with the lists branch (migration 0015).
+# Until then a map to `attributes.*` is refused with this sentence rather than silently dropped.
+ATTRIBUTES_SEAM = "account attributes are not in this database yet (they arrive with lists, 0015)"
+STAGED_COLUMNS = ("import_id", "row_no", "external_id", "email", "name", "timezone", "locale", "attributes")
+ERROR_COLUMNS = ("import_id", "row_no", "field", "reason")
+REPORT_HEADER = ("row", "field", "reason")
+
+_RULES: dict[str, TypeAdapter[str]] = {
+    "external_id": TypeAdapter(ExternalId),
+    "email": TypeAdapter(Email),
+    "name": TypeAdapter(Name),
+    "timezone": TypeAdapter(TimeZone),
+    "locale": TypeAdapter(Locale),
+}
+_DEFAULTS = {name: NewAccount.model_fields[name].default for name in ("timezone", "locale")}
+
+ACTOR = audit.Actor("system", "import")  # the CLI's; the console's is the signed-in operator's
+SHOWN_ERRORS = 50  # bad rows printed by the CLI without --errors FILE
+
+Progress = Callable[[int, int], None]  # (bytes read, bytes in all)
+
+
+class ImportRefused(ValueError):
+    """The file or the options cannot be imported at all (no row was written)."""
+
+
+@dataclass
+class ImportResult:
+    """What an import did (or, dry, would do); `errors` are the first ERRORS_KEPT (row, field,
+    reason), in row order."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    opted_in: int = 0
+    kept_out: int = 0  # asked to opt in, but the member had opted out before
+    ignored_columns: list[str] = field(default_factory=list)
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.opted_in)
+
+    def summary(self) -> str:
+        """One line for people: the four counts, and whether anything changed."""
+        verb = "would be" if self.dry_run else "were"
+        line = (
+            f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{self.failed} failed"
+        )
+        if self.opted_in or self.kept_out:
+            line += f"; {self.opted_in} opted in"
+            if self.kept_out:
+                line += f", {self.kept_out} kept out (they had opted out before)"
+        if not self.changed:
+            return line + f" (nothing {'would change' if self.dry_run else 'changed'})"
+        return line + f" ({'dry run: nothing was written' if self.dry_run else 'changes ' + verb + ' saved'})"
+
+
+@dataclass(frozen=True)
+class OptIn:
+    """Opt the imported members in to the newsletter, recording this wording as their consent."""
+
+    wording: str
+
+    @property
+    def version(self) -> str | None:
+        return WORDING_VERSION if self.wording == WORDING else None
+
+
+def parse_maps(maps: Sequence[str]) -> dict[str, str]:
+    """`["Email Address=email", ...]` as {csv column: field}; ImportRefused for a bad map."""
+    out: dict[str, str] = {}
+    for item in maps:
+        column, sep, target = item.partition("=")
+        column, target = column.strip(), target.strip()
+        if not sep or not column or not target:
+            raise ImportRefused(f"a map is CSV_COLUMN=FIELD, got {item!r}")
+        if target not in FIELDS and not _attribute_key(target):
+            raise ImportRefused(f"{target!r} is not a field: map to {', '.join(FIELDS)} or attributes.KEY")
+        out[column] = target
+    return out
+
+
+def _attribute_key(target: str) -> str | None:
+    key = target.removeprefix(ATTRIBUTE_PREFIX)
+    if target.startswith(ATTRIBUTE_PREFIX) and key and key.replace("_", "a").isalnum() and len(key) <= 64:
+        return key
+    return None
+
+
+def column_plan(header: Sequence[str], maps: Mapping[str, str]) -> tuple[dict[int, str], list[str]]:
+    """Which column index holds which field, and the header names left unused. A column maps to
+    the field it is named after unless `maps` says otherwise; ImportRefused when `external_id`
+    has no column, a field has two, or a map names a column the header lacks."""
+    names = [h.strip() for h in header]
+    missing = [c for c in maps if c not in names]
+    if missing:
+        raise ImportRefused(f"the header has no column {', '.join(map(repr, missing))}")
+    plan: dict[int, str] = {}
+    ignored: list[str] = []
+    for index, name in enumerate(names):
+        target = maps.get(name, name if name in FIELDS or _attribute_key(name) else None)
+        if target is None:
+            ignored.append(name)
+        elif target in plan.values():
+            raise ImportRefused(f"two columns map to {target!r}")
+        else:
+            plan[index] = target
+    if "external_id" not in plan.values():
+        raise ImportRefused(
+            "no column maps to external_id (name one external_id, or --map COLUMN=external_id)"
+        )
+    return plan, ignored
+
+
+def check_row(
+    cells: Sequence[str], plan: Mapping[int, str], width: int
+) -> tuple[dict[str, Any], list[FieldError]]:
+    """The row's values by field, checked by the API's rules (empty cells are absent), and the
+    errors found; `attributes` collects the `attributes.*` cells as a JSON object."""
+    if len(cells) != width:
+        return {}, [{"field": "row", "message": f"has {len(cells)} cells; the header has {width}"}]
+    values: dict[str, Any] = {}
+    attributes: dict[str, str] = {}
+    errors: list[FieldError] = []
+    for index, target in plan.items():
+        cell = cells[index].strip()
+        if not cell:
+            continue
+        key = _attribute_key(target)
+        if key is not None:
+            try:
+                attributes[key] = check_one_line(cell)
+            except ValueError as exc:
+                errors.append({"field": target, "message": str(exc)})
+            continue
+        try:
+            values[target] = _RULES[target].validate_python(cell)
+        except ValidationError as exc:
+            errors.extend(errors_of(exc, target))
+    if "external_id" not in values and not any(e["field"] == "external_id" for e in errors):
+        errors.append({"field": "external_id", "message": "is required"})
+    if attributes:
+        values["attributes"] = json.dumps(attributes, ensure_ascii=False)
+    return values, errors
+
+
+class _CountingReader(io.RawIOBase):
+    """A binary file that counts the bytes read from it (the progress bar's measure)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.raw.readinto(buffer)  # type: ignore[attr-defined]
+        self.count += n or 0
+        return n or 0
+
+
+Row = tuple[int, list[str] | str]  # spreadsheet row number; its cells, or why it is not CSV
+
+
+def _chunks(reader: Iterator[list[str]], size: int) -> Iterator[list[Row]]:
+    """Rows with their spreadsheet number (the header is row 1), `size` at a time. A record the
+    CSV reader refuses (a cell over its size limit) is passed on as its reason, and reading goes
+    on with the next one."""
+    chunk: list[Row] = []
+    row_no = 1
+    while True:
+        row_no += 1
+        try:
+            cells: list[str] | str = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            cells = f"is not CSV: {exc}"
+        except UnicodeDecodeError:
+            raise ImportRefused(f"the file is not UTF-8 text (near row {row_no})") from None
+        if not cells:  # a blank line
+            continue
+        chunk.append((row_no, cells))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def import_csv(
+    conn: asyncpg.Connection,
+    file: IO[bytes],
+    *,
+    source: str,
+    actor: audit.Actor,
+    maps: Mapping[str, str] | None = None,
+    opt_in: OptIn | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    total_bytes: int = 0,
+    report: IO[str] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> ImportResult:
+    """Import the CSV `file` (UTF-8, a header row first) as described in the module docstring.
+
+    Runs in its own transaction on `conn` (rolled back with `dry_run`). Bad rows are reported in
+    `ImportResult.errors` (and all of them as CSV to `report`) and counted as failed; the good
+    rows are imported. Idempotent: the same
+    file again creates and updates nothing. Raises ImportRefused (nothing written) when the file
+    cannot be read as CSV, lacks an external_id column, or maps to attributes this database lacks.
+    """
+    if opt_in is not None and (not opt_in.wording.strip() or len(opt_in.wording) > MAX_WORDING):
+        raise ImportRefused(f"the consent wording must be 1 to {MAX_WORDING} characters")
+    counting = _CountingReader(file)
+    text = io.TextIOWrapper(io.BufferedReader(counting), encoding="utf-8-sig", errors="strict", newline="")
+    reader = csv.reader(text)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ImportRefused("the file is empty: the first row must name the columns") from None
+    except UnicodeDecodeError:
+        raise ImportRefused(
+            "the file is not UTF-8 text (save it from the spreadsheet as CSV UTF-8)"
+        ) from None
+    except csv.Error as exc:
+        raise ImportRefused(f"the header row is not CSV: {exc}") from None
+    plan, ignored = column_plan(header, maps or {})
+    if any(_attribute_key(t) for t in plan.values()):
+        raise ImportRefused(ATTRIBUTES_SEAM)
+    result = ImportResult(ignored_columns=ignored, dry_run=dry_run)
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        import_id: int = await conn.fetchval(Q.import_start, actor.type, actor.name, source[:200])
+        for chunk in _chunks(reader, chunk_rows):
+            await _stage(conn, import_id, chunk, plan, len(header))
+            if progress is not None:
+                progress(counting.count, total_bytes)
+        await _merge(conn, import_id, actor, opt_in, result)
+        writer = csv.writer(report) if report is not None else None
+        if writer is not None:
+            writer.writerow(REPORT_HEADER)
+        async for row in conn.cursor(Q.import_error_report, import_id):
+            error = (row["row_no"], row["field"], row["reason"])
+            if len(result.errors) < ERRORS_KEPT:
+                result.errors.append(error)
+            if writer is not None:
+                writer.writerow(error)
+        await conn.execute(
+            Q.import_finish,
+            import_id,
+            result.created,
+            result.updated,
+            result.unchanged,
+            result.failed,
+            result.opted_in,
+        )
+    except BaseException:
+        await tx.rollback()
+        raise
+    if dry_run:
+        await tx.rollback()
+    else:
+        await tx.commit()
+    return result
+
+
+async def _stage(
+    conn: asyncpg.Connection,
+    import_id: int,
+    chunk: Sequence[Row],
+    plan: Mapping[int, str],
+    width: int,
+) -> None:
+    """Check one chunk of rows and COPY the good ones and the errors into the staging tables."""
+    good: list[tuple[Any, ...]] = []
+    bad: list[tuple[Any, ...]] = []
+    for row_no, cells in chunk:
+        values: dict[str, Any] = {}
+        if isinstance(cells, str):
+            errors = [FieldError(field="row", message=cells)]
+        else:
+            values, errors = check_row(cells, plan, width)
+        if errors:
+            bad.extend((import_id, row_no, e["field"], e["message"]) for e in errors)
+        else:
+            good.append((import_id, row_no, *(values.get(f) for f in STAGED_COLUMNS[2:])))
+    if good:
+        await conn.copy_records_to_table("import_rows", records=good, columns=STAGED_COLUMNS)
+    if bad:
+        await conn.copy_records_to_table("import_errors", records=bad, columns=ERROR_COLUMNS)
+
+
+async def _merge(
+    conn: asyncpg.Connection, import_id: int, actor: audit.Actor, opt_in: OptIn | None, result: ImportResult
+) -> None:
+    """The set-based part: whole-file checks, corrections, registrations, windows, opt-ins."""
+    await conn.execute(Q.import_duplicates, import_id)
+    await conn.execute(Q.import_incomplete, import_id)
+    updated = await conn.fetchrow(Q.import_update, import_id, actor.type, actor.name, actor.user_id)
+    result.updated = updated["updated"]
+    result.unchanged = updated["matched"] - updated["updated"]
+    await _follow_timezones(conn, updated["moved"])
+    result.created = await _register(conn, import_id, actor)
+    if opt_in is not None:
+        opted = await conn.fetchrow(
+            Q.import_opt_in,
+            import_id,
+            actor.type,
+            actor.name,
+            opt_in.wording,
+            opt_in.version,
+            actor.user_id,
+        )
+        result.opted_in, result.kept_out = opted["opted_in"], opted["kept_out"]
+    result.failed = await conn.fetchval(Q.import_failed_count, import_id)
+
+
+async def _register(conn: asyncpg.Connection, import_id: int, actor: audit.Actor) -> int:
+    """Register the members not yet known, each with its first digest window open as
+    `preferences.start_schedule` opens it: from the transaction's time to `schedule.next_due` of
+    the default schedule in the member's time zone (computed once per time zone). Returns how
+    many were registered."""
+    zones = await conn.fetch(Q.import_new_timezones, import_id, _DEFAULTS["timezone"])
+    default = Preferences()
+    due = [
+        schedule.next_due(
+            default.digest_frequency, default.digest_hour, default.digest_weekday, z["timezone"], z["now"]
+        )
+        for z in zones
+    ]
+    created: int = await conn.fetchval(
+        Q.import_insert,
+        import_id,
+        actor.type,
+        actor.name,
+        _DEFAULTS["timezone"],
+        _DEFAULTS["locale"],
+        default.digest_frequency,
+        default.digest_hour,
+        default.digest_weekday,
+        [z["timezone"] for z in zones],
+        due,
+        actor.user_id,
+    )
+    return created
+
+
+async def _follow_timezones(conn: asyncpg.Connection, ids: Sequence[int], batch: int = 1000) -> None:
+    """Move the open digest window of accounts whose time zone changed, as
+    `preferences.follow_timezone` does for one correction."""
+    now = datetime.now(UTC)
+    for start in range(0, len(ids), batch):
+        rows = await conn.fetch(Q.import_moved_windows, list(ids[start : start + batch]))
+        moves: list[tuple[int, datetime]] = []
+        for r in rows:
+            end = schedule.reschedule(
+                r["digest_frequency"],
+                r["digest_hour"],
+                r["digest_weekday"],
+                r["timezone"],
+                r["digest_window_start"],
+                now,
+            )
+            if end is not None:
+                moves.append((r["id"], end))
+        if moves:
+            await conn.execute(Q.import_move_windows, [m[0] for m in moves], [m[1] for m in moves])
+
+
+def progress_bar(done: int, total: int, width: int = 30) -> str:
+    """`[#####.....]  50% 1.2/2.4 MB`: how much of the file has been read."""
+    filled = width if total <= 0 else min(width, done * width // total)
+    percent = 100 if total <= 0 else min(100, done * 100 // total)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {percent:3d}% {done / 1e6:.1f}/{total / 1e6:.1f} MB"
+
+
+async def cli_import(
+    settings: Settings,
+    path: Path,
+    *,
+    maps: Sequence[str] = (),
+    opt_in_wording: str | None = None,
+    dry_run: bool = False,
+    report_path: Path | None = None,
+) -> int:
+    """`notifier members import`: import the file with a progress bar on a terminal, print the
+    counts and the bad rows (all of them to `report_path` as CSV when given, else the first ones
+    on the screen). Exit codes: 0 every row imported, 1 some rows failed, 2 refused."""
+    import sys
+
+    from notifier.resources import open_pool
+
+    tty = sys.stderr.isatty()
+
+    def show(done: int, total: int) -> None:
+        if tty:
+            print("\r" + progress_bar(done, total), end="", file=sys.stderr, flush=True)
+
+    try:
+        parsed = parse_maps(maps)
+        pool = await open_pool(settings)
+        try:
+            async with pool.acquire() as conn:
+                with path.open("rb") as file, _report_file(report_path) as report:
+                    result = await import_csv(
+                        conn,
+                        file,
+                        source=path.name,
+                        actor=ACTOR,
+                        maps=parsed,
+                        opt_in=OptIn(opt_in_wording) if opt_in_wording is not None else None,
+                        dry_run=dry_run,
+                        progress=show,
+                        total_bytes=os.fstat(file.fileno()).st_size,
+                        report=report,
+                    )
+        finally:
+            await pool.close()
+    except (ImportRefused, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"\nnotifier: import refused, nothing was written: {exc}", file=sys.stderr)
+        return 2
+    if tty:
+        print(file=sys.stderr)
+    if result.ignored_columns:
+        print(f"ignored columns (not mapped): {', '.join(result.ignored_columns)}")
+    print(("dry run: " if dry_run else "") + result.summary())
+    if result.errors and report_path is None:
+        shown = result.errors[:SHOWN_ERRORS]
+        for row_no, field_name, reason in shown:
+            print(f"row {row_no}: {field_name}: {reason}")
+        if result.failed > len(shown) or len(result.errors) > len(shown):
+            print("… more: write them all with --errors FILE.csv")
+    elif result.errors:
+        print(f"bad rows written to {report_path}")
+    return 1 if result.failed else 0
+
+
+def _report_file(path: Path | None) -> contextlib.AbstractContextManager[IO[str] | None]:
+    if path is None:
+        return contextlib.nullcontext()
+    return path.open("w", newline="", encoding="utf-8")
