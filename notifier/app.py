@@ -155,6 +155,7 @@ def create_app(settings: Settings) -> web.Application:
     """Build the web application. Resources open on start-up and close on clean-up."""
     settings.require_secret()
     settings.check_capture()
+    settings.check_console_keys()
     app = web.Application(
         middlewares=[metrics_middleware, problem_middleware, auth.auth_middleware],
         client_max_size=max(settings.max_body_bytes, settings.max_batch_body_bytes),

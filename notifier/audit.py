@@ -10,18 +10,29 @@ import asyncpg
 
 from notifier.db import Q
 
-ActorType = Literal["api_key", "member", "system", "operator"]
+ActorType = Literal["api_key", "member", "system", "operator", "console"]
 
 
 @dataclass(frozen=True)
 class Actor:
-    """Who acted: an API key (by name), the member through a signed page, the system, an operator."""
+    """Who acted: an API key (by name), the member through a signed page, the system, an API key
+    in the console (`operator`, development), or a console user (`console`: the person's address
+    and role, and `user_id` their row in console_users)."""
 
     type: ActorType
     name: str
+    user_id: int | None = None
 
     def __str__(self) -> str:
         return f"{self.type}:{self.name}"
+
+
+def person_of(actor: str) -> str:
+    """The person behind an actor as stored (`str(Actor)`): a console user's without the role
+    they had (`console:ada@example.org (marketing)` → `console:ada@example.org`), others whole."""
+    if actor.startswith("console:"):
+        return actor.split(" (", 1)[0]
+    return actor
 
 
 SYSTEM = Actor("system", "notifier")
@@ -48,4 +59,5 @@ async def record(
         actor.name,
         action,
         dict(changes or {}),
+        actor.user_id,
     )

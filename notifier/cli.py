@@ -244,6 +244,45 @@ async def cmd_api_key(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_console_user(args: argparse.Namespace) -> int:
+    from notifier import audit, staff
+    from notifier.resources import open_pool
+
+    settings = settings_for(args)
+    settings.require_services()
+    actor = audit.Actor("system", "notifier console-user")
+    pool = await open_pool(settings)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            if args.action == "add":
+                try:
+                    row = await staff.add(conn, args.email, args.name, args.role, actor)
+                except staff.UserProblem as exc:
+                    raise ConfigError(f"{exc.field}: {exc.message}") from None
+                print(f"added console user {row['email']} ({row['role']}, invited)")
+                print(
+                    f"they sign in at {settings.public_url}/console/sign-in with that address (a link is e-mailed)"
+                )
+            elif args.action == "list":
+                for row in await staff.all_users(conn):
+                    last = f"{row['last_sign_in_at']:%Y-%m-%d %H:%M}" if row["last_sign_in_at"] else "never"
+                    print(
+                        f"{row['email']:<40} {row['name']:<24} {row['role']:<10} {row['status']:<9} last sign-in {last}"
+                    )
+            else:
+                user = await staff.by_email(conn, args.email)
+                changed = None
+                if user is not None:
+                    status = "disabled" if args.action == "disable" else "active"
+                    changed = await staff.change(conn, user["id"], actor, status=status)
+                if changed is None:
+                    raise ConfigError(f"no console user {args.email}")
+                print(f"{changed['email']} is {changed['status']}")
+    finally:
+        await pool.close()
+    return 0
+
+
 async def cmd_digests(args: argparse.Namespace) -> int:
     from notifier.digest import cli_preview, cli_run
 
@@ -408,6 +447,25 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys.add_parser("revoke", help="revoke a key by id")
     k.add_argument("id", type=int)
     p.set_defaults(func=cmd_api_key)
+
+    p = sub.add_parser(
+        "console-user",
+        help="add, list, disable and enable console users",
+        description="People who sign in to the console (docs/console.md).",
+    )
+    users = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    u = users.add_parser("add", help="add a user (invited: they sign in by a link e-mailed to them)")
+    u.add_argument("email")
+    u.add_argument("--name", required=True, help="the person's name (shown in the audit trail)")
+    u.add_argument("--role", required=True, choices=["marketing", "support", "operator", "admin"])
+    users.add_parser("list", help="list the users")
+    for action, text in (
+        ("disable", "disable a user and end their sessions"),
+        ("enable", "enable a user again"),
+    ):
+        u = users.add_parser(action, help=text)
+        u.add_argument("email")
+    p.set_defaults(func=cmd_console_user)
 
     p = sub.add_parser("digests", help="run the digest scheduler, preview a digest", description="Digests.")
     digests = p.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -22,7 +22,7 @@ from aiohttp import web
 from notifier import devenv, queues
 from notifier.access_log import LOG_FORMAT
 from notifier.app import RedactingAccessLogger, create_app
-from notifier.db import Q, migrate_dsn
+from notifier.db import Q, create_pool, migrate_dsn
 from notifier.embedded import EmbeddedPostgres, EmbeddedRedis
 from notifier.mail.capture import mailbox_dir, start_capture_server
 from notifier.settings import Settings, load_settings
@@ -94,6 +94,9 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
 
         applied = await migrate_dsn(settings.database_url)
         key_file = await _dev_api_key(settings.database_url, data)
+        await _dev_admin(settings.database_url)
+        if "console_key_sign_in" not in settings.model_fields_set:
+            settings.console_key_sign_in = settings.env != "production"
         port = port or (settings.port if "port" in settings.model_fields_set else 8000)
         settings.port = port
         if "public_url" not in settings.model_fields_set:
@@ -116,7 +119,7 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
             "\nnotifier dev is running\n"
             f"  Web         {settings.public_url}  (/healthz, /readyz, /metrics)\n"
             + (
-                f"  Mailbox     {settings.public_url}/dev/mailbox  (sign in with the key below)\n"
+                f"  Mailbox     {settings.public_url}/dev/mailbox  (admins only: sign in to the console)\n"
                 if settings.capture_mail
                 else ""
             )
@@ -124,8 +127,18 @@ async def run_dev(*, port: int | None = None, selftest: bool = True) -> int:
             + f"  Migrations  {len(applied)} applied now\n"
             f'  API key     in {key_file} (admin scope; try: curl -H "Authorization: Bearer $(cat {key_file})" '
             f"{settings.public_url}/v1/accounts/nobody)\n"
-            f"  Console     {settings.public_url}/console/ (sign in with that key)\n"
-            f"  Data        {data}\n"
+            f"  Console     {settings.public_url}/console/ : sign in as {DEV_ADMIN} (admin); the sign-in\n"
+            + (
+                f"              link is captured: open the newest file in {mailbox_dir(data)}\n"
+                if settings.capture_mail
+                else ""
+            )
+            + (
+                "              or paste the key above (development only)\n"
+                if settings.console_key_sign_in
+                else ""
+            )
+            + f"  Data        {data}\n"
             f"  Commands    `notifier api-key …`, `notifier digests run`, … run from this folder in another\n"
             f"              terminal use these servers (from {env_file}); nothing to export\n"
             "  Press Ctrl-C to stop.\n",
@@ -168,6 +181,24 @@ async def _dev_api_key(database_url: str, data: Path) -> Path:
     path.write_text(key + "\n")
     path.chmod(0o600)
     return path
+
+
+DEV_ADMIN = "dev-admin@example.com"
+
+
+async def _dev_admin(database_url: str) -> None:
+    """The development admin of the console (DEV_ADMIN), added once."""
+    from notifier import audit, staff
+
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            if await staff.by_email(conn, DEV_ADMIN) is None:
+                await staff.add(
+                    conn, DEV_ADMIN, "Development admin", "admin", audit.Actor("system", "notifier dev")
+                )
+    finally:
+        await pool.close()
 
 
 async def _enqueue_selftest(settings: Settings) -> None:

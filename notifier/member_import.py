@@ -8,9 +8,9 @@ based SQL then refuses what needs the whole file or the database (a repeated ext
 member without e-mail or name), corrects the known members whose fields differ, registers the
 new ones, and optionally opts them in to the newsletter with the consent wording and source
 `import`. Every change is audited as the API audits it (actor `system:import` from the CLI,
-`operator:<key> (import)` from the console), new accounts get their first digest window as
-`preferences.start_schedule` opens it, and a corrected time zone moves the window as
-`preferences.follow_timezone` does.
+the signed-in person from the console: `console:<address> (<role>) (import)` with their user
+id), new accounts get their first digest window as `preferences.start_schedule` opens it, and a
+corrected time zone moves the window as `preferences.follow_timezone` does.
 
 The whole import is one transaction: a dry run rolls it back, and a second run of the same file
 finds every row unchanged and writes nothing but its `imports` history row.
@@ -354,7 +354,7 @@ async def _merge(
     """The set-based part: whole-file checks, corrections, registrations, windows, opt-ins."""
     await conn.execute(Q.import_duplicates, import_id)
     await conn.execute(Q.import_incomplete, import_id)
-    updated = await conn.fetchrow(Q.import_update, import_id, actor.type, actor.name)
+    updated = await conn.fetchrow(Q.import_update, import_id, actor.type, actor.name, actor.user_id)
     result.updated = updated["updated"]
     result.unchanged = updated["matched"] - updated["updated"]
     await _follow_timezones(conn, updated["moved"])
@@ -368,7 +368,13 @@ async def _merge(
                 raise ImportRefused((exc.errors or [{"message": exc.detail}])[0]["message"]) from None
         if target is None or target["is_default"]:
             opted = await conn.fetchrow(
-                Q.import_opt_in, import_id, actor.type, actor.name, opt_in.wording, opt_in.version
+                Q.import_opt_in,
+                import_id,
+                actor.type,
+                actor.name,
+                opt_in.wording,
+                opt_in.version,
+                actor.user_id,
             )
         else:
             opted = await conn.fetchrow(
@@ -380,6 +386,7 @@ async def _merge(
                 opt_in.wording,
                 None,
                 target["key"],
+                actor.user_id,
             )
         result.opted_in, result.kept_out = opted["opted_in"], opted["kept_out"]
     result.failed = await conn.fetchval(Q.import_failed_count, import_id)
@@ -410,6 +417,7 @@ async def _register(conn: asyncpg.Connection, import_id: int, actor: audit.Actor
         default.digest_weekday,
         [z["timezone"] for z in zones],
         due,
+        actor.user_id,
     )
     return created
 

@@ -27,7 +27,8 @@ from typing import Any, Literal, get_args
 
 import asyncpg
 
-from notifier import audience, clicks, consent, newsletter_local_time, queues
+from notifier import audience, audit, clicks, consent, newsletter_local_time, queues
+from notifier.audit import Actor
 from notifier.db import Q
 from notifier.mail import outbox, render
 from notifier.mail.newsletter_render import Draft, PreparedCache, TemplateProblem, sample_personal
@@ -195,26 +196,84 @@ async def schedule(
     return row
 
 
+class NotAllowed(Exception):
+    """The person may not do this to the newsletter (four-eyes: the author approving their own)."""
+
+
+class _Held(Exception):
+    """Raised inside `start`'s transaction to undo a start that needed an approval."""
+
+
+def needs_approval(settings: Settings, recipients: int, row: Mapping[str, Any]) -> bool:
+    """Four-eyes sending: with NOTIFIER_FOUR_EYES_RECIPIENTS set, a newsletter to more than that
+    many recipients needs a second person's approval before it can start."""
+    limit = settings.four_eyes_recipients
+    return limit is not None and recipients > limit and row["approved_at"] is None
+
+
+async def approve(conn: asyncpg.Connection, newsletter_id: int, actor: Actor) -> asyncpg.Record:
+    """Record `actor`'s approval (call inside a transaction; audited as `newsletter.approved`).
+    Raises NotAllowed when `actor` is the person who wrote or last edited it, StateConflict when
+    it is past scheduling."""
+    row = await get(conn, newsletter_id)
+    if row is None or row["status"] not in ("draft", "scheduled"):
+        raise StateConflict("only a draft or scheduled newsletter can be approved")
+    me = audit.person_of(str(actor))
+    if me in {audit.person_of(row["created_by"] or ""), audit.person_of(row["updated_by"] or "")}:
+        raise NotAllowed("the author of a newsletter cannot approve it; a second person must")
+    approved: asyncpg.Record = await conn.fetchrow(Q.approve_newsletter, newsletter_id, str(actor))
+    await audit.record(conn, None, actor, "newsletter.approved", {"newsletter_id": newsletter_id})
+    return approved
+
+
+async def _fan_out(
+    conn: asyncpg.Connection, settings: Settings, row: Mapping[str, Any], local: LocalSend | None
+) -> None:
+    """Freeze the audience of the newsletter `row` (its lists and segment) into outbox rows, each
+    waiting for its member's `local` time when there is one. Call inside a transaction."""
+    due = newsletter_local_time.DueInstants.of(local)
+    list_ids, rule = await audience.targeting(conn, row)
+    await audience.freeze(conn, row["id"], list_ids, rule, settings.newsletter_double_opt_in, due)
+
+
+async def audience_size(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> int:
+    """How many members the newsletter would go to if it started now: its lists and segment
+    counted by the same audience query the fan-out freezes (notifier.audience)."""
+    row = await pool.fetchrow(Q.get_newsletter, newsletter_id)
+    if row is None:
+        return 0
+    list_ids, rule = await audience.targeting(pool, row)
+    return await audience.count(pool, list_ids, rule, settings.newsletter_double_opt_in)
+
+
 async def start(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> int | None:
     """Move a draft or scheduled newsletter to `sending` and freeze its audience, atomically.
 
     Idempotent and safe under concurrency: of any number of callers one does the work; the others
     (and calls on a newsletter already started, sent or cancelled) return None. Returns the number
-    of recipients otherwise.
+    of recipients otherwise. A newsletter that needs an approval it lacks (`needs_approval`) does
+    not start: it goes back to draft, and the answer is None.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        started = await conn.fetchrow(Q.start_newsletter, newsletter_id)
-        if started is None:
-            return None
-        local = None
-        if started["local_time"] is not None:
-            local = LocalSend(started["local_time"], started["local_date"])
-        due = newsletter_local_time.DueInstants.of(local)
-        list_ids, rule = await audience.targeting(conn, started)
-        await audience.freeze(conn, newsletter_id, list_ids, rule, settings.newsletter_double_opt_in, due)
-        if started["track_clicks"]:
-            await clicks.number_links(conn, started)
-        recipients: int = await conn.fetchval(Q.set_newsletter_recipients, newsletter_id)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            started = await conn.fetchrow(Q.start_newsletter, newsletter_id)
+            if started is None:
+                return None
+            local = None
+            if started["local_time"] is not None:
+                local = LocalSend(started["local_time"], started["local_date"])
+            await _fan_out(conn, settings, started, local)
+            if started["track_clicks"]:
+                await clicks.number_links(conn, started)
+            recipients: int = await conn.fetchval(Q.set_newsletter_recipients, newsletter_id)
+            if needs_approval(settings, recipients, started):
+                raise _Held
+    except _Held:
+        await pool.execute(Q.hold_newsletter, newsletter_id)
+        log.warning(
+            "newsletter %s held: %s recipients need a second person's approval", newsletter_id, recipients
+        )
+        return None
     log.info("newsletter %s sending to %s recipients", newsletter_id, recipients)
     return recipients
 

@@ -86,7 +86,9 @@ async def delete(conn: asyncpg.Connection | asyncpg.Pool, template_id: int) -> N
         raise Problem(404, "no newsletter template with that id")
 
 
-async def start_draft(pool: asyncpg.Pool, template_id: int, actor: str) -> asyncpg.Record:
+async def start_draft(
+    conn: asyncpg.Connection | asyncpg.Pool, template_id: int, actor: str
+) -> asyncpg.Record:
     """A new newsletter draft holding a copy of the template; returns the newsletter row."""
-    row = await get(pool, template_id)
-    return await newsletter.create_draft(pool, draft_of(row), actor)
+    row = await get(conn, template_id)
+    return await newsletter.create_draft(conn, draft_of(row), actor)

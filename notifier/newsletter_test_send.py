@@ -9,8 +9,9 @@ way to mail anyone, again and again, or to reach someone who left:
   matching its segment);
 - an address on the suppression list for newsletters or for everything (unsubscribed, bounced,
   complained, erased) is refused, also at an allowed domain;
-- at most `Settings.test_send_per_hour` recipients an hour per API key (a console session counts
-  against the key it was opened with), counted in Redis so every web process shares the count.
+- at most `Settings.test_send_per_hour` recipients an hour per sender: an API key (`key:ID`,
+  also a development console session opened with that key) or a console user (`user:ID`),
+  counted in Redis so every web process shares the count.
 
 A refusal never tells whether an address belongs to a member: outside the allowed domains an
 unknown address, an unsubscribed member and a suppressed member get the same sentence.
@@ -110,7 +111,7 @@ async def refusals(
 
 
 def quota(settings: Settings) -> Window:
-    """The hourly count of test-send recipients per API key."""
+    """The hourly count of test-send recipients per sender (an API key or a console user)."""
     return Window("test-send", settings.test_send_per_hour, HOUR)
 
 
@@ -120,16 +121,16 @@ async def queue(
     settings: Settings,
     newsletter_id: int,
     addresses: Sequence[str],
-    key_id: int,
+    sender: str,
 ) -> list[int]:
-    """Queue a test-send of the newsletter to `addresses` (distinct, in order) on behalf of API key
-    `key_id`; the new outbox ids. Ring `queues.SERVICE` afterwards. Raises RecipientsRefused or
+    """Queue a test-send of the newsletter to `addresses` (distinct, in order) on behalf of
+    `sender` (`key:ID` or `user:ID`, whom the hourly quota counts against); the new outbox ids. Ring `queues.SERVICE` afterwards. Raises RecipientsRefused or
     QuotaUsed, and then nothing is queued or counted."""
     refused = await refusals(pool, settings, newsletter_id, addresses)
     if refused:
         raise RecipientsRefused(refused)
     window = quota(settings)
-    wait = await window.take(redis, str(key_id), len(addresses))
+    wait = await window.take(redis, sender, len(addresses))
     if wait:
         raise QuotaUsed(wait, window.limit)
     ids: list[int] = []

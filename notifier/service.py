@@ -43,7 +43,13 @@ class ServiceMessageIn(BaseModel):
 
 
 def template_names(templates: Templates) -> list[str]:
-    return [n.removeprefix("service/") for n in templates.names("service") if n != "service/selftest"]
+    """The templates a producer may send: not the self-test's, nor the console's own (an
+    invitation or a sign-in link sent through the API would be our phishing kit)."""
+    return [
+        n.removeprefix("service/")
+        for n in templates.names("service")
+        if n != "service/selftest" and not n.startswith("service/console_")
+    ]
 
 
 def check_request(templates: Templates, body: ServiceMessageIn) -> None:

@@ -152,6 +152,28 @@ class Settings(BaseSettings):
     test_send_per_hour: int = Field(default=50, ge=1)
     # Failed console sign-ins per client address and quarter of an hour before a 429.
     console_sign_in_attempts: int = Field(default=10, ge=1)
+    # Console sessions (docs/console.md): end after this long without a request, and this long
+    # after sign-in whatever the activity; dangerous actions (erasing a member, sending to more
+    # than `console_fresh_recipients`) need a sign-in within the last `console_fresh_minutes`.
+    console_idle_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    console_session_hours: int = Field(default=12, ge=1, le=24 * 30)
+    console_fresh_minutes: int = Field(default=10, ge=1, le=24 * 60)
+    console_fresh_recipients: int = Field(default=1000, ge=0)
+    # Magic links per address and per client address within a quarter of an hour.
+    console_link_per_address: int = Field(default=5, ge=1)
+    console_link_per_client: int = Field(default=20, ge=1)
+    # Signing in to the console with an API key: development only (refused in production).
+    console_key_sign_in: bool = False
+    # Four-eyes sending: a newsletter to more than this many recipients needs a second person's
+    # approval before it can start (unset: no approval needed).
+    four_eyes_recipients: int | None = Field(default=None, ge=0)
+    # OpenID Connect sign-in (docs/console.md): on when the issuer and client id are set.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    # Only addresses at these domains may sign in by OpenID Connect (comma-separated; unset: any
+    # domain, still only invited users).
+    oidc_allowed_domains: Annotated[list[str] | None, NoDecode] = None
 
     @field_validator("database_url")
     @classmethod
@@ -178,7 +200,9 @@ class Settings(BaseSettings):
             sentinel_hosts(value)  # raises ValueError naming what is wrong
         return value
 
-    @field_validator("old_secret_keys", "test_send_domains", "ses_topic_arns", mode="before")
+    @field_validator(
+        "old_secret_keys", "test_send_domains", "ses_topic_arns", "oidc_allowed_domains", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         """A list from the environment: comma- or space-separated (or a JSON list)."""
@@ -189,7 +213,7 @@ class Settings(BaseSettings):
             return [part for part in re.split(r"[\s,]+", text) if part]
         return value
 
-    @field_validator("test_send_domains")
+    @field_validator("test_send_domains", "oidc_allowed_domains")
     @classmethod
     def _domains(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
@@ -314,6 +338,19 @@ class Settings(BaseSettings):
                 "refused when NOTIFIER_ENV is production: set NOTIFIER_SMTP_HOST and unset "
                 "NOTIFIER_CAPTURE_MAIL, or set NOTIFIER_ENV=development"
             )
+
+    def check_console_keys(self) -> None:
+        """Signing in to the console with an API key is for development: refused in production."""
+        if self.console_key_sign_in and self.env == "production":
+            raise ConfigError(
+                "NOTIFIER_CONSOLE_KEY_SIGN_IN is for development and is refused when NOTIFIER_ENV is "
+                "production: console users sign in as themselves (docs/console.md)"
+            )
+
+    @property
+    def oidc_enabled(self) -> bool:
+        """Whether the console offers OpenID Connect sign-in."""
+        return bool(self.oidc_issuer and self.oidc_client_id)
 
     def require_services(self) -> tuple[str, str]:
         """Both service URLs, or a ConfigError naming the missing one."""

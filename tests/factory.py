@@ -87,6 +87,40 @@ class Factory:
             *fields.values(),
         )
 
+    async def console_user(self, role: str = "marketing", **fields: Any) -> asyncpg.Record:
+        """Insert a console user with `role` (invited); any column may be overridden."""
+        n = next(_seq)
+        row: dict[str, Any] = {
+            "email": f"{role}{n}@example.org",
+            "name": f"{role.title()} Person {n}",
+            "role": role,
+            "invited_by": "system:tests",
+            **fields,
+        }
+        return await self._insert("console_users", row)
+
+    async def newsletter(self, **fields: Any) -> asyncpg.Record:
+        """Insert a newsletter (a draft unless `status` says otherwise); any column may be overridden."""
+        row: dict[str, Any] = {
+            "subject": f"Newsletter {next(_seq)}",
+            "body": "Hello {{ first_name }}",
+            **fields,
+        }
+        return await self._insert("newsletters", row)
+
+    async def newsletter_template(self, **fields: Any) -> asyncpg.Record:
+        """Insert a reusable newsletter template; any column may be overridden."""
+        n = next(_seq)
+        row: dict[str, Any] = {
+            "name": f"Template {n}",
+            "subject": f"Subject {n}",
+            "body": "Hello {{ first_name }}",
+            "created_by": "system:tests",
+            "updated_by": "system:tests",
+            **fields,
+        }
+        return await self._insert("newsletter_templates", row)
+
 
 def member_csv(
     rows: list[list[str]], header: tuple[str, ...] = ("external_id", "email", "name", "timezone")

@@ -33,7 +33,7 @@ PROBLEM = "application/problem+json"
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """Over plain http, so the test client sends console cookies back (see tests/test_console.py)."""
-    return settings.model_copy(update={"public_url": "http://127.0.0.1"})
+    return settings.model_copy(update={"public_url": "http://127.0.0.1", "console_key_sign_in": True})
 
 
 # --- preview as a member -----------------------------------------------------------------------

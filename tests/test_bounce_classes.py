@@ -139,7 +139,7 @@ async def test_a_refusal_suppresses_only_a_bad_mailbox(
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """Plain http, so the console test client sends its session cookie back (see test_console)."""
-    return settings.model_copy(update={"public_url": "http://127.0.0.1"})
+    return settings.model_copy(update={"public_url": "http://127.0.0.1", "console_key_sign_in": True})
 
 
 async def test_a_policy_refusal_is_raised_in_the_console(

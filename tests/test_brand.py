@@ -17,6 +17,7 @@ from notifier.brand import Brand
 from notifier.digest import run_pass
 from notifier.mail import newsletter_render
 from notifier.settings import Settings
+from tests.console_people import as_person
 from tests.factory import Factory
 from tests.test_console import sign_in
 
@@ -32,6 +33,7 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(
         update={
             "public_url": "http://127.0.0.1",
+            "console_key_sign_in": True,
             "brand_name": "Example Society",
             "brand_primary_color": "#0b5394",
             "brand_footer_text": "Example Society, members since 1901",
@@ -175,3 +177,28 @@ def test_markdown_tables_quotes_code_and_https_images_are_styled_in_newsletters(
     assert "track.example" not in html and "data:image" not in html  # only https images load
     assert 'alt="tracker"' in html and 'alt="pixel"' in html  # they show their alt text
     assert ">Club<" in html  # the brand's name heads the newsletter
+
+
+async def test_a_brand_save_is_audited_under_the_person_and_a_refused_one_is_not(
+    client: Client, pool: asyncpg.Pool, settings: Settings, factory: Factory
+) -> None:
+    ada = await factory.console_user("admin", email="ada@example.org", name="Ada Admin")
+    headers, csrf = await as_person(client, pool, settings, ada)
+    form = {"csrf": csrf, "name": "Riverside", "logo_url": "", "primary_color": "#8a1538"}
+    resp = await client.post("/console/brand", data=form, headers=headers, allow_redirects=False)
+    assert resp.status == 303
+    refused = {**form, "name": "Other", "accent_color": "#12345"}
+    assert (await client.post("/console/brand", data=refused, headers=headers)).status == 422
+    rows = await pool.fetch("SELECT actor_type, actor, action, changes, console_user_id FROM audit_log")
+    assert [dict(r) for r in rows] == [
+        {
+            "actor_type": "console",
+            "actor": "ada@example.org (admin)",
+            "action": "brand.saved",
+            "changes": {
+                "name": {"before": None, "after": "Riverside"},
+                "primary_color": {"before": None, "after": "#8a1538"},
+            },
+            "console_user_id": ada["id"],
+        }
+    ]

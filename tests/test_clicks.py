@@ -34,8 +34,8 @@ REPORT, SHOP = "https://example.org/report?year=2026&lang=en", "https://shop.exa
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """Plain http, so the test client keeps the console's session cookie."""
-    return settings.model_copy(update={"public_url": "http://127.0.0.1"})
+    """Plain http, so the test client keeps the console's session cookie; signing in with a key."""
+    return settings.model_copy(update={"public_url": "http://127.0.0.1", "console_key_sign_in": True})
 
 
 def test_only_whole_http_links_are_counted_each_once() -> None:

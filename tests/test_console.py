@@ -31,7 +31,7 @@ Client = TestClient[Any, Any]
 def settings(settings: Settings) -> Settings:
     """The suite's settings over plain http, so the test client sends the session cookie back
     (it keeps Secure cookies for https); `test_cookie_is_secure_over_https` checks that case."""
-    return settings.model_copy(update={"public_url": "http://127.0.0.1"})
+    return settings.model_copy(update={"public_url": "http://127.0.0.1", "console_key_sign_in": True})
 
 
 async def sign_in(client: Client, pool: asyncpg.Pool, scopes: list[str], name: str = "Operator Olga") -> str:
@@ -78,7 +78,7 @@ async def test_sign_in_exchanges_the_key_for_a_strict_session_cookie(
     assert "secure" not in flags  # PUBLIC_URL is http here
     session_id = cookie.split(";")[0].split("=", 1)[1]
     row = await pool.fetchrow("SELECT * FROM console_sessions")
-    assert row["scope"] == "admin"
+    assert row["role"] == "admin" and row["method"] == "api_key"
     assert row["expires_at"] > datetime.now(UTC) + timedelta(hours=11)
     # Only a hash of the session id is stored, and the key itself nowhere.
     assert session_id.encode() not in bytes(row["id_hash"])
@@ -767,7 +767,7 @@ async def test_pages_escape_what_members_and_marketing_wrote(
 async def test_home_page_by_scope(client: Client, pool: asyncpg.Pool, factory: Factory) -> None:
     await factory.email(status="sent", sent_at=datetime.now(UTC))
     await sign_in(client, pool, ["admin", "newsletters"])
-    assert await pool.fetchval("SELECT scope FROM console_sessions") == "admin"
+    assert await pool.fetchval("SELECT role FROM console_sessions") == "admin"
     home = await (await client.get("/console")).text()
     assert "Sent, last minute" in home and 'href="/console/deliverability"' in home
 

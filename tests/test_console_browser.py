@@ -36,7 +36,7 @@ Client = TestClient[Any, Any]
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"public_url": "http://127.0.0.1"})
+    return settings.model_copy(update={"public_url": "http://127.0.0.1", "console_key_sign_in": True})
 
 
 @pytest.fixture

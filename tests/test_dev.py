@@ -136,9 +136,22 @@ def test_dev_starts_embedded_services_and_stops_cleanly(home: Path) -> None:
         _wait_ready(proc, base)
         _check_engine(base, tmp_path)
         redis_url = _check_second_terminal(tmp_path)
+        # The first console user of a real deployment comes from the command line.
+        added = _cli(
+            tmp_path, "console-user", "add", "Ada@Example.org", "--name", "Ada", "--role", "marketing"
+        )
+        assert (
+            added.returncode == 0
+            and "added console user ada@example.org (marketing, invited)" in added.stdout
+        )
+        listed = _cli(tmp_path, "console-user", "list").stdout
+        assert "dev-admin@example.com" in listed and "ada@example.org" in listed
+        again = _cli(tmp_path, "console-user", "add", "ada@example.org", "--name", "A", "--role", "admin")
+        assert again.returncode == 2 and "already a console user" in again.stderr
     finally:
         out = _stop(proc)
     assert "notifier dev is running" in out and "PostgreSQL  embedded" in out and "stopped." in out
+    assert "sign in as dev-admin@example.com (admin)" in out
     assert "Traceback" not in out
     assert not (tmp_path / ".notifier" / "postgres" / "postmaster.pid").exists()  # PostgreSQL stopped
     # Stopped, it is forgotten: a command says what to do instead of waiting on dead servers.

@@ -24,7 +24,7 @@ pytestmark = BROWSER_MARKS
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"public_url": "http://127.0.0.1"})
+    return settings.model_copy(update={"public_url": "http://127.0.0.1", "console_key_sign_in": True})
 
 
 async def test_operator_imports_members_and_sets_the_brand(

@@ -45,6 +45,7 @@ DOMAIN = (
     "serialize",
     "service",
     "settings",
+    "staff",
     "startup_checks",
     "suppression",
     "templating",

@@ -490,7 +490,9 @@ async def test_the_console_makes_lists_counts_a_drafts_audience_and_shows_a_memb
     from notifier.app import create_app
     from tests.test_console import sign_in
 
-    app = create_app(settings.model_copy(update={"public_url": "http://127.0.0.1"}))
+    app = create_app(
+        settings.model_copy(update={"public_url": "http://127.0.0.1", "console_key_sign_in": True})
+    )
     async with TestClient(TestServer(app)) as console:
         csrf = await sign_in(console, pool, ["admin"])
         resp = await console.post("/console/lists", data={"csrf": csrf, "key": "Bad Key", "name": "x"})

@@ -297,7 +297,8 @@ async def test_console_sends_at_local_time_and_shows_who_waits(
     day = (datetime.now(UTC) + timedelta(days=2)).date()
     await factory.account(timezone="Asia/Kathmandu", newsletter=True)
     await factory.account(timezone="America/New_York", newsletter=True)
-    plain_http = settings.model_copy(update={"public_url": "http://127.0.0.1"})  # keeps the session cookie
+    # plain http keeps the session cookie; signing in with a key
+    plain_http = settings.model_copy(update={"public_url": "http://127.0.0.1", "console_key_sign_in": True})
     async with TestClient(TestServer(create_app(plain_http))) as client:
         csrf = await sign_in(client, pool, ["newsletters"], name="Marketing Max")
         resp = await client.post(
@@ -315,6 +316,8 @@ async def test_console_sends_at_local_time_and_shows_who_waits(
             allow_redirects=False,
         )
         assert resp.headers["Location"].endswith("notice=sending")
+        scheduled = await pool.fetchval("SELECT changes FROM audit_log WHERE action = 'newsletter.scheduled'")
+        assert (scheduled["local_time"], scheduled["local_date"]) == ("09:00", day.isoformat())
         await run_worker(queues.BULK)
         await newsletter_local_time.release_due(pool, redis, local_nine(day, "Asia/Kathmandu"))
         page = await (await client.get(f"/console/newsletters/{nid}")).text()

@@ -254,17 +254,18 @@ def test_the_cli_imports_prints_counts_and_writes_the_error_report(
 
 
 async def test_the_console_upload_imports_and_lists_the_bad_rows(
-    settings: Settings, pool: asyncpg.Pool, redis: Any
+    settings: Settings, pool: asyncpg.Pool, redis: Any, factory: Factory
 ) -> None:
     from aiohttp import FormData
     from aiohttp.test_utils import TestClient, TestServer
 
     from notifier.app import create_app
-    from tests.test_console import sign_in
+    from tests.console_people import as_person
 
+    olga = await factory.console_user("admin", email="olga@example.org", name="Olga")
     app = create_app(settings.model_copy(update={"public_url": "http://127.0.0.1"}))
     async with TestClient(TestServer(app)) as client:
-        csrf = await sign_in(client, pool, ["admin"], name="Olga")
+        headers, csrf = await as_person(client, pool, settings, olga)
 
         def upload(**fields: str) -> FormData:
             form = FormData()
@@ -274,17 +275,21 @@ async def test_the_console_upload_imports_and_lists_the_bad_rows(
             form.add_field("file", member_csv(GOOD_AND_BAD), filename="members.csv", content_type="text/csv")
             return form
 
-        resp = await client.post("/console/import", data=upload(dry_run="on"))
+        resp = await client.post("/console/import", data=upload(dry_run="on"), headers=headers)
         html = await resp.text()
         assert resp.status == 200 and "Dry run: nothing was written" in html
         assert '<th scope="row" class="num">3</th><td><code>email</code></td>' in html
         assert await pool.fetchval("SELECT count(*) FROM accounts") == 0
-        resp = await client.post("/console/import", data=upload(opt_in="on", consent_wording="News, monthly"))
+        resp = await client.post(
+            "/console/import", data=upload(opt_in="on", consent_wording="News, monthly"), headers=headers
+        )
         html = await resp.text()
         assert "2 created, 0 updated, 0 unchanged, 6 failed; 2 opted in" in html
-        assert await pool.fetchval("SELECT actor FROM audit_log LIMIT 1") == "Olga (import)"
+        # every change names the person who imported, and points at their console user
+        actors = await pool.fetch("SELECT DISTINCT actor_type, actor, console_user_id FROM audit_log")
+        assert [tuple(a) for a in actors] == [("console", "olga@example.org (admin) (import)", olga["id"])]
         assert await pool.fetchval("SELECT count(*) FROM consents WHERE source = 'import'") == 2
-        resp = await client.post("/console/import", data=upload(opt_in="on"))
+        resp = await client.post("/console/import", data=upload(opt_in="on"), headers=headers)
         assert resp.status == 422 and "consent wording" in await resp.text()
 
 

@@ -12,6 +12,8 @@ from aiohttp.test_utils import TestClient
 
 from notifier.settings import Settings
 from tests.api_helpers import bearer
+from tests.console_people import as_person
+from tests.factory import Factory
 from tests.test_console import sign_in
 
 Client = TestClient[Any, Any]
@@ -26,7 +28,7 @@ MONTHLY = {
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"public_url": "http://127.0.0.1"})
+    return settings.model_copy(update={"public_url": "http://127.0.0.1", "console_key_sign_in": True})
 
 
 async def test_template_crud_and_a_draft_started_from_it(client: Client, pool: asyncpg.Pool) -> None:
@@ -112,3 +114,40 @@ async def test_the_console_saves_a_template_and_starts_a_draft_from_it(
     assert match
     row = await pool.fetchrow("SELECT subject, body, status FROM newsletters WHERE id = $1", int(match[1]))
     assert (row["subject"], row["body"], row["status"]) == (MONTHLY["subject"], MONTHLY["body"], "draft")
+
+
+async def test_template_changes_in_the_console_are_audited_under_the_person(
+    client: Client, pool: asyncpg.Pool, settings: Settings, factory: Factory
+) -> None:
+    mia = await factory.console_user("marketing", email="mia@example.org", name="Mia Marketing")
+    headers, csrf = await as_person(client, pool, settings, mia)
+
+    async def post(path: str, **form: str) -> None:
+        resp = await client.post(path, data={"csrf": csrf, **form}, headers=headers, allow_redirects=False)
+        assert resp.status == 303, await resp.text()
+
+    await post("/console/templates/new", **MONTHLY)
+    template_id = await pool.fetchval("SELECT id FROM newsletter_templates")
+    await post(f"/console/templates/{template_id}", **{**MONTHLY, "subject": "Changed"})
+    await post(f"/console/templates/{template_id}/draft")
+    draft_id = await pool.fetchval("SELECT id FROM newsletters")
+    await post(f"/console/templates/{template_id}/delete")
+
+    rows = await pool.fetch(
+        "SELECT actor_type, actor, action, changes, console_user_id FROM audit_log ORDER BY id"
+    )
+    assert [r["action"] for r in rows] == [
+        "newsletter_template.created",
+        "newsletter_template.edited",
+        "newsletter.created",
+        "newsletter_template.deleted",
+    ]
+    assert {(r["actor_type"], r["actor"], r["console_user_id"]) for r in rows} == {
+        ("console", "mia@example.org (marketing)", mia["id"])
+    }
+    assert rows[1]["changes"]["fields"] == ["subject"]
+    assert rows[2]["changes"] == {"newsletter_id": draft_id, "subject": "Changed", "template_id": template_id}
+    # The draft's history names the person who started it from the template.
+    page = await (await client.get(f"/console/newsletters/{draft_id}", headers=headers)).text()
+    history = page[page.index('id="history-heading"') :]
+    assert "Mia Marketing" in history and "created" in history

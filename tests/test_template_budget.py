@@ -203,7 +203,7 @@ async def test_edit_and_preview_are_bounded_too(client: Client, pool: asyncpg.Po
 
 @pytest.fixture
 def console_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"public_url": "http://127.0.0.1"})
+    return settings.model_copy(update={"public_url": "http://127.0.0.1", "console_key_sign_in": True})
 
 
 async def test_the_consoles_live_preview_is_bounded(

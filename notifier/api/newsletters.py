@@ -402,7 +402,7 @@ async def test_send(request: web.Request) -> web.Response:
             request.app[SETTINGS],
             row["id"],
             addresses,
-            api_key_of(request).id,
+            f"key:{api_key_of(request).id}",
         )
     except newsletter_test_send.RecipientsRefused as exc:
         errors = [
@@ -427,12 +427,22 @@ async def send_newsletter(request: web.Request) -> web.Response:
     """Send now (no body, or `at` absent or past) or schedule (`at` in the future); with
     `local_time` and `date`, start now and deliver to each member at that time in their own zone
     (422 naming the field when the date is past everywhere). Sending is started by a bulk worker;
-    follow it with GET. 202 when sending starts, 200 when scheduled,
-    409 when the newsletter is already sending, sent or cancelled."""
+    follow it with GET. 202 when sending starts, 200 when scheduled, 409 when the newsletter is
+    already sending, sent or cancelled, or needs a second person's approval
+    (NOTIFIER_FOUR_EYES_RECIPIENTS) that it does not have."""
     row = await _get(request)
     has_body = request.can_read_body and (request.content_length or 0) > 0
     body = await read_model(request, SendIn) if has_body else SendIn()
     await _check(request, newsletter.draft_of(row))
+    settings = request.app[SETTINGS]
+    if settings.four_eyes_recipients is not None and row["approved_at"] is None:
+        recipients = await newsletter.audience_size(request.app[POOL], settings, row["id"])
+        if newsletter.needs_approval(settings, recipients, row):
+            raise Problem(
+                409,
+                f"the newsletter would go to {recipients} recipients: above {settings.four_eyes_recipients} "
+                "it needs a second person's approval in the console first",
+            )
     now = datetime.now(UTC)
     local = body.local(now)
     at = body.at or now

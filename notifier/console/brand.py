@@ -1,14 +1,15 @@
 """The console's brand page (admin): `/console/brand` stores the house style's overrides
 (`notifier.brand`) and puts them in force in this process at once (the other processes within
-`brand.REFRESH_SECONDS`)."""
+`brand.REFRESH_SECONDS`); each save is audited under the person (`brand.saved`, the fields
+changed)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier import brand
-from notifier.console.ui import page, pool_of, posted, redirect, render, session_of, settings_of
+from notifier import audit, brand
+from notifier.console.ui import pool_of, posted, redirect, render, session_of, settings_of
 from notifier.resources import BRAND
 from notifier.validation import errors_of
 
@@ -38,13 +39,11 @@ async def _brand_page(
     )
 
 
-@page("admin")
 async def brand_form(request: web.Request) -> web.Response:
     """GET /console/brand: the house style in force, and the form to change it."""
     return await _brand_page(request)
 
 
-@page("admin")
 async def brand_save(request: web.Request) -> web.Response:
     """POST /console/brand: check and store the overrides (blank: the setting applies)."""
     data = await posted(request)
@@ -54,11 +53,11 @@ async def brand_save(request: web.Request) -> web.Response:
     except ValidationError as exc:
         errors = {e["field"]: e["message"] for e in errors_of(exc)}
         return await _brand_page(request, status=422, form=form, errors=errors)
-    saved = await brand.save(pool_of(request), settings_of(request), checked, str(session_of(request).actor))
+    actor = session_of(request).actor
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        before = await brand.stored(conn)
+        saved = await brand.save(conn, settings_of(request), checked, str(actor))
+        changes = audit.diff(dict(before) if before else {}, checked.model_dump())
+        await audit.record(conn, None, actor, "brand.saved", changes)
     request.config_dict[BRAND].set(saved)
     raise redirect("/console/brand", "saved")
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/brand", brand_form)
-    app.router.add_post("/brand", brand_save)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from notifier.console.ui import page, pool_of, render
+from notifier.console.ui import pool_of, render
 from notifier.db import Q
 
 DAYS = 30
@@ -28,7 +28,6 @@ def judge(sent: int, complained: int) -> tuple[float | None, str]:
     return rate, "under 0.1 %"
 
 
-@page("admin")
 async def complaints(request: web.Request) -> web.Response:
     """GET /console/complaints: the last 30 days, newest first, with totals."""
     rows = await pool_of(request).fetch(Q.console_feedback_per_day, datetime.now(UTC), DAYS)
@@ -41,7 +40,3 @@ async def complaints(request: web.Request) -> web.Response:
     rate, verdict = judge(sent, complained)
     totals = {"sent": sent, "bounced": sum(d["bounced"] for d in days), "complained": complained}
     return render(request, "complaints.html", days=days, totals=totals, rate=rate, verdict=verdict, span=DAYS)
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/complaints", complaints)

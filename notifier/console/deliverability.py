@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp import web
 
 from notifier import audit, queues, suppression
-from notifier.console.ui import form_of, number, page, pool_of, posted, redirect, redis_of, render, session_of
+from notifier.console.ui import form_of, number, pool_of, posted, redirect, redis_of, render, session_of
 from notifier.db import Q
 from notifier.mail import outbox
 from notifier.mail.delivery import POLICY_PREFIX
@@ -29,7 +29,6 @@ MAX_NOTE = 500
 POLICY_SHOWN = 5  # newest policy refusals quoted on the overview
 
 
-@page("admin")
 async def overview(request: web.Request) -> web.Response:
     """GET /console/deliverability: sending rate, failures, queue depths (outbox and Redis)."""
     pool = pool_of(request)
@@ -62,7 +61,6 @@ async def overview(request: web.Request) -> web.Response:
     )
 
 
-@page("admin")
 async def suppressions(request: web.Request) -> web.Response:
     """GET /console/suppressions?address=: search by address, or the most recent entries."""
     address = request.query.get("address", "").strip()
@@ -115,7 +113,6 @@ async def _record(
         await audit.record(conn, None, actor, f"suppression.{kind}", changes)
 
 
-@page("admin")
 async def add(request: web.Request) -> web.Response:
     """POST /console/suppressions: suppress an address on a list, with a reason and a note."""
     form = await form_of(request)
@@ -159,7 +156,6 @@ async def add(request: web.Request) -> web.Response:
     raise redirect("/console/suppressions", "suppressed" if added else "already-suppressed", address=address)
 
 
-@page("admin")
 async def remove(request: web.Request) -> web.Response:
     """POST /console/suppressions/remove: lift one entry (by its hash and list), with a note."""
     form = await form_of(request)
@@ -205,7 +201,6 @@ async def remove(request: web.Request) -> web.Response:
     raise redirect("/console/suppressions", "unsuppressed" if was else "not-suppressed", **query)
 
 
-@page("admin")
 async def failed(request: web.Request) -> web.Response:
     """GET /console/failed: e-mails that failed for good, newest first, with their errors."""
     pool = pool_of(request)
@@ -218,7 +213,6 @@ async def failed(request: web.Request) -> web.Response:
     )
 
 
-@page("admin")
 async def redrive(request: web.Request) -> web.Response:
     """POST /console/failed/redrive: queue failed e-mails again: the one of the row's button
     (`only`), else the ids ticked."""
@@ -234,12 +228,3 @@ async def redrive(request: web.Request) -> web.Response:
             pool_of(request), None, session_of(request).actor, "emails.redriven", {"email_ids": done}
         )
     raise redirect("/console/failed", "redriven" if done else "nothing-redriven")
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/deliverability", overview)
-    app.router.add_get("/suppressions", suppressions)
-    app.router.add_post("/suppressions", add)
-    app.router.add_post("/suppressions/remove", remove)
-    app.router.add_get("/failed", failed)
-    app.router.add_post("/failed/redrive", redrive)

@@ -1,6 +1,6 @@
 """The console's member import (admin): `/console/import` uploads a CSV file and runs
 `notifier.member_import.import_csv`, the same import as `notifier members import`, with the
-signed-in operator as the actor; the result page shows the counts and the bad rows."""
+signed-in person as the actor; the result page shows the counts and the bad rows."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ from aiohttp import web
 from aiohttp.web_request import FileField
 
 from notifier import audit, member_import
-from notifier.console.ui import page, pool_of, posted, render, session_of
+from notifier.console.ui import pool_of, posted, render, session_of
 from notifier.db import Q
 
 RECENT_IMPORTS = 10
 
 
-def import_actor(operator: audit.Actor) -> audit.Actor:
-    """The audit actor of an import from the console: the operator, marked as an import."""
-    return audit.Actor("operator", f"{operator.name} (import)")
+def import_actor(person: audit.Actor) -> audit.Actor:
+    """The audit actor of an import from the console: the signed-in person (or the development
+    key), marked as an import."""
+    return audit.Actor(person.type, f"{person.name} (import)", person.user_id)
 
 
-@page("admin")
 async def import_form(request: web.Request) -> web.Response:
     """GET /console/import: the upload form and the latest imports."""
     return render(
@@ -32,7 +32,6 @@ async def import_form(request: web.Request) -> web.Response:
     )
 
 
-@page("admin")
 async def import_upload(request: web.Request) -> web.Response:
     """POST /console/import: import the uploaded file (or check it, with "dry run")."""
     data = await posted(request)
@@ -72,8 +71,3 @@ async def import_upload(request: web.Request) -> web.Response:
         error=error,
         result=result,
     )
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/import", import_form)
-    app.router.add_post("/import", import_upload)

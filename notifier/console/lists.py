@@ -6,8 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier import lists
-from notifier.console.ui import form_of, page, pool_of, redirect, render
+from notifier import audit, lists
+from notifier.console.ui import form_of, pool_of, redirect, render, session_of
 from notifier.db import Q
 from notifier.errors import Problem
 from notifier.validation import errors_of
@@ -21,13 +21,11 @@ async def _index(request: web.Request, *, status: int = 200, form: dict[str, str
     return render(request, "lists.html", status=status, items=items, form=form or {}, errors=errors or {})
 
 
-@page("newsletters")
 async def index(request: web.Request) -> web.Response:
     """GET /console/lists: every list (archived ones last) and the form for a new one."""
     return await _index(request)
 
 
-@page("newsletters")
 async def create(request: web.Request) -> web.Response:
     """POST /console/lists: a new list; the form again with its errors (422) when invalid."""
     form = await form_of(request)
@@ -39,7 +37,9 @@ async def create(request: web.Request) -> web.Response:
     }
     try:
         new = lists.ListIn.model_validate(data)
-        await lists.create(pool_of(request), new)
+        async with pool_of(request).acquire() as conn, conn.transaction():
+            await lists.create(conn, new)
+            await audit.record(conn, None, session_of(request).actor, "list.created", data)
     except ValidationError as exc:
         errors = {e["field"]: e["message"] for e in errors_of(exc)}
         return await _index(request, status=422, form=dict(form), errors=errors)
@@ -49,15 +49,11 @@ async def create(request: web.Request) -> web.Response:
     raise redirect("/console/lists", "list-created")
 
 
-@page("newsletters")
 async def archive(request: web.Request) -> web.Response:
     """POST /console/lists/{key}/archive: no longer shown to members nor sent to."""
     await form_of(request)
-    await lists.archive(pool_of(request), request.match_info["key"][:40])
+    key = request.match_info["key"][:40]
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        await lists.archive(conn, key)
+        await audit.record(conn, None, session_of(request).actor, "list.archived", {"key": key})
     raise redirect("/console/lists", "list-archived")
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/lists", index)
-    app.router.add_post("/lists", create)
-    app.router.add_post("/lists/{key}/archive", archive)

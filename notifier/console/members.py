@@ -1,7 +1,7 @@
 """Console pages for members: find, look at everything held on one, export, erase.
 
 Export and erasure are `notifier.accounts`' own functions, so the console and the API hold and
-delete exactly the same things; the console's actor is `operator:<key name>`.
+delete exactly the same things; the console's actor is the person (`console:<address> (<role>)`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from aiohttp import web
 
 from notifier import accounts, audit, inbox, lists, suppression
-from notifier.console.ui import form_of, member_url, page, pool_of, redirect, render, session_of
+from notifier.console.ui import form_of, member_url, pool_of, redirect, render, require_fresh, session_of
 from notifier.db import Q
 
 SEARCH_LIMIT = 50
@@ -30,7 +30,6 @@ def _like_prefix(text: str) -> str:
     return escaped + "%"
 
 
-@page("admin")
 async def find(request: web.Request) -> web.Response:
     """GET /console/members?q=: by external id or e-mail address (exact, or the start of one)."""
     q = request.query.get("q", "").strip()
@@ -42,7 +41,6 @@ async def find(request: web.Request) -> web.Response:
     return render(request, "members.html", q=q, results=results, limit=SEARCH_LIMIT)
 
 
-@page("admin")
 async def profile(request: web.Request) -> web.Response:
     """GET /console/members/{external_id}: profile, preferences, inbox, e-mails, events, audit."""
     pool = pool_of(request)
@@ -69,7 +67,6 @@ async def profile(request: web.Request) -> web.Response:
     )
 
 
-@page("admin")
 async def export(request: web.Request) -> web.Response:
     """GET /console/members/{external_id}/export: the API's export document, as a download.
     The export is recorded in the member's audit trail (who looked, when)."""
@@ -88,7 +85,6 @@ async def export(request: web.Request) -> web.Response:
     )
 
 
-@page("admin")
 async def erase_confirm(request: web.Request) -> web.Response:
     """GET /console/members/{external_id}/erase: what will go, and the confirmation form."""
     pool = pool_of(request)
@@ -104,11 +100,12 @@ async def erase_confirm(request: web.Request) -> web.Response:
     )
 
 
-@page("admin")
 async def erase(request: web.Request) -> web.Response:
-    """POST /console/members/{external_id}/erase: erase once the operator typed the external id."""
+    """POST /console/members/{external_id}/erase: erase once the operator typed the external id,
+    within NOTIFIER_CONSOLE_FRESH_MINUTES of signing in (else a page to sign in again)."""
     form = await form_of(request)
     external_id = request.match_info["external_id"]
+    require_fresh(request, member_url(external_id) + "/erase")
     reason = form.get("reason", "")
     pool = pool_of(request)
     if form.get("confirm", "").strip() != external_id or reason not in ERASE_REASONS:
@@ -127,11 +124,3 @@ async def erase(request: web.Request) -> web.Response:
         account = await accounts.find_account(conn, external_id, lock=True)
         await accounts.erase_account(conn, account, reason, session_of(request).actor)
     raise redirect("/console/members", "erased")
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/members", find)
-    app.router.add_get("/members/{external_id}", profile)
-    app.router.add_get("/members/{external_id}/export", export)
-    app.router.add_get("/members/{external_id}/erase", erase_confirm)
-    app.router.add_post("/members/{external_id}/erase", erase)

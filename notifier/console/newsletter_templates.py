@@ -1,7 +1,8 @@
-"""Console pages for reusable newsletter templates (scope newsletters): the list, a form to save
+"""Console pages for reusable newsletter templates (role marketing): the list, a form to save
 or edit one, and "start a draft from this", which opens the new draft in the compose page.
 The same rules as the API (`notifier.api.newsletters`): the fields of `NewsletterTemplateIn`,
-templates that must render, a name used once."""
+templates that must render, a name used once. Each change is audited under the person
+(`newsletter_template.*`, and `newsletter.created` for a draft started from one)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier import newsletter_templates
+from notifier import audit, newsletter_templates
 from notifier.api.newsletters import NewsletterTemplateIn
-from notifier.console.ui import form_of, number, page, pool_of, redirect, render, session_of
+from notifier.console.ui import form_of, number, pool_of, redirect, render, session_of
 from notifier.db import Q
 from notifier.errors import Problem
 from notifier.mail.newsletter_render import Draft
@@ -33,7 +34,6 @@ async def _template(request: web.Request) -> asyncpg.Record:
     return row
 
 
-@page("newsletters")
 async def index(request: web.Request) -> web.Response:
     """GET /console/templates: the saved templates, newest first."""
     rows = await pool_of(request).fetch(Q.list_newsletter_templates, None, LIST_LIMIT)
@@ -51,14 +51,12 @@ def _form(
     return render(request, "template_form.html", status=status, row=row, form=values, errors=errors)
 
 
-@page("newsletters")
 async def new(request: web.Request) -> web.Response:
     """GET /console/templates/new: an empty template form."""
     form = {"body": "Hello {{ first_name }},\n\n", "body_format": "markdown"}
     return _form(request, None, form, {})
 
 
-@page("newsletters")
 async def edit(request: web.Request) -> web.Response:
     """GET /console/templates/{id}: the template's form."""
     row = await _template(request)
@@ -90,52 +88,49 @@ async def _store(request: web.Request, row: asyncpg.Record | None) -> web.Respon
     body, errors = await _checked(request, form)
     if body is None:
         return _form(request, row, form, errors, 422)
-    actor = str(session_of(request).actor)
+    actor = session_of(request).actor
     try:
-        if row is None:
-            await newsletter_templates.create(pool_of(request), body.name, _draft(body), actor)
-        else:
-            await newsletter_templates.update(pool_of(request), row["id"], body.name, _draft(body), actor)
+        async with pool_of(request).acquire() as conn, conn.transaction():
+            if row is None:
+                saved = await newsletter_templates.create(conn, body.name, _draft(body), str(actor))
+                changes = {"template_id": saved["id"], "name": body.name}
+                await audit.record(conn, None, actor, "newsletter_template.created", changes)
+            else:
+                await newsletter_templates.update(conn, row["id"], body.name, _draft(body), str(actor))
+                fields = sorted(audit.diff(dict(row), body.model_dump(include=set(FIELDS))))
+                changes = {"template_id": row["id"], "name": body.name, "fields": fields}
+                await audit.record(conn, None, actor, "newsletter_template.edited", changes)
     except Problem as exc:
         return _form(request, row, form, {"name": exc.detail}, exc.status)
     raise redirect("/console/templates", "saved")
 
 
-@page("newsletters")
 async def create(request: web.Request) -> web.Response:
     """POST /console/templates/new: save a new template."""
     return await _store(request, None)
 
 
-@page("newsletters")
 async def save(request: web.Request) -> web.Response:
     """POST /console/templates/{id}: save the template's changes."""
     return await _store(request, await _template(request))
 
 
-@page("newsletters")
 async def start_draft(request: web.Request) -> web.Response:
     """POST /console/templates/{id}/draft: a new draft holding a copy; opens it to edit."""
     row = await _template(request)
-    draft = await newsletter_templates.start_draft(
-        pool_of(request), row["id"], str(session_of(request).actor)
-    )
+    actor = session_of(request).actor
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        draft = await newsletter_templates.start_draft(conn, row["id"], str(actor))
+        changes = {"newsletter_id": draft["id"], "subject": draft["subject"], "template_id": row["id"]}
+        await audit.record(conn, None, actor, "newsletter.created", changes)
     raise redirect(f"/console/newsletters/{draft['id']}", "created")
 
 
-@page("newsletters")
 async def delete(request: web.Request) -> web.Response:
     """POST /console/templates/{id}/delete: delete it (drafts started from it keep their copy)."""
     row = await _template(request)
-    await newsletter_templates.delete(pool_of(request), row["id"])
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        await newsletter_templates.delete(conn, row["id"])
+        changes = {"template_id": row["id"], "name": row["name"]}
+        await audit.record(conn, None, session_of(request).actor, "newsletter_template.deleted", changes)
     raise redirect("/console/templates", "template-deleted")
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/templates", index)
-    app.router.add_get("/templates/new", new)
-    app.router.add_post("/templates/new", create)
-    app.router.add_get("/templates/{id}", edit)
-    app.router.add_post("/templates/{id}", save)
-    app.router.add_post("/templates/{id}/draft", start_draft)
-    app.router.add_post("/templates/{id}/delete", delete)

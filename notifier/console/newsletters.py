@@ -16,19 +16,19 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier import audience, clicks, newsletter, newsletter_local_time, newsletter_test_send, queues
+from notifier import audience, audit, clicks, newsletter, newsletter_local_time, newsletter_test_send, queues
 from notifier.api.newsletters import MAX_BODY_CHARS, NewsletterIn, TestSendIn
 from notifier.api.responses import json_response
 from notifier.console import chart as console_chart
 from notifier.console.ui import (
     form_of,
     number,
-    page,
     pool_of,
     posted,
     redirect,
     redis_of,
     render,
+    require_fresh,
     session_of,
     settings_of,
 )
@@ -89,7 +89,6 @@ async def _newsletter(request: web.Request) -> asyncpg.Record:
     return row
 
 
-@page("newsletters")
 async def index(request: web.Request) -> web.Response:
     """GET /console/newsletters: every newsletter, newest first, with status and figures."""
     rows = await pool_of(request).fetch(Q.console_newsletters, LIST_LIMIT)
@@ -142,7 +141,23 @@ async def _compose(
         preview_html=html,
         preview_errors=render_errors,
         **targeting,
+        **await _approval(request, row),
     )
+
+
+async def _approval(request: web.Request, row: asyncpg.Record | None) -> dict[str, Any]:
+    """What the approval and history panels need: the four-eyes limit (None: off), whether this
+    person may approve (not the author or last editor), and who did what to the newsletter."""
+    history = await pool_of(request).fetch(Q.console_newsletter_audit, row["id"], 50) if row else []
+    me = audit.person_of(str(session_of(request).actor))
+    authors = (
+        {audit.person_of(row["created_by"] or ""), audit.person_of(row["updated_by"] or "")} if row else set()
+    )
+    return {
+        "four_eyes": settings_of(request).four_eyes_recipients,
+        "may_approve": me not in authors,
+        "history": history,
+    }
 
 
 async def _audience(
@@ -191,7 +206,6 @@ async def _audience_form(request: web.Request) -> _AudienceForm:
     return _AudienceForm(keys, text, rule, None)
 
 
-@page("newsletters")
 async def save_audience(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}/audience: the draft's lists and segment; the page again
     with the segment's faults (422) when it is not valid."""
@@ -203,12 +217,13 @@ async def save_audience(request: web.Request) -> web.Response:
             request, row=row, form=dict(row), errors=errors, status=422, segment_text=posted_form.text
         )
     target = newsletter.Target(tuple(posted_form.keys), posted_form.rule, None)
-    if await newsletter.retarget(pool_of(request), row["id"], target, str(session_of(request).actor)) is None:
-        raise web.HTTPConflict(text=f"The newsletter is {row['status']}; only a draft can be changed.")
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        if await newsletter.retarget(conn, row["id"], target, str(session_of(request).actor)) is None:
+            raise web.HTTPConflict(text=f"The newsletter is {row['status']}; only a draft can be changed.")
+        await _audit(request, conn, row["id"], "targeted", lists=list(target.lists), segment=target.segment)
     raise redirect(f"/console/newsletters/{row['id']}", "audience-saved")
 
 
-@page("newsletters")
 async def live_count(request: web.Request) -> web.Response:
     """POST /console/newsletters/count: how many members the audience form as it stands would
     reach now, as JSON for the page's script: `{count}`, or 422 `{error}`. Saves nothing."""
@@ -223,14 +238,12 @@ async def live_count(request: web.Request) -> web.Response:
     return json_response(200, {"count": total})
 
 
-@page("newsletters")
 async def new(request: web.Request) -> web.Response:
     """GET /console/newsletters/new: an empty compose form."""
     form = {"subject": "", "preheader": "", "body": "Hello {{ first_name }},\n\n", "body_format": "markdown"}
     return await _compose(request, row=None, form=form, errors={})
 
 
-@page("newsletters")
 async def create(request: web.Request) -> web.Response:
     """POST /console/newsletters/new: preview (action=preview) or save a new draft."""
     form = await form_of(request)
@@ -240,13 +253,31 @@ async def create(request: web.Request) -> web.Response:
     _, _, render_errors = await _preview(request, _draft_of(body))
     if render_errors:
         return await _compose(request, row=None, form=form, errors=render_errors, status=422)
-    row = await newsletter.create_draft(
-        pool_of(request), _draft_of(body), str(session_of(request).actor), track_clicks=body.track_clicks
-    )
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        row = await newsletter.create_draft(
+            conn, _draft_of(body), str(session_of(request).actor), track_clicks=body.track_clicks
+        )
+        await _audit(request, conn, row["id"], "created", subject=body.subject)
     raise redirect(f"/console/newsletters/{row['id']}", "created")
 
 
-@page("newsletters")
+async def _audit(
+    request: web.Request,
+    conn: asyncpg.Connection | asyncpg.Pool,
+    newsletter_id: int,
+    action: str,
+    **changes: Any,
+) -> None:
+    """Record what the person did to the newsletter (`newsletter.<action>`), shown on its page."""
+    await audit.record(
+        conn,
+        None,
+        session_of(request).actor,
+        f"newsletter.{action}",
+        {"newsletter_id": newsletter_id, **changes},
+    )
+
+
 async def show(request: web.Request) -> web.Response:
     """GET /console/newsletters/{id}: edit a draft, or follow and read the figures of the rest."""
     row = await _newsletter(request)
@@ -274,10 +305,10 @@ async def show(request: web.Request) -> web.Response:
         preview_html=html,
         next_due_at=next_due_at,
         clicks=await clicks.per_link(pool, row["id"]),
+        **await _approval(request, row),
     )
 
 
-@page("newsletters")
 async def save(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}: preview (action=preview) or save the draft."""
     row = await _newsletter(request)
@@ -288,18 +319,18 @@ async def save(request: web.Request) -> web.Response:
     _, _, render_errors = await _preview(request, _draft_of(body, row["id"]))
     if render_errors:
         return await _compose(request, row=row, form=form, errors=render_errors, status=422)
-    updated = await newsletter.update_draft(
-        pool_of(request),
-        _draft_of(body, row["id"]),
-        str(session_of(request).actor),
-        track_clicks=body.track_clicks,
-    )
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        updated = await newsletter.update_draft(
+            conn, _draft_of(body, row["id"]), str(session_of(request).actor), track_clicks=body.track_clicks
+        )
+        if updated is not None:
+            changed = sorted(audit.diff(dict(row), body.model_dump()))
+            await _audit(request, conn, row["id"], "edited", fields=changed)
     if updated is None:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; only a draft can be edited.")
     raise redirect(f"/console/newsletters/{row['id']}", "saved")
 
 
-@page("newsletters")
 async def live_preview(request: web.Request) -> web.Response:
     """POST /console/newsletters/preview: the form as it stands, rendered, as JSON for the live
     preview script: `{subject, html}`, or 422 with `errors` naming every field that is wrong
@@ -317,7 +348,6 @@ async def live_preview(request: web.Request) -> web.Response:
     return json_response(200, {"subject": subject, "html": html})
 
 
-@page("newsletters")
 async def test_send(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}/test: the newsletter as it stands to up to 10 addresses."""
     row = await _newsletter(request)
@@ -342,7 +372,7 @@ async def test_send(request: web.Request) -> web.Response:
             settings_of(request),
             row["id"],
             addresses,
-            session_of(request).key_id,
+            session_of(request).quota_owner,
         )
     except newsletter_test_send.RecipientsRefused as exc:
         reasons = "; ".join(f"{addresses[r.index]} {r.message}" for r in exc.refusals)
@@ -378,7 +408,6 @@ def _local(form: Mapping[str, str], now: datetime) -> newsletter_local_time.Loca
     return send
 
 
-@page("newsletters")
 async def send(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}/send: send now, schedule (`when=later`, `at` in UTC), or
     at each member's local time (`when=local`, `local_time` and `local_date`)."""
@@ -402,10 +431,14 @@ async def send(request: web.Request) -> web.Response:
         raise web.HTTPUnprocessableEntity(
             text="The newsletter does not render: " + "; ".join(render_errors.values())
         )
+    await _check_send(request, row)
     try:
-        await newsletter.schedule(
-            pool_of(request), row["id"], at or now, str(session_of(request).actor), local
-        )
+        async with pool_of(request).acquire() as conn, conn.transaction():
+            await newsletter.schedule(conn, row["id"], at or now, str(session_of(request).actor), local)
+            when = {"at": (at or now).isoformat()}
+            if local is not None:
+                when |= {"local_time": local.at.isoformat("minutes"), "local_date": local.day.isoformat()}
+            await _audit(request, conn, row["id"], "scheduled", **when)
     except newsletter.StateConflict:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; it cannot be sent again.") from None
     if at is None or at <= now:
@@ -414,11 +447,45 @@ async def send(request: web.Request) -> web.Response:
     raise redirect(f"/console/newsletters/{row['id']}", "scheduled")
 
 
-@page("newsletters")
+async def _check_send(request: web.Request, row: asyncpg.Record) -> None:
+    """Before a send: four-eyes (409 without a second person's approval above
+    NOTIFIER_FOUR_EYES_RECIPIENTS) and a fresh sign-in above NOTIFIER_CONSOLE_FRESH_RECIPIENTS.
+    The audience is counted only when one of them may apply."""
+    settings = settings_of(request)
+    if settings.four_eyes_recipients is None and session_of(request).fresh(settings):
+        return
+    recipients = await newsletter.audience_size(pool_of(request), settings, row["id"])
+    if newsletter.needs_approval(settings, recipients, row):
+        raise web.HTTPConflict(
+            text=f"This newsletter would go to {recipients:,} recipients: above "
+            f"{settings.four_eyes_recipients:,} it needs a second person's approval before it is sent."
+        )
+    if recipients > settings.console_fresh_recipients:
+        require_fresh(request, f"/console/newsletters/{row['id']}")
+
+
+async def approve(request: web.Request) -> web.Response:
+    """POST /console/newsletters/{id}/approve: a second person approves (four-eyes sending)."""
+    row = await _newsletter(request)
+    try:
+        async with pool_of(request).acquire() as conn, conn.transaction():
+            await newsletter.approve(conn, row["id"], session_of(request).actor)
+    except newsletter.NotAllowed as exc:
+        raise web.HTTPForbidden(text=f"{exc}.") from None
+    except newsletter.StateConflict:
+        raise web.HTTPConflict(
+            text=f"The newsletter is {row['status']}; it can no longer be approved."
+        ) from None
+    raise redirect(f"/console/newsletters/{row['id']}", "approved")
+
+
 async def unschedule(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}/unschedule: back to draft."""
     row = await _newsletter(request)
-    updated = await newsletter.unschedule(pool_of(request), row["id"], str(session_of(request).actor))
+    async with pool_of(request).acquire() as conn, conn.transaction():
+        updated = await newsletter.unschedule(conn, row["id"], str(session_of(request).actor))
+        if updated is not None:
+            await _audit(request, conn, row["id"], "unscheduled")
     if updated is None:
         raise web.HTTPConflict(
             text=f"The newsletter is {row['status']}; only a scheduled one can be unscheduled."
@@ -426,7 +493,6 @@ async def unschedule(request: web.Request) -> web.Response:
     raise redirect(f"/console/newsletters/{row['id']}", "unscheduled")
 
 
-@page("newsletters")
 async def cancel(request: web.Request) -> web.Response:
     """POST /console/newsletters/{id}/cancel: nobody not yet sent to gets it."""
     row = await _newsletter(request)
@@ -434,19 +500,5 @@ async def cancel(request: web.Request) -> web.Response:
         await newsletter.cancel(pool_of(request), row["id"], str(session_of(request).actor))
     except newsletter.StateConflict:
         raise web.HTTPConflict(text=f"The newsletter is {row['status']}; it cannot be cancelled.") from None
+    await _audit(request, pool_of(request), row["id"], "cancelled")
     raise redirect(f"/console/newsletters/{row['id']}", "cancelled")
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/newsletters", index)
-    app.router.add_get("/newsletters/new", new)
-    app.router.add_post("/newsletters/new", create)
-    app.router.add_post("/newsletters/preview", live_preview)
-    app.router.add_post("/newsletters/count", live_count)
-    app.router.add_get("/newsletters/{id}", show)
-    app.router.add_post("/newsletters/{id}", save)
-    app.router.add_post("/newsletters/{id}/test", test_send)
-    app.router.add_post("/newsletters/{id}/audience", save_audience)
-    app.router.add_post("/newsletters/{id}/send", send)
-    app.router.add_post("/newsletters/{id}/unschedule", unschedule)
-    app.router.add_post("/newsletters/{id}/cancel", cancel)

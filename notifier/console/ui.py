@@ -1,5 +1,6 @@
-"""What every console page shares: the template environment, the session and CSRF middleware,
-the `@page(scope)` marker, rendering, redirects and error pages.
+"""What every console page shares: the template environment, the middleware that checks the
+session, the role each route declares (the ROUTES table of `console.app`) and CSRF, rendering,
+redirects and error pages.
 
 The console is an aiohttp sub-application mounted at `/console`; resources of the main app are
 read through `request.config_dict` (POOL, REDIS, SETTINGS).
@@ -8,10 +9,10 @@ read through `request.config_dict` (POOL, REDIS, SETTINGS).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import asyncpg
@@ -26,7 +27,7 @@ from notifier import templating
 from notifier.api.headers import text_cookie
 from notifier.api.problems import Handler, Problem, status_title
 from notifier.console import sessions
-from notifier.console.sessions import ConsoleScope, ConsoleSession
+from notifier.console.sessions import Access, ConsoleSession
 from notifier.resources import POOL, REDIS, SETTINGS
 from notifier.settings import Settings
 
@@ -35,6 +36,8 @@ log = logging.getLogger("notifier.console")
 STATIC_DIR = templating.STATIC_DIR / "console"
 
 SESSION = web.RequestKey("console_session", ConsoleSession)
+# The access each route of the console declares, filled from `console.app.ROUTES` at set-up.
+ROUTE_ACCESS = web.AppKey("console_route_access", dict[web.AbstractRoute, Access])
 
 # Pages may be framed by nothing; scripts and styles only from the app; images in newsletters may
 # come from anywhere over http(s). The preview iframe is sandboxed without scripts.
@@ -61,6 +64,12 @@ NOTICES = {
     "unsuppressed": "Suppression removed.",
     "not-suppressed": "That entry was already gone.",
     "redriven": "Failed e-mails queued again.",
+    "link-sent": "If that address may use the console, a sign-in link is on its way. It works for "
+    "15 minutes, once, in this browser.",
+    "invited": "Invitation sent.",
+    "user-changed": "User changed; their sessions have ended.",
+    "signed-out-everywhere": "All your sessions have ended.",
+    "approved": "Newsletter approved.",
     "nothing-redriven": "Nothing to re-drive: those e-mails are no longer failed.",
     "list-created": "List created.",
     "list-archived": "List archived.",
@@ -92,19 +101,6 @@ def _number(value: int | float | None) -> str:
 _ENV.filters["when"] = _when
 _ENV.filters["number"] = _number
 _ENV.filters["hexhash"] = lambda value: bytes(value).hex()
-
-H = TypeVar("H", bound=Callable[..., Any])
-
-
-def page(scope: ConsoleScope) -> Callable[[H], H]:
-    """Mark a console handler as needing a session with `scope` (admin sees everything).
-    Handlers without the mark are public (sign-in, static files)."""
-
-    def mark(handler: H) -> H:
-        handler.console_scope = scope  # type: ignore[attr-defined]
-        return handler
-
-    return mark
 
 
 def session_of(request: web.Request) -> ConsoleSession:
@@ -201,34 +197,79 @@ def _secure_headers(response: web.StreamResponse) -> None:
     response.headers.setdefault("Cache-Control", "no-store")
 
 
+def route_access(request: web.Request) -> Access | None:
+    """The access the matched route declares; None for a route missing from the table (refused)."""
+    return request.app[ROUTE_ACCESS].get(request.match_info.route)
+
+
+async def _check_access(request: web.Request) -> None:
+    """Refuse the request unless its route's declared access allows it: sign in first (303 to the
+    sign-in page), the CSRF token of the session on every POST (403), then the role (403)."""
+    if request.match_info.http_exception is not None:
+        return  # 404 / 405: nothing to protect
+    access = route_access(request)
+    if access is None:
+        raise web.HTTPForbidden(
+            text="This page declares no role (console.app.ROUTES), so nobody may open it."
+        )
+    session = await sessions.load(
+        pool_of(request), settings_of(request), text_cookie(request, sessions.SESSION_COOKIE)
+    )
+    if session is not None:
+        request[SESSION] = session
+    if access == "public":
+        return
+    if session is None:
+        target = request.path_qs if request.method == "GET" else "/console/"
+        raise web.HTTPSeeOther("/console/sign-in?" + urlencode({"next": target}))
+    if request.method == "POST":
+        form = await form_of(request)
+        if not sessions.same_token(session.csrf_token, form.get("csrf")):
+            raise web.HTTPForbidden(
+                text="The form's security token is missing or out of date. "
+                "Go back, reload the page and submit it again."
+            )
+    if not session.allows(access):
+        raise web.HTTPForbidden(text=f"Your role ({session.role}) does not give access to this page.")
+
+
+def require_fresh(request: web.Request, back_to: str) -> None:
+    """For dangerous actions: refuse (403 page with a link to sign in again and come back to
+    `back_to`) unless the session signed in within NOTIFIER_CONSOLE_FRESH_MINUTES."""
+    settings = settings_of(request)
+    if session_of(request).fresh(settings):
+        return
+    raise FreshSignInNeeded(back_to, settings.console_fresh_minutes)
+
+
+class FreshSignInNeeded(Exception):
+    def __init__(self, back_to: str, minutes: int) -> None:
+        super().__init__(back_to)
+        self.back_to = back_to
+        self.minutes = minutes
+
+
 @web.middleware
 async def console_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Session, scope and CSRF checks for every marked page; errors as HTML pages."""
-    scope: ConsoleScope | None = getattr(request.match_info.handler, "console_scope", None)
+    """Session, role and CSRF checks for every route by its declared access; errors as HTML pages."""
     try:
         if "\x00" in request.path or "\x00" in request.query_string or "%00" in request.raw_path:
             raise web.HTTPBadRequest(text="The address contains a NUL character.")
-        if scope is not None:
-            session = await sessions.load(pool_of(request), text_cookie(request, sessions.SESSION_COOKIE))
-            if session is None:
-                target = request.path_qs if request.method == "GET" else "/console/"
-                raise web.HTTPSeeOther("/console/sign-in?" + urlencode({"next": target}))
-            request[SESSION] = session
-            if request.method == "POST":
-                form = await form_of(request)
-                if not sessions.same_token(session.csrf_token, form.get("csrf")):
-                    raise web.HTTPForbidden(
-                        text="The form's security token is missing or out of date. "
-                        "Go back, reload the page and submit it again."
-                    )
-            if not session.allows(scope):
-                raise web.HTTPForbidden(text="Your key's scope does not give access to this page.")
+        await _check_access(request)
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         response = error_page(request, exc.status, detail)
+    except FreshSignInNeeded as exc:
+        response = render(
+            request,
+            "fresh.html",
+            status=403,
+            minutes=exc.minutes,
+            target="/console/sign-in?" + urlencode({"next": exc.back_to, "fresh": "1"}),
+        )
     except Problem as exc:
         response = error_page(request, exc.status, exc.detail)
     except UNAVAILABLE as exc:

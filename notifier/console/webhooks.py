@@ -7,13 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
-from notifier.console.ui import page, pool_of, render
+from notifier.console.ui import pool_of, render
 from notifier.db import Q
 
 RECENT = 10  # deliveries shown per endpoint
 
 
-@page("admin")
 async def endpoints(request: web.Request) -> web.Response:
     """GET /console/webhooks: every endpoint with its figures and its latest deliveries."""
     pool = pool_of(request)
@@ -22,7 +21,3 @@ async def endpoints(request: web.Request) -> web.Response:
     for delivery in await pool.fetch(Q.webhook_console_recent, RECENT):
         recent.setdefault(delivery["endpoint_id"], []).append(delivery)
     return render(request, "webhooks.html", endpoints=rows, recent=recent, per_endpoint=RECENT)
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/webhooks", endpoints)

@@ -4,23 +4,46 @@
 SELECT id, name, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL;
 
 -- name: console_purge_sessions
-DELETE FROM console_sessions WHERE expires_at < now();
+-- Sessions past their absolute end or idle longer than $1 minutes.
+DELETE FROM console_sessions
+WHERE expires_at < now() OR last_seen_at < now() - make_interval(mins => $1);
 
 -- name: console_insert_session
-INSERT INTO console_sessions (id_hash, api_key_id, scope, csrf_token, expires_at)
-VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
-RETURNING expires_at;
+INSERT INTO console_sessions (id_hash, user_id, api_key_id, role, method, csrf_token, expires_at, user_agent)
+VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8);
 
 -- name: console_touch_session
--- A live session of a key that is still valid; a revoked key ends its sessions here.
-UPDATE console_sessions s
-SET last_seen_at = now()
-FROM api_keys k
-WHERE s.id_hash = $1 AND k.id = s.api_key_id AND k.revoked_at IS NULL AND s.expires_at > now()
-RETURNING s.id_hash, s.api_key_id, k.name, s.scope, s.csrf_token, s.expires_at;
+-- A live session: within its absolute end, used within the last $2 minutes, of a user who is not
+-- disabled or of a key that is not revoked.
+WITH live AS (
+    SELECT s.id_hash, coalesce(u.name, k.name) AS name, u.email
+    FROM console_sessions s
+    LEFT JOIN console_users u ON u.id = s.user_id AND u.status <> 'disabled'
+    LEFT JOIN api_keys k ON k.id = s.api_key_id AND k.revoked_at IS NULL
+    WHERE s.id_hash = $1 AND s.expires_at > now() AND s.last_seen_at > now() - make_interval(mins => $2)
+      AND (u.id IS NOT NULL OR k.id IS NOT NULL)
+)
+UPDATE console_sessions s SET last_seen_at = now()
+FROM live WHERE s.id_hash = live.id_hash
+RETURNING s.id_hash, s.user_id, s.api_key_id, live.name, live.email, s.role, s.method, s.csrf_token,
+          s.signed_in_at, s.expires_at;
+
+-- name: console_user_sessions
+SELECT id_hash, method, user_agent, created_at, signed_in_at, last_seen_at, expires_at
+FROM console_sessions WHERE user_id = $1 AND expires_at > now() ORDER BY last_seen_at DESC;
+
+-- name: console_key_sessions
+SELECT id_hash, method, user_agent, created_at, signed_in_at, last_seen_at, expires_at
+FROM console_sessions WHERE api_key_id = $1 AND expires_at > now() ORDER BY last_seen_at DESC;
 
 -- name: console_delete_session
 DELETE FROM console_sessions WHERE id_hash = $1;
+
+-- name: console_delete_user_sessions
+WITH gone AS (DELETE FROM console_sessions WHERE user_id = $1 RETURNING 1) SELECT count(*) FROM gone;
+
+-- name: console_delete_key_sessions
+WITH gone AS (DELETE FROM console_sessions WHERE api_key_id = $1 RETURNING 1) SELECT count(*) FROM gone;
 
 -- name: console_find_members
 -- Exact external id or e-mail address, else e-mail addresses starting with $2 (a LIKE pattern).
@@ -56,8 +79,17 @@ SELECT id, kind, method, email_id, newsletter_id, detail, created_at
 FROM events WHERE account_id = $1 ORDER BY id DESC LIMIT $2;
 
 -- name: console_account_audit
-SELECT id, actor_type, actor, action, changes, created_at
-FROM audit_log WHERE account_id = $1 ORDER BY id DESC LIMIT $2;
+-- With the name of the console user who acted, when a person did.
+SELECT a.id, a.actor_type, a.actor, a.action, a.changes, a.created_at, u.name AS person
+FROM audit_log a LEFT JOIN console_users u ON u.id = a.console_user_id
+WHERE a.account_id = $1 ORDER BY a.id DESC LIMIT $2;
+
+-- name: console_newsletter_audit
+-- Who did what to a newsletter in the console, newest first, with the person's name.
+SELECT a.actor_type, a.actor, a.action, a.changes, a.created_at, u.name AS person
+FROM audit_log a LEFT JOIN console_users u ON u.id = a.console_user_id
+WHERE a.account_id IS NULL AND a.action LIKE 'newsletter.%' AND a.changes->>'newsletter_id' = ($1::bigint)::text
+ORDER BY a.id DESC LIMIT $2;
 
 -- name: console_suppressions_for
 SELECT address_hash, list, reason, detail, created_at FROM suppressions WHERE address_hash = $1 ORDER BY list;

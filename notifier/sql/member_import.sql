@@ -33,6 +33,7 @@ WHERE f.missing;
 -- rows that differ are locked (locking every matched row would write each one, unchanged or not);
 -- the difference is taken again on the locked, latest version. Returns the ids whose time zone
 -- moved (their digest window follows, in Python).
+-- $2, $3, $4: the audit actor's type, name and console user (NULL unless a console user).
 WITH joined AS (
     SELECT a.id, r.email, r.name, r.timezone, r.locale, r.attributes::jsonb AS attributes,
            (a.email, a.name, a.timezone, a.locale, a.attributes) IS DISTINCT FROM
@@ -64,8 +65,8 @@ WITH joined AS (
     FROM changed c WHERE a.id = c.id
     RETURNING a.id
 ), audited AS (
-    INSERT INTO audit_log (account_id, actor_type, actor, action, changes)
-    SELECT id, $2, $3, 'account.updated', changes FROM changed
+    INSERT INTO audit_log (account_id, actor_type, actor, action, changes, console_user_id)
+    SELECT id, $2, $3, 'account.updated', changes, $4 FROM changed
 )
 SELECT (SELECT count(*) FROM joined)::int AS matched,
        (SELECT count(*) FROM updated)::int AS updated,
@@ -82,7 +83,8 @@ WHERE r.import_id = $1 AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.external
 -- Members not yet known: register them with the file's time zone and locale (else $4, $5, the
 -- API's defaults) and the default schedule ($6-$8), their first digest window open from now to
 -- the end computed for their time zone ($9, $10: `import_new_timezones`), and audit each as
--- `accounts.create_account` does. Returns how many were registered.
+-- `accounts.create_account` does ($2, $3, $11: the actor's type, name and console user). Returns
+-- how many were registered.
 WITH inserted AS (
     INSERT INTO accounts (external_id, email, name, timezone, locale, attributes,
                           digest_frequency, digest_hour, digest_weekday, digest_window_start, next_digest_at)
@@ -95,7 +97,7 @@ WITH inserted AS (
     ON CONFLICT (external_id) DO NOTHING
     RETURNING *
 ), audited AS (
-    INSERT INTO audit_log (account_id, actor_type, actor, action, changes)
+    INSERT INTO audit_log (account_id, actor_type, actor, action, changes, console_user_id)
     SELECT id, $2, $3, 'account.created', jsonb_build_object(
         'external_id', jsonb_build_object('before', NULL, 'after', external_id),
         'email', jsonb_build_object('before', NULL, 'after', email),
@@ -103,7 +105,7 @@ WITH inserted AS (
         'timezone', jsonb_build_object('before', NULL, 'after', timezone),
         'locale', jsonb_build_object('before', NULL, 'after', locale))
         || CASE WHEN attributes <> '{}' THEN jsonb_build_object(
-               'attributes', jsonb_build_object('before', NULL, 'after', attributes)) ELSE '{}' END
+               'attributes', jsonb_build_object('before', NULL, 'after', attributes)) ELSE '{}' END, $11
     FROM inserted
 )
 SELECT count(*)::int FROM inserted;
@@ -120,8 +122,9 @@ WHERE a.id = m.id;
 
 -- name: import_opt_in
 -- Opt the imported members in to the newsletter (the default list) with the consent wording
--- ($4, $5) and source `import`, as `preferences.apply_preferences` records an opt-in; members who
--- ever opted out are left out (an import must not overrule a member's own choice) and counted.
+-- ($4, $5) and source `import`, as `preferences.apply_preferences` records an opt-in (audited as
+-- $2, $3, $6); members who ever opted out are left out (an import must not overrule a member's
+-- own choice) and counted.
 WITH members AS (
     SELECT a.id, a.newsletter,
            EXISTS (SELECT 1 FROM consents c
@@ -136,9 +139,9 @@ WITH members AS (
     INSERT INTO consents (account_id, topic, granted, source, wording, wording_version, list_id)
     SELECT id, 'newsletter', true, 'import', $4, $5, (SELECT id FROM lists WHERE is_default) FROM updated
 ), audited AS (
-    INSERT INTO audit_log (account_id, actor_type, actor, action, changes)
+    INSERT INTO audit_log (account_id, actor_type, actor, action, changes, console_user_id)
     SELECT id, $2, $3, 'preferences.update',
-           '{"newsletter": {"before": false, "after": true}, "source": "import"}'::jsonb
+           '{"newsletter": {"before": false, "after": true}, "source": "import"}'::jsonb, $6
     FROM updated
 )
 SELECT (SELECT count(*) FROM updated)::int AS opted_in,
@@ -167,7 +170,8 @@ FROM imports ORDER BY id DESC LIMIT $1;
 
 -- name: import_list_opt_in
 -- The same for another list ($4, its key $7): membership, a consent row naming the list, an audit
--- row `lists.update`; members who ever left that list are left out and counted. On a list with
+-- row `lists.update` ($2, $3, $8: the actor's type, name and console user); members who ever left
+-- that list are left out and counted. On a list with
 -- double opt-in an imported member counts once confirmed, as any other opt-in to it.
 WITH members AS (
     SELECT a.id, coalesce(lm.subscribed, false) AS subscribed,
@@ -186,9 +190,10 @@ WITH members AS (
     INSERT INTO consents (account_id, topic, granted, source, wording, wording_version, list_id)
     SELECT id, 'list', true, 'import', $5, $6, $4 FROM updated
 ), audited AS (
-    INSERT INTO audit_log (account_id, actor_type, actor, action, changes)
+    INSERT INTO audit_log (account_id, actor_type, actor, action, changes, console_user_id)
     SELECT id, $2, $3, 'lists.update',
-           jsonb_build_object($7::text, jsonb_build_object('before', false, 'after', true), 'source', 'import')
+           jsonb_build_object($7::text, jsonb_build_object('before', false, 'after', true), 'source', 'import'),
+           $8
     FROM updated
 )
 SELECT (SELECT count(*) FROM updated)::int AS opted_in,

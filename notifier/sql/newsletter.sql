@@ -18,7 +18,8 @@ RETURNING *;
 -- Only a draft can be edited; a scheduled one goes back to draft by cancelling its schedule.
 UPDATE newsletters
 SET subject = $2, preheader = $3, body = $4, body_format = $5, updated_by = $6, updated_at = now(),
-    track_clicks = $7
+    track_clicks = $7,
+    approved_by = NULL, approved_at = NULL  -- an approval is of what was read: an edit needs a new one
 WHERE id = $1 AND status = 'draft'
 RETURNING *;
 
@@ -28,6 +29,18 @@ UPDATE newsletters
 SET lists = $2, segment = $3, segment_key = $4, updated_by = $5, updated_at = now()
 WHERE id = $1 AND status = 'draft'
 RETURNING *;
+
+-- name: approve_newsletter
+-- Four-eyes sending: a second person's approval of a draft or scheduled newsletter.
+UPDATE newsletters SET approved_by = $2, approved_at = now()
+WHERE id = $1 AND status IN ('draft', 'scheduled')
+RETURNING *;
+
+-- name: hold_newsletter
+-- A newsletter that needed an approval it did not have goes back to draft instead of starting.
+UPDATE newsletters
+SET status = 'draft', scheduled_at = NULL, local_time = NULL, local_date = NULL, updated_at = now()
+WHERE id = $1 AND status IN ('draft', 'scheduled');
 
 -- name: get_newsletter
 SELECT * FROM newsletters WHERE id = $1;
