@@ -46,7 +46,7 @@ import asyncpg
 
 from notifier import brand, categories, digest_windows, i18n, queues, schedule, tokens
 from notifier.db import Q
-from notifier.digest_email import TEMPLATE, build_context, render_digest
+from notifier.digest_email import TEMPLATE, build_context, category_labels, render_digest
 from notifier.mail import compose, delivery, outbox
 from notifier.mail.render import Language, OutgoingEmail, Rendered, Templates
 from notifier.settings import Settings
@@ -164,7 +164,7 @@ async def _run_batch(
         ids,
         [a["digest_window_start"] for a in accounts],
         ends,
-        [a["digest_frequency"] for a in accounts],
+        [_told(a["digest_frequency"], d) for a, d in zip(accounts, due, strict=True)],
         [a["timezone"] if a["timezone"] in zones else "UTC" for a in accounts],
         [a["name"] for a in accounts],
         [a["email"] for a in accounts],
@@ -203,6 +203,22 @@ async def _run_batch(
         clocks.append(json.dumps(digest_windows.document(after, a["digest_frequency"], end, nxt)))
     await conn.execute(Q.advance_windows, ids, ends, nexts, clocks)
     return result
+
+
+# From the most frequent to the least: an e-mail carrying several frequencies is named by the last.
+_ORDER = ("immediate", "hourly", "daily", "weekly")
+
+
+def _told(default: str, due: frozenset[str]) -> str:
+    """The frequency the e-mail names ("your daily summary", "you receive this e-mail for every new
+    message"): the member's own when it is among the windows closing now, else the least frequent
+    of those; with none closing, the e-mail is one of "immediate" categories alone and says so,
+    not "daily"."""
+    if not due:
+        return "immediate"
+    if default in due:
+        return default
+    return max(due, key=lambda f: _ORDER.index(f) if f in _ORDER else -1)
 
 
 async def _waiting_immediate(
@@ -426,7 +442,7 @@ async def preview(
     email = OutgoingEmail(0, "digest", account["id"], account["email"], TEMPLATE, None, context)
     full, _ = delivery.context_for(settings, email, await brand.load(pool, settings))
     language = Language(i18n.normalise(account["locale"]), account["timezone"])
-    rendered = render_digest(templates or Templates(), full, language)
+    rendered = render_digest(templates or Templates(), full, language, await category_labels(pool))
     return dataclasses.replace(rules, context=context, rendered=rendered)
 
 

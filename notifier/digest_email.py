@@ -118,14 +118,31 @@ def leave_out(context: Mapping[str, Any], gone: Mapping[str, set[int]]) -> dict[
     return {**context, "categories": categories, "total": total}
 
 
-def _with_times(context: Mapping[str, Any], language: Language) -> dict[str, Any]:
+Labels = Mapping[str, Mapping[str, str]]  # declared categories' labels: {key: {language: label}}
+
+
+def label(labels: Labels, key: str, locale: str) -> str:
+    """A category as the member reads it: its declared label in their language, else in English,
+    else its key."""
+    texts = labels.get(key) or {}
+    return texts.get(locale) or texts.get(i18n.DEFAULT) or key
+
+
+async def category_labels(pool: asyncpg.Pool | asyncpg.Connection) -> dict[str, dict[str, str]]:
+    """Every declared category's labels (a small table, read once per batch or preview)."""
+    return {r["key"]: r["labels"] for r in await pool.fetch(Q.category_labels)}
+
+
+def _with_times(context: Mapping[str, Any], language: Language, labels: Labels) -> dict[str, Any]:
     """The context with each message's time (`at`, UTC) written for the member (`when`), once for
-    both parts; contexts stored before `at` keep their `when`. (The templates' `when` filter does
-    the same for a renderer that skips this, at twice the cost.)"""
+    both parts, and each category named by its label in the member's language; contexts stored
+    before `at` keep their `when`. (The templates' `when` filter does the same for a renderer that
+    skips this, at twice the cost.)"""
     zone, locale = language.timezone, language.locale
     categories = [
         {
             **category,
+            "name": label(labels, category["name"], locale),
             "messages": [
                 {**m, "when": i18n.format_instant(m["at"], zone, locale)} if "at" in m else m
                 for m in category["messages"]
@@ -136,11 +153,14 @@ def _with_times(context: Mapping[str, Any], language: Language) -> dict[str, Any
     return {**context, "categories": categories, "time_zone": zone}
 
 
-def render_digest(templates: Templates, context: Mapping[str, Any], language: Language) -> Rendered:
+def render_digest(
+    templates: Templates, context: Mapping[str, Any], language: Language, labels: Labels | None = None
+) -> Rendered:
     """Subject, text and HTML of a digest in `language`, each message's time written for the
-    member's language and time zone. The HTML template carries its styles inline already, so no
-    CSS inliner runs (it would cost more than rendering). Raises TemplateError."""
-    context = _with_times(context, language)
+    member's language and time zone and each category by its declared label (`labels`). The HTML
+    template carries its styles inline already, so no CSS inliner runs (it would cost more than
+    rendering). Raises TemplateError."""
+    context = _with_times(context, language, labels or {})
     subject_template, text_template, html_template = templates.compiled(TEMPLATE, language.locale)
     try:
         subject = subject_template.render(context)
@@ -159,9 +179,11 @@ class DigestRenderer:
         self.templates = templates
         self._gone: dict[int, dict[str, set[int]]] = {}
         self._languages: dict[int, Language] = {}
+        self._labels: Labels = {}
 
     async def prepare(self, pool: asyncpg.Pool, emails: Sequence[OutgoingEmail]) -> None:
         self._languages.update(await languages(pool, emails))
+        self._labels = await category_labels(pool)
         digest_ids = [e.digest_id for e in emails if e.digest_id is not None]
         if not digest_ids:
             return
@@ -171,4 +193,6 @@ class DigestRenderer:
     def render(self, email: OutgoingEmail, context: Mapping[str, Any]) -> Rendered:
         gone = self._gone.pop(email.digest_id, None) if email.digest_id is not None else None
         language = self._languages.pop(email.id, None) or Language()
-        return render_digest(self.templates, leave_out(context, gone) if gone else context, language)
+        return render_digest(
+            self.templates, leave_out(context, gone) if gone else context, language, self._labels
+        )

@@ -241,6 +241,31 @@ async def test_each_category_goes_on_its_own_schedule_and_shares_e_mails(
     )
 
 
+async def test_an_e_mail_names_categories_by_their_label_and_says_how_often_it_comes(
+    pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory, smtp: Any, run_worker: Any
+) -> None:
+    from notifier import queues
+
+    await declare(pool, "registry", default_frequency="immediate", required=True)
+    await pool.execute(
+        """UPDATE categories SET labels = '{"en": "Certificates", "de": "Zertifikate"}' WHERE key = 'registry'"""
+    )
+    acc = await factory.account(
+        digest_frequency="daily", locale="de-DE", digest_window_start=T0, next_digest_at=T0 + DAY
+    )
+    await factory.message(acc, category="registry", subject="Ihr Zertifikat", created_at=T0 + HOUR)
+    async with pool.acquire() as conn:
+        await messages_arrived(conn, [acc["id"]], settings, at=T0 + HOUR)
+    await run_pass(pool, redis, settings, T0 + HOUR + timedelta(seconds=settings.immediate_coalesce_seconds))
+    await run_worker(queues.DIGEST)
+    [got] = smtp.received
+    text = got.message.get_body(("plain",)).get_content()
+    assert "Zertifikat" in str(got.message["Subject"]) and "registry" not in str(got.message["Subject"])
+    assert "== ZERTIFIKATE (1) ==" in text
+    # Only the immediate category was due: the e-mail says it comes for every new message, not daily.
+    assert "zu jeder neuen Nachricht" in text and "tägliche" not in text
+
+
 async def test_cli_preview_shows_the_rules_and_changes_nothing(
     pool: asyncpg.Pool, settings: Settings, factory: Factory
 ) -> None:

@@ -25,3 +25,7 @@ LIMIT $2;
 -- name: categories_for_member
 -- The preference centre's list: every category, by key.
 SELECT key, labels, descriptions, default_frequency, required FROM categories ORDER BY key;
+
+-- name: category_labels
+-- What digests call each category, per language.
+SELECT key, labels FROM categories;
