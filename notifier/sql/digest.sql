@@ -140,8 +140,8 @@ marked AS (
     -- (none yet) it made the planner expect one row and loop over every pending message for
     -- each one marked. The conditions were checked under the row lock in `pending`.
     -- `id = ANY(the locked ids)` gives the planner an index path by primary key: without it, the
-    -- join read every row of `messages` into a hash per batch (a pass quadratic in the inbox's
-    -- size: 337 -> 282 ms per 500 digests at 200,000 messages).
+    -- join read every row of `messages` into a hash per batch, a cost growing with the inbox
+    -- (337 -> 282 ms per 500 digests at 200,000 messages).
     UPDATE messages m SET digest_id = d.id
     FROM pending p JOIN digest d ON d.account_id = p.account_id
     WHERE m.id = p.id AND m.created_at = p.created_at
