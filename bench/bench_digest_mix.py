@@ -83,7 +83,6 @@ async def run(env: BenchEnv) -> list[Figure]:
         try:
             with smtp_sink() as port:
                 settings = plain.bench_settings(dsn, env.redis_url, port)
-                connections = settings.smtp_pool_size
                 await plain.seed(pool, 10)
                 await run_pass(pool, None, settings, DUE)
                 message = await plain.sample_message(pool, settings)
@@ -110,7 +109,7 @@ async def run(env: BenchEnv) -> list[Figure]:
                     + ", ".join(f"{t:.1f}" for t in plains)
                     + " s"
                 )
-                base_name = f"aiosmtplib pre-built bytes, {connections} connections, no DB"
+                base_name = f"aiosmtplib pre-built bytes, {plain.PLAIN_CONNECTIONS} connections, no DB"
                 figures.append(
                     Figure(
                         NAME,

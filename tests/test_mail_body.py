@@ -3,10 +3,13 @@ line at most 998 characters, wherever a long line sits relative to the spans the
 
 from __future__ import annotations
 
+import binascii
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from notifier.mail import compose
 
@@ -70,3 +73,28 @@ def test_a_built_message_with_a_long_html_line_parses_back() -> None:
     assert plain["Content-Transfer-Encoding"] == "7bit"
     assert rich["Content-Transfer-Encoding"] == "quoted-printable"
     assert rich.get_content().replace("\r\n", "\n") == html
+
+
+# Lines made of what quoted-printable treats specially: "=", spaces and tabs (at line ends too),
+# a lone ".", NUL and other controls, non-ASCII, and lengths around the 76-character soft break.
+_QP_LINES = st.lists(
+    st.one_of(
+        st.text(alphabet=st.sampled_from(list("ab= \t.\x00\x0b\u00e9\u00a0\u20ac")), max_size=90),
+        st.builds(
+            lambda n, tail: "x" * n + tail,
+            st.integers(70, 160),
+            st.sampled_from(["", " ", "\t", "=", "\u00e9"]),
+        ),
+        st.just("."),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_QP_LINES)
+def test_quoted_printable_line_by_line_is_binascii_s_encoding(lines: list[str]) -> None:
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    expected = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    assert compose._quoted_printable(data) == expected
+    assert compose._quoted_printable(data) == expected  # again, from the cache

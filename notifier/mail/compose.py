@@ -14,6 +14,7 @@ containing CR, LF or anything outside their grammar raise `HeaderError`.
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -221,8 +222,22 @@ def _body(text: str) -> tuple[str, bytes]:
         encoded = text.encode("ascii")
         if _short_lines(encoded):
             return "7bit", encoded.replace(b"\n", b"\r\n")
-    data = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True, header=False)
+    data = _quoted_printable(text.encode("utf-8"))
     return "quoted-printable", data.replace(b"\n", b"\r\n")
+
+
+def _quoted_printable(data: bytes) -> bytes:
+    """`binascii.b2a_qp(data, istext=True)` of text whose lines all end with LF (no CR), line by
+    line: that encoding is local to a line (soft breaks and the escapes of trailing whitespace and
+    of a lone "." restart at each line end), so the output is the same, and the lines a template
+    writes into every e-mail (most of a digest's HTML, ~0.12 ms of encoding in German, French or
+    Spanish) are encoded once per process instead of once per e-mail."""
+    return b"".join(map(_quoted_printable_line, data.splitlines(keepends=True)))
+
+
+@functools.lru_cache(maxsize=8192)
+def _quoted_printable_line(line: bytes) -> bytes:
+    return binascii.b2a_qp(line, quotetabs=False, istext=True, header=False)
 
 
 def _short_lines(data: bytes) -> bool:
