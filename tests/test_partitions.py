@@ -309,7 +309,7 @@ async def test_hot_queries_are_index_scans_on_a_large_table(own_pool: asyncpg.Po
             "digest",
             5,
             ["https://x.example/"] * n,
-            [""] * n,  # $13..$17: which categories are due (catfreq): all of them here
+            [""] * n,  # $13..$17: which categories are due: all of them here
             [True] * n,
             [False] * n,
             ["daily"] * n,
