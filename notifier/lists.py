@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from notifier import audit
+from notifier import audit, i18n
 from notifier.audit import Actor
 from notifier.db import Q
 from notifier.errors import FieldError, Problem
@@ -61,10 +61,15 @@ class ListPatch(BaseModel):
         return None if value is None else check_one_line(value)
 
 
-def wording(row: Mapping[str, Any]) -> str:
-    """The consent wording a member agrees to when opting in to the list `row`."""
+def wording(row: Mapping[str, Any], locale: str = i18n.DEFAULT) -> str:
+    """The consent wording a member agrees to when opting in to the list `row`, in their language
+    (the list's name and description as the organisation wrote them)."""
     about = f" {row['description']}" if row["description"] else ""
-    return f"Send me “{row['name']}”.{about} I can unsubscribe at any time with the link in every issue."
+    sentence = i18n.gettext(
+        locale,
+        i18n.N_("Send me “%(name)s”.%(about)s I can unsubscribe at any time with the link in every issue."),
+    )
+    return sentence % {"name": row["name"], "about": about}
 
 
 def wording_version(row: Mapping[str, Any]) -> str:
@@ -179,11 +184,13 @@ async def set_memberships(
     source: str,
     *,
     with_wording: bool,
+    locale: str = i18n.DEFAULT,
 ) -> dict[str, dict[str, Any]]:
     """Subscribe or unsubscribe the member to each list of `wanted` (not the default list: its
     membership is `newsletter`, see `preferences.apply_preferences`), in the caller's
     transaction. Each change writes a consent row (with the list's wording when `with_wording`)
-    and leaving a list cancels what is still queued to the member for it; one audit row
+    and leaving a list cancels what is still queued to the member for it (the wording in `locale`, as the
+    member was shown it); one audit row
     `lists.update` lists the changes. Returns {key: {before, after}} of what changed."""
     changed: dict[str, dict[str, Any]] = {}
     for key, subscribed in wanted.items():
@@ -197,7 +204,7 @@ async def set_memberships(
             account_id,
             subscribed,
             source,
-            wording(row) if with_wording and subscribed else None,
+            wording(row, locale) if with_wording and subscribed else None,
             wording_version(row) if with_wording and subscribed else None,
             row["id"],
         )

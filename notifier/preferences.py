@@ -27,7 +27,7 @@ from pydantic import (
     field_validator,
 )
 
-from notifier import audit, categories, digest_windows, lists, schedule
+from notifier import audit, categories, digest_windows, i18n, lists, schedule
 from notifier.audit import Actor
 from notifier.db import Q
 from notifier.errors import FieldError, Problem
@@ -269,6 +269,7 @@ async def apply_preferences(
     now: datetime | None = None,
     wording: str | None = None,
     wording_version: str | None = None,
+    locale: str = i18n.DEFAULT,
 ) -> dict[str, Any]:
     """Validate and save a change of preferences for one account, atomically, and return the
     preferences now in force (the fields of FIELDS plus `next_digest_at`).
@@ -301,7 +302,14 @@ async def apply_preferences(
         after = validate(row, changes, declared).model_dump()
         if wanted:
             await lists.set_memberships(
-                conn, account_id, wanted, by_key, actor, source, with_wording=wording is not None
+                conn,
+                account_id,
+                wanted,
+                by_key,
+                actor,
+                source,
+                with_wording=wording is not None,
+                locale=locale,
             )
         changed = audit.diff(current(row), after)
         if not changed:

@@ -482,6 +482,27 @@ async def test_the_preference_centre_and_the_member_api_show_every_list(
     ]
 
 
+async def test_a_german_member_reads_and_consents_to_a_lists_wording_in_german(
+    client: TestClient[Any, Any], headers: dict[str, str], pool: asyncpg.Pool, settings: Settings
+) -> None:
+    from tests.test_preference_centre import form_data, open_centre
+
+    await make_list(client, headers, "alpha", description="Alpha news.")
+    await member(client, headers, "gert", {})
+    await pool.execute("UPDATE accounts SET locale = 'de-DE' WHERE external_id = 'gert'")
+    account_id = await pool.fetchval("SELECT id FROM accounts WHERE external_id = 'gert'")
+    token, nonce = await open_centre(client, settings, account_id)
+    page = await (await client.get(f"/preferences/{token}")).text()
+    german = "Senden Sie mir „Alpha“. Alpha news. Ich kann mich jederzeit"
+    assert german in page and "Send me" not in page
+    resp = await client.post(f"/preferences/{token}", data=form_data(nonce, **{"list-alpha": "yes"}))
+    assert resp.status == 200, await resp.text()
+    wording = await pool.fetchval(
+        "SELECT wording FROM consents WHERE account_id = $1 AND topic = 'list'", account_id
+    )
+    assert wording.startswith(german)  # the evidence is the wording the member was shown
+
+
 async def test_the_console_makes_lists_counts_a_drafts_audience_and_shows_a_members_lists(
     pool: asyncpg.Pool, settings: Settings, redis: ArqRedis
 ) -> None:

@@ -165,11 +165,11 @@ async def _page(
     )
 
 
-async def _other_lists(conn: Any, account_id: int) -> list[dict[str, Any]]:
+async def _other_lists(conn: Any, account_id: int, locale: str) -> list[dict[str, Any]]:
     """Every list but the default (shown as the newsletter), with the member's choice and the
-    wording they agree to."""
+    wording they agree to, in their language."""
     return [
-        {"key": r["key"], "name": r["name"], "wording": lists.wording(r), "subscribed": r["subscribed"],
+        {"key": r["key"], "name": r["name"], "wording": lists.wording(r, locale), "subscribed": r["subscribed"],
          "double_opt_in": r["double_opt_in"]}
         for r in await lists.memberships(conn, account_id)
         if not r["is_default"]
@@ -182,7 +182,7 @@ async def get_preferences(request: web.Request) -> web.Response:
     if linked is None:
         return pages.not_found(request)
     locale = i18n.normalise(linked.locale)
-    other = await _other_lists(request.app[POOL], linked.found.account_id)
+    other = await _other_lists(request.app[POOL], linked.found.account_id, locale)
     return await _page(request, linked.token, linked.ref, dict(linked.member), locale, other_lists=other)
 
 
@@ -235,10 +235,10 @@ async def post_preferences(request: web.Request) -> web.Response:
             request, "expired.html", status=403, title=N_("Please try again"), again=request.path_qs
         )
     async with request.app[POOL].acquire() as conn:
-        other_before = await _other_lists(conn, found.account_id)
+        locale = i18n.normalise(await pages.member_locale(conn, found.account_id))
+        other_before = await _other_lists(conn, found.account_id, locale)
         changes = _changes(form, other_before)
         ref = await pages.email_ref(conn, found.account_id, request.query.get("e"))
-        locale = i18n.normalise(await pages.member_locale(conn, found.account_id))
         # The member consents to the wording as the page showed it, in their language.
         wording = i18n.gettext(locale, consent.WORDING)
         try:
@@ -254,6 +254,7 @@ async def post_preferences(request: web.Request) -> web.Response:
                     "preference-centre",
                     wording=wording,
                     wording_version=consent.WORDING_VERSION,
+                    locale=locale,
                 )
                 changed = audit.diff(dict(before), {k: after[k] for k in preferences.FIELDS})
                 if changed:
@@ -270,7 +271,7 @@ async def post_preferences(request: web.Request) -> web.Response:
                     await pages.record_event(
                         conn, kind, found.account_id, ref, "preference-centre", {"list": "newsletter"}
                     )
-                other_after = await _other_lists(conn, found.account_id)
+                other_after = await _other_lists(conn, found.account_id, locale)
                 left_or_joined = [
                     x
                     for x, y in zip(other_before, other_after, strict=True)
