@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from arq import ArqRedis
 
-from notifier import i18n, queues, tokens
+from notifier import consent, i18n, queues, tokens
 from notifier.digest import run_pass
 from notifier.mail.render import TEMPLATES_DIR, Templates
 from notifier.settings import Settings
@@ -172,7 +172,7 @@ async def test_plural_forms_and_numbers_in_a_french_digest(
 
 
 async def test_a_german_members_unsubscribe_page_is_in_german(
-    client: Client, factory: Factory, settings: Settings
+    client: Client, factory: Factory, settings: Settings, pool: asyncpg.Pool
 ) -> None:
     ann = await factory.account(locale="de_AT", digest_frequency="daily", newsletter=True)
     digest = tokens.sign(settings.secret, "unsubscribe", ann["id"], "digest")
@@ -192,6 +192,14 @@ async def test_a_german_members_unsubscribe_page_is_in_german(
     html = await resp.text()
     assert "Sie sind abgemeldet" in html and "Sie erhalten den Newsletter nicht mehr." in html
     assert "Wieder abonnieren" in html
+    # Subscribing again records the consent wording as the member read it: in German.
+    nonce = html.split('name="nonce" value="')[1].split('"')[0]
+    resp = await client.post(f"/u/{token}", data={"action": "resubscribe", "nonce": nonce})
+    assert resp.status == 200, await resp.text()
+    wording = await pool.fetchval(
+        "SELECT wording FROM consents WHERE account_id = $1 ORDER BY id DESC LIMIT 1", ann["id"]
+    )
+    assert wording == i18n.gettext("de", consent.WORDING) and wording != consent.WORDING
 
 
 async def test_a_german_members_preference_centre_is_in_german(

@@ -105,15 +105,18 @@ async def resubscribe(
                 list_name = row["key"]
         if not changes:
             return False
-        # The wording shown: the newsletter's, and each list's own (`lists.wording`).
+        # The wording shown, in the member's language: the newsletter's, and each list's own
+        # (`lists.wording`).
+        locale = i18n.normalise(before["locale"])
         await preferences.apply_preferences(
             conn,
             account_id,
             changes,
             audit.MEMBER,
             method,
-            wording=consent.WORDING,
+            wording=i18n.gettext(locale, consent.WORDING),
             wording_version=consent.WORDING_VERSION,
+            locale=locale,
         )
         await pages.record_event(
             conn, "resubscribed", account_id, ref, method, {"list": list_name, "changes": sorted(changes)}
