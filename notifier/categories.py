@@ -107,6 +107,12 @@ def frequencies_in_use(
     return used
 
 
+def text_for(texts: Mapping[str, str], locale: str, fallback: str) -> str:
+    """A category's label or description in the member's language (`de-AT`: `de-AT`, then `de`),
+    else in English, else `fallback`."""
+    return texts.get(locale) or texts.get(locale.split("-")[0]) or texts.get("en") or fallback
+
+
 async def all_categories(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, Category]:
     """Every declared category by key (a short list: read per batch or per change)."""
     rows = await conn.fetch(Q.categories_all)

@@ -205,10 +205,6 @@ async def _run_batch(
     return result
 
 
-# From the most frequent to the least: an e-mail carrying several frequencies is named by the last.
-_ORDER = ("immediate", "hourly", "daily", "weekly")
-
-
 def _told(default: str, due: frozenset[str]) -> str:
     """The frequency the e-mail names ("your daily summary", "you receive this e-mail for every new
     message"): the member's own when it is among the windows closing now, else the least frequent
@@ -218,7 +214,7 @@ def _told(default: str, due: frozenset[str]) -> str:
         return "immediate"
     if default in due:
         return default
-    return max(due, key=lambda f: _ORDER.index(f) if f in _ORDER else -1)
+    return max(due, key=schedule.FREQUENCIES.index)  # in order of how seldom they come
 
 
 async def _waiting_immediate(

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import jinja2
 
-from notifier import i18n, tokens
+from notifier import categories, i18n, tokens
 from notifier.db import Q
 from notifier.mail.render import (
     Language,
@@ -121,13 +121,6 @@ def leave_out(context: Mapping[str, Any], gone: Mapping[str, set[int]]) -> dict[
 Labels = Mapping[str, Mapping[str, str]]  # declared categories' labels: {key: {language: label}}
 
 
-def label(labels: Labels, key: str, locale: str) -> str:
-    """A category as the member reads it: its declared label in their language, else in English,
-    else its key."""
-    texts = labels.get(key) or {}
-    return texts.get(locale) or texts.get(i18n.DEFAULT) or key
-
-
 async def category_labels(pool: asyncpg.Pool | asyncpg.Connection) -> dict[str, dict[str, str]]:
     """Every declared category's labels (a small table, read once per batch or preview)."""
     return {r["key"]: r["labels"] for r in await pool.fetch(Q.category_labels)}
@@ -139,10 +132,10 @@ def _with_times(context: Mapping[str, Any], language: Language, labels: Labels) 
     before `at` keep their `when`. (The templates' `when` filter does the same for a renderer that
     skips this, at twice the cost.)"""
     zone, locale = language.timezone, language.locale
-    categories = [
+    named = [
         {
             **category,
-            "name": label(labels, category["name"], locale),
+            "name": categories.text_for(labels.get(category["name"]) or {}, locale, category["name"]),
             "messages": [
                 {**m, "when": i18n.format_instant(m["at"], zone, locale)} if "at" in m else m
                 for m in category["messages"]
@@ -150,7 +143,7 @@ def _with_times(context: Mapping[str, Any], language: Language, labels: Labels) 
         }
         for category in context["categories"]
     ]
-    return {**context, "categories": categories, "time_zone": zone}
+    return {**context, "categories": named, "time_zone": zone}
 
 
 def render_digest(

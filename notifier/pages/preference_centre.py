@@ -97,11 +97,6 @@ def _describe(field: str, value: Any, locale: str) -> str:
     return str(value)
 
 
-def _label(texts: dict[str, str], locale: str, key: str) -> str:
-    """The text for the member's language, else its base language, else English, else `key`."""
-    return texts.get(locale) or texts.get(locale.split("-")[0]) or texts.get("en") or key
-
-
 def _topics(declared: list[Any], values: dict[str, Any], locale: str) -> list[dict[str, Any]]:
     """One row per declared category for the form: its label and description in the member's
     language, what "default" means for this member, and the member's choice ("" for default)."""
@@ -118,8 +113,8 @@ def _topics(declared: list[Any], values: dict[str, Any], locale: str) -> list[di
         rows.append(
             {
                 "key": c["key"],
-                "label": _label(c["labels"], locale, c["key"]),
-                "description": _label(c["descriptions"], locale, ""),
+                "label": categories.text_for(c["labels"], locale, c["key"]),
+                "description": categories.text_for(c["descriptions"], locale, ""),
                 "required": c["required"],
                 "default": _describe("digest_frequency", default, locale),
                 "chosen": chosen.get("frequency") if isinstance(chosen, dict) else "",
