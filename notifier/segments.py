@@ -17,12 +17,13 @@ from the tables below. A rule is at most MAX_DEPTH levels deep and MAX_CONDITION
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import datetime
 from typing import Any
 
-from notifier import attributes, schedule
+from notifier import attributes, schedule, validation
 from notifier.errors import FieldError, Problem
 
 MAX_DEPTH = 6
@@ -121,8 +122,13 @@ class _Compiler:
         return self.column(node["field"], op, node.get("value"), where)
 
     def category(self, key: Any, op: str, value: Any, where: str) -> str:
-        if not isinstance(key, str) or not attributes.KEY.fullmatch(key):
-            return self.fail(f"{where}.category", attributes.KEY_RULE)
+        # Category keys follow the categories' own rule (validation.CATEGORY), not the attributes'.
+        if (
+            not isinstance(key, str)
+            or len(key) > validation.MAX_CATEGORY
+            or not re.fullmatch(validation.CATEGORY, key)
+        ):
+            return self.fail(f"{where}.category", validation.PATTERN_MESSAGES[validation.CATEGORY])
         if op not in CATEGORY_OPS:
             return self.fail(f"{where}.op", f"a category allows {', '.join(CATEGORY_OPS)}")
         values = value if op == "in" else [value]
@@ -206,16 +212,14 @@ class _Compiler:
 
 
 def _instant(value: Any) -> datetime | None:
-    if not isinstance(value, str) or len(value) > 40:
-        return None
+    """A date (`2026-01-31`: midnight UTC) or a date and time with an offset, in the API's range
+    (`validation.parse_instant`); None for anything else."""
+    if isinstance(value, str) and len(value) == 10:
+        value = f"{value}T00:00:00+00:00"
     try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            return datetime(day.year, day.month, day.day, tzinfo=UTC)
-        moment = datetime.fromisoformat(value)
+        return validation.parse_instant(value)
     except ValueError:
         return None
-    return moment if moment.tzinfo is not None else None
 
 
 def compile_rule(rule: Any, first_param: int, *, alias: str = "a", where: str = "segment") -> Compiled:

@@ -203,6 +203,7 @@ async def test_newsletters_without_lists_still_go_to_the_default_list(
         ({"attr": "country", "op": "eq; DELETE FROM accounts", "value": 1}, ["segment.op"]),
         ({"field": "email) OR (TRUE", "op": "eq", "value": "x"}, ["segment.field"]),
         ({"field": "created_at", "op": "gt", "value": "yesterday"}, ["segment.value"]),
+        ({"field": "created_at", "op": "gt", "value": "0001-01-01T00:00:00+00:00"}, ["segment.value"]),
         ({"field": "locale", "op": "lt", "value": "de"}, ["segment.op"]),
         ({"attr": "tags", "op": "in", "value": []}, ["segment.value"]),
         ({"attr": "x", "op": "eq", "value": {"$ne": 1}}, ["segment.value"]),
@@ -304,6 +305,9 @@ async def test_every_operator_selects_what_it_says(
     assert await who({"category": "community", "op": "ne", "value": "off"}) == 2
     assert await who({"category": "community", "op": "in", "value": ["weekly", "default"]}) == 2
     assert await who({"category": "events", "op": "eq", "value": "default"}) == 3
+    assert (
+        await who({"category": "order-updates.v2", "op": "eq", "value": "default"}) == 3
+    )  # any category key
     assert (
         await who(
             {"all": [{"field": "created_at", "op": "gte", "value": "2021-01-01T00:00:00+00:00"}, GERMANY]}
