@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from notifier.errors import FieldError
+from notifier.serialize import merge_patch
 
 KEY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 KEY_RULE = "must be 1-40 characters: a lower-case letter, then lower-case letters, digits or _"
@@ -81,10 +82,4 @@ def size(attributes: Mapping[str, Any]) -> int:
 def merge(before: Mapping[str, Any], patch: Mapping[str, Any]) -> Attributes:
     """`before` with a JSON merge patch applied: a `null` removes the key, anything else sets it.
     The result is not validated: call `problems` on it."""
-    merged = dict(before)
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = value
-    return merged
+    return merge_patch(before, patch)

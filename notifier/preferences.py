@@ -31,6 +31,7 @@ from notifier import audit, categories, digest_windows, i18n, lists, schedule
 from notifier.audit import Actor
 from notifier.db import Q
 from notifier.errors import FieldError, Problem
+from notifier.serialize import merge_patch
 from notifier.validation import Category, check_timezone, errors_of
 
 FIELDS = (
@@ -136,13 +137,10 @@ def _merged_categories(before: Mapping[str, Any], change: Any) -> Any:
     validation to refuse."""
     if not isinstance(change, Mapping):
         return change
-    merged = dict(before)
-    for key, choice in change.items():
-        if choice is None or (isinstance(choice, Mapping) and choice.get("frequency", "") is None):
-            merged.pop(key, None)
-        else:
-            merged[key] = choice
-    return merged
+    cleared = {
+        k: None if isinstance(c, Mapping) and c.get("frequency", "") is None else c for k, c in change.items()
+    }
+    return merge_patch(before, cleared)
 
 
 def validate(

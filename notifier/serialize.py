@@ -7,6 +7,18 @@ from datetime import date, datetime
 from typing import Any
 
 
+def merge_patch(before: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """`before` with a JSON merge patch (RFC 7396, one level) applied: a `null` removes the key,
+    anything else sets it. Not validated: the caller checks the result."""
+    merged = dict(before)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
 def jsonable_value(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
