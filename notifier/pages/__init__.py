@@ -268,7 +268,7 @@ async def linked_member(request: web.Request, purpose: tokens.Purpose) -> Linked
     if member is None:
         return None
     ref = await email_ref(pool, found.account_id, request.query.get("e"))
-    return LinkedMember(token, found, member, ref, await member_locale(pool, found.account_id))
+    return LinkedMember(token, found, member, ref, member["locale"])
 
 
 async def member_locale(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) -> str | None:

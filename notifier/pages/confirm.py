@@ -27,18 +27,12 @@ async def get_confirm(request: web.Request) -> web.Response:
 
 async def post_confirm(request: web.Request) -> web.Response:
     """Confirm the opt-in named by the token (the form's nonce and origin are checked)."""
-    token = request.match_info["token"]
-    settings = request.app[SETTINGS]
-    posted = await pages.signed_form(request, "confirm", i18n.N_("press the button on the confirmation page"))
+    posted = await pages.fresh_form(
+        request, "confirm", i18n.N_("press the button on the confirmation page"), again=request.path
+    )
     if isinstance(posted, web.Response):
         return posted
-    found, form = posted
-    if not pages.same_origin(request) or not pages.nonce_valid(
-        settings.keyring, token, str(form.get("nonce", ""))
-    ):
-        return pages.render(
-            request, "expired.html", status=403, title=i18n.N_("Please try again"), again=request.path
-        )
+    found, _ = posted
     async with request.app[POOL].acquire() as conn, conn.transaction():
         done = await confirm(conn, found.account_id, found.list_id)
         if done:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 from babel import dates
 
@@ -134,9 +135,11 @@ async def _page(
     saved: list[dict[str, str]] | None = None,
     errors: dict[str, str] | None = None,
     other_lists: list[dict[str, Any]] | None = None,
+    conn: asyncpg.Connection | None = None,
 ) -> web.Response:
+    """The form; `conn`: the connection the caller holds, if any (never a second one from the pool)."""
     settings = request.app[SETTINGS]
-    declared = await request.app[POOL].fetch(Q.categories_for_member)
+    declared = await (conn or request.app[POOL]).fetch(Q.categories_for_member)
     return pages.render(
         request,
         "preferences.html",
@@ -217,18 +220,12 @@ async def post_preferences(request: web.Request) -> web.Response:
     for invalid values, 200 with the saved values otherwise."""
     token = request.match_info["token"]
     settings = request.app[SETTINGS]
-    posted = await pages.signed_form(
-        request, "preferences", i18n.N_("submit the preference form from its page")
+    posted = await pages.fresh_form(
+        request, "preferences", N_("submit the preference form from its page"), again=request.path_qs
     )
     if isinstance(posted, web.Response):
         return posted
     found, form = posted
-    if not pages.same_origin(request) or not pages.nonce_valid(
-        settings.keyring, token, str(form.get("nonce", ""))
-    ):
-        return pages.render(
-            request, "expired.html", status=403, title=N_("Please try again"), again=request.path_qs
-        )
     async with request.app[POOL].acquire() as conn:
         locale = i18n.normalise(await pages.member_locale(conn, found.account_id))
         other_before = await _other_lists(conn, found.account_id, locale)
@@ -289,7 +286,15 @@ async def post_preferences(request: web.Request) -> web.Response:
                     **{k: v for k, v in changes["categories"].items() if v is not None},
                 }
             return await _page(
-                request, token, ref, values, locale, status=422, errors=errors, other_lists=other_before
+                request,
+                token,
+                ref,
+                values,
+                locale,
+                status=422,
+                errors=errors,
+                other_lists=other_before,
+                conn=conn,
             )
     saved = [
         {"label": i18n.gettext(locale, LABELS[k]), "value": _describe(k, v["after"], locale)}

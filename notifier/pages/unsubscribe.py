@@ -224,7 +224,7 @@ async def post_unsubscribe(request: web.Request) -> web.Response:
         except preferences.AccountNotFound:
             return pages.not_found(request)
         member = await conn.fetchrow(Q.member, found.account_id)
-        locale = await pages.member_locale(conn, found.account_id)
+        locale = member["locale"] if member is not None else None
         listed = await _listed(conn, found)
     return pages.render(
         request,
