@@ -28,7 +28,7 @@ from notifier.api.accounts import external_id_of
 from notifier.api.auth import requires
 from notifier.api.idempotency import HEADER, idempotent
 from notifier.api.pagination import decode_cursor, next_cursor, page_limit
-from notifier.api.problems import Problem, parse_json, read_body
+from notifier.api.problems import Problem, parse_json, path_id, read_body
 from notifier.api.responses import json_response
 from notifier.db import Q
 from notifier.inbox import (
@@ -236,13 +236,6 @@ def _archived(request: web.Request) -> Archived:
     return raw  # type: ignore[return-value]
 
 
-def _message_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if len(raw) > 18:
-        raise Problem(404, "no such message")
-    return int(raw)
-
-
 @requires("messages")
 async def list_inbox(request: web.Request) -> web.Response:
     """GET /v1/accounts/{external_id}/messages: a page of the inbox, newest first."""
@@ -272,7 +265,7 @@ async def _one(request: web.Request, query: str, *, changes: bool = False) -> we
     """One message of the path's account, read or changed by `query`; open inboxes of the member
     hear of a change (`inbox.announce_changed`), as when the member changes it."""
     external_id = external_id_of(request)
-    message_id = _message_id(request)
+    message_id = path_id(request, "message")
     row = await request.app[POOL].fetchrow(query, external_id, message_id)
     if row is None:
         await account_id_of(request.app[POOL], external_id)  # 404 naming the account if it is that

@@ -33,7 +33,7 @@ from notifier.answers import (
 )
 from notifier.api.auth import api_key_of, requires
 from notifier.api.pagination import decode_cursor, next_cursor, page_limit
-from notifier.api.problems import Problem, read_model
+from notifier.api.problems import Problem, path_id, read_model
 from notifier.api.responses import json_response
 from notifier.db import Q
 from notifier.mail import outbox
@@ -226,13 +226,6 @@ def _variants(variants: Variants | None) -> dict[str, dict[str, str]] | None:
     return {k: v.model_dump(exclude_none=True) for k, v in variants.items()}
 
 
-def _id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise Problem(404, "no newsletter with that id")
-    return int(raw)
-
-
 async def _followed(request: web.Request, row: Any) -> Newsletter:
     """The newsletter with its figures, what still waits for its local time, and its clicks."""
     pool = request.app[POOL]
@@ -244,7 +237,7 @@ async def _followed(request: web.Request, row: Any) -> Newsletter:
 
 
 async def _get(request: web.Request) -> Any:
-    row = await newsletter.get(request.app[POOL], _id(request))
+    row = await newsletter.get(request.app[POOL], path_id(request, "newsletter"))
     if row is None:
         raise Problem(404, "no newsletter with that id")
     return row
@@ -482,13 +475,6 @@ async def cancel_newsletter(request: web.Request) -> web.Response:
 # --- templates a draft starts from ------------------------------------------------------------
 
 
-def _template_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise Problem(404, "no newsletter template with that id")
-    return int(raw)
-
-
 def _draft_of(body: NewsletterIn) -> Draft:
     return Draft(0, body.subject, body.preheader, body.body, body.body_format)
 
@@ -520,14 +506,14 @@ async def list_templates(request: web.Request) -> web.Response:
 
 @requires("newsletters")
 async def get_template(request: web.Request) -> web.Response:
-    row = await newsletter_templates.get(request.app[POOL], _template_id(request))
+    row = await newsletter_templates.get(request.app[POOL], path_id(request, "newsletter template"))
     return json_response(200, NewsletterTemplate.of_row(row))
 
 
 @requires("newsletters")
 async def edit_template(request: web.Request) -> web.Response:
     """Change fields of a template (drafts already started from it keep their copy)."""
-    row = await newsletter_templates.get(request.app[POOL], _template_id(request))
+    row = await newsletter_templates.get(request.app[POOL], path_id(request, "newsletter template"))
     patch = await read_model(request, NewsletterTemplatePatch)
     merged = NewsletterTemplateIn.model_validate(
         {
@@ -546,7 +532,7 @@ async def edit_template(request: web.Request) -> web.Response:
 @requires("newsletters")
 async def delete_template(request: web.Request) -> web.Response:
     """Delete a template; drafts started from it are not touched. 204."""
-    await newsletter_templates.delete(request.app[POOL], _template_id(request))
+    await newsletter_templates.delete(request.app[POOL], path_id(request, "newsletter template"))
     return web.Response(status=204)
 
 
@@ -554,7 +540,7 @@ async def delete_template(request: web.Request) -> web.Response:
 async def draft_from_template(request: web.Request) -> web.Response:
     """A new newsletter draft holding a copy of the template: 201 with the newsletter."""
     row = await newsletter_templates.start_draft(
-        request.app[POOL], _template_id(request), str(api_key_of(request).actor)
+        request.app[POOL], path_id(request, "newsletter template"), str(api_key_of(request).actor)
     )
     return json_response(201, Newsletter.of_row(row), {"Location": f"/v1/newsletters/{row['id']}"})
 

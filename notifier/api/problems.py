@@ -183,3 +183,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception:
         log.exception("unhandled error on %s %s", request.method, redact_path(request.path))
         return problem_response(500, "internal error")
+
+
+def path_id(request: web.Request, what: str, name: str = "id") -> int:
+    """The numeric id in the path's `{name}`: ASCII digits, at most 18 of them (a bigint); else a
+    404 "no WHAT with that id" (route patterns' `\\d` also matches other scripts' digits)."""
+    raw = request.match_info[name]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise Problem(404, f"no {what} with that id")
+    return int(raw)

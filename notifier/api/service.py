@@ -9,7 +9,7 @@ from notifier import queues, service
 from notifier.answers import ServiceMessage, ServiceMessageQueued
 from notifier.api.auth import requires
 from notifier.api.idempotency import idempotent
-from notifier.api.problems import Problem, parse_model, read_json
+from notifier.api.problems import Problem, parse_model, path_id, read_json
 from notifier.api.responses import json_response
 from notifier.db import Q
 from notifier.mail import outbox
@@ -47,10 +47,7 @@ async def post_service_message(request: web.Request) -> web.StreamResponse:
 @requires("service")
 async def get_service_message(request: web.Request) -> web.StreamResponse:
     """Where a service e-mail is: queued, sending, sent, failed or suppressed."""
-    raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise Problem(404, "no such service message")
-    email_id = int(raw)
+    email_id = path_id(request, "service message")
     pool = request.app[POOL]
     row = await pool.fetchrow(Q.service_email, email_id)
     if row is None:

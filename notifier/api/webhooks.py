@@ -14,7 +14,7 @@ from notifier import netguard, queues, webhooks
 from notifier.answers import Answer, Page, Timestamp
 from notifier.api.auth import api_key_of, requires
 from notifier.api.pagination import decode_cursor, next_cursor, page_limit
-from notifier.api.problems import Problem, read_model
+from notifier.api.problems import Problem, path_id, read_model
 from notifier.api.responses import json_response
 from notifier.db import Q
 from notifier.resources import POOL, REDIS, SETTINGS
@@ -126,16 +126,8 @@ class WebhookDeliveryPage(Page[WebhookDelivery]):
     pass
 
 
-def _id(raw: str, what: str) -> int:
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise Problem(404, f"no {what} with that id")
-    return int(raw)
-
-
 async def _endpoint(request: web.Request) -> Any:
-    row = await request.app[POOL].fetchrow(
-        Q.webhook_get_endpoint, _id(request.match_info["id"], "webhook endpoint")
-    )
+    row = await request.app[POOL].fetchrow(Q.webhook_get_endpoint, path_id(request, "webhook endpoint"))
     if row is None:
         raise Problem(404, "no webhook endpoint with that id")
     return row
@@ -213,7 +205,7 @@ async def edit_webhook(request: web.Request) -> web.Response:
 async def delete_webhook(request: web.Request) -> web.Response:
     """Delete the endpoint and its deliveries; 204."""
     deleted = await request.app[POOL].fetchval(
-        Q.webhook_delete_endpoint, _id(request.match_info["id"], "webhook endpoint")
+        Q.webhook_delete_endpoint, path_id(request, "webhook endpoint")
     )
     if deleted is None:
         raise Problem(404, "no webhook endpoint with that id")
@@ -233,7 +225,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
 async def redeliver(request: web.Request) -> web.Response:
     """Deliver one event again now, whatever its state; 202 with the delivery."""
     row = await _endpoint(request)
-    delivery_id = _id(request.match_info["delivery_id"], "delivery")
+    delivery_id = path_id(request, "delivery", "delivery_id")
     updated = await request.app[POOL].fetchrow(Q.webhook_redeliver, row["id"], delivery_id, datetime.now(UTC))
     if updated is None:
         raise Problem(404, "no delivery with that id for this endpoint")

@@ -32,7 +32,7 @@ from notifier.api.accounts import external_id_of
 from notifier.api.auth import requires
 from notifier.api.messages import query_category, query_flag
 from notifier.api.pagination import decode_cursor, encode_cursor, page_limit
-from notifier.api.problems import Problem, parse_json, parse_model, read_body
+from notifier.api.problems import Problem, parse_json, parse_model, path_id, read_body
 from notifier.api.responses import json_response
 from notifier.db import Q
 from notifier.member import stream, tokens
@@ -64,13 +64,6 @@ def _archived(request: web.Request) -> inbox.Archived:
     return _ARCHIVED[raw]
 
 
-def _message_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if len(raw) > 18:
-        raise Problem(404, "no such message in your inbox")
-    return int(raw)
-
-
 async def list_messages(request: web.Request) -> web.Response:
     """GET /member/v1/messages: a page of the member's inbox, newest first."""
     member = await member_of(request)
@@ -99,7 +92,7 @@ async def counts(request: web.Request) -> web.Response:
 
 async def _mark(request: web.Request, action: inbox.MemberAction) -> web.Response:
     member = await member_of(request)
-    message_id = _message_id(request)
+    message_id = path_id(request, "message in your inbox")
     row = await inbox.member_mark(request.app[POOL], member.account_id, message_id, action)
     if row is None:
         raise Problem(404, f"no message {message_id} in your inbox")
