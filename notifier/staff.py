@@ -17,7 +17,7 @@ from typing import Literal, get_args
 
 import asyncpg
 
-from notifier import audit, queues
+from notifier import audit, queues, suppression, validation
 from notifier.audit import Actor
 from notifier.db import Q
 from notifier.mail import compose, outbox
@@ -48,14 +48,15 @@ class UserProblem(Exception):
         self.message = message
 
 
-def normalise(email: str) -> str:
-    """The form an address is stored and looked up in (trimmed, lower-cased)."""
-    return email.strip().lower()
+# The form an address is stored and looked up in: trimmed, lower-cased, as the suppression list.
+normalise = suppression.normalise
 
 
 def _check(email: str, name: str, role: str) -> None:
-    if "@" not in email or email.startswith("@") or email.endswith("@") or len(email) > 254:
-        raise UserProblem("email", "give an e-mail address")
+    try:
+        validation.normalize_email(email)  # the API's own address rule
+    except ValueError as exc:
+        raise UserProblem("email", str(exc)) from None
     try:
         compose.check_address(email)
     except HeaderError:

@@ -17,9 +17,6 @@ SELECT * FROM lists WHERE $1::boolean OR archived_at IS NULL ORDER BY is_default
 -- name: lists_by_key
 SELECT * FROM lists WHERE key = ANY($1::text[]);
 
--- name: lists_by_id
-SELECT * FROM lists WHERE id = ANY($1::bigint[]) ORDER BY array_position($1::bigint[], id);
-
 -- name: update_list
 UPDATE lists SET name = $2, description = $3, double_opt_in = $4, updated_at = now()
 WHERE key = $1
