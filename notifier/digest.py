@@ -140,7 +140,7 @@ def _prefs(account: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def _run_batch(
-    conn: asyncpg.Connection, settings: Settings, now: datetime, batch_size: int
+    conn: asyncpg.Connection, settings: Settings, now: datetime, batch_size: int, plan: _Plan
 ) -> PassResult:
     result = PassResult()
     accounts = await conn.fetch(Q.claim_due_accounts, now, batch_size)
@@ -148,7 +148,6 @@ async def _run_batch(
         return result
     result.accounts = len(accounts)
     zones = await _sql_timezones(conn)
-    plan = _Plan(await categories.all_categories(conn))
     ids = [a["id"] for a in accounts]
     ends = [a["next_digest_at"] for a in accounts]
     mailable = [_mailable(a["email"]) for a in accounts]
@@ -244,12 +243,13 @@ async def _drain(
     now: datetime,
     batch_size: int,
     total: PassResult,
+    plan: _Plan,
 ) -> None:
     """Batches until none is due, each added to `total` once committed (so that a failure
     leaves in `total` what was done)."""
     while True:
         async with pool.acquire() as conn, conn.transaction():
-            batch = await _run_batch(conn, settings, now, batch_size)
+            batch = await _run_batch(conn, settings, now, batch_size, plan)
         total.add(batch)
         if batch.emails and redis is not None:
             await outbox.ring(redis, queues.DIGEST, batch.emails)
@@ -302,10 +302,13 @@ async def run_pass(
     total = PassResult()
     try:
         await pool.execute(Q.repair_immediate, timedelta(seconds=settings.immediate_coalesce_seconds))
+        # The declared categories once per pass, and one plan (memoised per schedule) for all its
+        # batches: a category declared meanwhile counts from the next pass.
+        plan = _Plan(await categories.all_categories(pool))
     except Exception as exc:
         raise PassFailed(total, exc) from exc
     outcomes = await asyncio.gather(
-        *(_drain(pool, redis, settings, now, batch_size, total) for _ in range(max(1, concurrency))),
+        *(_drain(pool, redis, settings, now, batch_size, total, plan) for _ in range(max(1, concurrency))),
         return_exceptions=True,
     )
     if total.accounts:
