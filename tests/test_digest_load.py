@@ -138,7 +138,10 @@ async def test_two_passes_after_a_large_intake_beside_the_worker_give_each_membe
         for p in pools:
             await p.close()
     assert first.digests and second.digests  # the work was shared
-    assert first.emails + second.emails + by_worker == MEMBERS
+    # The worker process's own cron pass (every minute at :00) may take a share too when the test
+    # crosses a minute; what it built is not among the three results, so their sum is at most
+    # MEMBERS, and the table below says every member got exactly one.
+    assert first.emails + second.emails + by_worker <= MEMBERS
     # Every member exactly one digest, holding all 20 of their unread messages, and one e-mail.
     per_member = await pool.fetch(
         "SELECT account_id, count(*) AS n, sum(message_count) AS messages FROM digests GROUP BY 1"
