@@ -20,7 +20,8 @@ from typing import Any
 import asyncpg
 
 from notifier.db import Q
-from notifier.mail.newsletter_render import MAX_TRACKED_LINKS, Draft, trackable_links
+from notifier.mail.newsletter_render import Draft, trackable_links
+from notifier.mail.newsletter_source import MAX_TRACKED_LINKS
 
 
 async def number_links(conn: asyncpg.Connection, newsletter: Mapping[str, Any]) -> int:

@@ -29,9 +29,10 @@ import asyncpg
 
 from notifier import audience, audit, clicks, consent, newsletter_local_time, queues
 from notifier.audit import Actor
+from notifier.brand import Brand
 from notifier.db import Q
 from notifier.mail import outbox, render
-from notifier.mail.newsletter_render import Draft, PreparedCache, TemplateProblem, sample_personal
+from notifier.mail.newsletter_render import Draft, Prepared, PreparedCache, TemplateProblem, sample_personal
 from notifier.newsletter_local_time import LocalSend
 from notifier.settings import Settings
 
@@ -335,6 +336,9 @@ class NewsletterRenderer:
         self.drafts: OrderedDict[int, Draft] = OrderedDict()
         self.variants: dict[int, dict[str, dict[str, str]]] = {}
         self._languages: dict[int, render.Language] = {}
+        # (newsletter, language, brand) -> its prepared version, for the batches loaded by the
+        # last `prepare` (each e-mail would otherwise copy the draft twice to find it).
+        self._ready: dict[tuple[int, str, Brand | None], Prepared] = {}
         self.fallback = render.TemplateRenderer(templates)
 
     async def prepare(self, pool: asyncpg.Pool, emails: Sequence[render.OutgoingEmail]) -> None:
@@ -346,6 +350,7 @@ class NewsletterRenderer:
         for row in await pool.fetch(Q.newsletter_variants, ids):
             self.variants[row["id"]] = row["variants"]
         rows = await pool.fetch(Q.newsletter_versions, ids)
+        self._ready.clear()
         for row in rows:
             draft = draft_of(row)
             self.drafts[draft.id] = draft
@@ -367,12 +372,12 @@ class NewsletterRenderer:
         if draft is None:
             raise render.TemplateError("the newsletter no longer exists", template="newsletter")
         sample = sample_personal(self.settings)
+        locale = draft.locale
         if email.kind == "test":
             # A test e-mail goes to an address, not a member: it shows what the preview shows.
             personal = sample
         else:
-            language = self._languages.pop(email.id, None) or render.Language()
-            draft = for_language(draft, self.variants.get(draft.id, {}), language.locale)
+            locale = (self._languages.pop(email.id, None) or render.Language()).locale
             name = str(context.get("name") or "")
             personal = {
                 "name": name,
@@ -382,14 +387,25 @@ class NewsletterRenderer:
                 "preferences_url": context.get("preferences_url") or sample["preferences_url"],
             }
         try:
-            branded = replace(draft, brand=context.get("brand"))
-            out = self.cache.get(self.settings, branded).render(personal)
+            out = self._prepared(draft, email.kind, locale, context.get("brand")).render(personal)
         except TemplateProblem as exc:
             raise render.TemplateError(
                 f"the newsletter does not render ({exc.field}): {exc.message}", template="newsletter"
             ) from None
         subject = out.subject if email.kind == "newsletter" else f"[TEST] {out.subject}"
         return render.Rendered(subject=subject, text=out.text, html=out.html)
+
+    def _prepared(self, draft: Draft, kind: str, locale: str, brand: Brand | None) -> Prepared:
+        """The prepared version of `draft` for a member of `locale` (a test e-mail: the draft as
+        it is) in `brand`. Raises TemplateProblem (remembered by the cache)."""
+        key = (draft.id, locale if kind != "test" else "", brand)
+        found = self._ready.get(key)
+        if found is None:
+            if kind != "test":
+                draft = for_language(draft, self.variants.get(draft.id, {}), locale)
+            found = self.cache.get(self.settings, replace(draft, brand=brand))
+            self._ready[key] = found
+        return found
 
 
 # --- jobs (bulk queue) -----------------------------------------------------------------------

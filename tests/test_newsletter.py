@@ -14,7 +14,8 @@ from arq import ArqRedis
 
 from notifier import newsletter, queues, suppression
 from notifier.api import auth
-from notifier.mail.newsletter_render import Draft, PreparedCache, TemplateProblem, check, markdown_to_html
+from notifier.mail.newsletter_render import Draft, PreparedCache, TemplateProblem, check
+from notifier.mail.newsletter_source import markdown_to_html
 from notifier.settings import Settings
 from tests.api_helpers import bearer, create_newsletter, send_newsletter
 from tests.conftest import BurstWorker, MailSink

@@ -2,13 +2,15 @@
 
 What all recipients share (Markdown conversion, the layout with its footer, CSS inlining, the
 compiled templates) is prepared ONCE per newsletter version by `prepare()`; `Prepared.render()`
-then only fills the personal parts (name, unsubscribe and preference links) per recipient.
+then only fills the personal parts (name, unsubscribe and preference links) per recipient. When
+marketing's templates use the personal fields only as plain `{{ name }}` outputs (most do), the
+body too is rendered and sanitised once, and a recipient costs one fill of its holes
+(`newsletter_slots`, which says why that is as safe as sanitising each recipient's HTML).
 """
 
 from __future__ import annotations
 
 import html
-import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -18,12 +20,22 @@ from typing import Any, cast
 import css_inline
 import jinja2
 import nh3
-from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from notifier import i18n, templating
 from notifier.brand import Brand
-from notifier.mail.sandbox import Budget, MeteredSandbox, metered
+from notifier.mail import newsletter_slots as slots
+from notifier.mail.newsletter_source import (
+    JINJA,
+    MAX_TRACKED_LINKS,
+    TRACKABLE,
+    anchor_hrefs,
+    html_to_text,
+    markdown_to_html,
+    track_html,
+    track_text,
+)
+from notifier.mail.sandbox import Budget, MeteredSandbox, OverBudget, metered
 from notifier.settings import Settings
 
 # What marketing's templates may use. Anything else is an error caught when the draft is saved.
@@ -33,7 +45,6 @@ _BODY_START, _BODY_END = "<!--notifier:body-->", "<!--notifier:end-->"
 _UNSUBSCRIBE, _PREFERENCES = "@@notifier-unsubscribe-url@@", "@@notifier-preferences-url@@"
 _SUBJECT = "@@notifier-subject@@"
 _BODY_SLOT = Markup("<!--notifier:body--><!--notifier:end-->")
-_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 # What marketing's HTML body may contain once rendered: the sanitiser (nh3, i.e. ammonia) parses
 # it and writes it out balanced, so an unclosed comment, `<textarea>`, `<style>` or `<div>` ends
 # with the body and can never swallow the footer (unsubscribe, preferences, postal address).
@@ -76,7 +87,6 @@ def sanitise(fragment: str) -> str:
 
 _SANDBOX_HTML = cast(MeteredSandbox, templating.environment(None, env_class=MeteredSandbox))
 _SANDBOX_TEXT = cast(MeteredSandbox, templating.environment(None, html=False, env_class=MeteredSandbox))
-_MARKDOWN = MarkdownIt("commonmark", {"html": True, "linkify": False}).enable("table")
 # The layout (footer) in each language.
 _LAYOUTS = {
     locale: templating.environment("mail", locale=locale, keep_trailing_newline=True)
@@ -122,65 +132,6 @@ class Rendered:
     text: str
 
 
-def _protect(source: str) -> tuple[str, list[str]]:
-    """Replace Jinja tags by inert placeholders so Markdown cannot escape their quotes."""
-    found: list[str] = []
-
-    def swap(match: re.Match[str]) -> str:
-        found.append(match.group(0))
-        return f"NOTIFIERJINJA{len(found) - 1}X"
-
-    return _JINJA.sub(swap, source), found
-
-
-def _restore(text: str, found: list[str]) -> str:
-    for i, tag in enumerate(found):
-        text = text.replace(f"NOTIFIERJINJA{i}X", tag)
-    return text
-
-
-def markdown_to_html(source: str) -> str:
-    """Markdown (with Jinja tags left intact) to an HTML fragment."""
-    protected, found = _protect(source)
-    return _restore(_MARKDOWN.render(protected), found)
-
-
-_BLOCK_END = re.compile(r"</(p|h[1-6]|li|tr|div|table|blockquote|pre)>|<br\s*/?>", re.IGNORECASE)
-_TAG = re.compile(r"<[^>]+>")
-_HREF = re.compile(r"<a\s[^>]*href=\"([^\"]+)\"[^>]*>(.*?)</a>", re.IGNORECASE | re.DOTALL)
-
-
-def html_to_text(fragment: str) -> str:
-    """A readable plain-text version of an HTML fragment: links as `text (url)`, blocks as lines."""
-    text = _HREF.sub(lambda m: f"{m.group(2)} ({m.group(1)})", fragment)
-    text = _BLOCK_END.sub("\n", text)
-    text = _TAG.sub("", text)
-    lines = [" ".join(html.unescape(line).split()) for line in text.splitlines()]
-    out: list[str] = []
-    for line in lines:
-        if line or (out and out[-1]):
-            out.append(line)
-    return "\n".join(out).strip() + "\n"
-
-
-# Click counting (notifier.clicks): the links of a body that can be counted, and their rewriting.
-MAX_TRACKED_LINKS = 500
-_ANCHOR = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
-_ANCHOR_HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
-_TRACKABLE = re.compile(r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s\x00-\x1f\x7f\"'<>{}]+$")
-_TEXT_URL = re.compile(r"https?://[^\s<>()\[\]\"']+", re.IGNORECASE)
-
-
-def _anchor_hrefs(fragment: str) -> list[str]:
-    """The `href` of every `<a>` tag of an HTML fragment, unescaped, in order."""
-    found = []
-    for tag in _ANCHOR.finditer(fragment):
-        href = _ANCHOR_HREF.search(tag.group(0))
-        if href:
-            found.append(html.unescape(href.group(3)))
-    return found
-
-
 def body_html_source(draft: Draft) -> str:
     """The body as an HTML template (Markdown converted, Jinja tags intact)."""
     return markdown_to_html(draft.body) if draft.body_format == "markdown" else draft.body
@@ -193,34 +144,11 @@ def trackable_links(draft: Draft) -> list[str]:
     MAX_TRACKED_LINKS of them. A link built with a template tag (`{{ unsubscribe_url }}`, a URL
     with `{{ email }}` in it) is personal and is never counted, nor are mailto:, tel: or anchors."""
     links: dict[str, None] = {}
-    for url in _anchor_hrefs(body_html_source(draft)):
+    for url in anchor_hrefs(body_html_source(draft)):
         # ASCII only (Markdown percent-encodes its links): the address becomes a Location header.
-        if (
-            len(url) <= 2048
-            and url.isascii()
-            and _TRACKABLE.fullmatch(url)
-            and len(links) < MAX_TRACKED_LINKS
-        ):
+        if len(url) <= 2048 and url.isascii() and TRACKABLE.fullmatch(url) and len(links) < MAX_TRACKED_LINKS:
             links.setdefault(url, None)
     return list(links)
-
-
-def _track_html(fragment: str, targets: Mapping[str, str]) -> str:
-    """`fragment` with each `<a href>` found in `targets` pointing to its counting address."""
-
-    def anchor(tag: re.Match[str]) -> str:
-        def href(m: re.Match[str]) -> str:
-            target = targets.get(html.unescape(m.group(3)))
-            return m.group(0) if target is None else f'{m.group(1)}"{html.escape(target)}"'
-
-        return _ANCHOR_HREF.sub(href, tag.group(0), count=1)
-
-    return _ANCHOR.sub(anchor, fragment)
-
-
-def _track_text(text: str, targets: Mapping[str, str]) -> str:
-    """The text part with each address found in `targets` (as written) replaced by its counting one."""
-    return _TEXT_URL.sub(lambda m: targets.get(m.group(0), m.group(0)), text)
 
 
 def _compile(env: MeteredSandbox, field: str, source: str) -> jinja2.Template:
@@ -241,25 +169,22 @@ class Prepared:
     html_after: str
     text_before: str
     text_after: str
+    # The version rendered and sanitised once, with holes for the personal fields, when its
+    # templates allow it (newsletter_slots); None: each recipient is rendered and sanitised.
+    # A version whose templates do not render even for the placeholders: its problem, for every
+    # recipient (as `PreparedCache` remembers the problem of a version found with sample data).
+    filled: Filled | TemplateProblem | None = None
 
     def render(self, personal: Mapping[str, Any], budget: Budget | None = None) -> Rendered:
         """The e-mail for one recipient. `personal` holds PERSONAL_FIELDS. Subject and body share
         one budget (sandbox.Budget: steps, characters, CPU time). Raises TemplateProblem."""
+        if isinstance(self.filled, TemplateProblem):
+            raise TemplateProblem(self.filled.field, self.filled.message)
+        if self.filled is not None:
+            return self.filled.render(personal, budget)
         unsubscribe = html.escape(str(personal["unsubscribe_url"]))
         preferences = html.escape(str(personal["preferences_url"]))
-        # Marketing's template is untrusted code: whatever it raises (a sandbox refusal, an
-        # exhausted budget, 1/0, `{% include %}` without a loader, a range too big) is a problem
-        # with the draft.
-        with metered(budget):
-            try:
-                subject = " ".join(self.subject.render(personal).split())
-            except Exception as exc:
-                raise TemplateProblem("subject", str(exc) or type(exc).__name__) from None
-            try:
-                body_html = sanitise(self.body_html.render(personal))
-                body_text = self.body_text.render(personal)
-            except Exception as exc:
-                raise TemplateProblem("body", str(exc) or type(exc).__name__) from None
+        subject, body_html, body_text = self.parts(personal, budget)
         page = (
             _links(self.html_before, unsubscribe, preferences).replace(_SUBJECT, html.escape(subject))
             + body_html
@@ -272,9 +197,79 @@ class Prepared:
         )
         return Rendered(subject, page, text)
 
+    def parts(self, personal: Mapping[str, Any], budget: Budget | None = None) -> tuple[str, str, str]:
+        """Marketing's templates rendered for `personal`: the subject (one line), the sanitised
+        HTML body and the text body. Raises TemplateProblem."""
+        # Marketing's template is untrusted code: whatever it raises (a sandbox refusal, an
+        # exhausted budget, 1/0, `{% include %}` without a loader, a range too big) is a problem
+        # with the draft.
+        with metered(budget):
+            try:
+                subject = " ".join(self.subject.render(personal).split())
+            except Exception as exc:
+                raise TemplateProblem("subject", str(exc) or type(exc).__name__) from None
+            try:
+                return subject, sanitise(self.body_html.render(personal)), self.body_text.render(personal)
+            except Exception as exc:
+                raise TemplateProblem("body", str(exc) or type(exc).__name__) from None
+
 
 def _links(part: str, unsubscribe: str, preferences: str) -> str:
     return part.replace(_UNSUBSCRIBE, unsubscribe).replace(_PREFERENCES, preferences)
+
+
+@dataclass(frozen=True)
+class Filled:
+    """A version rendered and sanitised once with placeholders (`newsletter_slots`): subject, HTML
+    page and text with holes for the personal fields (and the page's for the subject)."""
+
+    subject: slots.Slots
+    html: slots.Slots
+    text: slots.Slots
+
+    def render(self, personal: Mapping[str, Any], budget: Budget | None = None) -> Rendered:
+        """What `Prepared.render` returns for `personal`, by filling the holes."""
+        raw = {field: str(personal[field]) for field in PERSONAL_FIELDS}
+        with metered(budget) as spent:
+            try:
+                subject = " ".join(self.subject.fill(raw, spent).split())
+            except OverBudget as exc:
+                raise TemplateProblem("subject", str(exc)) from None
+            escaped = {field: slots.PAGE_ESCAPES.get(field, slots.escape_text)(v) for field, v in raw.items()}
+            escaped["subject"] = slots.PAGE_ESCAPES["subject"](subject)
+            try:
+                return Rendered(subject, self.html.fill(escaped, spent), self.text.fill(raw, spent))
+            except OverBudget as exc:
+                raise TemplateProblem("body", str(exc)) from None
+
+
+def _filled(prepared: Prepared, sources: tuple[str, str, str]) -> Filled | TemplateProblem | None:
+    """`prepared` rendered once with placeholders, when its templates (subject, HTML body, text
+    body: `sources`) use the personal fields only as bare outputs (their values then change no
+    step of a render), or the problem that render met; None when the templates do not allow it."""
+    layout = prepared.html_before + prepared.html_after + prepared.text_before + prepared.text_after
+    envs = (_SANDBOX_TEXT, _SANDBOX_HTML, _SANDBOX_TEXT)
+    if not all(slots.linear(env, source, PERSONAL_FIELDS) for env, source in zip(envs, sources, strict=True)):
+        return None
+    if slots.MARK in layout:
+        return None
+    names = slots.placeholders((*PERSONAL_FIELDS, "subject"))
+    personal = {field: names[field] for field in PERSONAL_FIELDS}
+    try:
+        subject, body_html, body_text = prepared.parts(personal)
+    except TemplateProblem as exc:
+        return exc
+
+    def holes(part: str) -> str:
+        return _links(part, names["unsubscribe_url"], names["preferences_url"]).replace(
+            _SUBJECT, names["subject"]
+        )
+
+    page = slots.html_page(body_html, holes(prepared.html_before), holes(prepared.html_after), names)
+    if page is None:
+        return None
+    text = holes(prepared.text_before) + body_text + holes(prepared.text_after)
+    return Filled(slots.Slots.split(subject, names), page, slots.Slots.split(text, names))
 
 
 def prepare(settings: Settings, draft: Draft) -> Prepared:
@@ -284,8 +279,8 @@ def prepare(settings: Settings, draft: Draft) -> Prepared:
     text_source = draft.body.strip() + "\n" if draft.body_format == "markdown" else html_to_text(draft.body)
     if draft.links:
         targets = {url: f"{settings.public_url}/c/{draft.id}/{i}" for i, url in enumerate(draft.links)}
-        body_source = _track_html(body_source, targets)
-        text_source = _track_text(text_source, targets)
+        body_source = track_html(body_source, targets)
+        text_source = track_text(text_source, targets)
     layout = {
         "brand": draft.brand or Brand.from_settings(settings),
         "subject": _SUBJECT,
@@ -303,7 +298,7 @@ def prepare(settings: Settings, draft: Draft) -> Prepared:
     inlined = css_inline.inline(document)
     start, end = inlined.find(_BODY_START), inlined.find(_BODY_END)
     inlined_body = inlined[start + len(_BODY_START) : end]
-    if start < 0 or end < 0 or _JINJA.findall(inlined_body) != _JINJA.findall(body_source):
+    if start < 0 or end < 0 or JINJA.findall(inlined_body) != JINJA.findall(body_source):
         # The HTML parser moved or escaped a Jinja tag (e.g. `>` in a condition): keep the
         # body as written and inline only the layout.
         inlined = css_inline.inline(shell)
@@ -315,7 +310,7 @@ def prepare(settings: Settings, draft: Draft) -> Prepared:
         .render(**layout, body="@@notifier-body@@")
     )
     text_before, _, text_after = text_shell.partition("@@notifier-body@@")
-    return Prepared(
+    prepared = Prepared(
         subject=subject,
         body_html=_compile(_SANDBOX_HTML, "body", inlined_body),
         body_text=_compile(_SANDBOX_TEXT, "body", text_source),
@@ -324,6 +319,7 @@ def prepare(settings: Settings, draft: Draft) -> Prepared:
         text_before=text_before,
         text_after=text_after,
     )
+    return replace(prepared, filled=_filled(prepared, (draft.subject, inlined_body, text_source)))
 
 
 def sample_personal(settings: Settings) -> dict[str, str]:
