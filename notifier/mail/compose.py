@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import binascii
 import functools
-import hashlib
 import hmac
 import re
 import secrets
@@ -255,7 +254,7 @@ def message_id(email_id: int, domain: str, key: bytes) -> str:
     installation and the SAME on every attempt — also when a worker was killed after the server
     accepted the message but before the result was recorded, so the copy sent again carries the
     same Message-ID and receivers that deduplicate (Gmail, sieve `duplicate`) drop it."""
-    tag = hmac.new(key, b"message-id:%d" % email_id, hashlib.sha256).hexdigest()[:16]
+    tag = hmac.digest(key, b"message-id:%d" % email_id, "sha256").hex()[:16]
     return f"<{email_id}.{tag}@{domain}>"
 
 
