@@ -381,12 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="web processes sharing the port through SO_REUSEPORT (default 1; see README)",
     )
-    p.add_argument(
-        "--loop",
-        choices=["uvloop", "asyncio"],
-        default="uvloop",
-        help="event loop (default uvloop, the asyncio loop when uvloop is not installed)",
-    )
+    _loop_argument(p)
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser(
@@ -399,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated queues to serve: service,digest,bulk (default: all)",
     )
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    _loop_argument(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser(
@@ -555,12 +551,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _loop_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop (default uvloop, the asyncio loop when uvloop is not installed)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
         if asyncio.iscoroutine(result):
-            result = asyncio.run(result)
+            # The worker too runs on uvloop by default: a bulk worker's SMTP lanes make a few
+            # transport writes and reads per e-mail, which uvloop's loop does in C.
+            loop_name = getattr(args, "loop", "asyncio")
+            with asyncio.Runner(loop_factory=lambda: new_event_loop(loop_name)) as runner:
+                result = runner.run(result)
         return int(result or 0)
     except ConfigError as exc:
         print(f"notifier: error: {exc}", file=sys.stderr)
