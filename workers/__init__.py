@@ -18,8 +18,10 @@ from arq import cron
 from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Function, Worker, func
+from redis.exceptions import RedisError
 
 from notifier import newsletter, queues
+from notifier.mail import outbox
 from notifier.mail.smtp import Sender, SMTPSender
 from notifier.resources import open_pool, open_redis, redis_settings
 from notifier.settings import Settings
@@ -134,6 +136,17 @@ def build_worker(
     )
 
 
+async def _announce(redis: ArqRedis, served: Sequence[str]) -> None:
+    """Say every `outbox.PRESENCE_SECONDS` that this process serves `served`: a ring starts deliver
+    jobs for each live process (`outbox.ring`)."""
+    while True:
+        try:
+            await outbox.present(redis, served, worker_name())
+        except (RedisError, OSError) as exc:
+            log.warning("could not announce this worker (%s); rings count it again when Redis is back", exc)
+        await asyncio.sleep(outbox.PRESENCE_SECONDS)
+
+
 async def run_workers(
     settings: Settings, queue_names: Sequence[str], *, burst: bool = False, handle_signals: bool = True
 ) -> None:
@@ -150,6 +163,8 @@ async def run_workers(
     tasks = [asyncio.create_task(w.async_run()) for w in workers]
     log.info("worker %s serving %s", worker_name(), ", ".join(queue_names))
     waiter = asyncio.create_task(stop.wait())
+    served = [queues.ALL[name] for name in queue_names]
+    presence = asyncio.create_task(_announce(redis, served))
     try:
         if burst:  # every worker runs until its queue is empty
             await asyncio.gather(*tasks)
@@ -157,6 +172,9 @@ async def run_workers(
             await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
+        presence.cancel()
+        with contextlib.suppress(RedisError, OSError):
+            await outbox.present(redis, served, worker_name(), leaving=True)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -38,8 +38,11 @@ def renderers(settings: Settings) -> Renderers:
     )
 
 
-async def deliver(ctx: dict[str, Any]) -> dict[str, int]:
-    """The doorbell (`queues.DELIVER_JOB`): deliver everything due on this worker's queue."""
+async def deliver(ctx: dict[str, Any], hops: int = 0) -> dict[str, int]:
+    """The doorbell (`queues.DELIVER_JOB`): deliver everything due on this worker's queue. A
+    process already running `outbox.BELLS_PER_WORKER` of them for the queue passes this one on to
+    another process (`outbox.pass_on`; `hops` counts how often it was), so that the jobs of one
+    ring spread over the processes instead of the first one to poll taking them all."""
     # arq copies ctx per job; the process-wide dict `deliveries` (from open_context) keeps one
     # Delivery (templates, renderers, DKIM key) per queue.
     cache: dict[str, Delivery] = ctx["deliveries"]
@@ -51,7 +54,14 @@ async def deliver(ctx: dict[str, Any]) -> dict[str, int]:
             settings, ctx["pool"], ctx["sender"], redis=ctx.get("redis"), renderers=renderers(settings)
         )
         cache[queue] = delivery
-    counts = await delivery.run(queue)
+    if delivery.running >= outbox.BELLS_PER_WORKER and hops < outbox.MAX_HOPS and "redis" in ctx:
+        await outbox.pass_on(ctx["redis"], queue, hops + 1)
+        return {"passed_on": 1}
+    delivery.running += 1
+    try:
+        counts = await delivery.run(queue)
+    finally:
+        delivery.running -= 1
     return counts.__dict__
 
 

@@ -190,6 +190,7 @@ class Delivery:
     """Claims, renders, sends and records. One per worker process and queue (`ctx["delivery"]`)."""
 
     record_interval = RECORD_INTERVAL  # see `_Recorder`; tests change it
+    running = 0  # deliver jobs of this process running `run` (workers.jobs.deliver counts them)
 
     def __init__(
         self,

@@ -46,9 +46,14 @@ MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 # (database round trips while its SMTP connections idle): 300 instead of 100 gave +12-15 % on the
 # delivery bench (docs/benchmarks.md).
 BATCH_SIZE = 300
-# Deliver jobs one ring starts at most; each loops until nothing is due. Two overlap one batch's
-# database work with the other's sending; more only queue up on the same SMTP connections.
-MAX_BELLS = 2
+# Deliver jobs a ring starts for each worker process serving the queue (`live_workers`; one when
+# none has said so); each loops until nothing is due. Two in a process overlap one batch's
+# database work with the other's sending; more only queue up on the same SMTP connections, so a
+# process already running this many passes a further one on to another process (`pass_on`).
+BELLS_PER_WORKER = 2
+PRESENCE_SECONDS = 10.0  # each worker process says which queues it serves this often
+PASS_ON_SECONDS = 0.2  # a deliver job passed on waits this long for another process to take it
+MAX_HOPS = 8  # ... at most this many times; then the process that holds it lets it go
 LEASE_SECONDS = 120.0  # a claimed row becomes due again if not recorded by then
 RUN_SECONDS = 240.0  # a deliver job hands over to a new one after this long (job timeouts: 600 s+)
 
@@ -176,10 +181,51 @@ async def add_many(conn: asyncpg.Connection, emails: Sequence[NewEmail]) -> list
     return [r["id"] for r in rows]
 
 
+def _presence_key(queue: str) -> str:
+    return f"notifier:workers:{queue}"
+
+
+async def present(
+    redis: ArqRedis, queues_served: Sequence[str], worker: str, *, leaving: bool = False
+) -> None:
+    """Say that process `worker` serves `queues_served` (a worker process does every
+    PRESENCE_SECONDS), or, `leaving`, that it no longer does. Forgets processes silent for three
+    times that (killed)."""
+    now = time.time()
+    async with redis.pipeline(transaction=False) as pipe:
+        for queue in queues_served:
+            key = _presence_key(queue)
+            if leaving:
+                pipe.zrem(key, worker)
+            else:
+                pipe.zadd(key, {worker: now})
+                pipe.zremrangebyscore(key, "-inf", now - 3 * PRESENCE_SECONDS)
+                pipe.expire(key, int(6 * PRESENCE_SECONDS))
+        await pipe.execute()
+
+
+async def live_workers(redis: ArqRedis, queue: str) -> int:
+    """How many worker processes said within the last 3 × PRESENCE_SECONDS that they serve `queue`."""
+    count: int = await redis.zcount(_presence_key(queue), time.time() - 3 * PRESENCE_SECONDS, "+inf")
+    return count
+
+
+async def pass_on(redis: ArqRedis, queue: str, hops: int) -> None:
+    """Hand a deliver job over: the same job again in PASS_ON_SECONDS, for a process with room."""
+    await redis.enqueue_job(
+        queues.DELIVER_JOB,
+        hops,
+        _queue_name=queue,
+        _job_id=f"deliver:{queue}:{uuid.uuid4().hex}",
+        _defer_by=PASS_ON_SECONDS,
+    )
+
+
 async def ring(redis: ArqRedis, queue: str, count: int = 1, *, at: datetime | None = None) -> bool:
     """Ring the doorbell of `queue` after the rows are committed: enqueue enough `deliver` jobs for
-    `count` e-mails (at most MAX_BELLS; each loops until nothing is due). With `at`, one job then
-    (rings for the same second are merged).
+    `count` e-mails (one per BATCH_SIZE, at most BELLS_PER_WORKER for each live worker process of
+    the queue; each loops until nothing is due). With `at`, one job then (rings for the same
+    second are merged).
 
     Never raises for Redis trouble: the rows are committed, so a lost ring only delays them until
     the sweep (within 30 s) — a producer's request must not fail after its e-mail was stored.
@@ -194,7 +240,10 @@ async def ring(redis: ArqRedis, queue: str, count: int = 1, *, at: datetime | No
                 _defer_until=datetime.fromtimestamp(stamp + 1, UTC),
             )
             return True
-        for _ in range(min(MAX_BELLS, max(1, math.ceil(count / BATCH_SIZE)))):
+        bells = max(1, math.ceil(count / BATCH_SIZE))
+        if bells > 1:
+            bells = min(bells, BELLS_PER_WORKER * max(1, await live_workers(redis, queue)))
+        for _ in range(bells):
             await redis.enqueue_job(
                 queues.DELIVER_JOB, _queue_name=queue, _job_id=f"deliver:{queue}:{uuid.uuid4().hex}"
             )
