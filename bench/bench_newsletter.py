@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +74,18 @@ async def add_members(pool: asyncpg.Pool, n: int) -> None:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """CPU time (user + system) of this process's children that ended and were waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident set size (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -98,21 +112,24 @@ SOURCE_SESSIONS = 16  # `smtp-source -s 16`
 
 async def send_newsletter(
     pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, sink: Sink, newsletter_id: int, workers: int = 1
-) -> tuple[float, float, int]:
+) -> tuple[float, float, int, float]:
     """Send one newsletter with `workers` bulk worker processes: (seconds from the send to the last
-    recipient recorded, the largest worker's peak RSS in MB, messages the sink accepted)."""
+    recipient recorded, the largest worker's peak RSS in MB, messages the sink accepted, CPU
+    seconds the workers spent from the send to the last recipient recorded)."""
     accepted_before = sink.delivered()
     with contextlib.ExitStack() as stack:
         procs = [stack.enter_context(worker_process(settings, "bulk")) for _ in range(workers)]
         for _ in procs:
             await wait_for_worker(redis, queues.BULK)
+        cpu_before = sum(cpu_seconds(p.pid) for p in procs)
         start = time.perf_counter()
         await newsletter.schedule(pool, newsletter_id, datetime.now(UTC), "bench")
         await redis.enqueue_job("newsletter_start", newsletter_id, _queue_name=queues.BULK)
         elapsed = await wait_until_done(pool, newsletter_id, start, limit=1800)
+        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu_before
         rss = max(peak_rss_mb(p.pid) for p in procs)
     await asyncio.sleep(0.5)  # the sink's counter is written as it goes; let it settle
-    return elapsed, rss, sink.delivered() - accepted_before
+    return elapsed, rss, sink.delivered() - accepted_before, cpu
 
 
 async def exactly_once(pool: asyncpg.Pool, newsletter_id: int, n: int) -> str | None:
@@ -162,15 +179,24 @@ async def run(env: BenchEnv) -> list[Figure]:
                 message = envelope.message
                 # The machine is shared: each baseline runs half before and half after the
                 # newsletters, and the mean of the two rates is the figure compared against.
+                # CPU per e-mail does not depend on what else the shared machine runs: the worker's
+                # (from /proc) against the plain loop's (this process) and smtp-source's.
+                plain_cpu, source_cpu = time.process_time(), children_cpu_seconds()
                 plain = [await plain_loop_rate(sink.port, message, n // 2, PLAIN_CONNECTIONS)]
+                plain_cpu = time.process_time() - plain_cpu
                 source = [smtp_source_rate(sink.port, message, n // 2, SOURCE_SESSIONS)]
-                elapsed, rss, accepted = await send_newsletter(pool, redis, settings, sink, ids[0])
+                source_cpu = children_cpu_seconds() - source_cpu
+                elapsed, rss, accepted, cpu = await send_newsletter(pool, redis, settings, sink, ids[0])
                 wrong = await exactly_once(pool, ids[0], n)
                 old = settings.model_copy(update={"smtp_pipelining": False})
-                old_elapsed, _, old_accepted = await send_newsletter(pool, redis, old, sink, ids[1])
+                old_elapsed, _, old_accepted, _ = await send_newsletter(pool, redis, old, sink, ids[1])
                 wrong = wrong or await exactly_once(pool, ids[1], n)
+                started = time.process_time()
                 plain.append(await plain_loop_rate(sink.port, message, n // 2, PLAIN_CONNECTIONS))
+                plain_cpu += time.process_time() - started
+                started = children_cpu_seconds()
                 source.append(smtp_source_rate(sink.port, message, n // 2, SOURCE_SESSIONS))
+                source_cpu += children_cpu_seconds() - started
             finally:
                 await pool.close()
                 await redis.flushdb()
@@ -192,4 +218,6 @@ async def run(env: BenchEnv) -> list[Figure]:
         Figure(NAME, what, rate, "msg/s", source_rate, f"smtp-source -s {SOURCE_SESSIONS}, same size", "≥ 0.8"),
         Figure(NAME, "the same, NOTIFIER_SMTP_PIPELINING=false", n / old_elapsed, "msg/s", rate, "pipelining (above)"),
         Figure(NAME, "bulk worker peak RSS (VmHWM)", rss, "MB", goal="< 250 MB"),
+        Figure(NAME, "bulk worker CPU per e-mail (user + system, send → last recorded; lower is better)", cpu / n * 1e6, "µs", plain_cpu / (n // 2 * 2) * 1e6, f"plain loop's CPU per e-mail, {PLAIN_CONNECTIONS} connections"),
+        Figure(NAME, "smtp-source CPU per e-mail (user + system)", source_cpu / (n // 2 * 2) * 1e6, "µs"),
     ]  # fmt: skip
