@@ -95,7 +95,7 @@ async def run(env: BenchEnv) -> list[Figure]:
                         False,
                     )
                     assert row is not None
-                    elapsed, _, accepted, _ = await send_newsletter(
+                    elapsed, _, accepted, cpu = await send_newsletter(
                         pool, redis, settings, sink, row["id"], workers
                     )
                     wrong = await exactly_once(pool, row["id"], n)
@@ -107,6 +107,11 @@ async def run(env: BenchEnv) -> list[Figure]:
                         env.notes.append(
                             f"workers: newsletter, {workers} processes: exactly once ({n:,} rows, events, at the sink)"
                         )
+                    # Each process's share of the work: a process that took no deliver job spends ~0.
+                    shares = " / ".join(f"{c:.1f}" for c in cpu)
+                    env.notes.append(
+                        f"workers: newsletter, {workers} processes: CPU seconds per process {shares}"
+                    )
                     newsletter_rates[workers] = n / elapsed
                 for workers in COUNTS:
                     elapsed, wrong = await digest_pass(pool, settings, sink, accounts, workers)
