@@ -11,6 +11,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_log import AccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
+from notifier import lists
 from notifier.access_log import ACCESS
 from notifier.answers import Liveness, Readiness
 from notifier.api import (
@@ -135,6 +136,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[POOL] = await open_pool(settings)
     try:
+        await lists.follow_setting(app[POOL], settings.newsletter_double_opt_in)
         app[REDIS] = await open_redis(settings)
         try:
             yield

@@ -21,8 +21,8 @@ from notifier.newsletter_local_time import DueInstants
 
 _SEGMENT_MARK = "TRUE /*segment*/"
 _STUB = re.compile(r"/\*audience\*/.*?/\*end\*/", re.DOTALL)
-_COUNT_PARAMS = 2  # audience_members: $1 lists, $2 double opt-in of the default list
-_FAN_OUT_PARAMS = 7  # fan_out_newsletter adds $3 the newsletter, $4 the queue, $5-$7 local times
+_COUNT_PARAMS = 1  # audience_members: $1 lists
+_FAN_OUT_PARAMS = 6  # fan_out_newsletter adds $2 the newsletter, $3 the queue, $4-$6 local times
 
 
 def _members_sql(rule: Any, first_param: int, extra: str = "") -> tuple[str, list[Any]]:
@@ -34,33 +34,30 @@ def _members_sql(rule: Any, first_param: int, extra: str = "") -> tuple[str, lis
     return sql.replace(_SEGMENT_MARK, f"{extra}({compiled.sql})"), compiled.params
 
 
-async def count(
-    conn: asyncpg.Connection | asyncpg.Pool, list_ids: Sequence[int], rule: Any, default_double_opt_in: bool
-) -> int:
+async def count(conn: asyncpg.Connection | asyncpg.Pool, list_ids: Sequence[int], rule: Any) -> int:
     """How many members the lists and segment reach now. Raises segments.InvalidSegment."""
     sql, params = _members_sql(rule, _COUNT_PARAMS + 1)
-    total: int = await conn.fetchval(
-        f"SELECT count(*) FROM ({sql}) m", list(list_ids), default_double_opt_in, *params
-    )
+    total: int = await conn.fetchval(f"SELECT count(*) FROM ({sql}) m", list(list_ids), *params)
     return total
+
+
+async def count_of(conn: asyncpg.Connection | asyncpg.Pool, row: Mapping[str, Any]) -> int:
+    """How many members the newsletter `row` (its lists and segment, see `targeting`) reaches now."""
+    list_ids, rule = await targeting(conn, row)
+    return await count(conn, list_ids, rule)
 
 
 async def reachable(
     conn: asyncpg.Connection | asyncpg.Pool,
     row: Mapping[str, Any],
     addresses: Sequence[str],
-    default_double_opt_in: bool,
 ) -> set[str]:
     """Of `addresses` (trimmed, lower-cased), those of members the newsletter `row` would reach
     now (its lists, their consent, its segment, not suppressed): who may get its test-sends."""
     list_ids, rule = await targeting(conn, row)
-    sql, params = _members_sql(rule, _COUNT_PARAMS + 2, "lower(a.email) = ANY($3::text[]) AND ")
+    sql, params = _members_sql(rule, _COUNT_PARAMS + 2, "lower(a.email) = ANY($2::text[]) AND ")
     rows = await conn.fetch(
-        f"SELECT DISTINCT lower(m.email) AS address FROM ({sql}) m",
-        list_ids,
-        default_double_opt_in,
-        list(addresses),
-        *params,
+        f"SELECT DISTINCT lower(m.email) AS address FROM ({sql}) m", list_ids, list(addresses), *params
     )
     return {r["address"] for r in rows}
 
@@ -70,7 +67,6 @@ async def freeze(
     newsletter_id: int,
     list_ids: Sequence[int],
     rule: Any,
-    default_double_opt_in: bool,
     due: DueInstants,
 ) -> None:
     """Insert one bulk e-mail per member of the audience (in the caller's transaction), queued
@@ -81,7 +77,6 @@ async def freeze(
     await conn.execute(
         statement,
         list(list_ids),
-        default_double_opt_in,
         newsletter_id,
         queues.BULK,
         due.zones,
@@ -133,10 +128,9 @@ async def count_for(
     list_keys: Sequence[str],
     rule: Any,
     segment_key: str | None,
-    default_double_opt_in: bool,
 ) -> int:
     """How many members lists `list_keys` (none: the default list) and the segment (inline rule
     or saved key) reach now. Raises Problem 422 as `check_targeting`."""
     await check_targeting(conn, list_keys, rule, segment_key)
     list_ids, rule = await targeting(conn, {"lists": list_keys, "segment": rule, "segment_key": segment_key})
-    return await count(conn, list_ids, rule, default_double_opt_in)
+    return await count(conn, list_ids, rule)

@@ -176,6 +176,7 @@ async def cmd_inbound(args: argparse.Namespace) -> int:
 
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
+    from notifier import lists
     from notifier.db import migrate
     from notifier.inbox import maintain_partitions
     from notifier.resources import open_pool
@@ -186,6 +187,7 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         async with pool.acquire() as conn:
             applied = await migrate(conn)
+            await lists.follow_setting(conn, settings.newsletter_double_opt_in)
         partitions = await maintain_partitions(pool)
     finally:
         await pool.close()

@@ -1,11 +1,13 @@
 """Newsletter consent: the wording members agree to, and double opt-in.
 
 Every opt-in and opt-out is a `consents` row written by `preferences.apply_preferences` with its
-source and the wording (and its version) shown. With NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN an opt-in
+source and the wording (and its version) shown. On a list whose `double_opt_in` is set (the
+default list's follows NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN, `lists.follow_setting`) an opt-in
 counts only once confirmed: `send_confirmations` (run by the bulk queue's tick) writes one
 confirmation e-mail per unconfirmed opt-in, whatever its source (API, preference centre,
-resubscribe link), and so does every list whose `double_opt_in` is set; the page `/confirm/{token}` (notifier/pages/confirm.py) shows a button (link
-scanners change nothing) and its POST stamps the opt-in confirmed. Only confirmed members are in the audience.
+resubscribe link, import); the page `/confirm/{token}` (notifier/pages/confirm.py) shows a
+button (link scanners change nothing) and its POST stamps the opt-in confirmed. Only confirmed
+members are in the audience.
 """
 
 from __future__ import annotations
@@ -30,20 +32,19 @@ CONFIRM_TEMPLATE = "newsletter/confirm"
 
 
 async def send_confirmations(pool: asyncpg.Pool, settings: Settings, limit: int = 500) -> int:
-    """Queue a confirmation e-mail for each opt-in that is neither confirmed nor already asked
-    about: to the default list when NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN is on, to every list whose
-    `double_opt_in` is set. Idempotent; returns how many e-mails it queued."""
-    rows = list(await pool.fetch(Q.unconfirmed_opt_ins, limit)) if settings.newsletter_double_opt_in else []
-    rows += await pool.fetch(Q.unconfirmed_list_opt_ins, limit)
+    """Queue a confirmation e-mail, at most `limit` in all, for each opt-in to a list with
+    `double_opt_in` that is neither confirmed nor already asked about. The default list's token
+    names the newsletter, as before lists. Idempotent; returns how many e-mails it queued."""
+    rows = await pool.fetch(Q.unconfirmed_opt_ins, limit)
     for row in rows:
-        list_id = row.get("list_id")
-        token = tokens.sign(
-            settings.secret, "confirm", row["account_id"], "list" if list_id else "newsletter", list_id
-        )
+        if row["is_default"]:
+            token = tokens.sign(settings.secret, "confirm", row["account_id"], "newsletter")
+        else:
+            token = tokens.sign(settings.secret, "confirm", row["account_id"], "list", row["list_id"])
         context = {
             "name": row["name"],
             "confirm_url": f"{settings.public_url}/confirm/{token}",
-            "list_name": row.get("list_name") or "the newsletter",
+            "list_name": row["list_name"],
         }
         await pool.execute(
             Q.insert_confirmation_email,
@@ -58,8 +59,6 @@ async def send_confirmations(pool: asyncpg.Pool, settings: Settings, limit: int 
 
 
 async def confirm(conn: asyncpg.Connection, account_id: int, list_id: int | None = None) -> bool:
-    """Confirm the member's latest opt-in to the newsletter (or to the list `list_id`); False
-    when there is none to confirm."""
-    if list_id is not None:
-        return await conn.fetchval(Q.confirm_list_opt_in, account_id, list_id) is not None
-    return await conn.fetchval(Q.confirm_opt_in, account_id) is not None
+    """Confirm the member's latest opt-in to the list `list_id` (None: the default list, the
+    newsletter); False when there is none to confirm."""
+    return await conn.fetchval(Q.confirm_opt_in, account_id, list_id) is not None

@@ -4,7 +4,8 @@ and one-click unsubscribe.
 The default list (key `newsletter`, made by migration 0015) is the newsletter consent there
 was before lists: its members are the accounts with `newsletter = true`, written through
 `preferences.apply_preferences` as before, so the preferences document's `newsletter` and
-newsletters sent without lists keep working. Every other list keeps its members in
+newsletters sent without lists keep working; its `double_opt_in` is NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN,
+written by `follow_setting` when a process starts, so every reader treats all lists alike. Every other list keeps its members in
 `list_members`, written only by `set_memberships` (called by `apply_preferences` for the `lists`
 of a preferences change); each opt-in and opt-out of any list is a `consents` row naming the
 list, with the source and the wording shown.
@@ -12,6 +13,7 @@ list, with the source and the wording shown.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +31,9 @@ KEY_RULE = "must be 1-40 characters: a lower-case letter, then lower-case letter
 # Keys another `List-Id` (`<KIND.domain>`) or a token's list already stands for.
 RESERVED_KEYS = frozenset({"newsletter", "digest", "all", "service", "test", "confirmation", "list"})
 WORDING_VERSION_PREFIX = "list"
+SETTING = "NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN"
+
+log = logging.getLogger("notifier.lists")
 
 
 class ListIn(BaseModel):
@@ -99,9 +104,28 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> asyncpg.Reco
     return row
 
 
+async def follow_setting(conn: asyncpg.Connection | asyncpg.Pool, double_opt_in: bool) -> None:
+    """Make the default list's `double_opt_in` the setting NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN
+    (`double_opt_in`). Called by each web and worker process as it starts and by `notifier
+    migrate`; idempotent. A database not migrated yet is left for `notifier migrate`."""
+    try:
+        changed = await conn.fetchval(Q.set_default_double_opt_in, double_opt_in)
+    except asyncpg.UndefinedTableError:
+        log.warning(
+            "the database is not migrated: the default list follows %s after `notifier migrate`", SETTING
+        )
+        return
+    if changed is not None:
+        log.info("the default list's double opt-in is now %s (%s)", "on" if double_opt_in else "off", SETTING)
+
+
 async def update(conn: asyncpg.Connection | asyncpg.Pool, key: str, patch: ListPatch) -> asyncpg.Record:
-    """Apply a merge patch; Problem 404 for an unknown key."""
+    """Apply a merge patch; Problem 404 for an unknown key, 422 for a change of the default
+    list's `double_opt_in` (it is the setting NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN)."""
     before = await get(conn, key)
+    if before["is_default"] and patch.double_opt_in not in (None, before["double_opt_in"]):
+        message = f"the default list's double opt-in is the setting {SETTING}"
+        raise Problem(422, message, errors=[{"field": "double_opt_in", "message": message}])
     fields = {
         k: v.strip() if isinstance(v, str) else v for k, v in patch.model_dump(exclude_none=True).items()
     }

@@ -227,24 +227,21 @@ async def approve(conn: asyncpg.Connection, newsletter_id: int, actor: Actor) ->
     return approved
 
 
-async def _fan_out(
-    conn: asyncpg.Connection, settings: Settings, row: Mapping[str, Any], local: LocalSend | None
-) -> None:
+async def _fan_out(conn: asyncpg.Connection, row: Mapping[str, Any], local: LocalSend | None) -> None:
     """Freeze the audience of the newsletter `row` (its lists and segment) into outbox rows, each
     waiting for its member's `local` time when there is one. Call inside a transaction."""
     due = newsletter_local_time.DueInstants.of(local)
     list_ids, rule = await audience.targeting(conn, row)
-    await audience.freeze(conn, row["id"], list_ids, rule, settings.newsletter_double_opt_in, due)
+    await audience.freeze(conn, row["id"], list_ids, rule, due)
 
 
-async def audience_size(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> int:
+async def audience_size(pool: asyncpg.Pool, newsletter_id: int) -> int:
     """How many members the newsletter would go to if it started now: its lists and segment
     counted by the same audience query the fan-out freezes (notifier.audience)."""
     row = await pool.fetchrow(Q.get_newsletter, newsletter_id)
     if row is None:
         return 0
-    list_ids, rule = await audience.targeting(pool, row)
-    return await audience.count(pool, list_ids, rule, settings.newsletter_double_opt_in)
+    return await audience.count_of(pool, row)
 
 
 async def start(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> int | None:
@@ -263,7 +260,7 @@ async def start(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> i
             local = None
             if started["local_time"] is not None:
                 local = LocalSend(started["local_time"], started["local_date"])
-            await _fan_out(conn, settings, started, local)
+            await _fan_out(conn, started, local)
             if started["track_clicks"]:
                 await clicks.number_links(conn, started)
             recipients: int = await conn.fetchval(Q.set_newsletter_recipients, newsletter_id)

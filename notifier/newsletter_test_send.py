@@ -79,9 +79,7 @@ async def refusals(
     allowed = settings.test_send_allowed_domains
     normalised = [suppression.normalise(a) for a in addresses]
     row = await pool.fetchrow(Q.get_newsletter, newsletter_id)
-    members = (
-        await audience.reachable(pool, row, normalised, settings.newsletter_double_opt_in) if row else set()
-    )
+    members = await audience.reachable(pool, row, normalised) if row else set()
     suppressed = await suppression.lookup(pool, addresses)
     out: list[Refusal] = []
     for i, address in enumerate(addresses):

@@ -331,10 +331,12 @@ async def test_double_opt_in_only_confirmed_members_receive(
     run_worker: BurstWorker,
     smtp: MailSink,
 ) -> None:
+    from notifier import lists
     from notifier.audit import MEMBER
     from notifier.preferences import apply_preferences
 
     settings.newsletter_double_opt_in = True
+    await lists.follow_setting(pool, True)  # as a process started with the setting does
     ann = await factory.account()
     bob = await factory.account()
     async with pool.acquire() as conn:

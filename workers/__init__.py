@@ -20,7 +20,7 @@ from arq.cron import CronJob
 from arq.worker import Function, Worker, func
 from redis.exceptions import RedisError
 
-from notifier import newsletter, queues
+from notifier import lists, newsletter, queues
 from notifier.mail import outbox
 from notifier.mail.smtp import Sender, SMTPSender
 from notifier.resources import open_pool, open_redis, redis_settings
@@ -82,6 +82,7 @@ CRON_JOBS: dict[str, list[CronJob]] = {
 async def open_context(settings: Settings, sender: Sender | None = None) -> dict[str, Any]:
     """Resources shared by all of a process's workers; close with `close_context`."""
     pool = await open_pool(settings)
+    await lists.follow_setting(pool, settings.newsletter_double_opt_in)
     return {
         "settings": settings,
         "pool": pool,

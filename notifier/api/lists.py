@@ -16,7 +16,7 @@ from notifier.api.auth import requires
 from notifier.api.problems import Problem, read_model
 from notifier.api.responses import json_response
 from notifier.db import Q
-from notifier.resources import POOL, SETTINGS
+from notifier.resources import POOL
 from notifier.validation import check_one_line
 
 
@@ -163,13 +163,7 @@ async def count_segment(request: web.Request) -> web.Response:
     """POST /v1/segments/count: how many members `lists` and `segment` (or `segment_key`) reach
     now, minus the suppressed; 422 names each fault."""
     body = await read_model(request, CountIn)
-    total = await audience.count_for(
-        request.app[POOL],
-        body.lists,
-        body.segment,
-        body.segment_key,
-        request.app[SETTINGS].newsletter_double_opt_in,
-    )
+    total = await audience.count_for(request.app[POOL], body.lists, body.segment, body.segment_key)
     return json_response(200, AudienceCount(count=total))
 
 

@@ -289,10 +289,7 @@ async def edit_newsletter(request: web.Request) -> web.Response:
 async def newsletter_audience(request: web.Request) -> web.Response:
     """How many members the newsletter would reach if sending started now (its lists and
     segment, minus the suppressed); once sending started, `recipients` is the frozen figure."""
-    row = await _get(request)
-    pool = request.app[POOL]
-    list_ids, rule = await audience.targeting(pool, row)
-    total = await audience.count(pool, list_ids, rule, request.app[SETTINGS].newsletter_double_opt_in)
+    total = await audience.count_of(request.app[POOL], await _get(request))
     return json_response(200, AudienceCount(count=total))
 
 
@@ -429,7 +426,7 @@ async def send_newsletter(request: web.Request) -> web.Response:
     await _check(request, newsletter.draft_of(row))
     settings = request.app[SETTINGS]
     if settings.four_eyes_recipients is not None and row["approved_at"] is None:
-        recipients = await newsletter.audience_size(request.app[POOL], settings, row["id"])
+        recipients = await newsletter.audience_size(request.app[POOL], row["id"])
         if newsletter.needs_approval(settings, recipients, row):
             raise Problem(
                 409,

@@ -170,8 +170,7 @@ async def _audience(
     chosen = list(row["lists"]) or [r["key"] for r in all_lists if r["is_default"]]
     count = None
     if "segment" not in errors:
-        list_ids, rule = await audience.targeting(pool, row)
-        count = await audience.count(pool, list_ids, rule, settings_of(request).newsletter_double_opt_in)
+        count = await audience.count_of(pool, row)
     if segment_text is None:
         segment_text = json.dumps(row["segment"], ensure_ascii=False) if row["segment"] is not None else ""
     return {
@@ -230,11 +229,8 @@ async def live_count(request: web.Request) -> web.Response:
     posted_form = await _audience_form(request)
     if posted_form.error is not None:
         return json_response(422, {"error": posted_form.error})
-    pool = pool_of(request)
-    list_ids, rule = await audience.targeting(
-        pool, {"lists": posted_form.keys, "segment": posted_form.rule, "segment_key": None}
-    )
-    total = await audience.count(pool, list_ids, rule, settings_of(request).newsletter_double_opt_in)
+    target = {"lists": posted_form.keys, "segment": posted_form.rule, "segment_key": None}
+    total = await audience.count_of(pool_of(request), target)
     return json_response(200, {"count": total})
 
 
@@ -454,7 +450,7 @@ async def _check_send(request: web.Request, row: asyncpg.Record) -> None:
     settings = settings_of(request)
     if settings.four_eyes_recipients is None and session_of(request).fresh(settings):
         return
-    recipients = await newsletter.audience_size(pool_of(request), settings, row["id"])
+    recipients = await newsletter.audience_size(pool_of(request), row["id"])
     if newsletter.needs_approval(settings, recipients, row):
         raise web.HTTPConflict(
             text=f"This newsletter would go to {recipients:,} recipients: above "

@@ -63,28 +63,46 @@ UPDATE emails SET status = 'cancelled', last_error = 'the member left the list'
 WHERE account_id = $1 AND kind = 'newsletter' AND status = 'queued'
   AND (context->>'list_id')::bigint = $2;
 
--- name: unconfirmed_list_opt_ins
--- Members subscribed to a double opt-in list whose latest consent for it is unconfirmed and
--- not yet asked about.
-SELECT a.id AS account_id, a.email, a.name, c.id AS consent_id, l.id AS list_id, l.name AS list_name
+-- name: unconfirmed_opt_ins
+-- Members subscribed to a list with double opt-in (the default list's follows the setting, see
+-- `set_default_double_opt_in`) whose latest consent for it is an unconfirmed opt-in not yet asked
+-- about, at most $1 in all. The default list's members are `accounts.newsletter`.
+SELECT a.id AS account_id, a.email, a.name, c.id AS consent_id, l.id AS list_id, l.name AS list_name,
+       l.is_default
 FROM lists l
-JOIN list_members m ON m.list_id = l.id AND m.subscribed
-JOIN accounts a ON a.id = m.account_id
+CROSS JOIN LATERAL (
+    SELECT a.id, a.email, a.name FROM accounts a WHERE l.is_default AND a.newsletter
+    UNION ALL
+    SELECT a.id, a.email, a.name
+    FROM list_members m JOIN accounts a ON a.id = m.account_id
+    WHERE NOT l.is_default AND m.list_id = l.id AND m.subscribed
+) a
 CROSS JOIN LATERAL (
     SELECT id, granted, confirmed_at FROM consents
     WHERE account_id = a.id AND list_id = l.id
     ORDER BY id DESC LIMIT 1) c
-WHERE l.double_opt_in AND NOT l.is_default AND l.archived_at IS NULL
+WHERE l.double_opt_in AND l.archived_at IS NULL
   AND c.granted AND c.confirmed_at IS NULL
   AND NOT EXISTS (
         SELECT 1 FROM emails e
         WHERE e.account_id = a.id AND e.kind = 'confirmation' AND e.idempotency_key = 'confirm:' || c.id)
 LIMIT $1;
 
--- name: confirm_list_opt_in
+-- name: confirm_opt_in
+-- Stamp member $1's latest opt-in to list $2 (NULL: the default list) confirmed.
 UPDATE consents SET confirmed_at = now()
-WHERE id = (SELECT id FROM consents WHERE account_id = $1 AND list_id = $2 ORDER BY id DESC LIMIT 1)
+WHERE id = (SELECT id FROM consents
+            WHERE account_id = $1 AND list_id = coalesce($2::bigint, (SELECT id FROM lists WHERE is_default))
+            ORDER BY id DESC LIMIT 1)
   AND granted AND confirmed_at IS NULL
+RETURNING id;
+
+-- name: set_default_double_opt_in
+-- The default list's double opt-in is NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN ($1): written by each web
+-- and worker process as it starts and by `notifier migrate` (lists.follow_setting); a row back
+-- only when it changed.
+UPDATE lists SET double_opt_in = $1, updated_at = now()
+WHERE is_default AND double_opt_in <> $1
 RETURNING id;
 
 -- name: export_list_memberships
@@ -116,10 +134,10 @@ RETURNING *;
 DELETE FROM segments WHERE key = $1 RETURNING id;
 
 -- name: audience_members
--- The audience of lists $1 (ids, in the newsletter's order) with $2 = double opt-in of the
--- default list (NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN): each member of any of the lists once, with
--- the first of them they belong to (list_id NULL for the default list, whose members are
--- `accounts.newsletter`); confirmed where the list asks for it; not suppressed for all mail or
+-- The audience of lists $1 (ids, in the newsletter's order): each member of any of the lists
+-- once, with the first of them they belong to (list_id NULL for the default list, whose members
+-- are `accounts.newsletter`); confirmed where the list asks for it (`double_opt_in`; the default
+-- list's follows NOTIFIER_NEWSLETTER_DOUBLE_OPT_IN); not suppressed for all mail or
 -- newsletters; matching the segment, whose compiled condition replaces the marked TRUE
 -- (notifier/audience.py; its parameters follow the statement's own). `timezone` and `locale`
 -- are for the fan-out (a send at each member's local time, a language's variant).
@@ -129,19 +147,14 @@ CROSS JOIN LATERAL (
     SELECT CASE WHEN l.is_default THEN NULL ELSE l.id END AS list_id, l.key AS list_key
     FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, pos)
     JOIN lists l ON l.id = u.id AND l.archived_at IS NULL
-    WHERE CASE WHEN l.is_default THEN
-              a.newsletter AND (NOT $2::boolean OR (
-                  SELECT c.granted AND c.confirmed_at IS NOT NULL FROM consents c
-                  WHERE c.account_id = a.id AND c.topic = 'newsletter'
-                  ORDER BY c.id DESC LIMIT 1) IS TRUE)
-          ELSE
-              EXISTS (SELECT 1 FROM list_members m
-                      WHERE m.list_id = l.id AND m.account_id = a.id AND m.subscribed)
-              AND (NOT l.double_opt_in OR (
-                  SELECT c.granted AND c.confirmed_at IS NOT NULL FROM consents c
-                  WHERE c.account_id = a.id AND c.list_id = l.id
-                  ORDER BY c.id DESC LIMIT 1) IS TRUE)
+    WHERE CASE WHEN l.is_default THEN a.newsletter
+               ELSE EXISTS (SELECT 1 FROM list_members m
+                            WHERE m.list_id = l.id AND m.account_id = a.id AND m.subscribed)
           END
+      AND (NOT l.double_opt_in OR (
+              SELECT c.granted AND c.confirmed_at IS NOT NULL FROM consents c
+              WHERE c.account_id = a.id AND c.list_id = l.id
+              ORDER BY c.id DESC LIMIT 1) IS TRUE)
     ORDER BY u.pos
     LIMIT 1
 ) t

@@ -83,26 +83,26 @@ LIMIT $2;
 
 -- name: fan_out_newsletter
 -- Freeze the audience into one outbox row per member, in one statement: notifier/audience.py
--- puts `audience_members` (lists $1, double opt-in $2, the segment from $8) in place of the empty
--- stub between the markers; $3 is the newsletter, $4 the queue. Each row's context names the list
--- the member gets it through (List-Id, one-click unsubscribe). Re-running adds nobody twice.
--- A send at each member's local time gives the due instant of every time zone ($5 zones, $6
--- instants, $7 for a zone not among them): each row then waits until its member's instant
--- (notifier.newsletter_local_time); with empty arrays and $7 NULL every row is queued now.
+-- puts `audience_members` (lists $1, the segment from $7) in place of the empty stub between the
+-- markers; $2 is the newsletter, $3 the queue. Each row's context names the list the member gets
+-- it through (List-Id, one-click unsubscribe). Re-running adds nobody twice.
+-- A send at each member's local time gives the due instant of every time zone ($4 zones, $5
+-- instants, $6 for a zone not among them): each row then waits until its member's instant
+-- (notifier.newsletter_local_time); with empty arrays and $6 NULL every row is queued now.
 INSERT INTO emails (kind, queue, account_id, to_address, template, subject, context, newsletter_id,
                     status, due_at, next_attempt_at)
-SELECT 'newsletter', $4::text, m.account_id, m.email, 'newsletter', n.subject,
+SELECT 'newsletter', $3::text, m.account_id, m.email, 'newsletter', n.subject,
        jsonb_build_object('name', m.name, 'list', m.list_key, 'list_id', m.list_id), n.id,
-       CASE WHEN coalesce(z.due_at, $7::timestamptz) IS NULL THEN 'queued' ELSE 'waiting' END,
-       coalesce(z.due_at, $7::timestamptz), coalesce(z.due_at, $7::timestamptz, now())
+       CASE WHEN coalesce(z.due_at, $6::timestamptz) IS NULL THEN 'queued' ELSE 'waiting' END,
+       coalesce(z.due_at, $6::timestamptz), coalesce(z.due_at, $6::timestamptz, now())
 FROM newsletters n
 CROSS JOIN (
     /*audience*/ SELECT NULL::bigint AS account_id, ''::text AS email, ''::text AS name,
            ''::text AS timezone, ''::text AS locale, NULL::bigint AS list_id, ''::text AS list_key
-    WHERE $1::bigint[] IS NULL AND $2::boolean /*end*/
+    WHERE $1::bigint[] IS NULL /*end*/
 ) m
-LEFT JOIN unnest($5::text[], $6::timestamptz[]) AS z(timezone, due_at) ON z.timezone = m.timezone
-WHERE n.id = $3
+LEFT JOIN unnest($4::text[], $5::timestamptz[]) AS z(timezone, due_at) ON z.timezone = m.timezone
+WHERE n.id = $2
 ORDER BY m.account_id
 ON CONFLICT (newsletter_id, account_id) WHERE newsletter_id IS NOT NULL AND kind = 'newsletter'
 DO NOTHING;
@@ -224,31 +224,11 @@ SELECT detail->>'previous_frequency' FROM events
 WHERE account_id = $1 AND kind = 'unsubscribed' AND detail->>'list' IN ('digest', 'all')
 ORDER BY id DESC LIMIT 1;
 
--- name: unconfirmed_opt_ins
--- Opted-in members whose latest newsletter consent is unconfirmed and not yet asked about.
-SELECT a.id AS account_id, a.email, a.name, c.id AS consent_id
-FROM accounts a
-CROSS JOIN LATERAL (
-    SELECT id, granted, confirmed_at FROM consents
-    WHERE account_id = a.id AND topic = 'newsletter'
-    ORDER BY id DESC LIMIT 1) c
-WHERE a.newsletter AND c.granted AND c.confirmed_at IS NULL
-  AND NOT EXISTS (
-        SELECT 1 FROM emails e
-        WHERE e.account_id = a.id AND e.kind = 'confirmation' AND e.idempotency_key = 'confirm:' || c.id)
-LIMIT $1;
-
 -- name: insert_confirmation_email
 INSERT INTO emails (kind, queue, account_id, to_address, template, context, idempotency_key)
 SELECT 'confirmation', $2, $1, $3, $4, $5, $6
 WHERE NOT EXISTS (
     SELECT 1 FROM emails WHERE account_id = $1 AND kind = 'confirmation' AND idempotency_key = $6);
-
--- name: confirm_opt_in
-UPDATE consents SET confirmed_at = now()
-WHERE id = (SELECT id FROM consents WHERE account_id = $1 AND topic = 'newsletter' ORDER BY id DESC LIMIT 1)
-  AND granted AND confirmed_at IS NULL
-RETURNING id;
 
 -- name: cancel_queued_newsletters_of_account
 -- A member who opts out while a newsletter is sending gets nothing more that is still queued
