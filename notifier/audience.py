@@ -101,13 +101,18 @@ async def targeting(conn: asyncpg.Connection | asyncpg.Pool, row: Mapping[str, A
 
 async def check_targeting(
     conn: asyncpg.Connection | asyncpg.Pool, list_keys: Sequence[str], rule: Any, segment_key: str | None
-) -> None:
-    """Raise a 422 Problem naming every fault of a newsletter's audience: an unknown or archived
-    list (`lists.N`), an invalid rule (`segment...`), an unknown saved segment (`segment_key`),
-    or both a rule and a saved segment."""
+) -> tuple[list[int], Any]:
+    """The audience's list ids (none named: the default list) and rule (inline, or the saved
+    segment's as it is now), as `targeting` gives them, each read once; or a 422 Problem naming
+    every fault: an unknown or archived list (`lists.N`), an invalid rule (`segment...`), an
+    unknown saved segment (`segment_key`), or both a rule and a saved segment."""
     errors: list[Mapping[str, Any]] = []
+    list_ids: list[int] = []
     try:
-        await lists.resolve(conn, list_keys)
+        if list_keys:
+            list_ids = [r["id"] for r in await lists.resolve(conn, list_keys)]
+        else:
+            list_ids = [await conn.fetchval(Q.default_list_id)]
     except Problem as exc:
         errors.extend(exc.errors or [])
     if rule is not None and segment_key is not None:
@@ -117,10 +122,13 @@ async def check_targeting(
             segments.check(rule)
         except segments.InvalidSegment as exc:
             errors.extend(exc.errors or [])
-    elif segment_key is not None and await conn.fetchval(Q.segment_rule, segment_key) is None:
-        errors.append({"field": "segment_key", "message": "no saved segment with that key"})
+    elif segment_key is not None:
+        rule = await conn.fetchval(Q.segment_rule, segment_key)
+        if rule is None:
+            errors.append({"field": "segment_key", "message": "no saved segment with that key"})
     if errors:
         raise Problem(422, "the audience is not valid", errors=errors)
+    return list_ids, rule
 
 
 async def count_for(
@@ -131,6 +139,5 @@ async def count_for(
 ) -> int:
     """How many members lists `list_keys` (none: the default list) and the segment (inline rule
     or saved key) reach now. Raises Problem 422 as `check_targeting`."""
-    await check_targeting(conn, list_keys, rule, segment_key)
-    list_ids, rule = await targeting(conn, {"lists": list_keys, "segment": rule, "segment_key": segment_key})
+    list_ids, rule = await check_targeting(conn, list_keys, rule, segment_key)
     return await count(conn, list_ids, rule)

@@ -162,6 +162,8 @@ async def test_a_newsletter_to_list_a_and_germany_reaches_exactly_those_members_
         "/v1/segments", json={"key": "germany", "name": "Germany", "rule": GERMANY}, headers=headers
     )
     assert resp.status == 201, await resp.text()
+    saved = {"lists": ["alpha", "beta"], "segment_key": "germany"}
+    assert await (await client.post("/v1/segments/count", json=saved, headers=headers)).json() == {"count": 3}
     smtp.clear()
     second = await create_newsletter(
         client, headers, subject="Zwei", body="Hallo", lists=["alpha", "beta"], segment_key="germany"

@@ -182,10 +182,13 @@ async def _audience(
 
 
 class _AudienceForm:
-    """The audience form (checked lists, segment as JSON text), checked as the API checks it."""
+    """The audience form (checked lists, segment as JSON text), checked as the API checks it;
+    `list_ids`: the lists it names (none: the default list), once it is valid."""
 
-    def __init__(self, keys: list[str], text: str, rule: Any, error: str | None) -> None:
-        self.keys, self.text, self.rule, self.error = keys, text, rule, error
+    def __init__(
+        self, keys: list[str], text: str, rule: Any, error: str | None, list_ids: list[int] | None = None
+    ) -> None:
+        self.keys, self.text, self.rule, self.error, self.list_ids = keys, text, rule, error, list_ids
 
 
 async def _audience_form(request: web.Request) -> _AudienceForm:
@@ -194,7 +197,7 @@ async def _audience_form(request: web.Request) -> _AudienceForm:
     text = str(data.get("segment", "")).strip()
     try:
         rule = json.loads(text) if text else None
-        await audience.check_targeting(pool_of(request), keys, rule, None)
+        list_ids, _ = await audience.check_targeting(pool_of(request), keys, rule, None)
     except ValueError:
         example = '{"attr": "country", "op": "eq", "value": "DE"}'
         return _AudienceForm(keys, text, None, f"not JSON: write a rule such as {example}")
@@ -202,7 +205,7 @@ async def _audience_form(request: web.Request) -> _AudienceForm:
         return _AudienceForm(
             keys, text, None, "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors or [])
         )
-    return _AudienceForm(keys, text, rule, None)
+    return _AudienceForm(keys, text, rule, None, list_ids)
 
 
 async def save_audience(request: web.Request) -> web.Response:
@@ -227,10 +230,9 @@ async def live_count(request: web.Request) -> web.Response:
     """POST /console/newsletters/count: how many members the audience form as it stands would
     reach now, as JSON for the page's script: `{count}`, or 422 `{error}`. Saves nothing."""
     posted_form = await _audience_form(request)
-    if posted_form.error is not None:
+    if posted_form.error is not None or posted_form.list_ids is None:
         return json_response(422, {"error": posted_form.error})
-    target = {"lists": posted_form.keys, "segment": posted_form.rule, "segment_key": None}
-    total = await audience.count_of(pool_of(request), target)
+    total = await audience.count(pool_of(request), posted_form.list_ids, posted_form.rule)
     return json_response(200, {"count": total})
 
 
