@@ -11,7 +11,7 @@ member gets a category's messages; the digest pass, intake and the preference ce
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import asyncpg
@@ -63,11 +63,17 @@ class CategoryIn(BaseModel):
 
 @dataclass(frozen=True)
 class Category:
-    """A declared category as the schedule needs it."""
+    """A declared category as the schedule needs it, and what it is called (`labels`: per
+    language tag)."""
 
     key: str
     default_frequency: str | None
     required: bool
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def label(self, locale: str) -> str:
+        """What the category is called in `locale` (see `text_for`; else its key)."""
+        return text_for(self.labels, locale, self.key)
 
 
 def effective_frequency(
@@ -114,9 +120,9 @@ def text_for(texts: Mapping[str, str], locale: str, fallback: str) -> str:
 
 
 async def all_categories(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, Category]:
-    """Every declared category by key (a short list: read per batch or per change)."""
+    """Every declared category by key, with its labels (a short list: read per batch or per change)."""
     rows = await conn.fetch(Q.categories_all)
-    return {r["key"]: Category(r["key"], r["default_frequency"], r["required"]) for r in rows}
+    return {r["key"]: Category(r["key"], r["default_frequency"], r["required"], r["labels"]) for r in rows}
 
 
 async def declare(

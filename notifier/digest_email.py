@@ -123,7 +123,7 @@ Labels = Mapping[str, Mapping[str, str]]  # declared categories' labels: {key: {
 
 async def category_labels(pool: asyncpg.Pool | asyncpg.Connection) -> dict[str, dict[str, str]]:
     """Every declared category's labels (a small table, read once per batch or preview)."""
-    return {r["key"]: r["labels"] for r in await pool.fetch(Q.category_labels)}
+    return {key: dict(c.labels) for key, c in (await categories.all_categories(pool)).items()}
 
 
 def _with_times(context: Mapping[str, Any], language: Language, labels: Labels) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 -- Declared categories (notifier/categories.py, docs/digests.md "Categories").
 
 -- name: categories_all
-SELECT key, default_frequency, required FROM categories;
+-- Every declared category: how often it goes out and what digests and pages call it.
+SELECT key, labels, default_frequency, required FROM categories;
 
 -- name: category_for_update
 SELECT key, labels, descriptions, default_frequency, required FROM categories WHERE key = $1 FOR UPDATE;
@@ -25,7 +26,3 @@ LIMIT $2;
 -- name: categories_for_member
 -- The preference centre's list: every category, by key.
 SELECT key, labels, descriptions, default_frequency, required FROM categories ORDER BY key;
-
--- name: category_labels
--- What digests call each category, per language.
-SELECT key, labels FROM categories;
