@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from notifier import audit, categories, digest_windows, i18n, lists, schedule
+from notifier.answers import CurrentPreferences
 from notifier.audit import Actor
 from notifier.db import Q
 from notifier.errors import FieldError, Problem
@@ -251,10 +252,14 @@ async def _list_changes(
     return rest, wanted, by_key
 
 
-async def list_document(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) -> dict[str, bool]:
-    """`{key: subscribed}` of every list not archived, the default list first (the preferences
-    document's `lists`)."""
-    return {r["key"]: r["subscribed"] for r in await lists.memberships(conn, account_id)}
+async def document(
+    conn: asyncpg.Connection | asyncpg.Pool, account_id: int, prefs: Mapping[str, Any]
+) -> CurrentPreferences:
+    """The preferences document GET and PUT answer (the API and the member API): `prefs` (an
+    account's preferences row, or what `apply_preferences` returned) with `next_digest_at` and
+    `lists`, `{key: subscribed}` of every list not archived, the default list first."""
+    memberships = {r["key"]: r["subscribed"] for r in await lists.memberships(conn, account_id)}
+    return CurrentPreferences.of_row(prefs, next_digest_at=prefs.get("next_digest_at"), lists=memberships)
 
 
 async def apply_preferences(

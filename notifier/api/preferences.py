@@ -3,22 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from aiohttp import web
 
-from notifier.answers import CurrentPreferences
 from notifier.api.auth import api_key_of, requires
 from notifier.api.problems import Problem, read_json
 from notifier.api.responses import json_response
 from notifier.db import Q
-from notifier.preferences import AccountNotFound, InvalidPreferences, apply_preferences, list_document
+from notifier.preferences import AccountNotFound, InvalidPreferences, apply_preferences, document
 from notifier.resources import POOL
-
-
-def _body(prefs: Mapping[str, Any], lists: dict[str, bool]) -> CurrentPreferences:
-    return CurrentPreferences.of_row(prefs, next_digest_at=prefs.get("next_digest_at"), lists=lists)
 
 
 @requires("accounts")
@@ -27,7 +19,7 @@ async def get_preferences(request: web.Request) -> web.Response:
     row = await request.app[POOL].fetchrow(Q.preferences_by_external_id, request.match_info["external_id"])
     if row is None:
         raise Problem(404, "no account with that external_id")
-    return json_response(200, _body(row, await list_document(request.app[POOL], row["id"])))
+    return json_response(200, await document(request.app[POOL], row["id"], row))
 
 
 @requires("accounts")
@@ -45,8 +37,7 @@ async def put_preferences(request: web.Request) -> web.Response:
             prefs = await apply_preferences(conn, account_id, body, api_key_of(request).actor, "api")
         except AccountNotFound:
             raise Problem(404, "no account with that external_id") from None
-        lists = await list_document(conn, account_id)
-    return json_response(200, _body(prefs, lists))
+        return json_response(200, await document(conn, account_id, prefs))
 
 
 def setup_routes(app: web.Application) -> None:

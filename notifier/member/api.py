@@ -137,23 +137,13 @@ async def seen(request: web.Request) -> web.Response:
     return json_response(200, {"marked_seen": marked})
 
 
-def _preferences_body(prefs: Any, lists: dict[str, bool]) -> dict[str, Any]:
-    due = prefs["next_digest_at"]
-    return {
-        **preferences.current(prefs),
-        "lists": lists,
-        "next_digest_at": due.astimezone(UTC).isoformat() if due else None,
-    }
-
-
 async def get_preferences(request: web.Request) -> web.Response:
     """GET /member/v1/preferences: as `GET /v1/accounts/{external_id}/preferences`."""
     member = await member_of(request)
     row = await request.app[POOL].fetchrow(Q.preferences_by_external_id, member.external_id)
     if row is None:  # erased since the token was checked
         raise Problem(401, "the member token is not valid: get a new one")
-    lists = await preferences.list_document(request.app[POOL], member.account_id)
-    return json_response(200, _preferences_body(row, lists))
+    return json_response(200, await preferences.document(request.app[POOL], member.account_id, row))
 
 
 async def put_preferences(request: web.Request) -> web.Response:
@@ -176,8 +166,7 @@ async def put_preferences(request: web.Request) -> web.Response:
             )
         except preferences.AccountNotFound:
             raise Problem(401, "the member token is not valid: get a new one") from None
-        lists = await preferences.list_document(conn, member.account_id)
-    return json_response(200, _preferences_body(prefs, lists))
+        return json_response(200, await preferences.document(conn, member.account_id, prefs))
 
 
 # --- tokens for the organisation's backend ----------------------------------------------------
