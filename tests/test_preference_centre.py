@@ -219,7 +219,7 @@ async def test_topics_and_quiet_hours(
     await pool.execute(
         """INSERT INTO categories (key, labels, descriptions, default_frequency, required) VALUES
            ('registry', '{"en": "Certificates", "de": "Zertifikate"}', '{"de": "Ablauf"}', 'immediate', true),
-           ('community', '{}', '{}', 'weekly', false)"""
+           ('community', '{"en": "Community", "de": "Gemeinschaft"}', '{}', 'weekly', false)"""
     )
     ann = await factory.account(digest_frequency="daily", locale="de-CH")
     token, nonce = await open_centre(client, settings, ann["id"])
@@ -246,7 +246,8 @@ async def test_topics_and_quiet_hours(
     )  # fmt: skip
     assert resp.status == 200, await resp.text()
     html = await resp.text()
-    assert f"Themen: community: {de('Never')}" in html and "Ruhezeiten: 22:30 bis 06:45" in html
+    # What was saved names each topic by its label in the member's language, not by its key.
+    assert f"Themen: Gemeinschaft: {de('Never')}" in html and "Ruhezeiten: 22:30 bis 06:45" in html
     row = await pool.fetchrow("SELECT digest_categories, quiet_hours FROM accounts WHERE id = $1", ann["id"])
     assert row["digest_categories"] == {"community": {"frequency": "off"}}
     assert row["quiet_hours"] == {"start": "22:30", "end": "06:45", "weekends": False}

@@ -12,6 +12,7 @@ newsletter) naming the e-mail the link came from, and shows what was saved.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -69,8 +70,11 @@ def weekdays(locale: str) -> list[str]:
     return [names[n][:1].upper() + names[n][1:] for n in range(7)]
 
 
-def _describe(field: str, value: Any, locale: str) -> str:
-    """A saved value as the member reads it, in their language."""
+def _describe(
+    field: str, value: Any, locale: str, declared: Mapping[str, categories.Category] | None = None
+) -> str:
+    """A saved value as the member reads it, in their language (a category by its label among
+    `declared`, else its key)."""
     if field == "digest_frequency":
         label = next((label for key, label, _ in FREQUENCIES if key == value), None)
         return i18n.gettext(locale, label) if label else str(value)
@@ -81,8 +85,10 @@ def _describe(field: str, value: Any, locale: str) -> str:
     if field == "newsletter":
         return i18n.gettext(locale, N_("subscribed") if value else N_("not subscribed"))
     if field == "categories":
+        named = declared or {}
         chosen = [
-            f"{key}: {_describe('digest_frequency', c['frequency'], locale)}"
+            f"{named[key].label(locale) if key in named else key}: "
+            f"{_describe('digest_frequency', c['frequency'], locale)}"
             for key, c in sorted(value.items())
         ]
         return ", ".join(chosen) or i18n.gettext(locale, N_("all as the defaults"))
@@ -264,6 +270,7 @@ async def post_preferences(request: web.Request) -> web.Response:
                         conn, kind, found.account_id, ref, "preference-centre", {"list": "newsletter"}
                     )
                 other_after = await _other_lists(conn, found.account_id, locale)
+                declared = await categories.all_categories(conn) if "categories" in changed else {}
                 left_or_joined = [
                     x
                     for x, y in zip(other_before, other_after, strict=True)
@@ -297,7 +304,7 @@ async def post_preferences(request: web.Request) -> web.Response:
                 conn=conn,
             )
     saved = [
-        {"label": i18n.gettext(locale, LABELS[k]), "value": _describe(k, v["after"], locale)}
+        {"label": i18n.gettext(locale, LABELS[k]), "value": _describe(k, v["after"], locale, declared)}
         for k, v in changed.items()
     ]
     saved += [
