@@ -212,28 +212,28 @@ async def set_memberships(
 ) -> dict[str, dict[str, Any]]:
     """Subscribe or unsubscribe the member to each list of `wanted` (not the default list: its
     membership is `newsletter`, see `preferences.apply_preferences`), in the caller's
-    transaction. Each change writes a consent row (with the list's wording when `with_wording`)
-    and leaving a list cancels what is still queued to the member for it (the wording in `locale`, as the
-    member was shown it); one audit row
-    `lists.update` lists the changes. Returns {key: {before, after}} of what changed."""
-    changed: dict[str, dict[str, Any]] = {}
-    for key, subscribed in wanted.items():
-        row = lists_by_key[key]
-        before = await conn.fetchrow(Q.set_list_member, row["id"], account_id, subscribed)
-        if before is None:
-            continue
-        changed[key] = {"before": bool(before["before"]), "after": subscribed}
-        await conn.execute(
-            Q.insert_list_consent,
-            account_id,
-            subscribed,
-            source,
-            wording(row, locale) if with_wording and subscribed else None,
-            wording_version(row) if with_wording and subscribed else None,
-            row["id"],
-        )
-        if not subscribed:
-            await conn.execute(Q.cancel_queued_list_newsletters_of_account, account_id, row["id"])
+    transaction and in one statement for all the lists (`set_list_members`). Each change writes
+    a consent row (with the list's wording when `with_wording`, in `locale` as the member was
+    shown it) and leaving a list cancels what is still queued to the member for it; one audit
+    row `lists.update` lists the changes. Returns {key: {before, after}} of what changed, in the
+    order of `wanted`."""
+    if not wanted:
+        return {}
+    rows = [lists_by_key[key] for key in wanted]
+    shown = [with_wording and wanted[r["key"]] for r in rows]
+    written = await conn.fetch(
+        Q.set_list_members,
+        account_id,
+        [r["id"] for r in rows],
+        [wanted[r["key"]] for r in rows],
+        [wording(r, locale) if s else None for r, s in zip(rows, shown, strict=True)],
+        [wording_version(r) if s else None for r, s in zip(rows, shown, strict=True)],
+        source,
+    )
+    before = {w["list_id"]: w["before"] for w in written}
+    changed = {
+        r["key"]: {"before": before[r["id"]], "after": wanted[r["key"]]} for r in rows if r["id"] in before
+    }
     if changed:
         await audit.record(conn, account_id, actor, "lists.update", {**changed, "source": source})
     return changed

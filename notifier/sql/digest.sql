@@ -25,7 +25,7 @@ SET digest_frequency = $2, digest_hour = $3, digest_weekday = $4, timezone = $5,
 WHERE id = $1;
 
 -- name: insert_consent
--- The default list's consent (topic `newsletter`); other lists: `insert_list_consent`.
+-- The default list's consent (topic `newsletter`); other lists: `set_list_members` (sql/lists.sql).
 INSERT INTO consents (account_id, topic, granted, source, wording, wording_version, list_id)
 VALUES ($1, 'newsletter', $2, $3, $4, $5, (SELECT id FROM lists WHERE is_default));
 

@@ -43,25 +43,37 @@ LEFT JOIN list_members m ON m.list_id = l.id AND m.account_id = a.id
 WHERE a.id = $1 AND l.archived_at IS NULL
 ORDER BY l.is_default DESC, l.key;
 
--- name: set_list_member
--- One row back (`before`: the previous state) only when the membership changes.
-WITH before AS (
-    SELECT subscribed FROM list_members WHERE list_id = $1 AND account_id = $2 FOR UPDATE
+-- name: set_list_members
+-- Member $1's wishes for the lists $2 (ids) to be subscribed or not ($3), in one statement: each
+-- membership that changes is written with a consent row (source $6; the wording $4 and its
+-- version $5 per list, NULL where none was shown), and leaving a list cancels what is still
+-- queued to the member for it. One row back per list whose membership changed (`before`: the
+-- previous state); the consent rows follow the order of $2.
+WITH wanted AS (
+    SELECT * FROM unnest($2::bigint[], $3::boolean[], $4::text[], $5::text[]) WITH ORDINALITY
+        AS w(list_id, subscribed, wording, wording_version, pos)
+), stored AS (
+    SELECT list_id, subscribed FROM list_members
+    WHERE account_id = $1 AND list_id = ANY($2::bigint[])
+    FOR UPDATE
+), changed AS (
+    INSERT INTO list_members (list_id, account_id, subscribed)
+    SELECT w.list_id, $1, w.subscribed
+    FROM wanted w LEFT JOIN stored s ON s.list_id = w.list_id
+    WHERE coalesce(s.subscribed, false) <> w.subscribed
+    ON CONFLICT (list_id, account_id) DO UPDATE SET subscribed = EXCLUDED.subscribed, updated_at = now()
+    RETURNING list_id, subscribed
+), consented AS (
+    INSERT INTO consents (account_id, topic, granted, source, wording, wording_version, list_id)
+    SELECT $1, 'list', c.subscribed, $6, w.wording, w.wording_version, c.list_id
+    FROM changed c JOIN wanted w ON w.list_id = c.list_id
+    ORDER BY w.pos
+), cancelled AS (
+    UPDATE emails SET status = 'cancelled', last_error = 'the member left the list'
+    WHERE account_id = $1 AND kind = 'newsletter' AND status = 'queued'
+      AND (context->>'list_id')::bigint IN (SELECT list_id FROM changed WHERE NOT subscribed)
 )
-INSERT INTO list_members (list_id, account_id, subscribed)
-SELECT $1, $2, $3 WHERE coalesce((SELECT subscribed FROM before), false) <> $3
-ON CONFLICT (list_id, account_id) DO UPDATE SET subscribed = EXCLUDED.subscribed, updated_at = now()
-RETURNING NOT subscribed AS before;
-
--- name: insert_list_consent
-INSERT INTO consents (account_id, topic, granted, source, wording, wording_version, list_id)
-VALUES ($1, 'list', $2, $3, $4, $5, $6);
-
--- name: cancel_queued_list_newsletters_of_account
--- A member leaving list $2 gets nothing more still queued that was sent to them for that list.
-UPDATE emails SET status = 'cancelled', last_error = 'the member left the list'
-WHERE account_id = $1 AND kind = 'newsletter' AND status = 'queued'
-  AND (context->>'list_id')::bigint = $2;
+SELECT list_id, NOT subscribed AS before FROM changed;
 
 -- name: unconfirmed_opt_ins
 -- Members subscribed to a list with double opt-in (the default list's follows the setting, see
