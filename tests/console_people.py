@@ -9,6 +9,7 @@ from email.policy import default
 from typing import Any
 
 import asyncpg
+from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
 from notifier.console import sessions
@@ -30,6 +31,16 @@ async def as_person(
     """A fresh session of the console user `row`: its `Cookie` header and its CSRF token."""
     headers = await session_cookie(pool, settings, row)
     return headers, csrf_of(await (await client.get("/console/sessions", headers=headers)).text())
+
+
+def csv_upload(csrf: str, data: bytes, **fields: str) -> FormData:
+    """The console import's form: the CSRF token, `fields`, and `data` as the file members.csv."""
+    form = FormData()
+    form.add_field("csrf", csrf)
+    for name, value in fields.items():
+        form.add_field(name, value)
+    form.add_field("file", data, filename="members.csv", content_type="text/csv")
+    return form
 
 
 def csrf_of(html: str) -> str:

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from notifier import lists
 from notifier.app import create_app
 from notifier.settings import Settings
-from tests.console_people import as_person
+from tests.console_people import as_person, csv_upload
 from tests.factory import Factory, member_csv
 
 ROWS = [["m-1", "ada@example.com", "Ada Lovelace", "UTC"], ["m-2", "alan@example.com", "Alan Turing", "UTC"]]
@@ -30,12 +30,7 @@ async def test_the_upload_opts_in_to_the_list_chosen(
         headers, csrf = await as_person(client, pool, settings, olga)
 
         def upload(**fields: str) -> FormData:
-            form = FormData()
-            form.add_field("csrf", csrf)
-            for name, value in fields.items():
-                form.add_field(name, value)
-            form.add_field("file", member_csv(ROWS), filename="members.csv", content_type="text/csv")
-            return form
+            return csv_upload(csrf, member_csv(ROWS), **fields)
 
         page = await (await client.get("/console/import", headers=headers)).text()
         assert '<option value="newsletter" selected>' in page and '<option value="offers">' in page

@@ -260,7 +260,7 @@ async def test_the_console_upload_imports_and_lists_the_bad_rows(
     from aiohttp.test_utils import TestClient, TestServer
 
     from notifier.app import create_app
-    from tests.console_people import as_person
+    from tests.console_people import as_person, csv_upload
 
     olga = await factory.console_user("admin", email="olga@example.org", name="Olga")
     app = create_app(settings.model_copy(update={"public_url": "http://127.0.0.1"}))
@@ -268,12 +268,7 @@ async def test_the_console_upload_imports_and_lists_the_bad_rows(
         headers, csrf = await as_person(client, pool, settings, olga)
 
         def upload(**fields: str) -> FormData:
-            form = FormData()
-            form.add_field("csrf", csrf)
-            for name, value in fields.items():
-                form.add_field(name, value)
-            form.add_field("file", member_csv(GOOD_AND_BAD), filename="members.csv", content_type="text/csv")
-            return form
+            return csv_upload(csrf, member_csv(GOOD_AND_BAD), **fields)
 
         resp = await client.post("/console/import", data=upload(dry_run="on"), headers=headers)
         html = await resp.text()
