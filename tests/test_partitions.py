@@ -317,7 +317,7 @@ async def test_hot_queries_are_index_scans_on_a_large_table(own_pool: asyncpg.Po
         ),
         "waiting_since": (ids,),
         "purge_messages_before": (month_start(now, -3) + timedelta(days=3), 5000),
-        "fan_out_newsletter": ([], False, newsletter, "notifier:bulk", [], [], None),  # reads no message
+        "fan_out_newsletter": ([], newsletter, "notifier:bulk", [], [], None),  # reads no message
     }
     queries["inbox_page_next"] = (account, some["id"], True, "news", "exclude", 50)
     holding = {name for name, rows in (await partitions(pool)).items() if rows}
