@@ -11,6 +11,7 @@ digest pass still finds the messages at the member's next window.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -40,6 +41,10 @@ class CreatedMessage(NamedTuple):
     id: int
     account_id: int
     maybe_immediate: bool  # the member may get this message's category at once
+    # The message as an open inbox shows it (`new_member_item`), carried in the doorbell ring so a
+    # woken stream need not read it back; None where intake did not build it (batches).
+    item: str | None = None
+    category: str = ""
 
 
 async def messages_created(
@@ -215,6 +220,7 @@ async def maintain_partitions(pool: asyncpg.Pool, months_ahead: int = PARTITIONS
 # Redis is only a doorbell: a stream that missed a ring catches up from PostgreSQL.
 INBOX_CHANNEL = "notifier:inbox"
 ANNOUNCE_TIMEOUT = 0.5  # seconds intake waits for Redis at most; a slow Redis never slows intake
+RING_ITEM_MAX = 8192  # characters of a message a ring carries at most; a longer one is read back
 
 MEMBER_VIEWS: dict[str, Archived] = {"unread": "exclude", "all": "exclude", "archived": "only"}
 MemberAction = Literal["read", "unread", "archive", "unarchive"]
@@ -227,19 +233,31 @@ _ACTIONS: dict[str, str] = {
 
 
 async def announce_created(redis: Any, created: Sequence[CreatedMessage]) -> None:
-    """Ring the inbox doorbell once for each member with new messages, after their commit (a woken
-    stream reads what is new from PostgreSQL, so the ring names no message). One round trip,
-    bounded by ANNOUNCE_TIMEOUT; a failure is logged and never reaches the producer (the messages
-    exist, and a stream resuming with Last-Event-ID finds them in PostgreSQL)."""
+    """Ring the inbox doorbell after the messages' commit: one ring per message that carries its
+    item (when no longer than RING_ITEM_MAX: the woken stream sends it as it is and counts it),
+    and one ring naming only the account for each member with other new messages (the stream
+    reads what is new from PostgreSQL). One round trip, bounded by ANNOUNCE_TIMEOUT; a failure is
+    logged and never reaches the producer (the messages exist, and a stream resuming with
+    Last-Event-ID finds them in PostgreSQL)."""
     if not created:
         return
     try:
         async with asyncio.timeout(ANNOUNCE_TIMEOUT), redis.pipeline(transaction=False) as pipe:
-            for account_id in dict.fromkeys(m.account_id for m in created):
-                pipe.publish(INBOX_CHANNEL, f"{account_id} new")
+            for ring in _rings(created):
+                pipe.publish(INBOX_CHANNEL, ring)
             await pipe.execute()
     except Exception as exc:  # Redis down or slow: the inbox catches up from PostgreSQL
         log.warning("announcing %d new inbox messages failed: %s", len(created), type(exc).__name__)
+
+
+def _rings(created: Sequence[CreatedMessage]) -> list[str]:
+    carried, bare = [], {}
+    for m in created:
+        if m.item is not None and len(m.item) <= RING_ITEM_MAX and m.category:
+            carried.append(f"{m.account_id} new {m.id} {m.category} {m.item}")
+        else:
+            bare[m.account_id] = f"{m.account_id} new"
+    return carried + list(bare.values())
 
 
 async def announce_changed(redis: Any, account_id: int) -> None:
@@ -252,14 +270,39 @@ async def announce_changed(redis: Any, account_id: int) -> None:
         log.warning("announcing an inbox change failed: %s", type(exc).__name__)
 
 
-def parse_announcement(raw: bytes | str) -> tuple[int, bool] | None:
-    """(account id, whether new messages arrived; else only the counts changed) of a doorbell
-    ring; None if malformed."""
+class Carried(NamedTuple):
+    """A new message as a doorbell ring carries it."""
+
+    id: int
+    category: str
+    item: str  # JSON text, as `member_news` gives it
+
+
+class Ring(NamedTuple):
+    account_id: int
+    arrived: bool  # new messages arrived; else only the counts changed
+    message: Carried | None  # the new message, when the ring carries it
+
+
+def _ring_number(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
+def parse_announcement(raw: bytes | str) -> Ring | None:
+    """A doorbell ring: `<account> counts`, `<account> new` or `<account> new <id> <category>
+    <item JSON>`; None if malformed."""
     text = raw.decode() if isinstance(raw, bytes) else raw
-    account, _, what = text.partition(" ")
-    if not (account.isdigit() and len(account) <= 18) or what not in ("new", "counts"):
+    parts = text.split(" ", 4)
+    account = _ring_number(parts[0])
+    if account is None:
         return None
-    return int(account), what == "new"
+    if len(parts) == 2 and parts[1] in ("new", "counts"):
+        return Ring(account, parts[1] == "new", None)
+    if len(parts) == 5 and parts[1] == "new":
+        message_id = _ring_number(parts[2])
+        if message_id is not None and parts[3] and parts[4].startswith("{"):
+            return Ring(account, True, Carried(message_id, parts[3], parts[4]))
+    return None
 
 
 _MEMBER_FIELDS = ("id", "category", "subject", "body", "url")
@@ -273,6 +316,15 @@ def member_item(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     for name in _MEMBER_TIMES:
         item[name] = row[name].isoformat() if row[name] else None
     return item
+
+
+def new_member_item(row: asyncpg.Record) -> str:
+    """A message just inserted (never read, seen or archived yet) as JSON text, as `member_item`
+    and `member_news` give it."""
+    item = {name: row[name] for name in _MEMBER_FIELDS}
+    item["created_at"] = row["created_at"].isoformat()
+    item.update(read_at=None, seen_at=None, archived_at=None)
+    return json.dumps(item, ensure_ascii=False)
 
 
 class MemberPage(NamedTuple):

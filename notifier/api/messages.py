@@ -107,7 +107,11 @@ async def post_message(request: web.Request) -> web.Response:
         request.app[POOL],
         request.app[REDIS],
         request.app[SETTINGS],
-        [CreatedMessage(row["id"], row["account_id"], row["maybe_immediate"])],
+        [
+            CreatedMessage(
+                row["id"], row["account_id"], row["maybe_immediate"], inbox.new_member_item(row), row["category"]
+            )
+        ],
     )
     return response
 

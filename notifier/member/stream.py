@@ -7,19 +7,24 @@ reconnects by itself and sends the id of the last `message` it got as `Last-Even
 then first sends every message after that id, so nothing that arrived while it was away is lost.
 
 Each web process holds one Redis pub/sub subscription (`Hub`) to `inbox.INBOX_CHANNEL` and wakes
-only the streams of the account a ring names. A ring carries ids, never content: the stream reads
-what is new from PostgreSQL (the source of truth), after the last id it delivered, so a ring
-missed while Redis was away is caught up at the next one, and every stream catches up when the
-subscription comes back.
+only the streams of the account a ring names. A ring of a message posted alone carries the message
+(`inbox.announce_created`): the stream sends it and adds it to its counts without a statement.
+Any other ring (a batch, a long message, a change of counts) makes the stream read what is new
+from PostgreSQL (the source of truth) after the last id it delivered, so a ring missed while Redis
+was away is caught up at the next read, and every stream reads again when the subscription comes
+back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -33,6 +38,7 @@ from notifier.resources import POOL, REDIS, SETTINGS
 log = logging.getLogger("notifier.member.stream")
 
 CATCH_UP_LIMIT = 100  # messages sent per catch-up query; a longer gap is sent in several
+RECENT_IDS = 32  # ids a stream remembers having sent, so a late carried message is not sent twice
 RETRY_MS = 2000  # how soon EventSource reconnects after a drop
 RESUBSCRIBE_DELAYS = (0.1, 0.5, 1, 2, 5)
 
@@ -40,13 +46,14 @@ RESUBSCRIBE_DELAYS = (0.1, 0.5, 1, 2, 5)
 class Listener:
     """One open stream: what it has been told since it last looked."""
 
-    __slots__ = ("account_id", "closing", "counts", "messages", "wake")
+    __slots__ = ("account_id", "carried", "closing", "counts", "messages", "wake")
 
     def __init__(self, account_id: int) -> None:
         self.account_id = account_id
         self.wake = asyncio.Event()
-        self.messages = False  # something new may be after the last id delivered
-        self.counts = False  # counts changed
+        self.messages = False  # something new may be after the last id delivered: read it back
+        self.counts = False  # counts changed: read them back
+        self.carried: list[inbox.Carried] = []  # new messages the rings carried, in arrival order
         self.closing = False
 
     def close(self) -> None:
@@ -54,10 +61,14 @@ class Listener:
         self.closing = True
         self.wake.set()
 
-    def ring(self, message: bool) -> None:
-        if message:
+    def ring(self, message: bool, carried: inbox.Carried | None = None) -> None:
+        if carried is not None:
+            self.carried.append(carried)
+        elif message:
             self.messages = True
-        self.counts = True
+            self.counts = True
+        else:
+            self.counts = True
         self.wake.set()
 
 
@@ -82,12 +93,11 @@ class Hub:
         return sum(len(g) for g in self._listeners.values())
 
     def dispatch(self, raw: bytes | str) -> None:
-        parsed = inbox.parse_announcement(raw)
-        if parsed is None:
+        ring = inbox.parse_announcement(raw)
+        if ring is None:
             return
-        account_id, arrived = parsed
-        for listener in self._listeners.get(account_id, ()):
-            listener.ring(arrived)
+        for listener in self._listeners.get(ring.account_id, ()):
+            listener.ring(ring.arrived, ring.message)
 
     def everyone(self, *, closing: bool = False) -> None:
         """Wake every stream: to catch up (after the subscription was lost) or to close."""
@@ -176,25 +186,63 @@ async def _serve(
     last_id: int,
     pool: asyncpg.Pool,
 ) -> None:
+    """Send what is new until the stream ends. A read from PostgreSQL (at the start, after a ring
+    that carries no message, after a change of counts, to catch up) sends the messages after
+    `last_id` and the counts. A ring that carries a message after `last_id` is sent as it came and
+    counted into the counts of the last read (it was not committed when that read ran, or the read
+    would have sent it). A carried message at or below `last_id` that this stream did not send
+    (committed before a later one that was sent first) is sent without an `id:` so the resume
+    point stays, and the counts are read again."""
     ping = response._ping_task
     if ping is not None:  # when the client goes away its pings fail: end the loop
         ping.add_done_callback(lambda _: listener.close())
+    floor = last_id  # older messages are not news to this stream
+    recent: deque[int] = deque(maxlen=RECENT_IDS)  # the last ids sent
+    counts: dict[str, Any] | None = None
+    counts_text = ""  # set by the first read, which the stream always starts with (listener.counts)
     first = True
     async for _ in _wakes(listener, expires):
         if not response.is_connected() or listener.closing:
             return
-        if not (listener.messages or listener.counts):
+        carried, listener.carried = listener.carried, []
+        if listener.messages or listener.counts:
+            listener.messages = listener.counts = False
+            read_from = last_id
+            news = await inbox.member_news(pool, account_id, last_id, CATCH_UP_LIMIT)
+            for message_id, item in news.messages:
+                await response.send(item, id=str(message_id), event="message")
+                last_id = message_id
+                recent.append(message_id)
+            if len(news.messages) == CATCH_UP_LIMIT:
+                listener.messages = True
+            carried = [m for m in carried if m.id <= read_from]  # the read sent the later ones
+            counts_text, counts = news.counts, None
+        elif not carried:
             continue  # woken only to look at the connection
-        wanted = CATCH_UP_LIMIT if listener.messages else 0
-        listener.messages = listener.counts = False
-        news = await inbox.member_news(pool, account_id, last_id, wanted)
-        for message_id, item in news.messages:
-            await response.send(item, id=str(message_id), event="message")
-            last_id = message_id
-        if len(news.messages) == CATCH_UP_LIMIT:
-            listener.messages = True
-        await response.send(news.counts, event="counts", retry=RETRY_MS if first else None)
-        first = False
+        for message in carried:
+            if message.id > last_id and not listener.messages:
+                await response.send(message.item, id=str(message.id), event="message")
+                last_id = message.id
+                recent.append(message.id)
+                counts = _counted(counts if counts is not None else json.loads(counts_text), message)
+                counts_text = json.dumps(counts)
+            elif floor < message.id <= last_id and message.id not in recent:
+                await response.send(message.item, event="message")
+                recent.append(message.id)
+                listener.counts = True
+            # else: sent already, older than the stream, or a pending catch-up read sends it
+        if not listener.counts:  # else a read follows at once, with the counts
+            await response.send(counts_text, event="counts", retry=RETRY_MS if first else None)
+            first = False
+
+
+def _counted(counts: dict[str, Any], message: inbox.Carried) -> dict[str, Any]:
+    """The counts with one more new message (unread, unseen, not archived)."""
+    counts["unread"] += 1
+    counts["unseen"] += 1
+    by_category = counts["by_category"]
+    by_category[message.category] = by_category.get(message.category, 0) + 1
+    return counts
 
 
 async def _wakes(listener: Listener, expires: int) -> AsyncIterator[None]:

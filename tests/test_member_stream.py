@@ -1,0 +1,129 @@
+"""The event stream's doorbell rings that carry the new message: a woken stream sends it and counts
+it without reading PostgreSQL back, and still never loses or repeats a message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from notifier import inbox
+from notifier.validation import MAX_BODY
+from tests.api_helpers import bearer
+from tests.factory import Factory
+from tests.test_member_inbox import member_token, open_stream, post_message
+
+
+def created(row: asyncpg.Record) -> inbox.CreatedMessage:
+    return inbox.CreatedMessage(
+        row["id"], row["account_id"], False, inbox.new_member_item(row), row["category"]
+    )
+
+
+def test_rings_carry_the_message_and_old_rings_still_parse() -> None:
+    item = '{"id": 7, "subject": "a b c"}'
+    assert inbox.parse_announcement(f"12 new 7 news {item}".encode()) == inbox.Ring(
+        12, True, inbox.Carried(7, "news", item)
+    )
+    assert inbox.parse_announcement(b"12 new") == inbox.Ring(12, True, None)
+    assert inbox.parse_announcement("12 counts") == inbox.Ring(12, False, None)
+    for bad in ("12 new x news {}", "12 new 7 news", "12 new 7 news []", "x new", "12 old", "12 new 7  {}"):
+        assert inbox.parse_announcement(bad) is None, bad
+
+
+def test_a_long_message_or_a_batch_rings_without_its_item() -> None:
+    short = inbox.CreatedMessage(1, 10, False, '{"id": 1}', "news")
+    long = inbox.CreatedMessage(
+        2, 10, False, '{"id": 2, "body": "' + "x" * inbox.RING_ITEM_MAX + '"}', "news"
+    )
+    batch = [inbox.CreatedMessage(3, 11, False), inbox.CreatedMessage(4, 11, False)]
+    assert inbox._rings([short, long, *batch]) == ['10 new 1 news {"id": 1}', "10 new", "11 new"]
+
+
+async def test_a_carried_message_is_sent_and_counted_without_a_read(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ann = await factory.account(external_id="ann")
+    await factory.message(ann, category="events")
+    token = await member_token(client, pool, "ann")
+    headers = await bearer(pool, "messages")
+    reads = 0
+    member_news = inbox.member_news
+
+    async def counted_read(*args: Any) -> inbox.MemberNews:
+        nonlocal reads
+        reads += 1
+        return await member_news(*args)
+
+    monkeypatch.setattr(inbox, "member_news", counted_read)
+    async with open_stream(client, token) as events:
+        event, counts, _ = await events.next()
+        assert (event, counts["unread"], counts["by_category"]) == ("counts", 1, {"events": 1})
+        for n, category in enumerate(("news", "news", "events"), start=2):
+            sent = await post_message(
+                client, headers, "ann", category=category, subject=f"S{n}", url="https://e.org/"
+            )
+            event, data, ident = await events.next()
+            assert (event, data["id"], ident, data["subject"], data["url"], data["read_at"]) == (
+                "message",
+                sent,
+                str(sent),
+                f"S{n}",
+                "https://e.org/",
+                None,
+            )
+            event, counts, _ = await events.next()
+            assert event == "counts" and counts["unread"] == counts["unseen"] == n
+        assert counts["by_category"] == {"events": 2, "news": 2}
+        assert reads == 1  # the first counts; every message came with its ring
+        # The item the ring carried is the one a read gives.
+        listed = await client.get(
+            "/member/v1/messages", params={"limit": "1"}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert (await listed.json())["items"][0] == data
+
+
+async def test_a_late_ring_is_sent_once_without_moving_the_resume_point(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, redis: Any, factory: Factory
+) -> None:
+    """Two messages committed in one order and announced in the other: the later ring's message is
+    sent without an id (a reconnect resumes after the newest), its ring once more changes nothing,
+    and the counts are read again."""
+    ann = await factory.account(external_id="ann")
+    token = await member_token(client, pool, "ann")
+    async with open_stream(client, token) as events:
+        assert (await events.next())[0] == "counts"
+        older = await factory.message(ann, subject="Older")
+        newer = await factory.message(ann, subject="Newer")
+        await inbox.announce_created(redis, [created(newer)])
+        event, data, ident = await events.next()
+        assert (event, data["subject"], ident) == ("message", "Newer", str(newer["id"]))
+        event, counts, _ = await events.next()
+        assert (event, counts["unread"]) == ("counts", 1)  # the newer one, counted from its ring
+        await inbox.announce_created(redis, [created(older)])
+        event, data, ident = await events.next()
+        assert (event, data["subject"], ident) == ("message", "Older", None)
+        event, counts, _ = await events.next()
+        assert (event, counts["unread"]) == ("counts", 2)  # read back
+        await inbox.announce_created(redis, [created(older), created(newer)])
+        event, counts, _ = await events.next()
+        assert (event, counts["unread"]) == ("counts", 2)  # nothing sent twice
+
+
+async def test_a_message_too_long_to_carry_is_read_back(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, factory: Factory
+) -> None:
+    await factory.account(external_id="ann")
+    token = await member_token(client, pool, "ann")
+    headers = await bearer(pool, "messages")
+    assert MAX_BODY > inbox.RING_ITEM_MAX
+    body = "y" * (inbox.RING_ITEM_MAX + 1)
+    async with open_stream(client, token) as events:
+        assert (await events.next())[0] == "counts"
+        sent = await post_message(client, headers, "ann", body=body)
+        event, data, ident = await events.next()
+        assert (event, data["id"], data["body"], ident) == ("message", sent, body, str(sent))
+        event, counts, _ = await events.next()
+        assert (event, counts["unread"]) == ("counts", 1)
