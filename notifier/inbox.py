@@ -328,23 +328,35 @@ def new_member_item(row: asyncpg.Record) -> str:
 
 
 class MemberPage(NamedTuple):
+    account_id: int
+    registered_at: datetime  # when the account was registered (a member token must be younger)
     rows: list[asyncpg.Record]
     next_before: int | None  # the id the next page continues below; None on the last page
 
 
 async def member_page(
     conn: asyncpg.Connection | asyncpg.Pool,
-    account_id: int,
+    external_id: str,
     *,
     before: int | None = None,
     unread: bool = False,
     category: str | None = None,
     archived: Archived = "exclude",
     limit: int = 20,
-) -> MemberPage:
-    """A page of the member's inbox, newest first, below message id `before`."""
-    rows = await conn.fetch(Q.inbox_page, account_id, before, unread, category, archived, limit + 1)
-    return MemberPage(rows[:limit], rows[limit - 1]["id"] if len(rows) > limit else None)
+) -> MemberPage | None:
+    """A page of the inbox of the account `external_id`, newest first, below message id `before`,
+    with the account, in one statement; None when there is no such account."""
+    rows = await conn.fetch(Q.inbox_page, external_id, before, unread, category, archived, limit + 1)
+    if not rows:
+        return None
+    first = rows[0]
+    messages = rows if first["id"] is not None else []
+    return MemberPage(
+        first["account_id"],
+        first["registered_at"],
+        messages[:limit],
+        messages[limit - 1]["id"] if len(messages) > limit else None,
+    )
 
 
 async def member_counts(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) -> dict[str, Any]:

@@ -3,6 +3,7 @@ it without reading PostgreSQL back, and still never loses or repeats a message."
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -127,3 +128,45 @@ async def test_a_message_too_long_to_carry_is_read_back(
         assert (event, data["id"], data["body"], ident) == ("message", sent, body, str(sent))
         event, counts, _ = await events.next()
         assert (event, counts["unread"]) == ("counts", 1)
+
+
+async def test_a_page_and_its_account_are_one_statement(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The member's listing and the API's resolve the account inside the page's statement; an
+    unknown or erased account is still a 401 (member) or a 404 (API)."""
+    ann = await factory.account(external_id="ann")
+    for n in range(3):
+        await factory.message(ann, subject=f"S{n}")
+    token = await member_token(client, pool, "ann")
+    headers = await bearer(pool, "messages")
+    statements = 0
+    for name in ("fetch", "fetchrow", "fetchval", "execute"):
+        original = getattr(asyncpg.Pool, name)
+
+        def counting(original: Any) -> Any:
+            async def call(self: asyncpg.Pool, *args: Any, **kwargs: Any) -> Any:
+                nonlocal statements
+                statements += 1
+                return await original(self, *args, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(asyncpg.Pool, name, counting(original))
+    member = {"Authorization": f"Bearer {token}"}
+    for url, auth_headers in (("/member/v1/messages", member), ("/v1/accounts/ann/messages", headers)):
+        before = statements
+        resp = await client.get(url, params={"limit": "2"}, headers=auth_headers)
+        assert resp.status == 200
+        page = await resp.json()
+        assert [m["subject"] for m in page["items"]] == ["S2", "S1"] and page["next_cursor"]
+        if url.startswith("/member"):
+            assert statements - before == 1, url
+    resp = await client.get("/v1/accounts/bob/messages", headers=headers)
+    assert resp.status == 404
+    monkeypatch.undo()
+    await pool.execute("DELETE FROM accounts WHERE external_id = 'ann'")
+    assert (await client.get("/member/v1/messages", headers=member)).status == 401
+    # A new account of the same external id, registered after the token (beyond the clock skew).
+    await factory.account(external_id="ann", created_at=datetime.now(UTC) + timedelta(minutes=10))
+    assert (await client.get("/member/v1/messages", headers=member)).status == 401

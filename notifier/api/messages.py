@@ -27,7 +27,7 @@ from notifier.answers import BatchAnswer, BatchResult, InboxPage, MarkedRead, Me
 from notifier.api.accounts import external_id_of
 from notifier.api.auth import requires
 from notifier.api.idempotency import HEADER, idempotent
-from notifier.api.pagination import decode_cursor, next_cursor, page_limit
+from notifier.api.pagination import decode_cursor, encode_cursor, page_limit
 from notifier.api.problems import Problem, parse_json, path_id, read_body
 from notifier.api.responses import json_response
 from notifier.db import Q
@@ -109,7 +109,11 @@ async def post_message(request: web.Request) -> web.Response:
         request.app[SETTINGS],
         [
             CreatedMessage(
-                row["id"], row["account_id"], row["maybe_immediate"], inbox.new_member_item(row), row["category"]
+                row["id"],
+                row["account_id"],
+                row["maybe_immediate"],
+                inbox.new_member_item(row),
+                row["category"],
             )
         ],
     )
@@ -246,13 +250,20 @@ async def list_inbox(request: web.Request) -> web.Response:
     limit = page_limit(request)
     before = decode_cursor("inbox", request.query.get("cursor"))
     unread, category, archived = query_flag(request, "unread"), query_category(request), _archived(request)
-    pool = request.app[POOL]
-    account_id = await account_id_of(pool, external_id_of(request))
-    rows = await pool.fetch(Q.inbox_page, account_id, before, unread, category, archived, limit + 1)
-    page = InboxPage(
-        items=[Message.of_row(r) for r in rows[:limit]], next_cursor=next_cursor("inbox", rows, limit)
+    external_id = external_id_of(request)
+    page = await inbox.member_page(
+        request.app[POOL],
+        external_id,
+        before=before,
+        unread=unread,
+        category=category,
+        archived=archived,
+        limit=limit,
     )
-    return json_response(200, page)
+    if page is None:
+        raise _no_account(external_id)
+    cursor = encode_cursor("inbox", page.next_before) if page.next_before is not None else None
+    return json_response(200, InboxPage(items=[Message.of_row(r) for r in page.rows], next_cursor=cursor))
 
 
 @requires("messages")

@@ -62,13 +62,15 @@ async def get_inbox(request: web.Request) -> web.Response:
     counts = await inbox.member_counts(pool, found.account_id)
     page = await inbox.member_page(
         pool,
-        found.account_id,
+        account["external_id"],
         before=before,
         unread=view == "unread",
         category=category,
         archived=inbox.MEMBER_VIEWS[view],
         limit=PAGE_SIZE,
     )
+    if page is None:  # erased meanwhile
+        return pages.not_found(request)
     language = i18n.normalise(account["locale"])
     items = [
         {
