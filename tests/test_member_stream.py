@@ -3,14 +3,17 @@ it without reading PostgreSQL back, and still never loses or repeats a message."
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from notifier import inbox
+from notifier.app import create_app
+from notifier.settings import Settings
 from notifier.validation import MAX_BODY
 from tests.api_helpers import bearer
 from tests.factory import Factory
@@ -170,3 +173,34 @@ async def test_a_page_and_its_account_are_one_statement(
     # A new account of the same external id, registered after the token (beyond the clock skew).
     await factory.account(external_id="ann", created_at=datetime.now(UTC) + timedelta(minutes=10))
     assert (await client.get("/member/v1/messages", headers=member)).status == 401
+
+
+async def test_heartbeats_go_only_to_quiet_streams(
+    settings: Settings, pool: asyncpg.Pool, redis: Any, factory: Factory
+) -> None:
+    """A stream that had an event within the heartbeat interval gets no heartbeat; a quiet one
+    gets one each interval. A message and its counts come in one write."""
+    await factory.account(external_id="ann")
+    app = create_app(settings.model_copy(update={"inbox_heartbeat_seconds": 0.5}))
+    async with TestClient(TestServer(app)) as client:
+        token = await member_token(client, pool, "ann")
+        headers = await bearer(pool, "messages")
+        async with open_stream(client, token) as events:
+            assert (await events.next())[0] == "counts"
+            chunks: list[bytes] = []
+
+            async def read() -> None:
+                async for chunk in events.resp.content.iter_any():
+                    chunks.append(chunk)
+
+            reader = asyncio.create_task(read())
+            for n in range(8):  # busy: an event every 0.2 s for 1.6 s
+                await post_message(client, headers, "ann", subject=f"S{n}")
+                await asyncio.sleep(0.2)
+            busy = b"".join(chunks)
+            await asyncio.sleep(1.3)  # then quiet
+            reader.cancel()
+            quiet = b"".join(chunks)[len(busy) :]
+    assert busy.count(b"event: message") == 8 and b": ping" not in busy
+    assert quiet.count(b": ping") >= 2
+    assert any(b"event: message" in c and b"event: counts" in c for c in chunks)

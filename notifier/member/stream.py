@@ -39,7 +39,11 @@ log = logging.getLogger("notifier.member.stream")
 
 CATCH_UP_LIMIT = 100  # messages sent per catch-up query; a longer gap is sent in several
 RECENT_IDS = 32  # ids a stream remembers having sent, so a late carried message is not sent twice
-RETRY_MS = 2000  # how soon EventSource reconnects after a drop
+RETRY_MS = 2000
+SEND_TIMEOUT = 120.0  # seconds a client may take to accept an event before it is cut off
+NO_PING = (
+    10.0**9
+)  # aiohttp-sse's own ping interval: never (the stream sends its heartbeats)  # how soon EventSource reconnects after a drop
 RESUBSCRIBE_DELAYS = (0.1, 0.5, 1, 2, 5)
 
 
@@ -155,9 +159,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     pool, hub = app[POOL], app[HUB]
     listener = Listener(member.account_id)
     hub.add(listener)  # before reading anything: no ring can fall between the read and the wait
-    response = EventSourceResponse(
-        headers={"Cache-Control": "no-store"}, ping_interval=app[SETTINGS].inbox_heartbeat_seconds
-    )
+    # aiohttp-sse's own ping (a task writing to every stream on a timer) is put out of the way: the
+    # stream itself sends a heartbeat when it has been quiet for the interval (`_serve`).
+    response = EventSourceResponse(headers={"Cache-Control": "no-store"}, ping_interval=NO_PING)
     try:
         last_id = _last_event_id(request)
         if last_id is None:
@@ -166,7 +170,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
             listener.messages = True
         listener.counts = True  # the first event: the counts now
         await response.prepare(request)
-        await _serve(response, listener, member.account_id, member.expires, last_id, pool)
+        sender = _Sender(request, response)
+        heartbeat = app[SETTINGS].inbox_heartbeat_seconds
+        await _serve(sender, listener, member.account_id, member.expires, heartbeat, last_id, pool)
     except (ConnectionResetError, TimeoutError):
         if not response.prepared:
             raise
@@ -178,11 +184,49 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+class _Sender:
+    """Writes a stream's events, several in one write; a client that does not take them within
+    SEND_TIMEOUT is cut off."""
+
+    __slots__ = ("_request", "_response", "out")
+
+    def __init__(self, request: web.Request, response: EventSourceResponse) -> None:
+        self._request = request
+        self._response = response
+        self.out: list[str] = []
+
+    def event(self, data: str, event: str, id: int | None = None, retry: int | None = None) -> None:
+        if id is not None:
+            self.out.append(f"id: {id}\n")
+        self.out.append(f"event: {event}\n")
+        self.out.extend(f"data: {line}\n" for line in data.splitlines() or [""])
+        if retry is not None:
+            self.out.append(f"retry: {retry}\n")
+        self.out.append("\n")
+
+    async def flush(self) -> None:
+        if not self.out:
+            return
+        text, self.out = "".join(self.out), []
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await self._response.write(text.encode())
+        except TimeoutError:
+            if (transport := self._request.transport) is not None:
+                transport.abort()
+            raise
+
+    def connected(self) -> bool:
+        transport = self._request.transport
+        return transport is not None and not transport.is_closing()
+
+
 async def _serve(
-    response: EventSourceResponse,
+    sender: _Sender,
     listener: Listener,
     account_id: int,
     expires: int,
+    heartbeat: float,
     last_id: int,
     pool: asyncpg.Pool,
 ) -> None:
@@ -192,17 +236,15 @@ async def _serve(
     counted into the counts of the last read (it was not committed when that read ran, or the read
     would have sent it). A carried message at or below `last_id` that this stream did not send
     (committed before a later one that was sent first) is sent without an `id:` so the resume
-    point stays, and the counts are read again."""
-    ping = response._ping_task
-    if ping is not None:  # when the client goes away its pings fail: end the loop
-        ping.add_done_callback(lambda _: listener.close())
+    point stays, and the counts are read again. The events of one wake go out in one write; a
+    stream quiet for `heartbeat` seconds gets a comment (a failed write ends the stream)."""
     floor = last_id  # older messages are not news to this stream
     recent: deque[int] = deque(maxlen=RECENT_IDS)  # the last ids sent
     counts: dict[str, Any] | None = None
     counts_text = ""  # set by the first read, which the stream always starts with (listener.counts)
     first = True
-    async for _ in _wakes(listener, expires):
-        if not response.is_connected() or listener.closing:
+    async for _ in _wakes(listener, expires, heartbeat):
+        if listener.closing or not sender.connected():
             return
         carried, listener.carried = listener.carried, []
         if listener.messages or listener.counts:
@@ -210,7 +252,7 @@ async def _serve(
             read_from = last_id
             news = await inbox.member_news(pool, account_id, last_id, CATCH_UP_LIMIT)
             for message_id, item in news.messages:
-                await response.send(item, id=str(message_id), event="message")
+                sender.event(item, "message", id=message_id)
                 last_id = message_id
                 recent.append(message_id)
             if len(news.messages) == CATCH_UP_LIMIT:
@@ -218,22 +260,25 @@ async def _serve(
             carried = [m for m in carried if m.id <= read_from]  # the read sent the later ones
             counts_text, counts = news.counts, None
         elif not carried:
-            continue  # woken only to look at the connection
+            sender.out.append(": ping\n\n")  # quiet for the heartbeat interval
+            await sender.flush()
+            continue
         for message in carried:
             if message.id > last_id and not listener.messages:
-                await response.send(message.item, id=str(message.id), event="message")
+                sender.event(message.item, "message", id=message.id)
                 last_id = message.id
                 recent.append(message.id)
                 counts = _counted(counts if counts is not None else json.loads(counts_text), message)
                 counts_text = json.dumps(counts)
             elif floor < message.id <= last_id and message.id not in recent:
-                await response.send(message.item, event="message")
+                sender.event(message.item, "message")
                 recent.append(message.id)
                 listener.counts = True
             # else: sent already, older than the stream, or a pending catch-up read sends it
         if not listener.counts:  # else a read follows at once, with the counts
-            await response.send(counts_text, event="counts", retry=RETRY_MS if first else None)
+            sender.event(counts_text, "counts", retry=RETRY_MS if first else None)
             first = False
+        await sender.flush()
 
 
 def _counted(counts: dict[str, Any], message: inbox.Carried) -> dict[str, Any]:
@@ -245,10 +290,11 @@ def _counted(counts: dict[str, Any], message: inbox.Carried) -> dict[str, Any]:
     return counts
 
 
-async def _wakes(listener: Listener, expires: int) -> AsyncIterator[None]:
-    """Yield whenever the listener has something to do, until its token expires."""
+async def _wakes(listener: Listener, expires: int, heartbeat: float) -> AsyncIterator[None]:
+    """Yield whenever the listener has something to do, or after `heartbeat` seconds of nothing,
+    until its token expires."""
     while True:
-        if listener.messages or listener.counts or listener.closing:
+        if listener.messages or listener.counts or listener.carried or listener.closing:
             yield
             if listener.closing:
                 return
@@ -257,9 +303,12 @@ async def _wakes(listener: Listener, expires: int) -> AsyncIterator[None]:
         if remaining <= 0:
             return
         listener.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(remaining, 60)):
+        try:
+            async with asyncio.timeout(min(remaining, heartbeat)):
                 await listener.wake.wait()
+        except TimeoutError:
+            if remaining <= heartbeat:
+                return
         yield
 
 
