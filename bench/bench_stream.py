@@ -63,8 +63,9 @@ POSTERS = int(os.environ.get("BENCH_STREAM_POSTERS", "2"))
 POST_CONNECTIONS = 32  # per poster process
 # BENCH_STREAM_PROFILE=FILE: py-spy samples the web process while the posts run (collapsed stacks).
 PROFILE = os.environ.get("BENCH_STREAM_PROFILE", "")
-# BENCH_STREAM_LISTING=0 measures only the streams.
+# BENCH_STREAM_LISTING=0 measures only the streams, BENCH_STREAM_STREAMS=0 only the listing.
 LISTING = os.environ.get("BENCH_STREAM_LISTING", "1") != "0"
+STREAMING = os.environ.get("BENCH_STREAM_STREAMS", "1") != "0"
 
 
 def _rss_kib(pid: int) -> int:
@@ -406,7 +407,7 @@ async def _listing(env: BenchEnv, base: str, dsn: str, secret: str, rows: int) -
 
 async def run(env: BenchEnv) -> list[Figure]:
     _raise_fd_limit()
-    streams = max(10, round(STREAMS * env.scale))
+    streams = max(10, round(STREAMS * env.scale)) if STREAMING else 0
     rows = max(10_000, round(ROWS * env.scale)) if LISTING else 0
     async with scratch_database(env.database_url, "notifier_bench_stream") as dsn:
         pool = await create_pool(dsn, min_size=1, max_size=4)
@@ -427,7 +428,8 @@ async def run(env: BenchEnv) -> list[Figure]:
         base = f"http://127.0.0.1:{port}"
         with _server(argv, port, server_env, work / "web.log") as pid:
             figures = await _listing(env, base, dsn, secret, rows) if LISTING else []
-            figures = await _streams(env, base, pid, secret, key) + figures
+            if STREAMING:
+                figures = await _streams(env, base, pid, secret, key) + figures
         with contextlib.suppress(OSError):
             (work / "web.log").unlink()
         return figures

@@ -241,11 +241,16 @@ async def announce_created(redis: Any, created: Sequence[CreatedMessage]) -> Non
     Last-Event-ID finds them in PostgreSQL)."""
     if not created:
         return
+    rings = _rings(created)
     try:
-        async with asyncio.timeout(ANNOUNCE_TIMEOUT), redis.pipeline(transaction=False) as pipe:
-            for ring in _rings(created):
-                pipe.publish(INBOX_CHANNEL, ring)
-            await pipe.execute()
+        async with asyncio.timeout(ANNOUNCE_TIMEOUT):
+            if len(rings) == 1:  # a message posted alone: no pipeline (a third of the cost)
+                await redis.publish(INBOX_CHANNEL, rings[0])
+                return
+            async with redis.pipeline(transaction=False) as pipe:
+                for ring in rings:
+                    pipe.publish(INBOX_CHANNEL, ring)
+                await pipe.execute()
     except Exception as exc:  # Redis down or slow: the inbox catches up from PostgreSQL
         log.warning("announcing %d new inbox messages failed: %s", len(created), type(exc).__name__)
 
