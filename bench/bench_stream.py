@@ -66,6 +66,9 @@ PROFILE = os.environ.get("BENCH_STREAM_PROFILE", "")
 # BENCH_STREAM_LISTING=0 measures only the streams, BENCH_STREAM_STREAMS=0 only the listing.
 LISTING = os.environ.get("BENCH_STREAM_LISTING", "1") != "0"
 STREAMING = os.environ.get("BENCH_STREAM_STREAMS", "1") != "0"
+# BENCH_STREAM_WEB_TREE=DIR runs the web process from another checkout's source (`git archive` of
+# an older commit, say), to measure its code beside this one with the same bench.
+WEB_TREE = os.environ.get("BENCH_STREAM_WEB_TREE", "")
 
 
 def _rss_kib(pid: int) -> int:
@@ -424,6 +427,8 @@ async def run(env: BenchEnv) -> list[Figure]:
             **web_env(dsn, env.redis_url, secret_key, work, POOL_SIZE),
             "NOTIFIER_HOST": "127.0.0.1",  # loopback only
         }
+        if WEB_TREE:
+            server_env["PYTHONPATH"] = WEB_TREE
         argv = [sys.executable, "-c", "from notifier.cli import main; main()", "web", "--port", str(port)]
         base = f"http://127.0.0.1:{port}"
         with _server(argv, port, server_env, work / "web.log") as pid:
