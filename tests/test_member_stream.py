@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from notifier import inbox
+from notifier import inbox, inbox_rings
 from notifier.app import create_app
 from notifier.settings import Settings
 from notifier.validation import MAX_BODY
@@ -28,22 +28,22 @@ def created(row: asyncpg.Record) -> inbox.CreatedMessage:
 
 def test_rings_carry_the_message_and_old_rings_still_parse() -> None:
     item = '{"id": 7, "subject": "a b c"}'
-    assert inbox.parse_announcement(f"12 new 7 news {item}".encode()) == inbox.Ring(
-        12, True, inbox.Carried(7, "news", item)
+    assert inbox_rings.parse_announcement(f"12 new 7 news {item}".encode()) == inbox_rings.Ring(
+        12, True, inbox_rings.Carried(7, "news", item)
     )
-    assert inbox.parse_announcement(b"12 new") == inbox.Ring(12, True, None)
-    assert inbox.parse_announcement("12 counts") == inbox.Ring(12, False, None)
+    assert inbox_rings.parse_announcement(b"12 new") == inbox_rings.Ring(12, True, None)
+    assert inbox_rings.parse_announcement("12 counts") == inbox_rings.Ring(12, False, None)
     for bad in ("12 new x news {}", "12 new 7 news", "12 new 7 news []", "x new", "12 old", "12 new 7  {}"):
-        assert inbox.parse_announcement(bad) is None, bad
+        assert inbox_rings.parse_announcement(bad) is None, bad
 
 
 def test_a_long_message_or_a_batch_rings_without_its_item() -> None:
     short = inbox.CreatedMessage(1, 10, False, '{"id": 1}', "news")
     long = inbox.CreatedMessage(
-        2, 10, False, '{"id": 2, "body": "' + "x" * inbox.RING_ITEM_MAX + '"}', "news"
+        2, 10, False, '{"id": 2, "body": "' + "x" * inbox_rings.RING_ITEM_MAX + '"}', "news"
     )
     batch = [inbox.CreatedMessage(3, 11, False), inbox.CreatedMessage(4, 11, False)]
-    assert inbox._rings([short, long, *batch]) == ['10 new 1 news {"id": 1}', "10 new", "11 new"]
+    assert inbox_rings._rings([short, long, *batch]) == ['10 new 1 news {"id": 1}', "10 new", "11 new"]
 
 
 async def test_a_carried_message_is_sent_and_counted_without_a_read(
@@ -101,17 +101,17 @@ async def test_a_late_ring_is_sent_once_without_moving_the_resume_point(
         assert (await events.next())[0] == "counts"
         older = await factory.message(ann, subject="Older")
         newer = await factory.message(ann, subject="Newer")
-        await inbox.announce_created(redis, [created(newer)])
+        await inbox_rings.announce_created(redis, [created(newer)])
         event, data, ident = await events.next()
         assert (event, data["subject"], ident) == ("message", "Newer", str(newer["id"]))
         event, counts, _ = await events.next()
         assert (event, counts["unread"]) == ("counts", 1)  # the newer one, counted from its ring
-        await inbox.announce_created(redis, [created(older)])
+        await inbox_rings.announce_created(redis, [created(older)])
         event, data, ident = await events.next()
         assert (event, data["subject"], ident) == ("message", "Older", None)
         event, counts, _ = await events.next()
         assert (event, counts["unread"]) == ("counts", 2)  # read back
-        await inbox.announce_created(redis, [created(older), created(newer)])
+        await inbox_rings.announce_created(redis, [created(older), created(newer)])
         event, counts, _ = await events.next()
         assert (event, counts["unread"]) == ("counts", 2)  # nothing sent twice
 
@@ -122,8 +122,8 @@ async def test_a_message_too_long_to_carry_is_read_back(
     await factory.account(external_id="ann")
     token = await member_token(client, pool, "ann")
     headers = await bearer(pool, "messages")
-    assert MAX_BODY > inbox.RING_ITEM_MAX
-    body = "y" * (inbox.RING_ITEM_MAX + 1)
+    assert MAX_BODY > inbox_rings.RING_ITEM_MAX
+    body = "y" * (inbox_rings.RING_ITEM_MAX + 1)
     async with open_stream(client, token) as events:
         assert (await events.next())[0] == "counts"
         sent = await post_message(client, headers, "ann", body=body)

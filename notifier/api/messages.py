@@ -21,7 +21,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from notifier import inbox
+from notifier import inbox, inbox_rings
 from notifier.accounts import account_id_of
 from notifier.answers import BatchAnswer, BatchResult, InboxPage, MarkedRead, Message, UnreadCounts
 from notifier.api.accounts import external_id_of
@@ -278,7 +278,7 @@ async def unread_counts(request: web.Request) -> web.Response:
 
 async def _one(request: web.Request, query: str, *, changes: bool = False) -> web.Response:
     """One message of the path's account, read or changed by `query`; open inboxes of the member
-    hear of a change (`inbox.announce_changed`), as when the member changes it."""
+    hear of a change (`inbox_rings.announce_changed`), as when the member changes it."""
     external_id = external_id_of(request)
     message_id = path_id(request, "message")
     row = await request.app[POOL].fetchrow(query, external_id, message_id)
@@ -286,7 +286,7 @@ async def _one(request: web.Request, query: str, *, changes: bool = False) -> we
         await account_id_of(request.app[POOL], external_id)  # 404 naming the account if it is that
         raise Problem(404, f"no message {message_id} in the inbox of {external_id!r}")
     if changes:
-        await inbox.announce_changed(request.app[REDIS], row["account_id"])
+        await inbox_rings.announce_changed(request.app[REDIS], row["account_id"])
     return json_response(200, Message.of_row(row))
 
 
@@ -327,7 +327,7 @@ async def mark_all_read(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     account_id = await account_id_of(pool, external_id_of(request))
     result = await pool.execute(Q.mark_all_read, account_id, category, up_to)
-    await inbox.announce_changed(request.app[REDIS], account_id)
+    await inbox_rings.announce_changed(request.app[REDIS], account_id)
     return json_response(200, MarkedRead(marked_read=int(result.split()[-1])))
 
 

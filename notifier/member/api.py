@@ -26,7 +26,7 @@ import aiohttp_cors
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from notifier import audit, consent, i18n, inbox, preferences
+from notifier import audit, consent, i18n, inbox, inbox_rings, preferences
 from notifier.accounts import account_id_of
 from notifier.api.accounts import external_id_of
 from notifier.api.auth import requires
@@ -99,7 +99,7 @@ async def _mark(request: web.Request, action: inbox.MemberAction) -> web.Respons
     row = await inbox.member_mark(request.app[POOL], member.account_id, message_id, action)
     if row is None:
         raise Problem(404, f"no message {message_id} in your inbox")
-    await inbox.announce_changed(request.app[REDIS], member.account_id)
+    await inbox_rings.announce_changed(request.app[REDIS], member.account_id)
     return json_response(200, inbox.member_item(row))
 
 
@@ -127,7 +127,7 @@ async def read_all(request: web.Request) -> web.Response:
     """POST /member/v1/read-all (`?category=`): every unread message read."""
     member = await member_of(request)
     marked = await inbox.member_read_all(request.app[POOL], member.account_id, query_category(request))
-    await inbox.announce_changed(request.app[REDIS], member.account_id)
+    await inbox_rings.announce_changed(request.app[REDIS], member.account_id)
     return json_response(200, {"marked_read": marked})
 
 
@@ -136,7 +136,7 @@ async def seen(request: web.Request) -> web.Response:
     member = await member_of(request)
     marked = await inbox.member_seen(request.app[POOL], member.account_id)
     if marked:
-        await inbox.announce_changed(request.app[REDIS], member.account_id)
+        await inbox_rings.announce_changed(request.app[REDIS], member.account_id)
     return json_response(200, {"marked_seen": marked})
 
 

@@ -6,9 +6,9 @@ sent on connect and whenever they change), and heartbeat comments. The browser's
 reconnects by itself and sends the id of the last `message` it got as `Last-Event-ID`; the stream
 then first sends every message after that id, so nothing that arrived while it was away is lost.
 
-Each web process holds one Redis pub/sub subscription (`Hub`) to `inbox.INBOX_CHANNEL` and wakes
+Each web process holds one Redis pub/sub subscription (`Hub`) to `inbox_rings.INBOX_CHANNEL` and wakes
 only the streams of the account a ring names. A ring of a message posted alone carries the message
-(`inbox.announce_created`): the stream sends it and adds it to its counts without a statement.
+(`inbox_rings.announce_created`): the stream sends it and adds it to its counts without a statement.
 Any other ring (a batch, a long message, a change of counts) makes the stream read what is new
 from PostgreSQL (the source of truth) after the last id it delivered, so a ring missed while Redis
 was away is caught up at the next read, and every stream reads again when the subscription comes
@@ -30,7 +30,7 @@ import asyncpg
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from notifier import inbox
+from notifier import inbox, inbox_rings
 from notifier.db import Q
 from notifier.member.auth import member_of
 from notifier.resources import POOL, REDIS, SETTINGS
@@ -57,7 +57,7 @@ class Listener:
         self.wake = asyncio.Event()
         self.messages = False  # something new may be after the last id delivered: read it back
         self.counts = False  # counts changed: read them back
-        self.carried: list[inbox.Carried] = []  # new messages the rings carried, in arrival order
+        self.carried: list[inbox_rings.Carried] = []  # new messages the rings carried, in arrival order
         self.closing = False
 
     def close(self) -> None:
@@ -65,7 +65,7 @@ class Listener:
         self.closing = True
         self.wake.set()
 
-    def ring(self, message: bool, carried: inbox.Carried | None = None) -> None:
+    def ring(self, message: bool, carried: inbox_rings.Carried | None = None) -> None:
         if carried is not None:
             self.carried.append(carried)
         elif message:
@@ -97,7 +97,7 @@ class Hub:
         return sum(len(g) for g in self._listeners.values())
 
     def dispatch(self, raw: bytes | str) -> None:
-        ring = inbox.parse_announcement(raw)
+        ring = inbox_rings.parse_announcement(raw)
         if ring is None:
             return
         for listener in self._listeners.get(ring.account_id, ()):
@@ -120,7 +120,7 @@ class Hub:
             try:
                 pubsub = redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[attr-defined]
                 try:
-                    await pubsub.subscribe(inbox.INBOX_CHANNEL)
+                    await pubsub.subscribe(inbox_rings.INBOX_CHANNEL)
                     if failures:
                         self.everyone()
                     failures = 0
@@ -281,7 +281,7 @@ async def _serve(
         await sender.flush()
 
 
-def _counted(counts: dict[str, Any], message: inbox.Carried) -> dict[str, Any]:
+def _counted(counts: dict[str, Any], message: inbox_rings.Carried) -> dict[str, Any]:
     """The counts with one more new message (unread, unseen, not archived)."""
     counts["unread"] += 1
     counts["unseen"] += 1

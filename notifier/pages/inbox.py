@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from notifier import i18n, inbox, pages, tokens
+from notifier import i18n, inbox, inbox_rings, pages, tokens
 from notifier.db import Q
 from notifier.resources import POOL, REDIS, SETTINGS
 
@@ -142,7 +142,7 @@ async def post_inbox(request: web.Request) -> web.Response:
             title=i18n.N_("Unknown action"),
             message=i18n.N_("Nothing was changed: use the buttons of your inbox page."),
         )
-    await inbox.announce_changed(request.app[REDIS], found.account_id)
+    await inbox_rings.announce_changed(request.app[REDIS], found.account_id)
     back = str(form.get("back", ""))
     if not back.startswith("?view=") or "\n" in back or "\r" in back:
         back = "?view=unread"
