@@ -52,6 +52,8 @@ LIST_ACCOUNTS = 10_000
 LIST_CONNECTIONS = 64
 LIST_SECONDS = 10.0
 POOL_SIZE = 10
+PREPARE_SLICE = 500_000  # messages inserted per statement while preparing
+PREPARE_TIMEOUT = 600.0
 OPEN_CONCURRENCY = 200
 OPEN_TIMEOUT = 180.0  # seconds to open every stream, at most
 # The streams are read by processes of their own, apart from the poster: one Python process
@@ -105,18 +107,22 @@ async def _prepare(pool: asyncpg.Pool, streams: int, rows: int) -> str:
         "FROM generate_series(1, $1) AS i",
         LIST_ACCOUNTS,
     )
-    await pool.execute(
-        "INSERT INTO messages (account_id, category, subject, body, url, created_at, read_at) "
-        "SELECT a.id, (ARRAY['news', 'events', 'account'])[1 + g % 3], 'Subject ' || g, "
-        "       'A body of a typical length for an inbox message, about one line long.', "
-        "       'https://example.org/m/' || g, now() - make_interval(secs => $1 - g), "
-        "       CASE WHEN g % 4 = 0 THEN now() END "
-        "FROM generate_series(1, $1) AS g "
-        "JOIN accounts a ON a.external_id = 'l-' || (1 + g % $2)",
-        rows,
-        LIST_ACCOUNTS,
-    )
-    await pool.execute("ANALYZE")
+    for start in range(1, rows + 1, PREPARE_SLICE):  # in slices: each statement stays bounded
+        await pool.execute(
+            "INSERT INTO messages (account_id, category, subject, body, url, created_at, read_at) "
+            "SELECT a.id, (ARRAY['news', 'events', 'account'])[1 + g % 3], 'Subject ' || g, "
+            "       'A body of a typical length for an inbox message, about one line long.', "
+            "       'https://example.org/m/' || g, now() - make_interval(secs => $1 - g), "
+            "       CASE WHEN g % 4 = 0 THEN now() END "
+            "FROM generate_series($3::int, $4::int) AS g "
+            "JOIN accounts a ON a.external_id = 'l-' || (1 + g % $2)",
+            rows,
+            LIST_ACCOUNTS,
+            start,
+            min(rows, start + PREPARE_SLICE - 1),
+            timeout=PREPARE_TIMEOUT,
+        )
+    await pool.execute("ANALYZE", timeout=PREPARE_TIMEOUT)
     _, key = await auth.create_key(pool, "bench", ["messages", "accounts"])
     return key
 
