@@ -39,11 +39,9 @@ log = logging.getLogger("notifier.member.stream")
 
 CATCH_UP_LIMIT = 100  # messages sent per catch-up query; a longer gap is sent in several
 RECENT_IDS = 32  # ids a stream remembers having sent, so a late carried message is not sent twice
-RETRY_MS = 2000
+RETRY_MS = 2000  # how soon EventSource reconnects after a drop
 SEND_TIMEOUT = 120.0  # seconds a client may take to accept an event before it is cut off
-NO_PING = (
-    10.0**9
-)  # aiohttp-sse's own ping interval: never (the stream sends its heartbeats)  # how soon EventSource reconnects after a drop
+NO_PING = 10.0**9  # aiohttp-sse's own ping interval: never (the stream sends its heartbeats)
 RESUBSCRIBE_DELAYS = (0.1, 0.5, 1, 2, 5)
 
 
