@@ -204,3 +204,14 @@ async def test_heartbeats_go_only_to_quiet_streams(
     assert busy.count(b"event: message") == 8 and b": ping" not in busy
     assert quiet.count(b": ping") >= 2
     assert any(b"event: message" in c and b"event: counts" in c for c in chunks)
+
+
+def test_a_stream_holds_a_bounded_number_of_carried_messages() -> None:
+    """A stream that is not reading (a slow client) keeps at most CATCH_UP_LIMIT carried messages;
+    past that it reads what is new from PostgreSQL."""
+    from notifier.member.stream import CATCH_UP_LIMIT, Listener
+
+    listener = Listener(1)
+    for n in range(CATCH_UP_LIMIT + 5):
+        listener.ring(True, inbox_rings.Carried(n + 1, "news", "{}"))
+    assert len(listener.carried) == CATCH_UP_LIMIT and listener.messages and listener.counts

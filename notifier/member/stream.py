@@ -64,9 +64,9 @@ class Listener:
         self.wake.set()
 
     def ring(self, message: bool, carried: inbox_rings.Carried | None = None) -> None:
-        if carried is not None:
+        if carried is not None and len(self.carried) < CATCH_UP_LIMIT:
             self.carried.append(carried)
-        elif message:
+        elif message:  # (or more carried than a stream holds: read back instead)
             self.messages = True
             self.counts = True
         else:
