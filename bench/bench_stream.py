@@ -28,6 +28,7 @@ import random
 import resource
 import secrets
 import statistics
+import subprocess
 import sys
 import time
 from multiprocessing.connection import Connection
@@ -37,7 +38,7 @@ import aiohttp
 import asyncpg
 
 from bench.bench_intake import _server
-from bench.common import BenchEnv, Figure
+from bench.common import BenchEnv, Figure, web_env
 from notifier.db import create_pool, scratch_database
 from notifier.embedded import free_port
 from notifier.member import tokens
@@ -51,12 +52,25 @@ LIST_ACCOUNTS = 10_000
 LIST_CONNECTIONS = 64
 LIST_SECONDS = 10.0
 POOL_SIZE = 10
+PREPARE_SLICE = 500_000  # messages inserted per statement while preparing
+PREPARE_TIMEOUT = 600.0
 OPEN_CONCURRENCY = 200
 OPEN_TIMEOUT = 180.0  # seconds to open every stream, at most
 # The streams are read by processes of their own, apart from the poster: one Python process
 # reading 10,000 streams and posting 500 messages/s was itself the bottleneck.
 READERS = int(os.environ.get("BENCH_STREAM_READERS", "2"))
 SETTLE = 5.0  # seconds after the last post before arrivals are collected
+# The posts come from processes of their own too: one process reached only ~200 POSTs a second.
+POSTERS = int(os.environ.get("BENCH_STREAM_POSTERS", "2"))
+POST_CONNECTIONS = 32  # per poster process
+# BENCH_STREAM_PROFILE=FILE: py-spy samples the web process while the posts run (collapsed stacks).
+PROFILE = os.environ.get("BENCH_STREAM_PROFILE", "")
+# BENCH_STREAM_LISTING=0 measures only the streams, BENCH_STREAM_STREAMS=0 only the listing.
+LISTING = os.environ.get("BENCH_STREAM_LISTING", "1") != "0"
+STREAMING = os.environ.get("BENCH_STREAM_STREAMS", "1") != "0"
+# BENCH_STREAM_WEB_TREE=DIR runs the web process from another checkout's source (`git archive` of
+# an older commit, say), to measure its code beside this one with the same bench.
+WEB_TREE = os.environ.get("BENCH_STREAM_WEB_TREE", "")
 
 
 def _rss_kib(pid: int) -> int:
@@ -93,18 +107,22 @@ async def _prepare(pool: asyncpg.Pool, streams: int, rows: int) -> str:
         "FROM generate_series(1, $1) AS i",
         LIST_ACCOUNTS,
     )
-    await pool.execute(
-        "INSERT INTO messages (account_id, category, subject, body, url, created_at, read_at) "
-        "SELECT a.id, (ARRAY['news', 'events', 'account'])[1 + g % 3], 'Subject ' || g, "
-        "       'A body of a typical length for an inbox message, about one line long.', "
-        "       'https://example.org/m/' || g, now() - make_interval(secs => $1 - g), "
-        "       CASE WHEN g % 4 = 0 THEN now() END "
-        "FROM generate_series(1, $1) AS g "
-        "JOIN accounts a ON a.external_id = 'l-' || (1 + g % $2)",
-        rows,
-        LIST_ACCOUNTS,
-    )
-    await pool.execute("ANALYZE")
+    for start in range(1, rows + 1, PREPARE_SLICE):  # in slices: each statement stays bounded
+        await pool.execute(
+            "INSERT INTO messages (account_id, category, subject, body, url, created_at, read_at) "
+            "SELECT a.id, (ARRAY['news', 'events', 'account'])[1 + g % 3], 'Subject ' || g, "
+            "       'A body of a typical length for an inbox message, about one line long.', "
+            "       'https://example.org/m/' || g, now() - make_interval(secs => $1 - g), "
+            "       CASE WHEN g % 4 = 0 THEN now() END "
+            "FROM generate_series($3::int, $4::int) AS g "
+            "JOIN accounts a ON a.external_id = 'l-' || (1 + g % $2)",
+            rows,
+            LIST_ACCOUNTS,
+            start,
+            min(rows, start + PREPARE_SLICE - 1),
+            timeout=PREPARE_TIMEOUT,
+        )
+    await pool.execute("ANALYZE", timeout=PREPARE_TIMEOUT)
     _, key = await auth.create_key(pool, "bench", ["messages", "accounts"])
     return key
 
@@ -159,6 +177,73 @@ def _reader_main(base: str, member_tokens: list[str], pipe: Connection) -> None:
     asyncio.run(_hold_streams(base, member_tokens, pipe))
 
 
+async def _post_schedule(
+    base: str, key: str, n: int, seqs: range, t0: float
+) -> tuple[dict[str, float], int, float]:
+    """A poster process: message `seq` is sent at t0 + seq / RATE, to a random connected member,
+    one message per POST; its send times (CLOCK_MONOTONIC), its errors and when it finished."""
+    sent: dict[str, float] = {}
+    errors = 0
+    headers = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=POST_CONNECTIONS)) as poster:
+
+        async def post(seq: int) -> None:
+            nonlocal errors
+            subject = f"bench {seq}"
+            body = {"category": "news", "subject": subject, "body": "A message for a connected member."}
+            account = f"s-{random.randint(1, n)}"
+            sent[subject] = time.monotonic()
+            try:
+                async with poster.post(
+                    f"{base}/v1/accounts/{account}/messages", json=body, headers=headers
+                ) as r:
+                    await r.read()
+                    if r.status != 201:
+                        errors += 1
+            except aiohttp.ClientError:
+                errors += 1
+
+        pending: set[asyncio.Task[None]] = set()
+        for seq in seqs:
+            delay = t0 + seq / RATE - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(post(seq))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.wait(pending, timeout=30)
+    return sent, errors, time.monotonic()
+
+
+def _profile(pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
+    """With BENCH_STREAM_PROFILE=FILE, py-spy samples the web process while the posts run and
+    writes collapsed stacks to FILE (the sampling costs the web process: such a run's figures are
+    not the ones to quote)."""
+    if not PROFILE:
+        return None
+    argv = [
+        str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "-p",
+        str(pid),
+        "-d",
+        str(round(seconds) + 2),
+        "-r",
+        "50",
+        "--nonblocking",
+    ]
+    return subprocess.Popen(
+        [*argv, "-o", PROFILE, "-f", "raw"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+
+
+def _poster_main(base: str, key: str, n: int, seqs: range, pipe: Connection) -> None:
+    pipe.send("ready")
+    t0 = pipe.recv()
+    pipe.send(asyncio.run(_post_schedule(base, key, n, seqs, t0)))
+
+
 async def _streams(env: BenchEnv, base: str, pid: int, secret: str, key: str) -> list[Figure]:
     n = max(10, round(STREAMS * env.scale))
     seconds = max(5.0, SECONDS * min(env.scale, 1.0))
@@ -187,36 +272,35 @@ async def _streams(env: BenchEnv, base: str, pid: int, secret: str, key: str) ->
         await asyncio.sleep(1)
         rss_after = _rss_kib(pid)
 
-        post_headers = {"Authorization": f"Bearer {key}"}
-        post_errors = 0
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as poster:
-
-            async def post(seq: int) -> None:
-                nonlocal post_errors
-                subject = f"bench {seq}"
-                body = {"category": "news", "subject": subject, "body": "A message for a connected member."}
-                sent[subject] = time.monotonic()
-                account = f"s-{random.randint(1, n)}"
-                async with poster.post(
-                    f"{base}/v1/accounts/{account}/messages", json=body, headers=post_headers
-                ) as r:
-                    if r.status != 201:
-                        post_errors += 1
-                    await r.read()
-
-            total = round(RATE * seconds)
-            pending: set[asyncio.Task[None]] = set()
-            t0 = time.monotonic()
-            for seq in range(total):
-                delay = t0 + seq / RATE - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.create_task(post(seq))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            if pending:
-                await asyncio.wait(pending, timeout=30)
-            achieved = total / (time.monotonic() - t0)
+        total = round(RATE * seconds)
+        poster_pipes = []
+        for p in range(POSTERS):
+            mine, theirs = context.Pipe()
+            poster = context.Process(
+                target=_poster_main, args=(base, key, n, range(p, total, POSTERS), theirs), daemon=True
+            )
+            poster.start()
+            poster_pipes.append(mine)
+            readers.append(poster)
+        for pipe in poster_pipes:
+            if not await loop.run_in_executor(None, pipe.poll, 60):
+                raise RuntimeError("a poster did not start")
+            pipe.recv()  # "ready"
+        t0 = time.monotonic() + 0.5  # every poster's schedule starts here (CLOCK_MONOTONIC)
+        for pipe in poster_pipes:
+            pipe.send(t0)
+        profile = _profile(pid, seconds)
+        post_errors, last_done = 0, t0
+        for pipe in poster_pipes:
+            if not await loop.run_in_executor(None, pipe.poll, seconds + 120):
+                raise RuntimeError("a poster did not finish in time")
+            mine_sent, errors, done = pipe.recv()
+            sent.update(mine_sent)
+            post_errors += errors
+            last_done = max(last_done, done)
+        achieved = total / (max(sent.values()) - t0 + 1 / RATE)
+        if profile is not None:
+            profile.wait(30)
         await asyncio.sleep(SETTLE)  # the last events on their way
         arrived: dict[str, float] = {}
         for pipe in pipes:
@@ -332,8 +416,8 @@ async def _listing(env: BenchEnv, base: str, dsn: str, secret: str, rows: int) -
 
 async def run(env: BenchEnv) -> list[Figure]:
     _raise_fd_limit()
-    streams = max(10, round(STREAMS * env.scale))
-    rows = max(10_000, round(ROWS * env.scale))
+    streams = max(10, round(STREAMS * env.scale)) if STREAMING else 0
+    rows = max(10_000, round(ROWS * env.scale)) if LISTING else 0
     async with scratch_database(env.database_url, "notifier_bench_stream") as dsn:
         pool = await create_pool(dsn, min_size=1, max_size=4)
         try:
@@ -346,22 +430,17 @@ async def run(env: BenchEnv) -> list[Figure]:
         work.mkdir(parents=True, exist_ok=True)
         port = free_port()
         server_env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "NOTIFIER_DATABASE_URL": dsn,
-            "NOTIFIER_REDIS_URL": env.redis_url,
-            "NOTIFIER_SECRET_KEY": secret_key,
-            "NOTIFIER_LOG_LEVEL": "WARNING",
-            "NOTIFIER_DB_POOL_MAX": str(POOL_SIZE),
-            "NOTIFIER_API_RATE_LIMIT": "0",
-            "NOTIFIER_DATA_DIR": str(work),
+            **web_env(dsn, env.redis_url, secret_key, work, POOL_SIZE),
             "NOTIFIER_HOST": "127.0.0.1",  # loopback only
         }
+        if WEB_TREE:
+            server_env["PYTHONPATH"] = WEB_TREE
         argv = [sys.executable, "-c", "from notifier.cli import main; main()", "web", "--port", str(port)]
         base = f"http://127.0.0.1:{port}"
         with _server(argv, port, server_env, work / "web.log") as pid:
-            figures = await _listing(env, base, dsn, secret, rows)
-            figures = await _streams(env, base, pid, secret, key) + figures
+            figures = await _listing(env, base, dsn, secret, rows) if LISTING else []
+            if STREAMING:
+                figures = await _streams(env, base, pid, secret, key) + figures
         with contextlib.suppress(OSError):
             (work / "web.log").unlink()
         return figures

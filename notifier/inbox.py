@@ -10,7 +10,7 @@ digest pass still finds the messages at the member's next window.
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -21,7 +21,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
-from notifier import digest, schedule
+from notifier import digest, inbox_rings, schedule
 from notifier.db import Q
 from notifier.errors import FieldError, Problem
 from notifier.settings import Settings
@@ -40,6 +40,10 @@ class CreatedMessage(NamedTuple):
     id: int
     account_id: int
     maybe_immediate: bool  # the member may get this message's category at once
+    # The message as an open inbox shows it (`new_member_item`), carried in the doorbell ring so a
+    # woken stream need not read it back; None where intake did not build it (batches).
+    item: str | None = None
+    category: str = ""
 
 
 async def messages_created(
@@ -49,7 +53,7 @@ async def messages_created(
     members on "immediate", due one coalescing window from now (`digest.messages_arrived`, in a
     transaction of its own). Never raises: a failure is logged (the messages exist, and the
     digest pass still finds them at the next window)."""
-    await announce_created(redis, created)
+    await inbox_rings.announce_created(redis, created)
     ids = [m.account_id for m in created if m.maybe_immediate]
     if not ids:
         return
@@ -210,12 +214,6 @@ async def maintain_partitions(pool: asyncpg.Pool, months_ahead: int = PARTITIONS
 # --- the member's own inbox (the member API, the hosted page, the console) ----------------------
 # No aiohttp below: the front doors (notifier.member, notifier.pages.inbox, the console) call these.
 
-# Open inboxes hear of changes through one Redis pub/sub channel: "<account id> new" when
-# a message arrived, "<account id> counts" when the member changed something (another tab updates).
-# Redis is only a doorbell: a stream that missed a ring catches up from PostgreSQL.
-INBOX_CHANNEL = "notifier:inbox"
-ANNOUNCE_TIMEOUT = 0.5  # seconds intake waits for Redis at most; a slow Redis never slows intake
-
 MEMBER_VIEWS: dict[str, Archived] = {"unread": "exclude", "all": "exclude", "archived": "only"}
 MemberAction = Literal["read", "unread", "archive", "unarchive"]
 _ACTIONS: dict[str, str] = {
@@ -224,42 +222,6 @@ _ACTIONS: dict[str, str] = {
     "archive": "member_archive",
     "unarchive": "member_unarchive",
 }
-
-
-async def announce_created(redis: Any, created: Sequence[CreatedMessage]) -> None:
-    """Ring the inbox doorbell once for each member with new messages, after their commit (a woken
-    stream reads what is new from PostgreSQL, so the ring names no message). One round trip,
-    bounded by ANNOUNCE_TIMEOUT; a failure is logged and never reaches the producer (the messages
-    exist, and a stream resuming with Last-Event-ID finds them in PostgreSQL)."""
-    if not created:
-        return
-    try:
-        async with asyncio.timeout(ANNOUNCE_TIMEOUT), redis.pipeline(transaction=False) as pipe:
-            for account_id in dict.fromkeys(m.account_id for m in created):
-                pipe.publish(INBOX_CHANNEL, f"{account_id} new")
-            await pipe.execute()
-    except Exception as exc:  # Redis down or slow: the inbox catches up from PostgreSQL
-        log.warning("announcing %d new inbox messages failed: %s", len(created), type(exc).__name__)
-
-
-async def announce_changed(redis: Any, account_id: int) -> None:
-    """Tell the member's open inboxes that their counts changed (they read or archived). Never
-    raises."""
-    try:
-        async with asyncio.timeout(ANNOUNCE_TIMEOUT):
-            await redis.publish(INBOX_CHANNEL, f"{account_id} counts")
-    except Exception as exc:
-        log.warning("announcing an inbox change failed: %s", type(exc).__name__)
-
-
-def parse_announcement(raw: bytes | str) -> tuple[int, bool] | None:
-    """(account id, whether new messages arrived; else only the counts changed) of a doorbell
-    ring; None if malformed."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    account, _, what = text.partition(" ")
-    if not (account.isdigit() and len(account) <= 18) or what not in ("new", "counts"):
-        return None
-    return int(account), what == "new"
 
 
 _MEMBER_FIELDS = ("id", "category", "subject", "body", "url")
@@ -275,24 +237,45 @@ def member_item(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     return item
 
 
+def new_member_item(row: asyncpg.Record) -> str:
+    """A message just inserted (never read, seen or archived yet) as JSON text, as `member_item`
+    and `member_news` give it."""
+    item = {name: row[name] for name in _MEMBER_FIELDS}
+    item["created_at"] = row["created_at"].isoformat()
+    item.update(read_at=None, seen_at=None, archived_at=None)
+    return json.dumps(item, ensure_ascii=False)
+
+
 class MemberPage(NamedTuple):
+    account_id: int
+    registered_at: datetime  # when the account was registered (a member token must be younger)
     rows: list[asyncpg.Record]
     next_before: int | None  # the id the next page continues below; None on the last page
 
 
 async def member_page(
     conn: asyncpg.Connection | asyncpg.Pool,
-    account_id: int,
+    external_id: str,
     *,
     before: int | None = None,
     unread: bool = False,
     category: str | None = None,
     archived: Archived = "exclude",
     limit: int = 20,
-) -> MemberPage:
-    """A page of the member's inbox, newest first, below message id `before`."""
-    rows = await conn.fetch(Q.inbox_page, account_id, before, unread, category, archived, limit + 1)
-    return MemberPage(rows[:limit], rows[limit - 1]["id"] if len(rows) > limit else None)
+) -> MemberPage | None:
+    """A page of the inbox of the account `external_id`, newest first, below message id `before`,
+    with the account, in one statement; None when there is no such account."""
+    rows = await conn.fetch(Q.inbox_page, external_id, before, unread, category, archived, limit + 1)
+    if not rows:
+        return None
+    first = rows[0]
+    messages = rows if first["id"] is not None else []
+    return MemberPage(
+        first["account_id"],
+        first["registered_at"],
+        messages[:limit],
+        messages[limit - 1]["id"] if len(messages) > limit else None,
+    )
 
 
 async def member_counts(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) -> dict[str, Any]:

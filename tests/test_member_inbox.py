@@ -548,7 +548,7 @@ async def test_announcing_never_fails_or_stalls_intake(caplog: pytest.LogCapture
     PostgreSQL has the messages and open inboxes catch up from it."""
     from redis.asyncio import Redis
 
-    from notifier import inbox
+    from notifier import inbox, inbox_rings
     from notifier.embedded import free_port
 
     handlers: list[asyncio.Task[Any]] = []
@@ -570,9 +570,9 @@ async def test_announcing_never_fails_or_stalls_intake(caplog: pytest.LogCapture
         client = Redis.from_url(url)
         started = time.monotonic()
         async with asyncio.timeout(5):  # a stalling doorbell fails the test, not hangs it
-            await inbox.announce_created(client, [inbox.CreatedMessage(1, 1, False)])
-            await inbox.announce_changed(client, 1)
-        assert time.monotonic() - started < 2 * inbox.ANNOUNCE_TIMEOUT + 0.5, url
+            await inbox_rings.announce_created(client, [inbox.CreatedMessage(1, 1, False)])
+            await inbox_rings.announce_changed(client, 1)
+        assert time.monotonic() - started < 2 * inbox_rings.ANNOUNCE_TIMEOUT + 0.5, url
         await client.aclose(close_connection_pool=True)
     assert caplog.text.count("announcing") == 4
     hanging.close()

@@ -114,7 +114,7 @@ async def test_migration_moves_existing_messages_and_keeps_their_ids(
 
             # The queries work on the moved rows: the inbox page, a lookup and a change by id, counts.
             anns = [r for r in old_rows if r["account_id"] == ann["id"]]
-            page = await pool.fetch(Q.inbox_page, ann["id"], None, False, None, "include", 100)
+            page = await pool.fetch(Q.inbox_page, ann["external_id"], None, False, None, "include", 100)
             assert [r["id"] for r in page] == [fresh["id"]] + [r["id"] for r in reversed(anns)]
             oldest = min(anns, key=lambda r: r["created_at"])
             found = await pool.fetchrow(Q.member_message, ann["id"], oldest["id"])
@@ -286,7 +286,7 @@ async def test_hot_queries_are_index_scans_on_a_large_table(own_pool: asyncpg.Po
     queries: dict[str, tuple[Any, ...]] = {
         "insert_message": ("member-500", "news", "s", "b", None, None),
         "insert_messages_batch": (batch,),
-        "inbox_page": (account, None, False, None, "exclude", 50),
+        "inbox_page": ("member-500", None, False, None, "exclude", 50),
         "member_counts": (account,),
         "unread_counts": (account,),
         "member_news": (account, some["id"], 50),
@@ -319,7 +319,7 @@ async def test_hot_queries_are_index_scans_on_a_large_table(own_pool: asyncpg.Po
         "purge_messages_before": (month_start(now, -3) + timedelta(days=3), 5000),
         "fan_out_newsletter": ([], newsletter, "notifier:bulk", [], [], None),  # reads no message
     }
-    queries["inbox_page_next"] = (account, some["id"], True, "news", "exclude", 50)
+    queries["inbox_page_next"] = ("member-500", some["id"], True, "news", "exclude", 50)
     holding = {name for name, rows in (await partitions(pool)).items() if rows}
     async with pool.acquire() as conn:
         for mode in ("auto", "force_generic_plan"):

@@ -21,13 +21,13 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from notifier import inbox
+from notifier import inbox, inbox_rings
 from notifier.accounts import account_id_of
 from notifier.answers import BatchAnswer, BatchResult, InboxPage, MarkedRead, Message, UnreadCounts
 from notifier.api.accounts import external_id_of
 from notifier.api.auth import requires
 from notifier.api.idempotency import HEADER, idempotent
-from notifier.api.pagination import decode_cursor, next_cursor, page_limit
+from notifier.api.pagination import decode_cursor, encode_cursor, page_limit
 from notifier.api.problems import Problem, parse_json, path_id, read_body
 from notifier.api.responses import json_response
 from notifier.db import Q
@@ -107,7 +107,15 @@ async def post_message(request: web.Request) -> web.Response:
         request.app[POOL],
         request.app[REDIS],
         request.app[SETTINGS],
-        [CreatedMessage(row["id"], row["account_id"], row["maybe_immediate"])],
+        [
+            CreatedMessage(
+                row["id"],
+                row["account_id"],
+                row["maybe_immediate"],
+                inbox.new_member_item(row),
+                row["category"],
+            )
+        ],
     )
     return response
 
@@ -242,13 +250,20 @@ async def list_inbox(request: web.Request) -> web.Response:
     limit = page_limit(request)
     before = decode_cursor("inbox", request.query.get("cursor"))
     unread, category, archived = query_flag(request, "unread"), query_category(request), _archived(request)
-    pool = request.app[POOL]
-    account_id = await account_id_of(pool, external_id_of(request))
-    rows = await pool.fetch(Q.inbox_page, account_id, before, unread, category, archived, limit + 1)
-    page = InboxPage(
-        items=[Message.of_row(r) for r in rows[:limit]], next_cursor=next_cursor("inbox", rows, limit)
+    external_id = external_id_of(request)
+    page = await inbox.member_page(
+        request.app[POOL],
+        external_id,
+        before=before,
+        unread=unread,
+        category=category,
+        archived=archived,
+        limit=limit,
     )
-    return json_response(200, page)
+    if page is None:
+        raise _no_account(external_id)
+    cursor = encode_cursor("inbox", page.next_before) if page.next_before is not None else None
+    return json_response(200, InboxPage(items=[Message.of_row(r) for r in page.rows], next_cursor=cursor))
 
 
 @requires("messages")
@@ -263,7 +278,7 @@ async def unread_counts(request: web.Request) -> web.Response:
 
 async def _one(request: web.Request, query: str, *, changes: bool = False) -> web.Response:
     """One message of the path's account, read or changed by `query`; open inboxes of the member
-    hear of a change (`inbox.announce_changed`), as when the member changes it."""
+    hear of a change (`inbox_rings.announce_changed`), as when the member changes it."""
     external_id = external_id_of(request)
     message_id = path_id(request, "message")
     row = await request.app[POOL].fetchrow(query, external_id, message_id)
@@ -271,7 +286,7 @@ async def _one(request: web.Request, query: str, *, changes: bool = False) -> we
         await account_id_of(request.app[POOL], external_id)  # 404 naming the account if it is that
         raise Problem(404, f"no message {message_id} in the inbox of {external_id!r}")
     if changes:
-        await inbox.announce_changed(request.app[REDIS], row["account_id"])
+        await inbox_rings.announce_changed(request.app[REDIS], row["account_id"])
     return json_response(200, Message.of_row(row))
 
 
@@ -312,7 +327,7 @@ async def mark_all_read(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     account_id = await account_id_of(pool, external_id_of(request))
     result = await pool.execute(Q.mark_all_read, account_id, category, up_to)
-    await inbox.announce_changed(request.app[REDIS], account_id)
+    await inbox_rings.announce_changed(request.app[REDIS], account_id)
     return json_response(200, MarkedRead(marked_read=int(result.split()[-1])))
 
 

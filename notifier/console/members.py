@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import asyncpg
 from aiohttp import web
 
 from notifier import accounts, audit, inbox, lists, suppression
@@ -41,6 +42,12 @@ async def find(request: web.Request) -> web.Response:
     return render(request, "members.html", q=q, results=results, limit=SEARCH_LIMIT)
 
 
+async def _member_view(pool: asyncpg.Pool, external_id: str) -> list[asyncpg.Record]:
+    """The first page of the inbox as the member sees it (none if erased meanwhile)."""
+    page = await inbox.member_page(pool, external_id, limit=MEMBER_VIEW_LIMIT)
+    return page.rows if page is not None else []
+
+
 async def profile(request: web.Request) -> web.Response:
     """GET /console/members/{external_id}: profile, preferences, inbox, e-mails, events, audit."""
     pool = pool_of(request)
@@ -57,7 +64,7 @@ async def profile(request: web.Request) -> web.Response:
         member_counts=await inbox.member_counts(pool, account_id),
         member_view=[
             {**dict(r), "when": inbox.member_time(r["created_at"], account["timezone"])}
-            for r in (await inbox.member_page(pool, account_id, limit=MEMBER_VIEW_LIMIT)).rows
+            for r in await _member_view(pool, account["external_id"])
         ],
         emails=await pool.fetch(Q.console_account_emails, account_id, SECTION_LIMIT),
         events=await pool.fetch(Q.console_account_events, account_id, SECTION_LIMIT),

@@ -26,7 +26,7 @@ import aiohttp_cors
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from notifier import audit, consent, i18n, inbox, preferences
+from notifier import audit, consent, i18n, inbox, inbox_rings, preferences
 from notifier.accounts import account_id_of
 from notifier.api.accounts import external_id_of
 from notifier.api.auth import requires
@@ -36,7 +36,7 @@ from notifier.api.problems import Problem, parse_json, parse_model, path_id, rea
 from notifier.api.responses import json_response
 from notifier.db import Q
 from notifier.member import stream, tokens
-from notifier.member.auth import INBOX_SECRET, member_of
+from notifier.member.auth import INBOX_SECRET, check_registered, claims_of, member_of
 from notifier.resources import POOL, REDIS, SETTINGS
 from notifier.templating import STATIC_DIR
 
@@ -65,19 +65,22 @@ def _archived(request: web.Request) -> inbox.Archived:
 
 
 async def list_messages(request: web.Request) -> web.Response:
-    """GET /member/v1/messages: a page of the member's inbox, newest first."""
-    member = await member_of(request)
+    """GET /member/v1/messages: a page of the member's inbox, newest first; the token's account is
+    resolved by the page's own statement (one round trip)."""
+    claims = claims_of(request)
     limit = page_limit(request)
     before = decode_cursor(_CURSOR, request.query.get("cursor"))
     page = await inbox.member_page(
         request.app[POOL],
-        member.account_id,
+        claims.external_id,
         before=before,
         unread=query_flag(request, "unread"),
         category=query_category(request),
         archived=_archived(request),
         limit=limit,
     )
+    check_registered(claims, page.registered_at if page is not None else None)
+    assert page is not None
     next_cursor = encode_cursor(_CURSOR, page.next_before) if page.next_before is not None else None
     return json_response(
         200, {"items": [inbox.member_item(r) for r in page.rows], "next_cursor": next_cursor}
@@ -96,7 +99,7 @@ async def _mark(request: web.Request, action: inbox.MemberAction) -> web.Respons
     row = await inbox.member_mark(request.app[POOL], member.account_id, message_id, action)
     if row is None:
         raise Problem(404, f"no message {message_id} in your inbox")
-    await inbox.announce_changed(request.app[REDIS], member.account_id)
+    await inbox_rings.announce_changed(request.app[REDIS], member.account_id)
     return json_response(200, inbox.member_item(row))
 
 
@@ -124,7 +127,7 @@ async def read_all(request: web.Request) -> web.Response:
     """POST /member/v1/read-all (`?category=`): every unread message read."""
     member = await member_of(request)
     marked = await inbox.member_read_all(request.app[POOL], member.account_id, query_category(request))
-    await inbox.announce_changed(request.app[REDIS], member.account_id)
+    await inbox_rings.announce_changed(request.app[REDIS], member.account_id)
     return json_response(200, {"marked_read": marked})
 
 
@@ -133,7 +136,7 @@ async def seen(request: web.Request) -> web.Response:
     member = await member_of(request)
     marked = await inbox.member_seen(request.app[POOL], member.account_id)
     if marked:
-        await inbox.announce_changed(request.app[REDIS], member.account_id)
+        await inbox_rings.announce_changed(request.app[REDIS], member.account_id)
     return json_response(200, {"marked_seen": marked})
 
 

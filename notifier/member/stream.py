@@ -6,26 +6,31 @@ sent on connect and whenever they change), and heartbeat comments. The browser's
 reconnects by itself and sends the id of the last `message` it got as `Last-Event-ID`; the stream
 then first sends every message after that id, so nothing that arrived while it was away is lost.
 
-Each web process holds one Redis pub/sub subscription (`Hub`) to `inbox.INBOX_CHANNEL` and wakes
-only the streams of the account a ring names. A ring carries ids, never content: the stream reads
-what is new from PostgreSQL (the source of truth), after the last id it delivered, so a ring
-missed while Redis was away is caught up at the next one, and every stream catches up when the
-subscription comes back.
+Each web process holds one Redis pub/sub subscription (`Hub`) to `inbox_rings.INBOX_CHANNEL` and wakes
+only the streams of the account a ring names. A ring of a message posted alone carries the message
+(`inbox_rings.announce_created`): the stream sends it and adds it to its counts without a statement.
+Any other ring (a batch, a long message, a change of counts) makes the stream read what is new
+from PostgreSQL (the source of truth) after the last id it delivered, so a ring missed while Redis
+was away is caught up at the next read, and every stream reads again when the subscription comes
+back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from notifier import inbox
+from notifier import inbox, inbox_rings
 from notifier.db import Q
 from notifier.member.auth import member_of
 from notifier.resources import POOL, REDIS, SETTINGS
@@ -33,20 +38,24 @@ from notifier.resources import POOL, REDIS, SETTINGS
 log = logging.getLogger("notifier.member.stream")
 
 CATCH_UP_LIMIT = 100  # messages sent per catch-up query; a longer gap is sent in several
+RECENT_IDS = 32  # ids a stream remembers having sent, so a late carried message is not sent twice
 RETRY_MS = 2000  # how soon EventSource reconnects after a drop
+SEND_TIMEOUT = 120.0  # seconds a client may take to accept an event before it is cut off
+NO_PING = 10.0**9  # aiohttp-sse's own ping interval: never (the stream sends its heartbeats)
 RESUBSCRIBE_DELAYS = (0.1, 0.5, 1, 2, 5)
 
 
 class Listener:
     """One open stream: what it has been told since it last looked."""
 
-    __slots__ = ("account_id", "closing", "counts", "messages", "wake")
+    __slots__ = ("account_id", "carried", "closing", "counts", "messages", "wake")
 
     def __init__(self, account_id: int) -> None:
         self.account_id = account_id
         self.wake = asyncio.Event()
-        self.messages = False  # something new may be after the last id delivered
-        self.counts = False  # counts changed
+        self.messages = False  # something new may be after the last id delivered: read it back
+        self.counts = False  # counts changed: read them back
+        self.carried: list[inbox_rings.Carried] = []  # new messages the rings carried, in arrival order
         self.closing = False
 
     def close(self) -> None:
@@ -54,10 +63,14 @@ class Listener:
         self.closing = True
         self.wake.set()
 
-    def ring(self, message: bool) -> None:
-        if message:
+    def ring(self, message: bool, carried: inbox_rings.Carried | None = None) -> None:
+        if carried is not None and len(self.carried) < CATCH_UP_LIMIT:
+            self.carried.append(carried)
+        elif message:  # (or more carried than a stream holds: read back instead)
             self.messages = True
-        self.counts = True
+            self.counts = True
+        else:
+            self.counts = True
         self.wake.set()
 
 
@@ -82,12 +95,11 @@ class Hub:
         return sum(len(g) for g in self._listeners.values())
 
     def dispatch(self, raw: bytes | str) -> None:
-        parsed = inbox.parse_announcement(raw)
-        if parsed is None:
+        ring = inbox_rings.parse_announcement(raw)
+        if ring is None:
             return
-        account_id, arrived = parsed
-        for listener in self._listeners.get(account_id, ()):
-            listener.ring(arrived)
+        for listener in self._listeners.get(ring.account_id, ()):
+            listener.ring(ring.arrived, ring.message)
 
     def everyone(self, *, closing: bool = False) -> None:
         """Wake every stream: to catch up (after the subscription was lost) or to close."""
@@ -106,7 +118,7 @@ class Hub:
             try:
                 pubsub = redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[attr-defined]
                 try:
-                    await pubsub.subscribe(inbox.INBOX_CHANNEL)
+                    await pubsub.subscribe(inbox_rings.INBOX_CHANNEL)
                     if failures:
                         self.everyone()
                     failures = 0
@@ -145,9 +157,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     pool, hub = app[POOL], app[HUB]
     listener = Listener(member.account_id)
     hub.add(listener)  # before reading anything: no ring can fall between the read and the wait
-    response = EventSourceResponse(
-        headers={"Cache-Control": "no-store"}, ping_interval=app[SETTINGS].inbox_heartbeat_seconds
-    )
+    # aiohttp-sse's own ping (a task writing to every stream on a timer) is put out of the way: the
+    # stream itself sends a heartbeat when it has been quiet for the interval (`_serve`).
+    response = EventSourceResponse(headers={"Cache-Control": "no-store"}, ping_interval=NO_PING)
     try:
         last_id = _last_event_id(request)
         if last_id is None:
@@ -156,7 +168,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
             listener.messages = True
         listener.counts = True  # the first event: the counts now
         await response.prepare(request)
-        await _serve(response, listener, member.account_id, member.expires, last_id, pool)
+        sender = _Sender(request, response)
+        heartbeat = app[SETTINGS].inbox_heartbeat_seconds
+        await _serve(sender, listener, member.account_id, member.expires, heartbeat, last_id, pool)
     except (ConnectionResetError, TimeoutError):
         if not response.prepared:
             raise
@@ -168,39 +182,117 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+class _Sender:
+    """Writes a stream's events, several in one write; a client that does not take them within
+    SEND_TIMEOUT is cut off."""
+
+    __slots__ = ("_request", "_response", "out")
+
+    def __init__(self, request: web.Request, response: EventSourceResponse) -> None:
+        self._request = request
+        self._response = response
+        self.out: list[str] = []
+
+    def event(self, data: str, event: str, id: int | None = None, retry: int | None = None) -> None:
+        if id is not None:
+            self.out.append(f"id: {id}\n")
+        self.out.append(f"event: {event}\n")
+        self.out.extend(f"data: {line}\n" for line in data.splitlines() or [""])
+        if retry is not None:
+            self.out.append(f"retry: {retry}\n")
+        self.out.append("\n")
+
+    async def flush(self) -> None:
+        if not self.out:
+            return
+        text, self.out = "".join(self.out), []
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await self._response.write(text.encode())
+        except TimeoutError:
+            if (transport := self._request.transport) is not None:
+                transport.abort()
+            raise
+
+    def connected(self) -> bool:
+        transport = self._request.transport
+        return transport is not None and not transport.is_closing()
+
+
 async def _serve(
-    response: EventSourceResponse,
+    sender: _Sender,
     listener: Listener,
     account_id: int,
     expires: int,
+    heartbeat: float,
     last_id: int,
     pool: asyncpg.Pool,
 ) -> None:
-    ping = response._ping_task
-    if ping is not None:  # when the client goes away its pings fail: end the loop
-        ping.add_done_callback(lambda _: listener.close())
+    """Send what is new until the stream ends. A read from PostgreSQL (at the start, after a ring
+    that carries no message, after a change of counts, to catch up) sends the messages after
+    `last_id` and the counts. A ring that carries a message after `last_id` is sent as it came and
+    counted into the counts of the last read (it was not committed when that read ran, or the read
+    would have sent it). A carried message at or below `last_id` that this stream did not send
+    (committed before a later one that was sent first) is sent without an `id:` so the resume
+    point stays, and the counts are read again. The events of one wake go out in one write; a
+    stream quiet for `heartbeat` seconds gets a comment (a failed write ends the stream)."""
+    floor = last_id  # older messages are not news to this stream
+    recent: deque[int] = deque(maxlen=RECENT_IDS)  # the last ids sent
+    counts: dict[str, Any] | None = None
+    counts_text = ""  # set by the first read, which the stream always starts with (listener.counts)
     first = True
-    async for _ in _wakes(listener, expires):
-        if not response.is_connected() or listener.closing:
+    async for _ in _wakes(listener, expires, heartbeat):
+        if listener.closing or not sender.connected():
             return
-        if not (listener.messages or listener.counts):
-            continue  # woken only to look at the connection
-        wanted = CATCH_UP_LIMIT if listener.messages else 0
-        listener.messages = listener.counts = False
-        news = await inbox.member_news(pool, account_id, last_id, wanted)
-        for message_id, item in news.messages:
-            await response.send(item, id=str(message_id), event="message")
-            last_id = message_id
-        if len(news.messages) == CATCH_UP_LIMIT:
-            listener.messages = True
-        await response.send(news.counts, event="counts", retry=RETRY_MS if first else None)
-        first = False
+        carried, listener.carried = listener.carried, []
+        if listener.messages or listener.counts:
+            listener.messages = listener.counts = False
+            read_from = last_id
+            news = await inbox.member_news(pool, account_id, last_id, CATCH_UP_LIMIT)
+            for message_id, item in news.messages:
+                sender.event(item, "message", id=message_id)
+                last_id = message_id
+                recent.append(message_id)
+            if len(news.messages) == CATCH_UP_LIMIT:
+                listener.messages = True
+            carried = [m for m in carried if m.id <= read_from]  # the read sent the later ones
+            counts_text, counts = news.counts, None
+        elif not carried:
+            sender.out.append(": ping\n\n")  # quiet for the heartbeat interval
+            await sender.flush()
+            continue
+        for message in carried:
+            if message.id > last_id and not listener.messages:
+                sender.event(message.item, "message", id=message.id)
+                last_id = message.id
+                recent.append(message.id)
+                counts = _counted(counts if counts is not None else json.loads(counts_text), message)
+                counts_text = json.dumps(counts)
+            elif floor < message.id <= last_id and message.id not in recent:
+                sender.event(message.item, "message")
+                recent.append(message.id)
+                listener.counts = True
+            # else: sent already, older than the stream, or a pending catch-up read sends it
+        if not listener.counts:  # else a read follows at once, with the counts
+            sender.event(counts_text, "counts", retry=RETRY_MS if first else None)
+            first = False
+        await sender.flush()
 
 
-async def _wakes(listener: Listener, expires: int) -> AsyncIterator[None]:
-    """Yield whenever the listener has something to do, until its token expires."""
+def _counted(counts: dict[str, Any], message: inbox_rings.Carried) -> dict[str, Any]:
+    """The counts with one more new message (unread, unseen, not archived)."""
+    counts["unread"] += 1
+    counts["unseen"] += 1
+    by_category = counts["by_category"]
+    by_category[message.category] = by_category.get(message.category, 0) + 1
+    return counts
+
+
+async def _wakes(listener: Listener, expires: int, heartbeat: float) -> AsyncIterator[None]:
+    """Yield whenever the listener has something to do, or after `heartbeat` seconds of nothing,
+    until its token expires."""
     while True:
-        if listener.messages or listener.counts or listener.closing:
+        if listener.messages or listener.counts or listener.carried or listener.closing:
             yield
             if listener.closing:
                 return
@@ -209,9 +301,12 @@ async def _wakes(listener: Listener, expires: int) -> AsyncIterator[None]:
         if remaining <= 0:
             return
         listener.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(remaining, 60)):
+        try:
+            async with asyncio.timeout(min(remaining, heartbeat)):
                 await listener.wake.wait()
+        except TimeoutError:
+            if remaining <= heartbeat:
+                return
         yield
 
 

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from notifier import i18n, inbox, pages, tokens
+from notifier import i18n, inbox, inbox_rings, pages, tokens
 from notifier.db import Q
 from notifier.resources import POOL, REDIS, SETTINGS
 
@@ -62,13 +62,15 @@ async def get_inbox(request: web.Request) -> web.Response:
     counts = await inbox.member_counts(pool, found.account_id)
     page = await inbox.member_page(
         pool,
-        found.account_id,
+        account["external_id"],
         before=before,
         unread=view == "unread",
         category=category,
         archived=inbox.MEMBER_VIEWS[view],
         limit=PAGE_SIZE,
     )
+    if page is None:  # erased meanwhile
+        return pages.not_found(request)
     language = i18n.normalise(account["locale"])
     items = [
         {
@@ -140,7 +142,7 @@ async def post_inbox(request: web.Request) -> web.Response:
             title=i18n.N_("Unknown action"),
             message=i18n.N_("Nothing was changed: use the buttons of your inbox page."),
         )
-    await inbox.announce_changed(request.app[REDIS], found.account_id)
+    await inbox_rings.announce_changed(request.app[REDIS], found.account_id)
     back = str(form.get("back", ""))
     if not back.startswith("?view=") or "\n" in back or "\r" in back:
         back = "?view=unread"

@@ -53,19 +53,29 @@ SELECT r.ord, r.id, r.account_id,
 FROM resolved r ORDER BY r.ord;
 
 -- name: inbox_page
--- Newest first below the cursor id ($2). $3: only unread; $4: one category; $5: 'exclude',
--- 'include' or 'only' archived messages. Also the member's own view (notifier.inbox.member_page).
-SELECT id, category, subject, body, url, data, created_at, read_at, seen_at, archived_at
-FROM messages
-WHERE account_id = $1
-  AND ($2::bigint IS NULL OR id < $2)
-  AND (NOT $3::boolean OR read_at IS NULL)
-  AND ($4::text IS NULL OR category = $4)
-  AND CASE $5::text WHEN 'include' THEN true
-                    WHEN 'only' THEN archived_at IS NOT NULL
-                    ELSE archived_at IS NULL END
-ORDER BY id DESC
-LIMIT $6;
+-- A page of the inbox of the account with external id $1, newest first below the cursor id ($2).
+-- $3: only unread; $4: one category; $5: 'exclude', 'include' or 'only' archived messages; $6 rows
+-- at most. The account comes in the same round trip: every row carries its id and registration
+-- time; an empty page is one row whose message columns are NULL; no row: no such account.
+-- The `/v1` listing and the member's own views (notifier.inbox.member_page).
+SELECT a.id AS account_id, a.created_at AS registered_at,
+       m.id, m.category, m.subject, m.body, m.url, m.data, m.created_at, m.read_at, m.seen_at, m.archived_at
+FROM accounts a
+LEFT JOIN LATERAL (
+    SELECT id, category, subject, body, url, data, created_at, read_at, seen_at, archived_at
+    FROM messages
+    WHERE account_id = a.id
+      AND ($2::bigint IS NULL OR id < $2)
+      AND (NOT $3::boolean OR read_at IS NULL)
+      AND ($4::text IS NULL OR category = $4)
+      AND CASE $5::text WHEN 'include' THEN true
+                        WHEN 'only' THEN archived_at IS NOT NULL
+                        ELSE archived_at IS NULL END
+    ORDER BY id DESC
+    LIMIT $6
+) m ON true
+WHERE a.external_id = $1
+ORDER BY m.id DESC;
 
 -- name: get_inbox_message
 SELECT m.id, m.category, m.subject, m.body, m.url, m.data, m.created_at, m.read_at, m.archived_at

@@ -1,0 +1,217 @@
+"""The event stream's doorbell rings that carry the new message: a woken stream sends it and counts
+it without reading PostgreSQL back, and still never loses or repeats a message."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from notifier import inbox, inbox_rings
+from notifier.app import create_app
+from notifier.settings import Settings
+from notifier.validation import MAX_BODY
+from tests.api_helpers import bearer
+from tests.factory import Factory
+from tests.test_member_inbox import member_token, open_stream, post_message
+
+
+def created(row: asyncpg.Record) -> inbox.CreatedMessage:
+    return inbox.CreatedMessage(
+        row["id"], row["account_id"], False, inbox.new_member_item(row), row["category"]
+    )
+
+
+def test_rings_carry_the_message_and_old_rings_still_parse() -> None:
+    item = '{"id": 7, "subject": "a b c"}'
+    assert inbox_rings.parse_announcement(f"12 new 7 news {item}".encode()) == inbox_rings.Ring(
+        12, True, inbox_rings.Carried(7, "news", item)
+    )
+    assert inbox_rings.parse_announcement(b"12 new") == inbox_rings.Ring(12, True, None)
+    assert inbox_rings.parse_announcement("12 counts") == inbox_rings.Ring(12, False, None)
+    for bad in ("12 new x news {}", "12 new 7 news", "12 new 7 news []", "x new", "12 old", "12 new 7  {}"):
+        assert inbox_rings.parse_announcement(bad) is None, bad
+
+
+def test_a_long_message_or_a_batch_rings_without_its_item() -> None:
+    short = inbox.CreatedMessage(1, 10, False, '{"id": 1}', "news")
+    long = inbox.CreatedMessage(
+        2, 10, False, '{"id": 2, "body": "' + "x" * inbox_rings.RING_ITEM_MAX + '"}', "news"
+    )
+    batch = [inbox.CreatedMessage(3, 11, False), inbox.CreatedMessage(4, 11, False)]
+    assert inbox_rings._rings([short, long, *batch]) == ['10 new 1 news {"id": 1}', "10 new", "11 new"]
+
+
+async def test_a_carried_message_is_sent_and_counted_without_a_read(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ann = await factory.account(external_id="ann")
+    await factory.message(ann, category="events")
+    token = await member_token(client, pool, "ann")
+    headers = await bearer(pool, "messages")
+    reads = 0
+    member_news = inbox.member_news
+
+    async def counted_read(*args: Any) -> inbox.MemberNews:
+        nonlocal reads
+        reads += 1
+        return await member_news(*args)
+
+    monkeypatch.setattr(inbox, "member_news", counted_read)
+    async with open_stream(client, token) as events:
+        event, counts, _ = await events.next()
+        assert (event, counts["unread"], counts["by_category"]) == ("counts", 1, {"events": 1})
+        for n, category in enumerate(("news", "news", "events"), start=2):
+            sent = await post_message(
+                client, headers, "ann", category=category, subject=f"S{n}", url="https://e.org/"
+            )
+            event, data, ident = await events.next()
+            assert (event, data["id"], ident, data["subject"], data["url"], data["read_at"]) == (
+                "message",
+                sent,
+                str(sent),
+                f"S{n}",
+                "https://e.org/",
+                None,
+            )
+            event, counts, _ = await events.next()
+            assert event == "counts" and counts["unread"] == counts["unseen"] == n
+        assert counts["by_category"] == {"events": 2, "news": 2}
+        assert reads == 1  # the first counts; every message came with its ring
+        # The item the ring carried is the one a read gives.
+        listed = await client.get(
+            "/member/v1/messages", params={"limit": "1"}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert (await listed.json())["items"][0] == data
+
+
+async def test_a_late_ring_is_sent_once_without_moving_the_resume_point(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, redis: Any, factory: Factory
+) -> None:
+    """Two messages committed in one order and announced in the other: the later ring's message is
+    sent without an id (a reconnect resumes after the newest), its ring once more changes nothing,
+    and the counts are read again."""
+    ann = await factory.account(external_id="ann")
+    token = await member_token(client, pool, "ann")
+    async with open_stream(client, token) as events:
+        assert (await events.next())[0] == "counts"
+        older = await factory.message(ann, subject="Older")
+        newer = await factory.message(ann, subject="Newer")
+        await inbox_rings.announce_created(redis, [created(newer)])
+        event, data, ident = await events.next()
+        assert (event, data["subject"], ident) == ("message", "Newer", str(newer["id"]))
+        event, counts, _ = await events.next()
+        assert (event, counts["unread"]) == ("counts", 1)  # the newer one, counted from its ring
+        await inbox_rings.announce_created(redis, [created(older)])
+        event, data, ident = await events.next()
+        assert (event, data["subject"], ident) == ("message", "Older", None)
+        event, counts, _ = await events.next()
+        assert (event, counts["unread"]) == ("counts", 2)  # read back
+        await inbox_rings.announce_created(redis, [created(older), created(newer)])
+        event, counts, _ = await events.next()
+        assert (event, counts["unread"]) == ("counts", 2)  # nothing sent twice
+
+
+async def test_a_message_too_long_to_carry_is_read_back(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, factory: Factory
+) -> None:
+    await factory.account(external_id="ann")
+    token = await member_token(client, pool, "ann")
+    headers = await bearer(pool, "messages")
+    assert MAX_BODY > inbox_rings.RING_ITEM_MAX
+    body = "y" * (inbox_rings.RING_ITEM_MAX + 1)
+    async with open_stream(client, token) as events:
+        assert (await events.next())[0] == "counts"
+        sent = await post_message(client, headers, "ann", body=body)
+        event, data, ident = await events.next()
+        assert (event, data["id"], data["body"], ident) == ("message", sent, body, str(sent))
+        event, counts, _ = await events.next()
+        assert (event, counts["unread"]) == ("counts", 1)
+
+
+async def test_a_page_and_its_account_are_one_statement(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The member's listing and the API's resolve the account inside the page's statement; an
+    unknown or erased account is still a 401 (member) or a 404 (API)."""
+    ann = await factory.account(external_id="ann")
+    for n in range(3):
+        await factory.message(ann, subject=f"S{n}")
+    token = await member_token(client, pool, "ann")
+    headers = await bearer(pool, "messages")
+    statements = 0
+    for name in ("fetch", "fetchrow", "fetchval", "execute"):
+        original = getattr(asyncpg.Pool, name)
+
+        def counting(original: Any) -> Any:
+            async def call(self: asyncpg.Pool, *args: Any, **kwargs: Any) -> Any:
+                nonlocal statements
+                statements += 1
+                return await original(self, *args, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(asyncpg.Pool, name, counting(original))
+    member = {"Authorization": f"Bearer {token}"}
+    for url, auth_headers in (("/member/v1/messages", member), ("/v1/accounts/ann/messages", headers)):
+        before = statements
+        resp = await client.get(url, params={"limit": "2"}, headers=auth_headers)
+        assert resp.status == 200
+        page = await resp.json()
+        assert [m["subject"] for m in page["items"]] == ["S2", "S1"] and page["next_cursor"]
+        if url.startswith("/member"):
+            assert statements - before == 1, url
+    resp = await client.get("/v1/accounts/bob/messages", headers=headers)
+    assert resp.status == 404
+    monkeypatch.undo()
+    await pool.execute("DELETE FROM accounts WHERE external_id = 'ann'")
+    assert (await client.get("/member/v1/messages", headers=member)).status == 401
+    # A new account of the same external id, registered after the token (beyond the clock skew).
+    await factory.account(external_id="ann", created_at=datetime.now(UTC) + timedelta(minutes=10))
+    assert (await client.get("/member/v1/messages", headers=member)).status == 401
+
+
+async def test_heartbeats_go_only_to_quiet_streams(
+    settings: Settings, pool: asyncpg.Pool, redis: Any, factory: Factory
+) -> None:
+    """A stream that had an event within the heartbeat interval gets no heartbeat; a quiet one
+    gets one each interval. A message and its counts come in one write."""
+    await factory.account(external_id="ann")
+    app = create_app(settings.model_copy(update={"inbox_heartbeat_seconds": 0.5}))
+    async with TestClient(TestServer(app)) as client:
+        token = await member_token(client, pool, "ann")
+        headers = await bearer(pool, "messages")
+        async with open_stream(client, token) as events:
+            assert (await events.next())[0] == "counts"
+            chunks: list[bytes] = []
+
+            async def read() -> None:
+                async for chunk in events.resp.content.iter_any():
+                    chunks.append(chunk)
+
+            reader = asyncio.create_task(read())
+            for n in range(8):  # busy: an event every 0.2 s for 1.6 s
+                await post_message(client, headers, "ann", subject=f"S{n}")
+                await asyncio.sleep(0.2)
+            busy = b"".join(chunks)
+            await asyncio.sleep(1.3)  # then quiet
+            reader.cancel()
+            quiet = b"".join(chunks)[len(busy) :]
+    assert busy.count(b"event: message") == 8 and b": ping" not in busy
+    assert quiet.count(b": ping") >= 2
+    assert any(b"event: message" in c and b"event: counts" in c for c in chunks)
+
+
+def test_a_stream_holds_a_bounded_number_of_carried_messages() -> None:
+    """A stream that is not reading (a slow client) keeps at most CATCH_UP_LIMIT carried messages;
+    past that it reads what is new from PostgreSQL."""
+    from notifier.member.stream import CATCH_UP_LIMIT, Listener
+
+    listener = Listener(1)
+    for n in range(CATCH_UP_LIMIT + 5):
+        listener.ring(True, inbox_rings.Carried(n + 1, "news", "{}"))
+    assert len(listener.carried) == CATCH_UP_LIMIT and listener.messages and listener.counts
