@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from notifier.member_import import STAGED_COLUMNS, RowChecker, check_row, column_plan
+from notifier.import_file import STAGED_COLUMNS, RowChecker, check_row, column_plan
 from notifier.validation import MAX_EXTERNAL_ID, MAX_NAME
 
 HEADER = ("external_id", "email", "name", "timezone", "locale", "attributes.country", "notes")
