@@ -234,7 +234,7 @@ async def _merge(
     result.unchanged = updated["matched"] - updated["updated"]
     await _follow_timezones(conn, updated["moved"])
     if staged - refused - updated["matched"] > 0:  # else every row was known (a re-run): no scan
-        result.created = await _register(conn, import_id, actor, zones, now)
+        result.created = await register(conn, import_id, actor, zones, now)
     if opt_in is not None:
         target = None
         if opt_in.list_key is not None:
@@ -268,13 +268,14 @@ async def _merge(
     result.failed = await conn.fetchval(Q.import_failed_count, import_id)
 
 
-async def _register(
+async def register(
     conn: asyncpg.Connection, import_id: int, actor: audit.Actor, zones: Iterable[str], now: datetime
 ) -> int:
     """Register the members not yet known, each with its first digest window open as
     `preferences.start_schedule` opens it: from the transaction's time `now` to `schedule.next_due`
     of the default schedule in the member's time zone (computed once for each of `zones`, the
-    staged rows' time zones). Returns how many were registered."""
+    staged rows' time zones). Call in the import's transaction, its rows staged under
+    `import_id`. Returns how many were registered."""
     default = Preferences()
     zones = sorted(zones)
     due = [
