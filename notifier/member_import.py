@@ -26,52 +26,45 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import asyncpg
-from pydantic import TypeAdapter, ValidationError
 
-from notifier import attributes, audit, lists, schedule
-from notifier.accounts import NewAccount
+from notifier import audit, lists, schedule
 from notifier.consent import WORDING, WORDING_VERSION
 from notifier.db import Q
-from notifier.errors import FieldError, Problem
+from notifier.errors import Problem
+from notifier.import_file import (
+    DEFAULTS,
+    STAGED_COLUMNS,
+    CountingReader,
+    ImportRefused,
+    Row,
+    RowChecker,
+    chunks,
+    column_plan,
+    parse_maps,
+)
 from notifier.preferences import Preferences
 from notifier.settings import Settings
-from notifier.validation import Email, ExternalId, Locale, Name, TimeZone, check_one_line, errors_of
 
-FIELDS = ("external_id", "email", "name", "timezone", "locale")
-ATTRIBUTE_PREFIX = "attributes."
+__all__ = ["ImportRefused", "ImportResult", "OptIn", "cli_import", "import_csv", "parse_maps"]
+
 CHUNK_ROWS = 5000
 ERRORS_KEPT = 1000  # errors held in `ImportResult.errors`; a report file receives them all
 MAX_WORDING = 2000
-STAGED_COLUMNS = ("import_id", "row_no", "external_id", "email", "name", "timezone", "locale", "attributes")
 ERROR_COLUMNS = ("import_id", "row_no", "field", "reason")
 REPORT_HEADER = ("row", "field", "reason")
-
-_RULES: dict[str, TypeAdapter[str]] = {
-    "external_id": TypeAdapter(ExternalId),
-    "email": TypeAdapter(Email),
-    "name": TypeAdapter(Name),
-    "timezone": TypeAdapter(TimeZone),
-    "locale": TypeAdapter(Locale),
-}
-_DEFAULTS = {name: NewAccount.model_fields[name].default for name in ("timezone", "locale")}
 
 ACTOR = audit.Actor("system", "import")  # the CLI's; the console's is the signed-in operator's
 SHOWN_ERRORS = 50  # bad rows printed by the CLI without --errors FILE
 
 Progress = Callable[[int, int], None]  # (bytes read, bytes in all)
-
-
-class ImportRefused(ValueError):
-    """The file or the options cannot be imported at all (no row was written)."""
 
 
 @dataclass
@@ -122,130 +115,6 @@ class OptIn:
         return WORDING_VERSION if self.wording == WORDING else None
 
 
-def parse_maps(maps: Sequence[str]) -> dict[str, str]:
-    """`["Email Address=email", ...]` as {csv column: field}; ImportRefused for a bad map."""
-    out: dict[str, str] = {}
-    for item in maps:
-        column, sep, target = item.partition("=")
-        column, target = column.strip(), target.strip()
-        if not sep or not column or not target:
-            raise ImportRefused(f"a map is CSV_COLUMN=FIELD, got {item!r}")
-        if target not in FIELDS and not _attribute_key(target):
-            raise ImportRefused(f"{target!r} is not a field: map to {', '.join(FIELDS)} or attributes.KEY")
-        out[column] = target
-    return out
-
-
-def _attribute_key(target: str) -> str | None:
-    key = target.removeprefix(ATTRIBUTE_PREFIX)
-    if target.startswith(ATTRIBUTE_PREFIX) and attributes.KEY.fullmatch(key):
-        return key
-    return None
-
-
-def column_plan(header: Sequence[str], maps: Mapping[str, str]) -> tuple[dict[int, str], list[str]]:
-    """Which column index holds which field, and the header names left unused. A column maps to
-    the field it is named after unless `maps` says otherwise; ImportRefused when `external_id`
-    has no column, a field has two, or a map names a column the header lacks."""
-    names = [h.strip() for h in header]
-    missing = [c for c in maps if c not in names]
-    if missing:
-        raise ImportRefused(f"the header has no column {', '.join(map(repr, missing))}")
-    plan: dict[int, str] = {}
-    ignored: list[str] = []
-    for index, name in enumerate(names):
-        target = maps.get(name, name if name in FIELDS or _attribute_key(name) else None)
-        if target is None:
-            ignored.append(name)
-        elif target in plan.values():
-            raise ImportRefused(f"two columns map to {target!r}")
-        else:
-            plan[index] = target
-    if "external_id" not in plan.values():
-        raise ImportRefused(
-            "no column maps to external_id (name one external_id, or --map COLUMN=external_id)"
-        )
-    return plan, ignored
-
-
-def check_row(
-    cells: Sequence[str], plan: Mapping[int, str], width: int
-) -> tuple[dict[str, Any], list[FieldError]]:
-    """The row's values by field, checked by the API's rules (empty cells are absent), and the
-    errors found; `attributes` collects the `attributes.*` cells as a JSON object."""
-    if len(cells) != width:
-        return {}, [{"field": "row", "message": f"has {len(cells)} cells; the header has {width}"}]
-    values: dict[str, Any] = {}
-    found: dict[str, str] = {}
-    errors: list[FieldError] = []
-    for index, target in plan.items():
-        cell = cells[index].strip()
-        if not cell:
-            continue
-        key = _attribute_key(target)
-        if key is not None:
-            try:
-                found[key] = check_one_line(cell)
-            except ValueError as exc:
-                errors.append({"field": target, "message": str(exc)})
-            continue
-        try:
-            values[target] = _RULES[target].validate_python(cell)
-        except ValidationError as exc:
-            errors.extend(errors_of(exc, target))
-    if "external_id" not in values and not any(e["field"] == "external_id" for e in errors):
-        errors.append({"field": "external_id", "message": "is required"})
-    if found:
-        errors.extend(attributes.problems(found))
-        values["attributes"] = json.dumps(found, ensure_ascii=False)
-    return values, errors
-
-
-class _CountingReader(io.RawIOBase):
-    """A binary file that counts the bytes read from it (the progress bar's measure)."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = self.raw.readinto(buffer)  # type: ignore[attr-defined]
-        self.count += n or 0
-        return n or 0
-
-
-Row = tuple[int, list[str] | str]  # spreadsheet row number; its cells, or why it is not CSV
-
-
-def _chunks(reader: Iterator[list[str]], size: int) -> Iterator[list[Row]]:
-    """Rows with their spreadsheet number (the header is row 1), `size` at a time. A record the
-    CSV reader refuses (a cell over its size limit) is passed on as its reason, and reading goes
-    on with the next one."""
-    chunk: list[Row] = []
-    row_no = 1
-    while True:
-        row_no += 1
-        try:
-            cells: list[str] | str = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            cells = f"is not CSV: {exc}"
-        except UnicodeDecodeError:
-            raise ImportRefused(f"the file is not UTF-8 text (near row {row_no})") from None
-        if not cells:  # a blank line
-            continue
-        chunk.append((row_no, cells))
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 async def import_csv(
     conn: asyncpg.Connection,
     file: IO[bytes],
@@ -270,7 +139,7 @@ async def import_csv(
     """
     if opt_in is not None and (not opt_in.wording.strip() or len(opt_in.wording) > MAX_WORDING):
         raise ImportRefused(f"the consent wording must be 1 to {MAX_WORDING} characters")
-    counting = _CountingReader(file)
+    counting = CountingReader(file)
     text = io.TextIOWrapper(io.BufferedReader(counting), encoding="utf-8-sig", errors="strict", newline="")
     reader = csv.reader(text)
     try:
@@ -285,15 +154,18 @@ async def import_csv(
         raise ImportRefused(f"the header row is not CSV: {exc}") from None
     plan, ignored = column_plan(header, maps or {})
     result = ImportResult(ignored_columns=ignored, dry_run=dry_run)
+    checker = RowChecker(plan, len(header))
     tx = conn.transaction()
     await tx.start()
     try:
-        import_id: int = await conn.fetchval(Q.import_start, actor.type, actor.name, source[:200])
-        for chunk in _chunks(reader, chunk_rows):
-            await _stage(conn, import_id, chunk, plan, len(header))
+        started = await conn.fetchrow(Q.import_start, actor.type, actor.name, source[:200])
+        import_id: int = started["id"]
+        staged = 0
+        for chunk in chunks(reader, chunk_rows):
+            staged += await _stage(conn, import_id, chunk, checker)
             if progress is not None:
                 progress(counting.count, total_bytes)
-        await _merge(conn, import_id, actor, opt_in, result)
+        await _merge(conn, import_id, actor, opt_in, result, staged, checker.zones, started["started_at"])
         writer = csv.writer(report) if report is not None else None
         if writer is not None:
             writer.writerow(REPORT_HEADER)
@@ -322,43 +194,47 @@ async def import_csv(
     return result
 
 
-async def _stage(
-    conn: asyncpg.Connection,
-    import_id: int,
-    chunk: Sequence[Row],
-    plan: Mapping[int, str],
-    width: int,
-) -> None:
-    """Check one chunk of rows and COPY the good ones and the errors into the staging tables."""
+async def _stage(conn: asyncpg.Connection, import_id: int, chunk: Sequence[Row], checker: RowChecker) -> int:
+    """Check one chunk of rows and COPY the good ones and the errors into the staging tables;
+    returns how many rows were good."""
     good: list[tuple[Any, ...]] = []
     bad: list[tuple[Any, ...]] = []
     for row_no, cells in chunk:
-        values: dict[str, Any] = {}
         if isinstance(cells, str):
-            errors = [FieldError(field="row", message=cells)]
-        else:
-            values, errors = check_row(cells, plan, width)
+            bad.append((import_id, row_no, "row", cells))
+            continue
+        record, errors = checker.check(cells)
         if errors:
             bad.extend((import_id, row_no, e["field"], e["message"]) for e in errors)
         else:
-            good.append((import_id, row_no, *(values.get(f) for f in STAGED_COLUMNS[2:])))
+            good.append((import_id, row_no, *record))
     if good:
         await conn.copy_records_to_table("import_rows", records=good, columns=STAGED_COLUMNS)
     if bad:
         await conn.copy_records_to_table("import_errors", records=bad, columns=ERROR_COLUMNS)
+    return len(good)
 
 
 async def _merge(
-    conn: asyncpg.Connection, import_id: int, actor: audit.Actor, opt_in: OptIn | None, result: ImportResult
+    conn: asyncpg.Connection,
+    import_id: int,
+    actor: audit.Actor,
+    opt_in: OptIn | None,
+    result: ImportResult,
+    staged: int,
+    zones: Iterable[str],
+    now: datetime,
 ) -> None:
-    """The set-based part: whole-file checks, corrections, registrations, windows, opt-ins."""
-    await conn.execute(Q.import_duplicates, import_id)
-    await conn.execute(Q.import_incomplete, import_id)
+    """The set-based part: whole-file checks, corrections, registrations, windows, opt-ins.
+    `staged` rows were copied; `zones` are their time zones, `now` the transaction's time."""
+    refused: int = await conn.fetchval(Q.import_duplicates, import_id)
+    refused += await conn.fetchval(Q.import_incomplete, import_id)
     updated = await conn.fetchrow(Q.import_update, import_id, actor.type, actor.name, actor.user_id)
     result.updated = updated["updated"]
     result.unchanged = updated["matched"] - updated["updated"]
     await _follow_timezones(conn, updated["moved"])
-    result.created = await _register(conn, import_id, actor)
+    if staged - refused - updated["matched"] > 0:  # else every row was known (a re-run): no scan
+        result.created = await register(conn, import_id, actor, zones, now)
     if opt_in is not None:
         target = None
         if opt_in.list_key is not None:
@@ -392,30 +268,31 @@ async def _merge(
     result.failed = await conn.fetchval(Q.import_failed_count, import_id)
 
 
-async def _register(conn: asyncpg.Connection, import_id: int, actor: audit.Actor) -> int:
+async def register(
+    conn: asyncpg.Connection, import_id: int, actor: audit.Actor, zones: Iterable[str], now: datetime
+) -> int:
     """Register the members not yet known, each with its first digest window open as
-    `preferences.start_schedule` opens it: from the transaction's time to `schedule.next_due` of
-    the default schedule in the member's time zone (computed once per time zone). Returns how
-    many were registered."""
-    zones = await conn.fetch(Q.import_new_timezones, import_id, _DEFAULTS["timezone"])
+    `preferences.start_schedule` opens it: from the transaction's time `now` to `schedule.next_due`
+    of the default schedule in the member's time zone (computed once for each of `zones`, the
+    staged rows' time zones). Call in the import's transaction, its rows staged under
+    `import_id`. Returns how many were registered."""
     default = Preferences()
+    zones = sorted(zones)
     due = [
-        schedule.next_due(
-            default.digest_frequency, default.digest_hour, default.digest_weekday, z["timezone"], z["now"]
-        )
-        for z in zones
+        schedule.next_due(default.digest_frequency, default.digest_hour, default.digest_weekday, zone, now)
+        for zone in zones
     ]
     created: int = await conn.fetchval(
         Q.import_insert,
         import_id,
         actor.type,
         actor.name,
-        _DEFAULTS["timezone"],
-        _DEFAULTS["locale"],
+        DEFAULTS["timezone"],
+        DEFAULTS["locale"],
         default.digest_frequency,
         default.digest_hour,
         default.digest_weekday,
-        [z["timezone"] for z in zones],
+        zones,
         due,
         actor.user_id,
     )

@@ -57,6 +57,7 @@ DOMAIN = (
     "heartbeat",
     "embedded",
     "member_import",
+    "import_file",
     "brand",
     "newsletter_templates",
 )

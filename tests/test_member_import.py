@@ -323,3 +323,23 @@ async def test_hostile_cells_fail_their_row_only(pool: asyncpg.Pool) -> None:
     assert [(row, field) for row, field, _ in result.errors] == [(3, "row"), (4, "name"), (5, "name")]
     assert "field limit" in result.errors[0][2]
     assert await pool.fetchval("SELECT array_agg(external_id ORDER BY id) FROM accounts") == ["m-1", "m-5"]
+
+
+async def test_a_file_of_known_members_with_one_new_one_registers_it(
+    pool: asyncpg.Pool, factory: Factory
+) -> None:
+    """The registering step is skipped only when no staged row is left for a new member: the
+    refused rows are counted as rows, not as errors (a row missing both e-mail and name is one row
+    with two errors)."""
+    await factory.account(external_id="m-1", email="ada@example.com", name="Ada")
+    rows = [
+        ["m-1", "ada@example.com", "Ada", "UTC"],  # known, unchanged
+        ["m-3", "", "", "UTC"],  # new and incomplete: two errors, one row
+        ["m-1", "again@example.com", "Ada", "UTC"],  # repeated
+        ["m-2", "bob@example.com", "Bob", "Asia/Tokyo"],  # new
+    ]
+    result = await run(pool, member_csv(rows))
+    assert (result.created, result.updated, result.unchanged, result.failed) == (1, 0, 1, 2)
+    assert await pool.fetchval("SELECT timezone FROM accounts WHERE external_id = 'm-2'") == "Asia/Tokyo"
+    again = await run(pool, member_csv(rows))
+    assert (again.created, again.updated, again.unchanged, again.failed) == (0, 0, 2, 2)

@@ -1,8 +1,10 @@
 -- name: import_start
-INSERT INTO imports (actor_type, actor, source) VALUES ($1, $2, $3) RETURNING id;
+-- Returns the import's id and the transaction's time (new members' digest windows open then).
+INSERT INTO imports (actor_type, actor, source) VALUES ($1, $2, $3) RETURNING id, started_at;
 
 -- name: import_duplicates
 -- A second row for the same external_id is refused (the first one counts), naming the first row.
+-- Returns how many rows were refused.
 WITH numbered AS (
     SELECT row_no, min(row_no) OVER (PARTITION BY external_id) AS first_row
     FROM import_rows WHERE import_id = $1
@@ -10,22 +12,27 @@ WITH numbered AS (
     DELETE FROM import_rows r USING numbered n
     WHERE r.import_id = $1 AND r.row_no = n.row_no AND n.row_no <> n.first_row
     RETURNING r.row_no, n.first_row
+), reported AS (
+    INSERT INTO import_errors (import_id, row_no, field, reason)
+    SELECT $1, row_no, 'external_id', format('appears again (first on row %s)', first_row) FROM moved
 )
-INSERT INTO import_errors (import_id, row_no, field, reason)
-SELECT $1, row_no, 'external_id', format('appears again (first on row %s)', first_row) FROM moved;
+SELECT count(*)::int FROM moved;
 
 -- name: import_incomplete
--- A row for a member not yet known must give an e-mail address and a name.
+-- A row for a member not yet known must give an e-mail address and a name. Returns how many rows
+-- were refused.
 WITH moved AS (
     DELETE FROM import_rows r
     WHERE r.import_id = $1 AND (r.email IS NULL OR r.name IS NULL)
       AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.external_id = r.external_id)
     RETURNING r.row_no, r.email IS NULL AS no_email, r.name IS NULL AS no_name
+), reported AS (
+    INSERT INTO import_errors (import_id, row_no, field, reason)
+    SELECT $1, m.row_no, f.field, 'is required for a new member'
+    FROM moved m, LATERAL (VALUES ('email', m.no_email), ('name', m.no_name)) AS f (field, missing)
+    WHERE f.missing
 )
-INSERT INTO import_errors (import_id, row_no, field, reason)
-SELECT $1, m.row_no, f.field, 'is required for a new member'
-FROM moved m, LATERAL (VALUES ('email', m.no_email), ('name', m.no_name)) AS f (field, missing)
-WHERE f.missing;
+SELECT count(*)::int FROM moved;
 
 -- name: import_update
 -- Members already known: correct the fields the file gives that differ, audit each correction
@@ -72,17 +79,10 @@ SELECT (SELECT count(*) FROM joined)::int AS matched,
        (SELECT count(*) FROM updated)::int AS updated,
        (SELECT coalesce(array_agg(id), '{}') FROM changed WHERE moved) AS moved;
 
--- name: import_new_timezones
--- The time zones of the members the import will register ($2: the default), and the
--- transaction's time, at which their first digest window opens.
-SELECT DISTINCT coalesce(r.timezone, $2) AS timezone, transaction_timestamp() AS now
-FROM import_rows r
-WHERE r.import_id = $1 AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.external_id = r.external_id);
-
 -- name: import_insert
 -- Members not yet known: register them with the file's time zone and locale (else $4, $5, the
 -- API's defaults) and the default schedule ($6-$8), their first digest window open from now to
--- the end computed for their time zone ($9, $10: `import_new_timezones`), and audit each as
+-- the end computed for their time zone ($9, $10: the staged rows' zones and those ends), and audit each as
 -- `accounts.create_account` does ($2, $3, $11: the actor's type, name and console user). Returns
 -- how many were registered.
 WITH inserted AS (
@@ -95,7 +95,7 @@ WITH inserted AS (
     WHERE r.import_id = $1
       AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.external_id = r.external_id)
     ON CONFLICT (external_id) DO NOTHING
-    RETURNING *
+    RETURNING id, external_id, email, name, timezone, locale, attributes
 ), audited AS (
     INSERT INTO audit_log (account_id, actor_type, actor, action, changes, console_user_id)
     SELECT id, $2, $3, 'account.created', jsonb_build_object(
