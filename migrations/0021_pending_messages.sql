@@ -91,15 +91,22 @@ $$;
 CREATE TRIGGER messages_pending_deleted AFTER DELETE ON messages
     REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION pending_messages_deleted();
 
--- The retention purge drops whole months (no trigger fires) and then deletes the rest of the rows
--- before the limit: the queue forgets every message before the limit with the months.
+-- The retention purge drops whole months, which fires no trigger: the queue forgets the messages of
+-- each month dropped (named messages_YYYY_MM, migration 0019). Only those: a pass may hold the
+-- rows of other messages, and this never touches a queue row whose message still exists.
 ALTER FUNCTION messages_drop_partitions(timestamptz) RENAME TO messages_drop_month_partitions;
 
 CREATE FUNCTION messages_drop_partitions(before timestamptz)
 RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    name text;
+    month timestamptz;
 BEGIN
-    RETURN QUERY SELECT messages_drop_month_partitions(before);
-    DELETE FROM pending_messages WHERE created_at < before;
+    FOR name IN SELECT messages_drop_month_partitions(before) LOOP
+        month := to_date(right(name, 7), 'YYYY_MM')::timestamp AT TIME ZONE 'UTC';
+        DELETE FROM pending_messages WHERE created_at >= month AND created_at < month + interval '1 month';
+        RETURN NEXT name;
+    END LOOP;
 END
 $$;
 

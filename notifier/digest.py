@@ -6,8 +6,9 @@ at a time with `FOR NO KEY UPDATE SKIP LOCKED` and, in one transaction per batch
 set-based statements for the whole batch (claim, build, advance):
 
 1. one statement (`build_digests` in sql/digest.sql) records a digest per account that has
-   something to say (unique (account_id, window_end)), marks its messages (unread, not archived,
-   not yet digested, created before the window's end) with the digest's id, builds each e-mail's
+   something to say (unique (account_id, window_end)) with its messages' ids, takes those messages
+   (queued in `pending_messages`, unread, not archived, created before the window's end) out of
+   the queue without writing `messages` (migration 0021), builds each e-mail's
    content and writes the outbox rows (`emails`, kind digest, template `digest`, the content as
    its context; unique per digest) — the same rows `outbox.add_many` writes, built in SQL so that
    no message row travels to Python;
@@ -17,9 +18,10 @@ set-based statements for the whole batch (claim, build, advance):
 Then it rings the delivery doorbell (`outbox.ring`). Any number of passes may run at once: a
 locked account is skipped by the others, and the account row is only released with its window
 advanced, so no window gets two digests, no message gets into two digests (each is locked and
-checked before it is marked; one locked by someone else, a member reading it, is skipped) and no
-message is lost (messages are selected by "not yet digested and created before the window's end",
-with no lower bound, so a late or skipped one goes in the next digest). The pass never waits for
+checked and dequeued under its row lock; one locked by someone else, a member reading it, is
+skipped) and no message is lost (it is queued in the transaction that stores it, and taken by
+"created before the window's end" with no lower bound, so a late or skipped one goes in the next
+digest). The pass never waits for
 a row lock.
 
 Immediate members have no clock: the intake hook `messages_arrived` makes them due one
