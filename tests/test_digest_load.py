@@ -163,6 +163,7 @@ async def test_two_passes_after_a_large_intake_beside_the_worker_give_each_membe
     assert (
         await pool.fetchval("SELECT count(DISTINCT digest_id) FROM emails WHERE kind = 'digest'") == MEMBERS
     )
+    assert await pool.fetchval("SELECT count(*) FROM pending_messages") == 0  # nothing left queued
     # Every window closed (the worker's pass, as of now, opened the next hour's).
     assert await pool.fetchval("SELECT count(*) FROM accounts WHERE next_digest_at <= $1", now) == 0
 

@@ -34,12 +34,19 @@ async def digest_of(pool: asyncpg.Pool, message_id: int) -> int | None:
     return found
 
 
+async def member_with(factory: Factory, *subjects: str) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    """A daily member due at T0 + DAY with one message per subject, an hour apart."""
+    acc = await factory.account(digest_window_start=T0, next_digest_at=T0 + DAY)
+    return acc, [
+        await factory.message(acc, subject=s, created_at=T0 + timedelta(hours=i))
+        for i, s in enumerate(subjects, 1)
+    ]
+
+
 async def test_read_unread_and_the_next_digest(
     pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
 ) -> None:
-    acc = await factory.account(digest_window_start=T0, next_digest_at=T0 + DAY)
-    sent = await factory.message(acc, subject="Sent", created_at=T0 + timedelta(hours=1))
-    read = await factory.message(acc, subject="Read first", created_at=T0 + timedelta(hours=2))
+    acc, (sent, read) = await member_with(factory, "Sent", "Read first")
     born_read = await factory.message(
         acc, subject="Stored read", created_at=T0 + timedelta(hours=3), read_at=T0
     )
@@ -73,9 +80,7 @@ async def test_read_unread_and_the_next_digest(
 async def test_a_digest_that_failed_for_good_hands_its_messages_back(
     pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, factory: Factory
 ) -> None:
-    acc = await factory.account(digest_window_start=T0, next_digest_at=T0 + DAY)
-    kept = await factory.message(acc, subject="Kept", created_at=T0 + timedelta(hours=1))
-    gone = await factory.message(acc, subject="Read since", created_at=T0 + timedelta(hours=2))
+    acc, (kept, gone) = await member_with(factory, "Kept", "Read since")
     assert (await run_pass(pool, redis, settings, T0 + DAY)).messages == 2
     failed = await digest_of(pool, kept["id"])
     await pool.execute(Q.member_mark_read, acc["id"], gone["id"])
