@@ -159,6 +159,7 @@ async def _run_batch(
     conn: asyncpg.Connection, settings: Settings, now: datetime, batch_size: int, plan: _Plan
 ) -> PassResult:
     result = PassResult()
+    await conn.execute(Q.batch_without_jit)
     accounts = await conn.fetch(Q.claim_due_accounts, now, batch_size)
     if not accounts:
         return result

@@ -76,6 +76,13 @@ ORDER BY next_digest_at
 LIMIT $2
 FOR NO KEY UPDATE SKIP LOCKED;
 
+-- name: batch_without_jit
+-- For the rest of a batch's transaction. PostgreSQL's custom plans of `build_digests` (its first five
+-- runs on each connection, planned with the batch's 500 accounts) are costed above `jit_above_cost`,
+-- and JIT-compiling the statement took 1.2-1.9 s of CPU per batch, where running it takes 0.3 s
+-- (docs/benchmarks.md, "The queue of pending messages").
+SET LOCAL jit = off;
+
 -- name: build_digests
 -- The whole batch in one statement, one snapshot. For each claimed account (id, window start and
 -- end, frequency, time zone, name, address, whether the address can be mailed):
