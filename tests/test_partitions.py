@@ -279,6 +279,10 @@ async def test_hot_queries_are_index_scans_on_a_large_table(own_pool: asyncpg.Po
         HOT_ROWS,
     )
     await inbox.maintain_partitions(pool)
+    # A third on "immediate" with no due time: the idle members `repair_immediate` looks at.
+    await pool.execute(
+        "UPDATE accounts SET digest_frequency = 'immediate', next_digest_at = NULL WHERE id % 3 = 0"
+    )
     await pool.execute("ANALYZE")
     account = await pool.fetchval("SELECT id FROM accounts WHERE external_id = 'member-500'")
     some = await pool.fetchrow(
@@ -326,6 +330,8 @@ async def test_hot_queries_are_index_scans_on_a_large_table(own_pool: asyncpg.Po
         ),
         "waiting_since": (ids, [""] * n, [True] * n, []),
         "digest_messages_gone": (list(range(1, n + 1)),),
+        "repair_immediate": (timedelta(seconds=120),),
+        "due_at": (now,),
         "release_digest_messages": (list(range(1, n + 1)),),
         "purge_messages_before": (month_start(now, -3) + timedelta(days=3), 5000),
         "fan_out_newsletter": ([], False, newsletter, "notifier:bulk", [], [], None),  # reads no message

@@ -52,15 +52,19 @@ GROUP BY f;
 -- The safety net behind the intake hook (which runs after commit and may fail): members on
 -- "immediate" with waiting messages but no due time become due one coalescing window ($1) after
 -- their oldest waiting message.
+-- Per idle immediate member through the queue's primary key (the aggregate keeps the subquery per
+-- account: joined to the whole queue, the planner hashed all of it and of `messages` every pass).
 UPDATE accounts a SET next_digest_at = p.first + $1::interval
 FROM (
-    SELECT q.account_id, min(q.created_at) AS first
+    SELECT i.id AS account_id, w.first
     FROM accounts i
-    JOIN pending_messages q ON q.account_id = i.id
-    JOIN messages m ON m.id = q.message_id AND m.created_at = q.created_at
-    WHERE i.digest_frequency = 'immediate' AND i.next_digest_at IS NULL
-      AND m.read_at IS NULL AND m.archived_at IS NULL
-    GROUP BY q.account_id
+    CROSS JOIN LATERAL (
+        SELECT min(q.created_at) AS first
+        FROM pending_messages q
+        JOIN messages m ON m.id = q.message_id AND m.created_at = q.created_at
+        WHERE q.account_id = i.id AND m.read_at IS NULL AND m.archived_at IS NULL
+    ) w
+    WHERE i.digest_frequency = 'immediate' AND i.next_digest_at IS NULL AND w.first IS NOT NULL
 ) p
 WHERE a.id = p.account_id AND a.digest_frequency = 'immediate' AND a.next_digest_at IS NULL;
 
