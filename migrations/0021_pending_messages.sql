@@ -93,6 +93,17 @@ $$;
 CREATE TRIGGER messages_pending_deleted AFTER DELETE ON messages
     REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION pending_messages_deleted();
 
+CREATE FUNCTION pending_messages_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM pending_messages;  -- not TRUNCATE: the same statement may be truncating it too
+    RETURN NULL;
+END
+$$;
+
+-- With no foreign key, `TRUNCATE messages` (benchmarks, tests) does not reach the queue by itself.
+CREATE TRIGGER messages_pending_truncated AFTER TRUNCATE ON messages
+    FOR EACH STATEMENT EXECUTE FUNCTION pending_messages_truncated();
+
 -- The retention purge drops whole months, which fires no trigger: the queue forgets the messages of
 -- each month dropped (named messages_YYYY_MM, migration 0019). Only those: a pass may hold the
 -- rows of other messages, and this never touches a queue row whose message still exists.

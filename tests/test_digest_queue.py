@@ -94,7 +94,7 @@ async def test_a_digest_that_failed_for_good_hands_its_messages_back(
     assert await digest_of(pool, kept["id"]) not in (None, failed)
 
 
-async def test_retention_and_erasure_leave_nothing_queued(own_pool: asyncpg.Pool) -> None:  # noqa: F811
+async def test_retention_erasure_and_truncation_leave_nothing_queued(own_pool: asyncpg.Pool) -> None:  # noqa: F811
     pool, factory = own_pool, Factory(own_pool)
     now = datetime.now(UTC)
     await pool.fetch("SELECT messages_create_partitions($1, now(), 3)", now - timedelta(days=150))
@@ -109,4 +109,8 @@ async def test_retention_and_erasure_leave_nothing_queued(own_pool: asyncpg.Pool
     assert await queued(pool, acc["id"]) == [fresh["id"]]
 
     await pool.execute("DELETE FROM accounts WHERE id = $1", acc["id"])
+    assert await pool.fetchval("SELECT count(*) FROM pending_messages") == 0
+
+    await factory.message(await factory.account())
+    await pool.execute("TRUNCATE messages")
     assert await pool.fetchval("SELECT count(*) FROM pending_messages") == 0
