@@ -172,7 +172,7 @@ async def _run_batch(
     schedules = [plan.schedule(a["digest_frequency"], a["digest_categories"]) for a in accounts]
     used = [s.used for s in schedules]
     due = [
-        frozenset(digest_windows.due(w, u) & s.used) for w, s, u in zip(windows, schedules, ends, strict=True)
+        frozenset(digest_windows.due(w, e) & s.used) for w, s, e in zip(windows, schedules, ends, strict=True)
     ]
     sends = [s.sends(d) for s, d in zip(schedules, due, strict=True)]
     rows = await conn.fetch(
