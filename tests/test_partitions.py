@@ -283,6 +283,12 @@ async def test_hot_queries_are_index_scans_on_a_large_table(own_pool: asyncpg.Po
     await pool.execute(
         "UPDATE accounts SET digest_frequency = 'immediate', next_digest_at = NULL WHERE id % 3 = 0"
     )
+    # Digests 1..1000, one per account, listing its messages (as delivery's lookups find them).
+    await pool.execute(
+        "INSERT INTO digests (account_id, frequency, window_start, window_end, message_count, message_ids)"
+        " SELECT account_id, 'daily', now() - interval '1 day', now(), count(*), array_agg(id)"
+        " FROM messages GROUP BY account_id ORDER BY account_id"
+    )
     await pool.execute("ANALYZE")
     account = await pool.fetchval("SELECT id FROM accounts WHERE external_id = 'member-500'")
     some = await pool.fetchrow(

@@ -319,12 +319,18 @@ ORDER BY m.created_at DESC, m.id DESC;
 -- name: digest_messages_gone
 -- At send time: messages of these digests read or archived since the digest was built, by
 -- digest and category (almost always none).
--- Each message by primary key, within the months that can hold it (messages_by_id).
+-- Each message by primary key, within the months that can hold it (messages_by_id); LIMIT keeps
+-- the lookup per id (joined, the planner scanned every message for the few read ones).
 SELECT d.id AS digest_id, m.category, array_agg(m.id) AS ids
 FROM digests d
 CROSS JOIN LATERAL unnest(d.message_ids) AS i (id)
-JOIN messages m ON m.id = i.id AND messages_by_id(m.created_at, i.id)
-WHERE d.id = ANY($1::bigint[]) AND (m.read_at IS NOT NULL OR m.archived_at IS NOT NULL)
+CROSS JOIN LATERAL (
+    SELECT x.id, x.category FROM messages x
+    WHERE x.id = i.id AND messages_by_id(x.created_at, i.id)
+      AND (x.read_at IS NOT NULL OR x.archived_at IS NOT NULL)
+    LIMIT 1
+) m
+WHERE d.id = ANY($1::bigint[])
 GROUP BY d.id, m.category;
 
 -- name: due_at

@@ -148,6 +148,10 @@ INSERT INTO pending_messages (account_id, message_id, created_at, category)
 SELECT r.account_id, m.id, m.created_at, m.category
 FROM released r
 CROSS JOIN LATERAL unnest(r.message_ids) AS i (id)
-JOIN messages m ON m.id = i.id AND messages_by_id(m.created_at, i.id)
-WHERE m.account_id = r.account_id AND m.read_at IS NULL AND m.archived_at IS NULL
+CROSS JOIN LATERAL (  -- per id by primary key (LIMIT keeps it so)
+    SELECT x.id, x.created_at, x.category FROM messages x
+    WHERE x.id = i.id AND messages_by_id(x.created_at, i.id) AND x.account_id = r.account_id
+      AND x.read_at IS NULL AND x.archived_at IS NULL
+    LIMIT 1
+) m
 ON CONFLICT DO NOTHING
