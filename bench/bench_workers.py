@@ -58,7 +58,7 @@ async def digest_pass(
                    WHERE m.kind = 'digest' AND e.kind = 'sent') AS events,
                   (SELECT count(*) FROM digests) AS digests,
                   (SELECT count(DISTINCT account_id) FROM digests) AS accounts,
-                  (SELECT count(*) FROM messages WHERE digest_id IS NOT NULL) AS digested"""
+                  (SELECT count(*) FROM messages WHERE id IN (SELECT message_id FROM message_digests)) AS digested"""
     )
     assert row is not None
     accepted = sink.delivered() - accepted_before

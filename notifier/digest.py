@@ -6,8 +6,9 @@ at a time with `FOR NO KEY UPDATE SKIP LOCKED` and, in one transaction per batch
 set-based statements for the whole batch (claim, build, advance):
 
 1. one statement (`build_digests` in sql/digest.sql) records a digest per account that has
-   something to say (unique (account_id, window_end)), marks its messages (unread, not archived,
-   not yet digested, created before the window's end) with the digest's id, builds each e-mail's
+   something to say (unique (account_id, window_end)) with its messages' ids, takes those messages
+   (queued in `pending_messages`, unread, not archived, created before the window's end) out of
+   the queue without writing `messages` (migration 0021), builds each e-mail's
    content and writes the outbox rows (`emails`, kind digest, template `digest`, the content as
    its context; unique per digest) — the same rows `outbox.add_many` writes, built in SQL so that
    no message row travels to Python;
@@ -17,9 +18,10 @@ set-based statements for the whole batch (claim, build, advance):
 Then it rings the delivery doorbell (`outbox.ring`). Any number of passes may run at once: a
 locked account is skipped by the others, and the account row is only released with its window
 advanced, so no window gets two digests, no message gets into two digests (each is locked and
-checked before it is marked; one locked by someone else, a member reading it, is skipped) and no
-message is lost (messages are selected by "not yet digested and created before the window's end",
-with no lower bound, so a late or skipped one goes in the next digest). The pass never waits for
+checked and dequeued under its row lock; one locked by someone else, a member reading it, is
+skipped) and no message is lost (it is queued in the transaction that stores it, and taken by
+"created before the window's end" with no lower bound, so a late or skipped one goes in the next
+digest). The pass never waits for
 a row lock.
 
 Immediate members have no clock: the intake hook `messages_arrived` makes them due one
@@ -97,35 +99,49 @@ async def _sql_timezones(conn: asyncpg.Connection) -> frozenset[str]:
 _PG_ZONES: frozenset[str] | None = None
 
 
+class _Schedule:
+    """One member's rules as a pass applies them (the frequencies in use, and which categories go
+    when given windows close), shared by every member with the same default and choices."""
+
+    def __init__(self, plan: _Plan, default: str, choices: Mapping[str, Any]) -> None:
+        self._plan = plan
+        self._default = default
+        self._choices = choices
+        self.used = categories.frequencies_in_use(choices, default, plan.declared)
+        self._sends: dict[frozenset[str], tuple[str, bool, bool]] = {}
+
+    def sends(self, due: frozenset[str]) -> tuple[str, bool, bool]:
+        """The categories sent when the windows of `due` close (and every "immediate" one):
+        (declared categories sent, space-separated; whether all are; whether an undeclared one is)."""
+        if due not in self._sends:
+            sending = due | {"immediate"}
+            declared, default, choices = self._plan.declared, self._default, self._choices
+            included = [
+                k
+                for k in self._plan.keys
+                if categories.effective_frequency(k, choices, default, declared[k]) in sending
+            ]
+            others = categories.effective_frequency("", {}, default, None) in sending
+            self._sends[due] = (" ".join(included), others and len(included) == len(self._plan.keys), others)
+        return self._sends[due]
+
+
 class _Plan:
-    """Which categories of one member a pass sends, and their windows after it; memoised per
-    (default frequency, choices, due frequencies): most members share them."""
+    """The declared categories as a pass read them, and each member's `_Schedule`, memoised per
+    (default frequency, choices): most members share them, and each account's choices are
+    serialised once per claim."""
 
     def __init__(self, declared: Mapping[str, categories.Category]) -> None:
         self.declared = declared
         self.keys = sorted(declared)
-        self._used: dict[tuple[str, str], set[str]] = {}
-        self._sends: dict[tuple[str, str, frozenset[str]], tuple[str, bool, bool]] = {}
+        self._schedules: dict[tuple[str, str], _Schedule] = {}
 
-    def used(self, default: str, choices: Mapping[str, Any]) -> set[str]:
+    def schedule(self, default: str, choices: Mapping[str, Any]) -> _Schedule:
         key = (default, json.dumps(choices, sort_keys=True) if choices else "")
-        if key not in self._used:
-            self._used[key] = categories.frequencies_in_use(choices, default, self.declared)
-        return self._used[key]
-
-    def sends(self, default: str, choices: Mapping[str, Any], due: frozenset[str]) -> tuple[str, bool, bool]:
-        """(categories sent, space-separated; whether all are; whether an undeclared one is)."""
-        key = (default, json.dumps(choices, sort_keys=True) if choices else "", due)
-        if key not in self._sends:
-            sending = due | {"immediate"}
-            included = [
-                k
-                for k in self.keys
-                if categories.effective_frequency(k, choices, default, self.declared[k]) in sending
-            ]
-            others = categories.effective_frequency("", {}, default, None) in sending
-            self._sends[key] = (" ".join(included), others and len(included) == len(self.keys), others)
-        return self._sends[key]
+        found = self._schedules.get(key)
+        if found is None:
+            found = self._schedules[key] = _Schedule(self, default, choices)
+        return found
 
 
 def _prefs(account: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,6 +159,7 @@ async def _run_batch(
     conn: asyncpg.Connection, settings: Settings, now: datetime, batch_size: int, plan: _Plan
 ) -> PassResult:
     result = PassResult()
+    await conn.execute(Q.batch_without_jit)
     accounts = await conn.fetch(Q.claim_due_accounts, now, batch_size)
     if not accounts:
         return result
@@ -152,12 +169,12 @@ async def _run_batch(
     ends = [a["next_digest_at"] for a in accounts]
     mailable = [_mailable(a["email"]) for a in accounts]
     windows = [digest_windows.stored(a) for a in accounts]
-    used = [plan.used(a["digest_frequency"], a["digest_categories"]) for a in accounts]
-    due = [frozenset(digest_windows.due(w, e) & u) for w, u, e in zip(windows, used, ends, strict=True)]
-    sends = [
-        plan.sends(a["digest_frequency"], a["digest_categories"], d)
-        for a, d in zip(accounts, due, strict=True)
+    schedules = [plan.schedule(a["digest_frequency"], a["digest_categories"]) for a in accounts]
+    used = [s.used for s in schedules]
+    due = [
+        frozenset(digest_windows.due(w, e) & s.used) for w, s, e in zip(windows, schedules, ends, strict=True)
     ]
+    sends = [s.sends(d) for s, d in zip(schedules, due, strict=True)]
     rows = await conn.fetch(
         Q.build_digests,
         ids,
@@ -187,7 +204,7 @@ async def _run_batch(
             result.emails += 1
     result.skipped.extend(sorted(unmailable))
     waiting = await _waiting_immediate(
-        conn, [a for a, u in zip(accounts, used, strict=True) if "immediate" in u], plan
+        conn, [(a["id"], s) for a, s in zip(accounts, schedules, strict=True) if "immediate" in s.used], plan
     )
     nexts: list[datetime | None] = []
     clocks: list[str] = []
@@ -217,23 +234,21 @@ def _told(default: str, due: frozenset[str]) -> str:
 
 
 async def _waiting_immediate(
-    conn: asyncpg.Connection, accounts: Sequence[Mapping[str, Any]], plan: _Plan
+    conn: asyncpg.Connection, accounts: Sequence[tuple[int, _Schedule]], plan: _Plan
 ) -> dict[int, datetime]:
-    """The oldest waiting message in an "immediate" category of each of these accounts."""
+    """The oldest pending message in an "immediate" category of each of these (account id,
+    schedule) pairs: the categories are decided per schedule (memoised), the messages in SQL."""
     if not accounts:
         return {}
-    by_id = {a["id"]: a for a in accounts}
-    first: dict[int, datetime] = {}
-    for row in await conn.fetch(Q.waiting_since, list(by_id)):
-        a = by_id[row["account_id"]]
-        frequency = categories.effective_frequency(
-            row["category"], a["digest_categories"], a["digest_frequency"], plan.declared.get(row["category"])
-        )
-        if frequency == "immediate" and (
-            row["account_id"] not in first or row["first"] < first[row["account_id"]]
-        ):
-            first[row["account_id"]] = row["first"]
-    return first
+    immediate = [s.sends(frozenset()) for _, s in accounts]
+    rows = await conn.fetch(
+        Q.waiting_since,
+        [i for i, _ in accounts],
+        [included for included, _, _ in immediate],
+        [others for _, _, others in immediate],
+        plan.keys,
+    )
+    return {r["account_id"]: r["first"] for r in rows}
 
 
 async def _drain(
@@ -348,10 +363,11 @@ async def messages_arrived(
         return
     plan = _Plan(await categories.all_categories(conn))
     rows = await conn.fetch(Q.immediate_candidates, sorted(set(account_ids)))
-    candidates = [r for r in rows if "immediate" in plan.used(r["digest_frequency"], r["digest_categories"])]
+    schedules = {r["id"]: plan.schedule(r["digest_frequency"], r["digest_categories"]) for r in rows}
+    candidates = [r for r in rows if "immediate" in schedules[r["id"]].used]
     if not candidates:
         return
-    waiting = await _waiting_immediate(conn, candidates, plan)
+    waiting = await _waiting_immediate(conn, [(r["id"], schedules[r["id"]]) for r in candidates], plan)
     dues = {
         r["id"]: digest_windows.immediate_due(at or r["at"], settings.immediate_coalesce_seconds, _prefs(r))
         for r in candidates
@@ -413,8 +429,9 @@ async def preview(
     due: datetime | None = account["next_digest_at"]
     end = min(due, now) if due is not None else now
     windows = digest_windows.stored(account)
-    closing = frozenset(digest_windows.due(windows, due or now) & plan.used(default, choices))
-    included, everything, others = plan.sends(default, choices, closing)
+    schedule = plan.schedule(default, choices)
+    closing = frozenset(digest_windows.due(windows, due or now) & schedule.used)
+    included, everything, others = schedule.sends(closing)
     sent = set(included.split())
     messages = [
         m
@@ -431,7 +448,7 @@ async def preview(
             for k, c in sorted(plan.declared.items())
         },
         sent=tuple(sorted({m["category"] for m in messages})),
-        windows=_window_ends(account, windows, plan.used(default, choices), max(due or now, now)),
+        windows=_window_ends(account, windows, schedule.used, max(due or now, now)),
         quiet_hours=account["quiet_hours"],
     )
     if not messages:

@@ -74,10 +74,16 @@ async def test_daily_digest_content_and_window_advance(
     digest = await pool.fetchrow("SELECT * FROM digests WHERE account_id = $1", acc["id"])
     assert (digest["window_start"], digest["window_end"], digest["message_count"]) == (T0, T0 + DAY, 9)
     assert digest["frequency"] == "daily"
-    in_digest = await pool.fetch("SELECT subject FROM messages WHERE digest_id = $1", digest["id"])
+    in_digest = await pool.fetch(
+        "SELECT m.subject FROM messages m JOIN message_digests md ON md.message_id = m.id WHERE md.digest_id = $1",
+        digest["id"],
+    )
     assert {r["subject"] for r in in_digest} == {*(f"Event {i}" for i in range(7)), "News 0", "News 1"}
     for left in (read, archived, late):
-        assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", left["id"]) is None
+        assert (
+            await pool.fetchval("SELECT digest_id FROM message_digests WHERE message_id = $1", left["id"])
+            is None
+        )
 
     [email] = await digest_emails(pool)
     assert (email["queue"], email["template"], email["to_address"]) == (queues.DIGEST, "digest", acc["email"])
@@ -213,7 +219,8 @@ async def test_daily_across_dst_in_berlin(
     assert len(sent) == 4
     # Every message created before the last window's end is in exactly one digest.
     missing = await pool.fetchval(
-        "SELECT count(*) FROM messages WHERE digest_id IS NULL AND created_at < $1", ends[-1]
+        "SELECT count(*) FROM messages WHERE id NOT IN (SELECT message_id FROM message_digests) AND created_at < $1",
+        ends[-1],
     )
     assert missing == 0
 
@@ -239,7 +246,10 @@ async def test_read_before_the_pass_is_left_out_and_read_before_sending_too(
     await run_pass(pool, redis, settings, T0 + DAY)
     [email] = await digest_emails(pool)
     assert email["context"]["total"] == 9  # the early read one was never in the digest
-    assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", keep["id"]) is not None
+    assert (
+        await pool.fetchval("SELECT digest_id FROM message_digests WHERE message_id = $1", keep["id"])
+        is not None
+    )
 
     # Read after the pass but before the e-mail is built: left out at send time, counts adjusted,
     # including a message hidden behind "and N more".
@@ -320,7 +330,12 @@ async def _check_exactly_once(pool: asyncpg.Pool, accounts: int, per_account: in
     assert await pool.fetchval("SELECT count(*) FROM digests") == accounts
     assert await pool.fetchval("SELECT count(DISTINCT account_id) FROM digests") == accounts
     assert await pool.fetchval("SELECT count(*) FROM emails WHERE kind = 'digest'") == accounts
-    assert await pool.fetchval("SELECT count(*) FROM messages WHERE digest_id IS NULL") == 0
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM messages WHERE id NOT IN (SELECT message_id FROM message_digests)"
+        )
+        == 0
+    )
     assert await pool.fetchval("SELECT sum(message_count) FROM digests") == accounts * per_account
     # Each e-mail's context lists exactly its digest's messages.
     totals = await pool.fetch(
@@ -400,7 +415,9 @@ async def test_message_arriving_during_a_pass_is_not_lost(
     assert first.messages == 1
     second = await run_pass(pool, redis, settings, T0 + 2 * DAY)
     assert second.messages == 1
-    subjects = await pool.fetch("SELECT subject, digest_id FROM messages ORDER BY id")
+    subjects = await pool.fetch(
+        "SELECT m.subject, md.digest_id FROM messages m LEFT JOIN message_digests md ON md.message_id = m.id ORDER BY m.id"
+    )
     assert len({r["digest_id"] for r in subjects}) == 2
 
 
@@ -470,7 +487,12 @@ async def test_preview_renders_without_marking(
     assert "Hello &lt;world&gt;" in result.rendered.html
     assert "https://notifier.test/u/" in result.rendered.html
     assert await pool.fetchval("SELECT count(*) FROM digests") == 0
-    assert await pool.fetchval("SELECT count(*) FROM messages WHERE digest_id IS NOT NULL") == 0
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM messages WHERE id IN (SELECT message_id FROM message_digests)"
+        )
+        == 0
+    )
     empty = await daily(factory, external_id="pre-2")
     assert (await preview(pool, settings, empty["external_id"], now=T0)).rendered is None
 
@@ -573,7 +595,7 @@ async def test_unmailable_address_does_not_block_the_batch(
     assert (result.accounts, result.digests, result.emails, result.skipped) == (2, 1, 1, [broken["id"]])
     assert [e["account_id"] for e in await digest_emails(pool)] == [fine["id"]]
     # No e-mail, so nothing is marked as digested (issue 17.6): the message stays pending.
-    pending = "SELECT count(*) FROM messages WHERE account_id = $1 AND digest_id IS NULL"
+    pending = "SELECT count(*) FROM messages WHERE account_id = $1 AND id NOT IN (SELECT message_id FROM message_digests)"
     assert await pool.fetchval(pending, broken["id"]) == 1
 
 
@@ -660,15 +682,23 @@ async def test_messages_locked_by_readers_are_skipped_not_waited_for(
     assert (result.digests, result.messages, result.emails) == (1, 1, 1)
     digest = await pool.fetchrow("SELECT * FROM digests")
     assert digest["message_count"] == 1
-    assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", kept["id"]) == digest["id"]
+    assert (
+        await pool.fetchval("SELECT digest_id FROM message_digests WHERE message_id = $1", kept["id"])
+        == digest["id"]
+    )
     [email] = await digest_emails(pool)
     assert email["context"]["total"] == 1
     assert [m["subject"] for m in email["context"]["categories"][0]["messages"]] == ["Kept"]
     # The one read stays out; the one whose reading was undone goes in the next digest.
     following = await run_pass(pool, redis, settings, T0 + 2 * DAY)
     assert (following.digests, following.messages) == (1, 1)
-    assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", read["id"]) is None
-    assert await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", undone["id"]) is not None
+    assert (
+        await pool.fetchval("SELECT digest_id FROM message_digests WHERE message_id = $1", read["id"]) is None
+    )
+    assert (
+        await pool.fetchval("SELECT digest_id FROM message_digests WHERE message_id = $1", undone["id"])
+        is not None
+    )
 
 
 async def test_cli_preview_prints_the_next_digest_and_marks_nothing(
@@ -726,7 +756,7 @@ async def test_hourly_and_weekly_windows_in_other_zones_through_passes(
     for acc in (hourly, weekly):
         last = (await ends(acc))[-1]
         assert not await pool.fetchval(
-            "SELECT count(*) FROM messages WHERE account_id = $1 AND digest_id IS NULL AND created_at < $2",
+            "SELECT count(*) FROM messages WHERE account_id = $1 AND id NOT IN (SELECT message_id FROM message_digests) AND created_at < $2",
             acc["id"],
             last,
         )

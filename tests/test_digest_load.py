@@ -149,17 +149,21 @@ async def test_two_passes_after_a_large_intake_beside_the_worker_give_each_membe
     assert len(per_member) == MEMBERS
     assert all(r["n"] == 1 and r["messages"] == PER_MEMBER for r in per_member)
     assert (
-        await pool.fetchval("SELECT count(*) FROM messages WHERE digest_id IS NULL AND read_at IS NULL") == 0
+        await pool.fetchval(
+            "SELECT count(*) FROM messages WHERE id NOT IN (SELECT message_id FROM message_digests) AND read_at IS NULL"
+        )
+        == 0
     )
     assert (
         await pool.fetchval(
-            "SELECT count(*) FROM messages WHERE digest_id IS NOT NULL AND read_at IS NOT NULL"
+            "SELECT count(*) FROM messages WHERE id IN (SELECT message_id FROM message_digests) AND read_at IS NOT NULL"
         )
         == 0
     )
     assert (
         await pool.fetchval("SELECT count(DISTINCT digest_id) FROM emails WHERE kind = 'digest'") == MEMBERS
     )
+    assert await pool.fetchval("SELECT count(*) FROM pending_messages") == 0  # nothing left queued
     # Every window closed (the worker's pass, as of now, opened the next hour's).
     assert await pool.fetchval("SELECT count(*) FROM accounts WHERE next_digest_at <= $1", now) == 0
 

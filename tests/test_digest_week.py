@@ -224,7 +224,8 @@ async def _simulate(
         t += STEP
     rows = await pool.fetch(
         """SELECT m.id, d.window_end, (SELECT count(*) FROM emails e WHERE e.digest_id = d.id) AS emails
-           FROM messages m LEFT JOIN digests d ON d.id = m.digest_id"""
+           FROM messages m LEFT JOIN message_digests md ON md.message_id = m.id
+           LEFT JOIN digests d ON d.id = md.digest_id"""
     )
     assert all(r["emails"] == 1 for r in rows if r["window_end"] is not None), "every digest has one e-mail"
     return {ids[r["id"]]: r["window_end"] for r in rows}

@@ -114,7 +114,7 @@ async def test_a_digest_that_cannot_be_sent_leaves_its_messages_pending(
     pending = {
         r["email"]: r["n"]
         for r in await pool.fetch(
-            "SELECT a.email, count(m.id) FILTER (WHERE m.digest_id IS NULL) AS n"
+            "SELECT a.email, count(m.id) FILTER (WHERE m.id NOT IN (SELECT message_id FROM message_digests)) AS n"
             " FROM accounts a JOIN messages m ON m.account_id = a.id GROUP BY a.email"
         )
     }

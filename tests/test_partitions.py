@@ -94,7 +94,16 @@ async def test_migration_moves_existing_messages_and_keeps_their_ids(
         pool = await create_pool(dsn, min_size=1, max_size=2)
         try:
             assert await pool.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'messages'") == "p"
-            assert [dict(r) for r in await pool.fetch("SELECT * FROM messages ORDER BY id")] == old_rows
+            # Migration 0021 moved `digest_id` onto the digests and the pending messages to their queue.
+            moved = [{k: v for k, v in r.items() if k != "digest_id"} for r in old_rows]
+            assert [dict(r) for r in await pool.fetch("SELECT * FROM messages ORDER BY id")] == moved
+            assert [
+                tuple(r) for r in await pool.fetch("SELECT message_id, digest_id FROM message_digests")
+            ] == [(r["id"], r["digest_id"]) for r in old_rows if r["digest_id"] is not None]
+            assert [
+                r["message_id"]
+                for r in await pool.fetch("SELECT message_id FROM pending_messages ORDER BY 1")
+            ] == [r["id"] for r in old_rows if r["digest_id"] is None and r["read_at"] is None]
             placed = await partitions(pool)
             for days in ages:
                 assert placed[part(now - timedelta(days=days))] >= 1
@@ -130,8 +139,8 @@ async def test_migration_moves_existing_messages_and_keeps_their_ids(
                 for r in await pool.fetch("SELECT indexdef FROM pg_indexes WHERE tablename = $1", part(now))
             }
             assert {"btree (account_id, id DESC)", "btree (created_at)", "btree (id, created_at)"} <= indexes
-            await pool.execute("DELETE FROM digests WHERE id = $1", digest_id)  # ON DELETE SET NULL
-            assert await pool.fetchval("SELECT count(*) FROM messages WHERE digest_id IS NOT NULL") == 0
+            await pool.execute("DELETE FROM digests WHERE id = $1", digest_id)
+            assert await pool.fetchval("SELECT count(*) FROM message_digests") == 0
             await pool.execute("DELETE FROM accounts WHERE id = $1", bob["id"])  # ON DELETE CASCADE
             assert await pool.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", bob["id"]) == 0
             with pytest.raises(asyncpg.ForeignKeyViolationError):
@@ -270,6 +279,16 @@ async def test_hot_queries_are_index_scans_on_a_large_table(own_pool: asyncpg.Po
         HOT_ROWS,
     )
     await inbox.maintain_partitions(pool)
+    # A third on "immediate" with no due time: the idle members `repair_immediate` looks at.
+    await pool.execute(
+        "UPDATE accounts SET digest_frequency = 'immediate', next_digest_at = NULL WHERE id % 3 = 0"
+    )
+    # Digests 1..1000, one per account, listing its messages (as delivery's lookups find them).
+    await pool.execute(
+        "INSERT INTO digests (account_id, frequency, window_start, window_end, message_count, message_ids)"
+        " SELECT account_id, 'daily', now() - interval '1 day', now(), count(*), array_agg(id)"
+        " FROM messages GROUP BY account_id ORDER BY account_id"
+    )
     await pool.execute("ANALYZE")
     account = await pool.fetchval("SELECT id FROM accounts WHERE external_id = 'member-500'")
     some = await pool.fetchrow(
@@ -315,12 +334,16 @@ async def test_hot_queries_are_index_scans_on_a_large_table(own_pool: asyncpg.Po
             ["daily"] * n,
             [],
         ),
-        "waiting_since": (ids,),
+        "waiting_since": (ids, [""] * n, [True] * n, []),
+        "digest_messages_gone": (list(range(1, n + 1)),),
+        "repair_immediate": (timedelta(seconds=120),),
+        "due_at": (now,),
+        "release_digest_messages": (list(range(1, n + 1)),),
         "purge_messages_before": (month_start(now, -3) + timedelta(days=3), 5000),
         "fan_out_newsletter": ([], newsletter, "notifier:bulk", [], [], None),  # reads no message
     }
     queries["inbox_page_next"] = ("member-500", some["id"], True, "news", "exclude", 50)
-    holding = {name for name, rows in (await partitions(pool)).items() if rows}
+    holding = {name for name, rows in (await partitions(pool)).items() if rows} | {"pending_messages"}
     async with pool.acquire() as conn:
         for mode in ("auto", "force_generic_plan"):
             for name, args in queries.items():

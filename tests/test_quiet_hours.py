@@ -149,7 +149,8 @@ async def test_quiet_hours_hold_immediate_and_move_daily(
     done = await run_pass(pool, redis, settings, utc(2026, 6, 2, 5))
     assert (done.emails, done.messages) == (1, 2)
     digest_ids = {
-        await pool.fetchval("SELECT digest_id FROM messages WHERE id = $1", m["id"]) for m in (alert, news)
+        await pool.fetchval("SELECT digest_id FROM message_digests WHERE message_id = $1", m["id"])
+        for m in (alert, news)
     }
     assert len(digest_ids) == 1
 

@@ -69,8 +69,11 @@ FROM consents c LEFT JOIN lists l ON l.id = c.list_id
 WHERE c.account_id = $1 ORDER BY c.id;
 
 -- name: export_messages
-SELECT id, category, subject, body, url, data, created_at, read_at, archived_at, digest_id
-FROM messages WHERE account_id = $1 ORDER BY id;
+SELECT m.id, m.category, m.subject, m.body, m.url, m.data, m.created_at, m.read_at, m.archived_at,
+       md.digest_id
+FROM messages m
+LEFT JOIN message_digests md ON md.account_id = $1 AND md.message_id = m.id
+WHERE m.account_id = $1 ORDER BY m.id;
 
 -- name: export_digests
 SELECT id, frequency, window_start, window_end, message_count, created_at

@@ -62,12 +62,15 @@ WHERE c.account_id = $1 ORDER BY c.id DESC LIMIT $2;
 -- name: console_account_inbox_counts
 SELECT count(*) AS total,
        count(*) FILTER (WHERE read_at IS NULL AND archived_at IS NULL) AS unread,
-       count(*) FILTER (WHERE digest_id IS NULL AND read_at IS NULL AND archived_at IS NULL) AS pending
-FROM messages WHERE account_id = $1;
+       count(*) FILTER (WHERE read_at IS NULL AND archived_at IS NULL AND EXISTS (
+           SELECT 1 FROM pending_messages q WHERE q.account_id = $1 AND q.message_id = m.id)) AS pending
+FROM messages m WHERE m.account_id = $1;
 
 -- name: console_account_inbox
-SELECT id, category, subject, url, created_at, read_at, archived_at, digest_id
-FROM messages WHERE account_id = $1 ORDER BY id DESC LIMIT $2;
+SELECT m.id, m.category, m.subject, m.url, m.created_at, m.read_at, m.archived_at, md.digest_id
+FROM messages m
+LEFT JOIN message_digests md ON md.account_id = $1 AND md.message_id = m.id
+WHERE m.account_id = $1 ORDER BY m.id DESC LIMIT $2;
 
 -- name: console_account_emails
 SELECT id, kind, queue, to_address, template, subject, status, attempts, last_error, created_at, sent_at,

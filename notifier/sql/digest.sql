@@ -31,8 +31,9 @@ VALUES ($1, 'newsletter', $2, $3, $4, $5, (SELECT id FROM lists WHERE is_default
 
 -- name: has_pending_messages
 SELECT EXISTS (
-    SELECT 1 FROM messages
-    WHERE account_id = $1 AND digest_id IS NULL AND read_at IS NULL AND archived_at IS NULL
+    SELECT 1 FROM pending_messages q
+    JOIN messages m ON m.id = q.message_id AND m.created_at = q.created_at
+    WHERE q.account_id = $1 AND m.read_at IS NULL AND m.archived_at IS NULL
 );
 
 -- name: start_schedule
@@ -51,14 +52,19 @@ GROUP BY f;
 -- The safety net behind the intake hook (which runs after commit and may fail): members on
 -- "immediate" with waiting messages but no due time become due one coalescing window ($1) after
 -- their oldest waiting message.
+-- Per idle immediate member through the queue's primary key (the aggregate keeps the subquery per
+-- account: joined to the whole queue, the planner hashed all of it and of `messages` every pass).
 UPDATE accounts a SET next_digest_at = p.first + $1::interval
 FROM (
-    SELECT m.account_id, min(m.created_at) AS first
+    SELECT i.id AS account_id, w.first
     FROM accounts i
-    JOIN messages m ON m.account_id = i.id
-    WHERE i.digest_frequency = 'immediate' AND i.next_digest_at IS NULL
-      AND m.digest_id IS NULL AND m.read_at IS NULL AND m.archived_at IS NULL
-    GROUP BY m.account_id
+    CROSS JOIN LATERAL (
+        SELECT min(q.created_at) AS first
+        FROM pending_messages q
+        JOIN messages m ON m.id = q.message_id AND m.created_at = q.created_at
+        WHERE q.account_id = i.id AND m.read_at IS NULL AND m.archived_at IS NULL
+    ) w
+    WHERE i.digest_frequency = 'immediate' AND i.next_digest_at IS NULL AND w.first IS NOT NULL
 ) p
 WHERE a.id = p.account_id AND a.digest_frequency = 'immediate' AND a.next_digest_at IS NULL;
 
@@ -74,18 +80,27 @@ ORDER BY next_digest_at
 LIMIT $2
 FOR NO KEY UPDATE SKIP LOCKED;
 
+-- name: batch_without_jit
+-- For the rest of a batch's transaction. PostgreSQL's custom plans of `build_digests` (its first five
+-- runs on each connection, planned with the batch's 500 accounts) are costed above `jit_above_cost`,
+-- and JIT-compiling the statement took 1.2-1.9 s of CPU per batch, where running it takes 0.3 s
+-- (docs/benchmarks.md, "The queue of pending messages").
+SET LOCAL jit = off;
+
 -- name: build_digests
 -- The whole batch in one statement, one snapshot. For each claimed account (id, window start and
 -- end, frequency, time zone, name, address, whether the address can be mailed):
---   * record a digest if it has unread, unarchived, undigested messages created before the window's
---     end (unique (account_id, window_end): an existing one is left alone and the account gets
---     nothing here);
---   * mark those messages as in it (each locked first; one locked by someone else is skipped);
+--   * record a digest if it has pending messages (queued in `pending_messages`, unread, unarchived)
+--     created before the window's end, listing them (`message_ids`; unique (account_id,
+--     window_end): an existing one is left alone and the account gets nothing here);
+--   * take those messages out of the queue (each locked first; one locked by someone else is
+--     skipped and stays queued), with those read or archived since they were queued;
 --   * build the e-mail's content: categories ordered by their newest message, at most $11 messages
 --     each (newest first) with the count and how many more, a snippet of each body, when it came
 --     (UTC: delivery writes it in the member's language and time zone);
 --   * write the outbox row (kind digest, queue $9, template $10, unique per digest).
--- Returns one row per digest: how many messages were marked, and the e-mail's id (NULL when the
+-- `messages` itself is only read (and locked), never written: see migration 0021.
+-- Returns one row per digest: how many messages it holds, and the e-mail's id (NULL when the
 -- address cannot be mailed).
 -- Which messages: per account, every category when $14 (all due) is true; otherwise those named in
 -- $13 (space-separated; category keys have no spaces), and a category not among the declared ones
@@ -104,50 +119,56 @@ WITH batch AS (
               included, all_due, others_due, frequencies)
 ),
 pending AS (
-    -- Per account through messages_pending_idx (a LATERAL subquery that locks rows is never
-    -- flattened: one index probe per account, whatever the statistics say). Each message is locked
-    -- here, and one locked by someone else (being read, archived or purged right now) is skipped:
-    -- it stays undigested and goes in the next digest if still unread. So the pass never waits
-    -- for a message row, and what is counted is what gets marked.
-    SELECT m.id, m.created_at, b.account_id
+    -- Per account through the queue's primary key (a LATERAL subquery that locks rows is never
+    -- flattened: one index probe per account, whatever the statistics say), each message read by
+    -- primary key (its partition too) and locked: one locked by someone else (being read, archived
+    -- or purged right now) is skipped and stays queued, so the pass never waits for a message row.
+    -- `waiting`: still unread and unarchived (the lock reads the latest version); the others were
+    -- read or archived since they were queued and leave the queue without a digest.
+    SELECT m.id, m.created_at, b.account_id, m.waiting, m.category, m.subject, m.body, m.url
     FROM batch b
     CROSS JOIN LATERAL (
-        SELECT id, created_at FROM messages
-        WHERE account_id = b.account_id AND digest_id IS NULL AND read_at IS NULL
-          AND archived_at IS NULL AND created_at < b.window_end
-          AND (b.all_due OR CASE WHEN category = ANY(string_to_array(b.included, ' ')) THEN true
-                                 WHEN category = ANY($17::text[]) THEN false
+        SELECT msg.id, msg.created_at, msg.read_at IS NULL AND msg.archived_at IS NULL AS waiting,
+               msg.category, msg.subject, msg.body, msg.url
+        FROM pending_messages q
+        JOIN messages msg ON msg.id = q.message_id AND msg.created_at = q.created_at
+        WHERE q.account_id = b.account_id AND q.created_at < b.window_end
+          AND (b.all_due OR CASE WHEN q.category = ANY(string_to_array(b.included, ' ')) THEN true
+                                 WHEN q.category = ANY($17::text[]) THEN false
                                  ELSE b.others_due END)
-        FOR NO KEY UPDATE SKIP LOCKED
+        FOR NO KEY UPDATE OF msg SKIP LOCKED
     ) m
 ),
 counts AS (
-    SELECT account_id, count(*) AS n FROM pending GROUP BY account_id
+    SELECT account_id, count(*) AS n, array_agg(id ORDER BY id) AS ids
+    FROM pending WHERE waiting GROUP BY account_id
 ),
 digest AS (
-    INSERT INTO digests (account_id, frequency, frequencies, window_start, window_end, message_count)
-    SELECT b.account_id, b.frequency, string_to_array(b.frequencies, ' '), b.window_start, b.window_end, c.n
+    INSERT INTO digests (account_id, frequency, frequencies, window_start, window_end, message_count,
+                         message_ids)
+    SELECT b.account_id, b.frequency, string_to_array(b.frequencies, ' '), b.window_start, b.window_end,
+           c.n, c.ids
     FROM batch b JOIN counts c ON c.account_id = b.account_id
-    -- An address that cannot be mailed gets no digest: its messages stay pending, never marked
+    -- An address that cannot be mailed gets no digest: its messages stay pending, never taken
     -- as digested without an e-mail.
     WHERE b.mailable
     ON CONFLICT (account_id, window_end) DO NOTHING
     RETURNING id, account_id, message_count
 ),
+dequeued AS (
+    -- Out of the queue: the messages now in a digest, and those read or archived since they were
+    -- queued (marked unread or unarchived again, a trigger queues them again). Messages of an
+    -- account that got no digest here (an existing one for the window, an address that cannot be
+    -- mailed) stay queued.
+    DELETE FROM pending_messages q
+    USING pending p LEFT JOIN digest d ON d.account_id = p.account_id
+    WHERE q.account_id = p.account_id AND q.message_id = p.id
+      AND (NOT p.waiting OR d.id IS NOT NULL)
+),
 marked AS (
-    -- By primary key (id, created_at: the partition too) from the locked rows, with no condition
-    -- on `messages` itself otherwise: a condition
-    -- like `digest_id IS NULL` is estimated from statistics, and right after a large intake
-    -- (none yet) it made the planner expect one row and loop over every pending message for
-    -- each one marked. The conditions were checked under the row lock in `pending`.
-    -- `id = ANY(the locked ids)` gives the planner an index path by primary key: without it, the
-    -- join read every row of `messages` into a hash per batch, a cost growing with the inbox
-    -- (337 -> 282 ms per 500 digests at 200,000 messages).
-    UPDATE messages m SET digest_id = d.id
+    SELECT p.id, p.account_id, d.id AS digest_id, p.category, p.subject, p.body, p.url, p.created_at
     FROM pending p JOIN digest d ON d.account_id = p.account_id
-    WHERE m.id = p.id AND m.created_at = p.created_at
-      AND m.id = ANY (ARRAY(SELECT id FROM pending))
-    RETURNING m.id, m.account_id, m.digest_id, m.category, m.subject, m.body, m.url, m.created_at
+    WHERE p.waiting
 ),
 ranked AS (
     SELECT mk.*,
@@ -234,12 +255,22 @@ FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::text[])
 WHERE a.id = b.id AND a.id = ANY($1::bigint[]);  -- the second test lets the planner use the key
 
 -- name: waiting_since
--- The oldest waiting (unread, unarchived, undigested) message per account and category: when
--- "immediate" categories are due.
-SELECT account_id, category, min(created_at) AS first
-FROM messages
-WHERE account_id = ANY($1::bigint[]) AND digest_id IS NULL AND read_at IS NULL AND archived_at IS NULL
-GROUP BY account_id, category;
+-- The oldest pending (queued, unread, unarchived) message per account in its "immediate"
+-- categories: when those are due. Per account ($1): the declared categories it gets at once ($2,
+-- space-separated) and whether an undeclared category is among them ($3); $4: the declared ones.
+-- Per account through the queue's primary key (the aggregate keeps the subquery per account).
+SELECT b.account_id, w.first
+FROM unnest($1::bigint[], $2::text[], $3::boolean[]) AS b (account_id, included, others)
+CROSS JOIN LATERAL (
+    SELECT min(q.created_at) AS first
+    FROM pending_messages q
+    JOIN messages m ON m.id = q.message_id AND m.created_at = q.created_at
+    WHERE q.account_id = b.account_id AND m.read_at IS NULL AND m.archived_at IS NULL
+      AND CASE WHEN q.category = ANY(string_to_array(b.included, ' ')) THEN true
+               WHEN q.category = ANY($4::text[]) THEN false
+               ELSE b.others END
+) w
+WHERE w.first IS NOT NULL;
 
 -- name: immediate_candidates
 -- Accounts that may have an "immediate" category, with what decides it, and the transaction's time.
@@ -279,28 +310,38 @@ WHERE external_id = $1;
 
 -- name: preview_messages
 -- What the next digest would hold if it were built at window end $2 (nothing is marked).
-SELECT id, account_id, category, subject, body, url, created_at
-FROM messages
-WHERE account_id = $1 AND digest_id IS NULL AND read_at IS NULL AND archived_at IS NULL
-  AND created_at < $2
-ORDER BY created_at DESC, id DESC;
+SELECT m.id, m.account_id, m.category, m.subject, m.body, m.url, m.created_at
+FROM pending_messages q
+JOIN messages m ON m.id = q.message_id AND m.created_at = q.created_at
+WHERE q.account_id = $1 AND m.read_at IS NULL AND m.archived_at IS NULL AND q.created_at < $2
+ORDER BY m.created_at DESC, m.id DESC;
 
 -- name: digest_messages_gone
 -- At send time: messages of these digests read or archived since the digest was built, by
 -- digest and category (almost always none).
-SELECT digest_id, category, array_agg(id) AS ids
-FROM messages
-WHERE digest_id = ANY($1::bigint[]) AND (read_at IS NOT NULL OR archived_at IS NOT NULL)
-GROUP BY digest_id, category;
+-- Each message by primary key, within the months that can hold it (messages_by_id); LIMIT keeps
+-- the lookup per id (joined, the planner scanned every message for the few read ones).
+SELECT d.id AS digest_id, m.category, array_agg(m.id) AS ids
+FROM digests d
+CROSS JOIN LATERAL unnest(d.message_ids) AS i (id)
+CROSS JOIN LATERAL (
+    SELECT x.id, x.category FROM messages x
+    WHERE x.id = i.id AND messages_by_id(x.created_at, i.id)
+      AND (x.read_at IS NOT NULL OR x.archived_at IS NOT NULL)
+    LIMIT 1
+) m
+WHERE d.id = ANY($1::bigint[])
+GROUP BY d.id, m.category;
 
 -- name: due_at
 -- What a pass as of $1 would find (`notifier digests run --dry-run`): accounts due, and those with
--- something to send (unread, not archived, not yet digested, created before the window's end, as
+-- something to send (pending: queued, unread, not archived; created before the window's end, as
 -- `build_digests` selects them). Writes nothing.
 SELECT count(*) AS due,
        count(*) FILTER (WHERE EXISTS (
-           SELECT 1 FROM messages m
-           WHERE m.account_id = a.id AND m.digest_id IS NULL AND m.read_at IS NULL
-             AND m.archived_at IS NULL AND m.created_at < a.next_digest_at)) AS with_messages
+           SELECT 1 FROM pending_messages q
+           JOIN messages m ON m.id = q.message_id AND m.created_at = q.created_at
+           WHERE q.account_id = a.id AND q.created_at < a.next_digest_at
+             AND m.read_at IS NULL AND m.archived_at IS NULL)) AS with_messages
 FROM accounts a
 WHERE a.next_digest_at <= $1;

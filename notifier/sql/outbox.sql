@@ -134,5 +134,24 @@ FROM emails WHERE id = $1 AND kind = 'service'
 -- name: release_digest_messages
 -- The messages of digests whose e-mail failed for good were never delivered: they are pending
 -- again (for the next digest, and unread in the inbox), not marked as digested.
-UPDATE messages SET digest_id = NULL
-WHERE digest_id = ANY($1::bigint[]) AND read_at IS NULL
+-- The digests list no messages any more (a message is in one digest at most), and those still
+-- unread and unarchived are queued again.
+WITH released AS (
+    SELECT d.id, d.account_id, d.message_ids FROM digests d
+    WHERE d.id = ANY($1::bigint[])
+    FOR NO KEY UPDATE
+),
+cleared AS (
+    UPDATE digests d SET message_ids = '{}' FROM released r WHERE d.id = r.id
+)
+INSERT INTO pending_messages (account_id, message_id, created_at, category)
+SELECT r.account_id, m.id, m.created_at, m.category
+FROM released r
+CROSS JOIN LATERAL unnest(r.message_ids) AS i (id)
+CROSS JOIN LATERAL (  -- per id by primary key (LIMIT keeps it so)
+    SELECT x.id, x.created_at, x.category FROM messages x
+    WHERE x.id = i.id AND messages_by_id(x.created_at, i.id) AND x.account_id = r.account_id
+      AND x.read_at IS NULL AND x.archived_at IS NULL
+    LIMIT 1
+) m
+ON CONFLICT DO NOTHING
