@@ -36,6 +36,14 @@ LIST_LABELS = {
 }
 
 
+async def _locked_member(conn: asyncpg.Connection, account_id: int) -> asyncpg.Record:
+    """The member's row, locked until the caller's transaction ends. Raises AccountNotFound."""
+    before = await conn.fetchrow(Q.member_for_update, account_id)
+    if before is None:
+        raise preferences.AccountNotFound(account_id)
+    return before
+
+
 async def unsubscribe(
     conn: asyncpg.Connection,
     account_id: int,
@@ -48,9 +56,7 @@ async def unsubscribe(
     something changed (then one `unsubscribed` event is written), False when already off.
     Raises preferences.AccountNotFound."""
     async with conn.transaction():
-        before = await conn.fetchrow(Q.member_for_update, account_id)
-        if before is None:
-            raise preferences.AccountNotFound(account_id)
+        before = await _locked_member(conn, account_id)
         changes: dict[str, Any] = {}
         if list_name in ("digest", "all") and before["digest_frequency"] != "off":
             changes["digest_frequency"] = "off"
@@ -89,9 +95,7 @@ async def resubscribe(
     wording, digests back at the frequency they had (daily if unknown). Idempotent like
     `unsubscribe`; an archived list is not joined again."""
     async with conn.transaction():
-        before = await conn.fetchrow(Q.member_for_update, account_id)
-        if before is None:
-            raise preferences.AccountNotFound(account_id)
+        before = await _locked_member(conn, account_id)
         changes: dict[str, Any] = {}
         if list_name in ("digest", "all") and before["digest_frequency"] == "off":
             previous = await conn.fetchval(Q.last_digest_frequency, account_id)
