@@ -267,12 +267,13 @@ async def _serve(
                 last_id = message.id
                 recent.append(message.id)
                 counts = _counted(counts if counts is not None else json.loads(counts_text), message)
-                counts_text = json.dumps(counts)
             elif floor < message.id <= last_id and message.id not in recent:
                 sender.event(message.item, "message")
                 recent.append(message.id)
                 listener.counts = True
             # else: sent already, older than the stream, or a pending catch-up read sends it
+        if counts is not None:  # encoded once for every message this wake counted
+            counts_text = json.dumps(counts)
         if not listener.counts:  # else a read follows at once, with the counts
             sender.event(counts_text, "counts", retry=RETRY_MS if first else None)
             first = False
