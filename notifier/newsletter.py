@@ -235,15 +235,6 @@ async def _fan_out(conn: asyncpg.Connection, row: Mapping[str, Any], local: Loca
     await audience.freeze(conn, row["id"], list_ids, rule, due)
 
 
-async def audience_size(pool: asyncpg.Pool, newsletter_id: int) -> int:
-    """How many members the newsletter would go to if it started now: its lists and segment
-    counted by the same audience query the fan-out freezes (notifier.audience)."""
-    row = await pool.fetchrow(Q.get_newsletter, newsletter_id)
-    if row is None:
-        return 0
-    return await audience.count_of(pool, row)
-
-
 async def start(pool: asyncpg.Pool, settings: Settings, newsletter_id: int) -> int | None:
     """Move a draft or scheduled newsletter to `sending` and freeze its audience, atomically.
 

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from arq import ArqRedis
 
-from notifier import newsletter
+from notifier import audience, newsletter
 from notifier.api import auth
 from notifier.app import create_app
 from notifier.newsletter_local_time import LocalSend
@@ -133,7 +133,7 @@ async def test_a_held_local_time_send_with_clicks_leaves_nothing_behind(
     )
     assert await pool.fetchval("SELECT count(*) FROM emails") == 0
     assert await pool.fetchval("SELECT count(*) FROM newsletter_links") == 0
-    assert await newsletter.audience_size(pool, row["id"]) == 3
+    assert await audience.count_of(pool, held) == 3
     await pool.execute("UPDATE newsletters SET approved_at = now(), approved_by = 'console:second'")
     await newsletter.schedule(pool, row["id"], row["created_at"], "api_key:producer", local)
     assert await newsletter.start(pool, settings, row["id"]) == 3

@@ -426,7 +426,7 @@ async def send_newsletter(request: web.Request) -> web.Response:
     await _check(request, newsletter.draft_of(row))
     settings = request.app[SETTINGS]
     if settings.four_eyes_recipients is not None and row["approved_at"] is None:
-        recipients = await newsletter.audience_size(request.app[POOL], row["id"])
+        recipients = await audience.count_of(request.app[POOL], row)
         if newsletter.needs_approval(settings, recipients, row):
             raise Problem(
                 409,

@@ -452,7 +452,7 @@ async def _check_send(request: web.Request, row: asyncpg.Record) -> None:
     settings = settings_of(request)
     if settings.four_eyes_recipients is None and session_of(request).fresh(settings):
         return
-    recipients = await newsletter.audience_size(pool_of(request), row["id"])
+    recipients = await audience.count_of(pool_of(request), row)
     if newsletter.needs_approval(settings, recipients, row):
         raise web.HTTPConflict(
             text=f"This newsletter would go to {recipients:,} recipients: above "
