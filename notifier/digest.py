@@ -48,7 +48,7 @@ import asyncpg
 
 from notifier import brand, categories, digest_windows, i18n, queues, schedule, tokens
 from notifier.db import Q
-from notifier.digest_email import TEMPLATE, build_context, category_labels, render_digest
+from notifier.digest_email import TEMPLATE, build_context, labels_of, render_digest
 from notifier.mail import compose, delivery, outbox
 from notifier.mail.render import Language, OutgoingEmail, Rendered, Templates
 from notifier.settings import Settings
@@ -458,7 +458,7 @@ async def preview(
     email = OutgoingEmail(0, "digest", account["id"], account["email"], TEMPLATE, None, context)
     full, _ = delivery.context_for(settings, email, await brand.load(pool, settings))
     language = Language(i18n.normalise(account["locale"]), account["timezone"])
-    rendered = render_digest(templates or Templates(), full, language, await category_labels(pool))
+    rendered = render_digest(templates or Templates(), full, language, labels_of(plan.declared))
     return dataclasses.replace(rules, context=context, rendered=rendered)
 
 

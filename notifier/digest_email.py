@@ -121,9 +121,14 @@ def leave_out(context: Mapping[str, Any], gone: Mapping[str, set[int]]) -> dict[
 Labels = Mapping[str, Mapping[str, str]]  # declared categories' labels: {key: {language: label}}
 
 
+def labels_of(declared: Mapping[str, categories.Category]) -> dict[str, dict[str, str]]:
+    """The labels of categories already read (`categories.all_categories`)."""
+    return {key: dict(c.labels) for key, c in declared.items()}
+
+
 async def category_labels(pool: asyncpg.Pool | asyncpg.Connection) -> dict[str, dict[str, str]]:
-    """Every declared category's labels (a small table, read once per batch or preview)."""
-    return {key: dict(c.labels) for key, c in (await categories.all_categories(pool)).items()}
+    """Every declared category's labels (a small table, read once per batch)."""
+    return labels_of(await categories.all_categories(pool))
 
 
 def _with_times(context: Mapping[str, Any], language: Language, labels: Labels) -> dict[str, Any]:
