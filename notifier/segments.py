@@ -17,6 +17,7 @@ from the tables below. A rule is at most MAX_DEPTH levels deep and MAX_CONDITION
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -225,6 +226,10 @@ def _instant(value: Any) -> datetime | None:
 def compile_rule(rule: Any, first_param: int, *, alias: str = "a", where: str = "segment") -> Compiled:
     """The rule as one SQL condition over accounts aliased `alias`, numbering its parameters from
     `$first_param`. Raises InvalidSegment listing every invalid part (paths from `where`)."""
+    if len(json.dumps(rule, ensure_ascii=False).encode()) > MAX_RULE_BYTES:  # parsed JSON: it encodes
+        raise InvalidSegment(
+            [{"field": where, "message": f"the rule is larger than {MAX_RULE_BYTES:,} bytes"}]
+        )
     compiler = _Compiler(first_param, alias)
     sql = compiler.rule(rule, where, 1)
     if compiler.errors:

@@ -226,6 +226,7 @@ async def test_newsletters_without_lists_still_go_to_the_default_list(
         ),
         ({"not": {"not": {"not": {"not": {"not": {"not": GERMANY}}}}}}, ["segment.not.not.not.not.not.not"]),
         ({"any": [GERMANY] * (segments.MAX_CONDITIONS + 1)}, [f"segment.any.{segments.MAX_CONDITIONS}"]),
+        ({"attr": "country", "op": "eq", "value": "x" * segments.MAX_RULE_BYTES}, ["segment"]),
     ],
 )
 async def test_hostile_segment_rules_are_422_with_field_errors(
