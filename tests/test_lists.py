@@ -5,6 +5,7 @@ segment rules, attributes, and the migration of the newsletter consent to the de
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -535,6 +536,9 @@ async def test_the_console_makes_lists_counts_a_drafts_audience_and_shows_a_memb
         await member(console, api, "bob", {"newsletter": True}, country="FR")
         page = await (await console.get("/console/members/ann")).text()
         assert "Alpha" in page and "<code>country</code>: " in page, page[page.find("Attributes") :][:300]
+        page = await (await console.get("/console/lists")).text()
+        counts = re.findall(r"<code>([a-z-]+)</code>.*?<td>[^<]*</td>\s*<td>(\d+)</td>", page, re.S)
+        assert counts == [("newsletter", "2"), ("alpha", "1")], counts  # ann's alpha is unconfirmed
 
         created = await create_newsletter(console, api, subject="S", body="B")
         page = await (await console.get(f"/console/newsletters/{created['id']}")).text()

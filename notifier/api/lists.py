@@ -82,7 +82,7 @@ async def read_list(request: web.Request) -> web.Response:
     """GET /v1/lists/{key}: the list with its number of subscribers."""
     pool = request.app[POOL]
     row = await lists.get(pool, _key(request, "list"))
-    return json_response(200, _list(row, await lists.subscribers(pool, row)))
+    return json_response(200, _list(row, (await lists.subscribers(pool, [row]))[row["id"]]))
 
 
 @requires("newsletters")

@@ -17,7 +17,8 @@ async def _index(request: web.Request, *, status: int = 200, form: dict[str, str
                  errors: dict[str, str] | None = None) -> web.Response:  # fmt: skip
     pool = pool_of(request)
     rows = await pool.fetch(Q.all_lists, True)
-    items = [{**dict(r), "subscribers": await lists.subscribers(pool, r)} for r in rows]
+    counts = await lists.subscribers(pool, rows)
+    items = [{**dict(r), "subscribers": counts[r["id"]]} for r in rows]
     return render(request, "lists.html", status=status, items=items, form=form or {}, errors=errors or {})
 
 

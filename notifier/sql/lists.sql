@@ -29,10 +29,12 @@ WHERE key = $1 AND NOT is_default
 RETURNING *;
 
 -- name: list_subscribers
-SELECT count(*) FROM list_members WHERE list_id = $1 AND subscribed;
-
--- name: default_list_subscribers
-SELECT count(*) FROM accounts WHERE newsletter;
+-- How many members each list of $1 has subscribed (confirmed or not): the default list's are the
+-- accounts with `newsletter`.
+SELECT l.id, CASE WHEN l.is_default THEN (SELECT count(*) FROM accounts WHERE newsletter)
+                  ELSE (SELECT count(*) FROM list_members m WHERE m.list_id = l.id AND m.subscribed)
+             END AS subscribers
+FROM lists l WHERE l.id = ANY($1::bigint[]);
 
 -- name: memberships_of_account
 -- Every list not archived and whether the member is subscribed (the default list: `newsletter`).
