@@ -184,12 +184,19 @@ class Purged(NamedTuple):
 
 async def purge_messages_before(pool: asyncpg.Pool, before: datetime) -> Purged:
     """Remove inbox messages created before `before`: every month partition that ended by then is
-    dropped whole (detached and dropped, no row by row delete), and the rest (the month that
-    straddles `before`, strays in the DEFAULT partition) is deleted in slices of PURGE_SLICE.
+    detached (the only moment `messages` is locked, whatever the month holds), then dropped whole in
+    a statement of its own (its files removed, no row by row delete, nothing the engine uses
+    locked); the rest (the month that straddles `before`, strays in the DEFAULT partition) is
+    deleted in slices of PURGE_SLICE. A month an earlier purge detached and did not drop is dropped.
 
     Idempotent and safe to run from several workers at once (each step is its own statement).
     """
-    dropped = [r["name"] for r in await pool.fetch(Q.drop_message_partitions, before)]
+    await pool.fetch(Q.detach_message_partitions, before)
+    dropped = [
+        r["name"]
+        for r in await pool.fetch(Q.detached_message_partitions)
+        if await pool.fetchval(Q.drop_detached_message_partition, r["name"])
+    ]
     total = 0
     while True:
         result: str = await pool.execute(Q.purge_messages_before, before, PURGE_SLICE)

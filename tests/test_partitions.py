@@ -242,6 +242,45 @@ async def test_retention_purge_drops_whole_months(own_pool: asyncpg.Pool) -> Non
     assert await inbox.purge_messages_before(own_pool, limit) == inbox.Purged([], 0)
 
 
+async def test_a_month_is_dropped_with_the_inbox_unlocked_and_a_stopped_purge_is_finished(
+    own_pool: asyncpg.Pool,
+) -> None:
+    now = datetime.now(UTC)
+    await own_pool.fetch("SELECT messages_create_partitions($1, now(), 3)", month_start(now, -4))
+    factory = Factory(own_pool)
+    ann = await factory.account(external_id="ann")
+    for k in (-4, -3):
+        await factory.message(ann, created_at=month_start(now, k) + timedelta(days=2))
+    kept = await factory.message(ann, created_at=now)
+    four, three = part(month_start(now, -4)), part(month_start(now, -3))
+    # A purge that stopped after detaching: both months are out of the inbox, their tables still there.
+    detached = await own_pool.fetch(Q.detach_message_partitions, month_start(now, -2))
+    assert [r["name"] for r in detached] == [four, three]
+    assert await own_pool.fetchval("SELECT count(*) FROM messages") == 1
+
+    async with own_pool.acquire() as dropping, dropping.transaction():
+        assert await dropping.fetchval(Q.drop_detached_message_partition, four)
+        # While the drop's transaction is open, intake and the inbox are not waiting for it.
+        async with own_pool.acquire() as other, other.transaction():
+            await other.execute("SET LOCAL lock_timeout = '200ms'")
+            await other.execute(
+                "INSERT INTO messages (account_id, category, subject, body) VALUES ($1, 'news', 's', 'b')",
+                ann["id"],
+            )
+            assert await other.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", ann["id"]) == 2
+
+    # The next purge drops what the stopped one left; an attached month is never dropped by name.
+    assert await inbox.purge_messages_before(own_pool, month_start(now, -2)) == inbox.Purged([three], 0)
+    assert not {four, three} & set(
+        await own_pool.fetchval(
+            "SELECT array_agg(relname::text) FROM pg_class WHERE relname LIKE 'messages_%'"
+        )
+    )
+    assert not await own_pool.fetchval(Q.drop_detached_message_partition, part(now))
+    queued = await own_pool.fetchval("SELECT array_agg(message_id ORDER BY message_id) FROM pending_messages")
+    assert queued[0] == kept["id"] and len(queued) == 2  # the dropped months' messages left the queue
+
+
 def plan_nodes(plan: Any) -> list[dict[str, Any]]:
     """Every node of an EXPLAIN (FORMAT JSON) plan, CTEs and subplans included."""
     found: list[dict[str, Any]] = []

@@ -128,9 +128,19 @@ WHERE created_at < $1
         (SELECT created_at FROM messages WHERE created_at < $1 ORDER BY created_at OFFSET $2 - 1 LIMIT 1),
         $1);
 
--- name: drop_message_partitions
--- The retention purge's whole months: every month partition that ended at or before $1, dropped.
-SELECT messages_drop_partitions($1) AS name;
+-- name: detach_message_partitions
+-- The retention purge's whole months: every month partition that ended at or before $1, detached
+-- (the only step that locks `messages`; a moment, whatever the month holds).
+SELECT messages_detach_partitions($1) AS name;
+
+-- name: detached_message_partitions
+-- Month tables detached and not dropped yet (this purge's, and any a stopped purge left).
+SELECT messages_detached_months() AS name;
+
+-- name: drop_detached_message_partition
+-- One detached month's queued messages forgotten and its table dropped (its files removed);
+-- false when $1 is not a detached month.
+SELECT messages_drop_detached($1);
 
 -- name: create_message_partitions
 -- Month partitions from this month to $1 months ahead (those that do not exist yet).
