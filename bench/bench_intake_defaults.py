@@ -12,6 +12,11 @@
 and then to the defaults server with every request for one member (a burst to one account)
 against random members (spread out). Goals: defaults >= 0.85 of the bare baseline with p99 under
 50 ms; burst >= 0.7 of spread with p99 under 100 ms. Rounds alternate; best of two.
+
+BENCH_INTAKE_BEFORE_TREE=DIR adds `notifier web` with the defaults run from another checkout's
+source (`git archive` of an older commit, say) as one more server in the same rounds, so that a
+change is measured against the code before it under the same load (`python -P`: the bench's own
+directory does not shadow that source).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from bench.bench_intake import (
 )
 from bench.common import BenchEnv, Figure, note_wrk_errors, web_env
 from notifier.embedded import free_port
+
+BEFORE_TREE = os.environ.get("BENCH_INTAKE_BEFORE_TREE", "")
 
 BURST_LUA = """
 local body = [[%(body)s]]
@@ -84,6 +91,12 @@ async def run(env: BenchEnv) -> list[Figure]:
                 base_env,
             ),
         }  # fmt: skip
+        if BEFORE_TREE:
+            ports["before"] = free_port()
+            commands["before"] = (
+                [sys.executable, "-P", *web[1:], "--port", str(ports["before"])],
+                {**defaults, "PYTHONPATH": BEFORE_TREE},
+            )
         results: dict[str, list[dict[str, Any]]] = {}
         with contextlib.ExitStack() as stack:
             pids = {
@@ -110,7 +123,17 @@ async def run(env: BenchEnv) -> list[Figure]:
     cpu = {who: sum(r["cpu_us"] for r in rs) / len(rs) for who, rs in results.items()}
     bare = "bare aiohttp + 1 INSERT"
     same_pool = "bare aiohttp + 1 INSERT, notifier's pool settings"
+    before = []
+    if BEFORE_TREE:
+        older = f"the same, code of {BEFORE_TREE}"
+        before = [
+            Figure("intake defaults", "req/s @64, access log on", best["defaults"]["rps"], "req/s",
+                   best["before"]["rps"], older),
+            Figure("intake defaults", "server CPU per request, access log on", cpu["defaults"], "µs",
+                   cpu["before"], older),
+        ]  # fmt: skip
     return [
+        *before,
         Figure("intake defaults", "req/s @64, access log on", best["defaults"]["rps"], "req/s",
                best["bare"]["rps"], bare, ">= 0.85"),
         Figure("intake defaults", "req/s @64, access log off", best["no-log"]["rps"], "req/s",
