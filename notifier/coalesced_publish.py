@@ -25,10 +25,11 @@ _LINES: weakref.WeakKeyDictionary[Any, _Line] = weakref.WeakKeyDictionary()
 class _Line:
     """Messages waiting for the next round trip on one client, and who waits for them."""
 
-    __slots__ = ("_flushing", "_messages", "_redis", "_task", "_waiters")
+    __slots__ = ("_flushing", "_messages", "_redis", "_task", "_waiters", "loop")
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._redis = weakref.ref(redis)
+        self.loop = loop  # the futures and the task below belong to it
         self._messages: list[tuple[str, str]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flushing = False
@@ -36,7 +37,7 @@ class _Line:
 
     async def publish(self, channel: str, messages: Sequence[str], trip_seconds: float) -> None:
         if self._flushing:  # a round trip is in flight: wait for the next one, shared
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self.loop.create_future()
             self._messages.extend((channel, message) for message in messages)
             self._waiters.append(waiter)
             await waiter
@@ -95,7 +96,8 @@ async def publish(redis: Any, channel: str, messages: Sequence[str], *, trip_sec
     caller whose messages it carried."""
     if not messages:
         return
+    loop = asyncio.get_running_loop()
     line = _LINES.get(redis)
-    if line is None:
-        line = _LINES[redis] = _Line(redis)
+    if line is None or line.loop is not loop:  # a client used from another loop starts afresh
+        line = _LINES[redis] = _Line(redis, loop)
     await line.publish(channel, messages, trip_seconds)
