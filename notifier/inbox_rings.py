@@ -14,6 +14,8 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from notifier import coalesced_publish
+
 if TYPE_CHECKING:
     from notifier.inbox import CreatedMessage
 
@@ -28,21 +30,16 @@ async def announce_created(redis: Any, created: Sequence[CreatedMessage]) -> Non
     """Ring the inbox doorbell after the messages' commit: one ring per message that carries its
     item (when no longer than RING_ITEM_MAX: the woken stream sends it as it is and counts it),
     and one ring naming only the account for each member with other new messages (the stream
-    reads what is new from PostgreSQL). One round trip, bounded by ANNOUNCE_TIMEOUT; a failure is
-    logged and never reaches the producer (the messages exist, and a stream resuming with
-    Last-Event-ID finds them in PostgreSQL)."""
+    reads what is new from PostgreSQL). One round trip, shared with concurrent announcements and
+    bounded by ANNOUNCE_TIMEOUT; a failure is logged and never reaches the producer (the messages
+    exist, and a stream resuming with Last-Event-ID finds them in PostgreSQL)."""
     if not created:
         return
-    rings = _rings(created)
-    try:
+    try:  # concurrent requests' rings share a round trip (notifier.coalesced_publish)
         async with asyncio.timeout(ANNOUNCE_TIMEOUT):
-            if len(rings) == 1:  # a message posted alone: no pipeline (a third of the cost)
-                await redis.publish(INBOX_CHANNEL, rings[0])
-                return
-            async with redis.pipeline(transaction=False) as pipe:
-                for ring in rings:
-                    pipe.publish(INBOX_CHANNEL, ring)
-                await pipe.execute()
+            await coalesced_publish.publish(
+                redis, INBOX_CHANNEL, _rings(created), trip_seconds=ANNOUNCE_TIMEOUT
+            )
     except Exception as exc:  # Redis down or slow: the inbox catches up from PostgreSQL
         log.warning("announcing %d new inbox messages failed: %s", len(created), type(exc).__name__)
 
