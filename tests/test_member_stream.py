@@ -215,3 +215,61 @@ def test_a_stream_holds_a_bounded_number_of_carried_messages() -> None:
     for n in range(CATCH_UP_LIMIT + 5):
         listener.ring(True, inbox_rings.Carried(n + 1, "news", "{}"))
     assert len(listener.carried) == CATCH_UP_LIMIT and listener.messages and listener.counts
+
+
+class _Cycle:
+    """Garbage only the cyclic collector frees: it refers to itself."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_a_process_holding_many_streams_keeps_them_out_of_full_collections() -> None:
+    """From `from_streams` open streams on, what is alive is frozen (the collector's passes skip
+    it, frozen cycles are not freed); the full collection due `full_every` later frees them, and
+    one runs too when the process holds fewer than half as many streams again."""
+    import gc
+    import weakref
+
+    from notifier.member.heap import HeapFreezer
+
+    streams = 9
+    freezer = HeapFreezer(lambda: streams, from_streams=10, full_every=600)
+    frozen_at_start = gc.get_freeze_count()
+    try:
+        cycle = _Cycle()
+        alive = weakref.ref(cycle)
+        freezer.step(0)  # few streams: nothing frozen
+        del cycle
+        gc.collect()
+        assert alive() is None and gc.get_freeze_count() == frozen_at_start
+
+        streams = 10
+        cycle = _Cycle()
+        alive = weakref.ref(cycle)
+        freezer.step(1)  # many: frozen
+        del cycle
+        gc.collect()
+        assert alive() is not None and gc.get_freeze_count() > frozen_at_start
+        freezer.step(600)  # not yet due
+        gc.collect()
+        assert alive() is not None
+        freezer.step(601)  # due: the full collection frees the frozen cycle, freezing goes on
+        assert alive() is None
+
+        cycle = _Cycle()
+        alive = weakref.ref(cycle)
+        freezer.step(602)
+        del cycle
+        streams = 4  # fewer than half: a full collection, and no more freezing
+        freezer.step(603)
+        assert alive() is None
+        cycle = _Cycle()
+        alive = weakref.ref(cycle)
+        streams = 9
+        freezer.step(604)
+        del cycle
+        gc.collect()
+        assert alive() is None
+    finally:
+        gc.unfreeze()
