@@ -1,6 +1,7 @@
 """The inbox's doorbell: open inboxes (the member's event streams, in any web process) hear of
-new messages and changed counts through one Redis pub/sub channel. Redis is only a doorbell: a
-stream that missed a ring catches up from PostgreSQL (notifier.member.stream).
+new messages and changed counts through one Redis pub/sub channel per Redis database
+(`inbox_channel`). Redis is only a doorbell: a stream that missed a ring catches up from
+PostgreSQL (notifier.member.stream).
 
 Rings: `"<account id> new <message id> <category> <item JSON>"` carries a message posted alone;
 `"<account id> new"` says new messages arrived (a batch, a long message); `"<account id> counts"`
@@ -19,9 +20,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("notifier.inbox")
 
-INBOX_CHANNEL = "notifier:inbox"
+INBOX_CHANNEL = "notifier:inbox"  # and ":<database number>" (inbox_channel)
 ANNOUNCE_TIMEOUT = 0.5  # seconds intake waits for Redis at most; a slow Redis never slows intake
 RING_ITEM_MAX = 8192  # characters of a message a ring carries at most; a longer one is read back
+
+
+def inbox_channel(redis: Any) -> str:
+    """The doorbell's channel for the Redis database `redis` is connected to. Redis pub/sub
+    ignores database numbers: without the number, deployments sharing a Redis server on different
+    databases (production and staging, say) would hear each other's rings, and a ring carries the
+    message, to the stream of whichever member has the same account id there."""
+    kwargs = getattr(getattr(redis, "connection_pool", None), "connection_kwargs", {})
+    return f"{INBOX_CHANNEL}:{kwargs.get('db', 0)}"
 
 
 async def announce_created(redis: Any, created: Sequence[CreatedMessage]) -> None:
@@ -37,11 +47,12 @@ async def announce_created(redis: Any, created: Sequence[CreatedMessage]) -> Non
     try:
         async with asyncio.timeout(ANNOUNCE_TIMEOUT):
             if len(rings) == 1:  # a message posted alone: no pipeline (a third of the cost)
-                await redis.publish(INBOX_CHANNEL, rings[0])
+                await redis.publish(inbox_channel(redis), rings[0])
                 return
+            channel = inbox_channel(redis)
             async with redis.pipeline(transaction=False) as pipe:
                 for ring in rings:
-                    pipe.publish(INBOX_CHANNEL, ring)
+                    pipe.publish(channel, ring)
                 await pipe.execute()
     except Exception as exc:  # Redis down or slow: the inbox catches up from PostgreSQL
         log.warning("announcing %d new inbox messages failed: %s", len(created), type(exc).__name__)
@@ -62,7 +73,7 @@ async def announce_changed(redis: Any, account_id: int) -> None:
     raises."""
     try:
         async with asyncio.timeout(ANNOUNCE_TIMEOUT):
-            await redis.publish(INBOX_CHANNEL, f"{account_id} counts")
+            await redis.publish(inbox_channel(redis), f"{account_id} counts")
     except Exception as exc:
         log.warning("announcing an inbox change failed: %s", type(exc).__name__)
 

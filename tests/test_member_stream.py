@@ -273,3 +273,29 @@ def test_a_process_holding_many_streams_keeps_them_out_of_full_collections() -> 
         assert alive() is None
     finally:
         gc.unfreeze()
+
+
+async def test_the_doorbell_rings_only_in_its_redis_database(redis: Any) -> None:
+    """Redis pub/sub ignores database numbers: the channel carries the database's, so another
+    deployment on another database of the same server hears none of this one's rings."""
+    from redis.asyncio import Redis
+
+    kwargs = redis.connection_pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    other = Redis(host=kwargs["host"], port=kwargs["port"], db=(db + 1) % 16)
+    here, there = redis.pubsub(), other.pubsub()
+    try:
+        assert inbox_rings.inbox_channel(redis) != inbox_rings.inbox_channel(other)
+        for pubsub, client in ((here, redis), (there, other)):
+            await pubsub.subscribe(inbox_rings.inbox_channel(client))
+            assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"  # subscribed
+        await inbox_rings.announce_created(redis, [inbox.CreatedMessage(7, 12, False, '{"id": 7}', "news")])
+        async with asyncio.timeout(5):
+            while (heard := await here.get_message(ignore_subscribe_messages=True, timeout=1)) is None:
+                pass
+        assert heard["data"] == b'12 new 7 news {"id": 7}'
+        assert await there.get_message(ignore_subscribe_messages=True, timeout=0.5) is None
+    finally:
+        for pubsub in (here, there):
+            await pubsub.aclose()
+        await other.aclose()

@@ -6,7 +6,7 @@ sent on connect and whenever they change), and heartbeat comments. The browser's
 reconnects by itself and sends the id of the last `message` it got as `Last-Event-ID`; the stream
 then first sends every message after that id, so nothing that arrived while it was away is lost.
 
-Each web process holds one Redis pub/sub subscription (`Hub`) to `inbox_rings.INBOX_CHANNEL` and wakes
+Each web process holds one Redis pub/sub subscription (`Hub`) to `inbox_rings.inbox_channel` and wakes
 only the streams of the account a ring names. A ring of a message posted alone carries the message
 (`inbox_rings.announce_created`): the stream sends it and adds it to its counts without a statement.
 Any other ring (a batch, a long message, a change of counts) makes the stream read what is new
@@ -119,7 +119,7 @@ class Hub:
             try:
                 pubsub = redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[attr-defined]
                 try:
-                    await pubsub.subscribe(inbox_rings.INBOX_CHANNEL)
+                    await pubsub.subscribe(inbox_rings.inbox_channel(redis))
                     if failures:
                         self.everyone()
                     failures = 0
