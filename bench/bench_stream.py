@@ -214,7 +214,7 @@ def _reader_main(base: str, member_tokens: list[str], pipe: Connection) -> None:
 
 
 async def _post_schedule(
-    base: str, key: str, n: int, seqs: range, t0: float
+    base: str, key: str, n: int, seqs: range, t0: float, run: str
 ) -> tuple[dict[str, float], dict[str, float], int, float, float]:
     """A poster process: message `seq` is sent at t0 + seq / RATE, to a random connected member,
     one message per POST; its send times and answer times (CLOCK_MONOTONIC), its errors, when it
@@ -228,7 +228,7 @@ async def _post_schedule(
 
         async def post(seq: int) -> None:
             nonlocal errors
-            subject = f"bench {seq}"
+            subject = f"bench {run} {seq}"  # the run's own: another run's events are not counted
             body = {"category": "news", "subject": subject, "body": "A message for a connected member."}
             account = f"s-{random.randint(1, n)}"
             sent[subject] = time.monotonic()
@@ -278,10 +278,10 @@ def _profile(pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
     )
 
 
-def _poster_main(base: str, key: str, n: int, seqs: range, pipe: Connection) -> None:
+def _poster_main(base: str, key: str, n: int, seqs: range, run: str, pipe: Connection) -> None:
     pipe.send("ready")
     t0 = pipe.recv()
-    pipe.send(asyncio.run(_post_schedule(base, key, n, seqs, t0)))
+    pipe.send(asyncio.run(_post_schedule(base, key, n, seqs, t0, run)))
 
 
 async def _streams(env: BenchEnv, base: str, pid: int, secret: str, key: str) -> list[Figure]:
@@ -317,11 +317,14 @@ async def _streams(env: BenchEnv, base: str, pid: int, secret: str, key: str) ->
         rss_after = _rss_kib(pid)
 
         total = round(RATE * seconds)
+        run = secrets.token_hex(4)
         poster_pipes = []
         for p in range(POSTERS):
             mine, theirs = context.Pipe()
             poster = context.Process(
-                target=_poster_main, args=(base, key, n, range(p, total, POSTERS), theirs), daemon=True
+                target=_poster_main,
+                args=(base, key, n, range(p, total, POSTERS), run, theirs),
+                daemon=True,
             )
             poster.start()
             poster_pipes.append(mine)
