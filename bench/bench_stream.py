@@ -75,6 +75,8 @@ STREAMING = os.environ.get("BENCH_STREAM_STREAMS", "1") != "0"
 # BENCH_STREAM_WEB_TREE=DIR runs the web process from another checkout's source (`git archive` of
 # an older commit, say), to measure its code beside this one with the same bench.
 WEB_TREE = os.environ.get("BENCH_STREAM_WEB_TREE", "")
+# BENCH_STREAM_TRACE=FILE writes every message's send time, answer and event latency (CSV).
+TRACE = os.environ.get("BENCH_STREAM_TRACE", "")
 
 
 def _rss_kib(pid: int) -> int:
@@ -82,6 +84,40 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+def _schedstat(pid: int) -> tuple[float, float]:
+    """Seconds a process has run on a CPU and waited for one (runnable, other processes running)
+    so far (Linux /proc/PID/schedstat): the wait tells a loaded machine from a busy process."""
+    ran, waited, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
+def _trace(
+    path: Path, t0: float, sent: dict[str, float], answered: dict[str, float], arrived: dict[str, float]
+) -> None:
+    """BENCH_STREAM_TRACE: one line a message, in the order sent: seconds since the schedule began
+    when it was sent, then milliseconds from sending to the POST's answer and to the event (empty
+    when it did not come)."""
+
+    def ms(at: dict[str, float], subject: str) -> str:
+        return f"{(at[subject] - sent[subject]) * 1000:.1f}" if subject in at else ""
+
+    lines = [f"# t0 {t0:.4f} (CLOCK_MONOTONIC)", "sent_s,answered_ms,arrived_ms"]
+    for subject in sorted(sent, key=sent.__getitem__):
+        lines.append(f"{sent[subject] - t0:.4f},{ms(answered, subject)},{ms(arrived, subject)}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+async def _full_collections(base: str) -> int:
+    """How many generation-2 (full) garbage collections the web process has run, from its
+    /metrics (prometheus_client's GC collector): each pauses every stream of the process."""
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as r:
+        text = await r.text()
+    for line in text.splitlines():
+        if line.startswith('python_gc_collections_total{generation="2"}'):
+            return round(float(line.split()[-1]))
+    raise RuntimeError("no python_gc_collections_total in /metrics")
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -182,18 +218,21 @@ def _reader_main(base: str, member_tokens: list[str], pipe: Connection) -> None:
 
 
 async def _post_schedule(
-    base: str, key: str, n: int, seqs: range, t0: float
-) -> tuple[dict[str, float], int, float]:
+    base: str, key: str, n: int, seqs: range, t0: float, run: str
+) -> tuple[dict[str, float], dict[str, float], int, float, float]:
     """A poster process: message `seq` is sent at t0 + seq / RATE, to a random connected member,
-    one message per POST; its send times (CLOCK_MONOTONIC), its errors and when it finished."""
+    one message per POST; its send times and answer times (CLOCK_MONOTONIC), its errors, when it
+    finished and the CPU seconds it spent."""
+    cpu = time.process_time()
     sent: dict[str, float] = {}
+    answered: dict[str, float] = {}
     errors = 0
     headers = {"Authorization": f"Bearer {key}"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=POST_CONNECTIONS)) as poster:
 
         async def post(seq: int) -> None:
             nonlocal errors
-            subject = f"bench {seq}"
+            subject = f"bench {run} {seq}"  # the run's own: another run's events are not counted
             body = {"category": "news", "subject": subject, "body": "A message for a connected member."}
             account = f"s-{random.randint(1, n)}"
             sent[subject] = time.monotonic()
@@ -202,6 +241,7 @@ async def _post_schedule(
                     f"{base}/v1/accounts/{account}/messages", json=body, headers=headers
                 ) as r:
                     await r.read()
+                    answered[subject] = time.monotonic()
                     if r.status != 201:
                         errors += 1
             except aiohttp.ClientError:
@@ -217,7 +257,7 @@ async def _post_schedule(
             task.add_done_callback(pending.discard)
         if pending:
             await asyncio.wait(pending, timeout=30)
-    return sent, errors, time.monotonic()
+    return sent, answered, errors, time.monotonic(), time.process_time() - cpu
 
 
 def _profile(pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
@@ -242,10 +282,10 @@ def _profile(pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
     )
 
 
-def _poster_main(base: str, key: str, n: int, seqs: range, pipe: Connection) -> None:
+def _poster_main(base: str, key: str, n: int, seqs: range, run: str, pipe: Connection) -> None:
     pipe.send("ready")
     t0 = pipe.recv()
-    pipe.send(asyncio.run(_post_schedule(base, key, n, seqs, t0)))
+    pipe.send(asyncio.run(_post_schedule(base, key, n, seqs, t0, run)))
 
 
 async def _streams(env: BenchEnv, base: str, pid: int, secret: str, key: str) -> list[Figure]:
@@ -254,10 +294,12 @@ async def _streams(env: BenchEnv, base: str, pid: int, secret: str, key: str) ->
     now = int(time.time())
     member_tokens = [tokens.mint(secret, f"s-{i}", now + 3600, issued=now) for i in range(1, n + 1)]
     sent: dict[str, float] = {}
+    answered: dict[str, float] = {}
     rss_before = _rss_kib(pid)
     loop = asyncio.get_running_loop()
     context = multiprocessing.get_context("spawn")
     pipes, readers = [], []
+    watched = {"web": pid}  # processes whose CPU is measured while posting
     started = time.monotonic()
     for r in range(READERS):
         mine, theirs = context.Pipe()
@@ -265,6 +307,8 @@ async def _streams(env: BenchEnv, base: str, pid: int, secret: str, key: str) ->
             target=_reader_main, args=(base, member_tokens[r::READERS], theirs), daemon=True
         )
         reader.start()
+        assert reader.pid is not None  # started
+        watched[f"reader {r + 1}"] = reader.pid
         pipes.append(mine)
         readers.append(reader)
     try:
@@ -277,11 +321,14 @@ async def _streams(env: BenchEnv, base: str, pid: int, secret: str, key: str) ->
         rss_after = _rss_kib(pid)
 
         total = round(RATE * seconds)
+        run = secrets.token_hex(4)
         poster_pipes = []
         for p in range(POSTERS):
             mine, theirs = context.Pipe()
             poster = context.Process(
-                target=_poster_main, args=(base, key, n, range(p, total, POSTERS), theirs), daemon=True
+                target=_poster_main,
+                args=(base, key, n, range(p, total, POSTERS), run, theirs),
+                daemon=True,
             )
             poster.start()
             poster_pipes.append(mine)
@@ -294,15 +341,26 @@ async def _streams(env: BenchEnv, base: str, pid: int, secret: str, key: str) ->
         for pipe in poster_pipes:
             pipe.send(t0)
         profile = _profile(pid, seconds)
-        post_errors, last_done = 0, t0
+        full_before = await _full_collections(base)
+        sched_before, sched_since = {who: _schedstat(p) for who, p in watched.items()}, time.monotonic()
+        post_errors, last_done, poster_cpu = 0, t0, []
         for pipe in poster_pipes:
             if not await loop.run_in_executor(None, pipe.poll, seconds + 120):
                 raise RuntimeError("a poster did not finish in time")
-            mine_sent, errors, done = pipe.recv()
+            mine_sent, mine_answered, errors, done, cpu = pipe.recv()
+            poster_cpu.append(cpu)
             sent.update(mine_sent)
+            answered.update(mine_answered)
             post_errors += errors
             last_done = max(last_done, done)
         achieved = total / (max(sent.values()) - t0 + 1 / RATE)
+        window = last_done - sched_since
+        sched = {who: _schedstat(p) for who, p in watched.items()}
+        busy = {who: (sched[who][0] - sched_before[who][0]) / window for who in watched}
+        busy |= {f"poster {i + 1}": cpu / (last_done - t0) for i, cpu in enumerate(poster_cpu)}
+        web_waited = (sched["web"][1] - sched_before["web"][1]) / window
+        full_collections = await _full_collections(base) - full_before
+        rss_posted = _rss_kib(pid)
         if profile is not None:
             profile.wait(30)
         await asyncio.sleep(SETTLE)  # the last events on their way
@@ -318,6 +376,8 @@ async def _streams(env: BenchEnv, base: str, pid: int, secret: str, key: str) ->
             if reader.is_alive():
                 reader.kill()
 
+    if TRACE:
+        _trace(Path(TRACE), t0, sent, answered, arrived)
     latencies = [(arrived[s] - sent[s]) * 1000 for s in sent if s in arrived]
     lost = len(sent) - len(latencies)
     per_stream = (rss_after - rss_before) / n
@@ -325,7 +385,12 @@ async def _streams(env: BenchEnv, base: str, pid: int, secret: str, key: str) ->
         f"stream: {n} streams held by {READERS} reader processes, opened in {open_seconds:.1f} s; "
         f"{len(sent)} messages posted at {achieved:.0f}/s (asked {RATE:.0f}/s), {post_errors} post errors, "
         f"{lost} events not arrived {SETTLE:.0f} s after the last post; "
-        f"web RSS {rss_before / 1024:.0f} MiB before, {rss_after / 1024:.0f} MiB with the streams"
+        f"web RSS {rss_before / 1024:.0f} MiB before, {rss_after / 1024:.0f} MiB with the streams, "
+        f"{rss_posted / 1024:.0f} MiB after the posts; "
+        "CPU while posting (share of one core): "
+        + ", ".join(f"{who} {share:.0%}" for who, share in busy.items())
+        + f"; the web process waited for a CPU {web_waited:.0%} of that time and ran {full_collections} "
+        "generation-2 garbage collections; load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
     )
     if not latencies:
         raise RuntimeError("no event arrived")

@@ -1,6 +1,7 @@
 """The inbox's doorbell: open inboxes (the member's event streams, in any web process) hear of
-new messages and changed counts through one Redis pub/sub channel. Redis is only a doorbell: a
-stream that missed a ring catches up from PostgreSQL (notifier.member.stream).
+new messages and changed counts through one Redis pub/sub channel per Redis database
+(`inbox_channel`). Redis is only a doorbell: a stream that missed a ring catches up from
+PostgreSQL (notifier.member.stream).
 
 Rings: `"<account id> new <message id> <category> <item JSON>"` carries a message posted alone;
 `"<account id> new"` says new messages arrived (a batch, a long message); `"<account id> counts"`
@@ -21,9 +22,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("notifier.inbox")
 
-INBOX_CHANNEL = "notifier:inbox"
+INBOX_CHANNEL = "notifier:inbox"  # and ":<database number>" (inbox_channel)
 ANNOUNCE_TIMEOUT = 0.5  # seconds intake waits for Redis at most; a slow Redis never slows intake
 RING_ITEM_MAX = 8192  # characters of a message a ring carries at most; a longer one is read back
+
+
+def inbox_channel(redis: Any) -> str:
+    """The doorbell's channel for the Redis database `redis` is connected to. Redis pub/sub
+    ignores database numbers: without the number, deployments sharing a Redis server on different
+    databases (production and staging, say) would hear each other's rings, and a ring carries the
+    message, to the stream of whichever member has the same account id there."""
+    kwargs = getattr(getattr(redis, "connection_pool", None), "connection_kwargs", {})
+    return f"{INBOX_CHANNEL}:{kwargs.get('db', 0)}"
 
 
 async def announce_created(redis: Any, created: Sequence[CreatedMessage]) -> None:
@@ -38,7 +48,7 @@ async def announce_created(redis: Any, created: Sequence[CreatedMessage]) -> Non
     try:  # concurrent requests' rings share a round trip (notifier.coalesced_publish)
         async with asyncio.timeout(ANNOUNCE_TIMEOUT):
             await coalesced_publish.publish(
-                redis, INBOX_CHANNEL, _rings(created), trip_seconds=ANNOUNCE_TIMEOUT
+                redis, inbox_channel(redis), _rings(created), trip_seconds=ANNOUNCE_TIMEOUT
             )
     except Exception as exc:  # Redis down or slow: the inbox catches up from PostgreSQL
         log.warning("announcing %d new inbox messages failed: %s", len(created), type(exc).__name__)
@@ -59,7 +69,7 @@ async def announce_changed(redis: Any, account_id: int) -> None:
     raises."""
     try:
         async with asyncio.timeout(ANNOUNCE_TIMEOUT):
-            await redis.publish(INBOX_CHANNEL, f"{account_id} counts")
+            await redis.publish(inbox_channel(redis), f"{account_id} counts")
     except Exception as exc:
         log.warning("announcing an inbox change failed: %s", type(exc).__name__)
 

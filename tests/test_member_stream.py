@@ -215,3 +215,87 @@ def test_a_stream_holds_a_bounded_number_of_carried_messages() -> None:
     for n in range(CATCH_UP_LIMIT + 5):
         listener.ring(True, inbox_rings.Carried(n + 1, "news", "{}"))
     assert len(listener.carried) == CATCH_UP_LIMIT and listener.messages and listener.counts
+
+
+class _Cycle:
+    """Garbage only the cyclic collector frees: it refers to itself."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_a_process_holding_many_streams_keeps_them_out_of_full_collections() -> None:
+    """From `from_streams` open streams on, what is alive is frozen (the collector's passes skip
+    it, frozen cycles are not freed); the full collection due `full_every` later frees them, and
+    one runs too when the process holds fewer than half as many streams again."""
+    import gc
+    import weakref
+
+    from notifier.member.heap import HeapFreezer
+
+    streams = 9
+    freezer = HeapFreezer(lambda: streams, from_streams=10, full_every=600)
+    frozen_at_start = gc.get_freeze_count()
+    try:
+        cycle = _Cycle()
+        alive = weakref.ref(cycle)
+        freezer.step(0)  # few streams: nothing frozen
+        del cycle
+        gc.collect()
+        assert alive() is None and gc.get_freeze_count() == frozen_at_start
+
+        streams = 10
+        cycle = _Cycle()
+        alive = weakref.ref(cycle)
+        freezer.step(1)  # many: frozen
+        del cycle
+        gc.collect()
+        assert alive() is not None and gc.get_freeze_count() > frozen_at_start
+        freezer.step(600)  # not yet due
+        gc.collect()
+        assert alive() is not None
+        freezer.step(601)  # due: the full collection frees the frozen cycle, freezing goes on
+        assert alive() is None
+
+        cycle = _Cycle()
+        alive = weakref.ref(cycle)
+        freezer.step(602)
+        del cycle
+        streams = 4  # fewer than half: a full collection, and no more freezing
+        freezer.step(603)
+        assert alive() is None
+        cycle = _Cycle()
+        alive = weakref.ref(cycle)
+        streams = 9
+        freezer.step(604)
+        del cycle
+        gc.collect()
+        assert alive() is None
+    finally:
+        gc.unfreeze()
+
+
+async def test_the_doorbell_rings_only_in_its_redis_database(redis: Any) -> None:
+    """Redis pub/sub ignores database numbers: the channel carries the database's, so another
+    deployment on another database of the same server hears none of this one's rings."""
+    from redis.asyncio import Redis
+
+    kwargs = redis.connection_pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    other = Redis(host=kwargs["host"], port=kwargs["port"], db=(db + 1) % 16)
+    here, there = redis.pubsub(), other.pubsub()
+    try:
+        assert inbox_rings.inbox_channel(redis) != inbox_rings.inbox_channel(other)
+        for pubsub, client in ((here, redis), (there, other)):
+            await pubsub.subscribe(inbox_rings.inbox_channel(client))
+            assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"  # subscribed
+        await inbox_rings.announce_created(redis, [inbox.CreatedMessage(7, 12, False, '{"id": 7}', "news")])
+        async with asyncio.timeout(5):
+            while (heard := await here.get_message(ignore_subscribe_messages=True, timeout=1)) is None:
+                pass
+        assert heard["data"] == b'12 new 7 news {"id": 7}'
+        assert await there.get_message(ignore_subscribe_messages=True, timeout=0.5) is None
+    finally:
+        for pubsub in (here, there):
+            await pubsub.aclose()
+        await other.aclose()

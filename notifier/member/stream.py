@@ -6,7 +6,7 @@ sent on connect and whenever they change), and heartbeat comments. The browser's
 reconnects by itself and sends the id of the last `message` it got as `Last-Event-ID`; the stream
 then first sends every message after that id, so nothing that arrived while it was away is lost.
 
-Each web process holds one Redis pub/sub subscription (`Hub`) to `inbox_rings.INBOX_CHANNEL` and wakes
+Each web process holds one Redis pub/sub subscription (`Hub`) to `inbox_rings.inbox_channel` and wakes
 only the streams of the account a ring names. A ring of a message posted alone carries the message
 (`inbox_rings.announce_created`): the stream sends it and adds it to its counts without a statement.
 Any other ring (a batch, a long message, a change of counts) makes the stream read what is new
@@ -33,6 +33,7 @@ from aiohttp_sse import EventSourceResponse
 from notifier import inbox, inbox_rings
 from notifier.db import Q
 from notifier.member.auth import member_of
+from notifier.member.heap import HeapFreezer
 from notifier.resources import POOL, REDIS, SETTINGS
 
 log = logging.getLogger("notifier.member.stream")
@@ -118,7 +119,7 @@ class Hub:
             try:
                 pubsub = redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[attr-defined]
                 try:
-                    await pubsub.subscribe(inbox_rings.INBOX_CHANNEL)
+                    await pubsub.subscribe(inbox_rings.inbox_channel(redis))
                     if failures:
                         self.everyone()
                     failures = 0
@@ -313,13 +314,18 @@ async def _wakes(listener: Listener, expires: int, heartbeat: float) -> AsyncIte
 
 async def _hub(app: web.Application) -> AsyncIterator[None]:
     hub = app[HUB] = Hub()
-    task = asyncio.create_task(hub.run(app[REDIS]), name="inbox-hub")
+    tasks = [
+        asyncio.create_task(hub.run(app[REDIS]), name="inbox-hub"),
+        asyncio.create_task(HeapFreezer(hub.__len__).run(), name="inbox-heap"),
+    ]
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _close_streams(app: web.Application) -> None:
@@ -328,6 +334,7 @@ async def _close_streams(app: web.Application) -> None:
 
 
 def setup(app: web.Application) -> None:
-    """The hub starts after the resources (it needs Redis) and streams end at shutdown."""
+    """The hub starts after the resources (it needs Redis), with the collector policy of a process
+    holding many streams (notifier.member.heap), and streams end at shutdown."""
     app.cleanup_ctx.append(_hub)
     app.on_shutdown.append(_close_streams)
