@@ -566,33 +566,27 @@ def _scans(plan: dict[str, Any]) -> list[tuple[str, str]]:
     return found
 
 
-async def _claimed_batch(conn: asyncpg.Connection, now: datetime, lease: datetime) -> list[int]:
-    """300 ids claimed from a table of 10,000 service e-mails with fresh statistics."""
-    await outbox.add_many(
-        conn,
-        [
-            outbox.NewEmail(kind="service", to_address=f"r{i}@example.com", template="service/welcome")
-            for i in range(10_000)
-        ],
-    )
-    await conn.execute("ANALYZE emails")
-    return [r["id"] for r in await conn.fetch(Q.claim_emails, queues.SERVICE, now, 300, lease)]
-
-
 async def test_claiming_and_recording_a_batch_read_emails_by_primary_key_not_the_whole_table(
     pool: asyncpg.Pool,
 ) -> None:
     # Joined to the claimed ids, the planner hashed all of `emails` (every e-mail ever sent) for
     # each batch while a seq scan looked cheap (8 of 16-28 ms a claim at 10,000 rows): the
     # claim and the record of a batch must find their rows by key whatever the table holds.
-    now = datetime.now(UTC) + timedelta(seconds=1)  # after the rows are queued
-    lease = now + timedelta(seconds=60)
     async with pool.acquire() as conn:
-        ids = await _claimed_batch(conn, now, lease)
-        assert len(ids) == 300
+        await outbox.add_many(
+            conn,
+            [
+                outbox.NewEmail(kind="service", to_address=f"r{i}@example.com", template="service/welcome")
+                for i in range(10_000)
+            ],
+        )
+        await conn.execute("ANALYZE emails")
+        now = datetime.now(UTC)
+        lease = now + timedelta(seconds=60)
         claim = await conn.fetchval(
             "EXPLAIN (FORMAT JSON) " + Q.claim_emails, queues.SERVICE, now, 300, lease
         )
+        ids = [r["id"] for r in await conn.fetch(Q.claim_emails, queues.SERVICE, now, 300, lease)]
         n = len(ids)
         record = await conn.fetchval(
             "EXPLAIN (FORMAT JSON) " + Q.record_results,
@@ -601,35 +595,3 @@ async def test_claiming_and_recording_a_batch_read_emails_by_primary_key_not_the
     for explained in (claim, record):
         plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
         assert ("Seq Scan", "emails") not in _scans(plan), plan
-
-
-async def test_recording_keeps_one_generic_plan_instead_of_planning_every_write(pool: asyncpg.Pool) -> None:
-    # Planning the statement again for every group of a few results was about 40 % of its CPU in
-    # PostgreSQL; after PostgreSQL's five trial runs it must reuse one plan.
-    now = datetime.now(UTC) + timedelta(seconds=1)  # after the rows are queued
-    lease = now + timedelta(seconds=60)
-    async with pool.acquire() as conn:
-        ids = await _claimed_batch(conn, now, lease)
-        assert len(ids) == 300
-        for email_id in ids[:8]:
-            await conn.execute(
-                Q.record_results,
-                [email_id],
-                ["sent"],
-                [None],
-                [None],
-                [None],
-                ["sent"],
-                [None],
-                now,
-                lease,
-                "x",
-            )
-        plans = await conn.fetchrow(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
-            Q.record_results,
-        )
-        sent = await conn.fetchval("SELECT count(*) FROM emails WHERE status = 'sent'")
-    assert sent == 8
-    assert plans is not None
-    assert plans["generic_plans"] >= 3 and plans["custom_plans"] <= 5, dict(plans)

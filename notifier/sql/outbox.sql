@@ -56,14 +56,9 @@ WHERE id = ANY($1::bigint[]) AND status = 'sending' AND locked_until = $2
 -- asked to be forgotten (issue 17). Error texts come here without addresses (smtp_reply.redact).
 -- The statement turns `synchronous_commit` off for its own transaction (set_config(..., true)):
 -- the commit does not wait for the WAL flush (see `Delivery._record`).
--- Each array comes in as `(SELECT $n)`: the planner then cannot see how many results a group
--- holds, its plan is the same for every group, and PostgreSQL keeps ONE generic plan for the
--- prepared statement. With the arrays' lengths visible, every group of a few results looked
--- cheaper planned for itself, so each write was planned anew: about 40 % of the statement's
--- CPU in PostgreSQL (perf), 30-40 % less with the generic plan (docs/benchmarks.md, issue 16).
 WITH r AS (
-    SELECT * FROM unnest((SELECT $1::bigint[]), (SELECT $2::text[]), (SELECT $3::text[]), (SELECT $4::text[]),
-                         (SELECT $5::timestamptz[]), (SELECT $6::text[]), (SELECT $7::jsonb[]))
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                         $6::text[], $7::jsonb[])
         AS r(id, status, message_id, error, next_attempt_at, event, detail)
     WHERE (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
 ), done AS (
@@ -84,9 +79,9 @@ WITH r AS (
         idempotency_key = CASE WHEN e.account_id IS NULL AND e.kind = 'service' AND r.status IN ('sent', 'suppressed', 'failed')
                                THEN NULL ELSE e.idempotency_key END
     FROM r
-    -- `e.id = ANY(...)` as well as the join: the rows are found by primary key, never by reading
+    -- `e.id = ANY($1)` as well as the join: the rows are found by primary key, never by reading
     -- the whole table (which the planner chose for a group of 300 at 10,000 rows; see claim_emails).
-    WHERE e.id = ANY((SELECT $1::bigint[])::bigint[]) AND e.id = r.id AND e.status = 'sending' AND e.locked_until = $9
+    WHERE e.id = ANY($1::bigint[]) AND e.id = r.id AND e.status = 'sending' AND e.locked_until = $9
     RETURNING e.id, e.account_id, e.newsletter_id
 )
 INSERT INTO events (kind, account_id, email_id, newsletter_id, detail, dedupe_key, created_at)
