@@ -80,6 +80,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def database_cpu_seconds(dsn: str) -> float:
+    """CPU time (user + system) so far of the PostgreSQL backends connected to `dsn`'s database
+    (their process titles name it; every bench has a database of its own), in seconds. Backends
+    that ended since are not counted: measure while the worker's pool is open."""
+    name = dsn.rsplit("/", 1)[1].split("?")[0].encode()
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b" " + name + b" " not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def children_cpu_seconds() -> float:
     """CPU time (user + system) of this process's children that ended and were waited for."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -112,24 +129,29 @@ SOURCE_SESSIONS = 16  # `smtp-source -s 16`
 
 async def send_newsletter(
     pool: asyncpg.Pool, redis: ArqRedis, settings: Settings, sink: Sink, newsletter_id: int, workers: int = 1
-) -> tuple[float, float, int, list[float]]:
+) -> tuple[float, float, int, list[float], float]:
     """Send one newsletter with `workers` bulk worker processes: (seconds from the send to the last
     recipient recorded, the largest worker's peak RSS in MB, messages the sink accepted, the CPU
-    seconds each worker spent from the send to the last recipient recorded)."""
+    seconds each worker spent from the send to the last recipient recorded, and the CPU seconds
+    of the database's PostgreSQL backends meanwhile, the bench's own polling included)."""
     accepted_before = sink.delivered()
+    dsn = settings.database_url
+    assert dsn is not None
     with contextlib.ExitStack() as stack:
         procs = [stack.enter_context(worker_process(settings, "bulk")) for _ in range(workers)]
         for _ in procs:
             await wait_for_worker(redis, queues.BULK)
         cpu_before = [cpu_seconds(p.pid) for p in procs]
+        database_before = database_cpu_seconds(dsn)
         start = time.perf_counter()
         await newsletter.schedule(pool, newsletter_id, datetime.now(UTC), "bench")
         await redis.enqueue_job("newsletter_start", newsletter_id, _queue_name=queues.BULK)
         elapsed = await wait_until_done(pool, newsletter_id, start, limit=1800)
         cpu = [cpu_seconds(p.pid) - before for p, before in zip(procs, cpu_before, strict=True)]
+        database = database_cpu_seconds(dsn) - database_before
         rss = max(peak_rss_mb(p.pid) for p in procs)
     await asyncio.sleep(0.5)  # the sink's counter is written as it goes; let it settle
-    return elapsed, rss, sink.delivered() - accepted_before, cpu
+    return elapsed, rss, sink.delivered() - accepted_before, cpu, database
 
 
 async def exactly_once(pool: asyncpg.Pool, newsletter_id: int, n: int) -> str | None:
@@ -186,10 +208,12 @@ async def run(env: BenchEnv) -> list[Figure]:
                 plain_cpu = time.process_time() - plain_cpu
                 source = [smtp_source_rate(sink.port, message, n // 2, SOURCE_SESSIONS)]
                 source_cpu = children_cpu_seconds() - source_cpu
-                elapsed, rss, accepted, cpu = await send_newsletter(pool, redis, settings, sink, ids[0])
+                elapsed, rss, accepted, cpu, database = await send_newsletter(
+                    pool, redis, settings, sink, ids[0]
+                )
                 wrong = await exactly_once(pool, ids[0], n)
                 old = settings.model_copy(update={"smtp_pipelining": False})
-                old_elapsed, _, old_accepted, _ = await send_newsletter(pool, redis, old, sink, ids[1])
+                old_elapsed, _, old_accepted, _, _ = await send_newsletter(pool, redis, old, sink, ids[1])
                 wrong = wrong or await exactly_once(pool, ids[1], n)
                 started = time.process_time()
                 plain.append(await plain_loop_rate(sink.port, message, n // 2, PLAIN_CONNECTIONS))
@@ -219,5 +243,6 @@ async def run(env: BenchEnv) -> list[Figure]:
         Figure(NAME, "the same, NOTIFIER_SMTP_PIPELINING=false", n / old_elapsed, "msg/s", rate, "pipelining (above)"),
         Figure(NAME, "bulk worker peak RSS (VmHWM)", rss, "MB", goal="< 250 MB"),
         Figure(NAME, "bulk worker CPU per e-mail (user + system, send → last recorded; lower is better)", sum(cpu) / n * 1e6, "µs", plain_cpu / (n // 2 * 2) * 1e6, f"plain loop's CPU per e-mail, {PLAIN_CONNECTIONS} connections"),
+        Figure(NAME, "PostgreSQL CPU per e-mail (the database's backends, send → last recorded, fan-out included)", database / n * 1e6, "µs"),
         Figure(NAME, "smtp-source CPU per e-mail (user + system)", source_cpu / (n // 2 * 2) * 1e6, "µs"),
     ]  # fmt: skip

@@ -95,7 +95,7 @@ async def run(env: BenchEnv) -> list[Figure]:
                         False,
                     )
                     assert row is not None
-                    elapsed, _, accepted, cpu = await send_newsletter(
+                    elapsed, _, accepted, cpu, _ = await send_newsletter(
                         pool, redis, settings, sink, row["id"], workers
                     )
                     wrong = await exactly_once(pool, row["id"], n)

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_tls: Literal["none", "starttls", "tls"] = "none"
     smtp_timeout: float = Field(default=30.0, gt=0)
-    smtp_pool_size: int = Field(default=4, ge=1, le=64)
+    smtp_pool_size: int = Field(default=8, ge=1, le=64)
     smtp_pipelining: bool = Field(
         default=True, description="pipeline MAIL/RCPT/DATA (RFC 2920) where the server offers it"
     )
