@@ -431,7 +431,7 @@ async def test_a_batch_compares_no_message_with_every_digest_of_the_batch(pool: 
     await pool.execute("ANALYZE")
     ids = [r["id"] for r in await pool.fetch("SELECT id FROM accounts ORDER BY id")]
     n = len(ids)
-    args = (
+    args: tuple[Any, ...] = (
         ids, [T0] * n, [T0 + DAY] * n, ["daily"] * n, ["UTC"] * n, ["M"] * n, ["m@example.com"] * n,
         [True] * n, queues.DIGEST, "digest", 5, ["https://x.example/"] * n, [""] * n, [True] * n,
         [False] * n, ["daily"] * n, [],
