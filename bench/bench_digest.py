@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -23,7 +24,7 @@ from arq import create_pool as create_redis_pool
 from arq.connections import RedisSettings
 from pydantic import SecretStr
 
-from bench.common import BenchEnv, Figure, plain_loop_rate, smtp_sink
+from bench.common import BenchEnv, DatabaseCpu, Figure, plain_loop_rate, smtp_sink
 from notifier import queues
 from notifier.db import create_pool, scratch_database
 from notifier.digest import run_pass
@@ -115,9 +116,20 @@ async def wait_until_sent(pool: asyncpg.Pool, accounts: int) -> None:
         await asyncio.sleep(0.05)
 
 
-async def end_to_end(settings: Settings, pool: asyncpg.Pool, accounts: int) -> tuple[float, float]:
-    """(seconds from the pass's start to the last digest accepted, seconds of the pass alone),
-    with one worker process's digest queue running alongside, as in production."""
+@dataclass(frozen=True)
+class EndToEnd:
+    """One end-to-end run: seconds from the pass's start to the last digest accepted, seconds of
+    the pass alone, and the CPU seconds over the whole run of this process (the pass and the
+    digest worker, as in one worker process) and of the database's PostgreSQL backends."""
+
+    total: float
+    pass_seconds: float
+    process_cpu: float
+    database_cpu: float
+
+
+async def end_to_end(settings: Settings, pool: asyncpg.Pool, accounts: int) -> EndToEnd:
+    """The pass and, alongside, one worker process's digest queue, as in production."""
     from workers import build_worker, close_context, open_context
 
     redis = await create_redis_pool(RedisSettings.from_dsn(settings.redis_url or ""))
@@ -125,20 +137,24 @@ async def end_to_end(settings: Settings, pool: asyncpg.Pool, accounts: int) -> t
     ctx = await open_context(settings)
     worker = build_worker(settings, queues.DIGEST, ctx, redis, crons=False)
     task = asyncio.create_task(worker.main())
+    database = DatabaseCpu(await pool.fetchval("SELECT current_database()"))
     try:
-        start = time.perf_counter()
-        result = await run_pass(pool, redis, settings, DUE)
-        pass_seconds = time.perf_counter() - start
-        assert result.emails == accounts, result
-        await wait_until_sent(pool, accounts)
-        total = time.perf_counter() - start
+        async with database.sampling():
+            cpu = time.process_time()
+            start = time.perf_counter()
+            result = await run_pass(pool, redis, settings, DUE)
+            pass_seconds = time.perf_counter() - start
+            assert result.emails == accounts, result
+            await wait_until_sent(pool, accounts)
+            total = time.perf_counter() - start
+            cpu = time.process_time() - cpu
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
         await close_context(ctx)
         await redis.aclose()
-    return total, pass_seconds
+    return EndToEnd(total, pass_seconds, cpu, database.seconds)
 
 
 async def pass_only(settings: Settings, pool: asyncpg.Pool, accounts: int) -> float:
@@ -184,6 +200,35 @@ async def delivery_only(settings: Settings, pool: asyncpg.Pool, accounts: int) -
 PLAIN_CONNECTIONS = 8  # the plain loop the issue compares against
 
 
+async def plain_loop(port: int, message: bytes, n: int) -> tuple[float, float]:
+    """The plain loop's rate (messages/s) and this process's CPU seconds per message meanwhile."""
+    cpu = time.process_time()
+    rate = await plain_loop_rate(port, message, n, PLAIN_CONNECTIONS)
+    return rate, (time.process_time() - cpu) / n
+
+
+def cpu_figures(name: str, what: str, runs: list[EndToEnd], accounts: int, loop_cpu: float) -> list[Figure]:
+    """CPU per digest over the end-to-end runs (the least of them, as for the rates): this
+    process's (pass and digest worker) beside the plain loop's per message, and PostgreSQL's.
+    CPU is disturbed far less than rates by a shared machine's load."""
+    return [
+        Figure(
+            name,
+            f"{what}: CPU per digest, this process (pass and digest worker, Python), µs",
+            min(r.process_cpu for r in runs) / accounts * 1e6,
+            "µs",
+            loop_cpu * 1e6,
+            "the plain loop's per message",
+        ),
+        Figure(
+            name,
+            f"{what}: CPU per digest, the database's PostgreSQL backends, µs",
+            min(r.database_cpu for r in runs) / accounts * 1e6,
+            "µs",
+        ),
+    ]
+
+
 async def pass_rates(
     name: str, what: str, sizes: list[int], measure: Callable[[int], Awaitable[float]]
 ) -> list[Figure]:
@@ -223,16 +268,23 @@ async def run(env: BenchEnv) -> list[Figure]:
                 await seed(pool, 10)
                 await run_pass(pool, None, settings, DUE)
                 message = await sample_message(pool, settings)
-                bases, totals, passes, deliveries = [], [], [], []
+                bases: list[float] = []
+                loop_cpus: list[float] = []
+                runs: list[EndToEnd] = []
+                deliveries: list[float] = []
                 for _ in range(ROUNDS):
                     # Baseline and measured runs interleaved: the machine is shared and noisy.
-                    bases.append(await plain_loop_rate(port, message, n, PLAIN_CONNECTIONS))
+                    rate, loop_cpu = await plain_loop(port, message, n)
+                    bases.append(rate)
+                    loop_cpus.append(loop_cpu)
                     await seed(pool, n)
-                    total, pass_seconds = await end_to_end(settings, pool, n)
-                    totals.append(total)
-                    passes.append(pass_seconds)
+                    runs.append(await end_to_end(settings, pool, n))
                     deliveries.append(await delivery_only(settings, pool, n))
-                bases.append(await plain_loop_rate(port, message, n, PLAIN_CONNECTIONS))
+                rate, loop_cpu = await plain_loop(port, message, n)
+                bases.append(rate)
+                loop_cpus.append(loop_cpu)
+                totals = [r.total for r in runs]
+                passes = [r.pass_seconds for r in runs]
                 base = max(bases)
                 base_name = (
                     f"aiosmtplib sendmail loop, pre-built bytes, {PLAIN_CONNECTIONS} connections, no DB"
@@ -276,6 +328,7 @@ async def run(env: BenchEnv) -> list[Figure]:
                         base_name,
                     )
                 )
+                figures += cpu_figures(NAME, f"{n:,} accounts end to end", runs, n, min(loop_cpus))
                 env.notes.append(f"digest: sample e-mail {len(message):,} bytes")
 
             sizes = [max(100, int(s * env.scale)) for s in (1_000, 10_000, 50_000)]

@@ -23,7 +23,7 @@ from datetime import timedelta
 import asyncpg
 
 from bench import bench_digest as plain
-from bench.common import BenchEnv, Figure, plain_loop_rate, smtp_sink
+from bench.common import BenchEnv, Figure, smtp_sink
 from notifier.db import create_pool
 from notifier.digest import run_pass
 from notifier.settings import Settings
@@ -86,19 +86,26 @@ async def run(env: BenchEnv) -> list[Figure]:
                 await plain.seed(pool, 10)
                 await run_pass(pool, None, settings, DUE)
                 message = await plain.sample_message(pool, settings)
-                bases, mixes, plains, mix_passes, plain_passes = [], [], [], [], []
+                bases: list[float] = []
+                loop_cpus: list[float] = []
+                mix_runs: list[plain.EndToEnd] = []
+                plain_runs: list[plain.EndToEnd] = []
                 for _ in range(plain.ROUNDS):
-                    bases.append(await plain_loop_rate(port, message, n, plain.PLAIN_CONNECTIONS))
+                    rate, loop_cpu = await plain.plain_loop(port, message, n)
+                    bases.append(rate)
+                    loop_cpus.append(loop_cpu)
                     await plain.seed(pool, n)
                     await pool.execute("TRUNCATE categories")
-                    total, seconds = await plain.end_to_end(settings, pool, n)
-                    plains.append(total)
-                    plain_passes.append(seconds)
+                    plain_runs.append(await plain.end_to_end(settings, pool, n))
                     await seed_mix(pool, n)
-                    total, seconds = await plain.end_to_end(settings, pool, n)
-                    mixes.append(total)
-                    mix_passes.append(seconds)
-                bases.append(await plain_loop_rate(port, message, n, plain.PLAIN_CONNECTIONS))
+                    mix_runs.append(await plain.end_to_end(settings, pool, n))
+                rate, loop_cpu = await plain.plain_loop(port, message, n)
+                bases.append(rate)
+                loop_cpus.append(loop_cpu)
+                mixes = [r.total for r in mix_runs]
+                plains = [r.total for r in plain_runs]
+                mix_passes = [r.pass_seconds for r in mix_runs]
+                plain_passes = [r.pass_seconds for r in plain_runs]
                 base = max(bases)
                 env.notes.append(
                     "digest_mix: baselines "
@@ -138,6 +145,10 @@ async def run(env: BenchEnv) -> list[Figure]:
                         min(mix_passes),
                         "s",
                     )
+                )
+                figures += plain.cpu_figures(NAME, f"{n:,} accounts, the mix", mix_runs, n, min(loop_cpus))
+                figures += plain.cpu_figures(
+                    NAME, f"{n:,} accounts, plain daily", plain_runs, n, min(loop_cpus)
                 )
             sizes = [max(100, int(s * env.scale)) for s in (10_000, 100_000)]
             figures += await plain.pass_rates(

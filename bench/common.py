@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,70 @@ def counting_smtp_sink(backlog: int = 256) -> Iterator[Sink]:
         proc.wait(5)
         out.close()
         counters.unlink()
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) process `pid` has used so far (Linux /proc); None when it is
+    gone or not on this machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class DatabaseCpu:
+    """CPU seconds spent by the PostgreSQL backends serving one database (those on this machine,
+    found by the database's name in their process titles) while `DatabaseCpu.sampling` runs.
+    Backends come and go with the pools, so they are looked at every `interval` seconds and each
+    counts what it used since it was first seen (or since it started, when it started meanwhile)."""
+
+    database: str
+    interval: float = 0.05
+    seconds: float = 0.0
+    _first: dict[int, float] = field(default_factory=dict)
+    _last: dict[int, float] = field(default_factory=dict)
+
+    def _backends(self) -> dict[int, float]:
+        title = b"postgres: "
+        name = f" {self.database} ".encode()
+        found: dict[int, float] = {}
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                text = cmdline.read_bytes()
+            except OSError:
+                continue
+            if text.startswith(title) and name in text:
+                cpu = process_cpu(int(cmdline.parent.name))
+                if cpu is not None:
+                    found[int(cmdline.parent.name)] = cpu
+        return found
+
+    def _look(self, *, started: bool) -> None:
+        for pid, cpu in self._backends().items():
+            self._first.setdefault(pid, cpu if started else 0.0)
+            self._last[pid] = cpu
+
+    @contextlib.asynccontextmanager
+    async def sampling(self) -> AsyncIterator[DatabaseCpu]:
+        self._first, self._last = {}, {}
+        self._look(started=True)
+
+        async def look() -> None:
+            while True:
+                await asyncio.sleep(self.interval)
+                self._look(started=False)
+
+        task = asyncio.create_task(look())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._look(started=False)
+            self.seconds = sum(self._last[pid] - self._first[pid] for pid in self._last)
 
 
 def smtp_source_rate(port: int, message: bytes, n: int, sessions: int = 16) -> float:
