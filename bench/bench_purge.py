@@ -9,7 +9,7 @@ with digests off stay queued until read, so an old month keeps some), then times
 1. `inbox.purge_messages_before` dropping the older month (what the nightly purge runs);
 2. the same month's size dropped bare (`DETACH PARTITION` and `DROP TABLE` of the newer month in
    one transaction, no queue to forget): the database's own cost of dropping that much, and how the
-   purge did it before migration 0026;
+   purge did it before migration 0022;
 and, during each, the longest an intake INSERT took (one every 5 ms on a connection of its own):
 how long the inbox was held up. The months are checkpointed first, as a month that ended a year
 ago is on disk, not in dirty buffers.
