@@ -257,17 +257,23 @@ def test_a_process_holding_many_streams_keeps_them_out_of_full_collections() -> 
         freezer.step(601)  # due: the full collection frees the frozen cycle, freezing goes on
         assert alive() is None
 
+        streams = 7  # between half and all of from_streams: still freezing, after the next full pass too
+        freezer.step(1201)
         cycle = _Cycle()
         alive = weakref.ref(cycle)
-        freezer.step(602)
+        freezer.step(1202)
         del cycle
+        gc.collect()
+        assert alive() is not None
+
+        freezer.step(1203)
         streams = 4  # fewer than half: a full collection, and no more freezing
-        freezer.step(603)
+        freezer.step(1204)
         assert alive() is None
         cycle = _Cycle()
         alive = weakref.ref(cycle)
         streams = 9
-        freezer.step(604)
+        freezer.step(1205)
         del cycle
         gc.collect()
         assert alive() is None

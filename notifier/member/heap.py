@@ -60,7 +60,7 @@ class HeapFreezer:
             gc.unfreeze()  # back into the oldest generation, with what start-up froze
             gc.collect()
             gc.freeze()
-            self._frozen_since = now if streams >= self._from_streams else None
+            self._frozen_since = None if streams < self._from_streams // 2 else now
             return
         gc.freeze()
 
