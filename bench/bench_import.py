@@ -29,7 +29,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.common import BenchEnv, Figure
+from bench.common import BenchEnv, Figure, process_cpu
 from notifier import audit
 from notifier.db import scratch_database
 from notifier.member_import import import_csv, register
@@ -66,21 +66,12 @@ class Cost:
     cpu: float | None
 
 
-def _backend_cpu(pid: int) -> float | None:
-    """CPU seconds (user + system) used so far by the server process `pid`, if it is local."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def measure(conn: asyncpg.Connection, step: Callable[[], Awaitable[object]]) -> Cost:
     pid = await conn.fetchval("SELECT pg_backend_pid()")
-    backend, own, start = _backend_cpu(pid), time.process_time(), time.perf_counter()
+    backend, own, start = process_cpu(pid), time.process_time(), time.perf_counter()
     await step()
     wall, own = time.perf_counter() - start, time.process_time() - own
-    after = _backend_cpu(pid)
+    after = process_cpu(pid)
     return Cost(wall, None if backend is None or after is None else own + after - backend)
 
 

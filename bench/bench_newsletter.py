@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import resource
 import time
 from datetime import UTC, datetime
@@ -33,7 +32,16 @@ from bench.bench_delivery import (
     wait_for_worker,
     worker_process,
 )
-from bench.common import BenchEnv, Figure, Sink, counting_smtp_sink, plain_loop_rate, smtp_source_rate
+from bench.common import (
+    BenchEnv,
+    DatabaseCpu,
+    Figure,
+    Sink,
+    counting_smtp_sink,
+    plain_loop_rate,
+    process_cpu,
+    smtp_source_rate,
+)
 from notifier import newsletter, queues
 from notifier.db import Q, create_pool
 from notifier.mail import compose
@@ -74,27 +82,11 @@ async def add_members(pool: asyncpg.Pool, n: int) -> None:
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    """The process's CPU time so far (user + system), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def database_cpu_seconds(dsn: str) -> float:
-    """CPU time (user + system) so far of the PostgreSQL backends connected to `dsn`'s database
-    (their process titles name it; every bench has a database of its own), in seconds. Backends
-    that ended since are not counted: measure while the worker's pool is open."""
-    name = dsn.rsplit("/", 1)[1].split("?")[0].encode()
-    total = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if b" " + name + b" " not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                continue
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+def _cpu(pid: int) -> float:
+    """A worker's CPU seconds so far; it is alive while the bench measures it."""
+    seconds = process_cpu(pid)
+    assert seconds is not None, f"worker {pid} is gone"
+    return seconds
 
 
 def children_cpu_seconds() -> float:
@@ -141,17 +133,17 @@ async def send_newsletter(
         procs = [stack.enter_context(worker_process(settings, "bulk")) for _ in range(workers)]
         for _ in procs:
             await wait_for_worker(redis, queues.BULK)
-        cpu_before = [cpu_seconds(p.pid) for p in procs]
-        database_before = database_cpu_seconds(dsn)
-        start = time.perf_counter()
-        await newsletter.schedule(pool, newsletter_id, datetime.now(UTC), "bench")
-        await redis.enqueue_job("newsletter_start", newsletter_id, _queue_name=queues.BULK)
-        elapsed = await wait_until_done(pool, newsletter_id, start, limit=1800)
-        cpu = [cpu_seconds(p.pid) - before for p, before in zip(procs, cpu_before, strict=True)]
-        database = database_cpu_seconds(dsn) - database_before
+        cpu_before = [_cpu(p.pid) for p in procs]
+        database = DatabaseCpu(dsn.rsplit("/", 1)[1].split("?")[0])
+        async with database.sampling():
+            start = time.perf_counter()
+            await newsletter.schedule(pool, newsletter_id, datetime.now(UTC), "bench")
+            await redis.enqueue_job("newsletter_start", newsletter_id, _queue_name=queues.BULK)
+            elapsed = await wait_until_done(pool, newsletter_id, start, limit=1800)
+            cpu = [_cpu(p.pid) - before for p, before in zip(procs, cpu_before, strict=True)]
         rss = max(peak_rss_mb(p.pid) for p in procs)
     await asyncio.sleep(0.5)  # the sink's counter is written as it goes; let it settle
-    return elapsed, rss, sink.delivered() - accepted_before, cpu, database
+    return elapsed, rss, sink.delivered() - accepted_before, cpu, database.seconds
 
 
 async def exactly_once(pool: asyncpg.Pool, newsletter_id: int, n: int) -> str | None:
