@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +18,7 @@ from notifier.mail.smtp import SMTPSender
 from notifier.settings import Settings
 from tests.conftest import MailSink
 from tests.factory import Factory
+from tests.test_partitions import plan_nodes
 from workers import jobs
 
 
@@ -558,14 +558,6 @@ async def test_a_ring_that_cannot_reach_redis_does_not_raise(pool: asyncpg.Pool,
     assert (await status_of(pool, email_id))["status"] == "queued"
 
 
-def _scans(plan: dict[str, Any]) -> list[tuple[str, str]]:
-    """(node type, relation) of every scan in an EXPLAIN (FORMAT JSON) plan."""
-    found = [(plan["Node Type"], plan.get("Relation Name", ""))] if "Scan" in plan["Node Type"] else []
-    for child in plan.get("Plans", []):
-        found += _scans(child)
-    return found
-
-
 async def test_claiming_and_recording_a_batch_read_emails_by_primary_key_not_the_whole_table(
     pool: asyncpg.Pool,
 ) -> None:
@@ -593,5 +585,5 @@ async def test_claiming_and_recording_a_batch_read_emails_by_primary_key_not_the
             ids, ["sent"] * n, [None] * n, [None] * n, [None] * n, ["sent"] * n, [None] * n, now, lease, "x",
         )  # fmt: skip
     for explained in (claim, record):
-        plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
-        assert ("Seq Scan", "emails") not in _scans(plan), plan
+        scans = {(n["Node Type"], n.get("Relation Name")) for n in plan_nodes(explained)}
+        assert ("Seq Scan", "emails") not in scans, explained
