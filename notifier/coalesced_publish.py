@@ -8,6 +8,11 @@ one round trip serves many requests; a caller alone sends at once, as a plain PU
 
 Each caller still waits until its own messages were sent (or the round trip failed), so what a
 caller sees is unchanged: when `publish` returns, Redis has its messages, in the order given.
+
+The round trips go over one connection of the client's pool that the line keeps between them,
+written and read with the connection's own packing and reply parser: a pipeline object (or a
+PUBLISH through the client) costs a pool checkout, a health poll of the socket and redis-py's
+command machinery on every round trip.
 """
 
 from __future__ import annotations
@@ -17,15 +22,16 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-# One line per Redis client (a client is one connection pool, which a pipeline uses as PUBLISH
-# does), kept as long as the client is.
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+# One line per Redis client (one connection pool), kept as long as the client is.
 _LINES: weakref.WeakKeyDictionary[Any, _Line] = weakref.WeakKeyDictionary()
 
 
 class _Line:
     """Messages waiting for the next round trip on one client, and who waits for them."""
 
-    __slots__ = ("_flushing", "_messages", "_redis", "_task", "_waiters", "loop")
+    __slots__ = ("_conn", "_flushing", "_messages", "_redis", "_task", "_waiters", "loop")
 
     def __init__(self, redis: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._redis = weakref.ref(redis)
@@ -34,6 +40,7 @@ class _Line:
         self._waiters: list[asyncio.Future[None]] = []
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
+        self._conn: Any = None  # the pool's connection this line sends on, kept between round trips
 
     async def publish(self, channel: str, messages: Sequence[str], trip_seconds: float) -> None:
         if self._flushing:  # a round trip is in flight: wait for the next one, shared
@@ -46,7 +53,7 @@ class _Line:
         self._flushing = True
         try:
             async with asyncio.timeout(trip_seconds):
-                await _send(self._redis(), [(channel, message) for message in messages])
+                await self._send([(channel, message) for message in messages])
         finally:
             if self._waiters:
                 self._task = asyncio.create_task(self._flush(trip_seconds))
@@ -62,7 +69,7 @@ class _Line:
                 error: BaseException | None = None
                 try:
                     async with asyncio.timeout(trip_seconds):
-                        await _send(self._redis(), messages)
+                        await self._send(messages)
                 except Exception as exc:  # every caller of this round trip hears of it
                     error = exc
                 for waiter in waiters:
@@ -76,17 +83,38 @@ class _Line:
             self._flushing = False
             self._task = None
 
+    async def _send(self, messages: list[tuple[str, str]]) -> None:
+        """One round trip: every PUBLISH written at once, then each reply read (an error reply
+        raises). A connection kept from an earlier round trip that turns out to be broken (Redis
+        restarted, an idle timeout) is replaced once, as the pool's checkout would have done."""
+        redis = self._redis()
+        if redis is None:
+            raise ConnectionError("the Redis client was closed")
+        kept = self._conn is not None
+        try:
+            await self._trip(redis, messages)
+        except (RedisConnectionError, OSError):
+            if not kept:  # a fresh connection failed: Redis is away
+                raise
+            await self._trip(redis, messages)
 
-async def _send(redis: Any, messages: list[tuple[str, str]]) -> None:
-    if redis is None:
-        raise ConnectionError("the Redis client was closed")
-    if len(messages) == 1:  # alone: a plain PUBLISH costs a third of a pipeline
-        await redis.publish(*messages[0])
-        return
-    async with redis.pipeline(transaction=False) as pipe:
-        for channel, message in messages:
-            pipe.publish(channel, message)
-        await pipe.execute()
+    async def _trip(self, redis: Any, messages: list[tuple[str, str]]) -> None:
+        conn, self._conn = self._conn, None  # the round trip's until it ends well
+        if conn is None:
+            conn = await redis.connection_pool.get_connection()
+        try:
+            await conn.send_packed_command(
+                conn.pack_commands([("PUBLISH", channel, message) for channel, message in messages]),
+                check_health=False,
+            )
+            for _ in messages:
+                await conn.read_response()
+        except BaseException:
+            # Failed or cancelled mid-way: replies left unread would answer the next round trip.
+            await conn.disconnect(nowait=True)
+            await redis.connection_pool.release(conn)
+            raise
+        self._conn = conn
 
 
 async def publish(redis: Any, channel: str, messages: Sequence[str], *, trip_seconds: float) -> None:
