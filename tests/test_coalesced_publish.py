@@ -4,6 +4,7 @@ order, in fewer round trips than callers; a failed round trip reaches every call
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -94,3 +95,30 @@ async def test_a_kept_connection_that_broke_is_replaced(redis: ArqRedis) -> None
         assert received == ["before", "after"]
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+
+
+async def test_every_caller_waits_at_most_trip_seconds() -> None:
+    """Against a Redis that never answers, the caller whose round trip is in flight and the callers
+    waiting behind it all give up within `trip_seconds` of calling (one bound per caller, not one
+    per round trip)."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts, never answers
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    client = Redis(host="127.0.0.1", port=server.sockets[0].getsockname()[1])
+    try:
+        started = time.monotonic()
+        first = asyncio.create_task(coalesced_publish.publish(client, CHANNEL, ["a"], trip_seconds=0.4))
+        await asyncio.sleep(0.2)  # the first round trip hangs; the others wait behind it
+        results = await asyncio.gather(
+            first,
+            *(coalesced_publish.publish(client, CHANNEL, ["b"], trip_seconds=0.4) for _ in range(3)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, TimeoutError) for r in results), results
+        assert time.monotonic() - started < 0.2 + 0.4 + 0.15
+    finally:
+        await client.aclose()
+        server.close()
