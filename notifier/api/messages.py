@@ -53,22 +53,18 @@ INTAKE_GATE = web.AppKey("intake_gate", asyncio.Semaphore)
 GATE_PER_CONNECTION = 1.5
 
 
+_STORED_FIELDS = ("id", "category", "subject", "body", "url", "data")  # the answer's first fields
+
+
 def _new_message(row: asyncpg.Record) -> dict[str, Any]:
     """The `Message` answer of a message just inserted (no read or archive time yet), as the dict
     that `to_json` encodes to the same bytes as `Message.of_row(row, read_at=None,
     archived_at=None)` (a test holds them equal): every single-message intake answers with one, and
     the model's validation cost twice the rest of the answer (13 against 4.5 µs, timeit)."""
-    return {
-        "id": row["id"],
-        "category": row["category"],
-        "subject": row["subject"],
-        "body": row["body"],
-        "url": row["url"],
-        "data": row["data"],
-        "created_at": row["created_at"].astimezone(UTC).isoformat(),  # as answers.Timestamp writes it
-        "read_at": None,
-        "archived_at": None,
-    }
+    answer = {name: row[name] for name in _STORED_FIELDS}
+    answer["created_at"] = row["created_at"].astimezone(UTC).isoformat()  # as answers.Timestamp does
+    answer["read_at"] = answer["archived_at"] = None
+    return answer
 
 
 def _message_location(external_id: str, message_id: int) -> str:
