@@ -378,3 +378,29 @@ async def test_a_stream_that_read_before_the_subscription_reads_again(redis: Any
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
+
+
+async def test_a_stream_catches_up_after_the_subscription_was_lost(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, redis: Any, factory: Factory
+) -> None:
+    """Redis drops the process's subscription (a restart, say) while it holds a stream: a message
+    posted before the subscription is back (its ring heard by no one) still reaches the stream,
+    read from PostgreSQL once the new subscription is confirmed."""
+    await factory.account(external_id="ann")
+    token = await member_token(client, pool, "ann")
+    headers = await bearer(pool, "messages")
+    db = str(redis.connection_pool.connection_kwargs.get("db", 0))
+    async with open_stream(client, token) as events:
+        assert (await events.next())[0] == "counts"
+        ours = [c for c in await redis.client_list(_type="pubsub") if str(c.get("db")) == db]
+        assert len(ours) == 1  # the hub's, subscribed for this stream
+        await redis.client_kill(ours[0]["addr"])
+        sent = await post_message(client, headers, "ann", subject="While away")
+        async with asyncio.timeout(10):
+            event, data, ident = await events.next()
+        assert (event, data["subject"], ident) == ("message", "While away", str(sent))
+        await _until(lambda: _subscribed_again(redis))
+
+
+async def _subscribed_again(redis: Any) -> bool:
+    return await _subscribers(redis) == 1
