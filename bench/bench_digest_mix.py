@@ -90,6 +90,7 @@ async def run(env: BenchEnv) -> list[Figure]:
                 loop_cpus: list[float] = []
                 mix_runs: list[plain.EndToEnd] = []
                 plain_runs: list[plain.EndToEnd] = []
+                ceilings: list[tuple[float, float]] = []
                 for _ in range(plain.ROUNDS):
                     rate, loop_cpu = await plain.plain_loop(port, message, n)
                     bases.append(rate)
@@ -99,6 +100,7 @@ async def run(env: BenchEnv) -> list[Figure]:
                     plain_runs.append(await plain.end_to_end(settings, pool, n))
                     await seed_mix(pool, n)
                     mix_runs.append(await plain.end_to_end(settings, pool, n))
+                    ceilings.append(await plain.render_send_ceiling(settings, pool, n))
                 rate, loop_cpu = await plain.plain_loop(port, message, n)
                 bases.append(rate)
                 loop_cpus.append(loop_cpu)
@@ -149,6 +151,9 @@ async def run(env: BenchEnv) -> list[Figure]:
                 figures += plain.cpu_figures(NAME, f"{n:,} accounts, the mix", mix_runs, n, min(loop_cpus))
                 figures += plain.cpu_figures(
                     NAME, f"{n:,} accounts, plain daily", plain_runs, n, min(loop_cpus)
+                )
+                figures += plain.ceiling_figures(
+                    NAME, f"{n:,} digests of the mix", ceilings, base, base_name, min(loop_cpus)
                 )
             sizes = [max(100, int(s * env.scale)) for s in (10_000, 100_000)]
             figures += await plain.pass_rates(

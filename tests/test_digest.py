@@ -16,13 +16,14 @@ from arq import ArqRedis
 
 from notifier import queues, tokens
 from notifier.audit import MEMBER
-from notifier.db import create_pool
+from notifier.db import Q, create_pool
 from notifier.digest import messages_arrived, preview, run_pass
 from notifier.mail.delivery import Delivery
 from notifier.mail.smtp import SMTPSender
 from notifier.preferences import apply_preferences
 from notifier.settings import Settings
 from tests.factory import Factory
+from tests.test_partitions import plan_nodes
 from workers import jobs
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)  # a Monday, 08:00 UTC
@@ -419,6 +420,35 @@ async def test_message_arriving_during_a_pass_is_not_lost(
         "SELECT m.subject, md.digest_id FROM messages m LEFT JOIN message_digests md ON md.message_id = m.id ORDER BY m.id"
     )
     assert len({r["digest_id"] for r in subjects}) == 2
+
+
+async def test_a_batch_compares_no_message_with_every_digest_of_the_batch(pool: asyncpg.Pool) -> None:
+    """The build statement's joins grow with the batch, not with its square: in the custom and the
+    generic plan, no join filter throws away more pairs than the batch has messages (dequeuing
+    once compared each pending message with each digest: messages x accounts pairs)."""
+    accounts, per_account = 100, 10
+    await _seed(pool, accounts, per_account)
+    await pool.execute("ANALYZE")
+    ids = [r["id"] for r in await pool.fetch("SELECT id FROM accounts ORDER BY id")]
+    n = len(ids)
+    args: tuple[Any, ...] = (
+        ids, [T0] * n, [T0 + DAY] * n, ["daily"] * n, ["UTC"] * n, ["M"] * n, ["m@example.com"] * n,
+        [True] * n, queues.DIGEST, "digest", 5, ["https://x.example/"] * n, [""] * n, [True] * n,
+        [False] * n, ["daily"] * n, [],
+    )  # fmt: skip
+    for mode in ("force_custom_plan", "force_generic_plan"):
+        async with pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+                plan = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + Q.build_digests, *args)
+            finally:
+                await tx.rollback()
+        nodes = plan_nodes(plan)
+        assert sum(node.get("Actual Rows", 0) for node in nodes if node.get("Operation") == "Insert") == 2 * n
+        removed = max(node.get("Rows Removed by Join Filter", 0) for node in nodes)
+        assert removed <= accounts * per_account, f"{mode}: {removed} pairs filtered"
 
 
 # --- immediate mode -----------------------------------------------------------------------------

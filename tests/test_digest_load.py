@@ -49,8 +49,18 @@ async def _hourly_members(pool: asyncpg.Pool, now: datetime, count: int) -> None
 
 async def _seed_after_intake(pool: asyncpg.Pool, now: datetime) -> None:
     """MEMBERS hourly members, due an hour ago, each with PER_MEMBER unread messages (and some read
-    ones), on a table the planner knows nothing about: as on a fresh database after its first
-    large intake, until autovacuum analyzes it."""
+    ones), posted in batches: each batch's messages share one created_at, as one transaction's
+    now() gives them. The planner's statistics describe what an earlier ANALYZE saw: a few messages
+    posted one at a time, so created_at looks unique (what autovacuum leaves on a database where
+    members' messages arrived one by one before the first large batch)."""
+    await _hourly_members(pool, now, 5)
+    await pool.execute(
+        "INSERT INTO messages (account_id, category, subject, body, created_at)"
+        " SELECT id, 'news', 'Earlier', 'Body', $1::timestamptz - id * interval '1 minute' FROM accounts",
+        now - timedelta(hours=3),
+    )
+    await pool.execute("ANALYZE accounts; ANALYZE messages; ANALYZE pending_messages; ANALYZE digests")
+    await pool.execute("TRUNCATE accounts, messages, digests, emails RESTART IDENTITY CASCADE")
     await _hourly_members(pool, now, MEMBERS)
     await pool.execute(
         """
@@ -71,9 +81,6 @@ async def _seed_after_intake(pool: asyncpg.Pool, now: datetime) -> None:
         now - timedelta(minutes=90),
         PER_MEMBER,
     )
-    # TRUNCATE (the `pool` fixture) reset the table's size to unknown; statistics an earlier
-    # ANALYZE left would describe other data.
-    await pool.execute("DELETE FROM pg_statistic WHERE starelid = 'messages'::regclass")
 
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -133,12 +133,16 @@ async def test_migration_moves_existing_messages_and_keeps_their_ids(
             counts = await pool.fetch(Q.member_counts, ann["id"])
             assert sum(r["unread"] for r in counts) == len(anns) + 1 - 1  # + the fresh one, - the read one
 
-            # Indexes and foreign keys came along.
+            # Indexes and foreign keys came along (the created_at index as migration 0023 left it).
             indexes = {
                 r["indexdef"].split(" USING ")[1]
                 for r in await pool.fetch("SELECT indexdef FROM pg_indexes WHERE tablename = $1", part(now))
             }
-            assert {"btree (account_id, id DESC)", "btree (created_at)", "btree (id, created_at)"} <= indexes
+            assert {
+                "btree (account_id, id DESC)",
+                "btree (created_at, id)",
+                "btree (id, created_at)",
+            } <= indexes
             await pool.execute("DELETE FROM digests WHERE id = $1", digest_id)
             assert await pool.fetchval("SELECT count(*) FROM message_digests") == 0
             await pool.execute("DELETE FROM accounts WHERE id = $1", bob["id"])  # ON DELETE CASCADE

@@ -156,14 +156,18 @@ digest AS (
     RETURNING id, account_id, message_count
 ),
 dequeued AS (
-    -- Out of the queue: the messages now in a digest, and those read or archived since they were
-    -- queued (marked unread or unarchived again, a trigger queues them again). Messages of an
-    -- account that got no digest here (an existing one for the window, an address that cannot be
-    -- mailed) stay queued.
+    -- Out of the queue: the messages now in a digest (its `message_ids`), and those read or
+    -- archived since they were queued (marked unread or unarchived again, a trigger queues them
+    -- again). Messages of an account that got no digest here (an existing one for the window, an
+    -- address that cannot be mailed) stay queued.
+    -- Each row by the queue's primary key, from the digests' own lists: written as `pending LEFT
+    -- JOIN digest` the planner (which guesses a few rows for each) compared every pending message
+    -- with every digest of the batch, ~5 million pairs per 500 digests, two thirds of the
+    -- statement's CPU (docs/benchmarks.md, "Digests, the worker's side").
     DELETE FROM pending_messages q
-    USING pending p LEFT JOIN digest d ON d.account_id = p.account_id
+    USING pending p
     WHERE q.account_id = p.account_id AND q.message_id = p.id
-      AND (NOT p.waiting OR d.id IS NOT NULL)
+      AND (NOT p.waiting OR p.account_id IN (SELECT account_id FROM digest))
 ),
 marked AS (
     SELECT p.id, p.account_id, d.id AS digest_id, p.category, p.subject, p.body, p.url, p.created_at
