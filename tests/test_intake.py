@@ -37,6 +37,23 @@ async def test_post_one_message(client, headers, factory: Factory, pool) -> None
     assert row["id"] == message["id"] and row["data"] == body["data"] and row["body"] == MESSAGE["body"]
 
 
+async def test_the_answer_is_the_message_model_byte_for_byte(client, headers, factory: Factory) -> None:
+    """Intake builds its answer without the `Message` model (its hot path); the bytes are the
+    model's, as the message's own route answers it, with or without url and data."""
+    await factory.account(external_id="ann")
+    bodies = [
+        MESSAGE,
+        {**MESSAGE, "subject": "Grüße “quoted” ✓", "url": "https://e.org/ä?q=1#x",
+         "data": {"n": 1.5, "big": 2**60, "list": [None, True, "é"], "nested": {"k": "\u2028"}}},
+    ]  # fmt: skip
+    for body in bodies:
+        resp = await client.post("/v1/accounts/ann/messages", json=body, headers=headers)
+        assert resp.status == 201
+        posted = await resp.read()
+        got = await client.get(resp.headers["Location"], headers=headers)
+        assert got.status == 200 and await got.read() == posted
+
+
 async def test_unknown_account_is_404_and_writes_nothing(client, headers, pool) -> None:
     resp = await client.post("/v1/accounts/ghost/messages", json=MESSAGE, headers=headers)
     assert resp.status == 404

@@ -4,6 +4,7 @@ it without reading PostgreSQL back, and still never loses or repeats a message."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -305,3 +306,101 @@ async def test_the_doorbell_rings_only_in_its_redis_database(redis: Any) -> None
         for pubsub in (here, there):
             await pubsub.aclose()
         await other.aclose()
+
+
+async def _subscribers(redis: Any) -> int:
+    """How many connections (any process's) are subscribed to this database's doorbell channel."""
+    [(_, count)] = await redis.pubsub_numsub(inbox_rings.inbox_channel(redis))
+    return int(count)
+
+
+async def _until(check: Any, seconds: float = 5.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not await check():
+            await asyncio.sleep(0.05)
+
+
+async def test_a_process_subscribes_only_while_it_holds_a_stream(
+    settings: Settings, pool: asyncpg.Pool, redis: Any, factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A web process without streams does not hear the doorbell (intake's processes would parse
+    every ring); its first stream subscribes it, and still gets every message posted after it
+    opened; `UNSUBSCRIBE_AFTER` seconds after its last stream it leaves the channel again."""
+    from notifier.member import stream
+
+    monkeypatch.setattr(stream, "UNSUBSCRIBE_AFTER", 0.5)
+    await factory.account(external_id="ann")
+    async with TestClient(TestServer(create_app(settings))) as client:
+        token = await member_token(client, pool, "ann")
+        headers = await bearer(pool, "messages")
+        await post_message(client, headers, "ann", subject="Before")  # rings, heard by no one
+        await asyncio.sleep(0.3)
+        assert await _subscribers(redis) == 0
+        for n in range(2):  # the second time after the process left the channel
+            async with open_stream(client, token) as events:
+                event, counts, _ = await events.next()
+                assert (event, counts["unread"]) == ("counts", n + 1)
+                assert await _subscribers(redis) == 1
+                sent = await post_message(client, headers, "ann", subject=f"S{n}")
+                event, data, ident = await events.next()
+                assert (event, data["subject"], ident) == ("message", f"S{n}", str(sent))
+            await _until(lambda: _no_subscribers(redis))
+
+
+async def _no_subscribers(redis: Any) -> bool:
+    return await _subscribers(redis) == 0
+
+
+async def test_a_stream_that_read_before_the_subscription_reads_again(redis: Any) -> None:
+    """A stream that read PostgreSQL before Redis confirmed the subscription may have missed a
+    ring meanwhile: the confirmation tells it to read again; rings after it reach it."""
+    from notifier.member.stream import Hub, Listener
+
+    hub = Hub(linger=0.2)
+    runner = asyncio.create_task(hub.run(redis))
+    try:
+        listener = Listener(12)
+        hub.add(listener)  # as a stream does; its first read then clears what it had to read
+        assert not (listener.messages or listener.counts or hub.subscribed.is_set())
+        async with asyncio.timeout(5):
+            await hub.subscribed.wait()
+        assert hub.subscribed.is_set() and listener.messages and listener.counts
+        listener.messages = listener.counts = False
+        await inbox_rings.announce_created(redis, [inbox.CreatedMessage(7, 12, False, '{"id": 7}', "news")])
+        async with asyncio.timeout(5):
+            while not listener.carried:
+                await asyncio.sleep(0.01)
+        assert listener.carried == [inbox_rings.Carried(7, "news", '{"id": 7}')]
+        hub.remove(listener)
+        await _until(lambda: _no_subscribers(redis))
+        assert not hub.subscribed.is_set()
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+
+async def test_a_stream_catches_up_after_the_subscription_was_lost(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, redis: Any, factory: Factory
+) -> None:
+    """Redis drops the process's subscription (a restart, say) while it holds a stream: a message
+    posted before the subscription is back (its ring heard by no one) still reaches the stream,
+    read from PostgreSQL once the new subscription is confirmed."""
+    await factory.account(external_id="ann")
+    token = await member_token(client, pool, "ann")
+    headers = await bearer(pool, "messages")
+    db = str(redis.connection_pool.connection_kwargs.get("db", 0))
+    async with open_stream(client, token) as events:
+        assert (await events.next())[0] == "counts"
+        ours = [c for c in await redis.client_list(_type="pubsub") if str(c.get("db")) == db]
+        assert len(ours) == 1  # the hub's, subscribed for this stream
+        await redis.client_kill(ours[0]["addr"])
+        sent = await post_message(client, headers, "ann", subject="While away")
+        async with asyncio.timeout(10):
+            event, data, ident = await events.next()
+        assert (event, data["subject"], ident) == ("message", "While away", str(sent))
+        await _until(lambda: _subscribed_again(redis))
+
+
+async def _subscribed_again(redis: Any) -> bool:
+    return await _subscribers(redis) == 1

@@ -14,6 +14,7 @@ What a message is and what happens once it is stored: notifier/inbox.py.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 from typing import Any
 from urllib.parse import quote
 
@@ -52,9 +53,18 @@ INTAKE_GATE = web.AppKey("intake_gate", asyncio.Semaphore)
 GATE_PER_CONNECTION = 1.5
 
 
-def _new_message(row: asyncpg.Record) -> Message:
-    """A message just inserted (its row has no read or archive time yet)."""
-    return Message.of_row(row, read_at=None, archived_at=None)
+_STORED_FIELDS = ("id", "category", "subject", "body", "url", "data")  # the answer's first fields
+
+
+def _new_message(row: asyncpg.Record) -> dict[str, Any]:
+    """The `Message` answer of a message just inserted (no read or archive time yet), as the dict
+    that `to_json` encodes to the same bytes as `Message.of_row(row, read_at=None,
+    archived_at=None)` (a test holds them equal): every single-message intake answers with one, and
+    the model's validation cost twice the rest of the answer (13 against 4.5 µs, timeit)."""
+    answer = {name: row[name] for name in _STORED_FIELDS}
+    answer["created_at"] = row["created_at"].astimezone(UTC).isoformat()  # as answers.Timestamp does
+    answer["read_at"] = answer["archived_at"] = None
+    return answer
 
 
 def _message_location(external_id: str, message_id: int) -> str:

@@ -112,12 +112,15 @@ def parse_model(model: type[M], data: Any, prefix: str = "") -> M:
 
 
 # Path segments after these prefixes are bearer secrets (signed tokens): never log them.
-_SECRET_PATH = re.compile(r"^(/(?:u|preferences|confirm|inbox)/)[^/?]+")
+_SECRET_PREFIXES = ("/u/", "/preferences/", "/confirm/", "/inbox/")
+_SECRET_PATH = re.compile("^(" + "|".join(map(re.escape, _SECRET_PREFIXES)) + ")[^/?]+")
 
 
 def redact_path(path: str) -> str:
     """The request path with signed tokens replaced and the query string dropped."""
-    path = path.split("?", 1)[0]
+    path = path.partition("?")[0]
+    if not path.startswith(_SECRET_PREFIXES):  # most paths (every access line): no regex
+        return path
     return _SECRET_PATH.sub(r"\1[token]", path)
 
 

@@ -6,13 +6,14 @@ sent on connect and whenever they change), and heartbeat comments. The browser's
 reconnects by itself and sends the id of the last `message` it got as `Last-Event-ID`; the stream
 then first sends every message after that id, so nothing that arrived while it was away is lost.
 
-Each web process holds one Redis pub/sub subscription (`Hub`) to `inbox_rings.inbox_channel` and wakes
-only the streams of the account a ring names. A ring of a message posted alone carries the message
+Each web process holds one Redis pub/sub subscription (`Hub`) to `inbox_rings.inbox_channel`
+while it holds a stream (and a minute after), and wakes only the streams of the account a ring
+names. A ring of a message posted alone carries the message
 (`inbox_rings.announce_created`): the stream sends it and adds it to its counts without a statement.
 Any other ring (a batch, a long message, a change of counts) makes the stream read what is new
 from PostgreSQL (the source of truth) after the last id it delivered, so a ring missed while Redis
-was away is caught up at the next read, and every stream reads again when the subscription comes
-back.
+was away is caught up at the next read, and every stream reads again when a subscription is
+confirmed (the process's first stream waits for that before its first read).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ RETRY_MS = 2000  # how soon EventSource reconnects after a drop
 SEND_TIMEOUT = 120.0  # seconds a client may take to accept an event before it is cut off
 NO_PING = 10.0**9  # aiohttp-sse's own ping interval: never (the stream sends its heartbeats)
 RESUBSCRIBE_DELAYS = (0.1, 0.5, 1, 2, 5)
+UNSUBSCRIBE_AFTER = 60.0  # seconds a process without streams stays subscribed (streams come and go)
+SUBSCRIBE_WAIT = 1.0  # seconds a stream opening waits at most for the subscription before its first read
 
 
 class Listener:
@@ -76,13 +79,23 @@ class Listener:
 
 
 class Hub:
-    """The process's one subscription to the inbox channel, dispatching rings to its streams."""
+    """The process's subscription to the inbox channel, dispatching rings to its streams. It is
+    subscribed only while the process holds a stream, and for `linger` seconds after the last one
+    ended: a process without streams (most of intake's) would otherwise receive and parse every
+    ring of every web process (12-15 µs of CPU each)."""
 
-    def __init__(self) -> None:
+    def __init__(self, linger: float | None = None) -> None:
         self._listeners: dict[int, set[Listener]] = {}
-        self.subscribed = asyncio.Event()
+        self.subscribed = asyncio.Event()  # set once Redis confirmed the subscription
+        self._wanted = asyncio.Event()  # set while the process holds a stream
+        self._idle: asyncio.Timeout | None = None  # ends the subscription `linger` s after the last stream
+        self._linger = UNSUBSCRIBE_AFTER if linger is None else linger
+        self._failures = 0
 
     def add(self, listener: Listener) -> None:
+        if not self._listeners:
+            self._wanted.set()
+            self._keep_subscribed(True)
         self._listeners.setdefault(listener.account_id, set()).add(listener)
 
     def remove(self, listener: Listener) -> None:
@@ -91,6 +104,14 @@ class Hub:
             group.discard(listener)
             if not group:
                 del self._listeners[listener.account_id]
+                if not self._listeners:
+                    self._wanted.clear()
+                    self._keep_subscribed(False)
+
+    def _keep_subscribed(self, keep: bool) -> None:
+        idle = self._idle
+        if idle is not None and not idle.expired():  # (once expired, `run` subscribes afresh if wanted)
+            idle.reschedule(None if keep else asyncio.get_running_loop().time() + self._linger)
 
     def __len__(self) -> int:
         return sum(len(g) for g in self._listeners.values())
@@ -103,7 +124,8 @@ class Hub:
             listener.ring(ring.arrived, ring.message)
 
     def everyone(self, *, closing: bool = False) -> None:
-        """Wake every stream: to catch up (after the subscription was lost) or to close."""
+        """Wake every stream: to catch up (rings may have gone unheard before the subscription was
+        confirmed) or to close."""
         for group in self._listeners.values():
             for listener in group:
                 if closing:
@@ -111,33 +133,57 @@ class Hub:
                 else:
                     listener.ring(True)
 
+    async def ready(self) -> None:
+        """Wait until the subscription is confirmed, at most SUBSCRIBE_WAIT seconds (Redis may be
+        away: the streams then catch up once it is confirmed)."""
+        if not self.subscribed.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SUBSCRIBE_WAIT):
+                    await self.subscribed.wait()
+
     async def run(self, redis: object) -> None:
-        """Listen until cancelled; resubscribe after a lost connection and let every stream catch
-        up from PostgreSQL (it may have missed rings meanwhile)."""
-        failures = 0
+        """Until cancelled: subscribe whenever the process holds a stream, leave the channel
+        `linger` seconds after the last one ended, and resubscribe after a lost connection. Each
+        time Redis confirms the subscription every stream held is told to read what is new from
+        PostgreSQL (a ring before that went unheard); a stream whose first read has not begun
+        yet reads only once (`Listener.ring` only sets what it was going to read anyway)."""
         while True:
+            await self._wanted.wait()
             try:
-                pubsub = redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[attr-defined]
-                try:
-                    await pubsub.subscribe(inbox_rings.inbox_channel(redis))
-                    if failures:
-                        self.everyone()
-                    failures = 0
-                    self.subscribed.set()
-                    async for item in pubsub.listen():
-                        if item.get("type") == "message":
-                            self.dispatch(item["data"])
-                finally:
-                    self.subscribed.clear()
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
+                await self._listen(redis)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                delay = RESUBSCRIBE_DELAYS[min(failures, len(RESUBSCRIBE_DELAYS) - 1)]
-                failures += 1
+                delay = RESUBSCRIBE_DELAYS[min(self._failures, len(RESUBSCRIBE_DELAYS) - 1)]
+                self._failures += 1
                 log.warning("inbox subscription lost (%s); again in %ss", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
+
+    async def _listen(self, redis: object) -> None:
+        """One subscription, until the process has held no stream for `linger` seconds."""
+        pubsub = redis.pubsub()  # type: ignore[attr-defined]
+        try:
+            async with asyncio.timeout(None) as idle:
+                self._idle = idle
+                if not self._listeners:  # the last stream ended already
+                    self._keep_subscribed(False)
+                await pubsub.subscribe(inbox_rings.inbox_channel(redis))
+                async for item in pubsub.listen():
+                    kind = item.get("type")
+                    if kind == "message":
+                        self.dispatch(item["data"])
+                    elif kind == "subscribe":  # confirmed: every ring from now on is heard
+                        self._failures = 0
+                        self.subscribed.set()
+                        self.everyone()
+        except TimeoutError:
+            if not idle.expired():
+                raise
+        finally:
+            self._idle = None
+            self.subscribed.clear()
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
 
 HUB = web.AppKey("inbox_hub", Hub)
@@ -158,6 +204,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     pool, hub = app[POOL], app[HUB]
     listener = Listener(member.account_id)
     hub.add(listener)  # before reading anything: no ring can fall between the read and the wait
+    await hub.ready()  # the first stream of a process subscribes it; a ring before that goes unheard
     # aiohttp-sse's own ping (a task writing to every stream on a timer) is put out of the way: the
     # stream itself sends a heartbeat when it has been quiet for the interval (`_serve`).
     response = EventSourceResponse(headers={"Cache-Control": "no-store"}, ping_interval=NO_PING)
