@@ -404,3 +404,21 @@ async def test_a_stream_catches_up_after_the_subscription_was_lost(
 
 async def _subscribed_again(redis: Any) -> bool:
     return await _subscribers(redis) == 1
+
+
+async def test_a_message_with_unicode_line_separators_reaches_the_stream_whole(
+    client: TestClient[Any, Any], pool: asyncpg.Pool, factory: Factory
+) -> None:
+    """U+2028 and U+2029 stay raw in JSON, and server-sent events break lines only at CR
+    and LF: an event's data must not be cut at them (str.splitlines would, and the member's page
+    would get broken JSON for that message)."""
+    await factory.account(external_id="ann")
+    token = await member_token(client, pool, "ann")
+    headers = await bearer(pool, "messages")
+    body = "one\u2028two\u2029three"
+    async with open_stream(client, token) as events:
+        event, _, _ = await events.next()
+        assert event == "counts"
+        sent = await post_message(client, headers, "ann", body=body)
+        event, data, _ = await events.next()
+        assert (event, data["id"], data["body"]) == ("message", sent, body)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -38,6 +39,7 @@ from notifier.member.heap import HeapFreezer
 from notifier.resources import POOL, REDIS, SETTINGS
 
 log = logging.getLogger("notifier.member.stream")
+_SSE_LINES = re.compile(r"\r\n|\r|\n")
 
 CATCH_UP_LIMIT = 100  # messages sent per catch-up query; a longer gap is sent in several
 RECENT_IDS = 32  # ids a stream remembers having sent, so a late carried message is not sent twice
@@ -245,7 +247,9 @@ class _Sender:
         if id is not None:
             self.out.append(f"id: {id}\n")
         self.out.append(f"event: {event}\n")
-        self.out.extend(f"data: {line}\n" for line in data.splitlines() or [""])
+        # Server-sent events end lines only at CR, LF or CRLF; str.splitlines also breaks at
+        # U+2028, U+2029 and others, which JSON leaves raw in a message's text.
+        self.out.extend(f"data: {line}\n" for line in _SSE_LINES.split(data))
         if retry is not None:
             self.out.append(f"retry: {retry}\n")
         self.out.append("\n")
