@@ -26,6 +26,7 @@ from arq import ArqRedis
 from arq import create_pool as create_redis_pool
 from arq.connections import RedisSettings
 
+from bench import newsletter_floor
 from bench.bench_delivery import (
     bench_settings,
     fresh_database,
@@ -46,6 +47,7 @@ from notifier import newsletter, queues
 from notifier.db import Q, create_pool
 from notifier.mail import compose
 from notifier.mail.delivery import Delivery
+from notifier.mail.outbox import BATCH_SIZE
 from notifier.mail.render import OutgoingEmail
 from notifier.mail.smtp import SMTPSender
 from notifier.settings import Settings
@@ -80,6 +82,15 @@ async def add_members(pool: asyncpg.Pool, n: int) -> None:
            FROM generate_series(1, $1) AS i""",
         n,
     )
+
+
+async def insert_newsletter(pool: asyncpg.Pool) -> int:
+    """A draft to the default list (everyone); its id."""
+    row = await pool.fetchrow(
+        Q.insert_newsletter, "News for {{ first_name }}", "This month", BODY, "markdown", "bench", False
+    )
+    assert row is not None
+    return int(row["id"])
 
 
 def _cpu(pid: int) -> float:
@@ -168,19 +179,7 @@ async def run(env: BenchEnv) -> list[Figure]:
             pool = await create_pool(dsn, min_size=1, max_size=4)
             try:
                 await add_members(pool, n)
-                ids = []
-                for _ in range(2):
-                    row = await pool.fetchrow(
-                        Q.insert_newsletter,
-                        "News for {{ first_name }}",
-                        "This month",
-                        BODY,
-                        "markdown",
-                        "bench",
-                        False,
-                    )
-                    assert row is not None
-                    ids.append(row["id"])
+                ids = [await insert_newsletter(pool), await insert_newsletter(pool)]
 
                 # The exact bytes the worker sends to member 1, for the baselines.
                 delivery = Delivery(settings, pool, SMTPSender(settings), renderers=jobs.renderers(settings))
@@ -213,6 +212,7 @@ async def run(env: BenchEnv) -> list[Figure]:
                 started = children_cpu_seconds()
                 source.append(smtp_source_rate(sink.port, message, n // 2, SOURCE_SESSIONS))
                 source_cpu += children_cpu_seconds() - started
+                groups = await newsletter_floor.observed_groups(pool, ids[0])
             finally:
                 await pool.close()
                 await redis.flushdb()
@@ -221,6 +221,23 @@ async def run(env: BenchEnv) -> list[Figure]:
         env.notes.append(
             f"newsletter: NOT exactly once: {wrong}; the sink accepted {accepted} and {old_accepted}"
         )
+    # The database's floor, same run: the engine's statements alone, and a bare INSERT of the rows.
+    floor = await newsletter_floor.measure(env.database_url, n, groups, add_members, insert_newsletter)
+    statements = sum(len(g) for g in groups)
+    env.notes.append(
+        f"newsletter floor: PostgreSQL CPU per e-mail, engine statements from asyncpg alone: fan-out "
+        f"{floor.per_email(floor.fan_out):.1f} µs, claims {floor.per_email(floor.claims):.1f}, per-batch "
+        f"look-ups {floor.per_email(floor.lookups):.1f}, records {floor.per_email(floor.records):.1f} "
+        f"({floor.statements:,} record_results as the send wrote them: {statements:,} statements, "
+        f"{n / max(statements, 1):.1f} results each); recorded one statement per batch of "
+        f"{BATCH_SIZE} instead: records {floor.per_email(floor.per_batch['records']):.1f} µs, claims "
+        f"{floor.per_email(floor.per_batch['claims']):.1f} (second newsletter, {n:,} rows already sent), "
+        f"fan-out {floor.per_email(floor.per_batch['fan_out']):.1f}; the same with nested loops off for "
+        f"the records (third newsletter): records {floor.per_email(floor.per_batch_hashed['records']):.1f} µs; bare INSERT … SELECT of {n:,} "
+        f"emails rows {floor.per_email(floor.bare['emails']):.1f} µs, with the indexes "
+        f"{floor.per_email(floor.bare['emails_indexed']):.1f}, of {n:,} events rows with theirs "
+        f"{floor.per_email(floor.bare['events_indexed']):.1f}"
+    )
     rate, plain_rate, source_rate = n / elapsed, sum(plain) / 2, sum(source) / 2
     env.notes.append(
         f"newsletter: {n:,} recipients in {elapsed:.1f} s (pipelining off: {old_elapsed:.1f} s); the sink "
@@ -236,5 +253,8 @@ async def run(env: BenchEnv) -> list[Figure]:
         Figure(NAME, "bulk worker peak RSS (VmHWM)", rss, "MB", goal="< 250 MB"),
         Figure(NAME, "bulk worker CPU per e-mail (user + system, send → last recorded; lower is better)", sum(cpu) / n * 1e6, "µs", plain_cpu / (n // 2 * 2) * 1e6, f"plain loop's CPU per e-mail, {PLAIN_CONNECTIONS} connections"),
         Figure(NAME, "PostgreSQL CPU per e-mail (the database's backends, send → last recorded, fan-out included)", database / n * 1e6, "µs"),
+        Figure(NAME, "PostgreSQL CPU per e-mail: the engine's outbox statements alone (fan-out, claims, per-batch look-ups, records in the send's groups; asyncpg, no worker)", floor.per_email(floor.engine), "µs", database / n * 1e6, "the send above"),
+        Figure(NAME, "PostgreSQL CPU per e-mail: a bare INSERT of the rows (one INSERT … SELECT, a copy of emails without indexes)", floor.per_email(floor.bare["emails"]), "µs", database / n * 1e6, "the send above"),
+        Figure(NAME, "PostgreSQL CPU per e-mail: the same bare INSERT into a copy with emails' indexes", floor.per_email(floor.bare["emails_indexed"]), "µs", database / n * 1e6, "the send above"),
         Figure(NAME, "smtp-source CPU per e-mail (user + system)", source_cpu / (n // 2 * 2) * 1e6, "µs"),
     ]  # fmt: skip
