@@ -114,18 +114,40 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM in /proc status")
 
 
+# Whether a newsletter is done: its audience frozen and no row waiting, queued or sending. One
+# look on the index of (newsletter, status), which skips what earlier looks found dead: the
+# newsletter's figures (`poll_figures`, how this bench polled until now) count every row and
+# event of the newsletter, ten times a second, and PostgreSQL's CPU figure of the send included
+# them (the polling note has what one look of each costs). Without `kind = 'newsletter'`, which
+# would let the planner take the (newsletter, account) index and read every row.
+DONE = """SELECT (SELECT status IN ('sending', 'sent') FROM newsletters WHERE id = $1)
+                 AND NOT EXISTS (SELECT 1 FROM emails
+                                 WHERE newsletter_id = $1 AND status IN ('waiting', 'queued', 'sending'))"""
+
+
+async def poll(conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int) -> bool:
+    """One look of `wait_until_done`'s: whether the audience is frozen and no row is left to send."""
+    return bool(await conn.fetchval(DONE, newsletter_id))
+
+
+async def poll_figures(conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int) -> bool:
+    """The same answer from the newsletter's figures, as this bench polled before."""
+    row = await conn.fetchrow(Q.get_newsletter, newsletter_id)
+    if row is not None and row["status"] in ("sending", "sent"):
+        return (await newsletter.figures(conn, newsletter_id))["pending"] == 0
+    return False
+
+
 async def wait_until_done(pool: asyncpg.Pool, newsletter_id: int, start: float, limit: float) -> float:
     """Seconds from `start` until the audience is frozen and no row is queued or sending."""
     while time.perf_counter() - start < limit:
-        row = await pool.fetchrow(Q.get_newsletter, newsletter_id)
-        if row is not None and row["status"] in ("sending", "sent"):
-            figures = await newsletter.figures(pool, newsletter_id)
-            if figures["pending"] == 0:
-                return time.perf_counter() - start
-        await asyncio.sleep(0.1)
+        if await poll(pool, newsletter_id):
+            return time.perf_counter() - start
+        await asyncio.sleep(POLL_SECONDS)
     raise TimeoutError(f"newsletter {newsletter_id} not delivered after {limit} s")
 
 
+POLL_SECONDS = 0.1  # wait_until_done looks this often
 PLAIN_CONNECTIONS = 8  # the plain aiosmtplib loop the issue compares against
 SOURCE_SESSIONS = 16  # `smtp-source -s 16`
 
@@ -222,13 +244,15 @@ async def run(env: BenchEnv) -> list[Figure]:
             f"newsletter: NOT exactly once: {wrong}; the sink accepted {accepted} and {old_accepted}"
         )
     # The database's floor, same run: the engine's statements alone, and a bare INSERT of the rows.
-    floor = await newsletter_floor.measure(env.database_url, n, groups, add_members, insert_newsletter)
+    floor = await newsletter_floor.measure(
+        env.database_url, n, groups, add_members, insert_newsletter, {"poll": poll, "figures": poll_figures}
+    )
     statements = sum(len(g) for g in groups)
     env.notes.append(
         f"newsletter floor: PostgreSQL CPU per e-mail, engine statements from asyncpg alone: fan-out "
         f"{floor.per_email(floor.fan_out):.1f} µs, claims {floor.per_email(floor.claims):.1f}, per-batch "
         f"look-ups {floor.per_email(floor.lookups):.1f}, records {floor.per_email(floor.records):.1f} "
-        f"({floor.statements:,} record_results as the send wrote them: {statements:,} statements, "
+        f"({floor.statements:,} record_results statements in the send's groups: it wrote {statements:,}, "
         f"{n / max(statements, 1):.1f} results each); recorded one statement per batch of "
         f"{BATCH_SIZE} instead: records {floor.per_email(floor.per_batch['records']):.1f} µs, claims "
         f"{floor.per_email(floor.per_batch['claims']):.1f} (second newsletter, {n:,} rows already sent), "
@@ -237,6 +261,16 @@ async def run(env: BenchEnv) -> list[Figure]:
         f"emails rows {floor.per_email(floor.bare['emails']):.1f} µs, with the indexes "
         f"{floor.per_email(floor.bare['emails_indexed']):.1f}, of {n:,} events rows with theirs "
         f"{floor.per_email(floor.bare['events_indexed']):.1f}"
+    )
+    polls = elapsed / (POLL_SECONDS + floor.polls["poll"][1])
+    env.notes.append(
+        "newsletter polling: one look of the bench's, all sent: "
+        + ", ".join(
+            f"{k} {cpu * 1e3:.2f} ms of CPU in {wall * 1e3:.2f} ms" for k, (cpu, wall) in floor.polls.items()
+        )
+        + f"; about {polls:.0f} looks in the send: {floor.per_email(floor.polls['poll'][0] * polls):.1f} µs per "
+        f"e-mail (by the figures, which the send's figure included before this note: up to "
+        f"{floor.per_email(floor.polls['figures'][0] * elapsed / (POLL_SECONDS + floor.polls['figures'][1])):.1f})"
     )
     rate, plain_rate, source_rate = n / elapsed, sum(plain) / 2, sum(source) / 2
     env.notes.append(

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -36,6 +37,7 @@ from notifier.db import Q, create_pool, scratch_database
 from notifier.mail import compose, outbox
 from notifier.newsletter_local_time import DueInstants
 
+POLLS = 50  # polls of the bench's timed (all sent) to find what one costs
 REPLY = {"reply": "250 2.0.0 Ok: queued as 4dLkS83xJ9z2vM"}  # smtp-sink's answer, as delivery keeps it
 
 
@@ -91,6 +93,8 @@ class Floor:
     # not compare every result with every row would cost; see the reading in docs/benchmarks.md).
     per_batch_hashed: dict[str, float] = field(default_factory=dict)
     bare: dict[str, float] = field(default_factory=dict)  # one INSERT … SELECT of n rows
+    # For each way of polling given, one look's CPU seconds and wall-clock seconds once all is sent.
+    polls: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def per_email(self, seconds: float) -> float:
         return seconds / self.n * 1e6
@@ -176,10 +180,12 @@ async def measure(
     groups: Sequence[Sequence[int]],
     add_members: Callable[[asyncpg.Pool, int], Awaitable[None]],
     insert_newsletter: Callable[[asyncpg.Pool], Awaitable[int]],
+    polls: Mapping[str, Callable[[asyncpg.Connection, int], Awaitable[object]]],
 ) -> Floor:
     """The floor for `n` members (added by `add_members`) in a scratch database: the engine's
     statements for one newsletter recorded in `groups` (`observed_groups`), another recorded one
-    statement per batch, and the bare INSERTs."""
+    statement per batch, and the bare INSERTs; and what one `poll` of the bench's costs once the
+    first is sent, for each of `polls`."""
     floor = Floor(n)
     async with scratch_database(admin_url, "notifier_bench_floor") as dsn:
         pools = {
@@ -201,6 +207,14 @@ async def measure(
             floor.fan_out, floor.claims, floor.lookups, floor.records = (
                 cpu["fan_out"], cpu["claims"], cpu["lookups"], cpu["records"]
             )  # fmt: skip
+            look = backends["lookups"]
+            for name, poll in polls.items():
+                before, started = look.seconds, time.perf_counter()
+                for _ in range(POLLS):
+                    with look.measuring() as conn:
+                        await poll(conn, ids[0])
+                cpu_per_look = (look.seconds - before) / POLLS
+                floor.polls[name] = (cpu_per_look, (time.perf_counter() - started) / POLLS)
             _, floor.per_batch = await _send(backends, ids[1], None)
             hashed = await create_pool(dsn, min_size=1, max_size=1)
             pools["hashed"] = hashed
