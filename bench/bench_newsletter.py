@@ -10,6 +10,11 @@ Baselines, same run: a plain aiosmtplib loop sending the same pre-built bytes ov
 with no database, and Postfix's C client `smtp-source -s 16` with the same message, each half of N
 before the newsletters and half after (the machine is shared; the mean of the two rates is
 compared). A second newsletter with pipelining off shows what RFC 2920 pipelining gains.
+
+The database's floor, same run (`bench.newsletter_floor`): PostgreSQL's CPU per e-mail for the
+engine's own statements from asyncpg alone (fan-out, claims, look-ups, records in the groups the
+send wrote), and for one bare INSERT … SELECT of the rows into a copy of `emails` without and with
+its indexes.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from arq import ArqRedis
 from arq import create_pool as create_redis_pool
 from arq.connections import RedisSettings
 
+from bench import newsletter_floor
 from bench.bench_delivery import (
     bench_settings,
     fresh_database,
@@ -46,6 +52,7 @@ from notifier import newsletter, queues
 from notifier.db import Q, create_pool
 from notifier.mail import compose
 from notifier.mail.delivery import Delivery
+from notifier.mail.outbox import BATCH_SIZE
 from notifier.mail.render import OutgoingEmail
 from notifier.mail.smtp import SMTPSender
 from notifier.settings import Settings
@@ -82,6 +89,15 @@ async def add_members(pool: asyncpg.Pool, n: int) -> None:
     )
 
 
+async def insert_newsletter(pool: asyncpg.Pool) -> int:
+    """A draft to the default list (everyone); its id."""
+    row = await pool.fetchrow(
+        Q.insert_newsletter, "News for {{ first_name }}", "This month", BODY, "markdown", "bench", False
+    )
+    assert row is not None
+    return int(row["id"])
+
+
 def _cpu(pid: int) -> float:
     """A worker's CPU seconds so far; it is alive while the bench measures it."""
     seconds = process_cpu(pid)
@@ -103,18 +119,40 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM in /proc status")
 
 
+# Whether a newsletter is done: its audience frozen and no row waiting, queued or sending. One
+# look on the index of (newsletter, status), which skips what earlier looks found dead: the
+# newsletter's figures (`poll_figures`, how this bench polled until now) count every row and
+# event of the newsletter, ten times a second, and PostgreSQL's CPU figure of the send included
+# them (the polling note has what one look of each costs). Without `kind = 'newsletter'`, which
+# would let the planner take the (newsletter, account) index and read every row.
+DONE = """SELECT (SELECT status IN ('sending', 'sent') FROM newsletters WHERE id = $1)
+                 AND NOT EXISTS (SELECT 1 FROM emails
+                                 WHERE newsletter_id = $1 AND status IN ('waiting', 'queued', 'sending'))"""
+
+
+async def poll(conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int) -> bool:
+    """One look of `wait_until_done`'s: whether the audience is frozen and no row is left to send."""
+    return bool(await conn.fetchval(DONE, newsletter_id))
+
+
+async def poll_figures(conn: asyncpg.Connection | asyncpg.Pool, newsletter_id: int) -> bool:
+    """The same answer from the newsletter's figures, as this bench polled before."""
+    row = await conn.fetchrow(Q.get_newsletter, newsletter_id)
+    if row is not None and row["status"] in ("sending", "sent"):
+        return (await newsletter.figures(conn, newsletter_id))["pending"] == 0
+    return False
+
+
 async def wait_until_done(pool: asyncpg.Pool, newsletter_id: int, start: float, limit: float) -> float:
     """Seconds from `start` until the audience is frozen and no row is queued or sending."""
     while time.perf_counter() - start < limit:
-        row = await pool.fetchrow(Q.get_newsletter, newsletter_id)
-        if row is not None and row["status"] in ("sending", "sent"):
-            figures = await newsletter.figures(pool, newsletter_id)
-            if figures["pending"] == 0:
-                return time.perf_counter() - start
-        await asyncio.sleep(0.1)
+        if await poll(pool, newsletter_id):
+            return time.perf_counter() - start
+        await asyncio.sleep(POLL_SECONDS)
     raise TimeoutError(f"newsletter {newsletter_id} not delivered after {limit} s")
 
 
+POLL_SECONDS = 0.1  # wait_until_done looks this often
 PLAIN_CONNECTIONS = 8  # the plain aiosmtplib loop the issue compares against
 SOURCE_SESSIONS = 16  # `smtp-source -s 16`
 
@@ -168,19 +206,7 @@ async def run(env: BenchEnv) -> list[Figure]:
             pool = await create_pool(dsn, min_size=1, max_size=4)
             try:
                 await add_members(pool, n)
-                ids = []
-                for _ in range(2):
-                    row = await pool.fetchrow(
-                        Q.insert_newsletter,
-                        "News for {{ first_name }}",
-                        "This month",
-                        BODY,
-                        "markdown",
-                        "bench",
-                        False,
-                    )
-                    assert row is not None
-                    ids.append(row["id"])
+                ids = [await insert_newsletter(pool), await insert_newsletter(pool)]
 
                 # The exact bytes the worker sends to member 1, for the baselines.
                 delivery = Delivery(settings, pool, SMTPSender(settings), renderers=jobs.renderers(settings))
@@ -213,6 +239,7 @@ async def run(env: BenchEnv) -> list[Figure]:
                 started = children_cpu_seconds()
                 source.append(smtp_source_rate(sink.port, message, n // 2, SOURCE_SESSIONS))
                 source_cpu += children_cpu_seconds() - started
+                groups = await newsletter_floor.observed_groups(pool, ids[0])
             finally:
                 await pool.close()
                 await redis.flushdb()
@@ -221,6 +248,35 @@ async def run(env: BenchEnv) -> list[Figure]:
         env.notes.append(
             f"newsletter: NOT exactly once: {wrong}; the sink accepted {accepted} and {old_accepted}"
         )
+    # The database's floor, same run: the engine's statements alone, and a bare INSERT of the rows.
+    floor = await newsletter_floor.measure(
+        env.database_url, n, groups, add_members, insert_newsletter, {"poll": poll, "figures": poll_figures}
+    )
+    statements = sum(len(g) for g in groups)
+    env.notes.append(
+        f"newsletter floor: PostgreSQL CPU per e-mail, engine statements from asyncpg alone: fan-out "
+        f"{floor.per_email(floor.fan_out):.1f} µs, claims {floor.per_email(floor.claims):.1f}, per-batch "
+        f"look-ups {floor.per_email(floor.lookups):.1f}, records {floor.per_email(floor.records):.1f} "
+        f"({floor.statements:,} record_results statements in the send's groups: it wrote {statements:,}, "
+        f"{n / max(statements, 1):.1f} results each); recorded one statement per batch of "
+        f"{BATCH_SIZE} instead: records {floor.per_email(floor.per_batch['records']):.1f} µs, claims "
+        f"{floor.per_email(floor.per_batch['claims']):.1f} (second newsletter, {n:,} rows already sent), "
+        f"fan-out {floor.per_email(floor.per_batch['fan_out']):.1f}; the same with nested loops off for "
+        f"the records (third newsletter): records {floor.per_email(floor.per_batch_hashed['records']):.1f} µs; bare INSERT … SELECT of {n:,} "
+        f"emails rows {floor.per_email(floor.bare['emails']):.1f} µs, with the indexes "
+        f"{floor.per_email(floor.bare['emails_indexed']):.1f}, of {n:,} events rows with theirs "
+        f"{floor.per_email(floor.bare['events_indexed']):.1f}"
+    )
+    polls = elapsed / (POLL_SECONDS + floor.polls["poll"][1])
+    env.notes.append(
+        "newsletter polling: one look of the bench's, all sent: "
+        + ", ".join(
+            f"{k} {cpu * 1e3:.2f} ms of CPU in {wall * 1e3:.2f} ms" for k, (cpu, wall) in floor.polls.items()
+        )
+        + f"; about {polls:.0f} looks in the send: {floor.per_email(floor.polls['poll'][0] * polls):.1f} µs per "
+        f"e-mail (by the figures, which the send's figure included before this note: up to "
+        f"{floor.per_email(floor.polls['figures'][0] * elapsed / (POLL_SECONDS + floor.polls['figures'][1])):.1f})"
+    )
     rate, plain_rate, source_rate = n / elapsed, sum(plain) / 2, sum(source) / 2
     env.notes.append(
         f"newsletter: {n:,} recipients in {elapsed:.1f} s (pipelining off: {old_elapsed:.1f} s); the sink "
@@ -236,5 +292,8 @@ async def run(env: BenchEnv) -> list[Figure]:
         Figure(NAME, "bulk worker peak RSS (VmHWM)", rss, "MB", goal="< 250 MB"),
         Figure(NAME, "bulk worker CPU per e-mail (user + system, send → last recorded; lower is better)", sum(cpu) / n * 1e6, "µs", plain_cpu / (n // 2 * 2) * 1e6, f"plain loop's CPU per e-mail, {PLAIN_CONNECTIONS} connections"),
         Figure(NAME, "PostgreSQL CPU per e-mail (the database's backends, send → last recorded, fan-out included)", database / n * 1e6, "µs"),
+        Figure(NAME, "PostgreSQL CPU per e-mail: the engine's outbox statements alone (fan-out, claims, per-batch look-ups, records in the send's groups; asyncpg, no worker)", floor.per_email(floor.engine), "µs", database / n * 1e6, "the send above"),
+        Figure(NAME, "PostgreSQL CPU per e-mail: a bare INSERT of the rows (one INSERT … SELECT, a copy of emails without indexes)", floor.per_email(floor.bare["emails"]), "µs", database / n * 1e6, "the send above"),
+        Figure(NAME, "PostgreSQL CPU per e-mail: the same bare INSERT into a copy with emails' indexes", floor.per_email(floor.bare["emails_indexed"]), "µs", database / n * 1e6, "the send above"),
         Figure(NAME, "smtp-source CPU per e-mail (user + system)", source_cpu / (n // 2 * 2) * 1e6, "µs"),
     ]  # fmt: skip

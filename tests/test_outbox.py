@@ -587,3 +587,28 @@ async def test_claiming_and_recording_a_batch_read_emails_by_primary_key_not_the
     for explained in (claim, record):
         scans = {(n["Node Type"], n.get("Relation Name")) for n in plan_nodes(explained)}
         assert ("Seq Scan", "emails") not in scans, explained
+
+
+async def test_recording_a_group_does_not_read_the_index_of_every_due_row(pool: asyncpg.Pool) -> None:
+    # With statistics from before a newsletter's fan-out (here: of an empty table), the planner
+    # took the partial index of due rows for small and ANDed all of it (every row still to send)
+    # with the group's keys, for each group of results: 1.8 of 2.5 ms a statement at 100,000 rows
+    # due. Fails on the SQL before `coalesce(e.status, '')`.
+    async with pool.acquire() as conn:
+        new = [
+            outbox.NewEmail(kind="service", to_address=f"r{i}@example.com", template="service/welcome")
+            for i in range(20_000)
+        ]
+        await conn.execute("ANALYZE emails")
+        await outbox.add_many(conn, new)
+        now = datetime.now(UTC)
+        lease = now + timedelta(seconds=60)
+        ids = [r["id"] for r in await conn.fetch(Q.claim_emails, queues.SERVICE, now, 300, lease)][:24]
+        n = len(ids)
+        record = await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) " + Q.record_results,
+            ids, ["sent"] * n, [None] * n, [None] * n, [None] * n, ["sent"] * n, [None] * n, now, lease, "x",
+        )  # fmt: skip
+    indexes = {n.get("Index Name") for n in plan_nodes(record)}
+    assert "emails_pkey" in indexes, record
+    assert "emails_due_idx" not in indexes, record
