@@ -104,17 +104,19 @@ async def sample_message(pool: asyncpg.Pool, settings: Settings) -> bytes:
 
 
 async def wait_until_sent(pool: asyncpg.Pool, accounts: int) -> None:
-    """Poll the outbox (the source of truth; the worker signals nothing else) until every digest
-    was accepted by the SMTP server; raise if one failed."""
+    """Poll the outbox (the source of truth; the worker signals nothing else) until no digest is
+    queued or being sent, then check that every one was accepted by the SMTP server; raise if one
+    failed. Each look is one probe of the partial index of due rows: counting the sent rows twenty
+    times a second, as this did until 2026-12-02, cost PostgreSQL CPU that the figures counted."""
+    left = "SELECT EXISTS (SELECT 1 FROM emails WHERE status IN ('queued', 'sending'))"
     while True:
-        sent = await pool.fetchval("SELECT count(*) FROM emails WHERE status = 'sent'")
-        if sent >= accounts:
-            return
-        failed = await pool.fetchval("SELECT count(*) FROM emails WHERE status = 'failed'")
-        if failed:
-            why = await pool.fetchval("SELECT last_error FROM emails WHERE status = 'failed' LIMIT 1")
-            raise RuntimeError(f"{failed} digests failed to send: {why}")
+        if not await pool.fetchval(left):
+            break
         await asyncio.sleep(0.05)
+    sent = await pool.fetchval("SELECT count(*) FROM emails WHERE status = 'sent'")
+    if sent < accounts:
+        why = await pool.fetchval("SELECT last_error FROM emails WHERE status = 'failed' LIMIT 1")
+        raise RuntimeError(f"{accounts - sent} digests were not sent: {why}")
 
 
 @dataclass(frozen=True)
