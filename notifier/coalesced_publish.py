@@ -111,8 +111,10 @@ class _Line:
                 await conn.read_response()
         except BaseException:
             # Failed or cancelled mid-way: replies left unread would answer the next round trip.
-            await conn.disconnect(nowait=True)
-            await redis.connection_pool.release(conn)
+            try:
+                await conn.disconnect(nowait=True)
+            finally:
+                await redis.connection_pool.release(conn)  # back to the pool even if that failed
             raise
         self._conn = conn
 

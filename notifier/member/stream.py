@@ -205,12 +205,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
     app = request.app
     pool, hub = app[POOL], app[HUB]
     listener = Listener(member.account_id)
-    hub.add(listener)  # before reading anything: no ring can fall between the read and the wait
-    await hub.ready()  # the first stream of a process subscribes it; a ring before that goes unheard
     # aiohttp-sse's own ping (a task writing to every stream on a timer) is put out of the way: the
     # stream itself sends a heartbeat when it has been quiet for the interval (`_serve`).
     response = EventSourceResponse(headers={"Cache-Control": "no-store"}, ping_interval=NO_PING)
+    hub.add(listener)  # before reading anything: no ring can fall between the read and the wait
     try:
+        # The first stream of a process subscribes it; a ring before that goes unheard. Inside the
+        # `try`: a handler cancelled while it waits still leaves the hub.
+        await hub.ready()
         last_id = _last_event_id(request)
         if last_id is None:
             last_id = await pool.fetchval(Q.member_last_message_id, member.account_id)

@@ -160,7 +160,8 @@ dequeued AS (
     -- archived since they were queued (marked unread or unarchived again, a trigger queues them
     -- again). Messages of an account that got no digest here (an existing one for the window, an
     -- address that cannot be mailed) stay queued.
-    -- Each row by the queue's primary key, from the digests' own lists: written as `pending LEFT
+    -- Each pending message is checked against the batch's digests through a hashed subplan (the
+    -- `IN`, inside an OR) and its queue row found by the queue's key: written as `pending LEFT
     -- JOIN digest` the planner (which guesses a few rows for each) compared every pending message
     -- with every digest of the batch, ~5 million pairs per 500 digests, two thirds of the
     -- statement's CPU (docs/benchmarks.md, "Digests, the worker's side").
