@@ -24,11 +24,17 @@ from notifier.audit import ActorType
 from notifier.errors import FieldError
 from notifier.schedule import Frequency
 
-# Timestamps in UTC as `datetime.isoformat()` writes them (`+00:00`, as the API always has),
-# described as RFC 3339 date-times.
+
+def utc_isoformat(value: datetime) -> str:
+    """A timestamp as every answer writes it: in UTC, as `datetime.isoformat()` does (`+00:00`)."""
+    return value.astimezone(UTC).isoformat()
+
+
+# Timestamps in UTC as `utc_isoformat` writes them (as the API always has), described as RFC 3339
+# date-times.
 Timestamp = Annotated[
     datetime,
-    PlainSerializer(lambda value: value.astimezone(UTC).isoformat(), return_type=str),
+    PlainSerializer(utc_isoformat, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 
