@@ -182,6 +182,8 @@ class Hub:
             if not idle.expired():
                 raise
         finally:
+            # First, before any await: `add`/`remove` reschedule `_idle` while it is set, and
+            # rescheduling a timeout that has exited raises (a 500 on opening a stream).
             self._idle = None
             self.subscribed.clear()
             with contextlib.suppress(Exception):
